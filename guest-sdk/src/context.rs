@@ -47,9 +47,14 @@ pub enum StateError {
 impl fmt::Display for StateError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::KeyTooLarge { limit } => write!(f, "state key longer than the host's limit of {limit} bytes"),
+            Self::KeyTooLarge { limit } => {
+                write!(f, "state key longer than the host's limit of {limit} bytes")
+            }
             Self::ValueTooLarge { limit } => {
-                write!(f, "state value longer than the host's limit of {limit} bytes")
+                write!(
+                    f,
+                    "state value longer than the host's limit of {limit} bytes"
+                )
             }
             Self::QuotaExceeded { quota } => write!(f, "state quota of {quota} bytes exceeded"),
         }
@@ -66,7 +71,12 @@ pub(crate) trait Host {
     fn state_get(&mut self, key: &[u8]) -> Option<Vec<u8>>;
     fn state_set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StateError>;
     fn state_delete(&mut self, key: &[u8]);
-    fn state_range(&mut self, start: &[u8], end: Option<&[u8]>, limit: u32) -> Vec<(Vec<u8>, Vec<u8>)>;
+    fn state_range(
+        &mut self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: u32,
+    ) -> Vec<(Vec<u8>, Vec<u8>)>;
 }
 
 /// The host, as one call of a function sees it.
@@ -87,7 +97,9 @@ impl<'h> Context<'h> {
 
     /// The function's durable key/value state.
     pub fn state(&mut self) -> State<'_> {
-        State { host: &mut *self.host }
+        State {
+            host: &mut *self.host,
+        }
     }
 
     /// Event time up to which the host believes the pipeline's input is complete.
@@ -145,7 +157,11 @@ impl State<'_> {
     }
 
     /// Stores `value` under `key`.
-    pub fn set(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), StateError> {
+    pub fn set(
+        &mut self,
+        key: impl AsRef<[u8]>,
+        value: impl AsRef<[u8]>,
+    ) -> Result<(), StateError> {
         self.host.state_set(key.as_ref(), value.as_ref())
     }
 

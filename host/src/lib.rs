@@ -1,0 +1,7 @@
+//! weir host library: everything the `weir` binary runs. See ARCHITECTURE.md for the map.
+
+pub mod batch;
+pub mod config;
+pub mod decode;
+pub mod encode;
+pub mod state;

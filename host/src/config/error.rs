@@ -1,0 +1,129 @@
+//! Configuration errors that point at the file, line, column and field, with the offending line
+//! quoted — the way compilers report errors, because operators fix configs the same way.
+
+use std::fmt;
+use std::ops::Range;
+use std::path::PathBuf;
+
+/// One thing wrong with a configuration file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted path of the field (`pipelines.boiler.source.mqtt.qos`); empty for syntax errors.
+    pub field: String,
+    /// 1-based line, or 0 when the position is unknown.
+    pub line: usize,
+    /// 1-based column (in characters).
+    pub column: usize,
+    /// What is wrong and what is allowed.
+    pub message: String,
+    /// The quoted line and the width of the underline.
+    excerpt: Option<(String, usize)>,
+}
+
+impl Problem {
+    /// A problem located by a byte span of `text` (None when the span is unknown or empty).
+    pub fn at(
+        text: &str,
+        span: Option<Range<usize>>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        let mut problem = Self {
+            field: field.into(),
+            line: 0,
+            column: 0,
+            message: message.into(),
+            excerpt: None,
+        };
+        if let Some(span) = span.filter(|s| s.end > s.start && s.end <= text.len()) {
+            let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
+            let line_end = text[span.start..]
+                .find('\n')
+                .map_or(text.len(), |i| span.start + i);
+            problem.line = text[..span.start].matches('\n').count() + 1;
+            problem.column = text[line_start..span.start].chars().count() + 1;
+            let width = text[span.start..span.end.min(line_end)]
+                .chars()
+                .count()
+                .max(1);
+            problem.excerpt = Some((
+                text[line_start..line_end].trim_end_matches('\r').to_owned(),
+                width,
+            ));
+        }
+        problem
+    }
+}
+
+/// Why a configuration was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file was read but is not a valid configuration.
+    #[error("{}", render(file, problems))]
+    Invalid {
+        /// The file name as given by the user (or `<built-in default>`).
+        file: String,
+        /// Everything found wrong, in file order.
+        problems: Vec<Problem>,
+    },
+}
+
+impl ConfigError {
+    /// The problems found, empty for a read error.
+    pub fn problems(&self) -> &[Problem] {
+        match self {
+            Self::Read { .. } => &[],
+            Self::Invalid { problems, .. } => problems,
+        }
+    }
+}
+
+fn render(file: &str, problems: &[Problem]) -> String {
+    let mut out = String::new();
+    for (i, problem) in problems.iter().enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        write_problem(&mut out, file, problem).expect("writing to a String cannot fail");
+    }
+    out
+}
+
+fn write_problem(out: &mut String, file: &str, problem: &Problem) -> fmt::Result {
+    use fmt::Write;
+    let location = if problem.line > 0 {
+        format!("{file}:{}:{}", problem.line, problem.column)
+    } else {
+        file.to_owned()
+    };
+    if problem.field.is_empty() {
+        writeln!(out, "error: {location}: {}", problem.message)?;
+    } else {
+        writeln!(
+            out,
+            "error: {location}: field `{}`: {}",
+            problem.field, problem.message
+        )?;
+    }
+    if let Some((line_text, width)) = &problem.excerpt {
+        let number = problem.line.to_string();
+        let gutter = " ".repeat(number.len());
+        writeln!(out, "{gutter} |")?;
+        writeln!(out, "{number} | {line_text}")?;
+        writeln!(
+            out,
+            "{gutter} | {}{}",
+            " ".repeat(problem.column - 1),
+            "^".repeat(*width)
+        )?;
+    }
+    Ok(())
+}

@@ -1,0 +1,924 @@
+//! Configuration: parse ([`raw`]) → validate (here) → the `*Config` types the runtime takes.
+//!
+//! Runtime code never sees raw TOML: it receives the validated slice it needs (a source gets a
+//! [`SourceConfig`], the sandbox a [`FunctionConfig`], …). Cross-references are resolved here —
+//! a pipeline's source carries its [`BrokerConfig`], not a broker name — so a misspelt name, a
+//! broker of the wrong protocol or a missing component file is refused before anything starts,
+//! with file, line, column and field (see [`ConfigError`]).
+//!
+//! The built-in default (`weir run` without `--config`) is [`DEFAULT_CONFIG`], parsed by the same
+//! code.
+
+mod error;
+pub mod raw;
+pub mod types;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Spanned;
+
+pub use error::{ConfigError, Problem};
+pub use raw::{Durability, Encoding, NumberEncoding, SimulatedPayload, TimeUnit};
+use raw::{RawBroker, RawConfig, RawDecode, RawFieldMapping, RawPipeline, RawSink, RawSource};
+pub use types::{
+    BrokerUrl, FunctionId, GatewayId, JsonPointer, MqttTopic, Name, NatsSubject, NatsSubjectFilter,
+    Protocol, TopicFilter,
+};
+
+/// The built-in configuration: simulated sensors, the bundled functions, a console sink.
+pub const DEFAULT_CONFIG: &str = include_str!("default.toml");
+
+/// A validated configuration.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// This gateway.
+    pub gateway: GatewayConfig,
+    /// The state store.
+    pub state: StateConfig,
+    /// Every function a pipeline uses, by id.
+    pub functions: BTreeMap<FunctionId, FunctionConfig>,
+    /// The pipelines, in name order.
+    pub pipelines: Vec<PipelineConfig>,
+}
+
+/// `[gateway]`
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    /// Identity in client ids and record ids.
+    pub id: GatewayId,
+    /// Where state, dead letters, the outbox and compiled functions live.
+    pub data_dir: PathBuf,
+}
+
+/// `[state]`
+#[derive(Clone, Debug)]
+pub struct StateConfig {
+    /// How commits reach the disk.
+    pub durability: Durability,
+    /// Longest state key a function may write, in bytes.
+    pub max_key: u32,
+    /// Longest state value a function may write, in bytes.
+    pub max_value: u32,
+    /// Dead letters kept before the oldest are evicted.
+    pub dead_letter_capacity: u64,
+}
+
+/// A function and the limits every instance of it runs under.
+#[derive(Clone, Debug)]
+pub struct FunctionConfig {
+    /// Its id.
+    pub id: FunctionId,
+    /// The component file (absolute).
+    pub component: PathBuf,
+    /// Per-instance limits.
+    pub limits: FunctionLimits,
+}
+
+/// Limits of one function instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FunctionLimits {
+    /// Linear memory cap in bytes; growing beyond it traps.
+    pub memory_bytes: u64,
+    /// Wall time per call before the call is interrupted.
+    pub timeout: Duration,
+}
+
+/// How to reach a broker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// Its name in the config.
+    pub name: Name,
+    /// Protocol, host and port.
+    pub url: BrokerUrl,
+    /// User name, if the broker wants one.
+    pub username: Option<String>,
+    /// Password, read from `password_file`.
+    pub password: Option<String>,
+    /// MQTT keep-alive interval.
+    pub keep_alive: Duration,
+    /// Reconnect delays.
+    pub reconnect: Backoff,
+}
+
+/// Capped exponential backoff with jitter: the n-th consecutive failure waits a random time in
+/// `[d/2, d]` with `d = min(max, min × 2ⁿ)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Backoff {
+    /// First delay.
+    pub min: Duration,
+    /// Largest delay.
+    pub max: Duration,
+}
+
+/// One pipeline.
+#[derive(Clone, Debug)]
+pub struct PipelineConfig {
+    /// Its name.
+    pub name: Name,
+    /// Where messages come from.
+    pub source: SourceConfig,
+    /// How payloads become readings.
+    pub decode: DecodeConfig,
+    /// The operator chain, in order.
+    pub operators: Vec<OperatorConfig>,
+    /// Batching.
+    pub batch: BatchConfig,
+    /// Record encoding.
+    pub encoding: Encoding,
+    /// Where records go.
+    pub sink: SinkConfig,
+}
+
+/// MQTT quality of service for subscriptions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Qos {
+    /// At most once: nothing is acknowledged.
+    AtMostOnce,
+    /// At least once: acknowledged after the derived data is committed.
+    AtLeastOnce,
+}
+
+/// A pipeline's source.
+#[derive(Clone, Debug)]
+pub enum SourceConfig {
+    /// MQTT subscription with a persistent session.
+    Mqtt {
+        /// The broker.
+        broker: BrokerConfig,
+        /// Filters subscribed to.
+        topics: Vec<TopicFilter>,
+        /// QoS of the subscriptions.
+        qos: Qos,
+        /// Client id (the session's key on the broker).
+        client_id: String,
+    },
+    /// NATS core subscription (at most once).
+    Nats {
+        /// The broker.
+        broker: BrokerConfig,
+        /// Subjects subscribed to.
+        subjects: Vec<NatsSubjectFilter>,
+        /// Queue group, if shared.
+        queue_group: Option<String>,
+    },
+    /// JetStream durable pull consumer (at least once).
+    JetStream {
+        /// The broker.
+        broker: BrokerConfig,
+        /// Stream name.
+        stream: String,
+        /// Durable consumer name.
+        consumer: String,
+        /// Filter subjects (empty: whole stream).
+        subjects: Vec<NatsSubjectFilter>,
+    },
+    /// Built-in simulated devices.
+    Simulated(SimulatedConfig),
+}
+
+/// Simulated devices.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SimulatedConfig {
+    /// Payload format.
+    pub payload: SimulatedPayload,
+    /// Number of devices.
+    pub devices: u32,
+    /// Reporting interval per device.
+    pub interval: Duration,
+    /// First topic levels.
+    pub topic_prefix: String,
+    /// Random seed.
+    pub seed: u64,
+}
+
+/// A pipeline's decoder.
+#[derive(Clone, Debug)]
+pub enum DecodeConfig {
+    /// JSON with a field mapping.
+    Json(FieldMapping),
+    /// CBOR with a field mapping.
+    Cbor(FieldMapping),
+    /// SenML JSON (RFC 8428).
+    SenmlJson,
+    /// SenML CBOR (RFC 8428).
+    SenmlCbor,
+    /// One raw number per message.
+    RawNumber {
+        /// How it is written.
+        encoding: NumberEncoding,
+        /// Prepended to the topic to name the series.
+        series_prefix: String,
+        /// Unit of every reading.
+        unit: Option<String>,
+    },
+    /// A WebAssembly decoder function.
+    Function(FunctionUse),
+}
+
+/// Which fields of an object hold series, time and value(s).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldMapping {
+    /// Series name field; `None`: the topic.
+    pub series: Option<JsonPointer>,
+    /// Prepended to every series name.
+    pub series_prefix: String,
+    /// Timestamp field; `None`: receive time.
+    pub time: Option<JsonPointer>,
+    /// Unit of numeric timestamps.
+    pub time_unit: TimeUnit,
+    /// Where the values are.
+    pub values: ValueFields,
+    /// Unit of every reading.
+    pub unit: Option<String>,
+}
+
+/// One value field, or several named ones.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ValueFields {
+    /// One reading per object.
+    One(JsonPointer),
+    /// One reading per entry, series `<series>/<name>`.
+    Many(Vec<(String, JsonPointer)>),
+}
+
+/// A function used in a pipeline.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FunctionUse {
+    /// Name of this use: the function's state namespace within the pipeline.
+    pub name: Name,
+    /// Which function.
+    pub function: FunctionId,
+    /// Parameters as a JSON object.
+    pub params_json: String,
+}
+
+/// An operator of the chain (a function use).
+pub type OperatorConfig = FunctionUse;
+
+/// Batching of messages.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BatchConfig {
+    /// Messages per batch.
+    pub max_messages: usize,
+    /// Payload bytes per batch.
+    pub max_bytes: u64,
+    /// How long a partial batch waits.
+    pub linger: Duration,
+    /// Messages buffered between source and batcher.
+    pub queue: usize,
+}
+
+/// A pipeline's sink.
+#[derive(Clone, Debug)]
+pub enum SinkConfig {
+    /// JetStream publish, awaiting the ack.
+    JetStream {
+        /// The broker.
+        broker: BrokerConfig,
+        /// Subject published to.
+        subject: NatsSubject,
+        /// Publishes awaiting their ack at once.
+        max_in_flight: usize,
+    },
+    /// MQTT QoS 1 publish, awaiting the PUBACK.
+    Mqtt {
+        /// The broker.
+        broker: BrokerConfig,
+        /// Topic published to.
+        topic: MqttTopic,
+        /// Client id.
+        client_id: String,
+        /// Publishes awaiting their PUBACK at once.
+        max_in_flight: usize,
+    },
+    /// Human-readable lines on standard output.
+    Console {
+        /// Series listed per record.
+        series_shown: usize,
+    },
+}
+
+impl SinkConfig {
+    /// Short name of the sink kind, for logs.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::JetStream { .. } => "jetstream",
+            Self::Mqtt { .. } => "mqtt",
+            Self::Console { .. } => "console",
+        }
+    }
+}
+
+/// Defaults for everything optional.
+mod defaults {
+    use std::time::Duration;
+
+    pub const MEMORY: u64 = 32 * 1024 * 1024;
+    pub const TIMEOUT: Duration = Duration::from_millis(100);
+    pub const MAX_KEY: u32 = 1024;
+    pub const MAX_VALUE: u32 = 1024 * 1024;
+    pub const DEAD_LETTERS: u64 = 10_000;
+    pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
+    pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
+    pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
+    pub const MAX_MESSAGES: usize = 1000;
+    pub const MAX_BYTES: u64 = 1024 * 1024;
+    pub const LINGER: Duration = Duration::from_millis(100);
+    pub const QUEUE: usize = 4096;
+    pub const MAX_IN_FLIGHT: usize = 64;
+    pub const SERIES_SHOWN: usize = 4;
+}
+
+/// Settings given on the command line that take precedence over the file.
+#[derive(Clone, Debug, Default)]
+pub struct Overrides {
+    /// `--data-dir`
+    pub data_dir: Option<PathBuf>,
+    /// `--functions-dir`
+    pub functions_dir: Option<PathBuf>,
+}
+
+/// Reads and validates the file at `path`.
+pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let base_dir = path
+        .parent()
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    parse(&path.display().to_string(), &text, &base_dir, overrides)
+}
+
+/// Parses and validates `text`; relative paths resolve against `base_dir`.
+pub fn parse(
+    file: &str,
+    text: &str,
+    base_dir: &Path,
+    overrides: &Overrides,
+) -> Result<Config, ConfigError> {
+    let invalid = |problems| ConfigError::Invalid {
+        file: file.to_owned(),
+        problems,
+    };
+    let deserializer = toml::Deserializer::parse(text)
+        .map_err(|e| invalid(vec![Problem::at(text, e.span(), "", e.message())]))?;
+    let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
+        let field = e.path().to_string();
+        let field = if field == "." { String::new() } else { field };
+        let inner = e.into_inner();
+        invalid(vec![Problem::at(
+            text,
+            inner.span(),
+            field,
+            inner.message(),
+        )])
+    })?;
+    Validator {
+        text,
+        base_dir,
+        problems: Vec::new(),
+    }
+    .validate(raw, overrides)
+    .map_err(invalid)
+}
+
+/// Collects every cross-reference problem instead of stopping at the first.
+struct Validator<'a> {
+    text: &'a str,
+    base_dir: &'a Path,
+    problems: Vec<Problem>,
+}
+
+impl Validator<'_> {
+    fn problem<T>(
+        &mut self,
+        spanned: &Spanned<T>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) {
+        self.problems
+            .push(Problem::at(self.text, Some(spanned.span()), field, message));
+    }
+
+    fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    fn validate(mut self, raw: RawConfig, overrides: &Overrides) -> Result<Config, Vec<Problem>> {
+        let data_dir = overrides
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| self.resolve(raw.gateway.data_dir.get_ref()));
+        let functions_dir = match (&overrides.functions_dir, &raw.gateway.functions_dir) {
+            (Some(dir), _) => dir.clone(),
+            (None, Some(dir)) => self.resolve(dir.get_ref()),
+            (None, None) => self.base_dir.to_owned(),
+        };
+        let state = StateConfig {
+            durability: raw.state.durability.unwrap_or(Durability::Sync),
+            max_key: raw.state.max_key.map_or(defaults::MAX_KEY, |s| {
+                u32::try_from(s.0).unwrap_or(u32::MAX)
+            }),
+            max_value: raw.state.max_value.map_or(defaults::MAX_VALUE, |s| {
+                u32::try_from(s.0).unwrap_or(u32::MAX)
+            }),
+            dead_letter_capacity: raw
+                .state
+                .dead_letter_capacity
+                .map_or(defaults::DEAD_LETTERS, |c| u64::from(c.0)),
+        };
+
+        let brokers: BTreeMap<Name, BrokerConfig> = raw
+            .brokers
+            .into_iter()
+            .filter_map(|(name, broker)| self.broker(name, &broker).map(|b| (b.name.clone(), b)))
+            .collect();
+
+        let mut functions = BTreeMap::new();
+        for (id, function) in raw.functions {
+            let component = self.resolve_in(&functions_dir, function.get_ref().component.get_ref());
+            if !component.is_file() {
+                self.problem(
+                    &function.get_ref().component,
+                    format!("functions.{id}.component"),
+                    format!("component file {} does not exist", component.display()),
+                );
+            }
+            let limits = FunctionLimits {
+                memory_bytes: function.get_ref().memory.map_or(defaults::MEMORY, |m| m.0),
+                timeout: function.get_ref().timeout.unwrap_or(defaults::TIMEOUT),
+            };
+            if limits.timeout.is_zero() {
+                self.problem(
+                    &function,
+                    format!("functions.{id}.timeout"),
+                    "timeout must be longer than zero",
+                );
+            }
+            functions.insert(
+                id.clone(),
+                FunctionConfig {
+                    id,
+                    component,
+                    limits,
+                },
+            );
+        }
+
+        let pipelines: Vec<PipelineConfig> = raw
+            .pipelines
+            .into_iter()
+            .filter_map(|(name, pipeline)| {
+                self.pipeline(
+                    &raw.gateway.id,
+                    name,
+                    pipeline.into_inner(),
+                    &brokers,
+                    &functions,
+                )
+            })
+            .collect();
+        if pipelines.is_empty() && self.problems.is_empty() {
+            self.problems.push(Problem::at(
+                self.text,
+                None,
+                "pipelines",
+                "no pipeline is defined: add a [pipelines.<name>] table",
+            ));
+        }
+
+        // Keep only functions that some pipeline uses; unused ones are not loaded.
+        let used: BTreeSet<&FunctionId> = pipelines
+            .iter()
+            .flat_map(|p| {
+                p.operators
+                    .iter()
+                    .map(|o| &o.function)
+                    .chain(match &p.decode {
+                        DecodeConfig::Function(f) => Some(&f.function),
+                        _ => None,
+                    })
+            })
+            .collect();
+        let functions = functions
+            .iter()
+            .filter(|(id, _)| used.contains(id))
+            .map(|(id, f)| (id.clone(), f.clone()))
+            .collect();
+
+        if !self.problems.is_empty() {
+            self.problems.sort_by_key(|p| (p.line, p.column));
+            return Err(self.problems);
+        }
+        Ok(Config {
+            gateway: GatewayConfig {
+                id: raw.gateway.id,
+                data_dir,
+            },
+            state,
+            functions,
+            pipelines,
+        })
+    }
+
+    fn resolve_in(&self, dir: &Path, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            dir.join(path)
+        }
+    }
+
+    fn broker(&mut self, name: Name, raw: &Spanned<RawBroker>) -> Option<BrokerConfig> {
+        let broker = raw.get_ref();
+        let password = match &broker.password_file {
+            None => None,
+            Some(file) => match std::fs::read_to_string(self.resolve(file.get_ref())) {
+                Ok(password) => Some(password.trim_end_matches(['\r', '\n']).to_owned()),
+                Err(e) => {
+                    self.problem(
+                        file,
+                        format!("brokers.{name}.password_file"),
+                        format!("cannot read {}: {e}", file.get_ref().display()),
+                    );
+                    None
+                }
+            },
+        };
+        let reconnect = Backoff {
+            min: broker.reconnect_min.unwrap_or(defaults::RECONNECT_MIN),
+            max: broker.reconnect_max.unwrap_or(defaults::RECONNECT_MAX),
+        };
+        if reconnect.min.is_zero() || reconnect.min > reconnect.max {
+            self.problem(
+                raw,
+                format!("brokers.{name}"),
+                "reconnect_min must be above zero and not above reconnect_max",
+            );
+        }
+        if broker.keep_alive.is_some() && broker.url.protocol != Protocol::Mqtt {
+            self.problem(
+                raw,
+                format!("brokers.{name}.keep_alive"),
+                "keep_alive applies to MQTT brokers only",
+            );
+        }
+        Some(BrokerConfig {
+            name,
+            url: broker.url.clone(),
+            username: broker.username.clone(),
+            password,
+            keep_alive: broker.keep_alive.unwrap_or(defaults::KEEP_ALIVE),
+            reconnect,
+        })
+    }
+
+    /// The broker called `name`, checked to speak `protocol`.
+    fn broker_ref(
+        &mut self,
+        name: &Spanned<Name>,
+        field: &str,
+        protocol: Protocol,
+        brokers: &BTreeMap<Name, BrokerConfig>,
+    ) -> Option<BrokerConfig> {
+        match brokers.get(name.get_ref()) {
+            None => {
+                let known: Vec<&str> = brokers.keys().map(Name::as_str).collect();
+                self.problem(
+                    name,
+                    field,
+                    format!(
+                        "no broker is called {:?}; defined: {}",
+                        name.get_ref().as_str(),
+                        list(&known)
+                    ),
+                );
+                None
+            }
+            Some(broker) if broker.url.protocol != protocol => {
+                self.problem(
+                    name,
+                    field,
+                    format!(
+                        "broker {:?} speaks {}, but this needs a {protocol} broker",
+                        name.get_ref().as_str(),
+                        broker.url.protocol
+                    ),
+                );
+                None
+            }
+            Some(broker) => Some(broker.clone()),
+        }
+    }
+
+    fn function_ref(
+        &mut self,
+        id: &Spanned<FunctionId>,
+        field: &str,
+        functions: &BTreeMap<FunctionId, FunctionConfig>,
+    ) -> bool {
+        if functions.contains_key(id.get_ref()) {
+            return true;
+        }
+        let known: Vec<&str> = functions.keys().map(FunctionId::as_str).collect();
+        self.problem(
+            id,
+            field,
+            format!(
+                "no function is called {:?}; defined: {}",
+                id.get_ref().as_str(),
+                list(&known)
+            ),
+        );
+        false
+    }
+
+    fn pipeline(
+        &mut self,
+        gateway: &GatewayId,
+        name: Name,
+        raw: RawPipeline,
+        brokers: &BTreeMap<Name, BrokerConfig>,
+        functions: &BTreeMap<FunctionId, FunctionConfig>,
+    ) -> Option<PipelineConfig> {
+        let at = |field: &str| format!("pipelines.{name}.{field}");
+        let source_span = raw.source.span();
+        let source = match raw.source.into_inner() {
+            RawSource::Mqtt(mqtt) => {
+                let broker = self.broker_ref(
+                    &mqtt.broker,
+                    &at("source.mqtt.broker"),
+                    Protocol::Mqtt,
+                    brokers,
+                );
+                let qos = match *mqtt.qos.get_ref() {
+                    0 => Qos::AtMostOnce,
+                    1 => Qos::AtLeastOnce,
+                    other => {
+                        self.problem(
+                            &mqtt.qos,
+                            at("source.mqtt.qos"),
+                            format!("QoS must be 0 or 1, got {other}"),
+                        );
+                        Qos::AtLeastOnce
+                    }
+                };
+                if mqtt.topics.is_empty() {
+                    self.problem(
+                        &mqtt.broker,
+                        at("source.mqtt.topics"),
+                        "subscribe to at least one topic",
+                    );
+                }
+                let client_id = mqtt
+                    .client_id
+                    .unwrap_or_else(|| format!("weir-{gateway}-{name}"));
+                broker.map(|broker| SourceConfig::Mqtt {
+                    broker,
+                    topics: mqtt.topics,
+                    qos,
+                    client_id,
+                })
+            }
+            RawSource::Nats(nats) => {
+                if nats.subjects.is_empty() {
+                    self.problem(
+                        &nats.broker,
+                        at("source.nats.subjects"),
+                        "subscribe to at least one subject",
+                    );
+                }
+                self.broker_ref(
+                    &nats.broker,
+                    &at("source.nats.broker"),
+                    Protocol::Nats,
+                    brokers,
+                )
+                .map(|broker| SourceConfig::Nats {
+                    broker,
+                    subjects: nats.subjects,
+                    queue_group: nats.queue_group,
+                })
+            }
+            RawSource::Jetstream(js) => self
+                .broker_ref(
+                    &js.broker,
+                    &at("source.jetstream.broker"),
+                    Protocol::Nats,
+                    brokers,
+                )
+                .map(|broker| SourceConfig::JetStream {
+                    broker,
+                    stream: js.stream,
+                    consumer: js.consumer,
+                    subjects: js.subjects,
+                }),
+            RawSource::Simulated(sim) => {
+                if sim.interval.is_zero() {
+                    let field = at("source.simulated.interval");
+                    self.problems.push(Problem::at(
+                        self.text,
+                        Some(source_span),
+                        field,
+                        "interval must be longer than zero",
+                    ));
+                }
+                Some(SourceConfig::Simulated(SimulatedConfig {
+                    payload: sim.payload,
+                    devices: sim.devices.0,
+                    interval: sim.interval,
+                    topic_prefix: sim.topic_prefix,
+                    seed: sim.seed,
+                }))
+            }
+        };
+
+        let decode_span = raw.decode.span();
+        let decode = match raw.decode.into_inner() {
+            RawDecode::Json(mapping) => self
+                .field_mapping(mapping, decode_span.clone(), &at("decode.json"))
+                .map(DecodeConfig::Json),
+            RawDecode::Cbor(mapping) => self
+                .field_mapping(mapping, decode_span.clone(), &at("decode.cbor"))
+                .map(DecodeConfig::Cbor),
+            RawDecode::SenmlJson => Some(DecodeConfig::SenmlJson),
+            RawDecode::SenmlCbor => Some(DecodeConfig::SenmlCbor),
+            RawDecode::Raw(number) => Some(DecodeConfig::RawNumber {
+                encoding: number.encoding,
+                series_prefix: number.series_prefix,
+                unit: number.unit,
+            }),
+            RawDecode::Function(used) => {
+                let known =
+                    self.function_ref(&used.function, &at("decode.function.function"), functions);
+                let id = used.function.into_inner();
+                let params_json = params_to_json(&used.params);
+                let use_name = Name::try_from(format!("decoder-{id}")).ok();
+                match (known, use_name) {
+                    (true, Some(use_name)) => Some(DecodeConfig::Function(FunctionUse {
+                        name: use_name,
+                        function: id,
+                        params_json,
+                    })),
+                    _ => None,
+                }
+            }
+        };
+
+        let mut operators = Vec::new();
+        let mut names = BTreeSet::new();
+        for (index, operator) in raw.operators.into_iter().enumerate() {
+            let operator = operator.into_inner();
+            let field = at(&format!("operators[{index}]"));
+            let known =
+                self.function_ref(&operator.function, &format!("{field}.function"), functions);
+            let op_name = match &operator.name {
+                Some(name) => name.get_ref().clone(),
+                None => Name::try_from(operator.function.get_ref().as_str().to_owned())
+                    .expect("function ids and names share one syntax"),
+            };
+            if !names.insert(op_name.clone()) {
+                let span = operator
+                    .name
+                    .as_ref()
+                    .map_or(operator.function.span(), Spanned::span);
+                self.problems.push(Problem::at(
+                    self.text,
+                    Some(span),
+                    field.clone(),
+                    format!("operator name {:?} is used twice in this pipeline; give each use its own `name`", op_name.as_str()),
+                ));
+            }
+            if known {
+                operators.push(FunctionUse {
+                    name: op_name,
+                    function: operator.function.into_inner(),
+                    params_json: params_to_json(&operator.params),
+                });
+            }
+        }
+
+        let batch = BatchConfig {
+            max_messages: raw
+                .batch
+                .max_messages
+                .map_or(defaults::MAX_MESSAGES, |c| c.get()),
+            max_bytes: raw.batch.max_bytes.map_or(defaults::MAX_BYTES, |b| b.0),
+            linger: raw.batch.linger.unwrap_or(defaults::LINGER),
+            queue: raw.batch.queue.map_or(defaults::QUEUE, |c| c.get()),
+        };
+
+        let sink = match raw.sink.into_inner() {
+            RawSink::Jetstream(js) => self
+                .broker_ref(
+                    &js.broker,
+                    &at("sink.jetstream.broker"),
+                    Protocol::Nats,
+                    brokers,
+                )
+                .map(|broker| SinkConfig::JetStream {
+                    broker,
+                    subject: js.subject,
+                    max_in_flight: js
+                        .max_in_flight
+                        .map_or(defaults::MAX_IN_FLIGHT, |c| c.get()),
+                }),
+            RawSink::Mqtt(mqtt) => self
+                .broker_ref(
+                    &mqtt.broker,
+                    &at("sink.mqtt.broker"),
+                    Protocol::Mqtt,
+                    brokers,
+                )
+                .map(|broker| SinkConfig::Mqtt {
+                    broker,
+                    topic: mqtt.topic,
+                    client_id: mqtt
+                        .client_id
+                        .unwrap_or_else(|| format!("weir-{gateway}-{name}-out")),
+                    max_in_flight: mqtt
+                        .max_in_flight
+                        .map_or(defaults::MAX_IN_FLIGHT, |c| c.get()),
+                }),
+            RawSink::Console(console) => Some(SinkConfig::Console {
+                series_shown: console
+                    .series_shown
+                    .map_or(defaults::SERIES_SHOWN, |c| c.get()),
+            }),
+        };
+
+        Some(PipelineConfig {
+            name,
+            source: source?,
+            decode: decode?,
+            operators,
+            batch,
+            encoding: raw.encoding,
+            sink: sink?,
+        })
+    }
+
+    fn field_mapping(
+        &mut self,
+        raw: RawFieldMapping,
+        span: std::ops::Range<usize>,
+        field: &str,
+    ) -> Option<FieldMapping> {
+        let values = match (raw.value, raw.values) {
+            (Some(one), None) => ValueFields::One(one),
+            (None, Some(many)) if !many.is_empty() => ValueFields::Many(
+                many.into_iter()
+                    .map(|(name, pointer)| (name.as_str().to_owned(), pointer))
+                    .collect(),
+            ),
+            (Some(_), Some(_)) => {
+                self.problems.push(Problem::at(
+                    self.text,
+                    Some(span),
+                    field,
+                    "set either `value` or `values`, not both",
+                ));
+                return None;
+            }
+            (None, _) => {
+                self.problems.push(Problem::at(
+                    self.text,
+                    Some(span),
+                    field,
+                    "say where the reading is: `value = \"/field\"` or `values = { name = \"/field\", ... }`",
+                ));
+                return None;
+            }
+        };
+        Some(FieldMapping {
+            series: raw.series,
+            series_prefix: raw.series_prefix,
+            time: raw.time,
+            time_unit: raw.time_unit,
+            values,
+            unit: raw.unit,
+        })
+    }
+}
+
+fn params_to_json(params: &toml::Table) -> String {
+    serde_json::to_string(params).expect("a TOML table always serializes to JSON")
+}
+
+fn list(names: &[&str]) -> String {
+    if names.is_empty() {
+        "none".to_owned()
+    } else {
+        names.join(", ")
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,408 @@
+//! The configuration file as written: serde types mirroring the TOML, one struct per table.
+//!
+//! Everything a single field can check on its own is checked here, during deserialization, so the
+//! error carries the field's position (identifier syntax, URLs, topic filters, durations, sizes).
+//! Checks that relate fields to each other (a pipeline naming an undefined broker) happen in
+//! [`super::validate`], which uses the [`Spanned`] positions kept below.
+//!
+//! Each field's doc comment shows the TOML line it parses.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::types::{
+    BrokerUrl, ByteSize, FunctionId, GatewayId, JsonPointer, MqttTopic, Name, NatsSubject,
+    NatsSubjectFilter, PositiveCount, TopicFilter,
+};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[gateway]`
+    pub gateway: RawGateway,
+    /// `[state]`
+    #[serde(default)]
+    pub state: RawState,
+    /// `[brokers.<name>]`
+    #[serde(default)]
+    pub brokers: BTreeMap<Name, Spanned<RawBroker>>,
+    /// `[functions.<id>]`
+    #[serde(default)]
+    pub functions: BTreeMap<FunctionId, Spanned<RawFunction>>,
+    /// `[pipelines.<name>]`
+    #[serde(default)]
+    pub pipelines: BTreeMap<Name, Spanned<RawPipeline>>,
+}
+
+/// `[gateway]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    /// `id = "plant1-gw07"` — names this gateway in client ids and record ids.
+    pub id: GatewayId,
+    /// `data_dir = "/var/lib/weir"` — state, dead letters, outbox and compiled functions.
+    pub data_dir: Spanned<PathBuf>,
+    /// `functions_dir = "/usr/lib/weir/functions"` — where relative component paths point
+    /// (default: the directory of this file).
+    pub functions_dir: Option<Spanned<PathBuf>>,
+}
+
+/// `[state]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// `durability = "sync"` — `sync` (fsync every commit) or `relaxed`.
+    pub durability: Option<Durability>,
+    /// `max_key = "1KiB"` — longest state key a function may write.
+    pub max_key: Option<ByteSize>,
+    /// `max_value = "256KiB"` — longest state value a function may write.
+    pub max_value: Option<ByteSize>,
+    /// `dead_letter_capacity = 10000` — dead letters kept; the oldest go first.
+    pub dead_letter_capacity: Option<PositiveCount>,
+}
+
+/// How a commit reaches the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Every commit is flushed to stable storage before it is acknowledged.
+    Sync,
+    /// Commits are visible at once but reach the disk later; a power loss may undo the last ones.
+    Relaxed,
+}
+
+/// `[brokers.<name>]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBroker {
+    /// `url = "mqtt://10.0.0.5:1883"` or `"nats://central:4222"`.
+    pub url: BrokerUrl,
+    /// `username = "gw07"`
+    pub username: Option<String>,
+    /// `password_file = "/etc/weir/plant.pass"` — read at start; keeps secrets out of this file.
+    pub password_file: Option<Spanned<PathBuf>>,
+    /// `keep_alive = "30s"` (MQTT only)
+    #[serde(default, with = "humantime_serde::option")]
+    pub keep_alive: Option<Duration>,
+    /// `reconnect_min = "100ms"` — first delay after a lost connection.
+    #[serde(default, with = "humantime_serde::option")]
+    pub reconnect_min: Option<Duration>,
+    /// `reconnect_max = "30s"` — the delay doubles per failure up to this.
+    #[serde(default, with = "humantime_serde::option")]
+    pub reconnect_max: Option<Duration>,
+}
+
+/// `[functions.<id>]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFunction {
+    /// `component = "threshold_alert.wasm"` — relative to `gateway.functions_dir`.
+    pub component: Spanned<PathBuf>,
+    /// `memory = "32MiB"` — linear memory cap; growing beyond it traps.
+    pub memory: Option<ByteSize>,
+    /// `timeout = "100ms"` — wall time per call before it is interrupted.
+    #[serde(default, with = "humantime_serde::option")]
+    pub timeout: Option<Duration>,
+}
+
+/// `[pipelines.<name>]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    /// `[pipelines.<name>.source.<kind>]`
+    pub source: Spanned<RawSource>,
+    /// `decode = "senml_json"` or `[pipelines.<name>.decode.json]` ...
+    pub decode: Spanned<RawDecode>,
+    /// `[[pipelines.<name>.operators]]`
+    #[serde(default)]
+    pub operators: Vec<Spanned<RawOperator>>,
+    /// `[pipelines.<name>.batch]`
+    #[serde(default)]
+    pub batch: RawBatch,
+    /// `encoding = "cbor"` — `cbor` (compact, see docs/batch-format.md) or `json`.
+    #[serde(default)]
+    pub encoding: Encoding,
+    /// `[pipelines.<name>.sink.<kind>]`
+    pub sink: Spanned<RawSink>,
+}
+
+/// Where a pipeline's messages come from; exactly one kind.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawSource {
+    /// `[pipelines.<name>.source.mqtt]`
+    Mqtt(RawMqttSource),
+    /// `[pipelines.<name>.source.nats]`
+    Nats(RawNatsSource),
+    /// `[pipelines.<name>.source.jetstream]`
+    Jetstream(RawJetStreamSource),
+    /// `[pipelines.<name>.source.simulated]`
+    Simulated(RawSimulatedSource),
+}
+
+/// `[pipelines.<name>.source.mqtt]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqttSource {
+    /// `broker = "plant"`
+    pub broker: Spanned<Name>,
+    /// `topics = ["plant1/+/temp"]`
+    pub topics: Vec<TopicFilter>,
+    /// `qos = 1` — 0 (at most once) or 1 (at least once, acknowledged after commit).
+    #[serde(default = "default_qos")]
+    pub qos: Spanned<u8>,
+    /// `client_id = "gw07-boiler"` — default `weir-<gateway>-<pipeline>`; keep it stable, the broker
+    /// keeps the persistent session under it.
+    pub client_id: Option<String>,
+}
+
+fn default_qos() -> Spanned<u8> {
+    Spanned::new(0..0, 1)
+}
+
+/// `[pipelines.<name>.source.nats]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNatsSource {
+    /// `broker = "plant-nats"`
+    pub broker: Spanned<Name>,
+    /// `subjects = ["sensors.>"]`
+    pub subjects: Vec<NatsSubjectFilter>,
+    /// `queue_group = "weir"` — share the subjects among several gateways.
+    pub queue_group: Option<String>,
+}
+
+/// `[pipelines.<name>.source.jetstream]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJetStreamSource {
+    /// `broker = "plant-nats"`
+    pub broker: Spanned<Name>,
+    /// `stream = "SENSORS"` — an existing stream.
+    pub stream: String,
+    /// `consumer = "weir-gw07"` — durable pull consumer, created when missing.
+    pub consumer: String,
+    /// `subjects = ["sensors.boiler.>"]` — filter; default: the whole stream.
+    #[serde(default)]
+    pub subjects: Vec<NatsSubjectFilter>,
+}
+
+/// `[pipelines.<name>.source.simulated]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSimulatedSource {
+    /// `payload = "json"` — `json`, `senml_json` or `frames` (see docs/simulator.md).
+    pub payload: SimulatedPayload,
+    /// `devices = 8`
+    pub devices: PositiveCount,
+    /// `interval = "250ms"` — each device reports this often.
+    #[serde(with = "humantime_serde")]
+    pub interval: Duration,
+    /// `topic_prefix = "sim/plant1"`
+    pub topic_prefix: String,
+    /// `seed = 7` — same seed, same signals.
+    #[serde(default)]
+    pub seed: u64,
+}
+
+/// Payload format a simulated device speaks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimulatedPayload {
+    /// One JSON object per reading: `{"sensor": ..., "ts": <ms>, "value": ..., "unit": ...}`.
+    Json,
+    /// One SenML pack per device and tick.
+    SenmlJson,
+    /// One WSF v1 binary frame per device and tick (see functions/frame-decoder).
+    Frames,
+}
+
+/// How payloads become readings; exactly one kind.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawDecode {
+    /// `[pipelines.<name>.decode.json]` — JSON with a field mapping.
+    Json(RawFieldMapping),
+    /// `[pipelines.<name>.decode.cbor]` — CBOR with a field mapping.
+    Cbor(RawFieldMapping),
+    /// `decode = "senml_json"` — RFC 8428 JSON.
+    SenmlJson,
+    /// `decode = "senml_cbor"` — RFC 8428 CBOR.
+    SenmlCbor,
+    /// `[pipelines.<name>.decode.raw]` — the payload is one number.
+    Raw(RawNumber),
+    /// `[pipelines.<name>.decode.function]` — a WebAssembly decoder function.
+    Function(RawFunctionUse),
+}
+
+/// Which fields of a JSON/CBOR object hold series, time and value.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFieldMapping {
+    /// `series = "/sensor"` — JSON pointer (or top-level field name) to the series name; default:
+    /// the topic.
+    pub series: Option<JsonPointer>,
+    /// `series_prefix = "plant1/"` — prepended to every series name.
+    #[serde(default)]
+    pub series_prefix: String,
+    /// `time = "/ts"` — timestamp field; default: receive time.
+    pub time: Option<JsonPointer>,
+    /// `time_unit = "ms"` — `s`, `ms`, `us`, `ns` for numbers; strings are RFC 3339 (default `ms`).
+    #[serde(default)]
+    pub time_unit: TimeUnit,
+    /// `value = "/value"` — one reading per object.
+    pub value: Option<JsonPointer>,
+    /// `values = { temperature = "/t", humidity = "/h" }` — several readings per object, series
+    /// `<series>/<key>`.
+    pub values: Option<BTreeMap<Name, JsonPointer>>,
+    /// `unit = "Cel"` — unit of every reading.
+    pub unit: Option<String>,
+}
+
+/// Unit of numeric timestamps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeUnit {
+    /// Seconds (fractions allowed).
+    S,
+    /// Milliseconds.
+    #[default]
+    Ms,
+    /// Microseconds.
+    Us,
+    /// Nanoseconds.
+    Ns,
+}
+
+/// `[pipelines.<name>.decode.raw]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawNumber {
+    /// `encoding = "text"` — `text` (ASCII number), `f32_be`, `f32_le`, `f64_be`, `f64_le`.
+    #[serde(default)]
+    pub encoding: NumberEncoding,
+    /// `series_prefix = "plant1/"` — prepended to the topic to name the series.
+    #[serde(default)]
+    pub series_prefix: String,
+    /// `unit = "Cel"`
+    pub unit: Option<String>,
+}
+
+/// How a raw number is written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NumberEncoding {
+    /// ASCII decimal, surrounding whitespace ignored.
+    #[default]
+    Text,
+    /// IEEE 754 binary32, big-endian.
+    F32Be,
+    /// IEEE 754 binary32, little-endian.
+    F32Le,
+    /// IEEE 754 binary64, big-endian.
+    F64Be,
+    /// IEEE 754 binary64, little-endian.
+    F64Le,
+}
+
+/// A use of a function: which one and with which parameters.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFunctionUse {
+    /// `function = "threshold-alert"`
+    pub function: Spanned<FunctionId>,
+    /// `params = { above = 80.0 }` — passed to the function's `init` as a JSON object.
+    #[serde(default)]
+    pub params: toml::Table,
+}
+
+/// `[[pipelines.<name>.operators]]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOperator {
+    /// `function = "threshold-alert"`
+    pub function: Spanned<FunctionId>,
+    /// `name = "boiler-high"` — names the operator's state namespace; default: the function id.
+    /// Required when a function appears twice in one pipeline.
+    pub name: Option<Spanned<Name>>,
+    /// `params = { above = 80.0 }`
+    #[serde(default)]
+    pub params: toml::Table,
+}
+
+/// `[pipelines.<name>.batch]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatch {
+    /// `max_messages = 1000` — messages per batch.
+    pub max_messages: Option<PositiveCount>,
+    /// `max_bytes = "1MiB"` — payload bytes per batch.
+    pub max_bytes: Option<ByteSize>,
+    /// `linger = "200ms"` — how long a partial batch waits for more messages.
+    #[serde(default, with = "humantime_serde::option")]
+    pub linger: Option<Duration>,
+    /// `queue = 4096` — messages buffered between the source and the batcher.
+    pub queue: Option<PositiveCount>,
+}
+
+/// How records are encoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// Compact CBOR, schema in docs/batch-format.md.
+    #[default]
+    Cbor,
+    /// JSON with the same structure, for debugging and simple consumers.
+    Json,
+}
+
+/// Where records go; exactly one kind.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawSink {
+    /// `[pipelines.<name>.sink.jetstream]`
+    Jetstream(RawJetStreamSink),
+    /// `[pipelines.<name>.sink.mqtt]`
+    Mqtt(RawMqttSink),
+    /// `[pipelines.<name>.sink.console]` — print what flows (for trying weir out).
+    Console(RawConsoleSink),
+}
+
+/// `[pipelines.<name>.sink.jetstream]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawJetStreamSink {
+    /// `broker = "central"`
+    pub broker: Spanned<Name>,
+    /// `subject = "weir.plant1.boiler"` — must be captured by a stream on the central server.
+    pub subject: NatsSubject,
+    /// `max_in_flight = 64` — publishes awaiting their ack at once.
+    pub max_in_flight: Option<PositiveCount>,
+}
+
+/// `[pipelines.<name>.sink.mqtt]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMqttSink {
+    /// `broker = "central-mqtt"`
+    pub broker: Spanned<Name>,
+    /// `topic = "weir/plant1/boiler"`
+    pub topic: MqttTopic,
+    /// `client_id = "gw07-boiler-out"` — default `weir-<gateway>-<pipeline>-out`.
+    pub client_id: Option<String>,
+    /// `max_in_flight = 64` — publishes awaiting their PUBACK at once.
+    pub max_in_flight: Option<PositiveCount>,
+}
+
+/// `[pipelines.<name>.sink.console]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConsoleSink {
+    /// `series_shown = 4` — series listed per record.
+    pub series_shown: Option<PositiveCount>,
+}

@@ -1,0 +1,500 @@
+//! Validating newtypes for configuration values: an identifier, URL, topic or size that exists
+//! is a valid one. Each deserializes from a string and refuses bad input with a message saying
+//! what is allowed; the TOML parser attaches the position.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::Deserialize;
+use serde::de::{self, Deserializer, Visitor};
+
+/// Longest identifier accepted (names, function ids, gateway id).
+const MAX_IDENT_LEN: usize = 64;
+
+fn check_identifier(what: &str, value: &str) -> Result<(), String> {
+    let valid_start = value
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let valid_rest = value
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    if valid_start && valid_rest && value.len() <= MAX_IDENT_LEN {
+        Ok(())
+    } else {
+        Err(format!(
+            "{what} {value:?} is not valid: use 1 to {MAX_IDENT_LEN} lowercase letters, digits, `-` or `_`, \
+             starting with a letter or digit"
+        ))
+    }
+}
+
+macro_rules! identifier {
+    ($(#[$doc:meta])* $name:ident, $what:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+        #[serde(try_from = "String")]
+        pub struct $name(String);
+
+        impl $name {
+            /// The identifier as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = String;
+
+            fn try_from(value: String) -> Result<Self, String> {
+                check_identifier($what, &value)?;
+                Ok(Self(value))
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = String;
+
+            fn from_str(value: &str) -> Result<Self, String> {
+                Self::try_from(value.to_owned())
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+identifier!(
+    /// Name of a broker, pipeline or operator.
+    Name,
+    "name"
+);
+identifier!(
+    /// Identity of a function (`threshold-alert`); with its component digest it is a version.
+    FunctionId,
+    "function id"
+);
+identifier!(
+    /// Identity of this gateway, used in client ids and record ids.
+    GatewayId,
+    "gateway id"
+);
+
+/// Protocol of a broker.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    /// MQTT 3.1.1 over TCP.
+    Mqtt,
+    /// NATS (core and JetStream) over TCP.
+    Nats,
+}
+
+impl fmt::Display for Protocol {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Mqtt => "mqtt",
+            Self::Nats => "nats",
+        })
+    }
+}
+
+/// `mqtt://host:port` or `nats://host:port`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct BrokerUrl {
+    /// Which protocol the scheme names.
+    pub protocol: Protocol,
+    /// Host name or address (IPv6 without brackets).
+    pub host: String,
+    /// TCP port (scheme default when omitted).
+    pub port: u16,
+}
+
+impl BrokerUrl {
+    /// `host:port`, bracketing IPv6 addresses.
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+impl fmt::Display for BrokerUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.protocol, self.authority())
+    }
+}
+
+impl TryFrom<String> for BrokerUrl {
+    type Error = String;
+
+    fn try_from(url: String) -> Result<Self, String> {
+        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+            format!("broker url {url:?} has no scheme: write mqtt://host:port or nats://host:port")
+        })?;
+        let (protocol, default_port) = match scheme {
+            "mqtt" | "tcp" => (Protocol::Mqtt, 1883),
+            "nats" => (Protocol::Nats, 4222),
+            "mqtts" | "ssl" | "tls" => {
+                return Err(format!(
+                    "broker url {url:?}: TLS connections are not supported by this version of weir; \
+                     use mqtt:// or nats:// (for example through a local TLS tunnel)"
+                ));
+            }
+            other => {
+                return Err(format!(
+                    "broker url {url:?}: unknown scheme {other:?}, expected mqtt or nats"
+                ));
+            }
+        };
+        if rest.contains(['/', '@', '?']) {
+            return Err(format!(
+                "broker url {url:?}: only scheme://host[:port] is accepted (credentials go in username / password_file)"
+            ));
+        }
+        let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("broker url {url:?}: unclosed `[` in IPv6 address"))?;
+            (host, after.strip_prefix(':'))
+        } else {
+            match rest.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (rest, None),
+            }
+        };
+        if host.is_empty() {
+            return Err(format!("broker url {url:?} has no host"));
+        }
+        let port = match port {
+            Some(port) => port.parse().map_err(|_| {
+                format!("broker url {url:?}: port {port:?} is not a number 1-65535")
+            })?,
+            None => default_port,
+        };
+        if port == 0 {
+            return Err(format!("broker url {url:?}: port 0 is not usable"));
+        }
+        Ok(Self {
+            protocol,
+            host: host.to_owned(),
+            port,
+        })
+    }
+}
+
+/// An MQTT subscription filter (`plant1/+/temp`, `plant1/#`).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct TopicFilter(String);
+
+impl TopicFilter {
+    /// The filter as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for TopicFilter {
+    type Error = String;
+
+    fn try_from(filter: String) -> Result<Self, String> {
+        if filter.is_empty() || filter.len() > usize::from(u16::MAX) || filter.contains('\0') {
+            return Err(format!(
+                "topic filter {filter:?} must be 1 to 65535 bytes without NUL"
+            ));
+        }
+        let levels: Vec<&str> = filter.split('/').collect();
+        for (i, level) in levels.iter().enumerate() {
+            if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
+                return Err(format!(
+                    "topic filter {filter:?}: `#` must be a whole level and the last one"
+                ));
+            }
+            if level.contains('+') && *level != "+" {
+                return Err(format!(
+                    "topic filter {filter:?}: `+` must be a whole level"
+                ));
+            }
+        }
+        Ok(Self(filter))
+    }
+}
+
+/// An MQTT topic to publish to (no wildcards).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct MqttTopic(String);
+
+impl MqttTopic {
+    /// The topic as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MqttTopic {
+    type Error = String;
+
+    fn try_from(topic: String) -> Result<Self, String> {
+        if topic.is_empty()
+            || topic.len() > usize::from(u16::MAX)
+            || topic.contains(['\0', '+', '#'])
+        {
+            return Err(format!(
+                "topic {topic:?} must be 1 to 65535 bytes without `+`, `#` or NUL"
+            ));
+        }
+        Ok(Self(topic))
+    }
+}
+
+fn check_nats_subject(subject: &str, wildcards_allowed: bool) -> Result<(), String> {
+    let tokens: Vec<&str> = subject.split('.').collect();
+    if subject.is_empty() || subject.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "subject {subject:?} must be non-empty and contain no whitespace"
+        ));
+    }
+    for (i, token) in tokens.iter().enumerate() {
+        if token.is_empty() {
+            return Err(format!(
+                "subject {subject:?} has an empty token (`..` or a leading/trailing `.`)"
+            ));
+        }
+        let wildcard = token.contains(['*', '>']);
+        if wildcard && !wildcards_allowed {
+            return Err(format!(
+                "subject {subject:?}: wildcards `*` and `>` are not allowed when publishing"
+            ));
+        }
+        if wildcard && !(*token == "*" || (*token == ">" && i + 1 == tokens.len())) {
+            return Err(format!(
+                "subject {subject:?}: `*` must be a whole token and `>` the whole last token"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A NATS subject that may contain wildcards (subscriptions, stream filters).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct NatsSubjectFilter(String);
+
+impl NatsSubjectFilter {
+    /// The subject as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for NatsSubjectFilter {
+    type Error = String;
+
+    fn try_from(subject: String) -> Result<Self, String> {
+        check_nats_subject(&subject, true)?;
+        Ok(Self(subject))
+    }
+}
+
+/// A NATS subject to publish to (no wildcards).
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct NatsSubject(String);
+
+impl NatsSubject {
+    /// The subject as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for NatsSubject {
+    type Error = String;
+
+    fn try_from(subject: String) -> Result<Self, String> {
+        check_nats_subject(&subject, false)?;
+        Ok(Self(subject))
+    }
+}
+
+/// An RFC 6901 JSON pointer (`/reading/value`); a bare field name `value` means `/value`.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct JsonPointer(String);
+
+impl JsonPointer {
+    /// The pointer in RFC 6901 form.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for JsonPointer {
+    type Error = String;
+
+    fn try_from(pointer: String) -> Result<Self, String> {
+        if pointer.is_empty() {
+            return Err("field pointer must not be empty (write `/field` or `field`)".to_owned());
+        }
+        if pointer.starts_with('/') {
+            let bad_escape = pointer
+                .match_indices('~')
+                .any(|(i, _)| !matches!(pointer.as_bytes().get(i + 1), Some(b'0' | b'1')));
+            if bad_escape {
+                return Err(format!(
+                    "field pointer {pointer:?}: `~` must be followed by 0 or 1 (RFC 6901)"
+                ));
+            }
+            Ok(Self(pointer))
+        } else {
+            Ok(Self(format!(
+                "/{}",
+                pointer.replace('~', "~0").replace('/', "~1")
+            )))
+        }
+    }
+}
+
+/// A size written with a unit (`"64MiB"`, `"512KiB"`, `"10MB"`); bare numbers are refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteSize(pub u64);
+
+impl<'de> Deserialize<'de> for ByteSize {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SizeVisitor;
+
+        impl Visitor<'_> for SizeVisitor {
+            type Value = ByteSize;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a size with a unit, such as \"64MiB\" or \"512KiB\"")
+            }
+
+            fn visit_str<E: de::Error>(self, text: &str) -> Result<ByteSize, E> {
+                let parsed = bytesize::ByteSize::from_str(text.trim()).map_err(|_| {
+                    E::custom(format!(
+                        "size {text:?} is not valid: write a number and a unit, such as \"64MiB\""
+                    ))
+                })?;
+                if !text.trim_end().ends_with(|c: char| c.is_ascii_alphabetic()) {
+                    return Err(E::custom(format!(
+                        "size {text:?} needs a unit, such as \"{text}B\" or \"{text}KiB\""
+                    )));
+                }
+                Ok(ByteSize(parsed.as_u64()))
+            }
+        }
+
+        deserializer.deserialize_str(SizeVisitor)
+    }
+}
+
+/// A count of at least one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(try_from = "i64")]
+pub struct PositiveCount(pub u32);
+
+impl TryFrom<i64> for PositiveCount {
+    type Error = String;
+
+    fn try_from(count: i64) -> Result<Self, String> {
+        u32::try_from(count)
+            .ok()
+            .filter(|&c| c >= 1)
+            .map(Self)
+            .ok_or_else(|| format!("{count} is not a count from 1 to {}", u32::MAX))
+    }
+}
+
+impl PositiveCount {
+    /// The count as usize.
+    pub fn get(self) -> usize {
+        self.0 as usize
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identifiers_accept_lowercase_digits_dash_underscore() {
+        assert!(Name::from_str("boiler-1_a").is_ok());
+        for bad in ["", "Boiler", "-x", "a b", "a.b", &"x".repeat(65)] {
+            assert!(Name::from_str(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn broker_urls_parse_scheme_host_and_default_port() {
+        let url = BrokerUrl::try_from("mqtt://10.0.0.5".to_owned()).expect("valid");
+        assert_eq!(
+            (url.protocol, url.host.as_str(), url.port),
+            (Protocol::Mqtt, "10.0.0.5", 1883)
+        );
+        let url = BrokerUrl::try_from("nats://[::1]:4333".to_owned()).expect("valid");
+        assert_eq!(
+            (url.host.as_str(), url.port, url.authority()),
+            ("::1", 4333, "[::1]:4333".to_owned())
+        );
+        for bad in [
+            "localhost:1883",
+            "http://x",
+            "mqtt://",
+            "mqtt://h:0",
+            "mqtt://h:99999",
+            "mqtt://u:p@h",
+            "mqtts://h",
+        ] {
+            assert!(BrokerUrl::try_from(bad.to_owned()).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn topic_filters_and_subjects_follow_protocol_rules() {
+        assert!(TopicFilter::try_from("a/+/b/#".to_owned()).is_ok());
+        assert!(TopicFilter::try_from("a/#/b".to_owned()).is_err());
+        assert!(TopicFilter::try_from("a/b+".to_owned()).is_err());
+        assert!(MqttTopic::try_from("a/+".to_owned()).is_err());
+        assert!(NatsSubjectFilter::try_from("a.*.>".to_owned()).is_ok());
+        assert!(NatsSubjectFilter::try_from("a.>.b".to_owned()).is_err());
+        assert!(NatsSubjectFilter::try_from("a..b".to_owned()).is_err());
+        assert!(NatsSubject::try_from("a.*".to_owned()).is_err());
+        assert!(NatsSubject::try_from("weir.plant1.boiler".to_owned()).is_ok());
+    }
+
+    #[test]
+    fn json_pointers_accept_bare_field_names() {
+        assert_eq!(
+            JsonPointer::try_from("value".to_owned())
+                .expect("valid")
+                .as_str(),
+            "/value"
+        );
+        assert_eq!(
+            JsonPointer::try_from("a/b".to_owned())
+                .expect("valid")
+                .as_str(),
+            "/a~1b"
+        );
+        assert!(JsonPointer::try_from("/a~2".to_owned()).is_err());
+    }
+
+    #[test]
+    fn sizes_need_units() {
+        let parse =
+            |s: &str| ByteSize::deserialize(de::value::StrDeserializer::<de::value::Error>::new(s));
+        assert_eq!(parse("64MiB").expect("valid").0, 64 * 1024 * 1024);
+        assert_eq!(parse("1 KiB").expect("valid").0, 1024);
+        assert!(parse("64").is_err());
+        assert!(parse("lots").is_err());
+    }
+}

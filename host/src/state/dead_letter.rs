@@ -1,0 +1,72 @@
+//! Dead letters: input the host could not process, kept with the reason so nothing is lost.
+//!
+//! Stored as CBOR (`minicbor` derive, integer keys); the layout below is the on-disk format and
+//! only grows new optional fields.
+
+use minicbor::{Decode, Encode};
+
+use super::StoreError;
+
+/// What could not be processed.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub enum DeadLetterContent {
+    /// A raw message (for example, one that failed to decode).
+    #[n(0)]
+    Message {
+        /// Topic or subject it arrived on.
+        #[n(0)]
+        topic: String,
+        /// The payload, unchanged.
+        #[cbor(n(1), with = "minicbor::bytes")]
+        payload: Vec<u8>,
+        /// Processing time it was received at (ns since the epoch).
+        #[n(2)]
+        received_at: i64,
+    },
+    /// A decoded batch (for example, the input of an operator that failed), encoded as a record
+    /// with seq 0 (see `encode`).
+    #[n(1)]
+    Batch {
+        /// The record bytes.
+        #[cbor(n(0), with = "minicbor::bytes")]
+        record: Vec<u8>,
+        /// Number of readings in it.
+        #[n(1)]
+        readings: u64,
+    },
+}
+
+/// One dead letter.
+#[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
+pub struct DeadLetter {
+    /// Pipeline it belongs to.
+    #[n(0)]
+    pub pipeline: String,
+    /// Stage that refused it: `decode`, `operator <name>`, `encode`.
+    #[n(1)]
+    pub stage: String,
+    /// Why, in words.
+    #[n(2)]
+    pub reason: String,
+    /// Processing time at which it was dead-lettered (ns since the epoch).
+    #[n(3)]
+    pub at: i64,
+    /// The input itself.
+    #[n(4)]
+    pub content: DeadLetterContent,
+}
+
+impl DeadLetter {
+    /// The stored form.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        minicbor::to_vec(self).expect("encoding into a Vec cannot fail")
+    }
+
+    /// Parses the stored form.
+    pub fn from_bytes(bytes: &[u8]) -> Result<Self, StoreError> {
+        minicbor::decode(bytes).map_err(|e| StoreError::Unreadable {
+            what: "dead letter",
+            reason: e.to_string(),
+        })
+    }
+}

@@ -1,0 +1,543 @@
+//! State: the data directory's redb database — function state, dead letters, the outbox and
+//! stream sequence numbers — and its single writer.
+//!
+//! **Boundary:** this is the only module that imports redb.
+//!
+//! **Invariant (one writer):** every write goes through the [`Committer`], a dedicated thread that
+//! owns all write transactions. It takes every [`ChangeSet`] waiting in its queue, applies them in
+//! arrival order in *one* write transaction and commits once (group commit), then answers each
+//! sender. A change set is therefore all-or-nothing: the function state written while processing a
+//! batch, the batch's outbox record, its dead letters and its stream position become durable
+//! together or not at all. Callers acknowledge input upstream only after their commit returned Ok.
+//!
+//! Reads ([`StateStore`]) use redb's MVCC snapshots and never block the writer.
+//!
+//! On-disk layout (`<data_dir>/weir.redb`), all tables created at open:
+//!
+//! | table            | key                    | value                                        |
+//! |------------------|------------------------|----------------------------------------------|
+//! | `function_state` | (namespace, key bytes) | value bytes                                  |
+//! | `outbox`         | (stream, seq)          | record body (see `encode`)                   |
+//! | `stream_seq`     | stream                 | highest seq ever assigned                    |
+//! | `dead_letters`   | id (monotonic)         | [`DeadLetter`] as CBOR                       |
+//! | `counters`       | name                   | u64                                          |
+
+mod dead_letter;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use redb::{
+    Database, Durability as RedbDurability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
+    TableDefinition,
+};
+use tokio::sync::oneshot;
+
+pub use dead_letter::{DeadLetter, DeadLetterContent};
+
+use crate::config::Durability;
+
+const FUNCTION_STATE: TableDefinition<'_, (&str, &[u8]), &[u8]> =
+    TableDefinition::new("function_state");
+const OUTBOX: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("outbox");
+const STREAM_SEQ: TableDefinition<'_, &str, u64> = TableDefinition::new("stream_seq");
+const DEAD_LETTERS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("dead_letters");
+const COUNTERS: TableDefinition<'_, &str, u64> = TableDefinition::new("counters");
+
+/// Counter: dead letters removed to respect the capacity.
+pub const DEAD_LETTERS_EVICTED: &str = "dead_letters_evicted";
+/// Counter: id the next dead letter gets.
+const DEAD_LETTERS_NEXT_ID: &str = "dead_letters_next_id";
+
+/// File name of the database inside the data directory.
+pub const DATABASE_FILE: &str = "weir.redb";
+/// Page cache of the database. Gateways are small; the hot set (recent outbox pages, state) is too.
+const CACHE_BYTES: usize = 32 * 1024 * 1024;
+/// Change sets taken into one transaction at most.
+const MAX_GROUP: usize = 256;
+/// In `relaxed` mode, the longest time between two durable commits.
+const RELAXED_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// Change sets waiting for the committer at most.
+const QUEUE: usize = 1024;
+
+/// Why the state store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// Another process holds the database.
+    #[error("data dir {path} is in use by another weir process (only one may open it)")]
+    InUse {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// The data directory cannot be created or read.
+    #[error("cannot use data dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// redb reported an error.
+    #[error("state database {operation} failed: {source}")]
+    Database {
+        /// What was being done.
+        operation: &'static str,
+        /// redb's error.
+        source: Box<redb::Error>,
+    },
+    /// A stored value could not be decoded.
+    #[error("stored {what} is unreadable: {reason}")]
+    Unreadable {
+        /// Which kind of entry.
+        what: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The commit of a change set failed; nothing of it was applied.
+    #[error("commit failed: {reason}")]
+    CommitFailed {
+        /// Why.
+        reason: String,
+    },
+    /// The committer thread is gone (the store is shutting down or crashed).
+    #[error("the state committer has stopped")]
+    CommitterStopped,
+}
+
+fn db_error(operation: &'static str) -> impl FnOnce(redb::Error) -> StoreError {
+    move |source| StoreError::Database {
+        operation,
+        source: Box::new(source),
+    }
+}
+
+/// Shorthand: convert any redb error type into [`StoreError`].
+trait OrStore<T> {
+    fn or_store(self, operation: &'static str) -> Result<T, StoreError>;
+}
+
+impl<T, E: Into<redb::Error>> OrStore<T> for Result<T, E> {
+    fn or_store(self, operation: &'static str) -> Result<T, StoreError> {
+        self.map_err(|e| db_error(operation)(e.into()))
+    }
+}
+
+/// One write to a function's state namespace; `value: None` deletes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StateWrite {
+    /// The namespace (`<pipeline>/<operator name>`).
+    pub namespace: String,
+    /// The key.
+    pub key: Vec<u8>,
+    /// The new value, or `None` to delete.
+    pub value: Option<Vec<u8>>,
+}
+
+/// A record for the outbox.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OutboxRecord {
+    /// Its stream (pipeline name).
+    pub stream: String,
+    /// Its position in the stream; must be above every seq assigned before.
+    pub seq: u64,
+    /// The encoded record body.
+    pub body: Vec<u8>,
+}
+
+/// Everything one unit of work changes, committed atomically.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ChangeSet {
+    /// Function state writes, applied in order.
+    pub state_writes: Vec<StateWrite>,
+    /// Records to append to the outbox.
+    pub records: Vec<OutboxRecord>,
+    /// Records the central broker confirmed: removed from the outbox.
+    pub confirmed: Vec<(String, u64)>,
+    /// Dead letters to keep.
+    pub dead_letters: Vec<DeadLetter>,
+}
+
+impl ChangeSet {
+    /// True when committing would change nothing.
+    pub fn is_empty(&self) -> bool {
+        self.state_writes.is_empty()
+            && self.records.is_empty()
+            && self.confirmed.is_empty()
+            && self.dead_letters.is_empty()
+    }
+}
+
+/// Read access to the store. Cheap to clone; reads see the latest committed state.
+#[derive(Clone, Debug)]
+pub struct StateStore {
+    db: Arc<Database>,
+    path: PathBuf,
+}
+
+/// Settings of the store.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreOptions {
+    /// How commits reach the disk.
+    pub durability: Durability,
+    /// Dead letters kept.
+    pub dead_letter_capacity: u64,
+}
+
+/// Hands change sets to the committer thread. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Committer {
+    queue: flume::Sender<Request>,
+}
+
+impl Committer {
+    /// Commits `changes` (grouped with whatever else is waiting) and returns once they are durable
+    /// as the configured durability defines it.
+    pub async fn commit(&self, changes: ChangeSet) -> Result<(), StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.queue
+            .send_async((changes, reply))
+            .await
+            .map_err(|_| StoreError::CommitterStopped)?;
+        match answer.await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(reason)) => Err(StoreError::CommitFailed { reason }),
+            Err(_) => Err(StoreError::CommitterStopped),
+        }
+    }
+}
+
+/// Opens (or creates) the database in `data_dir` and starts its committer thread.
+///
+/// The thread ends when every [`Committer`] clone is dropped; join the handle to know that the last
+/// commit finished.
+pub fn open(
+    data_dir: &Path,
+    options: StoreOptions,
+) -> Result<(StateStore, Committer, JoinHandle<()>), StoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
+        path: data_dir.to_owned(),
+        source,
+    })?;
+    let path = data_dir.join(DATABASE_FILE);
+    let db = match Database::builder()
+        .set_cache_size(CACHE_BYTES)
+        .create(&path)
+    {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::InUse { path }),
+        Err(e) => return Err(db_error("open")(e.into())),
+    };
+    let txn = db.begin_write().or_store("create tables")?;
+    {
+        txn.open_table(FUNCTION_STATE).or_store("create tables")?;
+        txn.open_table(OUTBOX).or_store("create tables")?;
+        txn.open_table(STREAM_SEQ).or_store("create tables")?;
+        txn.open_table(DEAD_LETTERS).or_store("create tables")?;
+        txn.open_table(COUNTERS).or_store("create tables")?;
+    }
+    txn.commit().or_store("create tables")?;
+
+    let db = Arc::new(db);
+    let (queue, requests) = flume::bounded(QUEUE);
+    let writer = Writer {
+        db: Arc::clone(&db),
+        options,
+        last_durable: Instant::now(),
+        pending_non_durable: false,
+    };
+    let thread = std::thread::Builder::new()
+        .name("weir-committer".into())
+        .spawn(move || writer.run(requests))
+        .map_err(|source| StoreError::DataDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+    Ok((StateStore { db, path }, Committer { queue }, thread))
+}
+
+impl StateStore {
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The value of `key` in `namespace`.
+    pub fn function_state_get(
+        &self,
+        namespace: &str,
+        key: &[u8],
+    ) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().or_store("read function state")?;
+        let table = txn
+            .open_table(FUNCTION_STATE)
+            .or_store("read function state")?;
+        Ok(table
+            .get((namespace, key))
+            .or_store("read function state")?
+            .map(|v| v.value().to_vec()))
+    }
+
+    /// Up to `limit` entries of `namespace` with `start <= key < end`, ascending.
+    pub fn function_state_range(
+        &self,
+        namespace: &str,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().or_store("read function state")?;
+        let table = txn
+            .open_table(FUNCTION_STATE)
+            .or_store("read function state")?;
+        let range = match end {
+            Some(end) => table.range((namespace, start)..(namespace, end)),
+            // Every key of this namespace: up to the first key of the next possible namespace.
+            None => table.range((namespace, start)..),
+        }
+        .or_store("read function state")?;
+        let mut entries = Vec::new();
+        for entry in range {
+            let (key, value) = entry.or_store("read function state")?;
+            let (entry_namespace, entry_key) = key.value();
+            if entry_namespace != namespace || entries.len() == limit {
+                break;
+            }
+            entries.push((entry_key.to_vec(), value.value().to_vec()));
+        }
+        Ok(entries)
+    }
+
+    /// Highest seq ever assigned in `stream` (0 when none).
+    pub fn last_seq(&self, stream: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().or_store("read stream position")?;
+        let table = txn
+            .open_table(STREAM_SEQ)
+            .or_store("read stream position")?;
+        Ok(table
+            .get(stream)
+            .or_store("read stream position")?
+            .map_or(0, |v| v.value()))
+    }
+
+    /// Up to `limit` outbox records of `stream` with seq above `after`, in seq order.
+    pub fn outbox_after(
+        &self,
+        stream: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+        let txn = self.db.begin_read().or_store("read outbox")?;
+        let table = txn.open_table(OUTBOX).or_store("read outbox")?;
+        let Some(first) = after.checked_add(1) else {
+            return Ok(Vec::new());
+        };
+        table
+            .range((stream, first)..=(stream, u64::MAX))
+            .or_store("read outbox")?
+            .take(limit)
+            .map(|entry| {
+                let (key, value) = entry.or_store("read outbox")?;
+                Ok((key.value().1, value.value().to_vec()))
+            })
+            .collect()
+    }
+
+    /// Number of outbox records of `stream`.
+    pub fn outbox_len(&self, stream: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().or_store("read outbox")?;
+        let table = txn.open_table(OUTBOX).or_store("read outbox")?;
+        let mut count = 0;
+        for entry in table
+            .range((stream, 0)..=(stream, u64::MAX))
+            .or_store("read outbox")?
+        {
+            entry.or_store("read outbox")?;
+            count += 1;
+        }
+        Ok(count)
+    }
+
+    /// The newest `limit` dead letters, oldest first, with their ids.
+    pub fn dead_letters(&self, limit: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
+        let txn = self.db.begin_read().or_store("read dead letters")?;
+        let table = txn.open_table(DEAD_LETTERS).or_store("read dead letters")?;
+        let mut newest = Vec::new();
+        for entry in table
+            .iter()
+            .or_store("read dead letters")?
+            .rev()
+            .take(limit)
+        {
+            let (id, bytes) = entry.or_store("read dead letters")?;
+            newest.push((id.value(), DeadLetter::from_bytes(bytes.value())?));
+        }
+        newest.reverse();
+        Ok(newest)
+    }
+
+    /// Number of dead letters kept, and number evicted to respect the capacity.
+    pub fn dead_letter_counts(&self) -> Result<(u64, u64), StoreError> {
+        let txn = self.db.begin_read().or_store("read dead letters")?;
+        let kept = txn
+            .open_table(DEAD_LETTERS)
+            .or_store("read dead letters")?
+            .len()
+            .or_store("read dead letters")?;
+        let counters = txn.open_table(COUNTERS).or_store("read counters")?;
+        let evicted = counters
+            .get(DEAD_LETTERS_EVICTED)
+            .or_store("read counters")?
+            .map_or(0, |v| v.value());
+        Ok((kept, evicted))
+    }
+}
+
+/// The committer thread's state.
+struct Writer {
+    db: Arc<Database>,
+    options: StoreOptions,
+    last_durable: Instant,
+    /// A non-durable commit happened since the last durable one.
+    pending_non_durable: bool,
+}
+
+type Request = (ChangeSet, oneshot::Sender<Result<(), String>>);
+
+impl Writer {
+    fn run(mut self, requests: flume::Receiver<Request>) {
+        loop {
+            let first = match requests.recv_timeout(RELAXED_SYNC_INTERVAL) {
+                Ok(request) => request,
+                Err(flume::RecvTimeoutError::Timeout) => {
+                    self.flush_if_relaxed();
+                    continue;
+                }
+                Err(flume::RecvTimeoutError::Disconnected) => break,
+            };
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match requests.try_recv() {
+                    Ok(request) => group.push(request),
+                    Err(_) => break,
+                }
+            }
+            let (changes, replies): (Vec<ChangeSet>, Vec<_>) = group.into_iter().unzip();
+            let outcome = self.apply(&changes).map_err(|e| e.to_string());
+            if let Err(reason) = &outcome {
+                tracing::error!(stage = "state", error = %reason, change_sets = changes.len(), "commit failed");
+            }
+            for reply in replies {
+                // A sender that stopped waiting (shutdown) does not need the answer.
+                let _ = reply.send(outcome.clone());
+            }
+        }
+        self.flush_if_relaxed();
+    }
+
+    /// In relaxed mode, makes earlier non-durable commits durable with an empty durable commit.
+    fn flush_if_relaxed(&mut self) {
+        if self.options.durability == Durability::Relaxed && self.pending_non_durable {
+            if let Err(e) = self.apply(&[]) {
+                tracing::error!(stage = "state", error = %e, "durable flush failed");
+            }
+        }
+    }
+
+    fn apply(&mut self, changes: &[ChangeSet]) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().or_store("begin commit")?;
+        let durable = match self.options.durability {
+            Durability::Sync => true,
+            Durability::Relaxed => {
+                changes.is_empty() || self.last_durable.elapsed() >= RELAXED_SYNC_INTERVAL
+            }
+        };
+        txn.set_durability(if durable {
+            RedbDurability::Immediate
+        } else {
+            RedbDurability::None
+        })
+        .or_store("begin commit")?;
+        {
+            let mut state = txn
+                .open_table(FUNCTION_STATE)
+                .or_store("write function state")?;
+            let mut outbox = txn.open_table(OUTBOX).or_store("write outbox")?;
+            let mut stream_seq = txn
+                .open_table(STREAM_SEQ)
+                .or_store("write stream position")?;
+            let mut dead_letters = txn
+                .open_table(DEAD_LETTERS)
+                .or_store("write dead letters")?;
+            let mut counters = txn.open_table(COUNTERS).or_store("write counters")?;
+            for change in changes {
+                for write in &change.state_writes {
+                    let key = (write.namespace.as_str(), write.key.as_slice());
+                    match &write.value {
+                        Some(value) => state
+                            .insert(key, value.as_slice())
+                            .or_store("write function state")?,
+                        None => state.remove(key).or_store("write function state")?,
+                    };
+                }
+                for record in &change.records {
+                    outbox
+                        .insert((record.stream.as_str(), record.seq), record.body.as_slice())
+                        .or_store("write outbox")?;
+                    let previous = stream_seq
+                        .get(record.stream.as_str())
+                        .or_store("write stream position")?
+                        .map_or(0, |v| v.value());
+                    if record.seq > previous {
+                        stream_seq
+                            .insert(record.stream.as_str(), record.seq)
+                            .or_store("write stream position")?;
+                    }
+                }
+                for (stream, seq) in &change.confirmed {
+                    outbox
+                        .remove((stream.as_str(), *seq))
+                        .or_store("write outbox")?;
+                }
+                for letter in &change.dead_letters {
+                    let id = counters
+                        .get(DEAD_LETTERS_NEXT_ID)
+                        .or_store("write counters")?
+                        .map_or(0, |v| v.value());
+                    dead_letters
+                        .insert(id, letter.to_bytes().as_slice())
+                        .or_store("write dead letters")?;
+                    counters
+                        .insert(DEAD_LETTERS_NEXT_ID, id + 1)
+                        .or_store("write counters")?;
+                }
+            }
+            let excess = dead_letters
+                .len()
+                .or_store("write dead letters")?
+                .saturating_sub(self.options.dead_letter_capacity);
+            if excess > 0 {
+                for _ in 0..excess {
+                    dead_letters.pop_first().or_store("evict dead letters")?;
+                }
+                let evicted = counters
+                    .get(DEAD_LETTERS_EVICTED)
+                    .or_store("write counters")?
+                    .map_or(0, |v| v.value());
+                counters
+                    .insert(DEAD_LETTERS_EVICTED, evicted + excess)
+                    .or_store("write counters")?;
+            }
+        }
+        txn.commit().or_store("commit")?;
+        if durable {
+            self.last_durable = Instant::now();
+        }
+        self.pending_non_durable = !durable;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests;
