@@ -256,6 +256,15 @@ impl BatchBuilder {
     }
 }
 
+/// What the host tells a function about the call it is making.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CallContext {
+    /// Processing time at the start of the batch.
+    pub processing_time: Nanos,
+    /// The pipeline's watermark: the highest event time seen so far.
+    pub watermark: Nanos,
+}
+
 /// One raw message as received from a broker or simulator, before decoding.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Message {

@@ -4,4 +4,7 @@ pub mod batch;
 pub mod config;
 pub mod decode;
 pub mod encode;
+pub mod operator;
+pub mod sandbox;
 pub mod state;
+pub mod telemetry;

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use super::{Decode, DecodeError, cbor_value, kind_of, parse_json};
 use crate::batch::Batch;
-use crate::batch::{BatchBuilder, Message, Nanos, Series};
+use crate::batch::{BatchBuilder, CallContext, Message, Nanos, Series};
 use crate::config::{FieldMapping, JsonPointer, TimeUnit, ValueFields};
 
 /// Which encoding the objects arrive in.
@@ -112,7 +112,7 @@ impl FieldMappingDecoder {
 }
 
 impl Decode for FieldMappingDecoder {
-    fn decode(&mut self, message: &Message) -> Result<Batch, DecodeError> {
+    fn decode(&mut self, message: &Message, _ctx: &CallContext) -> Result<Batch, DecodeError> {
         let document = match self.syntax {
             Syntax::Json => parse_json(&message.payload)?,
             Syntax::Cbor => cbor_value::read(&message.payload)?,
@@ -224,6 +224,10 @@ pub(super) fn seconds_to_nanos(seconds: f64) -> Option<Nanos> {
 
 #[cfg(test)]
 mod tests {
+    const CTX: CallContext = CallContext {
+        processing_time: 0,
+        watermark: 0,
+    };
     use bytes::Bytes;
     use serde_json::json;
 
@@ -264,7 +268,7 @@ mod tests {
         let mut decoder = FieldMappingDecoder::json(mapping(ValueFields::One(pointer("value"))));
         let payload = json!([{"sensor": "a", "ts": 1000, "value": 1.5}, {"sensor": "b", "ts": 2000, "value": true}]);
         let batch = decoder
-            .decode(&message(payload.to_string()))
+            .decode(&message(payload.to_string()), &CTX)
             .expect("valid payload");
         assert_eq!(
             readings(&batch),
@@ -284,10 +288,13 @@ mod tests {
         ]);
         let mut decoder = FieldMappingDecoder::json(mapping(values));
         let batch = decoder
-            .decode(&message(
-                json!({"sensor": "dev1", "ts": "2024-05-01T12:00:00+02:00", "temp": 21.0})
-                    .to_string(),
-            ))
+            .decode(
+                &message(
+                    json!({"sensor": "dev1", "ts": "2024-05-01T12:00:00+02:00", "temp": 21.0})
+                        .to_string(),
+                ),
+                &CTX,
+            )
             .expect("valid payload");
         assert_eq!(
             readings(&batch),
@@ -302,7 +309,7 @@ mod tests {
         m.time = None;
         m.series_prefix = "site/".into();
         let batch = FieldMappingDecoder::json(m)
-            .decode(&message(r#"{"v": 3}"#))
+            .decode(&message(r#"{"v": 3}"#), &CTX)
             .expect("valid payload");
         assert_eq!(readings(&batch), [("site/plant/boiler".into(), 42, 3.0)]);
     }
@@ -320,7 +327,7 @@ mod tests {
         ];
         for (payload, expected) in cases {
             let err = decoder
-                .decode(&message(payload.clone()))
+                .decode(&message(payload.clone()), &CTX)
                 .expect_err(&payload);
             assert!(err.to_string().contains(expected), "{payload}: {err}");
         }
@@ -341,7 +348,7 @@ mod tests {
             })
             .expect("encoding to a Vec");
         let batch = FieldMappingDecoder::cbor(mapping(ValueFields::One(pointer("/value"))))
-            .decode(&message(payload))
+            .decode(&message(payload), &CTX)
             .expect("valid payload");
         assert_eq!(readings(&batch), [("c".into(), 5_000_000, 2.25)]);
     }

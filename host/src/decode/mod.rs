@@ -15,8 +15,9 @@ mod fields;
 mod number;
 mod senml;
 
-use crate::batch::{Batch, Message};
+use crate::batch::{Batch, CallContext, Message};
 use crate::config::DecodeConfig;
+use crate::state::StateWrite;
 
 pub use fields::FieldMappingDecoder;
 pub use number::RawNumberDecoder;
@@ -123,7 +124,13 @@ fn at_item(item: Option<usize>) -> String {
 /// `Send` because the pipeline moves its decoder onto a blocking thread for each batch.
 pub trait Decode: Send {
     /// Decodes `message`. An empty batch is a valid answer (a SenML pack of strings, say).
-    fn decode(&mut self, message: &Message) -> Result<Batch, DecodeError>;
+    /// Built-in decoders ignore `ctx`; decoder functions see it through their clock.
+    fn decode(&mut self, message: &Message, ctx: &CallContext) -> Result<Batch, DecodeError>;
+
+    /// State writes of successful calls since the last take (decoder functions only).
+    fn take_state_writes(&mut self) -> Vec<StateWrite> {
+        Vec::new()
+    }
 }
 
 /// The built-in decoder for `config`, or `None` when the config names a decoder function.

@@ -4,7 +4,7 @@
 //! ASCII text or a fixed-width IEEE 754 float; the width must match exactly.
 
 use super::{Decode, DecodeError};
-use crate::batch::{Batch, BatchBuilder, Message, Series};
+use crate::batch::{Batch, BatchBuilder, CallContext, Message, Series};
 use crate::config::NumberEncoding;
 
 /// Decodes single-number payloads.
@@ -65,7 +65,7 @@ fn truncate(text: &str) -> String {
 }
 
 impl Decode for RawNumberDecoder {
-    fn decode(&mut self, message: &Message) -> Result<Batch, DecodeError> {
+    fn decode(&mut self, message: &Message, _ctx: &CallContext) -> Result<Batch, DecodeError> {
         let value = self.value(&message.payload)?;
         let mut out = BatchBuilder::new();
         let series = Series {
@@ -81,6 +81,10 @@ impl Decode for RawNumberDecoder {
 
 #[cfg(test)]
 mod tests {
+    const CTX: CallContext = CallContext {
+        processing_time: 0,
+        watermark: 0,
+    };
     use bytes::Bytes;
 
     use super::*;
@@ -91,7 +95,7 @@ mod tests {
             payload: payload.into(),
             received_at: 9,
         };
-        let batch = RawNumberDecoder::new(encoding, "p/".into(), None).decode(&message)?;
+        let batch = RawNumberDecoder::new(encoding, "p/".into(), None).decode(&message, &CTX)?;
         assert_eq!(batch.series()[0].name, "p/a/b");
         assert_eq!(batch.timestamps(), [9]);
         Ok(batch.values()[0])

@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 
 use super::fields::seconds_to_nanos;
 use super::{Decode, DecodeError, cbor_value, kind_of, parse_json};
-use crate::batch::{Batch, BatchBuilder, Message, Series};
+use crate::batch::{Batch, BatchBuilder, CallContext, Message, Series};
 
 /// Resolved times below this many seconds are relative to "now" (RFC 8428 §4.5.3).
 const RELATIVE_TIME_LIMIT: f64 = 268_435_456.0;
@@ -52,13 +52,13 @@ pub struct SenmlJsonDecoder;
 pub struct SenmlCborDecoder;
 
 impl Decode for SenmlJsonDecoder {
-    fn decode(&mut self, message: &Message) -> Result<Batch, DecodeError> {
+    fn decode(&mut self, message: &Message, _ctx: &CallContext) -> Result<Batch, DecodeError> {
         resolve(&parse_json(&message.payload)?, message)
     }
 }
 
 impl Decode for SenmlCborDecoder {
-    fn decode(&mut self, message: &Message) -> Result<Batch, DecodeError> {
+    fn decode(&mut self, message: &Message, _ctx: &CallContext) -> Result<Batch, DecodeError> {
         let mut pack = cbor_value::read(&message.payload)?;
         if let Value::Array(records) = &mut pack {
             for record in records.iter_mut() {
@@ -216,6 +216,10 @@ fn valid_name(name: &str) -> bool {
 
 #[cfg(test)]
 mod tests {
+    const CTX: CallContext = CallContext {
+        processing_time: 0,
+        watermark: 0,
+    };
     use bytes::Bytes;
     use serde_json::json;
 
@@ -249,7 +253,7 @@ mod tests {
             {"n": "label", "vs": "ignored"},
         ]);
         let batch = SenmlJsonDecoder
-            .decode(&message(pack.to_string()))
+            .decode(&message(pack.to_string()), &CTX)
             .expect("valid pack");
         let base = 1_320_067_464_000_000_000;
         assert_eq!(
@@ -287,7 +291,7 @@ mod tests {
     fn small_times_are_relative_to_receive_time_and_base_value_adds() {
         let pack = json!([{"bn": "dev/", "bv": 100, "n": "a", "v": 5, "t": -10}, {"n": "b", "s": 7, "bs": 1}]);
         let batch = SenmlJsonDecoder
-            .decode(&message(pack.to_string()))
+            .decode(&message(pack.to_string()), &CTX)
             .expect("valid pack");
         assert_eq!(
             readings(&batch),
@@ -312,7 +316,7 @@ mod tests {
         ];
         for (pack, expected) in cases {
             let err = SenmlJsonDecoder
-                .decode(&message(pack.to_string()))
+                .decode(&message(pack.to_string()), &CTX)
                 .expect_err(expected);
             assert!(err.to_string().contains(expected), "{pack}: {err}");
         }
@@ -340,7 +344,7 @@ mod tests {
             .expect("encoding to a Vec");
         // First record has no value: base fields only.
         let batch = SenmlCborDecoder
-            .decode(&message(payload))
+            .decode(&message(payload), &CTX)
             .expect("valid pack");
         assert_eq!(
             readings(&batch),

@@ -1,0 +1,537 @@
+//! Warm instances: one per use of a function in a pipeline, reused across calls, replaced after a
+//! fault or on a version change.
+
+use std::sync::Arc;
+
+use wasmtime::component::InstancePre;
+use wasmtime::{Engine, Store, Trap};
+
+use super::bindings::{decoder, operator, types};
+use super::host::{InstanceLabels, InstanceState, LimitHit, StateLimits, Writes};
+use super::{CompiledFunction, SandboxError, WorldKind, deadline_ticks};
+use crate::batch::{Batch, CallContext, Message, Series};
+use crate::decode::{Decode, DecodeError};
+use crate::operator::{Operator, OperatorFailure};
+use crate::state::{StateStore, StateWrite};
+
+/// A linked component, checked against one world.
+pub(super) enum Pre {
+    Operator(operator::OperatorPre<InstanceState>),
+    Decoder(decoder::DecoderPre<InstanceState>),
+}
+
+impl Pre {
+    /// Checks the component's exports against both worlds; errors give both reasons.
+    pub(super) fn new(instance_pre: InstancePre<InstanceState>) -> Result<Self, (String, String)> {
+        match operator::OperatorPre::new(instance_pre.clone()) {
+            Ok(pre) => Ok(Self::Operator(pre)),
+            Err(operator_error) => match decoder::DecoderPre::new(instance_pre) {
+                Ok(pre) => Ok(Self::Decoder(pre)),
+                Err(decoder_error) => {
+                    Err((format!("{operator_error:#}"), format!("{decoder_error:#}")))
+                }
+            },
+        }
+    }
+
+    pub(super) fn world(&self) -> WorldKind {
+        match self {
+            Self::Operator(_) => WorldKind::Operator,
+            Self::Decoder(_) => WorldKind::Decoder,
+        }
+    }
+}
+
+/// What every instance needs from the sandbox.
+pub(super) struct Runtime {
+    pub(super) engine: Engine,
+    pub(super) store: StateStore,
+    pub(super) state_limits: StateLimits,
+}
+
+enum Exports {
+    Operator(operator::Operator),
+    Decoder(decoder::Decoder),
+}
+
+struct Live {
+    store: Store<InstanceState>,
+    exports: Exports,
+}
+
+/// One use of a function in a pipeline: a warm instance that is re-created after faults.
+///
+/// Invariant: state writes of successful calls that the pipeline has not taken yet survive a
+/// fault — they move from the discarded store into `carried`, and from there into the next one.
+pub struct FunctionInstance {
+    runtime: Runtime,
+    function: Arc<CompiledFunction>,
+    labels: Arc<InstanceLabels>,
+    namespace: String,
+    params_json: String,
+    live: Option<Live>,
+    carried: Writes,
+    consecutive_faults: u32,
+}
+
+impl std::fmt::Debug for FunctionInstance {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FunctionInstance")
+            .field("function", &self.labels.function)
+            .field("namespace", &self.namespace)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FunctionInstance {
+    /// Instantiates and initialises; refuses to start when `init` fails.
+    pub(super) fn start(
+        runtime: Runtime,
+        function: Arc<CompiledFunction>,
+        labels: InstanceLabels,
+        params_json: String,
+    ) -> Result<Self, SandboxError> {
+        let namespace = format!("{}/{}", labels.pipeline, labels.operator);
+        let mut instance = Self {
+            runtime,
+            function,
+            labels: Arc::new(labels),
+            namespace,
+            params_json,
+            live: None,
+            carried: Writes::new(),
+            consecutive_faults: 0,
+        };
+        let now = crate::telemetry::now_nanos();
+        instance.live = Some(
+            instance
+                .instantiate(now)
+                .map_err(|reason| instance.start_error(reason))?,
+        );
+        Ok(instance)
+    }
+
+    fn start_error(&self, reason: String) -> SandboxError {
+        SandboxError::Start {
+            function: self.labels.function.clone(),
+            use_name: self.labels.operator.clone(),
+            reason,
+        }
+    }
+
+    /// The function version running.
+    pub fn version(&self) -> &super::FunctionVersion {
+        &self.function.version
+    }
+
+    /// Faults in a row (reset by a successful call).
+    pub fn consecutive_faults(&self) -> u32 {
+        self.consecutive_faults
+    }
+
+    /// The state namespace of this use.
+    pub fn namespace(&self) -> &str {
+        &self.namespace
+    }
+
+    /// Replaces the running version with `function`, keeping parameters, namespace and
+    /// uncommitted state writes. On failure the current version keeps running.
+    pub fn replace(&mut self, function: Arc<CompiledFunction>) -> Result<(), SandboxError> {
+        if function.world() != self.function.world() {
+            return Err(SandboxError::WorldMismatch {
+                function: function.version.id.clone(),
+                expected: self.function.world(),
+                actual: function.world(),
+            });
+        }
+        let previous = std::mem::replace(&mut self.function, Arc::clone(&function));
+        let previous_labels = Arc::clone(&self.labels);
+        self.labels = Arc::new(InstanceLabels {
+            function: function.version.to_string(),
+            ..(*previous_labels).clone()
+        });
+        // The new instance starts from the same uncommitted writes; the old one keeps its copy
+        // until the swap succeeds.
+        self.carried = self
+            .live
+            .as_ref()
+            .map(|live| live.store.data().pending.clone())
+            .unwrap_or_else(|| self.carried.clone());
+        match self.instantiate(crate::telemetry::now_nanos()) {
+            Ok(live) => {
+                tracing::info!(stage = "sandbox", from = %previous.version, to = %function.version, namespace = %self.namespace, "function version replaced");
+                self.live = Some(live);
+                self.consecutive_faults = 0;
+                Ok(())
+            }
+            Err(reason) => {
+                self.function = previous;
+                self.labels = previous_labels;
+                self.carried.clear();
+                Err(self.start_error(reason))
+            }
+        }
+    }
+
+    /// Creates a store and instance, and runs `init`.
+    fn instantiate(&mut self, processing_time: i64) -> Result<Live, String> {
+        let limits = self.function.limits;
+        let state = InstanceState::new(
+            Arc::clone(&self.labels),
+            self.runtime.store.clone(),
+            self.namespace.clone(),
+            self.runtime.state_limits,
+            usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+            std::mem::take(&mut self.carried),
+        );
+        let mut store = Store::new(&self.runtime.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.set_epoch_deadline(deadline_ticks(limits.timeout));
+        store.data_mut().begin_call(processing_time, 0);
+        let instantiated = match &self.function.pre {
+            Pre::Operator(pre) => pre.instantiate(&mut store).map(Exports::Operator),
+            Pre::Decoder(pre) => pre.instantiate(&mut store).map(Exports::Decoder),
+        };
+        let exports = match instantiated {
+            Ok(exports) => exports,
+            Err(e) => {
+                let tail = store.data_mut().end_call(false);
+                self.carried = std::mem::take(&mut store.data_mut().pending);
+                return Err(format!(
+                    "instantiation failed: {}",
+                    describe_fault(&e, store.data(), &tail, limits.timeout)
+                ));
+            }
+        };
+        let init = match &exports {
+            Exports::Operator(o) => o.call_init(&mut store, &self.params_json),
+            Exports::Decoder(d) => d.call_init(&mut store, &self.params_json),
+        };
+        let succeeded = matches!(init, Ok(Ok(())));
+        let tail = store.data_mut().end_call(succeeded);
+        let failure = match init {
+            Ok(Ok(())) => return Ok(Live { store, exports }),
+            Ok(Err(error)) => format!("init refused: {}", describe_error(&error)),
+            Err(e) => format!(
+                "init faulted: {}",
+                describe_fault(&e, store.data(), &tail, limits.timeout)
+            ),
+        };
+        self.carried = std::mem::take(&mut store.data_mut().pending);
+        Err(failure)
+    }
+
+    /// Starts a call on the live instance (instantiating one if the last faulted). The call stays
+    /// open until [`Self::complete`] or [`Self::fault`]; a trap closes it here and returns the reason.
+    fn call<R>(
+        &mut self,
+        ctx: &CallContext,
+        invoke: impl FnOnce(&Exports, &mut Store<InstanceState>) -> wasmtime::Result<R>,
+    ) -> Result<R, String> {
+        if self.live.is_none() {
+            match self.instantiate(ctx.processing_time) {
+                Ok(live) => self.live = Some(live),
+                Err(reason) => {
+                    self.consecutive_faults += 1;
+                    return Err(reason);
+                }
+            }
+        }
+        let timeout = self.function.limits.timeout;
+        let live = self
+            .live
+            .as_mut()
+            .expect("an instance is live: created just above when missing");
+        live.store.set_epoch_deadline(deadline_ticks(timeout));
+        live.store
+            .data_mut()
+            .begin_call(ctx.processing_time, ctx.watermark);
+        match invoke(&live.exports, &mut live.store) {
+            Ok(result) => Ok(result),
+            Err(e) => {
+                let tail = live.store.data_mut().end_call(false);
+                let reason = describe_fault(&e, live.store.data(), &tail, timeout);
+                tracing::warn!(stage = "sandbox", function = %self.labels.function, pipeline = %self.labels.pipeline,
+                    operator = %self.labels.operator, reason = %reason, details = ?e, "function faulted; its instance is replaced");
+                self.retire();
+                Err(reason)
+            }
+        }
+    }
+
+    /// Closes the open call: its state writes count when `succeeded`.
+    fn complete(&mut self, succeeded: bool) {
+        if let Some(live) = &mut self.live {
+            live.store.data_mut().end_call(succeeded);
+        }
+        if succeeded {
+            self.consecutive_faults = 0;
+        }
+    }
+
+    /// Closes the open call as a fault found by the host (a malformed result): the instance goes.
+    fn fault(&mut self, reason: &str) {
+        if let Some(live) = &mut self.live {
+            live.store.data_mut().end_call(false);
+        }
+        tracing::warn!(stage = "sandbox", function = %self.labels.function, pipeline = %self.labels.pipeline,
+            operator = %self.labels.operator, reason, "function faulted; its instance is replaced");
+        self.retire();
+    }
+
+    /// Drops the live instance, keeping its uncommitted writes for the next one.
+    fn retire(&mut self) {
+        if let Some(mut live) = self.live.take() {
+            self.carried = std::mem::take(&mut live.store.data_mut().pending);
+        }
+        self.consecutive_faults += 1;
+    }
+
+    /// Uncommitted writes of successful calls, handed over for the pipeline's commit.
+    pub fn take_state_writes(&mut self) -> Vec<StateWrite> {
+        let pending = match &mut self.live {
+            Some(live) => std::mem::take(&mut live.store.data_mut().pending),
+            None => std::mem::take(&mut self.carried),
+        };
+        pending
+            .into_iter()
+            .map(|(key, value)| StateWrite {
+                namespace: self.namespace.clone(),
+                key,
+                value,
+            })
+            .collect()
+    }
+}
+
+/// Words for a domain error.
+fn describe_error(error: &types::Error) -> String {
+    match error {
+        types::Error::InvalidParams(reason) => format!("invalid params: {reason}"),
+        types::Error::InvalidInput(reason) => format!("invalid input: {reason}"),
+        types::Error::Failed(reason) => reason.clone(),
+    }
+}
+
+/// Words for a fault: which limit or trap, with the panic message when the guest panicked.
+fn describe_fault(
+    error: &wasmtime::Error,
+    state: &InstanceState,
+    stderr: &str,
+    timeout: std::time::Duration,
+) -> String {
+    if let Some(hit) = state.limiter.hit {
+        return match hit {
+            LimitHit::Memory { desired, limit } => {
+                format!(
+                    "memory limit: tried to grow linear memory to {desired} bytes, the limit is {limit} bytes"
+                )
+            }
+            LimitHit::Table { desired, limit } => format!(
+                "table limit: tried to grow a table to {desired} elements, the limit is {limit}"
+            ),
+        };
+    }
+    if let Some(failure) = &state.host_failure {
+        return format!("host failure: {failure}");
+    }
+    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
+        return format!(
+            "the function called exit (status {}; WASI 0.2 only tells success from failure)",
+            exit.0
+        );
+    }
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => {
+            format!("timed out: the call ran longer than its limit of {timeout:?}")
+        }
+        Some(Trap::StackOverflow) => "stack overflow".to_owned(),
+        Some(Trap::UnreachableCodeReached) => match panic_message(stderr) {
+            Some(message) => format!("panicked: {message}"),
+            None => "trap: unreachable code reached (an abort or panic)".to_owned(),
+        },
+        Some(trap) => format!("trap: {trap}"),
+        None => format!("error: {}", error.root_cause()),
+    }
+}
+
+/// The message of a Rust panic as std prints it on stderr:
+/// `thread '…' panicked at src/lib.rs:10:5:\n<message>\nnote: …`.
+fn panic_message(stderr: &str) -> Option<String> {
+    let start = stderr.rfind("panicked at ")? + "panicked at ".len();
+    let rest = &stderr[start..];
+    let rest = rest.split("\nnote: ").next().unwrap_or(rest);
+    let message = rest.trim().replace('\n', " ");
+    (!message.is_empty()).then_some(message)
+}
+
+fn to_wit_batch(batch: Batch) -> types::Batch {
+    let (series, series_idx, ts, value) = batch.into_columns();
+    types::Batch {
+        series: series
+            .into_iter()
+            .map(|s| types::Series {
+                name: s.name,
+                unit: s.unit,
+                tags: s.tags,
+            })
+            .collect(),
+        series_idx,
+        ts,
+        value,
+    }
+}
+
+fn from_wit_batch(batch: types::Batch) -> Result<Batch, crate::batch::InvalidBatch> {
+    let series = batch
+        .series
+        .into_iter()
+        .map(|s| Series {
+            name: s.name,
+            unit: s.unit,
+            tags: s.tags,
+        })
+        .collect();
+    Batch::from_columns(series, batch.series_idx, batch.ts, batch.value)
+}
+
+/// An operator use backed by a function instance.
+#[derive(Debug)]
+pub struct FunctionOperator {
+    instance: FunctionInstance,
+}
+
+impl FunctionOperator {
+    pub(super) fn new(instance: FunctionInstance) -> Self {
+        Self { instance }
+    }
+
+    /// The instance behind this operator (for version replacement and fault counts).
+    pub fn instance_mut(&mut self) -> &mut FunctionInstance {
+        &mut self.instance
+    }
+}
+
+impl Operator for FunctionOperator {
+    fn name(&self) -> &str {
+        &self.instance.labels.operator
+    }
+
+    fn process(
+        &mut self,
+        batch: Batch,
+        ctx: &CallContext,
+    ) -> Result<Batch, (Batch, OperatorFailure)> {
+        let input = to_wit_batch(batch);
+        let restore = |input: types::Batch| {
+            from_wit_batch(input).expect("the input was a valid batch before the call borrowed it")
+        };
+        let outcome = self.instance.call(ctx, |exports, store| match exports {
+            Exports::Operator(operator) => operator.call_process(store, &input),
+            Exports::Decoder(_) => {
+                unreachable!("Sandbox::operator only wraps operator-world components")
+            }
+        });
+        match outcome {
+            Err(reason) => Err((restore(input), OperatorFailure::Fault { reason })),
+            Ok(Err(error)) => {
+                self.instance.complete(false);
+                Err((
+                    restore(input),
+                    OperatorFailure::Refused {
+                        reason: describe_error(&error),
+                    },
+                ))
+            }
+            Ok(Ok(output)) => match from_wit_batch(output) {
+                Ok(output) => {
+                    self.instance.complete(true);
+                    Ok(output)
+                }
+                Err(invalid) => {
+                    let reason = format!("returned a malformed batch: {invalid}");
+                    self.instance.fault(&reason);
+                    Err((restore(input), OperatorFailure::Fault { reason }))
+                }
+            },
+        }
+    }
+
+    fn take_state_writes(&mut self) -> Vec<StateWrite> {
+        self.instance.take_state_writes()
+    }
+}
+
+/// A decoder backed by a function instance.
+#[derive(Debug)]
+pub struct FunctionDecoder {
+    instance: FunctionInstance,
+}
+
+impl FunctionDecoder {
+    pub(super) fn new(instance: FunctionInstance) -> Self {
+        Self { instance }
+    }
+
+    /// The instance behind this decoder (for version replacement and fault counts).
+    pub fn instance_mut(&mut self) -> &mut FunctionInstance {
+        &mut self.instance
+    }
+}
+
+impl Decode for FunctionDecoder {
+    fn decode(&mut self, message: &Message, ctx: &CallContext) -> Result<Batch, DecodeError> {
+        let function = self.instance.labels.function.clone();
+        let input = types::Message {
+            topic: message.topic.clone(),
+            payload: message.payload.to_vec(),
+            received_at: message.received_at,
+        };
+        let outcome = self.instance.call(ctx, |exports, store| match exports {
+            Exports::Decoder(decoder) => decoder.call_decode(store, &input),
+            Exports::Operator(_) => {
+                unreachable!("Sandbox::decoder only wraps decoder-world components")
+            }
+        });
+        match outcome {
+            Err(reason) => Err(DecodeError::Fault { function, reason }),
+            Ok(Err(error)) => {
+                self.instance.complete(false);
+                Err(DecodeError::Refused {
+                    function,
+                    reason: describe_error(&error),
+                })
+            }
+            Ok(Ok(output)) => match from_wit_batch(output) {
+                Ok(batch) => {
+                    self.instance.complete(true);
+                    Ok(batch)
+                }
+                Err(invalid) => {
+                    let reason = format!("returned a malformed batch: {invalid}");
+                    self.instance.fault(&reason);
+                    Err(DecodeError::Fault { function, reason })
+                }
+            },
+        }
+    }
+
+    fn take_state_writes(&mut self) -> Vec<StateWrite> {
+        self.instance.take_state_writes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::panic_message;
+
+    #[test]
+    fn extracts_the_panic_message_from_std_output() {
+        let stderr = "\nthread '<unnamed>' panicked at src/lib.rs:10:5:\nvalue 666 is cursed\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
+        assert_eq!(
+            panic_message(stderr).as_deref(),
+            Some("src/lib.rs:10:5: value 666 is cursed")
+        );
+        assert_eq!(panic_message("nothing here"), None);
+    }
+}

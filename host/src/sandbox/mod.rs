@@ -1,0 +1,433 @@
+//! Sandbox: runs WebAssembly functions (components of `weir:stream@0.1.0`) under limits.
+//!
+//! **Boundary:** this is the only module that imports wasmtime.
+//!
+//! One [`Sandbox`] per process owns the `Engine` (pooling allocator, epoch interruption driven by
+//! a ticker thread) and the linker. [`Sandbox::load`] turns a component file into a
+//! [`CompiledFunction`] — one pre-instantiated component per function version — and
+//! [`Sandbox::operator`] / [`Sandbox::decoder`] create warm instances that serve one use in one
+//! pipeline, reused across batches.
+//!
+//! Faults are values. A trap, an interrupted call (time limit), a refused memory grow, a host
+//! failure or a malformed returned batch becomes a `Fault` description; the instance is
+//! discarded (a trap poisons its store) and re-created for the next call, carrying over the state
+//! writes of its earlier successful calls. A function's domain error is not a fault: the instance
+//! stays.
+//!
+//! Compiled artifacts are cached in `<data_dir>/compiled/` under the SHA-256 of the component
+//! bytes and the engine's compatibility hash. **Invariant:** only this process writes that
+//! directory, from bytes it compiled itself; `Component::deserialize` on bytes of any other origin
+//! would be arbitrary code execution.
+//!
+//! Replacing the running version of a function is a first-class operation:
+//! [`FunctionInstance::replace`] instantiates the new version with the same parameters and
+//! namespace, so state carries over.
+
+mod bindings;
+mod host;
+mod instance;
+
+use std::collections::hash_map::DefaultHasher;
+use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use wasmtime::component::{Component, HasSelf, Linker};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+
+use host::InstanceState;
+pub use host::{InstanceLabels, StateLimits};
+pub use instance::{FunctionDecoder, FunctionInstance, FunctionOperator};
+
+use crate::config::{FunctionConfig, FunctionId, FunctionLimits};
+use crate::state::StateStore;
+
+/// How often the epoch advances; call time limits are enforced to within one tick.
+pub const EPOCH_TICK: Duration = Duration::from_millis(5);
+
+/// A function's identity and the digest of its component bytes: one version.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct FunctionVersion {
+    /// The function's id.
+    pub id: FunctionId,
+    /// SHA-256 of the component file.
+    pub digest: [u8; 32],
+}
+
+impl FunctionVersion {
+    /// The digest in hex.
+    pub fn digest_hex(&self) -> String {
+        hex::encode(self.digest)
+    }
+}
+
+impl fmt::Display for FunctionVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}@{}", self.id, &self.digest_hex()[..12])
+    }
+}
+
+impl fmt::Debug for FunctionVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Which world a component implements.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WorldKind {
+    /// `weir:stream/operator`.
+    Operator,
+    /// `weir:stream/decoder`.
+    Decoder,
+}
+
+/// Why the sandbox could not set a function up.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxError {
+    /// The engine could not be created.
+    #[error("cannot create the WebAssembly engine: {reason}")]
+    Engine {
+        /// Why.
+        reason: String,
+    },
+    /// The component file cannot be read.
+    #[error("cannot read component {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The bytes are not a valid component for this engine.
+    #[error("function {function}: {path} is not a loadable WebAssembly component: {reason}")]
+    Compile {
+        /// The function.
+        function: FunctionId,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+    /// The component implements neither world.
+    #[error(
+        "function {function}: the component is neither a weir:stream@0.1.0 operator ({operator_reason}) nor a decoder ({decoder_reason})"
+    )]
+    WrongWorld {
+        /// The function.
+        function: FunctionId,
+        /// Why it is not an operator.
+        operator_reason: String,
+        /// Why it is not a decoder.
+        decoder_reason: String,
+    },
+    /// A function is used in the wrong place (a decoder as an operator or the reverse).
+    #[error("function {function} is {actual:?} but is used as {expected:?}")]
+    WorldMismatch {
+        /// The function.
+        function: FunctionId,
+        /// What the use needs.
+        expected: WorldKind,
+        /// What the component is.
+        actual: WorldKind,
+    },
+    /// Instantiating or initialising failed.
+    #[error("{function} ({use_name}) could not start: {reason}")]
+    Start {
+        /// The function version.
+        function: String,
+        /// The use.
+        use_name: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Sizing of the engine.
+#[derive(Clone, Copy, Debug)]
+pub struct SandboxOptions {
+    /// Instances that may exist at once (every use, plus room for replacements).
+    pub max_instances: u32,
+    /// Largest memory cap of any function.
+    pub max_memory_bytes: u64,
+    /// Per-key/value limits of function state.
+    pub state_limits: StateLimits,
+}
+
+/// The process-wide WebAssembly runtime.
+pub struct Sandbox {
+    engine: Engine,
+    linker: Linker<InstanceState>,
+    cache_dir: PathBuf,
+    store: StateStore,
+    state_limits: StateLimits,
+}
+
+impl fmt::Debug for Sandbox {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Sandbox")
+            .field("cache_dir", &self.cache_dir)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A function version compiled and linked, ready to instantiate.
+pub struct CompiledFunction {
+    version: FunctionVersion,
+    limits: FunctionLimits,
+    pre: instance::Pre,
+}
+
+impl fmt::Debug for CompiledFunction {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CompiledFunction")
+            .field("version", &self.version)
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl CompiledFunction {
+    /// Its version.
+    pub fn version(&self) -> &FunctionVersion {
+        &self.version
+    }
+
+    /// Which world it implements.
+    pub fn world(&self) -> WorldKind {
+        self.pre.world()
+    }
+}
+
+impl Sandbox {
+    /// Creates the engine (and its epoch ticker). Compiled artifacts are cached in `cache_dir`.
+    pub fn new(
+        options: SandboxOptions,
+        cache_dir: &Path,
+        store: StateStore,
+    ) -> Result<Self, SandboxError> {
+        let engine_error = |e: wasmtime::Error| SandboxError::Engine {
+            reason: format!("{e:#}"),
+        };
+        let instances = options.max_instances.max(1);
+        let mut pool = PoolingAllocationConfig::new();
+        pool.total_component_instances(instances)
+            .total_core_instances(instances * 8)
+            .total_memories(instances * 2)
+            .total_tables(instances * 8)
+            .max_memory_size(usize::try_from(options.max_memory_bytes).unwrap_or(usize::MAX));
+        let mut config = Config::new();
+        config
+            .epoch_interruption(true)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        let engine = Engine::new(&config).map_err(engine_error)?;
+        start_epoch_ticker(&engine)?;
+
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
+        bindings::operator::Operator::add_to_linker::<InstanceState, HasSelf<InstanceState>>(
+            &mut linker,
+            |s| s,
+        )
+        .map_err(engine_error)?;
+        std::fs::create_dir_all(cache_dir).map_err(|source| SandboxError::Read {
+            path: cache_dir.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir: cache_dir.to_owned(),
+            store,
+            state_limits: options.state_limits,
+        })
+    }
+
+    /// Compiles (or loads from the cache) the function's component and checks its world.
+    pub fn load(&self, function: &FunctionConfig) -> Result<Arc<CompiledFunction>, SandboxError> {
+        let path = &function.component;
+        let bytes = std::fs::read(path).map_err(|source| SandboxError::Read {
+            path: path.clone(),
+            source,
+        })?;
+        let version = FunctionVersion {
+            id: function.id.clone(),
+            digest: Sha256::digest(&bytes).into(),
+        };
+        let component = self.compile_cached(&version, path, &bytes)?;
+        let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| SandboxError::Compile {
+            function: function.id.clone(),
+            path: path.clone(),
+            reason: format!("imports cannot be satisfied (only weir:stream@0.1.0 and wasi:* 0.2 are offered): {e:#}"),
+        })?;
+        let pre =
+            instance::Pre::new(instance_pre).map_err(|(operator_reason, decoder_reason)| {
+                SandboxError::WrongWorld {
+                    function: function.id.clone(),
+                    operator_reason,
+                    decoder_reason,
+                }
+            })?;
+        tracing::info!(stage = "sandbox", function = %version, world = ?pre.world(), "function loaded");
+        Ok(Arc::new(CompiledFunction {
+            version,
+            limits: function.limits,
+            pre,
+        }))
+    }
+
+    fn compile_cached(
+        &self,
+        version: &FunctionVersion,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<Component, SandboxError> {
+        let mut hasher = DefaultHasher::new();
+        self.engine
+            .precompile_compatibility_hash()
+            .hash(&mut hasher);
+        let cached = self.cache_dir.join(format!(
+            "{}-{:016x}.cwasm",
+            version.digest_hex(),
+            hasher.finish()
+        ));
+        if cached.is_file() {
+            // SAFETY: files in the cache directory are written only by `store_in_cache` below, from
+            // a component this process compiled from bytes whose digest names the file.
+            #[allow(unsafe_code)]
+            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+                Ok(component) => return Ok(component),
+                Err(e) => {
+                    tracing::warn!(stage = "sandbox", file = %cached.display(), error = %format!("{e:#}"), "cached function unusable, compiling again")
+                }
+            }
+        }
+        let component = Component::new(&self.engine, bytes).map_err(|e| SandboxError::Compile {
+            function: version.id.clone(),
+            path: path.to_owned(),
+            reason: format!("{e:#}"),
+        })?;
+        if let Err(e) = store_in_cache(&component, &cached) {
+            tracing::warn!(stage = "sandbox", file = %cached.display(), error = %e, "could not cache the compiled function");
+        }
+        Ok(component)
+    }
+
+    /// A warm operator instance of `function` for one use in a pipeline.
+    pub fn operator(
+        &self,
+        function: &Arc<CompiledFunction>,
+        pipeline: &str,
+        use_name: &str,
+        params_json: &str,
+    ) -> Result<FunctionOperator, SandboxError> {
+        self.expect_world(function, WorldKind::Operator)?;
+        Ok(FunctionOperator::new(self.instance(
+            function,
+            pipeline,
+            use_name,
+            params_json,
+        )?))
+    }
+
+    /// A warm decoder instance of `function` for one pipeline.
+    pub fn decoder(
+        &self,
+        function: &Arc<CompiledFunction>,
+        pipeline: &str,
+        use_name: &str,
+        params_json: &str,
+    ) -> Result<FunctionDecoder, SandboxError> {
+        self.expect_world(function, WorldKind::Decoder)?;
+        Ok(FunctionDecoder::new(self.instance(
+            function,
+            pipeline,
+            use_name,
+            params_json,
+        )?))
+    }
+
+    fn expect_world(
+        &self,
+        function: &CompiledFunction,
+        expected: WorldKind,
+    ) -> Result<(), SandboxError> {
+        let actual = function.world();
+        if actual == expected {
+            Ok(())
+        } else {
+            Err(SandboxError::WorldMismatch {
+                function: function.version.id.clone(),
+                expected,
+                actual,
+            })
+        }
+    }
+
+    fn instance(
+        &self,
+        function: &Arc<CompiledFunction>,
+        pipeline: &str,
+        use_name: &str,
+        params_json: &str,
+    ) -> Result<FunctionInstance, SandboxError> {
+        let labels = InstanceLabels {
+            function: function.version.to_string(),
+            pipeline: pipeline.to_owned(),
+            operator: use_name.to_owned(),
+        };
+        FunctionInstance::start(
+            instance::Runtime {
+                engine: self.engine.clone(),
+                store: self.store.clone(),
+                state_limits: self.state_limits,
+            },
+            Arc::clone(function),
+            labels,
+            params_json.to_owned(),
+        )
+    }
+}
+
+fn store_in_cache(component: &Component, path: &Path) -> Result<(), String> {
+    let serialized = component.serialize().map_err(|e| format!("{e:#}"))?;
+    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&temporary, serialized).map_err(|e| e.to_string())?;
+    // Rename is atomic: a concurrent reader sees either no file or the whole file.
+    std::fs::rename(&temporary, path).map_err(|e| e.to_string())
+}
+
+/// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped. Without it no
+/// call could time out, so failing to start it fails the sandbox.
+fn start_epoch_ticker(engine: &Engine) -> Result<(), SandboxError> {
+    let weak = engine.weak();
+    std::thread::Builder::new()
+        .name("weir-epoch".into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(EPOCH_TICK);
+                match weak.upgrade() {
+                    Some(engine) => engine.increment_epoch(),
+                    None => break,
+                }
+            }
+        })
+        .map(drop)
+        .map_err(|e| SandboxError::Engine {
+            reason: format!("cannot start the epoch ticker thread: {e}"),
+        })
+}
+
+/// Epoch ticks for a time limit (rounded up, plus one so a call gets at least the full limit).
+fn deadline_ticks(timeout: Duration) -> u64 {
+    let tick = EPOCH_TICK.as_nanos();
+    u64::try_from(timeout.as_nanos().div_ceil(tick))
+        .unwrap_or(u64::MAX)
+        .saturating_add(1)
+}
+
+#[cfg(test)]
+mod tests;
