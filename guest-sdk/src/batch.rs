@@ -70,11 +70,7 @@ pub struct Series {
 impl Series {
     /// A series with this name, no unit and no tags.
     pub fn new(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            unit: None,
-            tags: Vec::new(),
-        }
+        Self { name: name.into(), unit: None, tags: Vec::new() }
     }
 
     /// The same series with its unit set.
@@ -98,10 +94,7 @@ impl Series {
 
     /// The value of tag `key`, if present.
     pub fn tag(&self, key: &str) -> Option<&str> {
-        self.tags
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_str())
+        self.tags.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
     }
 }
 
@@ -189,10 +182,7 @@ impl Batch {
 
     /// The id of the series called `name`, if the dictionary has it.
     pub fn find_series(&self, name: &str) -> Option<SeriesId> {
-        self.series
-            .iter()
-            .position(|s| s.name == name)
-            .map(series_id_at)
+        self.series.iter().position(|s| s.name == name).map(series_id_at)
     }
 
     /// The id of `series` in the dictionary, adding it when no series of that name exists yet.
@@ -212,11 +202,7 @@ impl Batch {
     /// # Panics
     /// If `series` does not come from this batch's dictionary.
     pub fn push(&mut self, series: SeriesId, ts: Timestamp, value: f64) {
-        assert!(
-            series.index() < self.series.len(),
-            "series id {} is not in this batch",
-            series.0
-        );
+        assert!(series.index() < self.series.len(), "series id {} is not in this batch", series.0);
         self.series_idx.push(series.0);
         self.ts.push(ts.as_nanos());
         self.value.push(value);
@@ -284,11 +270,7 @@ impl Batch {
 
     /// Appends every reading of `other`, merging its series into this dictionary by name.
     pub fn extend_from(&mut self, other: &Batch) {
-        let remap: Vec<SeriesId> = other
-            .series
-            .iter()
-            .map(|s| self.intern_series(s.clone()))
-            .collect();
+        let remap: Vec<SeriesId> = other.series.iter().map(|s| self.intern_series(s.clone())).collect();
         self.series_idx.reserve(other.len());
         self.ts.reserve(other.len());
         self.value.reserve(other.len());
@@ -320,28 +302,15 @@ impl Batch {
             ));
         }
         if let Some(bad) = series_idx.iter().find(|&&i| i as usize >= series.len()) {
-            return Err(format!(
-                "series index {bad} is outside a dictionary of {}",
-                series.len()
-            ));
+            return Err(format!("series index {bad} is outside a dictionary of {}", series.len()));
         }
-        Ok(Self {
-            series,
-            series_idx,
-            ts,
-            value,
-        })
+        Ok(Self { series, series_idx, ts, value })
     }
 }
 
 impl fmt::Debug for Batch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(
-                self.iter()
-                    .map(|s| (s.series.name.as_str(), s.ts.as_nanos(), s.value)),
-            )
-            .finish()
+        f.debug_list().entries(self.iter().map(|s| (s.series.name.as_str(), s.ts.as_nanos(), s.value))).finish()
     }
 }
 
@@ -355,9 +324,7 @@ impl<'a> IntoIterator for &'a Batch {
 }
 
 fn series_id_at(position: usize) -> SeriesId {
-    SeriesId(
-        u32::try_from(position).expect("a batch dictionary never holds more than u32::MAX series"),
-    )
+    SeriesId(u32::try_from(position).expect("a batch dictionary never holds more than u32::MAX series"))
 }
 
 /// One raw message, as a decoder function receives it.
@@ -399,11 +366,7 @@ mod tests {
         let again = batch.intern_series(Series::new("a").with_unit("K"));
         assert_eq!(again.index(), 0);
         assert_eq!(batch.series().len(), 2);
-        assert_eq!(
-            batch.series()[0].unit.as_deref(),
-            Some("Cel"),
-            "existing entry keeps its unit"
-        );
+        assert_eq!(batch.series()[0].unit.as_deref(), Some("Cel"), "existing entry keeps its unit");
     }
 
     #[test]
@@ -422,13 +385,8 @@ mod tests {
 
     #[test]
     fn from_columns_rejects_broken_invariants() {
-        let err = Batch::from_columns(
-            vec![Series::new("a")],
-            vec![0, 1],
-            vec![0, 0],
-            vec![0.0, 0.0],
-        )
-        .expect_err("index 1 is outside the dictionary");
+        let err = Batch::from_columns(vec![Series::new("a")], vec![0, 1], vec![0, 0], vec![0.0, 0.0])
+            .expect_err("index 1 is outside the dictionary");
         assert!(err.contains("series index 1"), "{err}");
         let err = Batch::from_columns(vec![Series::new("a")], vec![0], vec![0, 0], vec![0.0])
             .expect_err("columns differ in length");

@@ -51,10 +51,7 @@ impl fmt::Display for StateError {
                 write!(f, "state key longer than the host's limit of {limit} bytes")
             }
             Self::ValueTooLarge { limit } => {
-                write!(
-                    f,
-                    "state value longer than the host's limit of {limit} bytes"
-                )
+                write!(f, "state value longer than the host's limit of {limit} bytes")
             }
             Self::QuotaExceeded { quota } => write!(f, "state quota of {quota} bytes exceeded"),
         }
@@ -71,12 +68,7 @@ pub(crate) trait Host {
     fn state_get(&mut self, key: &[u8]) -> Option<Vec<u8>>;
     fn state_set(&mut self, key: &[u8], value: &[u8]) -> Result<(), StateError>;
     fn state_delete(&mut self, key: &[u8]);
-    fn state_range(
-        &mut self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: u32,
-    ) -> Vec<(Vec<u8>, Vec<u8>)>;
+    fn state_range(&mut self, start: &[u8], end: Option<&[u8]>, limit: u32) -> Vec<(Vec<u8>, Vec<u8>)>;
 }
 
 /// The host, as one call of a function sees it.
@@ -97,9 +89,7 @@ impl<'h> Context<'h> {
 
     /// The function's durable key/value state.
     pub fn state(&mut self) -> State<'_> {
-        State {
-            host: &mut *self.host,
-        }
+        State { host: &mut *self.host }
     }
 
     /// Event time up to which the host believes the pipeline's input is complete.
@@ -157,11 +147,7 @@ impl State<'_> {
     }
 
     /// Stores `value` under `key`.
-    pub fn set(
-        &mut self,
-        key: impl AsRef<[u8]>,
-        value: impl AsRef<[u8]>,
-    ) -> Result<(), StateError> {
+    pub fn set(&mut self, key: impl AsRef<[u8]>, value: impl AsRef<[u8]>) -> Result<(), StateError> {
         self.host.state_set(key.as_ref(), value.as_ref())
     }
 
@@ -171,12 +157,7 @@ impl State<'_> {
     }
 
     /// Up to `limit` entries with `start <= key < end` (unbounded when `end` is `None`), ascending.
-    pub fn range(
-        &mut self,
-        start: impl AsRef<[u8]>,
-        end: Option<&[u8]>,
-        limit: u32,
-    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+    pub fn range(&mut self, start: impl AsRef<[u8]>, end: Option<&[u8]>, limit: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
         self.host.state_range(start.as_ref(), end, limit)
     }
 

@@ -81,12 +81,7 @@ impl Host for WitHost {
         state::delete(key);
     }
 
-    fn state_range(
-        &mut self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: u32,
-    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn state_range(&mut self, start: &[u8], end: Option<&[u8]>, limit: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
         state::range(start, end, limit)
     }
 }
@@ -100,30 +95,14 @@ fn to_wit_error(error: Error) -> wit::Error {
 }
 
 fn from_wit_batch(batch: wit::Batch) -> Result<Batch, Error> {
-    let series = batch
-        .series
-        .into_iter()
-        .map(|s| Series {
-            name: s.name,
-            unit: s.unit,
-            tags: s.tags,
-        })
-        .collect();
-    Batch::from_columns(series, batch.series_idx, batch.ts, batch.value)
-        .map_err(Error::InvalidInput)
+    let series = batch.series.into_iter().map(|s| Series { name: s.name, unit: s.unit, tags: s.tags }).collect();
+    Batch::from_columns(series, batch.series_idx, batch.ts, batch.value).map_err(Error::InvalidInput)
 }
 
 fn to_wit_batch(batch: Batch) -> wit::Batch {
     let (series, series_idx, ts, value) = batch.into_columns();
     wit::Batch {
-        series: series
-            .into_iter()
-            .map(|s| wit::Series {
-                name: s.name,
-                unit: s.unit,
-                tags: s.tags,
-            })
-            .collect(),
+        series: series.into_iter().map(|s| wit::Series { name: s.name, unit: s.unit, tags: s.tags }).collect(),
         series_idx,
         ts,
         value,
@@ -131,11 +110,7 @@ fn to_wit_batch(batch: Batch) -> wit::Batch {
 }
 
 fn parse_params<P: serde::de::DeserializeOwned>(params: &str) -> Result<P, Error> {
-    let params = if params.trim().is_empty() {
-        "{}"
-    } else {
-        params
-    };
+    let params = if params.trim().is_empty() { "{}" } else { params };
     serde_json::from_str(params).map_err(Error::invalid_params)
 }
 
@@ -150,17 +125,10 @@ pub fn init_operator<O: Operator>(slot: &mut Option<O>, params: &str) -> Result<
 }
 
 /// `process` of the operator world.
-pub fn process<O: Operator>(
-    slot: &mut Option<O>,
-    input: wit::Batch,
-) -> Result<wit::Batch, wit::Error> {
-    let operator = slot
-        .as_mut()
-        .ok_or_else(|| wit::Error::Failed(NOT_INITIALISED.to_owned()))?;
+pub fn process<O: Operator>(slot: &mut Option<O>, input: wit::Batch) -> Result<wit::Batch, wit::Error> {
+    let operator = slot.as_mut().ok_or_else(|| wit::Error::Failed(NOT_INITIALISED.to_owned()))?;
     let input = from_wit_batch(input).map_err(to_wit_error)?;
-    let output = operator
-        .process(input, &mut Context::new(&mut WitHost))
-        .map_err(to_wit_error)?;
+    let output = operator.process(input, &mut Context::new(&mut WitHost)).map_err(to_wit_error)?;
     Ok(to_wit_batch(output))
 }
 
@@ -173,21 +141,11 @@ pub fn init_decoder<D: Decoder>(slot: &mut Option<D>, params: &str) -> Result<()
 }
 
 /// `decode` of the decoder world.
-pub fn decode<D: Decoder>(
-    slot: &mut Option<D>,
-    input: wit::Message,
-) -> Result<wit::Batch, wit::Error> {
-    let decoder = slot
-        .as_mut()
-        .ok_or_else(|| wit::Error::Failed(NOT_INITIALISED.to_owned()))?;
-    let message = Message {
-        topic: input.topic,
-        payload: input.payload,
-        received_at: Timestamp::from_nanos(input.received_at),
-    };
-    let output = decoder
-        .decode(message, &mut Context::new(&mut WitHost))
-        .map_err(to_wit_error)?;
+pub fn decode<D: Decoder>(slot: &mut Option<D>, input: wit::Message) -> Result<wit::Batch, wit::Error> {
+    let decoder = slot.as_mut().ok_or_else(|| wit::Error::Failed(NOT_INITIALISED.to_owned()))?;
+    let message =
+        Message { topic: input.topic, payload: input.payload, received_at: Timestamp::from_nanos(input.received_at) };
+    let output = decoder.decode(message, &mut Context::new(&mut WitHost)).map_err(to_wit_error)?;
     Ok(to_wit_batch(output))
 }
 
@@ -210,9 +168,7 @@ macro_rules! export_operator {
             struct WeirOperatorExport;
 
             impl world::Guest for WeirOperatorExport {
-                fn init(
-                    params: ::std::string::String,
-                ) -> ::std::result::Result<(), world::weir::stream::types::Error> {
+                fn init(params: ::std::string::String) -> ::std::result::Result<(), world::weir::stream::types::Error> {
                     INSTANCE.with(|slot| $crate::__private::init_operator(&mut slot.borrow_mut(), &params))
                 }
 
@@ -224,7 +180,7 @@ macro_rules! export_operator {
                 }
             }
 
-            world::export_operator_world!(WeirOperatorExport with_types_in $crate::__private::operator_world);
+    world::export_operator_world!(WeirOperatorExport with_types_in $crate::__private::operator_world);
         };
     };
 }
@@ -258,7 +214,7 @@ macro_rules! export_decoder {
                 }
             }
 
-            world::export_decoder_world!(WeirDecoderExport with_types_in $crate::__private::decoder_world);
+    world::export_decoder_world!(WeirDecoderExport with_types_in $crate::__private::decoder_world);
         };
     };
 }

@@ -25,11 +25,7 @@ pub struct InvalidSeriesFilter {
 
 impl fmt::Display for InvalidSeriesFilter {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "invalid series filter {:?}: {}",
-            self.pattern, self.reason
-        )
+        write!(f, "invalid series filter {:?}: {}", self.pattern, self.reason)
     }
 }
 
@@ -38,20 +34,13 @@ impl std::error::Error for InvalidSeriesFilter {}
 impl SeriesFilter {
     /// The filter that matches every series (`#`).
     pub fn all() -> Self {
-        Self {
-            pattern: "#".to_owned(),
-        }
+        Self { pattern: "#".to_owned() }
     }
 
     /// Parses and validates `pattern`.
     pub fn new(pattern: impl Into<String>) -> Result<Self, InvalidSeriesFilter> {
         let pattern = pattern.into();
-        let refuse = |reason| {
-            Err(InvalidSeriesFilter {
-                pattern: pattern.clone(),
-                reason,
-            })
-        };
+        let refuse = |reason| Err(InvalidSeriesFilter { pattern: pattern.clone(), reason });
         if pattern.is_empty() {
             return refuse("it is empty");
         }
@@ -113,9 +102,7 @@ mod tests {
     use super::SeriesFilter;
 
     fn matches(pattern: &str, name: &str) -> bool {
-        SeriesFilter::new(pattern)
-            .expect("test patterns are valid")
-            .matches(name)
+        SeriesFilter::new(pattern).expect("test patterns are valid").matches(name)
     }
 
     #[test]

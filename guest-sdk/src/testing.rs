@@ -76,19 +76,12 @@ impl TestHost {
     }
 
     /// Runs one `decode` call.
-    pub fn decode<D: Decoder>(
-        &mut self,
-        decoder: &mut D,
-        message: Message,
-    ) -> Result<Batch, Error> {
+    pub fn decode<D: Decoder>(&mut self, decoder: &mut D, message: Message) -> Result<Batch, Error> {
         self.call(|ctx| decoder.decode(message, ctx))
     }
 
     /// Runs `f` as one call: its state writes are committed if it succeeds and dropped otherwise.
-    fn call<T>(
-        &mut self,
-        f: impl FnOnce(&mut Context<'_>) -> Result<T, Error>,
-    ) -> Result<T, Error> {
+    fn call<T>(&mut self, f: impl FnOnce(&mut Context<'_>) -> Result<T, Error>) -> Result<T, Error> {
         let result = f(&mut Context::new(self));
         let pending = std::mem::take(&mut self.pending);
         if result.is_ok() {
@@ -141,28 +134,16 @@ impl Host for TestHost {
         self.pending.insert(key.to_vec(), None);
     }
 
-    fn state_range(
-        &mut self,
-        start: &[u8],
-        end: Option<&[u8]>,
-        limit: u32,
-    ) -> Vec<(Vec<u8>, Vec<u8>)> {
+    fn state_range(&mut self, start: &[u8], end: Option<&[u8]>, limit: u32) -> Vec<(Vec<u8>, Vec<u8>)> {
         let upper = end.map_or(Bound::Unbounded, Bound::Excluded);
         let bounds = (Bound::Included(start), upper);
         // Merge committed entries with the call's pending writes; pending wins.
-        let mut merged: BTreeMap<&[u8], Option<&Vec<u8>>> = self
-            .committed
-            .range::<[u8], _>(bounds)
-            .map(|(k, v)| (k.as_slice(), Some(v)))
-            .collect();
+        let mut merged: BTreeMap<&[u8], Option<&Vec<u8>>> =
+            self.committed.range::<[u8], _>(bounds).map(|(k, v)| (k.as_slice(), Some(v))).collect();
         for (k, v) in self.pending.range::<[u8], _>(bounds) {
             merged.insert(k.as_slice(), v.as_ref());
         }
-        merged
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k.to_vec(), v.clone())))
-            .take(limit as usize)
-            .collect()
+        merged.into_iter().filter_map(|(k, v)| v.map(|v| (k.to_vec(), v.clone()))).take(limit as usize).collect()
     }
 }
 
@@ -186,9 +167,7 @@ mod tests {
 
         fn process(&mut self, batch: Batch, ctx: &mut Context<'_>) -> Result<Batch, Error> {
             let mut state = ctx.state();
-            let seen = state
-                .get("seen")
-                .map_or(0, |v| u64::from_le_bytes(v.try_into().unwrap_or([0; 8])));
+            let seen = state.get("seen").map_or(0, |v| u64::from_le_bytes(v.try_into().unwrap_or([0; 8])));
             state.set("seen", (seen + batch.len() as u64).to_le_bytes())?;
             if batch.iter().any(|s| s.value.is_nan()) {
                 return Err(Error::invalid_input("NaN"));
@@ -210,14 +189,9 @@ mod tests {
     fn failed_calls_leave_no_state_behind() {
         let mut host = TestHost::new();
         let mut op: Counter = host.init_operator("{}").expect("no params needed");
-        host.process(&mut op, batch_of(&[1.0, 2.0]))
-            .expect("plain numbers pass");
-        host.process(&mut op, batch_of(&[f64::NAN]))
-            .expect_err("NaN is refused");
-        assert_eq!(
-            host.state().get(b"seen".as_slice()),
-            Some(&2u64.to_le_bytes().to_vec())
-        );
+        host.process(&mut op, batch_of(&[1.0, 2.0])).expect("plain numbers pass");
+        host.process(&mut op, batch_of(&[f64::NAN])).expect_err("NaN is refused");
+        assert_eq!(host.state().get(b"seen".as_slice()), Some(&2u64.to_le_bytes().to_vec()));
     }
 
     #[test]
@@ -228,12 +202,6 @@ mod tests {
         host.state_delete(b"a");
         host.state_set(b"c", b"3").expect("no limit set");
         let got = host.state_range(b"", None, 10);
-        assert_eq!(
-            got,
-            vec![
-                (b"b".to_vec(), b"2".to_vec()),
-                (b"c".to_vec(), b"3".to_vec())
-            ]
-        );
+        assert_eq!(got, vec![(b"b".to_vec(), b"2".to_vec()), (b"c".to_vec(), b"3".to_vec())]);
     }
 }

@@ -29,11 +29,7 @@ pub struct Series {
 impl Series {
     /// A series with this name, no unit and no tags.
     pub fn named(name: impl Into<String>) -> Self {
-        Self {
-            name: name.into(),
-            unit: None,
-            tags: Vec::new(),
-        }
+        Self { name: name.into(), unit: None, tags: Vec::new() }
     }
 
     /// The same series with its unit set.
@@ -107,30 +103,16 @@ impl Batch {
         value: Vec<f64>,
     ) -> Result<Self, InvalidBatch> {
         if series_idx.len() != ts.len() || ts.len() != value.len() {
-            return Err(InvalidBatch::ColumnLengths {
-                series_idx: series_idx.len(),
-                ts: ts.len(),
-                value: value.len(),
-            });
+            return Err(InvalidBatch::ColumnLengths { series_idx: series_idx.len(), ts: ts.len(), value: value.len() });
         }
         if let Some(&index) = series_idx.iter().find(|&&i| i as usize >= series.len()) {
-            return Err(InvalidBatch::SeriesIndex {
-                index,
-                dictionary_len: series.len(),
-            });
+            return Err(InvalidBatch::SeriesIndex { index, dictionary_len: series.len() });
         }
         let mut names = std::collections::HashSet::with_capacity(series.len());
         if let Some(dup) = series.iter().find(|s| !names.insert(s.name.as_str())) {
-            return Err(InvalidBatch::DuplicateSeries {
-                name: dup.name.clone(),
-            });
+            return Err(InvalidBatch::DuplicateSeries { name: dup.name.clone() });
         }
-        Ok(Self {
-            series,
-            series_idx,
-            ts,
-            value,
-        })
+        Ok(Self { series, series_idx, ts, value })
     }
 
     /// Splits the batch into its columns (dictionary, series indexes, timestamps, values).
@@ -185,9 +167,7 @@ impl Batch {
 
 impl fmt::Debug for Batch {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list()
-            .entries(self.iter().map(|s| (s.series.name.as_str(), s.ts, s.value)))
-            .finish()
+        f.debug_list().entries(self.iter().map(|s| (s.series.name.as_str(), s.ts, s.value))).finish()
     }
 }
 
@@ -212,8 +192,7 @@ impl BatchBuilder {
         if let Some(&index) = self.by_name.get(&series.name) {
             return index;
         }
-        let index = u32::try_from(self.batch.series.len())
-            .expect("a batch never holds more than u32::MAX series");
+        let index = u32::try_from(self.batch.series.len()).expect("a batch never holds more than u32::MAX series");
         self.by_name.insert(series.name.clone(), index);
         self.batch.series.push(series.clone());
         index
@@ -221,10 +200,7 @@ impl BatchBuilder {
 
     /// Appends one reading of the series at dictionary index `series_index` (from [`Self::intern`]).
     pub fn push(&mut self, series_index: u32, ts: Nanos, value: f64) {
-        debug_assert!(
-            (series_index as usize) < self.batch.series.len(),
-            "index comes from intern()"
-        );
+        debug_assert!((series_index as usize) < self.batch.series.len(), "index comes from intern()");
         self.batch.series_idx.push(series_index);
         self.batch.ts.push(ts);
         self.batch.value.push(value);
@@ -233,9 +209,7 @@ impl BatchBuilder {
     /// Appends every reading of `piece`.
     pub fn extend(&mut self, piece: &Batch) {
         let remap: Vec<u32> = piece.series.iter().map(|s| self.intern(s)).collect();
-        self.batch
-            .series_idx
-            .extend(piece.series_idx.iter().map(|&i| remap[i as usize]));
+        self.batch.series_idx.extend(piece.series_idx.iter().map(|&i| remap[i as usize]));
         self.batch.ts.extend_from_slice(&piece.ts);
         self.batch.value.extend_from_slice(&piece.value);
     }
@@ -286,39 +260,22 @@ mod tests {
         assert!(Batch::from_columns(one(), vec![0], vec![1], vec![1.0]).is_ok());
         assert_eq!(
             Batch::from_columns(one(), vec![0, 0], vec![1], vec![1.0]),
-            Err(InvalidBatch::ColumnLengths {
-                series_idx: 2,
-                ts: 1,
-                value: 1
-            })
+            Err(InvalidBatch::ColumnLengths { series_idx: 2, ts: 1, value: 1 })
         );
         assert_eq!(
             Batch::from_columns(one(), vec![3], vec![1], vec![1.0]),
-            Err(InvalidBatch::SeriesIndex {
-                index: 3,
-                dictionary_len: 1
-            })
+            Err(InvalidBatch::SeriesIndex { index: 3, dictionary_len: 1 })
         );
         assert_eq!(
-            Batch::from_columns(
-                vec![Series::named("a"), Series::named("a")],
-                vec![],
-                vec![],
-                vec![]
-            ),
+            Batch::from_columns(vec![Series::named("a"), Series::named("a")], vec![], vec![], vec![]),
             Err(InvalidBatch::DuplicateSeries { name: "a".into() })
         );
     }
 
     #[test]
     fn builder_merges_dictionaries_by_name_first_description_wins() {
-        let first = Batch::from_columns(
-            vec![Series::named("t").with_unit("Cel")],
-            vec![0],
-            vec![1],
-            vec![1.0],
-        )
-        .expect("valid");
+        let first =
+            Batch::from_columns(vec![Series::named("t").with_unit("Cel")], vec![0], vec![1], vec![1.0]).expect("valid");
         let second = Batch::from_columns(
             vec![Series::named("p"), Series::named("t").with_unit("K")],
             vec![1, 0],
@@ -330,10 +287,7 @@ mod tests {
         builder.extend(&first);
         builder.extend(&second);
         let merged = builder.finish();
-        let got: Vec<_> = merged
-            .iter()
-            .map(|s| (s.series.name.as_str(), s.ts, s.value))
-            .collect();
+        let got: Vec<_> = merged.iter().map(|s| (s.series.name.as_str(), s.ts, s.value)).collect();
         assert_eq!(got, [("t", 1, 1.0), ("t", 2, 2.0), ("p", 3, 3.0)]);
         assert_eq!(merged.series()[0].unit.as_deref(), Some("Cel"));
     }

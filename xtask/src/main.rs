@@ -20,13 +20,7 @@ use anyhow::{Context, Result, bail};
 const WASM_TARGET: &str = "wasm32-wasip2";
 const WASM_PROFILE: &str = "wasm";
 /// Debian packages of the fallback toolchain.
-const DEBIAN_PACKAGES: [&str; 5] = [
-    "rustc-web",
-    "cargo-web",
-    "rust-web-src",
-    "lld-22",
-    "wasi-libc",
-];
+const DEBIAN_PACKAGES: [&str; 5] = ["rustc-web", "cargo-web", "rust-web-src", "lld-22", "wasi-libc"];
 
 fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
@@ -38,9 +32,7 @@ fn main() -> Result<()> {
         "run" => run(&root, &rest),
         "test" => test(&root, &rest),
         _ => {
-            eprintln!(
-                "usage: cargo xtask <build-functions | run [weir args...] | test [runner args...]>"
-            );
+            eprintln!("usage: cargo xtask <build-functions | run [weir args...] | test [runner args...]>");
             std::process::exit(2);
         }
     }
@@ -48,10 +40,7 @@ fn main() -> Result<()> {
 
 fn workspace_root() -> Result<PathBuf> {
     let manifest_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
-    manifest_dir
-        .parent()
-        .map(Path::to_path_buf)
-        .context("xtask lives one level below the workspace root")
+    manifest_dir.parent().map(Path::to_path_buf).context("xtask lives one level below the workspace root")
 }
 
 /// Every crate whose component is built: `functions/*` and `tests/fixtures/*`.
@@ -69,11 +58,7 @@ fn function_packages(root: &Path) -> Result<Vec<String>> {
             let text = std::fs::read_to_string(&manifest)?;
             let name = text
                 .lines()
-                .find_map(|line| {
-                    line.trim()
-                        .strip_prefix("name = ")
-                        .map(|n| n.trim_matches('"').to_owned())
-                })
+                .find_map(|line| line.trim().strip_prefix("name = ").map(|n| n.trim_matches('"').to_owned()))
                 .with_context(|| format!("{} has no package name", manifest.display()))?;
             packages.push(name);
         }
@@ -91,20 +76,13 @@ enum Toolchain {
 }
 
 fn status(command: &mut Command) -> Result<bool> {
-    Ok(command
-        .status()
-        .with_context(|| format!("cannot start {command:?}"))?
-        .success())
+    Ok(command.status().with_context(|| format!("cannot start {command:?}"))?.success())
 }
 
 fn ensure_toolchain() -> Result<Toolchain> {
-    let installed = Command::new("rustup")
-        .args(["target", "list", "--installed"])
-        .output();
+    let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
     if let Ok(output) = &installed
-        && String::from_utf8_lossy(&output.stdout)
-            .lines()
-            .any(|l| l.trim() == WASM_TARGET)
+        && String::from_utf8_lossy(&output.stdout).lines().any(|l| l.trim() == WASM_TARGET)
     {
         return Ok(Toolchain::Rustup);
     }
@@ -112,16 +90,9 @@ fn ensure_toolchain() -> Result<Toolchain> {
     if status(Command::new("rustup").args(["target", "add", WASM_TARGET])).unwrap_or(false) {
         return Ok(Toolchain::Rustup);
     }
-    eprintln!(
-        "xtask: `rustup target add {WASM_TARGET}` failed; falling back to Debian's rustc-web with -Zbuild-std"
-    );
-    if !Path::new("/usr/bin/wasm-ld-22").exists()
-        || !Path::new("/usr/lib/rustlib/src/rust").exists()
-    {
-        let is_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    eprintln!("xtask: `rustup target add {WASM_TARGET}` failed; falling back to Debian's rustc-web with -Zbuild-std");
+    if !Path::new("/usr/bin/wasm-ld-22").exists() || !Path::new("/usr/lib/rustlib/src/rust").exists() {
+        let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
         if !is_root {
             bail!(
                 "no WebAssembly toolchain: run `sudo apt-get install -y {}` and try again",
@@ -129,16 +100,9 @@ fn ensure_toolchain() -> Result<Toolchain> {
             );
         }
         if !status(Command::new("apt-get").arg("update"))?
-            || !status(
-                Command::new("apt-get")
-                    .args(["install", "-y"])
-                    .args(DEBIAN_PACKAGES),
-            )?
+            || !status(Command::new("apt-get").args(["install", "-y"]).args(DEBIAN_PACKAGES))?
         {
-            bail!(
-                "installing the fallback toolchain ({}) failed",
-                DEBIAN_PACKAGES.join(" ")
-            );
+            bail!("installing the fallback toolchain ({}) failed", DEBIAN_PACKAGES.join(" "));
         }
     }
     Ok(Toolchain::DebianBuildStd)
@@ -149,19 +113,13 @@ fn build_functions(root: &Path) -> Result<PathBuf> {
     let packages = function_packages(root)?;
     let mut cargo = match toolchain {
         Toolchain::Rustup => {
-            eprintln!(
-                "xtask: building {} components with rustup's {WASM_TARGET} target",
-                packages.len()
-            );
+            eprintln!("xtask: building {} components with rustup's {WASM_TARGET} target", packages.len());
             let mut cargo = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
             cargo.args(["build", "--profile", WASM_PROFILE, "--target", WASM_TARGET]);
             cargo
         }
         Toolchain::DebianBuildStd => {
-            eprintln!(
-                "xtask: building {} components with Debian's rustc-web and -Zbuild-std",
-                packages.len()
-            );
+            eprintln!("xtask: building {} components with Debian's rustc-web and -Zbuild-std", packages.len());
             let path = format!("/usr/bin:{}", std::env::var("PATH").unwrap_or_default());
             let mut cargo = Command::new("/usr/bin/cargo");
             cargo
@@ -169,7 +127,10 @@ fn build_functions(root: &Path) -> Result<PathBuf> {
                 .env("RUSTC_BOOTSTRAP", "1")
                 .env("RUSTC", "/usr/bin/rustc")
                 .env_remove("RUSTUP_TOOLCHAIN")
-                .env("RUSTFLAGS", "-C link-self-contained=no -L /usr/lib/wasm32-wasi -C link-arg=--wasm-ld-path=/usr/bin/wasm-ld-22")
+                .env(
+                    "RUSTFLAGS",
+                    "-C link-self-contained=no -L /usr/lib/wasm32-wasi -C link-arg=--wasm-ld-path=/usr/bin/wasm-ld-22",
+                )
                 // A different compiler: keep its artifacts apart from rustup's.
                 .env("CARGO_TARGET_DIR", root.join("target/debian-wasm"))
                 .args(["build", "--profile", WASM_PROFILE, "--target", WASM_TARGET, "-Zbuild-std=std,panic_abort"]);
@@ -185,17 +146,13 @@ fn build_functions(root: &Path) -> Result<PathBuf> {
     }
     let built = match toolchain {
         Toolchain::Rustup => root.join("target").join(WASM_TARGET).join(WASM_PROFILE),
-        Toolchain::DebianBuildStd => root
-            .join("target/debian-wasm")
-            .join(WASM_TARGET)
-            .join(WASM_PROFILE),
+        Toolchain::DebianBuildStd => root.join("target/debian-wasm").join(WASM_TARGET).join(WASM_PROFILE),
     };
     let out = root.join("target/functions");
     std::fs::create_dir_all(&out)?;
     for package in &packages {
         let file = format!("{}.wasm", package.replace('-', "_"));
-        std::fs::copy(built.join(&file), out.join(&file))
-            .with_context(|| format!("copying {file}"))?;
+        std::fs::copy(built.join(&file), out.join(&file)).with_context(|| format!("copying {file}"))?;
     }
     eprintln!("xtask: {} components in {}", packages.len(), out.display());
     Ok(out)
@@ -229,17 +186,11 @@ fn test(root: &Path, runner_args: &[String]) -> Result<()> {
         bail!("building the weir binary failed");
     }
     let weir_bin = root.join("target/debug/weir");
-    let env = [
-        ("WEIR_FUNCTIONS_DIR", functions.as_path()),
-        ("WEIR_BIN", weir_bin.as_path()),
-    ];
+    let env = [("WEIR_FUNCTIONS_DIR", functions.as_path()), ("WEIR_BIN", weir_bin.as_path())];
     if !status(cargo(root).args(["test", "--workspace", "--doc"]).envs(env))? {
         bail!("doc tests failed");
     }
-    let nextest = cargo(root)
-        .args(["nextest", "--version"])
-        .output()
-        .is_ok_and(|o| o.status.success());
+    let nextest = cargo(root).args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
     let mut runner = cargo(root);
     if nextest {
         runner.args(["nextest", "run", "--workspace", "--no-fail-fast"]);

@@ -140,18 +140,11 @@ impl FrameDecoder {
             let channel_id = reading[0];
             let offset_ms = u16_at(reading, 1);
             let raw = i16::from_be_bytes([reading[3], reading[4]]);
-            let Some(channel) = self
-                .channels
-                .get(usize::from(channel_id))
-                .and_then(Option::as_ref)
-            else {
-                return Err(Error::invalid_input(format!(
-                    "unknown channel {channel_id} (device {device})"
-                )));
+            let Some(channel) = self.channels.get(usize::from(channel_id)).and_then(Option::as_ref) else {
+                return Err(Error::invalid_input(format!("unknown channel {channel_id} (device {device})")));
             };
-            let mut series =
-                Series::new(format!("{}/{device}/{}", self.series_prefix, channel.name))
-                    .with_tag("device", device.to_string());
+            let mut series = Series::new(format!("{}/{device}/{}", self.series_prefix, channel.name))
+                .with_tag("device", device.to_string());
             series.unit.clone_from(&channel.unit);
             let id = batch.intern_series(series);
             let ts = Timestamp::from_nanos(base.as_nanos() + i64::from(offset_ms) * 1_000_000);
@@ -177,24 +170,15 @@ impl Decoder for FrameDecoder {
                 )));
             }
             if !(channel.scale.is_finite() && channel.offset.is_finite()) {
-                return Err(Error::invalid_params(format!(
-                    "channel {}: scale and offset must be finite",
-                    channel.id
-                )));
+                return Err(Error::invalid_params(format!("channel {}: scale and offset must be finite", channel.id)));
             }
             let slot = &mut channels[usize::from(channel.id)];
             if slot.is_some() {
-                return Err(Error::invalid_params(format!(
-                    "channel {} is defined twice",
-                    channel.id
-                )));
+                return Err(Error::invalid_params(format!("channel {} is defined twice", channel.id)));
             }
             *slot = Some(channel);
         }
-        Ok(Self {
-            series_prefix: params.series_prefix,
-            channels,
-        })
+        Ok(Self { series_prefix: params.series_prefix, channels })
     }
 
     fn decode(&mut self, message: Message, _ctx: &mut Context<'_>) -> Result<Batch, Error> {
@@ -213,8 +197,8 @@ mod tests {
     /// The example frame from the README: device 7, base time 1 700 000 000 s, channel 0 raw 2150
     /// at +0 ms, channel 2 raw 10132 at +500 ms. CRC computed independently of this crate.
     const EXAMPLE: [u8; 20] = [
-        0x01, 0x00, 0x07, 0x65, 0x53, 0xf1, 0x00, 0x02, 0x00, 0x00, 0x00, 0x08, 0x66, 0x02, 0x01,
-        0xf4, 0x27, 0x94, 0x1e, 0x7c,
+        0x01, 0x00, 0x07, 0x65, 0x53, 0xf1, 0x00, 0x02, 0x00, 0x00, 0x00, 0x08, 0x66, 0x02, 0x01, 0xf4, 0x27, 0x94,
+        0x1e, 0x7c,
     ];
 
     fn decoder(params: &str) -> (TestHost, FrameDecoder) {
@@ -224,45 +208,20 @@ mod tests {
     }
 
     fn message(payload: &[u8]) -> Message {
-        Message {
-            topic: "frames/in".into(),
-            payload: payload.to_vec(),
-            received_at: Timestamp::EPOCH,
-        }
+        Message { topic: "frames/in".into(), payload: payload.to_vec(), received_at: Timestamp::EPOCH }
     }
 
     #[test]
     fn decodes_the_documented_example_frame() {
         let (mut host, mut decoder) = decoder("{}");
-        let batch = host
-            .decode(&mut decoder, message(&EXAMPLE))
-            .expect("example frame is valid");
-        let got: Vec<_> = batch
-            .iter()
-            .map(|s| {
-                (
-                    s.series.name.clone(),
-                    s.series.unit.clone(),
-                    s.ts.as_nanos(),
-                    s.value,
-                )
-            })
-            .collect();
+        let batch = host.decode(&mut decoder, message(&EXAMPLE)).expect("example frame is valid");
+        let got: Vec<_> =
+            batch.iter().map(|s| (s.series.name.clone(), s.series.unit.clone(), s.ts.as_nanos(), s.value)).collect();
         assert_eq!(
             got,
             [
-                (
-                    "frames/7/temperature".to_owned(),
-                    Some("Cel".to_owned()),
-                    1_700_000_000_000_000_000,
-                    21.5
-                ),
-                (
-                    "frames/7/pressure".to_owned(),
-                    Some("hPa".to_owned()),
-                    1_700_000_000_500_000_000,
-                    1013.2
-                ),
+                ("frames/7/temperature".to_owned(), Some("Cel".to_owned()), 1_700_000_000_000_000_000, 21.5),
+                ("frames/7/pressure".to_owned(), Some("hPa".to_owned()), 1_700_000_000_500_000_000, 1013.2),
             ]
         );
         assert_eq!(batch.series()[0].tag("device"), Some("7"));
@@ -288,33 +247,23 @@ mod tests {
             (&version_2, "version 2 is not supported"),
         ];
         for (payload, expected) in cases {
-            let err = host
-                .decode(&mut decoder, message(payload))
-                .expect_err(expected);
-            assert!(
-                matches!(&err, Error::InvalidInput(reason) if reason.contains(expected)),
-                "{err}"
-            );
+            let err = host.decode(&mut decoder, message(payload)).expect_err(expected);
+            assert!(matches!(&err, Error::InvalidInput(reason) if reason.contains(expected)), "{err}");
         }
     }
 
     #[test]
     fn custom_channel_table_and_unknown_channels() {
-        let (mut host, mut decoder) = decoder(
-            r#"{"series_prefix": "site", "channels": [{"id": 0, "name": "t", "scale": 0.1, "offset": -10}]}"#,
-        );
-        let err = host
-            .decode(&mut decoder, message(&EXAMPLE))
-            .expect_err("channel 2 is not in the table");
+        let (mut host, mut decoder) =
+            decoder(r#"{"series_prefix": "site", "channels": [{"id": 0, "name": "t", "scale": 0.1, "offset": -10}]}"#);
+        let err = host.decode(&mut decoder, message(&EXAMPLE)).expect_err("channel 2 is not in the table");
         assert!(err.to_string().contains("unknown channel 2"), "{err}");
 
         let mut only_channel_0 = EXAMPLE[..13].to_vec();
         only_channel_0[7] = 1;
         let crc = FRAME_CRC.checksum(&only_channel_0);
         only_channel_0.extend(crc.to_be_bytes());
-        let batch = host
-            .decode(&mut decoder, message(&only_channel_0))
-            .expect("channel 0 is known");
+        let batch = host.decode(&mut decoder, message(&only_channel_0)).expect("channel 0 is known");
         let sample = batch.get(0).expect("one reading");
         assert_eq!(sample.series.name, "site/7/t");
         assert!((sample.value - 205.0).abs() < 1e-9);

@@ -44,9 +44,9 @@ fn state_key(series_name: &str) -> Vec<u8> {
 
 /// Window values as stored: little-endian f64s, oldest first.
 fn decode_window(bytes: &[u8], window: usize) -> VecDeque<f64> {
-    let values = bytes.chunks_exact(8).map(|chunk| {
-        f64::from_le_bytes(chunk.try_into().expect("chunks_exact yields 8-byte chunks"))
-    });
+    let values = bytes
+        .chunks_exact(8)
+        .map(|chunk| f64::from_le_bytes(chunk.try_into().expect("chunks_exact yields 8-byte chunks")));
     let mut values: VecDeque<f64> = values.collect();
     // A smaller window than before the restart keeps the newest values.
     while values.len() > window {
@@ -84,14 +84,10 @@ impl Operator for MovingAverage {
 
     fn init(params: Params, _ctx: &mut Context<'_>) -> Result<Self, Error> {
         if !(1..=MAX_WINDOW).contains(&params.window) {
-            return Err(Error::invalid_params(format!(
-                "`window` must be between 1 and {MAX_WINDOW}"
-            )));
+            return Err(Error::invalid_params(format!("`window` must be between 1 and {MAX_WINDOW}")));
         }
         if params.suffix.as_deref() == Some("") {
-            return Err(Error::invalid_params(
-                "`suffix` must not be empty (leave it out to replace values)",
-            ));
+            return Err(Error::invalid_params("`suffix` must not be empty (leave it out to replace values)"));
         }
         Ok(Self { params })
     }
@@ -134,10 +130,8 @@ impl Operator for MovingAverage {
                     .iter()
                     .zip(averages)
                     .filter_map(|(sample, average)| {
-                        let series = Series {
-                            name: format!("{}{suffix}", sample.series.name),
-                            ..sample.series.clone()
-                        };
+                        let series =
+                            Series { name: format!("{}{suffix}", sample.series.name), ..sample.series.clone() };
                         average.map(|average| (series, sample.ts, average))
                     })
                     .collect();
@@ -176,12 +170,8 @@ mod tests {
     #[test]
     fn averages_over_the_last_window_readings() {
         let mut host = TestHost::new();
-        let mut op: MovingAverage = host
-            .init_operator(r#"{"window": 3}"#)
-            .expect("valid params");
-        let out = host
-            .process(&mut op, batch(&[3.0, 6.0, 9.0, 12.0]))
-            .expect("plain values");
+        let mut op: MovingAverage = host.init_operator(r#"{"window": 3}"#).expect("valid params");
+        let out = host.process(&mut op, batch(&[3.0, 6.0, 9.0, 12.0])).expect("plain values");
         assert_eq!(values(&out), [3.0, 4.5, 6.0, 9.0]);
     }
 
@@ -196,18 +186,10 @@ mod tests {
 
         let mut host = TestHost::new();
         let mut op: MovingAverage = host.init_operator(params).expect("valid params");
-        let mut resumed = values(
-            &host
-                .process(&mut op, batch(&input[..17]))
-                .expect("plain values"),
-        );
+        let mut resumed = values(&host.process(&mut op, batch(&input[..17])).expect("plain values"));
         drop(op);
         let mut op: MovingAverage = host.init_operator(params).expect("valid params");
-        resumed.extend(values(
-            &host
-                .process(&mut op, batch(&input[17..]))
-                .expect("plain values"),
-        ));
+        resumed.extend(values(&host.process(&mut op, batch(&input[17..])).expect("plain values")));
 
         assert_eq!(uninterrupted, resumed);
     }
@@ -215,49 +197,25 @@ mod tests {
     #[test]
     fn suffix_appends_an_averaged_series_and_keeps_originals() {
         let mut host = TestHost::new();
-        let mut op: MovingAverage = host
-            .init_operator(r#"{"window": 2, "suffix": "/avg"}"#)
-            .expect("valid params");
-        let out = host
-            .process(&mut op, batch(&[2.0, 4.0]))
-            .expect("plain values");
-        let got: Vec<_> = out
-            .iter()
-            .map(|s| (s.series.name.clone(), s.value))
-            .collect();
-        assert_eq!(
-            got,
-            [
-                ("s".into(), 2.0),
-                ("s".into(), 4.0),
-                ("s/avg".into(), 2.0),
-                ("s/avg".into(), 3.0)
-            ]
-        );
+        let mut op: MovingAverage = host.init_operator(r#"{"window": 2, "suffix": "/avg"}"#).expect("valid params");
+        let out = host.process(&mut op, batch(&[2.0, 4.0])).expect("plain values");
+        let got: Vec<_> = out.iter().map(|s| (s.series.name.clone(), s.value)).collect();
+        assert_eq!(got, [("s".into(), 2.0), ("s".into(), 4.0), ("s/avg".into(), 2.0), ("s/avg".into(), 3.0)]);
         assert_eq!(out.series()[1].unit.as_deref(), Some("Cel"));
     }
 
     #[test]
     fn non_finite_values_pass_and_stay_out_of_the_window() {
         let mut host = TestHost::new();
-        let mut op: MovingAverage = host
-            .init_operator(r#"{"window": 2}"#)
-            .expect("valid params");
-        let out = host
-            .process(&mut op, batch(&[2.0, f64::INFINITY, 4.0]))
-            .expect("plain values");
+        let mut op: MovingAverage = host.init_operator(r#"{"window": 2}"#).expect("valid params");
+        let out = host.process(&mut op, batch(&[2.0, f64::INFINITY, 4.0])).expect("plain values");
         assert_eq!(values(&out), [2.0, f64::INFINITY, 3.0]);
     }
 
     #[test]
     fn refuses_bad_windows() {
         let mut host = TestHost::new();
-        for bad in [
-            r#"{"window": 0}"#,
-            r#"{"window": 100000}"#,
-            r#"{}"#,
-            r#"{"window": 3, "suffix": ""}"#,
-        ] {
+        for bad in [r#"{"window": 0}"#, r#"{"window": 100000}"#, r#"{}"#, r#"{"window": 3, "suffix": ""}"#] {
             assert!(host.init_operator::<MovingAverage>(bad).is_err(), "{bad}");
         }
     }

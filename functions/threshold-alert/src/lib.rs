@@ -71,12 +71,7 @@ impl ThresholdAlert {
         if !value.is_finite() {
             return alarm;
         }
-        let Params {
-            above,
-            below,
-            hysteresis,
-            ..
-        } = self.params;
+        let Params { above, below, hysteresis, .. } = self.params;
         let still_in = match alarm {
             Alarm::High => above.is_some_and(|limit| value > limit - hysteresis),
             Alarm::Low => below.is_some_and(|limit| value < limit + hysteresis),
@@ -106,9 +101,7 @@ impl Operator for ThresholdAlert {
             return Err(Error::invalid_params("set `above`, `below` or both"));
         }
         if !(params.hysteresis.is_finite() && params.hysteresis >= 0.0) {
-            return Err(Error::invalid_params(
-                "`hysteresis` must be a finite number >= 0",
-            ));
+            return Err(Error::invalid_params("`hysteresis` must be a finite number >= 0"));
         }
         if let (Some(above), Some(below)) = (params.above, params.below)
             && below + params.hysteresis >= above - params.hysteresis
@@ -129,22 +122,16 @@ impl Operator for ThresholdAlert {
                 return true;
             }
             let (_, current) = alarms[sample.series_id.index()].get_or_insert_with(|| {
-                let stored =
-                    Alarm::from_state(state.get(state_key(&sample.series.name)).as_deref());
+                let stored = Alarm::from_state(state.get(state_key(&sample.series.name)).as_deref());
                 (stored, stored)
             });
             *current = self.next(*current, sample.value);
             *current != Alarm::Normal && sample.value.is_finite()
         });
-        let changed =
-            batch
-                .series()
-                .iter()
-                .zip(&alarms)
-                .filter_map(|(series, alarm)| match alarm {
-                    Some((before, after)) if before != after => Some((series, *before, *after)),
-                    _ => None,
-                });
+        let changed = batch.series().iter().zip(&alarms).filter_map(|(series, alarm)| match alarm {
+            Some((before, after)) if before != after => Some((series, *before, *after)),
+            _ => None,
+        });
         for (series, before, after) in changed {
             match after.to_state() {
                 Some(bytes) => ctx.state().set(state_key(&series.name), bytes)?,
@@ -181,15 +168,8 @@ mod tests {
     #[test]
     fn passes_readings_only_while_in_alarm_with_hysteresis() {
         let mut host = TestHost::new();
-        let mut op: ThresholdAlert = host
-            .init_operator(r#"{"above": 80, "hysteresis": 5}"#)
-            .expect("valid params");
-        let out = host
-            .process(
-                &mut op,
-                batch("t", &[70.0, 81.0, 78.0, 76.0, 75.0, 79.0, 80.5]),
-            )
-            .expect("plain values");
+        let mut op: ThresholdAlert = host.init_operator(r#"{"above": 80, "hysteresis": 5}"#).expect("valid params");
+        let out = host.process(&mut op, batch("t", &[70.0, 81.0, 78.0, 76.0, 75.0, 79.0, 80.5])).expect("plain values");
         // 81 raises; 78 and 76 stay inside the band; 75 clears; 79 is below the limit; 80.5 raises.
         assert_eq!(values(&out), [81.0, 78.0, 76.0, 80.5]);
     }
@@ -197,12 +177,8 @@ mod tests {
     #[test]
     fn low_alarm_mirrors_high_alarm() {
         let mut host = TestHost::new();
-        let mut op: ThresholdAlert = host
-            .init_operator(r#"{"below": 10, "hysteresis": 1}"#)
-            .expect("valid params");
-        let out = host
-            .process(&mut op, batch("t", &[12.0, 9.0, 10.5, 11.0, 9.9]))
-            .expect("plain values");
+        let mut op: ThresholdAlert = host.init_operator(r#"{"below": 10, "hysteresis": 1}"#).expect("valid params");
+        let out = host.process(&mut op, batch("t", &[12.0, 9.0, 10.5, 11.0, 9.9])).expect("plain values");
         assert_eq!(values(&out), [9.0, 10.5, 9.9]);
     }
 
@@ -211,26 +187,18 @@ mod tests {
         let mut host = TestHost::new();
         let params = r#"{"above": 80, "hysteresis": 5}"#;
         let mut op: ThresholdAlert = host.init_operator(params).expect("valid params");
-        host.process(&mut op, batch("t", &[85.0]))
-            .expect("plain values");
+        host.process(&mut op, batch("t", &[85.0])).expect("plain values");
         drop(op);
         let mut restarted: ThresholdAlert = host.init_operator(params).expect("valid params");
-        let out = host
-            .process(&mut restarted, batch("t", &[78.0]))
-            .expect("plain values");
-        assert_eq!(
-            values(&out),
-            [78.0],
-            "78 is inside the band of an alarm raised before the restart"
-        );
+        let out = host.process(&mut restarted, batch("t", &[78.0])).expect("plain values");
+        assert_eq!(values(&out), [78.0], "78 is inside the band of an alarm raised before the restart");
     }
 
     #[test]
     fn unwatched_series_pass_and_non_finite_values_are_dropped() {
         let mut host = TestHost::new();
-        let mut op: ThresholdAlert = host
-            .init_operator(r#"{"above": 80, "series": "plant/+/temp"}"#)
-            .expect("valid params");
+        let mut op: ThresholdAlert =
+            host.init_operator(r#"{"above": 80, "series": "plant/+/temp"}"#).expect("valid params");
         let mut input = batch("plant/boiler/temp", &[90.0, f64::NAN, 91.0]);
         let other = input.intern_series(Series::new("plant/boiler/pressure"));
         input.push(other, Timestamp::from_secs(9), 1.0);

@@ -97,12 +97,7 @@ pub struct Params {
 #[derive(Clone, Debug, PartialEq)]
 enum Conversion {
     Named(NamedConversion),
-    Linear {
-        scale: f64,
-        offset: f64,
-        from_unit: Option<String>,
-        to_unit: Option<String>,
-    },
+    Linear { scale: f64, offset: f64, from_unit: Option<String>, to_unit: Option<String> },
 }
 
 impl Conversion {
@@ -154,29 +149,17 @@ impl Operator for UnitConvert {
             }
             None => {
                 if params.scale.is_none() && params.offset.is_none() {
-                    return Err(Error::invalid_params(
-                        "set `conversion`, or `scale` and/or `offset`",
-                    ));
+                    return Err(Error::invalid_params("set `conversion`, or `scale` and/or `offset`"));
                 }
                 let scale = params.scale.unwrap_or(1.0);
                 let offset = params.offset.unwrap_or(0.0);
                 if !(scale.is_finite() && offset.is_finite()) || scale == 0.0 {
-                    return Err(Error::invalid_params(
-                        "`scale` must be finite and non-zero, `offset` finite",
-                    ));
+                    return Err(Error::invalid_params("`scale` must be finite and non-zero, `offset` finite"));
                 }
-                Conversion::Linear {
-                    scale,
-                    offset,
-                    from_unit: params.from_unit,
-                    to_unit: params.unit,
-                }
+                Conversion::Linear { scale, offset, from_unit: params.from_unit, to_unit: params.unit }
             }
         };
-        Ok(Self {
-            series: params.series,
-            conversion,
-        })
+        Ok(Self { series: params.series, conversion })
     }
 
     fn process(&mut self, mut batch: Batch, ctx: &mut Context<'_>) -> Result<Batch, Error> {
@@ -204,11 +187,7 @@ impl Operator for UnitConvert {
             }
         });
         if let Some(to_unit) = conversion.to_unit() {
-            let converted: Vec<_> = batch
-                .iter()
-                .map(|s| s.series_id)
-                .filter(|id| convert[id.index()])
-                .collect();
+            let converted: Vec<_> = batch.iter().map(|s| s.series_id).filter(|id| convert[id.index()]).collect();
             for id in converted {
                 batch.series_mut(id).unit = Some(to_unit.to_owned());
             }
@@ -236,20 +215,15 @@ mod tests {
     fn convert(params: &str, series: Series, value: f64) -> (f64, Option<String>) {
         let mut host = TestHost::new();
         let mut op: UnitConvert = host.init_operator(params).expect("valid params");
-        let out = host
-            .process(&mut op, one_reading(series, value))
-            .expect("conversion succeeds");
+        let out = host.process(&mut op, one_reading(series, value)).expect("conversion succeeds");
         let sample = out.get(0).expect("one reading in, one out");
         (sample.value, sample.series.unit.clone())
     }
 
     #[test]
     fn named_conversion_converts_and_sets_the_unit() {
-        let (value, unit) = convert(
-            r#"{"conversion": "celsius_to_fahrenheit"}"#,
-            Series::new("t").with_unit("Cel"),
-            100.0,
-        );
+        let (value, unit) =
+            convert(r#"{"conversion": "celsius_to_fahrenheit"}"#, Series::new("t").with_unit("Cel"), 100.0);
         assert_eq!(value, 212.0);
         assert_eq!(unit.as_deref(), Some("[degF]"));
     }
@@ -262,19 +236,13 @@ mod tests {
             (CelsiusToKelvin, KelvinToCelsius),
             (PascalToHectopascal, HectopascalToPascal),
             (BarToPsi, PsiToBar),
-            (
-                MetersPerSecondToKilometersPerHour,
-                KilometersPerHourToMetersPerSecond,
-            ),
+            (MetersPerSecondToKilometersPerHour, KilometersPerHourToMetersPerSecond),
         ];
         for (there, back) in pairs {
             assert_eq!(there.units().1, back.units().0);
             for v in [-40.0, 0.0, 21.5, 1013.25] {
                 let round = back.apply(there.apply(v));
-                assert!(
-                    (round - v).abs() < 1e-9,
-                    "{there:?}/{back:?} on {v}: {round}"
-                );
+                assert!((round - v).abs() < 1e-9, "{there:?}/{back:?} on {v}: {round}");
             }
         }
     }
@@ -282,41 +250,26 @@ mod tests {
     #[test]
     fn series_in_another_unit_is_left_alone_with_a_warning() {
         let mut host = TestHost::new();
-        let mut op: UnitConvert = host
-            .init_operator(r#"{"conversion": "celsius_to_fahrenheit"}"#)
-            .expect("valid params");
+        let mut op: UnitConvert =
+            host.init_operator(r#"{"conversion": "celsius_to_fahrenheit"}"#).expect("valid params");
         let out = host
-            .process(
-                &mut op,
-                one_reading(Series::new("t").with_unit("[degF]"), 70.0),
-            )
+            .process(&mut op, one_reading(Series::new("t").with_unit("[degF]"), 70.0))
             .expect("mismatch is not an error");
         assert_eq!(out.get(0).map(|s| s.value), Some(70.0));
-        assert!(
-            host.logs()
-                .iter()
-                .any(|(_, line)| line.contains("left unconverted"))
-        );
+        assert!(host.logs().iter().any(|(_, line)| line.contains("left unconverted")));
     }
 
     #[test]
     fn linear_conversion_uses_scale_offset_and_unit() {
-        let (value, unit) = convert(
-            r#"{"scale": 0.1, "offset": -5, "unit": "V"}"#,
-            Series::new("raw"),
-            120.0,
-        );
+        let (value, unit) = convert(r#"{"scale": 0.1, "offset": -5, "unit": "V"}"#, Series::new("raw"), 120.0);
         assert!((value - 7.0).abs() < 1e-12);
         assert_eq!(unit.as_deref(), Some("V"));
     }
 
     #[test]
     fn unmatched_series_pass_through() {
-        let (value, unit) = convert(
-            r#"{"conversion": "pascal_to_hectopascal", "series": "a/#"}"#,
-            Series::new("b/p"),
-            5.0,
-        );
+        let (value, unit) =
+            convert(r#"{"conversion": "pascal_to_hectopascal", "series": "a/#"}"#, Series::new("b/p"), 5.0);
         assert_eq!((value, unit), (5.0, None));
     }
 

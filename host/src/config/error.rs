@@ -22,34 +22,15 @@ pub struct Problem {
 
 impl Problem {
     /// A problem located by a byte span of `text` (None when the span is unknown or empty).
-    pub fn at(
-        text: &str,
-        span: Option<Range<usize>>,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        let mut problem = Self {
-            field: field.into(),
-            line: 0,
-            column: 0,
-            message: message.into(),
-            excerpt: None,
-        };
+    pub fn at(text: &str, span: Option<Range<usize>>, field: impl Into<String>, message: impl Into<String>) -> Self {
+        let mut problem = Self { field: field.into(), line: 0, column: 0, message: message.into(), excerpt: None };
         if let Some(span) = span.filter(|s| s.end > s.start && s.end <= text.len()) {
             let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
-            let line_end = text[span.start..]
-                .find('\n')
-                .map_or(text.len(), |i| span.start + i);
+            let line_end = text[span.start..].find('\n').map_or(text.len(), |i| span.start + i);
             problem.line = text[..span.start].matches('\n').count() + 1;
             problem.column = text[line_start..span.start].chars().count() + 1;
-            let width = text[span.start..span.end.min(line_end)]
-                .chars()
-                .count()
-                .max(1);
-            problem.excerpt = Some((
-                text[line_start..line_end].trim_end_matches('\r').to_owned(),
-                width,
-            ));
+            let width = text[span.start..span.end.min(line_end)].chars().count().max(1);
+            problem.excerpt = Some((text[line_start..line_end].trim_end_matches('\r').to_owned(), width));
         }
         problem
     }
@@ -99,31 +80,19 @@ fn render(file: &str, problems: &[Problem]) -> String {
 
 fn write_problem(out: &mut String, file: &str, problem: &Problem) -> fmt::Result {
     use fmt::Write;
-    let location = if problem.line > 0 {
-        format!("{file}:{}:{}", problem.line, problem.column)
-    } else {
-        file.to_owned()
-    };
+    let location =
+        if problem.line > 0 { format!("{file}:{}:{}", problem.line, problem.column) } else { file.to_owned() };
     if problem.field.is_empty() {
         writeln!(out, "error: {location}: {}", problem.message)?;
     } else {
-        writeln!(
-            out,
-            "error: {location}: field `{}`: {}",
-            problem.field, problem.message
-        )?;
+        writeln!(out, "error: {location}: field `{}`: {}", problem.field, problem.message)?;
     }
     if let Some((line_text, width)) = &problem.excerpt {
         let number = problem.line.to_string();
         let gutter = " ".repeat(number.len());
         writeln!(out, "{gutter} |")?;
         writeln!(out, "{number} | {line_text}")?;
-        writeln!(
-            out,
-            "{gutter} | {}{}",
-            " ".repeat(problem.column - 1),
-            "^".repeat(*width)
-        )?;
+        writeln!(out, "{gutter} | {}{}", " ".repeat(problem.column - 1), "^".repeat(*width))?;
     }
     Ok(())
 }

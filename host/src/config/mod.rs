@@ -20,11 +20,11 @@ use std::time::Duration;
 use toml::Spanned;
 
 pub use error::{ConfigError, Problem};
-pub use raw::{Durability, Encoding, NumberEncoding, SimulatedPayload, TimeUnit};
+pub use raw::{Durability, Encoding, NumberEncoding, SimulatedPayload, SimulatedSensor, TimeUnit};
 use raw::{RawBroker, RawConfig, RawDecode, RawFieldMapping, RawPipeline, RawSink, RawSource};
 pub use types::{
-    BrokerUrl, FunctionId, GatewayId, JsonPointer, MqttTopic, Name, NatsSubject, NatsSubjectFilter,
-    Protocol, TopicFilter,
+    BrokerUrl, FunctionId, GatewayId, JsonPointer, MqttTopic, Name, NatsSubject, NatsSubjectFilter, Protocol,
+    TopicFilter,
 };
 
 /// The built-in configuration: simulated sensors, the bundled functions, a console sink.
@@ -153,6 +153,8 @@ pub enum SourceConfig {
         qos: Qos,
         /// Client id (the session's key on the broker).
         client_id: String,
+        /// The broker's in-flight window for QoS 1 messages to this client.
+        max_inflight: usize,
     },
     /// NATS core subscription (at most once).
     Nats {
@@ -191,6 +193,8 @@ pub struct SimulatedConfig {
     pub topic_prefix: String,
     /// Random seed.
     pub seed: u64,
+    /// Sensors of each device, in report order.
+    pub sensors: Vec<SimulatedSensor>,
 }
 
 /// A pipeline's decoder.
@@ -232,6 +236,8 @@ pub struct FieldMapping {
     pub values: ValueFields,
     /// Unit of every reading.
     pub unit: Option<String>,
+    /// Field holding the unit (wins over `unit`).
+    pub unit_field: Option<JsonPointer>,
 }
 
 /// One value field, or several named ones.
@@ -328,6 +334,7 @@ mod defaults {
     pub const LINGER: Duration = Duration::from_millis(100);
     pub const QUEUE: usize = 4096;
     pub const MAX_IN_FLIGHT: usize = 64;
+    pub const MQTT_INFLIGHT: usize = 20;
     pub const SERIES_SHOWN: usize = 4;
 }
 
@@ -342,47 +349,23 @@ pub struct Overrides {
 
 /// Reads and validates the file at `path`.
 pub fn load(path: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
-    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    let base_dir = path
-        .parent()
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_owned(), source })?;
+    let base_dir = path.parent().map_or_else(|| PathBuf::from("."), Path::to_path_buf);
     parse(&path.display().to_string(), &text, &base_dir, overrides)
 }
 
 /// Parses and validates `text`; relative paths resolve against `base_dir`.
-pub fn parse(
-    file: &str,
-    text: &str,
-    base_dir: &Path,
-    overrides: &Overrides,
-) -> Result<Config, ConfigError> {
-    let invalid = |problems| ConfigError::Invalid {
-        file: file.to_owned(),
-        problems,
-    };
-    let deserializer = toml::Deserializer::parse(text)
-        .map_err(|e| invalid(vec![Problem::at(text, e.span(), "", e.message())]))?;
+pub fn parse(file: &str, text: &str, base_dir: &Path, overrides: &Overrides) -> Result<Config, ConfigError> {
+    let invalid = |problems| ConfigError::Invalid { file: file.to_owned(), problems };
+    let deserializer =
+        toml::Deserializer::parse(text).map_err(|e| invalid(vec![Problem::at(text, e.span(), "", e.message())]))?;
     let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
         let field = e.path().to_string();
         let field = if field == "." { String::new() } else { field };
         let inner = e.into_inner();
-        invalid(vec![Problem::at(
-            text,
-            inner.span(),
-            field,
-            inner.message(),
-        )])
+        invalid(vec![Problem::at(text, inner.span(), field, inner.message())])
     })?;
-    Validator {
-        text,
-        base_dir,
-        problems: Vec::new(),
-    }
-    .validate(raw, overrides)
-    .map_err(invalid)
+    Validator { text, base_dir, problems: Vec::new() }.validate(raw, overrides).map_err(invalid)
 }
 
 /// Collects every cross-reference problem instead of stopping at the first.
@@ -393,29 +376,16 @@ struct Validator<'a> {
 }
 
 impl Validator<'_> {
-    fn problem<T>(
-        &mut self,
-        spanned: &Spanned<T>,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) {
-        self.problems
-            .push(Problem::at(self.text, Some(spanned.span()), field, message));
+    fn problem<T>(&mut self, spanned: &Spanned<T>, field: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem::at(self.text, Some(spanned.span()), field, message));
     }
 
     fn resolve(&self, path: &Path) -> PathBuf {
-        if path.is_absolute() {
-            path.to_owned()
-        } else {
-            self.base_dir.join(path)
-        }
+        if path.is_absolute() { path.to_owned() } else { self.base_dir.join(path) }
     }
 
     fn validate(mut self, raw: RawConfig, overrides: &Overrides) -> Result<Config, Vec<Problem>> {
-        let data_dir = overrides
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| self.resolve(raw.gateway.data_dir.get_ref()));
+        let data_dir = overrides.data_dir.clone().unwrap_or_else(|| self.resolve(raw.gateway.data_dir.get_ref()));
         let functions_dir = match (&overrides.functions_dir, &raw.gateway.functions_dir) {
             (Some(dir), _) => dir.clone(),
             (None, Some(dir)) => self.resolve(dir.get_ref()),
@@ -423,16 +393,9 @@ impl Validator<'_> {
         };
         let state = StateConfig {
             durability: raw.state.durability.unwrap_or(Durability::Sync),
-            max_key: raw.state.max_key.map_or(defaults::MAX_KEY, |s| {
-                u32::try_from(s.0).unwrap_or(u32::MAX)
-            }),
-            max_value: raw.state.max_value.map_or(defaults::MAX_VALUE, |s| {
-                u32::try_from(s.0).unwrap_or(u32::MAX)
-            }),
-            dead_letter_capacity: raw
-                .state
-                .dead_letter_capacity
-                .map_or(defaults::DEAD_LETTERS, |c| u64::from(c.0)),
+            max_key: raw.state.max_key.map_or(defaults::MAX_KEY, |s| u32::try_from(s.0).unwrap_or(u32::MAX)),
+            max_value: raw.state.max_value.map_or(defaults::MAX_VALUE, |s| u32::try_from(s.0).unwrap_or(u32::MAX)),
+            dead_letter_capacity: raw.state.dead_letter_capacity.map_or(defaults::DEAD_LETTERS, |c| u64::from(c.0)),
         };
 
         let brokers: BTreeMap<Name, BrokerConfig> = raw
@@ -456,33 +419,16 @@ impl Validator<'_> {
                 timeout: function.get_ref().timeout.unwrap_or(defaults::TIMEOUT),
             };
             if limits.timeout.is_zero() {
-                self.problem(
-                    &function,
-                    format!("functions.{id}.timeout"),
-                    "timeout must be longer than zero",
-                );
+                self.problem(&function, format!("functions.{id}.timeout"), "timeout must be longer than zero");
             }
-            functions.insert(
-                id.clone(),
-                FunctionConfig {
-                    id,
-                    component,
-                    limits,
-                },
-            );
+            functions.insert(id.clone(), FunctionConfig { id, component, limits });
         }
 
         let pipelines: Vec<PipelineConfig> = raw
             .pipelines
             .into_iter()
             .filter_map(|(name, pipeline)| {
-                self.pipeline(
-                    &raw.gateway.id,
-                    name,
-                    pipeline.into_inner(),
-                    &brokers,
-                    &functions,
-                )
+                self.pipeline(&raw.gateway.id, name, pipeline.into_inner(), &brokers, &functions)
             })
             .collect();
         if pipelines.is_empty() && self.problems.is_empty() {
@@ -498,42 +444,24 @@ impl Validator<'_> {
         let used: BTreeSet<&FunctionId> = pipelines
             .iter()
             .flat_map(|p| {
-                p.operators
-                    .iter()
-                    .map(|o| &o.function)
-                    .chain(match &p.decode {
-                        DecodeConfig::Function(f) => Some(&f.function),
-                        _ => None,
-                    })
+                p.operators.iter().map(|o| &o.function).chain(match &p.decode {
+                    DecodeConfig::Function(f) => Some(&f.function),
+                    _ => None,
+                })
             })
             .collect();
-        let functions = functions
-            .iter()
-            .filter(|(id, _)| used.contains(id))
-            .map(|(id, f)| (id.clone(), f.clone()))
-            .collect();
+        let functions =
+            functions.iter().filter(|(id, _)| used.contains(id)).map(|(id, f)| (id.clone(), f.clone())).collect();
 
         if !self.problems.is_empty() {
             self.problems.sort_by_key(|p| (p.line, p.column));
             return Err(self.problems);
         }
-        Ok(Config {
-            gateway: GatewayConfig {
-                id: raw.gateway.id,
-                data_dir,
-            },
-            state,
-            functions,
-            pipelines,
-        })
+        Ok(Config { gateway: GatewayConfig { id: raw.gateway.id, data_dir }, state, functions, pipelines })
     }
 
     fn resolve_in(&self, dir: &Path, path: &Path) -> PathBuf {
-        if path.is_absolute() {
-            path.to_owned()
-        } else {
-            dir.join(path)
-        }
+        if path.is_absolute() { path.to_owned() } else { dir.join(path) }
     }
 
     fn broker(&mut self, name: Name, raw: &Spanned<RawBroker>) -> Option<BrokerConfig> {
@@ -564,11 +492,7 @@ impl Validator<'_> {
             );
         }
         if broker.keep_alive.is_some() && broker.url.protocol != Protocol::Mqtt {
-            self.problem(
-                raw,
-                format!("brokers.{name}.keep_alive"),
-                "keep_alive applies to MQTT brokers only",
-            );
+            self.problem(raw, format!("brokers.{name}.keep_alive"), "keep_alive applies to MQTT brokers only");
         }
         Some(BrokerConfig {
             name,
@@ -594,11 +518,7 @@ impl Validator<'_> {
                 self.problem(
                     name,
                     field,
-                    format!(
-                        "no broker is called {:?}; defined: {}",
-                        name.get_ref().as_str(),
-                        list(&known)
-                    ),
+                    format!("no broker is called {:?}; defined: {}", name.get_ref().as_str(), list(&known)),
                 );
                 None
             }
@@ -631,11 +551,7 @@ impl Validator<'_> {
         self.problem(
             id,
             field,
-            format!(
-                "no function is called {:?}; defined: {}",
-                id.get_ref().as_str(),
-                list(&known)
-            ),
+            format!("no function is called {:?}; defined: {}", id.get_ref().as_str(), list(&known)),
         );
         false
     }
@@ -652,74 +568,41 @@ impl Validator<'_> {
         let source_span = raw.source.span();
         let source = match raw.source.into_inner() {
             RawSource::Mqtt(mqtt) => {
-                let broker = self.broker_ref(
-                    &mqtt.broker,
-                    &at("source.mqtt.broker"),
-                    Protocol::Mqtt,
-                    brokers,
-                );
+                let broker = self.broker_ref(&mqtt.broker, &at("source.mqtt.broker"), Protocol::Mqtt, brokers);
                 let qos = match *mqtt.qos.get_ref() {
                     0 => Qos::AtMostOnce,
                     1 => Qos::AtLeastOnce,
                     other => {
-                        self.problem(
-                            &mqtt.qos,
-                            at("source.mqtt.qos"),
-                            format!("QoS must be 0 or 1, got {other}"),
-                        );
+                        self.problem(&mqtt.qos, at("source.mqtt.qos"), format!("QoS must be 0 or 1, got {other}"));
                         Qos::AtLeastOnce
                     }
                 };
                 if mqtt.topics.is_empty() {
-                    self.problem(
-                        &mqtt.broker,
-                        at("source.mqtt.topics"),
-                        "subscribe to at least one topic",
-                    );
+                    self.problem(&mqtt.broker, at("source.mqtt.topics"), "subscribe to at least one topic");
                 }
-                let client_id = mqtt
-                    .client_id
-                    .unwrap_or_else(|| format!("weir-{gateway}-{name}"));
-                broker.map(|broker| SourceConfig::Mqtt {
-                    broker,
-                    topics: mqtt.topics,
-                    qos,
-                    client_id,
-                })
+                let client_id = mqtt.client_id.unwrap_or_else(|| format!("weir-{gateway}-{name}"));
+                let max_inflight = mqtt.max_inflight.map_or(defaults::MQTT_INFLIGHT, |c| c.get());
+                broker.map(|broker| SourceConfig::Mqtt { broker, topics: mqtt.topics, qos, client_id, max_inflight })
             }
             RawSource::Nats(nats) => {
                 if nats.subjects.is_empty() {
+                    self.problem(&nats.broker, at("source.nats.subjects"), "subscribe to at least one subject");
+                }
+                self.broker_ref(&nats.broker, &at("source.nats.broker"), Protocol::Nats, brokers)
+                    .map(|broker| SourceConfig::Nats { broker, subjects: nats.subjects, queue_group: nats.queue_group })
+            }
+            RawSource::Jetstream(js) => {
+                if js.subjects.len() > 1 {
                     self.problem(
-                        &nats.broker,
-                        at("source.nats.subjects"),
-                        "subscribe to at least one subject",
+                        &js.broker,
+                        at("source.jetstream.subjects"),
+                        "a JetStream consumer takes at most one filter subject (several need nats-server 2.10); use a wildcard",
                     );
                 }
-                self.broker_ref(
-                    &nats.broker,
-                    &at("source.nats.broker"),
-                    Protocol::Nats,
-                    brokers,
-                )
-                .map(|broker| SourceConfig::Nats {
-                    broker,
-                    subjects: nats.subjects,
-                    queue_group: nats.queue_group,
+                self.broker_ref(&js.broker, &at("source.jetstream.broker"), Protocol::Nats, brokers).map(|broker| {
+                    SourceConfig::JetStream { broker, stream: js.stream, consumer: js.consumer, subjects: js.subjects }
                 })
             }
-            RawSource::Jetstream(js) => self
-                .broker_ref(
-                    &js.broker,
-                    &at("source.jetstream.broker"),
-                    Protocol::Nats,
-                    brokers,
-                )
-                .map(|broker| SourceConfig::JetStream {
-                    broker,
-                    stream: js.stream,
-                    consumer: js.consumer,
-                    subjects: js.subjects,
-                }),
             RawSource::Simulated(sim) => {
                 if sim.interval.is_zero() {
                     let field = at("source.simulated.interval");
@@ -736,18 +619,26 @@ impl Validator<'_> {
                     interval: sim.interval,
                     topic_prefix: sim.topic_prefix,
                     seed: sim.seed,
+                    sensors: sim.sensors.filter(|s| !s.is_empty()).unwrap_or_else(|| {
+                        vec![
+                            SimulatedSensor::Temperature,
+                            SimulatedSensor::Humidity,
+                            SimulatedSensor::Pressure,
+                            SimulatedSensor::Vibration,
+                        ]
+                    }),
                 }))
             }
         };
 
         let decode_span = raw.decode.span();
         let decode = match raw.decode.into_inner() {
-            RawDecode::Json(mapping) => self
-                .field_mapping(mapping, decode_span.clone(), &at("decode.json"))
-                .map(DecodeConfig::Json),
-            RawDecode::Cbor(mapping) => self
-                .field_mapping(mapping, decode_span.clone(), &at("decode.cbor"))
-                .map(DecodeConfig::Cbor),
+            RawDecode::Json(mapping) => {
+                self.field_mapping(mapping, decode_span.clone(), &at("decode.json")).map(DecodeConfig::Json)
+            }
+            RawDecode::Cbor(mapping) => {
+                self.field_mapping(mapping, decode_span.clone(), &at("decode.cbor")).map(DecodeConfig::Cbor)
+            }
             RawDecode::SenmlJson => Some(DecodeConfig::SenmlJson),
             RawDecode::SenmlCbor => Some(DecodeConfig::SenmlCbor),
             RawDecode::Raw(number) => Some(DecodeConfig::RawNumber {
@@ -756,17 +647,14 @@ impl Validator<'_> {
                 unit: number.unit,
             }),
             RawDecode::Function(used) => {
-                let known =
-                    self.function_ref(&used.function, &at("decode.function.function"), functions);
+                let known = self.function_ref(&used.function, &at("decode.function.function"), functions);
                 let id = used.function.into_inner();
                 let params_json = params_to_json(&used.params);
                 let use_name = Name::try_from(format!("decoder-{id}")).ok();
                 match (known, use_name) {
-                    (true, Some(use_name)) => Some(DecodeConfig::Function(FunctionUse {
-                        name: use_name,
-                        function: id,
-                        params_json,
-                    })),
+                    (true, Some(use_name)) => {
+                        Some(DecodeConfig::Function(FunctionUse { name: use_name, function: id, params_json }))
+                    }
                     _ => None,
                 }
             }
@@ -777,23 +665,22 @@ impl Validator<'_> {
         for (index, operator) in raw.operators.into_iter().enumerate() {
             let operator = operator.into_inner();
             let field = at(&format!("operators[{index}]"));
-            let known =
-                self.function_ref(&operator.function, &format!("{field}.function"), functions);
+            let known = self.function_ref(&operator.function, &format!("{field}.function"), functions);
             let op_name = match &operator.name {
                 Some(name) => name.get_ref().clone(),
                 None => Name::try_from(operator.function.get_ref().as_str().to_owned())
                     .expect("function ids and names share one syntax"),
             };
             if !names.insert(op_name.clone()) {
-                let span = operator
-                    .name
-                    .as_ref()
-                    .map_or(operator.function.span(), Spanned::span);
+                let span = operator.name.as_ref().map_or(operator.function.span(), Spanned::span);
                 self.problems.push(Problem::at(
                     self.text,
                     Some(span),
                     field.clone(),
-                    format!("operator name {:?} is used twice in this pipeline; give each use its own `name`", op_name.as_str()),
+                    format!(
+                        "operator name {:?} is used twice in this pipeline; give each use its own `name`",
+                        op_name.as_str()
+                    ),
                 ));
             }
             if known {
@@ -806,53 +693,33 @@ impl Validator<'_> {
         }
 
         let batch = BatchConfig {
-            max_messages: raw
-                .batch
-                .max_messages
-                .map_or(defaults::MAX_MESSAGES, |c| c.get()),
+            max_messages: raw.batch.max_messages.map_or(defaults::MAX_MESSAGES, |c| c.get()),
             max_bytes: raw.batch.max_bytes.map_or(defaults::MAX_BYTES, |b| b.0),
             linger: raw.batch.linger.unwrap_or(defaults::LINGER),
             queue: raw.batch.queue.map_or(defaults::QUEUE, |c| c.get()),
         };
 
-        let sink = match raw.sink.into_inner() {
-            RawSink::Jetstream(js) => self
-                .broker_ref(
-                    &js.broker,
-                    &at("sink.jetstream.broker"),
-                    Protocol::Nats,
-                    brokers,
-                )
-                .map(|broker| SinkConfig::JetStream {
-                    broker,
-                    subject: js.subject,
-                    max_in_flight: js
-                        .max_in_flight
-                        .map_or(defaults::MAX_IN_FLIGHT, |c| c.get()),
+        let sink =
+            match raw.sink.into_inner() {
+                RawSink::Jetstream(js) => self
+                    .broker_ref(&js.broker, &at("sink.jetstream.broker"), Protocol::Nats, brokers)
+                    .map(|broker| SinkConfig::JetStream {
+                        broker,
+                        subject: js.subject,
+                        max_in_flight: js.max_in_flight.map_or(defaults::MAX_IN_FLIGHT, |c| c.get()),
+                    }),
+                RawSink::Mqtt(mqtt) => self
+                    .broker_ref(&mqtt.broker, &at("sink.mqtt.broker"), Protocol::Mqtt, brokers)
+                    .map(|broker| SinkConfig::Mqtt {
+                        broker,
+                        topic: mqtt.topic,
+                        client_id: mqtt.client_id.unwrap_or_else(|| format!("weir-{gateway}-{name}-out")),
+                        max_in_flight: mqtt.max_in_flight.map_or(defaults::MAX_IN_FLIGHT, |c| c.get()),
+                    }),
+                RawSink::Console(console) => Some(SinkConfig::Console {
+                    series_shown: console.series_shown.map_or(defaults::SERIES_SHOWN, |c| c.get()),
                 }),
-            RawSink::Mqtt(mqtt) => self
-                .broker_ref(
-                    &mqtt.broker,
-                    &at("sink.mqtt.broker"),
-                    Protocol::Mqtt,
-                    brokers,
-                )
-                .map(|broker| SinkConfig::Mqtt {
-                    broker,
-                    topic: mqtt.topic,
-                    client_id: mqtt
-                        .client_id
-                        .unwrap_or_else(|| format!("weir-{gateway}-{name}-out")),
-                    max_in_flight: mqtt
-                        .max_in_flight
-                        .map_or(defaults::MAX_IN_FLIGHT, |c| c.get()),
-                }),
-            RawSink::Console(console) => Some(SinkConfig::Console {
-                series_shown: console
-                    .series_shown
-                    .map_or(defaults::SERIES_SHOWN, |c| c.get()),
-            }),
-        };
+            };
 
         Some(PipelineConfig {
             name,
@@ -873,11 +740,9 @@ impl Validator<'_> {
     ) -> Option<FieldMapping> {
         let values = match (raw.value, raw.values) {
             (Some(one), None) => ValueFields::One(one),
-            (None, Some(many)) if !many.is_empty() => ValueFields::Many(
-                many.into_iter()
-                    .map(|(name, pointer)| (name.as_str().to_owned(), pointer))
-                    .collect(),
-            ),
+            (None, Some(many)) if !many.is_empty() => {
+                ValueFields::Many(many.into_iter().map(|(name, pointer)| (name.as_str().to_owned(), pointer)).collect())
+            }
             (Some(_), Some(_)) => {
                 self.problems.push(Problem::at(
                     self.text,
@@ -904,6 +769,7 @@ impl Validator<'_> {
             time_unit: raw.time_unit,
             values,
             unit: raw.unit,
+            unit_field: raw.unit_field,
         })
     }
 }
@@ -913,11 +779,7 @@ fn params_to_json(params: &toml::Table) -> String {
 }
 
 fn list(names: &[&str]) -> String {
-    if names.is_empty() {
-        "none".to_owned()
-    } else {
-        names.join(", ")
-    }
+    if names.is_empty() { "none".to_owned() } else { names.join(", ") }
 }
 
 #[cfg(test)]

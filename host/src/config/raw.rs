@@ -15,8 +15,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::types::{
-    BrokerUrl, ByteSize, FunctionId, GatewayId, JsonPointer, MqttTopic, Name, NatsSubject,
-    NatsSubjectFilter, PositiveCount, TopicFilter,
+    BrokerUrl, ByteSize, FunctionId, GatewayId, JsonPointer, MqttTopic, Name, NatsSubject, NatsSubjectFilter,
+    PositiveCount, TopicFilter,
 };
 
 /// The whole file.
@@ -159,6 +159,10 @@ pub struct RawMqttSource {
     /// `client_id = "gw07-boiler"` — default `weir-<gateway>-<pipeline>`; keep it stable, the broker
     /// keeps the persistent session under it.
     pub client_id: Option<String>,
+    /// `max_inflight = 20` — the broker's in-flight window for QoS 1 messages to this client
+    /// (mosquitto `max_inflight_messages`, default 20). The broker sends no more until some are
+    /// acknowledged, so a batch closes once it holds this many; raise both together for throughput.
+    pub max_inflight: Option<PositiveCount>,
 }
 
 fn default_qos() -> Spanned<u8> {
@@ -208,6 +212,23 @@ pub struct RawSimulatedSource {
     /// `seed = 7` — same seed, same signals.
     #[serde(default)]
     pub seed: u64,
+    /// `sensors = ["temperature", "vibration"]` — which sensors each device has (default: all of
+    /// temperature, humidity, pressure, vibration).
+    pub sensors: Option<Vec<SimulatedSensor>>,
+}
+
+/// A kind of simulated sensor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SimulatedSensor {
+    /// °C, a slow cycle with occasional excursions.
+    Temperature,
+    /// %RH.
+    Humidity,
+    /// hPa.
+    Pressure,
+    /// mm/s, noise with bursts.
+    Vibration,
 }
 
 /// Payload format a simulated device speaks.
@@ -262,6 +283,8 @@ pub struct RawFieldMapping {
     pub values: Option<BTreeMap<Name, JsonPointer>>,
     /// `unit = "Cel"` — unit of every reading.
     pub unit: Option<String>,
+    /// `unit_field = "/unit"` — field holding the unit (takes precedence over `unit`).
+    pub unit_field: Option<JsonPointer>,
 }
 
 /// Unit of numeric timestamps.

@@ -12,13 +12,8 @@ use serde::de::{self, Deserializer, Visitor};
 const MAX_IDENT_LEN: usize = 64;
 
 fn check_identifier(what: &str, value: &str) -> Result<(), String> {
-    let valid_start = value
-        .chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
-    let valid_rest = value
-        .chars()
-        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
+    let valid_start = value.chars().next().is_some_and(|c| c.is_ascii_lowercase() || c.is_ascii_digit());
+    let valid_rest = value.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
     if valid_start && valid_rest && value.len() <= MAX_IDENT_LEN {
         Ok(())
     } else {
@@ -135,9 +130,9 @@ impl TryFrom<String> for BrokerUrl {
     type Error = String;
 
     fn try_from(url: String) -> Result<Self, String> {
-        let (scheme, rest) = url.split_once("://").ok_or_else(|| {
-            format!("broker url {url:?} has no scheme: write mqtt://host:port or nats://host:port")
-        })?;
+        let (scheme, rest) = url
+            .split_once("://")
+            .ok_or_else(|| format!("broker url {url:?} has no scheme: write mqtt://host:port or nats://host:port"))?;
         let (protocol, default_port) = match scheme {
             "mqtt" | "tcp" => (Protocol::Mqtt, 1883),
             "nats" => (Protocol::Nats, 4222),
@@ -148,9 +143,7 @@ impl TryFrom<String> for BrokerUrl {
                 ));
             }
             other => {
-                return Err(format!(
-                    "broker url {url:?}: unknown scheme {other:?}, expected mqtt or nats"
-                ));
+                return Err(format!("broker url {url:?}: unknown scheme {other:?}, expected mqtt or nats"));
             }
         };
         if rest.contains(['/', '@', '?']) {
@@ -159,9 +152,8 @@ impl TryFrom<String> for BrokerUrl {
             ));
         }
         let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
-            let (host, after) = bracketed
-                .split_once(']')
-                .ok_or_else(|| format!("broker url {url:?}: unclosed `[` in IPv6 address"))?;
+            let (host, after) =
+                bracketed.split_once(']').ok_or_else(|| format!("broker url {url:?}: unclosed `[` in IPv6 address"))?;
             (host, after.strip_prefix(':'))
         } else {
             match rest.rsplit_once(':') {
@@ -173,19 +165,15 @@ impl TryFrom<String> for BrokerUrl {
             return Err(format!("broker url {url:?} has no host"));
         }
         let port = match port {
-            Some(port) => port.parse().map_err(|_| {
-                format!("broker url {url:?}: port {port:?} is not a number 1-65535")
-            })?,
+            Some(port) => {
+                port.parse().map_err(|_| format!("broker url {url:?}: port {port:?} is not a number 1-65535"))?
+            }
             None => default_port,
         };
         if port == 0 {
             return Err(format!("broker url {url:?}: port 0 is not usable"));
         }
-        Ok(Self {
-            protocol,
-            host: host.to_owned(),
-            port,
-        })
+        Ok(Self { protocol, host: host.to_owned(), port })
     }
 }
 
@@ -206,21 +194,15 @@ impl TryFrom<String> for TopicFilter {
 
     fn try_from(filter: String) -> Result<Self, String> {
         if filter.is_empty() || filter.len() > usize::from(u16::MAX) || filter.contains('\0') {
-            return Err(format!(
-                "topic filter {filter:?} must be 1 to 65535 bytes without NUL"
-            ));
+            return Err(format!("topic filter {filter:?} must be 1 to 65535 bytes without NUL"));
         }
         let levels: Vec<&str> = filter.split('/').collect();
         for (i, level) in levels.iter().enumerate() {
             if level.contains('#') && (*level != "#" || i + 1 != levels.len()) {
-                return Err(format!(
-                    "topic filter {filter:?}: `#` must be a whole level and the last one"
-                ));
+                return Err(format!("topic filter {filter:?}: `#` must be a whole level and the last one"));
             }
             if level.contains('+') && *level != "+" {
-                return Err(format!(
-                    "topic filter {filter:?}: `+` must be a whole level"
-                ));
+                return Err(format!("topic filter {filter:?}: `+` must be a whole level"));
             }
         }
         Ok(Self(filter))
@@ -243,13 +225,8 @@ impl TryFrom<String> for MqttTopic {
     type Error = String;
 
     fn try_from(topic: String) -> Result<Self, String> {
-        if topic.is_empty()
-            || topic.len() > usize::from(u16::MAX)
-            || topic.contains(['\0', '+', '#'])
-        {
-            return Err(format!(
-                "topic {topic:?} must be 1 to 65535 bytes without `+`, `#` or NUL"
-            ));
+        if topic.is_empty() || topic.len() > usize::from(u16::MAX) || topic.contains(['\0', '+', '#']) {
+            return Err(format!("topic {topic:?} must be 1 to 65535 bytes without `+`, `#` or NUL"));
         }
         Ok(Self(topic))
     }
@@ -258,26 +235,18 @@ impl TryFrom<String> for MqttTopic {
 fn check_nats_subject(subject: &str, wildcards_allowed: bool) -> Result<(), String> {
     let tokens: Vec<&str> = subject.split('.').collect();
     if subject.is_empty() || subject.chars().any(char::is_whitespace) {
-        return Err(format!(
-            "subject {subject:?} must be non-empty and contain no whitespace"
-        ));
+        return Err(format!("subject {subject:?} must be non-empty and contain no whitespace"));
     }
     for (i, token) in tokens.iter().enumerate() {
         if token.is_empty() {
-            return Err(format!(
-                "subject {subject:?} has an empty token (`..` or a leading/trailing `.`)"
-            ));
+            return Err(format!("subject {subject:?} has an empty token (`..` or a leading/trailing `.`)"));
         }
         let wildcard = token.contains(['*', '>']);
         if wildcard && !wildcards_allowed {
-            return Err(format!(
-                "subject {subject:?}: wildcards `*` and `>` are not allowed when publishing"
-            ));
+            return Err(format!("subject {subject:?}: wildcards `*` and `>` are not allowed when publishing"));
         }
         if wildcard && !(*token == "*" || (*token == ">" && i + 1 == tokens.len())) {
-            return Err(format!(
-                "subject {subject:?}: `*` must be a whole token and `>` the whole last token"
-            ));
+            return Err(format!("subject {subject:?}: `*` must be a whole token and `>` the whole last token"));
         }
     }
     Ok(())
@@ -345,20 +314,14 @@ impl TryFrom<String> for JsonPointer {
             return Err("field pointer must not be empty (write `/field` or `field`)".to_owned());
         }
         if pointer.starts_with('/') {
-            let bad_escape = pointer
-                .match_indices('~')
-                .any(|(i, _)| !matches!(pointer.as_bytes().get(i + 1), Some(b'0' | b'1')));
+            let bad_escape =
+                pointer.match_indices('~').any(|(i, _)| !matches!(pointer.as_bytes().get(i + 1), Some(b'0' | b'1')));
             if bad_escape {
-                return Err(format!(
-                    "field pointer {pointer:?}: `~` must be followed by 0 or 1 (RFC 6901)"
-                ));
+                return Err(format!("field pointer {pointer:?}: `~` must be followed by 0 or 1 (RFC 6901)"));
             }
             Ok(Self(pointer))
         } else {
-            Ok(Self(format!(
-                "/{}",
-                pointer.replace('~', "~0").replace('/', "~1")
-            )))
+            Ok(Self(format!("/{}", pointer.replace('~', "~0").replace('/', "~1"))))
         }
     }
 }
@@ -380,14 +343,10 @@ impl<'de> Deserialize<'de> for ByteSize {
 
             fn visit_str<E: de::Error>(self, text: &str) -> Result<ByteSize, E> {
                 let parsed = bytesize::ByteSize::from_str(text.trim()).map_err(|_| {
-                    E::custom(format!(
-                        "size {text:?} is not valid: write a number and a unit, such as \"64MiB\""
-                    ))
+                    E::custom(format!("size {text:?} is not valid: write a number and a unit, such as \"64MiB\""))
                 })?;
                 if !text.trim_end().ends_with(|c: char| c.is_ascii_alphabetic()) {
-                    return Err(E::custom(format!(
-                        "size {text:?} needs a unit, such as \"{text}B\" or \"{text}KiB\""
-                    )));
+                    return Err(E::custom(format!("size {text:?} needs a unit, such as \"{text}B\" or \"{text}KiB\"")));
                 }
                 Ok(ByteSize(parsed.as_u64()))
             }
@@ -436,24 +395,12 @@ mod tests {
     #[test]
     fn broker_urls_parse_scheme_host_and_default_port() {
         let url = BrokerUrl::try_from("mqtt://10.0.0.5".to_owned()).expect("valid");
-        assert_eq!(
-            (url.protocol, url.host.as_str(), url.port),
-            (Protocol::Mqtt, "10.0.0.5", 1883)
-        );
+        assert_eq!((url.protocol, url.host.as_str(), url.port), (Protocol::Mqtt, "10.0.0.5", 1883));
         let url = BrokerUrl::try_from("nats://[::1]:4333".to_owned()).expect("valid");
-        assert_eq!(
-            (url.host.as_str(), url.port, url.authority()),
-            ("::1", 4333, "[::1]:4333".to_owned())
-        );
-        for bad in [
-            "localhost:1883",
-            "http://x",
-            "mqtt://",
-            "mqtt://h:0",
-            "mqtt://h:99999",
-            "mqtt://u:p@h",
-            "mqtts://h",
-        ] {
+        assert_eq!((url.host.as_str(), url.port, url.authority()), ("::1", 4333, "[::1]:4333".to_owned()));
+        for bad in
+            ["localhost:1883", "http://x", "mqtt://", "mqtt://h:0", "mqtt://h:99999", "mqtt://u:p@h", "mqtts://h"]
+        {
             assert!(BrokerUrl::try_from(bad.to_owned()).is_err(), "{bad}");
         }
     }
@@ -473,25 +420,14 @@ mod tests {
 
     #[test]
     fn json_pointers_accept_bare_field_names() {
-        assert_eq!(
-            JsonPointer::try_from("value".to_owned())
-                .expect("valid")
-                .as_str(),
-            "/value"
-        );
-        assert_eq!(
-            JsonPointer::try_from("a/b".to_owned())
-                .expect("valid")
-                .as_str(),
-            "/a~1b"
-        );
+        assert_eq!(JsonPointer::try_from("value".to_owned()).expect("valid").as_str(), "/value");
+        assert_eq!(JsonPointer::try_from("a/b".to_owned()).expect("valid").as_str(), "/a~1b");
         assert!(JsonPointer::try_from("/a~2".to_owned()).is_err());
     }
 
     #[test]
     fn sizes_need_units() {
-        let parse =
-            |s: &str| ByteSize::deserialize(de::value::StrDeserializer::<de::value::Error>::new(s));
+        let parse = |s: &str| ByteSize::deserialize(de::value::StrDeserializer::<de::value::Error>::new(s));
         assert_eq!(parse("64MiB").expect("valid").0, 64 * 1024 * 1024);
         assert_eq!(parse("1 KiB").expect("valid").0, 1024);
         assert!(parse("64").is_err());

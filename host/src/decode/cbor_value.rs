@@ -22,10 +22,7 @@ pub fn read(payload: &[u8]) -> Result<Value, DecodeError> {
     if decoder.position() != payload.len() {
         return Err(DecodeError::Cbor {
             offset: decoder.position(),
-            reason: format!(
-                "{} bytes after the end of the item",
-                payload.len() - decoder.position()
-            ),
+            reason: format!("{} bytes after the end of the item", payload.len() - decoder.position()),
         });
     }
     Ok(value)
@@ -37,10 +34,7 @@ fn cbor_error(decoder: &Decoder<'_>, error: &minicbor::decode::Error) -> DecodeE
 
 /// An error inside a string or byte-string chunk, where the decoder itself is borrowed.
 fn chunk_error(fallback_offset: usize, error: &minicbor::decode::Error) -> DecodeError {
-    DecodeError::Cbor {
-        offset: error.position().unwrap_or(fallback_offset),
-        reason: error.to_string(),
-    }
+    DecodeError::Cbor { offset: error.position().unwrap_or(fallback_offset), reason: error.to_string() }
 }
 
 fn read_item(d: &mut Decoder<'_>, depth: usize) -> Result<Value, DecodeError> {
@@ -58,15 +52,7 @@ fn read_item(d: &mut Decoder<'_>, depth: usize) -> Result<Value, DecodeError> {
             d.skip().map_err(|e| fail(d, e))?;
             Value::Null
         }
-        Type::U8
-        | Type::U16
-        | Type::U32
-        | Type::U64
-        | Type::I8
-        | Type::I16
-        | Type::I32
-        | Type::I64
-        | Type::Int => {
+        Type::U8 | Type::U16 | Type::U32 | Type::U64 | Type::I8 | Type::I16 | Type::I32 | Type::I64 | Type::Int => {
             let int = i128::from(d.int().map_err(|e| fail(d, e))?);
             if let Ok(small) = i64::try_from(int) {
                 Value::Number(small.into())
@@ -121,10 +107,7 @@ fn read_item(d: &mut Decoder<'_>, depth: usize) -> Result<Value, DecodeError> {
                     other => {
                         return Err(DecodeError::Cbor {
                             offset: d.position(),
-                            reason: format!(
-                                "map key must be text or an integer, found {}",
-                                super::kind_of(&other)
-                            ),
+                            reason: format!("map key must be text or an integer, found {}", super::kind_of(&other)),
                         });
                     }
                 };
@@ -183,23 +166,11 @@ mod tests {
     #[test]
     fn reads_maps_arrays_numbers_text_and_bytes() {
         let payload = encode(|e| {
-            e.map(4)?
-                .str("t")?
-                .f32(21.5)?
-                .u8(2)?
-                .i64(-7)?
-                .str("list")?
-                .begin_array()?
-                .u8(1)?
-                .str("x")?
-                .end()?;
+            e.map(4)?.str("t")?.f32(21.5)?.u8(2)?.i64(-7)?.str("list")?.begin_array()?.u8(1)?.str("x")?.end()?;
             e.str("raw")?.bytes(&[0xde, 0xad])?;
             Ok(())
         });
-        assert_eq!(
-            read(&payload).expect("valid CBOR"),
-            json!({"t": 21.5, "2": -7, "list": [1, "x"], "raw": "dead"})
-        );
+        assert_eq!(read(&payload).expect("valid CBOR"), json!({"t": 21.5, "2": -7, "list": [1, "x"], "raw": "dead"}));
     }
 
     #[test]

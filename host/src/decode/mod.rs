@@ -115,8 +115,7 @@ pub enum DecodeError {
 }
 
 fn at_item(item: Option<usize>) -> String {
-    item.map(|i| format!(" (array item {i})"))
-        .unwrap_or_default()
+    item.map(|i| format!(" (array item {i})")).unwrap_or_default()
 }
 
 /// Turns one message into readings.
@@ -140,15 +139,9 @@ pub fn builtin(config: &DecodeConfig) -> Option<Box<dyn Decode>> {
         DecodeConfig::Cbor(mapping) => Box::new(FieldMappingDecoder::cbor(mapping.clone())),
         DecodeConfig::SenmlJson => Box::new(SenmlJsonDecoder),
         DecodeConfig::SenmlCbor => Box::new(SenmlCborDecoder),
-        DecodeConfig::RawNumber {
-            encoding,
-            series_prefix,
-            unit,
-        } => Box::new(RawNumberDecoder::new(
-            *encoding,
-            series_prefix.clone(),
-            unit.clone(),
-        )),
+        DecodeConfig::RawNumber { encoding, series_prefix, unit } => {
+            Box::new(RawNumberDecoder::new(*encoding, series_prefix.clone(), unit.clone()))
+        }
         DecodeConfig::Function(_) => return None,
     })
 }

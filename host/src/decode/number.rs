@@ -18,11 +18,7 @@ pub struct RawNumberDecoder {
 impl RawNumberDecoder {
     /// A decoder for numbers written as `encoding`.
     pub fn new(encoding: NumberEncoding, series_prefix: String, unit: Option<String>) -> Self {
-        Self {
-            encoding,
-            series_prefix,
-            unit,
-        }
+        Self { encoding, series_prefix, unit }
     }
 
     fn value(&self, payload: &[u8]) -> Result<f64, DecodeError> {
@@ -30,9 +26,7 @@ impl RawNumberDecoder {
             if payload.len() == width {
                 Ok(payload)
             } else {
-                Err(DecodeError::Number {
-                    reason: format!("expected exactly {width} bytes, got {}", payload.len()),
-                })
+                Err(DecodeError::Number { reason: format!("expected exactly {width} bytes, got {}", payload.len()) })
             }
         };
         let array4 = |b: &[u8]| [b[0], b[1], b[2], b[3]];
@@ -40,9 +34,7 @@ impl RawNumberDecoder {
         Ok(match self.encoding {
             NumberEncoding::Text => {
                 let text = std::str::from_utf8(payload)
-                    .map_err(|_| DecodeError::Number {
-                        reason: "payload is not UTF-8 text".to_owned(),
-                    })?
+                    .map_err(|_| DecodeError::Number { reason: "payload is not UTF-8 text".to_owned() })?
                     .trim();
                 text.parse::<f64>().map_err(|_| DecodeError::Number {
                     reason: format!("{:?} is not a decimal number", truncate(text)),
@@ -81,20 +73,13 @@ impl Decode for RawNumberDecoder {
 
 #[cfg(test)]
 mod tests {
-    const CTX: CallContext = CallContext {
-        processing_time: 0,
-        watermark: 0,
-    };
+    const CTX: CallContext = CallContext { processing_time: 0, watermark: 0 };
     use bytes::Bytes;
 
     use super::*;
 
     fn decode(encoding: NumberEncoding, payload: impl Into<Bytes>) -> Result<f64, DecodeError> {
-        let message = Message {
-            topic: "a/b".into(),
-            payload: payload.into(),
-            received_at: 9,
-        };
+        let message = Message { topic: "a/b".into(), payload: payload.into(), received_at: 9 };
         let batch = RawNumberDecoder::new(encoding, "p/".into(), None).decode(&message, &CTX)?;
         assert_eq!(batch.series()[0].name, "p/a/b");
         assert_eq!(batch.timestamps(), [9]);
@@ -104,14 +89,8 @@ mod tests {
     #[test]
     fn reads_text_and_binary_floats() {
         assert_eq!(decode(NumberEncoding::Text, " 21.5\n"), Ok(21.5));
-        assert_eq!(
-            decode(NumberEncoding::F32Be, 1.5f32.to_be_bytes().to_vec()),
-            Ok(1.5)
-        );
-        assert_eq!(
-            decode(NumberEncoding::F64Le, (-2.25f64).to_le_bytes().to_vec()),
-            Ok(-2.25)
-        );
+        assert_eq!(decode(NumberEncoding::F32Be, 1.5f32.to_be_bytes().to_vec()), Ok(1.5));
+        assert_eq!(decode(NumberEncoding::F64Le, (-2.25f64).to_le_bytes().to_vec()), Ok(-2.25));
     }
 
     #[test]

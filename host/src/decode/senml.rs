@@ -39,9 +39,8 @@ const CBOR_LABELS: [(&str, &str); 15] = [
 ];
 
 /// Fields this decoder understands; any other field ending in `_` is refused.
-const KNOWN_FIELDS: [&str; 15] = [
-    "bver", "bn", "bt", "bu", "bv", "bs", "n", "u", "v", "vs", "vb", "s", "t", "ut", "vd",
-];
+const KNOWN_FIELDS: [&str; 15] =
+    ["bver", "bn", "bt", "bu", "bv", "bs", "n", "u", "v", "vs", "vb", "s", "t", "ut", "vd"];
 
 /// Decodes SenML JSON packs.
 #[derive(Debug, Clone, Copy, Default)]
@@ -76,10 +75,7 @@ fn relabel(fields: Map<String, Value>) -> Map<String, Value> {
     fields
         .into_iter()
         .map(|(key, value)| {
-            let name = CBOR_LABELS
-                .iter()
-                .find(|(label, _)| *label == key)
-                .map_or(key, |(_, name)| (*name).to_owned());
+            let name = CBOR_LABELS.iter().find(|(label, _)| *label == key).map_or(key, |(_, name)| (*name).to_owned());
             (name, value)
         })
         .collect()
@@ -97,47 +93,30 @@ struct Base {
 
 fn resolve(pack: &Value, message: &Message) -> Result<Batch, DecodeError> {
     let Value::Array(records) = pack else {
-        return Err(DecodeError::Shape {
-            expected: "a SenML pack (an array of records)",
-            found: kind_of(pack),
-        });
+        return Err(DecodeError::Shape { expected: "a SenML pack (an array of records)", found: kind_of(pack) });
     };
     let mut base = Base::default();
     let mut out = BatchBuilder::new();
     for (index, record) in records.iter().enumerate() {
         let refuse = |reason: String| DecodeError::Senml { index, reason };
         let Value::Object(fields) = record else {
-            return Err(refuse(format!(
-                "must be an object, found {}",
-                kind_of(record)
-            )));
+            return Err(refuse(format!("must be an object, found {}", kind_of(record))));
         };
-        if let Some(unknown) = fields
-            .keys()
-            .find(|k| k.ends_with('_') && !KNOWN_FIELDS.contains(&k.as_str()))
-        {
-            return Err(refuse(format!(
-                "must-understand field {unknown:?} is not supported"
-            )));
+        if let Some(unknown) = fields.keys().find(|k| k.ends_with('_') && !KNOWN_FIELDS.contains(&k.as_str())) {
+            return Err(refuse(format!("must-understand field {unknown:?} is not supported")));
         }
         let text = |field: &str| -> Result<Option<&str>, DecodeError> {
             match fields.get(field) {
                 None => Ok(None),
                 Some(Value::String(s)) => Ok(Some(s)),
-                Some(other) => Err(refuse(format!(
-                    "`{field}` must be a string, found {}",
-                    kind_of(other)
-                ))),
+                Some(other) => Err(refuse(format!("`{field}` must be a string, found {}", kind_of(other)))),
             }
         };
         let number = |field: &str| -> Result<Option<f64>, DecodeError> {
             match fields.get(field) {
                 None => Ok(None),
                 Some(Value::Number(n)) => Ok(n.as_f64()),
-                Some(other) => Err(refuse(format!(
-                    "`{field}` must be a number, found {}",
-                    kind_of(other)
-                ))),
+                Some(other) => Err(refuse(format!("`{field}` must be a number, found {}", kind_of(other)))),
             }
         };
         if let Some(bn) = text("bn")? {
@@ -159,10 +138,7 @@ fn resolve(pack: &Value, message: &Message) -> Result<Batch, DecodeError> {
             None => None,
             Some(Value::Bool(b)) => Some(*b),
             Some(other) => {
-                return Err(refuse(format!(
-                    "`vb` must be a boolean, found {}",
-                    kind_of(other)
-                )));
+                return Err(refuse(format!("`vb` must be a boolean, found {}", kind_of(other))));
             }
         };
         let value = match (number("v")?, vb, number("s")?) {
@@ -189,37 +165,22 @@ fn resolve(pack: &Value, message: &Message) -> Result<Batch, DecodeError> {
         } else {
             seconds_to_nanos(seconds)
         }
-        .ok_or_else(|| {
-            refuse(format!(
-                "time {seconds} s is outside the representable range"
-            ))
-        })?;
+        .ok_or_else(|| refuse(format!("time {seconds} s is outside the representable range")))?;
         let unit = text("u")?.map(str::to_owned).or_else(|| base.unit.clone());
-        let index = out.intern(&Series {
-            name,
-            unit,
-            tags: Vec::new(),
-        });
+        let index = out.intern(&Series { name, unit, tags: Vec::new() });
         out.push(index, ts, value);
     }
     Ok(out.finish())
 }
 
 fn valid_name(name: &str) -> bool {
-    name.chars()
-        .next()
-        .is_some_and(|c| c.is_ascii_alphanumeric())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-:./_".contains(c))
+    name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name.chars().all(|c| c.is_ascii_alphanumeric() || "-:./_".contains(c))
 }
 
 #[cfg(test)]
 mod tests {
-    const CTX: CallContext = CallContext {
-        processing_time: 0,
-        watermark: 0,
-    };
+    const CTX: CallContext = CallContext { processing_time: 0, watermark: 0 };
     use bytes::Bytes;
     use serde_json::json;
 
@@ -228,18 +189,11 @@ mod tests {
     const NOW: i64 = 1_700_000_000_000_000_000;
 
     fn message(payload: impl Into<Bytes>) -> Message {
-        Message {
-            topic: "t".into(),
-            payload: payload.into(),
-            received_at: NOW,
-        }
+        Message { topic: "t".into(), payload: payload.into(), received_at: NOW }
     }
 
     fn readings(batch: &Batch) -> Vec<(String, Option<String>, i64, f64)> {
-        batch
-            .iter()
-            .map(|s| (s.series.name.clone(), s.series.unit.clone(), s.ts, s.value))
-            .collect()
+        batch.iter().map(|s| (s.series.name.clone(), s.series.unit.clone(), s.ts, s.value)).collect()
     }
 
     #[test]
@@ -252,37 +206,15 @@ mod tests {
             {"n": "door", "vb": true},
             {"n": "label", "vs": "ignored"},
         ]);
-        let batch = SenmlJsonDecoder
-            .decode(&message(pack.to_string()), &CTX)
-            .expect("valid pack");
+        let batch = SenmlJsonDecoder.decode(&message(pack.to_string()), &CTX).expect("valid pack");
         let base = 1_320_067_464_000_000_000;
         assert_eq!(
             readings(&batch),
             [
-                (
-                    "urn:dev:ow:10e2073a01080063:".into(),
-                    Some("%RH".into()),
-                    base,
-                    20.0
-                ),
-                (
-                    "urn:dev:ow:10e2073a01080063:lon".into(),
-                    Some("lon".into()),
-                    base,
-                    24.30621
-                ),
-                (
-                    "urn:dev:ow:10e2073a01080063:temp".into(),
-                    Some("Cel".into()),
-                    base + 60_000_000_000,
-                    23.1
-                ),
-                (
-                    "urn:dev:ow:10e2073a01080063:door".into(),
-                    Some("%RH".into()),
-                    base,
-                    1.0
-                ),
+                ("urn:dev:ow:10e2073a01080063:".into(), Some("%RH".into()), base, 20.0),
+                ("urn:dev:ow:10e2073a01080063:lon".into(), Some("lon".into()), base, 24.30621),
+                ("urn:dev:ow:10e2073a01080063:temp".into(), Some("Cel".into()), base + 60_000_000_000, 23.1),
+                ("urn:dev:ow:10e2073a01080063:door".into(), Some("%RH".into()), base, 1.0),
             ]
         );
     }
@@ -290,15 +222,10 @@ mod tests {
     #[test]
     fn small_times_are_relative_to_receive_time_and_base_value_adds() {
         let pack = json!([{"bn": "dev/", "bv": 100, "n": "a", "v": 5, "t": -10}, {"n": "b", "s": 7, "bs": 1}]);
-        let batch = SenmlJsonDecoder
-            .decode(&message(pack.to_string()), &CTX)
-            .expect("valid pack");
+        let batch = SenmlJsonDecoder.decode(&message(pack.to_string()), &CTX).expect("valid pack");
         assert_eq!(
             readings(&batch),
-            [
-                ("dev/a".into(), None, NOW - 10_000_000_000, 105.0),
-                ("dev/b".into(), None, NOW, 8.0)
-            ]
+            [("dev/a".into(), None, NOW - 10_000_000_000, 105.0), ("dev/b".into(), None, NOW, 8.0)]
         );
     }
 
@@ -307,17 +234,12 @@ mod tests {
         let cases = [
             (json!({"n": "a", "v": 1}), "must be a SenML pack"),
             (json!([{"n": "a", "v": "1"}]), "`v` must be a number"),
-            (
-                json!([{"n": "a", "v": 1, "foo_": 1}]),
-                "must-understand field \"foo_\"",
-            ),
+            (json!([{"n": "a", "v": 1, "foo_": 1}]), "must-understand field \"foo_\""),
             (json!([{"n": " bad", "v": 1}]), "not a valid SenML name"),
             (json!([{"v": 1}]), "not a valid SenML name"),
         ];
         for (pack, expected) in cases {
-            let err = SenmlJsonDecoder
-                .decode(&message(pack.to_string()), &CTX)
-                .expect_err(expected);
+            let err = SenmlJsonDecoder.decode(&message(pack.to_string()), &CTX).expect_err(expected);
             assert!(err.to_string().contains(expected), "{pack}: {err}");
         }
     }
@@ -343,17 +265,7 @@ mod tests {
             })
             .expect("encoding to a Vec");
         // First record has no value: base fields only.
-        let batch = SenmlCborDecoder
-            .decode(&message(payload), &CTX)
-            .expect("valid pack");
-        assert_eq!(
-            readings(&batch),
-            [(
-                "dev/".into(),
-                Some("Cel".into()),
-                1_700_000_000_000_000_000,
-                21.5
-            )]
-        );
+        let batch = SenmlCborDecoder.decode(&message(payload), &CTX).expect("valid pack");
+        assert_eq!(readings(&batch), [("dev/".into(), Some("Cel".into()), 1_700_000_000_000_000_000, 21.5)]);
     }
 }

@@ -128,9 +128,7 @@ fn group(batch: &Batch) -> Vec<(&Series, Vec<usize>)> {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EncodeError {
     /// Two consecutive readings of a series are further apart than the format can express.
-    #[error(
-        "series {series:?}: consecutive event times {earlier} and {later} are more than 292 years apart"
-    )]
+    #[error("series {series:?}: consecutive event times {earlier} and {later} are more than 292 years apart")]
     TimeSpan {
         /// The series.
         series: String,
@@ -143,10 +141,7 @@ pub enum EncodeError {
 
 fn block(batch: &Batch, series: &Series, readings: &[usize]) -> Result<SeriesBlock, EncodeError> {
     let ts: Vec<Nanos> = readings.iter().map(|&i| batch.timestamps()[i]).collect();
-    let deltas: Vec<i128> = ts
-        .windows(2)
-        .map(|w| i128::from(w[1]) - i128::from(w[0]))
-        .collect();
+    let deltas: Vec<i128> = ts.windows(2).map(|w| i128::from(w[1]) - i128::from(w[0])).collect();
     let tick = TICKS
         .into_iter()
         .find(|&tick| deltas.iter().all(|d| d % i128::from(tick) == 0))
@@ -174,15 +169,9 @@ fn block(batch: &Batch, series: &Series, readings: &[usize]) -> Result<SeriesBlo
 }
 
 /// Encodes `batch` as a record body.
-pub fn encode(
-    encoding: Encoding,
-    header: &RecordHeader,
-    batch: &Batch,
-) -> Result<Vec<u8>, EncodeError> {
-    let blocks: Vec<SeriesBlock> = group(batch)
-        .into_iter()
-        .map(|(series, readings)| block(batch, series, &readings))
-        .collect::<Result<_, _>>()?;
+pub fn encode(encoding: Encoding, header: &RecordHeader, batch: &Batch) -> Result<Vec<u8>, EncodeError> {
+    let blocks: Vec<SeriesBlock> =
+        group(batch).into_iter().map(|(series, readings)| block(batch, series, &readings)).collect::<Result<_, _>>()?;
     Ok(match encoding {
         Encoding::Cbor => encode_cbor(header, &blocks),
         Encoding::Json => {
@@ -196,9 +185,7 @@ pub fn encode(
                     .into_iter()
                     .map(|mut b| {
                         // JSON has no NaN or infinity: those values become null.
-                        b.values
-                            .iter_mut()
-                            .for_each(|v| *v = v.filter(|v| v.is_finite()));
+                        b.values.iter_mut().for_each(|v| *v = v.filter(|v| v.is_finite()));
                         b
                     })
                     .collect(),
@@ -209,12 +196,8 @@ pub fn encode(
 }
 
 fn encode_cbor(header: &RecordHeader, blocks: &[SeriesBlock]) -> Vec<u8> {
-    let mut buffer = Vec::with_capacity(
-        64 + blocks
-            .iter()
-            .map(|b| 16 + b.name.len() + 8 * b.values.len())
-            .sum::<usize>(),
-    );
+    let mut buffer =
+        Vec::with_capacity(64 + blocks.iter().map(|b| 16 + b.name.len() + 8 * b.values.len()).sum::<usize>());
     let mut e = Encoder::new(&mut buffer);
     let written: Result<(), minicbor::encode::Error<std::convert::Infallible>> = (|| {
         e.map(6)?;
@@ -273,11 +256,8 @@ fn write_shortest_float<W: minicbor::encode::Write>(
 /// Decodes a record body, CBOR or JSON (told apart by the first byte).
 pub fn decode(bytes: &[u8]) -> Result<DecodedRecord, RecordDecodeError> {
     let (header, blocks) = if bytes.first() == Some(&b'{') {
-        let record: JsonRecord =
-            serde_json::from_slice(bytes).map_err(|e| RecordDecodeError::Syntax {
-                syntax: "JSON",
-                reason: e.to_string(),
-            })?;
+        let record: JsonRecord = serde_json::from_slice(bytes)
+            .map_err(|e| RecordDecodeError::Syntax { syntax: "JSON", reason: e.to_string() })?;
         check_version(record.version)?;
         let header = RecordHeader {
             gateway: record.gateway,
@@ -301,29 +281,19 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedRecord, RecordDecodeError> {
                 ),
             });
         }
-        let series = Series {
-            name: block.name,
-            unit: block.unit,
-            tags: block.tags,
-        };
+        let series = Series { name: block.name, unit: block.unit, tags: block.tags };
         let index = builder.intern(&series);
         let mut ts = block.t0;
         for (i, value) in block.values.into_iter().enumerate() {
             if i > 0 {
-                ts = block.dt[i - 1]
-                    .checked_mul(block.tick)
-                    .and_then(|d| ts.checked_add(d))
-                    .ok_or_else(|| RecordDecodeError::Format {
-                        reason: format!("series {:?}: event time overflows", series.name),
-                    })?;
+                ts = block.dt[i - 1].checked_mul(block.tick).and_then(|d| ts.checked_add(d)).ok_or_else(|| {
+                    RecordDecodeError::Format { reason: format!("series {:?}: event time overflows", series.name) }
+                })?;
             }
             builder.push(index, ts, value.unwrap_or(f64::NAN));
         }
     }
-    Ok(DecodedRecord {
-        header,
-        batch: builder.finish(),
-    })
+    Ok(DecodedRecord { header, batch: builder.finish() })
 }
 
 fn check_version(version: u64) -> Result<(), RecordDecodeError> {
@@ -331,40 +301,26 @@ fn check_version(version: u64) -> Result<(), RecordDecodeError> {
         Ok(())
     } else {
         Err(RecordDecodeError::Format {
-            reason: format!(
-                "format version {version} is not supported (expected {FORMAT_VERSION})"
-            ),
+            reason: format!("format version {version} is not supported (expected {FORMAT_VERSION})"),
         })
     }
 }
 
 fn decode_cbor(bytes: &[u8]) -> Result<(RecordHeader, Vec<SeriesBlock>), RecordDecodeError> {
-    let syntax = |e: minicbor::decode::Error| RecordDecodeError::Syntax {
-        syntax: "CBOR",
-        reason: e.to_string(),
-    };
-    let format = |reason: &str| RecordDecodeError::Format {
-        reason: reason.to_owned(),
-    };
+    let syntax = |e: minicbor::decode::Error| RecordDecodeError::Syntax { syntax: "CBOR", reason: e.to_string() };
+    let format = |reason: &str| RecordDecodeError::Format { reason: reason.to_owned() };
     let mut d = Decoder::new(bytes);
-    let entries = d
-        .map()
-        .map_err(syntax)?
-        .ok_or_else(|| format("envelope must be a definite-length map"))?;
+    let entries = d.map().map_err(syntax)?.ok_or_else(|| format("envelope must be a definite-length map"))?;
     let (mut version, mut gateway, mut stream, mut seq, mut encoded_at, mut blocks) =
         (None, None, None, None, None, None);
     for _ in 0..entries {
         match d.u64().map_err(syntax)? {
             k if k == u64::from(key::VERSION) => version = Some(d.u64().map_err(syntax)?),
-            k if k == u64::from(key::GATEWAY) => {
-                gateway = Some(d.str().map_err(syntax)?.to_owned())
-            }
+            k if k == u64::from(key::GATEWAY) => gateway = Some(d.str().map_err(syntax)?.to_owned()),
             k if k == u64::from(key::STREAM) => stream = Some(d.str().map_err(syntax)?.to_owned()),
             k if k == u64::from(key::SEQ) => seq = Some(d.u64().map_err(syntax)?),
             k if k == u64::from(key::ENCODED_AT) => encoded_at = Some(d.i64().map_err(syntax)?),
-            k if k == u64::from(key::SERIES) => {
-                blocks = Some(decode_blocks(&mut d).map_err(syntax)?)
-            }
+            k if k == u64::from(key::SERIES) => blocks = Some(decode_blocks(&mut d).map_err(syntax)?),
             _ => d.skip().map_err(syntax)?, // keys from later versions
         }
     }
@@ -375,25 +331,18 @@ fn decode_cbor(bytes: &[u8]) -> Result<(RecordHeader, Vec<SeriesBlock>), RecordD
         seq: seq.ok_or_else(|| format("seq (key 3) is missing"))?,
         encoded_at: encoded_at.ok_or_else(|| format("encoded-at (key 4) is missing"))?,
     };
-    Ok((
-        header,
-        blocks.ok_or_else(|| format("series (key 5) is missing"))?,
-    ))
+    Ok((header, blocks.ok_or_else(|| format("series (key 5) is missing"))?))
 }
 
 fn decode_blocks(d: &mut Decoder<'_>) -> Result<Vec<SeriesBlock>, minicbor::decode::Error> {
     let definite = |len: Option<u64>| {
-        len.ok_or_else(|| {
-            minicbor::decode::Error::message("arrays and maps must have a definite length")
-        })
+        len.ok_or_else(|| minicbor::decode::Error::message("arrays and maps must have a definite length"))
     };
     let count = definite(d.array()?)?;
     let mut blocks = Vec::with_capacity(count.min(4096) as usize);
     for _ in 0..count {
         if definite(d.array()?)? != 7 {
-            return Err(minicbor::decode::Error::message(
-                "a series block has 7 elements",
-            ));
+            return Err(minicbor::decode::Error::message("a series block has 7 elements"));
         }
         let name = d.str()?.to_owned();
         let unit = if d.datatype()? == Type::Null {
@@ -410,22 +359,10 @@ fn decode_blocks(d: &mut Decoder<'_>) -> Result<Vec<SeriesBlock>, minicbor::deco
         let t0 = d.i64()?;
         let tick = d.i64()?;
         let dt_count = definite(d.array()?)?;
-        let dt = (0..dt_count)
-            .map(|_| d.i64())
-            .collect::<Result<Vec<_>, _>>()?;
+        let dt = (0..dt_count).map(|_| d.i64()).collect::<Result<Vec<_>, _>>()?;
         let value_count = definite(d.array()?)?;
-        let values = (0..value_count)
-            .map(|_| d.f64().map(Some))
-            .collect::<Result<Vec<_>, _>>()?;
-        blocks.push(SeriesBlock {
-            name,
-            unit,
-            tags,
-            t0,
-            tick,
-            dt,
-            values,
-        });
+        let values = (0..value_count).map(|_| d.f64().map(Some)).collect::<Result<Vec<_>, _>>()?;
+        blocks.push(SeriesBlock { name, unit, tags, t0, tick, dt, values });
     }
     Ok(blocks)
 }

@@ -3,12 +3,7 @@ use proptest::prelude::*;
 use super::*;
 
 fn header(seq: u64) -> RecordHeader {
-    RecordHeader {
-        gateway: "gw-1".into(),
-        stream: "boiler".into(),
-        seq,
-        encoded_at: 1_700_000_000_123_456_789,
-    }
+    RecordHeader { gateway: "gw-1".into(), stream: "boiler".into(), seq, encoded_at: 1_700_000_000_123_456_789 }
 }
 
 fn batch(readings: &[(&str, Nanos, f64)]) -> Batch {
@@ -24,11 +19,7 @@ fn batch(readings: &[(&str, Nanos, f64)]) -> Batch {
 fn per_series(batch: &Batch) -> Vec<(String, Vec<(Nanos, u64)>)> {
     let mut out: Vec<(String, Vec<(Nanos, u64)>)> = Vec::new();
     for sample in batch.iter() {
-        let bits = if sample.value.is_nan() {
-            f64::NAN.to_bits()
-        } else {
-            sample.value.to_bits()
-        };
+        let bits = if sample.value.is_nan() { f64::NAN.to_bits() } else { sample.value.to_bits() };
         match out.iter_mut().find(|(name, _)| *name == sample.series.name) {
             Some((_, readings)) => readings.push((sample.ts, bits)),
             None => out.push((sample.series.name.clone(), vec![(sample.ts, bits)])),
@@ -39,12 +30,7 @@ fn per_series(batch: &Batch) -> Vec<(String, Vec<(Nanos, u64)>)> {
 
 #[test]
 fn cbor_round_trip_keeps_every_reading_and_header() {
-    let input = batch(&[
-        ("a", 1_000, 1.5),
-        ("b", 2_000, -0.1),
-        ("a", 3_500, 1e300),
-        ("a", 2_000, f64::NAN),
-    ]);
+    let input = batch(&[("a", 1_000, 1.5), ("b", 2_000, -0.1), ("a", 3_500, 1e300), ("a", 2_000, f64::NAN)]);
     let bytes = encode(Encoding::Cbor, &header(7), &input).expect("encodable");
     let decoded = decode(&bytes).expect("decodable");
     assert_eq!(decoded.header, header(7));
@@ -66,24 +52,16 @@ fn json_round_trip_turns_non_finite_values_into_nan() {
 #[test]
 fn encoded_record_matches_the_documented_cddl() {
     let schema = include_str!("../../../docs/batch.cddl");
-    let mut input = batch(&[
-        ("plant1/boiler/temp", 1_700_000_000_000_000_000, 21.5),
-        ("p", 5, 1013.25),
-    ]);
+    let mut input = batch(&[("plant1/boiler/temp", 1_700_000_000_000_000_000, 21.5), ("p", 5, 1013.25)]);
     let mut builder = BatchBuilder::new();
     builder.extend(&input);
-    let tagged = Series {
-        name: "tagged".into(),
-        unit: None,
-        tags: vec![("site".into(), "north".into())],
-    };
+    let tagged = Series { name: "tagged".into(), unit: None, tags: vec![("site".into(), "north".into())] };
     let index = builder.intern(&tagged);
     builder.push(index, 10, 0.1);
     builder.push(index, 20, 0.2);
     input = builder.finish();
     let bytes = encode(Encoding::Cbor, &header(3), &input).expect("encodable");
-    cddl::validate_cbor_from_slice(schema, &bytes, None)
-        .expect("the encoder's output follows docs/batch.cddl");
+    cddl::validate_cbor_from_slice(schema, &bytes, None).expect("the encoder's output follows docs/batch.cddl");
 }
 
 #[test]
@@ -101,41 +79,25 @@ fn regular_series_encode_in_a_few_bytes_per_reading() {
     let bytes = encode(Encoding::Cbor, &header(1), &batch(&readings)).expect("encodable");
     let per_reading = bytes.len() as f64 / readings.len() as f64;
     // dt = 1 tick of 1 s (1 byte) + a half float (3 bytes) per reading, plus the envelope.
-    assert!(
-        per_reading < 4.2,
-        "{per_reading} bytes per reading ({} bytes)",
-        bytes.len()
-    );
+    assert!(per_reading < 4.2, "{per_reading} bytes per reading ({} bytes)", bytes.len());
 }
 
 #[test]
 fn refuses_other_versions_and_broken_input() {
     let mut other_version = Vec::new();
     let mut e = Encoder::new(&mut other_version);
-    e.map(1)
-        .and_then(|e| e.u8(0)?.u8(2))
-        .expect("encoding to a Vec");
+    e.map(1).and_then(|e| e.u8(0)?.u8(2)).expect("encoding to a Vec");
     let err = decode(&other_version).expect_err("version 2");
-    assert!(
-        err.to_string().contains("version 2 is not supported"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("version 2 is not supported"), "{err}");
 
     let good = encode(Encoding::Cbor, &header(1), &batch(&[("a", 1, 1.0)])).expect("encodable");
-    assert!(matches!(
-        decode(&good[..good.len() - 1]),
-        Err(RecordDecodeError::Syntax { .. })
-    ));
+    assert!(matches!(decode(&good[..good.len() - 1]), Err(RecordDecodeError::Syntax { .. })));
 }
 
 #[test]
 fn time_spans_beyond_i64_are_refused_not_panicked() {
-    let err = encode(
-        Encoding::Cbor,
-        &header(1),
-        &batch(&[("a", i64::MIN, 1.0), ("a", i64::MAX, 2.0)]),
-    )
-    .expect_err("the delta does not fit in i64 nanoseconds");
+    let err = encode(Encoding::Cbor, &header(1), &batch(&[("a", i64::MIN, 1.0), ("a", i64::MAX, 2.0)]))
+        .expect_err("the delta does not fit in i64 nanoseconds");
     assert!(matches!(err, EncodeError::TimeSpan { .. }));
 }
 
@@ -143,10 +105,7 @@ fn arbitrary_batch() -> impl Strategy<Value = Batch> {
     let reading = (
         prop::sample::select(vec!["a", "b/c", "d"]),
         -4_000_000_000_000_000_000i64..4_000_000_000_000_000_000,
-        prop_oneof![
-            any::<f64>(),
-            (-1000i32..1000).prop_map(|v| f64::from(v) / 4.0)
-        ],
+        prop_oneof![any::<f64>(), (-1000i32..1000).prop_map(|v| f64::from(v) / 4.0)],
     );
     prop::collection::vec(reading, 1..200).prop_map(|readings| batch(&readings))
 }

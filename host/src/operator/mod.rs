@@ -38,11 +38,7 @@ pub trait Operator: Send {
     fn name(&self) -> &str;
 
     /// Processes one batch. On failure, the input comes back with the reason.
-    fn process(
-        &mut self,
-        batch: Batch,
-        ctx: &CallContext,
-    ) -> Result<Batch, (Batch, OperatorFailure)>;
+    fn process(&mut self, batch: Batch, ctx: &CallContext) -> Result<Batch, (Batch, OperatorFailure)>;
 
     /// State writes of successful calls since the last take, for the pipeline's next commit.
     fn take_state_writes(&mut self) -> Vec<StateWrite>;
@@ -66,9 +62,7 @@ pub struct Chain {
 
 impl std::fmt::Debug for Chain {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_list()
-            .entries(self.operators.iter().map(|o| o.name()))
-            .finish()
+        f.debug_list().entries(self.operators.iter().map(|o| o.name())).finish()
     }
 }
 
@@ -89,23 +83,18 @@ impl Chain {
             if batch.is_empty() {
                 break;
             }
-            batch = operator
-                .process(batch, ctx)
-                .map_err(|(input, failure)| ChainFailure {
-                    operator: operator.name().to_owned(),
-                    failure,
-                    input,
-                })?;
+            batch = operator.process(batch, ctx).map_err(|(input, failure)| ChainFailure {
+                operator: operator.name().to_owned(),
+                failure,
+                input,
+            })?;
         }
         Ok(batch)
     }
 
     /// Every operator's state writes since the last take.
     pub fn take_state_writes(&mut self) -> Vec<StateWrite> {
-        self.operators
-            .iter_mut()
-            .flat_map(|o| o.take_state_writes())
-            .collect()
+        self.operators.iter_mut().flat_map(|o| o.take_state_writes()).collect()
     }
 }
 
@@ -125,28 +114,13 @@ mod tests {
             self.name
         }
 
-        fn process(
-            &mut self,
-            batch: Batch,
-            _: &CallContext,
-        ) -> Result<Batch, (Batch, OperatorFailure)> {
+        fn process(&mut self, batch: Batch, _: &CallContext) -> Result<Batch, (Batch, OperatorFailure)> {
             self.calls += 1;
             if batch.values().iter().any(|v| *v < 0.0) {
-                return Err((
-                    batch,
-                    OperatorFailure::Refused {
-                        reason: "negative".into(),
-                    },
-                ));
+                return Err((batch, OperatorFailure::Refused { reason: "negative".into() }));
             }
             let (series, idx, ts, values) = batch.into_columns();
-            Ok(Batch::from_columns(
-                series,
-                idx,
-                ts,
-                values.into_iter().map(|v| v * 2.0).collect(),
-            )
-            .expect("same shape"))
+            Ok(Batch::from_columns(series, idx, ts, values.into_iter().map(|v| v * 2.0).collect()).expect("same shape"))
         }
 
         fn take_state_writes(&mut self) -> Vec<StateWrite> {
@@ -163,48 +137,21 @@ mod tests {
         builder.finish()
     }
 
-    const CTX: CallContext = CallContext {
-        processing_time: 0,
-        watermark: 0,
-    };
+    const CTX: CallContext = CallContext { processing_time: 0, watermark: 0 };
 
     #[test]
     fn runs_operators_in_order() {
-        let mut chain = Chain::new(vec![
-            Box::new(Doubler {
-                name: "a",
-                calls: 0,
-            }),
-            Box::new(Doubler {
-                name: "b",
-                calls: 0,
-            }),
-        ]);
-        assert_eq!(
-            chain
-                .process(batch(&[1.0, 2.0]), &CTX)
-                .expect("positive values")
-                .values(),
-            [4.0, 8.0]
-        );
+        let mut chain =
+            Chain::new(vec![Box::new(Doubler { name: "a", calls: 0 }), Box::new(Doubler { name: "b", calls: 0 })]);
+        assert_eq!(chain.process(batch(&[1.0, 2.0]), &CTX).expect("positive values").values(), [4.0, 8.0]);
         assert_eq!(chain.names(), ["a", "b"]);
     }
 
     #[test]
     fn failure_names_the_operator_and_returns_its_input() {
-        let mut chain = Chain::new(vec![
-            Box::new(Doubler {
-                name: "a",
-                calls: 0,
-            }),
-            Box::new(Doubler {
-                name: "b",
-                calls: 0,
-            }),
-        ]);
-        let failure = chain
-            .process(batch(&[-1.0]), &CTX)
-            .expect_err("negative values are refused");
+        let mut chain =
+            Chain::new(vec![Box::new(Doubler { name: "a", calls: 0 }), Box::new(Doubler { name: "b", calls: 0 })]);
+        let failure = chain.process(batch(&[-1.0]), &CTX).expect_err("negative values are refused");
         assert_eq!(failure.operator, "a");
         assert_eq!(failure.input.values(), [-1.0]);
     }

@@ -3,12 +3,7 @@
 //! The decoder world reuses the operator world's interfaces (`with`), so both worlds share one set
 //! of host traits and one linker.
 
-#[allow(
-    unsafe_code,
-    missing_debug_implementations,
-    unused_qualifications,
-    clippy::all
-)]
+#[allow(unsafe_code, missing_debug_implementations, unused_qualifications, clippy::all)]
 pub mod operator {
     wasmtime::component::bindgen!({
         world: "operator",
@@ -17,12 +12,7 @@ pub mod operator {
     });
 }
 
-#[allow(
-    unsafe_code,
-    missing_debug_implementations,
-    unused_qualifications,
-    clippy::all
-)]
+#[allow(unsafe_code, missing_debug_implementations, unused_qualifications, clippy::all)]
 pub mod decoder {
     wasmtime::component::bindgen!({
         world: "decoder",

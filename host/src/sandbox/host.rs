@@ -19,9 +19,7 @@ use std::time::Duration;
 use wasmtime::component::ResourceTable;
 use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
 use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
-use wasmtime_wasi::{
-    HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView,
-};
+use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{clock, log, state, types};
 use crate::state::StateStore;
@@ -116,17 +114,12 @@ pub struct Output {
 
 impl Output {
     fn new(labels: Arc<InstanceLabels>) -> Self {
-        Self {
-            capture: Arc::default(),
-            labels,
-        }
+        Self { capture: Arc::default(), labels }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, OutputCapture> {
         // A poisoned lock only means a log line was lost mid-write; the buffers stay usable.
-        self.capture
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.capture.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Emits one line if the call's budget allows.
@@ -182,11 +175,7 @@ impl Output {
                 partial.clear();
             }
         }
-        let level = if stream == Stream::Stderr {
-            tracing::Level::WARN
-        } else {
-            tracing::Level::INFO
-        };
+        let level = if stream == Stream::Stderr { tracing::Level::WARN } else { tracing::Level::INFO };
         for line in lines {
             self.emit(level, &line);
         }
@@ -326,40 +315,18 @@ pub struct Limiter {
 const TABLE_ELEMENTS: usize = 100_000;
 
 impl wasmtime::ResourceLimiter for Limiter {
-    fn memory_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.memory_bytes {
-            self.hit = Some(LimitHit::Memory {
-                desired,
-                limit: self.memory_bytes,
-            });
-            wasmtime::bail!(
-                "memory limit of {} bytes reached (growing to {desired} bytes)",
-                self.memory_bytes
-            );
+            self.hit = Some(LimitHit::Memory { desired, limit: self.memory_bytes });
+            wasmtime::bail!("memory limit of {} bytes reached (growing to {desired} bytes)", self.memory_bytes);
         }
         Ok(true)
     }
 
-    fn table_growing(
-        &mut self,
-        _current: usize,
-        desired: usize,
-        _maximum: Option<usize>,
-    ) -> wasmtime::Result<bool> {
+    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
         if desired > self.table_elements {
-            self.hit = Some(LimitHit::Table {
-                desired,
-                limit: self.table_elements,
-            });
-            wasmtime::bail!(
-                "table limit of {} elements reached (growing to {desired})",
-                self.table_elements
-            );
+            self.hit = Some(LimitHit::Table { desired, limit: self.table_elements });
+            wasmtime::bail!("table limit of {} elements reached (growing to {desired})", self.table_elements);
         }
         Ok(true)
     }
@@ -405,9 +372,7 @@ pub struct InstanceState {
 
 impl std::fmt::Debug for InstanceState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("InstanceState")
-            .field("namespace", &self.namespace)
-            .finish_non_exhaustive()
+        f.debug_struct("InstanceState").field("namespace", &self.namespace).finish_non_exhaustive()
     }
 }
 
@@ -425,14 +390,8 @@ impl InstanceState {
         let output = Output::new(labels);
         let clock = CallClock::default();
         let wasi = WasiCtxBuilder::new()
-            .stdout(GuestStream {
-                output: output.clone(),
-                stream: Stream::Stdout,
-            })
-            .stderr(GuestStream {
-                output: output.clone(),
-                stream: Stream::Stderr,
-            })
+            .stdout(GuestStream { output: output.clone(), stream: Stream::Stdout })
+            .stderr(GuestStream { output: output.clone(), stream: Stream::Stderr })
             .wall_clock(clock.clone())
             .monotonic_clock(clock.clone())
             .allow_tcp(false)
@@ -442,11 +401,7 @@ impl InstanceState {
         Self {
             wasi,
             table: ResourceTable::new(),
-            limiter: Limiter {
-                memory_bytes,
-                table_elements: TABLE_ELEMENTS,
-                hit: None,
-            },
+            limiter: Limiter { memory_bytes, table_elements: TABLE_ELEMENTS, hit: None },
             output,
             clock,
             watermark: 0,
@@ -483,9 +438,7 @@ impl InstanceState {
         if let Some(value) = self.call_writes.get(key).or_else(|| self.pending.get(key)) {
             return Ok(value.clone());
         }
-        self.store
-            .function_state_get(&self.namespace, key)
-            .map_err(|e| self.fail(&e))
+        self.store.function_state_get(&self.namespace, key).map_err(|e| self.fail(&e))
     }
 
     fn fail(&mut self, error: &dyn std::fmt::Display) -> wasmtime::Error {
@@ -497,10 +450,7 @@ impl InstanceState {
 
 impl WasiView for InstanceState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
+        WasiCtxView { ctx: &mut self.wasi, table: &mut self.table }
     }
 }
 
@@ -535,11 +485,7 @@ impl state::Host for InstanceState {
         self.read(&key)
     }
 
-    fn set(
-        &mut self,
-        key: Vec<u8>,
-        value: Vec<u8>,
-    ) -> wasmtime::Result<Result<(), state::StateError>> {
+    fn set(&mut self, key: Vec<u8>, value: Vec<u8>) -> wasmtime::Result<Result<(), state::StateError>> {
         let StateLimits { max_key, max_value } = self.state_limits;
         if key.len() > max_key as usize {
             return Ok(Err(state::StateError::KeyTooLarge(max_key)));
@@ -556,41 +502,22 @@ impl state::Host for InstanceState {
         Ok(())
     }
 
-    fn range(
-        &mut self,
-        start: Vec<u8>,
-        end: Option<Vec<u8>>,
-        limit: u32,
-    ) -> wasmtime::Result<Vec<(Vec<u8>, Vec<u8>)>> {
+    fn range(&mut self, start: Vec<u8>, end: Option<Vec<u8>>, limit: u32) -> wasmtime::Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let limit = limit as usize;
         let upper = end.as_deref().map_or(Bound::Unbounded, Bound::Excluded);
         let bounds = (Bound::Included(start.as_slice()), upper);
         // Uncommitted writes can delete committed keys, so read enough committed entries to fill
         // `limit` even after every pending deletion in the range.
-        let overlay_len = self.pending.range::<[u8], _>(bounds).count()
-            + self.call_writes.range::<[u8], _>(bounds).count();
+        let overlay_len =
+            self.pending.range::<[u8], _>(bounds).count() + self.call_writes.range::<[u8], _>(bounds).count();
         let committed = self
             .store
-            .function_state_range(
-                &self.namespace,
-                &start,
-                end.as_deref(),
-                limit.saturating_add(overlay_len),
-            )
+            .function_state_range(&self.namespace, &start, end.as_deref(), limit.saturating_add(overlay_len))
             .map_err(|e| self.fail(&e))?;
-        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> =
-            committed.into_iter().map(|(k, v)| (k, Some(v))).collect();
-        for (k, v) in self
-            .pending
-            .range::<[u8], _>(bounds)
-            .chain(self.call_writes.range::<[u8], _>(bounds))
-        {
+        let mut merged: BTreeMap<Vec<u8>, Option<Vec<u8>>> = committed.into_iter().map(|(k, v)| (k, Some(v))).collect();
+        for (k, v) in self.pending.range::<[u8], _>(bounds).chain(self.call_writes.range::<[u8], _>(bounds)) {
             merged.insert(k.clone(), v.clone());
         }
-        Ok(merged
-            .into_iter()
-            .filter_map(|(k, v)| v.map(|v| (k, v)))
-            .take(limit)
-            .collect())
+        Ok(merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).take(limit).collect())
     }
 }

@@ -27,9 +27,7 @@ impl Pre {
             Ok(pre) => Ok(Self::Operator(pre)),
             Err(operator_error) => match decoder::DecoderPre::new(instance_pre) {
                 Ok(pre) => Ok(Self::Decoder(pre)),
-                Err(decoder_error) => {
-                    Err((format!("{operator_error:#}"), format!("{decoder_error:#}")))
-                }
+                Err(decoder_error) => Err((format!("{operator_error:#}"), format!("{decoder_error:#}"))),
             },
         }
     }
@@ -103,20 +101,12 @@ impl FunctionInstance {
             consecutive_faults: 0,
         };
         let now = crate::telemetry::now_nanos();
-        instance.live = Some(
-            instance
-                .instantiate(now)
-                .map_err(|reason| instance.start_error(reason))?,
-        );
+        instance.live = Some(instance.instantiate(now).map_err(|reason| instance.start_error(reason))?);
         Ok(instance)
     }
 
     fn start_error(&self, reason: String) -> SandboxError {
-        SandboxError::Start {
-            function: self.labels.function.clone(),
-            use_name: self.labels.operator.clone(),
-            reason,
-        }
+        SandboxError::Start { function: self.labels.function.clone(), use_name: self.labels.operator.clone(), reason }
     }
 
     /// The function version running.
@@ -146,17 +136,11 @@ impl FunctionInstance {
         }
         let previous = std::mem::replace(&mut self.function, Arc::clone(&function));
         let previous_labels = Arc::clone(&self.labels);
-        self.labels = Arc::new(InstanceLabels {
-            function: function.version.to_string(),
-            ..(*previous_labels).clone()
-        });
+        self.labels = Arc::new(InstanceLabels { function: function.version.to_string(), ..(*previous_labels).clone() });
         // The new instance starts from the same uncommitted writes; the old one keeps its copy
         // until the swap succeeds.
-        self.carried = self
-            .live
-            .as_ref()
-            .map(|live| live.store.data().pending.clone())
-            .unwrap_or_else(|| self.carried.clone());
+        self.carried =
+            self.live.as_ref().map(|live| live.store.data().pending.clone()).unwrap_or_else(|| self.carried.clone());
         match self.instantiate(crate::telemetry::now_nanos()) {
             Ok(live) => {
                 tracing::info!(stage = "sandbox", from = %previous.version, to = %function.version, namespace = %self.namespace, "function version replaced");
@@ -212,10 +196,7 @@ impl FunctionInstance {
         let failure = match init {
             Ok(Ok(())) => return Ok(Live { store, exports }),
             Ok(Err(error)) => format!("init refused: {}", describe_error(&error)),
-            Err(e) => format!(
-                "init faulted: {}",
-                describe_fault(&e, store.data(), &tail, limits.timeout)
-            ),
+            Err(e) => format!("init faulted: {}", describe_fault(&e, store.data(), &tail, limits.timeout)),
         };
         self.carried = std::mem::take(&mut store.data_mut().pending);
         Err(failure)
@@ -238,14 +219,9 @@ impl FunctionInstance {
             }
         }
         let timeout = self.function.limits.timeout;
-        let live = self
-            .live
-            .as_mut()
-            .expect("an instance is live: created just above when missing");
+        let live = self.live.as_mut().expect("an instance is live: created just above when missing");
         live.store.set_epoch_deadline(deadline_ticks(timeout));
-        live.store
-            .data_mut()
-            .begin_call(ctx.processing_time, ctx.watermark);
+        live.store.data_mut().begin_call(ctx.processing_time, ctx.watermark);
         match invoke(&live.exports, &mut live.store) {
             Ok(result) => Ok(result),
             Err(e) => {
@@ -293,14 +269,7 @@ impl FunctionInstance {
             Some(live) => std::mem::take(&mut live.store.data_mut().pending),
             None => std::mem::take(&mut self.carried),
         };
-        pending
-            .into_iter()
-            .map(|(key, value)| StateWrite {
-                namespace: self.namespace.clone(),
-                key,
-                value,
-            })
-            .collect()
+        pending.into_iter().map(|(key, value)| StateWrite { namespace: self.namespace.clone(), key, value }).collect()
     }
 }
 
@@ -323,23 +292,18 @@ fn describe_fault(
     if let Some(hit) = state.limiter.hit {
         return match hit {
             LimitHit::Memory { desired, limit } => {
-                format!(
-                    "memory limit: tried to grow linear memory to {desired} bytes, the limit is {limit} bytes"
-                )
+                format!("memory limit: tried to grow linear memory to {desired} bytes, the limit is {limit} bytes")
             }
-            LimitHit::Table { desired, limit } => format!(
-                "table limit: tried to grow a table to {desired} elements, the limit is {limit}"
-            ),
+            LimitHit::Table { desired, limit } => {
+                format!("table limit: tried to grow a table to {desired} elements, the limit is {limit}")
+            }
         };
     }
     if let Some(failure) = &state.host_failure {
         return format!("host failure: {failure}");
     }
     if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
-        return format!(
-            "the function called exit (status {}; WASI 0.2 only tells success from failure)",
-            exit.0
-        );
+        return format!("the function called exit (status {}; WASI 0.2 only tells success from failure)", exit.0);
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => {
@@ -368,14 +332,7 @@ fn panic_message(stderr: &str) -> Option<String> {
 fn to_wit_batch(batch: Batch) -> types::Batch {
     let (series, series_idx, ts, value) = batch.into_columns();
     types::Batch {
-        series: series
-            .into_iter()
-            .map(|s| types::Series {
-                name: s.name,
-                unit: s.unit,
-                tags: s.tags,
-            })
-            .collect(),
+        series: series.into_iter().map(|s| types::Series { name: s.name, unit: s.unit, tags: s.tags }).collect(),
         series_idx,
         ts,
         value,
@@ -383,15 +340,7 @@ fn to_wit_batch(batch: Batch) -> types::Batch {
 }
 
 fn from_wit_batch(batch: types::Batch) -> Result<Batch, crate::batch::InvalidBatch> {
-    let series = batch
-        .series
-        .into_iter()
-        .map(|s| Series {
-            name: s.name,
-            unit: s.unit,
-            tags: s.tags,
-        })
-        .collect();
+    let series = batch.series.into_iter().map(|s| Series { name: s.name, unit: s.unit, tags: s.tags }).collect();
     Batch::from_columns(series, batch.series_idx, batch.ts, batch.value)
 }
 
@@ -417,11 +366,7 @@ impl Operator for FunctionOperator {
         &self.instance.labels.operator
     }
 
-    fn process(
-        &mut self,
-        batch: Batch,
-        ctx: &CallContext,
-    ) -> Result<Batch, (Batch, OperatorFailure)> {
+    fn process(&mut self, batch: Batch, ctx: &CallContext) -> Result<Batch, (Batch, OperatorFailure)> {
         let input = to_wit_batch(batch);
         let restore = |input: types::Batch| {
             from_wit_batch(input).expect("the input was a valid batch before the call borrowed it")
@@ -436,12 +381,7 @@ impl Operator for FunctionOperator {
             Err(reason) => Err((restore(input), OperatorFailure::Fault { reason })),
             Ok(Err(error)) => {
                 self.instance.complete(false);
-                Err((
-                    restore(input),
-                    OperatorFailure::Refused {
-                        reason: describe_error(&error),
-                    },
-                ))
+                Err((restore(input), OperatorFailure::Refused { reason: describe_error(&error) }))
             }
             Ok(Ok(output)) => match from_wit_batch(output) {
                 Ok(output) => {
@@ -497,10 +437,7 @@ impl Decode for FunctionDecoder {
             Err(reason) => Err(DecodeError::Fault { function, reason }),
             Ok(Err(error)) => {
                 self.instance.complete(false);
-                Err(DecodeError::Refused {
-                    function,
-                    reason: describe_error(&error),
-                })
+                Err(DecodeError::Refused { function, reason: describe_error(&error) })
             }
             Ok(Ok(output)) => match from_wit_batch(output) {
                 Ok(batch) => {
@@ -528,10 +465,7 @@ mod tests {
     #[test]
     fn extracts_the_panic_message_from_std_output() {
         let stderr = "\nthread '<unnamed>' panicked at src/lib.rs:10:5:\nvalue 666 is cursed\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
-        assert_eq!(
-            panic_message(stderr).as_deref(),
-            Some("src/lib.rs:10:5: value 666 is cursed")
-        );
+        assert_eq!(panic_message(stderr).as_deref(), Some("src/lib.rs:10:5: value 666 is cursed"));
         assert_eq!(panic_message("nothing here"), None);
     }
 }

@@ -168,9 +168,7 @@ pub struct Sandbox {
 
 impl fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sandbox")
-            .field("cache_dir", &self.cache_dir)
-            .finish_non_exhaustive()
+        f.debug_struct("Sandbox").field("cache_dir", &self.cache_dir).finish_non_exhaustive()
     }
 }
 
@@ -204,14 +202,8 @@ impl CompiledFunction {
 
 impl Sandbox {
     /// Creates the engine (and its epoch ticker). Compiled artifacts are cached in `cache_dir`.
-    pub fn new(
-        options: SandboxOptions,
-        cache_dir: &Path,
-        store: StateStore,
-    ) -> Result<Self, SandboxError> {
-        let engine_error = |e: wasmtime::Error| SandboxError::Engine {
-            reason: format!("{e:#}"),
-        };
+    pub fn new(options: SandboxOptions, cache_dir: &Path, store: StateStore) -> Result<Self, SandboxError> {
+        let engine_error = |e: wasmtime::Error| SandboxError::Engine { reason: format!("{e:#}") };
         let instances = options.max_instances.max(1);
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(instances)
@@ -220,80 +212,41 @@ impl Sandbox {
             .total_tables(instances * 8)
             .max_memory_size(usize::try_from(options.max_memory_bytes).unwrap_or(usize::MAX));
         let mut config = Config::new();
-        config
-            .epoch_interruption(true)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        config.epoch_interruption(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(engine_error)?;
         start_epoch_ticker(&engine)?;
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
-        bindings::operator::Operator::add_to_linker::<InstanceState, HasSelf<InstanceState>>(
-            &mut linker,
-            |s| s,
-        )
-        .map_err(engine_error)?;
-        std::fs::create_dir_all(cache_dir).map_err(|source| SandboxError::Read {
-            path: cache_dir.to_owned(),
-            source,
-        })?;
-        Ok(Self {
-            engine,
-            linker,
-            cache_dir: cache_dir.to_owned(),
-            store,
-            state_limits: options.state_limits,
-        })
+        bindings::operator::Operator::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s)
+            .map_err(engine_error)?;
+        std::fs::create_dir_all(cache_dir)
+            .map_err(|source| SandboxError::Read { path: cache_dir.to_owned(), source })?;
+        Ok(Self { engine, linker, cache_dir: cache_dir.to_owned(), store, state_limits: options.state_limits })
     }
 
     /// Compiles (or loads from the cache) the function's component and checks its world.
     pub fn load(&self, function: &FunctionConfig) -> Result<Arc<CompiledFunction>, SandboxError> {
         let path = &function.component;
-        let bytes = std::fs::read(path).map_err(|source| SandboxError::Read {
-            path: path.clone(),
-            source,
-        })?;
-        let version = FunctionVersion {
-            id: function.id.clone(),
-            digest: Sha256::digest(&bytes).into(),
-        };
+        let bytes = std::fs::read(path).map_err(|source| SandboxError::Read { path: path.clone(), source })?;
+        let version = FunctionVersion { id: function.id.clone(), digest: Sha256::digest(&bytes).into() };
         let component = self.compile_cached(&version, path, &bytes)?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| SandboxError::Compile {
             function: function.id.clone(),
             path: path.clone(),
             reason: format!("imports cannot be satisfied (only weir:stream@0.1.0 and wasi:* 0.2 are offered): {e:#}"),
         })?;
-        let pre =
-            instance::Pre::new(instance_pre).map_err(|(operator_reason, decoder_reason)| {
-                SandboxError::WrongWorld {
-                    function: function.id.clone(),
-                    operator_reason,
-                    decoder_reason,
-                }
-            })?;
+        let pre = instance::Pre::new(instance_pre).map_err(|(operator_reason, decoder_reason)| {
+            SandboxError::WrongWorld { function: function.id.clone(), operator_reason, decoder_reason }
+        })?;
         tracing::info!(stage = "sandbox", function = %version, world = ?pre.world(), "function loaded");
-        Ok(Arc::new(CompiledFunction {
-            version,
-            limits: function.limits,
-            pre,
-        }))
+        Ok(Arc::new(CompiledFunction { version, limits: function.limits, pre }))
     }
 
-    fn compile_cached(
-        &self,
-        version: &FunctionVersion,
-        path: &Path,
-        bytes: &[u8],
-    ) -> Result<Component, SandboxError> {
+    fn compile_cached(&self, version: &FunctionVersion, path: &Path, bytes: &[u8]) -> Result<Component, SandboxError> {
         let mut hasher = DefaultHasher::new();
-        self.engine
-            .precompile_compatibility_hash()
-            .hash(&mut hasher);
-        let cached = self.cache_dir.join(format!(
-            "{}-{:016x}.cwasm",
-            version.digest_hex(),
-            hasher.finish()
-        ));
+        self.engine.precompile_compatibility_hash().hash(&mut hasher);
+        let cached = self.cache_dir.join(format!("{}-{:016x}.cwasm", version.digest_hex(), hasher.finish()));
         if cached.is_file() {
             // SAFETY: files in the cache directory are written only by `store_in_cache` below, from
             // a component this process compiled from bytes whose digest names the file.
@@ -325,12 +278,7 @@ impl Sandbox {
         params_json: &str,
     ) -> Result<FunctionOperator, SandboxError> {
         self.expect_world(function, WorldKind::Operator)?;
-        Ok(FunctionOperator::new(self.instance(
-            function,
-            pipeline,
-            use_name,
-            params_json,
-        )?))
+        Ok(FunctionOperator::new(self.instance(function, pipeline, use_name, params_json)?))
     }
 
     /// A warm decoder instance of `function` for one pipeline.
@@ -342,28 +290,15 @@ impl Sandbox {
         params_json: &str,
     ) -> Result<FunctionDecoder, SandboxError> {
         self.expect_world(function, WorldKind::Decoder)?;
-        Ok(FunctionDecoder::new(self.instance(
-            function,
-            pipeline,
-            use_name,
-            params_json,
-        )?))
+        Ok(FunctionDecoder::new(self.instance(function, pipeline, use_name, params_json)?))
     }
 
-    fn expect_world(
-        &self,
-        function: &CompiledFunction,
-        expected: WorldKind,
-    ) -> Result<(), SandboxError> {
+    fn expect_world(&self, function: &CompiledFunction, expected: WorldKind) -> Result<(), SandboxError> {
         let actual = function.world();
         if actual == expected {
             Ok(())
         } else {
-            Err(SandboxError::WorldMismatch {
-                function: function.version.id.clone(),
-                expected,
-                actual,
-            })
+            Err(SandboxError::WorldMismatch { function: function.version.id.clone(), expected, actual })
         }
     }
 
@@ -416,17 +351,13 @@ fn start_epoch_ticker(engine: &Engine) -> Result<(), SandboxError> {
             }
         })
         .map(drop)
-        .map_err(|e| SandboxError::Engine {
-            reason: format!("cannot start the epoch ticker thread: {e}"),
-        })
+        .map_err(|e| SandboxError::Engine { reason: format!("cannot start the epoch ticker thread: {e}") })
 }
 
 /// Epoch ticks for a time limit (rounded up, plus one so a call gets at least the full limit).
 fn deadline_ticks(timeout: Duration) -> u64 {
     let tick = EPOCH_TICK.as_nanos();
-    u64::try_from(timeout.as_nanos().div_ceil(tick))
-        .unwrap_or(u64::MAX)
-        .saturating_add(1)
+    u64::try_from(timeout.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX).saturating_add(1)
 }
 
 #[cfg(test)]

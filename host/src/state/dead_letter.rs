@@ -64,9 +64,6 @@ impl DeadLetter {
 
     /// Parses the stored form.
     pub fn from_bytes(bytes: &[u8]) -> Result<Self, StoreError> {
-        minicbor::decode(bytes).map_err(|e| StoreError::Unreadable {
-            what: "dead letter",
-            reason: e.to_string(),
-        })
+        minicbor::decode(bytes).map_err(|e| StoreError::Unreadable { what: "dead letter", reason: e.to_string() })
     }
 }

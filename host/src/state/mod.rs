@@ -30,8 +30,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use redb::{
-    Database, Durability as RedbDurability, ReadableDatabase, ReadableTable, ReadableTableMetadata,
-    TableDefinition,
+    Database, Durability as RedbDurability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
 use tokio::sync::oneshot;
 
@@ -39,8 +38,7 @@ pub use dead_letter::{DeadLetter, DeadLetterContent};
 
 use crate::config::Durability;
 
-const FUNCTION_STATE: TableDefinition<'_, (&str, &[u8]), &[u8]> =
-    TableDefinition::new("function_state");
+const FUNCTION_STATE: TableDefinition<'_, (&str, &[u8]), &[u8]> = TableDefinition::new("function_state");
 const OUTBOX: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("outbox");
 const STREAM_SEQ: TableDefinition<'_, &str, u64> = TableDefinition::new("stream_seq");
 const DEAD_LETTERS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("dead_letters");
@@ -107,10 +105,7 @@ pub enum StoreError {
 }
 
 fn db_error(operation: &'static str) -> impl FnOnce(redb::Error) -> StoreError {
-    move |source| StoreError::Database {
-        operation,
-        source: Box::new(source),
-    }
+    move |source| StoreError::Database { operation, source: Box::new(source) }
 }
 
 /// Shorthand: convert any redb error type into [`StoreError`].
@@ -194,37 +189,40 @@ pub struct Committer {
 impl Committer {
     /// Commits `changes` (grouped with whatever else is waiting) and returns once they are durable
     /// as the configured durability defines it.
-    pub async fn commit(&self, changes: ChangeSet) -> Result<(), StoreError> {
+    ///
+    /// On failure nothing of `changes` was applied, and they come back with the error so the
+    /// caller can retry without having kept a copy.
+    pub async fn commit(&self, changes: ChangeSet) -> Result<(), CommitError> {
         let (reply, answer) = oneshot::channel();
-        self.queue
-            .send_async((changes, reply))
-            .await
-            .map_err(|_| StoreError::CommitterStopped)?;
+        if let Err(flume::SendError((changes, _))) = self.queue.send_async((changes, reply)).await {
+            return Err(CommitError { error: StoreError::CommitterStopped, changes });
+        }
         match answer.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(reason)) => Err(StoreError::CommitFailed { reason }),
-            Err(_) => Err(StoreError::CommitterStopped),
+            Ok(Err((reason, changes))) => Err(CommitError { error: StoreError::CommitFailed { reason }, changes }),
+            Err(_) => Err(CommitError { error: StoreError::CommitterStopped, changes: ChangeSet::default() }),
         }
     }
+}
+
+/// A commit that did not happen, with the change set that was not applied.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct CommitError {
+    /// Why.
+    pub error: StoreError,
+    /// The changes, unapplied (empty when the committer vanished while holding them).
+    pub changes: ChangeSet,
 }
 
 /// Opens (or creates) the database in `data_dir` and starts its committer thread.
 ///
 /// The thread ends when every [`Committer`] clone is dropped; join the handle to know that the last
 /// commit finished.
-pub fn open(
-    data_dir: &Path,
-    options: StoreOptions,
-) -> Result<(StateStore, Committer, JoinHandle<()>), StoreError> {
-    std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir {
-        path: data_dir.to_owned(),
-        source,
-    })?;
+pub fn open(data_dir: &Path, options: StoreOptions) -> Result<(StateStore, Committer, JoinHandle<()>), StoreError> {
+    std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir { path: data_dir.to_owned(), source })?;
     let path = data_dir.join(DATABASE_FILE);
-    let db = match Database::builder()
-        .set_cache_size(CACHE_BYTES)
-        .create(&path)
-    {
+    let db = match Database::builder().set_cache_size(CACHE_BYTES).create(&path) {
         Ok(db) => db,
         Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::InUse { path }),
         Err(e) => return Err(db_error("open")(e.into())),
@@ -241,19 +239,11 @@ pub fn open(
 
     let db = Arc::new(db);
     let (queue, requests) = flume::bounded(QUEUE);
-    let writer = Writer {
-        db: Arc::clone(&db),
-        options,
-        last_durable: Instant::now(),
-        pending_non_durable: false,
-    };
+    let writer = Writer { db: Arc::clone(&db), options, last_durable: Instant::now(), pending_non_durable: false };
     let thread = std::thread::Builder::new()
         .name("weir-committer".into())
         .spawn(move || writer.run(requests))
-        .map_err(|source| StoreError::DataDir {
-            path: data_dir.to_owned(),
-            source,
-        })?;
+        .map_err(|source| StoreError::DataDir { path: data_dir.to_owned(), source })?;
     Ok((StateStore { db, path }, Committer { queue }, thread))
 }
 
@@ -264,19 +254,10 @@ impl StateStore {
     }
 
     /// The value of `key` in `namespace`.
-    pub fn function_state_get(
-        &self,
-        namespace: &str,
-        key: &[u8],
-    ) -> Result<Option<Vec<u8>>, StoreError> {
+    pub fn function_state_get(&self, namespace: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read().or_store("read function state")?;
-        let table = txn
-            .open_table(FUNCTION_STATE)
-            .or_store("read function state")?;
-        Ok(table
-            .get((namespace, key))
-            .or_store("read function state")?
-            .map(|v| v.value().to_vec()))
+        let table = txn.open_table(FUNCTION_STATE).or_store("read function state")?;
+        Ok(table.get((namespace, key)).or_store("read function state")?.map(|v| v.value().to_vec()))
     }
 
     /// Up to `limit` entries of `namespace` with `start <= key < end`, ascending.
@@ -288,9 +269,7 @@ impl StateStore {
         limit: usize,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
         let txn = self.db.begin_read().or_store("read function state")?;
-        let table = txn
-            .open_table(FUNCTION_STATE)
-            .or_store("read function state")?;
+        let table = txn.open_table(FUNCTION_STATE).or_store("read function state")?;
         let range = match end {
             Some(end) => table.range((namespace, start)..(namespace, end)),
             // Every key of this namespace: up to the first key of the next possible namespace.
@@ -312,22 +291,12 @@ impl StateStore {
     /// Highest seq ever assigned in `stream` (0 when none).
     pub fn last_seq(&self, stream: &str) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().or_store("read stream position")?;
-        let table = txn
-            .open_table(STREAM_SEQ)
-            .or_store("read stream position")?;
-        Ok(table
-            .get(stream)
-            .or_store("read stream position")?
-            .map_or(0, |v| v.value()))
+        let table = txn.open_table(STREAM_SEQ).or_store("read stream position")?;
+        Ok(table.get(stream).or_store("read stream position")?.map_or(0, |v| v.value()))
     }
 
     /// Up to `limit` outbox records of `stream` with seq above `after`, in seq order.
-    pub fn outbox_after(
-        &self,
-        stream: &str,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
+    pub fn outbox_after(&self, stream: &str, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
         let txn = self.db.begin_read().or_store("read outbox")?;
         let table = txn.open_table(OUTBOX).or_store("read outbox")?;
         let Some(first) = after.checked_add(1) else {
@@ -349,10 +318,7 @@ impl StateStore {
         let txn = self.db.begin_read().or_store("read outbox")?;
         let table = txn.open_table(OUTBOX).or_store("read outbox")?;
         let mut count = 0;
-        for entry in table
-            .range((stream, 0)..=(stream, u64::MAX))
-            .or_store("read outbox")?
-        {
+        for entry in table.range((stream, 0)..=(stream, u64::MAX)).or_store("read outbox")? {
             entry.or_store("read outbox")?;
             count += 1;
         }
@@ -364,12 +330,7 @@ impl StateStore {
         let txn = self.db.begin_read().or_store("read dead letters")?;
         let table = txn.open_table(DEAD_LETTERS).or_store("read dead letters")?;
         let mut newest = Vec::new();
-        for entry in table
-            .iter()
-            .or_store("read dead letters")?
-            .rev()
-            .take(limit)
-        {
+        for entry in table.iter().or_store("read dead letters")?.rev().take(limit) {
             let (id, bytes) = entry.or_store("read dead letters")?;
             newest.push((id.value(), DeadLetter::from_bytes(bytes.value())?));
         }
@@ -380,16 +341,9 @@ impl StateStore {
     /// Number of dead letters kept, and number evicted to respect the capacity.
     pub fn dead_letter_counts(&self) -> Result<(u64, u64), StoreError> {
         let txn = self.db.begin_read().or_store("read dead letters")?;
-        let kept = txn
-            .open_table(DEAD_LETTERS)
-            .or_store("read dead letters")?
-            .len()
-            .or_store("read dead letters")?;
+        let kept = txn.open_table(DEAD_LETTERS).or_store("read dead letters")?.len().or_store("read dead letters")?;
         let counters = txn.open_table(COUNTERS).or_store("read counters")?;
-        let evicted = counters
-            .get(DEAD_LETTERS_EVICTED)
-            .or_store("read counters")?
-            .map_or(0, |v| v.value());
+        let evicted = counters.get(DEAD_LETTERS_EVICTED).or_store("read counters")?.map_or(0, |v| v.value());
         Ok((kept, evicted))
     }
 }
@@ -403,7 +357,7 @@ struct Writer {
     pending_non_durable: bool,
 }
 
-type Request = (ChangeSet, oneshot::Sender<Result<(), String>>);
+type Request = (ChangeSet, oneshot::Sender<Result<(), (String, ChangeSet)>>);
 
 impl Writer {
     fn run(mut self, requests: flume::Receiver<Request>) {
@@ -428,9 +382,9 @@ impl Writer {
             if let Err(reason) = &outcome {
                 tracing::error!(stage = "state", error = %reason, change_sets = changes.len(), "commit failed");
             }
-            for reply in replies {
-                // A sender that stopped waiting (shutdown) does not need the answer.
-                let _ = reply.send(outcome.clone());
+            // A sender that stopped waiting (shutdown) does not need the answer.
+            for (changes, reply) in changes.into_iter().zip(replies) {
+                let _ = reply.send(outcome.clone().map_err(|reason| (reason, changes)));
             }
         }
         self.flush_if_relaxed();
@@ -449,35 +403,21 @@ impl Writer {
         let mut txn = self.db.begin_write().or_store("begin commit")?;
         let durable = match self.options.durability {
             Durability::Sync => true,
-            Durability::Relaxed => {
-                changes.is_empty() || self.last_durable.elapsed() >= RELAXED_SYNC_INTERVAL
-            }
+            Durability::Relaxed => changes.is_empty() || self.last_durable.elapsed() >= RELAXED_SYNC_INTERVAL,
         };
-        txn.set_durability(if durable {
-            RedbDurability::Immediate
-        } else {
-            RedbDurability::None
-        })
-        .or_store("begin commit")?;
+        txn.set_durability(if durable { RedbDurability::Immediate } else { RedbDurability::None })
+            .or_store("begin commit")?;
         {
-            let mut state = txn
-                .open_table(FUNCTION_STATE)
-                .or_store("write function state")?;
+            let mut state = txn.open_table(FUNCTION_STATE).or_store("write function state")?;
             let mut outbox = txn.open_table(OUTBOX).or_store("write outbox")?;
-            let mut stream_seq = txn
-                .open_table(STREAM_SEQ)
-                .or_store("write stream position")?;
-            let mut dead_letters = txn
-                .open_table(DEAD_LETTERS)
-                .or_store("write dead letters")?;
+            let mut stream_seq = txn.open_table(STREAM_SEQ).or_store("write stream position")?;
+            let mut dead_letters = txn.open_table(DEAD_LETTERS).or_store("write dead letters")?;
             let mut counters = txn.open_table(COUNTERS).or_store("write counters")?;
             for change in changes {
                 for write in &change.state_writes {
                     let key = (write.namespace.as_str(), write.key.as_slice());
                     match &write.value {
-                        Some(value) => state
-                            .insert(key, value.as_slice())
-                            .or_store("write function state")?,
+                        Some(value) => state.insert(key, value.as_slice()).or_store("write function state")?,
                         None => state.remove(key).or_store("write function state")?,
                     };
                 }
@@ -490,44 +430,26 @@ impl Writer {
                         .or_store("write stream position")?
                         .map_or(0, |v| v.value());
                     if record.seq > previous {
-                        stream_seq
-                            .insert(record.stream.as_str(), record.seq)
-                            .or_store("write stream position")?;
+                        stream_seq.insert(record.stream.as_str(), record.seq).or_store("write stream position")?;
                     }
                 }
                 for (stream, seq) in &change.confirmed {
-                    outbox
-                        .remove((stream.as_str(), *seq))
-                        .or_store("write outbox")?;
+                    outbox.remove((stream.as_str(), *seq)).or_store("write outbox")?;
                 }
                 for letter in &change.dead_letters {
-                    let id = counters
-                        .get(DEAD_LETTERS_NEXT_ID)
-                        .or_store("write counters")?
-                        .map_or(0, |v| v.value());
-                    dead_letters
-                        .insert(id, letter.to_bytes().as_slice())
-                        .or_store("write dead letters")?;
-                    counters
-                        .insert(DEAD_LETTERS_NEXT_ID, id + 1)
-                        .or_store("write counters")?;
+                    let id = counters.get(DEAD_LETTERS_NEXT_ID).or_store("write counters")?.map_or(0, |v| v.value());
+                    dead_letters.insert(id, letter.to_bytes().as_slice()).or_store("write dead letters")?;
+                    counters.insert(DEAD_LETTERS_NEXT_ID, id + 1).or_store("write counters")?;
                 }
             }
-            let excess = dead_letters
-                .len()
-                .or_store("write dead letters")?
-                .saturating_sub(self.options.dead_letter_capacity);
+            let excess =
+                dead_letters.len().or_store("write dead letters")?.saturating_sub(self.options.dead_letter_capacity);
             if excess > 0 {
                 for _ in 0..excess {
                     dead_letters.pop_first().or_store("evict dead letters")?;
                 }
-                let evicted = counters
-                    .get(DEAD_LETTERS_EVICTED)
-                    .or_store("write counters")?
-                    .map_or(0, |v| v.value());
-                counters
-                    .insert(DEAD_LETTERS_EVICTED, evicted + excess)
-                    .or_store("write counters")?;
+                let evicted = counters.get(DEAD_LETTERS_EVICTED).or_store("write counters")?.map_or(0, |v| v.value());
+                counters.insert(DEAD_LETTERS_EVICTED, evicted + excess).or_store("write counters")?;
             }
         }
         txn.commit().or_store("commit")?;

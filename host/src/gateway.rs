@@ -1,0 +1,143 @@
+//! The gateway process: opens the state store, loads the functions, starts every pipeline, and
+//! stops them in order when asked.
+//!
+//! A pipeline that cannot start (a function whose `init` refuses its parameters, a component
+//! that does not load) is reported and left out; the others run. The gateway fails only when no
+//! pipeline can start, or the data directory cannot be used.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Config, DecodeConfig, FunctionId, PipelineConfig};
+use crate::decode::{self, Decode};
+use crate::operator::{Chain, Operator};
+use crate::pipeline::{self, PipelineParts, Shared};
+use crate::sandbox::{CompiledFunction, Sandbox, SandboxError, SandboxOptions, StateLimits};
+use crate::state::{self, StoreError, StoreOptions};
+
+/// Why the gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The state store could not be opened.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The WebAssembly runtime could not start.
+    #[error(transparent)]
+    Sandbox(#[from] SandboxError),
+    /// Every pipeline failed to start.
+    #[error("no pipeline could start:\n  {}", .0.join("\n  "))]
+    NoPipeline(Vec<String>),
+}
+
+/// Runs the gateway until `shutdown` is cancelled and everything has stopped.
+pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), GatewayError> {
+    let data_dir = config.gateway.data_dir.clone();
+    let options =
+        StoreOptions { durability: config.state.durability, dead_letter_capacity: config.state.dead_letter_capacity };
+    let (store, committer, committer_thread) = state::open(&data_dir, options)?;
+    tracing::info!(stage = "state", path = %store.path().display(), durability = ?config.state.durability, "state store open");
+
+    let uses = config.pipelines.iter().map(|p| p.operators.len() + 1).sum::<usize>();
+    let sandbox_options = SandboxOptions {
+        // Every use, plus room for instances being replaced.
+        max_instances: u32::try_from(uses * 2 + 4).unwrap_or(u32::MAX),
+        max_memory_bytes: config.functions.values().map(|f| f.limits.memory_bytes).max().unwrap_or(1 << 20),
+        state_limits: StateLimits { max_key: config.state.max_key, max_value: config.state.max_value },
+    };
+    let sandbox = Arc::new(Sandbox::new(sandbox_options, &data_dir.join("compiled"), store.clone())?);
+
+    // Compiling and instantiating run guest code and take a while: off the async threads.
+    let builder = Arc::clone(&sandbox);
+    let functions = config.functions.clone();
+    let pipelines = config.pipelines.clone();
+    let built = tokio::task::spawn_blocking(move || {
+        let compiled: BTreeMap<FunctionId, Result<Arc<CompiledFunction>, String>> =
+            functions.iter().map(|(id, f)| (id.clone(), builder.load(f).map_err(|e| e.to_string()))).collect();
+        pipelines.into_iter().map(|p| build(&builder, &compiled, p)).collect::<Vec<_>>()
+    })
+    .await
+    .expect("building pipelines does not panic");
+
+    let shared = Shared { gateway: config.gateway.id.to_string(), store: store.clone(), committer };
+    let tracker = TaskTracker::new();
+    let mut failures = Vec::new();
+    for result in built {
+        match result {
+            Ok(parts) => {
+                let name = parts.config.name.to_string();
+                let summary = format!(
+                    "{} → [{}] → {}",
+                    source_kind(&parts.config),
+                    parts.chain.names().join(", "),
+                    parts.config.sink.kind()
+                );
+                match pipeline::spawn(parts, &shared, &shutdown, &tracker) {
+                    Ok(()) => tracing::info!(stage = "pipeline", pipeline = %name, flow = %summary, "pipeline running"),
+                    Err(e) => failures.push(format!("{name}: {e}")),
+                }
+            }
+            Err(failure) => failures.push(failure),
+        }
+    }
+    for failure in &failures {
+        tracing::error!(stage = "pipeline", "pipeline not started: {failure}");
+    }
+    tracker.close();
+    if tracker.is_empty() {
+        drop(shared);
+        return Err(GatewayError::NoPipeline(failures));
+    }
+    tracker.wait().await;
+
+    // Every pipeline is done: the last commits are in. Closing the committer ends its thread.
+    drop(shared);
+    drop(sandbox);
+    let _ = tokio::task::spawn_blocking(move || committer_thread.join()).await;
+    tracing::info!(stage = "shutdown", "stopped");
+    Ok(())
+}
+
+fn source_kind(config: &PipelineConfig) -> &'static str {
+    match config.source {
+        crate::config::SourceConfig::Mqtt { .. } => "mqtt",
+        crate::config::SourceConfig::Nats { .. } => "nats",
+        crate::config::SourceConfig::JetStream { .. } => "jetstream",
+        crate::config::SourceConfig::Simulated(_) => "simulated",
+    }
+}
+
+/// A pipeline's decoder and operator instances.
+fn build(
+    sandbox: &Sandbox,
+    compiled: &BTreeMap<FunctionId, Result<Arc<CompiledFunction>, String>>,
+    config: PipelineConfig,
+) -> Result<PipelineParts, String> {
+    let name = config.name.to_string();
+    let function = |id: &FunctionId| -> Result<&Arc<CompiledFunction>, String> {
+        match compiled.get(id) {
+            Some(Ok(function)) => Ok(function),
+            Some(Err(e)) => Err(format!("{name}: {e}")),
+            None => Err(format!("{name}: function {id} is not configured")),
+        }
+    };
+    let decoder: Box<dyn Decode> = match &config.decode {
+        DecodeConfig::Function(used) => {
+            let instance = sandbox
+                .decoder(function(&used.function)?, &name, used.name.as_str(), &used.params_json)
+                .map_err(|e| format!("{name}: {e}"))?;
+            Box::new(instance)
+        }
+        builtin => decode::builtin(builtin).expect("every decode config but Function is built in"),
+    };
+    let mut operators: Vec<Box<dyn Operator>> = Vec::new();
+    for used in &config.operators {
+        let instance = sandbox
+            .operator(function(&used.function)?, &name, used.name.as_str(), &used.params_json)
+            .map_err(|e| format!("{name}: {e}"))?;
+        operators.push(Box::new(instance));
+    }
+    Ok(PipelineParts { config, decoder, chain: Chain::new(operators) })
+}

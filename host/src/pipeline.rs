@@ -1,0 +1,367 @@
+//! One pipeline, wired stage by stage. Read [`spawn`] top to bottom to follow the data:
+//!
+//! ```text
+//! source ──Delivery──▶ batcher ──Vec<Delivery>──▶ processor ──commit──▶ outbox ──▶ sink
+//!                                                  decode → operators → encode
+//!                                                  then: acknowledge upstream
+//! ```
+//!
+//! The processor is a pure core ([`Processor::process`], run on a blocking thread because
+//! decoder and operator functions are WebAssembly calls) inside an async shell ([`run_processor`])
+//! that commits and acknowledges.
+//!
+//! **Invariant (acknowledge after commit):** for every batch, the processor commits — in one
+//! change set — its outbox record, its dead letters, the function state written while processing
+//! it, and its stream position; only after that commit returns does it acknowledge the batch's
+//! deliveries upstream, in arrival order. A crash before the commit makes the broker redeliver;
+//! after it, nothing acknowledged is lost.
+//!
+//! What fails where, per batch (nothing here stops the pipeline):
+//! - a message that does not decode → dead letter (message + reason), the rest of the batch goes on;
+//! - an operator that refuses or faults → dead letter (its input batch + reason); operators before
+//!   it keep their state writes;
+//! - an encode failure → dead letter (batch + reason);
+//! - a failed commit → nothing acknowledged (the broker redelivers), seq not advanced;
+//! - a failed acknowledgement → logged (the broker redelivers; duplicates, never loss).
+
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::batch::{Batch, BatchBuilder, CallContext, Message, Nanos};
+use crate::config::{BatchConfig, Encoding, PipelineConfig};
+use crate::decode::Decode;
+use crate::encode::{self, RecordHeader};
+use crate::operator::Chain;
+use crate::sink::Sink;
+use crate::source::{self, Delivery};
+use crate::state::{ChangeSet, Committer, DeadLetter, DeadLetterContent, OutboxRecord, StateStore, StoreError};
+
+/// Delays between attempts to commit a batch the store refused.
+const COMMIT_RETRY: crate::config::Backoff =
+    crate::config::Backoff { min: Duration::from_millis(100), max: Duration::from_secs(10) };
+/// Dead-letter reasons logged per batch at most (the rest are counted).
+const LOGGED_DEAD_LETTERS: usize = 3;
+
+/// What a pipeline runs: its configuration and its ready decoder and operators.
+pub struct PipelineParts {
+    /// The pipeline's configuration.
+    pub config: PipelineConfig,
+    /// Its decoder (built-in or function).
+    pub decoder: Box<dyn Decode>,
+    /// Its operator chain.
+    pub chain: Chain,
+}
+
+impl std::fmt::Debug for PipelineParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PipelineParts")
+            .field("name", &self.config.name)
+            .field("chain", &self.chain)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What every pipeline shares.
+#[derive(Clone, Debug)]
+pub struct Shared {
+    /// This gateway's id.
+    pub gateway: String,
+    /// Reads of the state store.
+    pub store: StateStore,
+    /// Writes to the state store.
+    pub committer: Committer,
+}
+
+/// Starts a pipeline's tasks on `tracker`. They run until `shutdown` is cancelled, then stop in
+/// order: source intake, batcher (flushes), processor (commits, acknowledges), source connection,
+/// sink (in-flight publishes).
+pub fn spawn(
+    parts: PipelineParts,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    tracker: &TaskTracker,
+) -> Result<(), StoreError> {
+    let config = &parts.config;
+    let name = config.name.to_string();
+    let intake = shutdown.child_token();
+    let source_close = CancellationToken::new();
+    let sink_stop = CancellationToken::new();
+
+    // source → deliveries
+    let (delivery_tx, delivery_rx) = mpsc::channel::<Delivery>(config.batch.queue);
+    source::spawn(&config.source, &name, delivery_tx, intake.clone(), source_close.clone(), tracker);
+
+    // deliveries → batches of deliveries
+    let (batch_tx, batch_rx) = mpsc::channel::<Vec<Delivery>>(1);
+    let limits = BatchLimits::new(config.batch, source::ack_window(&config.source));
+    tracker.spawn(run_batcher(delivery_rx, batch_tx, limits));
+
+    // batches → decode → operators → encode → commit → acknowledge
+    let last_seq = shared.store.last_seq(&name)?;
+    let (committed_tx, committed_rx) = watch::channel::<u64>(last_seq);
+    let processor = Processor {
+        pipeline: name.clone(),
+        gateway: shared.gateway.clone(),
+        encoding: config.encoding,
+        decoder: parts.decoder,
+        chain: parts.chain,
+        last_seq,
+        watermark: Nanos::MIN,
+    };
+    let done = [source_close, sink_stop.clone()];
+    tracker.spawn(run_processor(processor, batch_rx, shared.committer.clone(), committed_tx, intake.clone(), done));
+
+    // outbox → sink
+    let sink = Sink {
+        gateway: shared.gateway.clone(),
+        stream: name,
+        config: config.sink.clone(),
+        store: shared.store.clone(),
+        committer: shared.committer.clone(),
+    };
+    tracker.spawn(sink.run(committed_rx, sink_stop));
+    Ok(())
+}
+
+/// When a batch closes.
+#[derive(Clone, Copy, Debug)]
+struct BatchLimits {
+    max_messages: usize,
+    max_bytes: u64,
+    linger: Duration,
+}
+
+impl BatchLimits {
+    fn new(config: BatchConfig, ack_window: Option<usize>) -> Self {
+        let max_messages = ack_window.map_or(config.max_messages, |window| config.max_messages.min(window));
+        Self { max_messages, max_bytes: config.max_bytes, linger: config.linger }
+    }
+}
+
+/// Groups deliveries into batches: a batch closes at `max_messages`, at `max_bytes` of payload, or
+/// `linger` after its first message. Ends (after sending the last partial batch) when the source
+/// closes its channel.
+async fn run_batcher(
+    mut deliveries: mpsc::Receiver<Delivery>,
+    batches: mpsc::Sender<Vec<Delivery>>,
+    limits: BatchLimits,
+) {
+    while let Some(first) = deliveries.recv().await {
+        let deadline = tokio::time::Instant::now() + limits.linger;
+        let mut bytes = first.message.payload.len() as u64;
+        let mut batch = vec![first];
+        while batch.len() < limits.max_messages && bytes < limits.max_bytes {
+            match tokio::time::timeout_at(deadline, deliveries.recv()).await {
+                Ok(Some(delivery)) => {
+                    bytes += delivery.message.payload.len() as u64;
+                    batch.push(delivery);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        if batches.send(batch).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// The pure core of the processor: decode → operators → encode, for one batch of messages.
+struct Processor {
+    pipeline: String,
+    gateway: String,
+    encoding: Encoding,
+    decoder: Box<dyn Decode>,
+    chain: Chain,
+    /// Highest seq committed.
+    last_seq: u64,
+    /// Highest event time seen.
+    watermark: Nanos,
+}
+
+/// What one batch produced, to be committed together.
+#[derive(Debug, Default)]
+struct Processed {
+    changes: ChangeSet,
+    /// The seq of the record in `changes`, if one was produced.
+    seq: Option<u64>,
+    readings_in: usize,
+    readings_out: usize,
+}
+
+impl Processor {
+    fn process(&mut self, messages: &[Message], now: Nanos) -> Processed {
+        let ctx = CallContext { processing_time: now, watermark: self.watermark };
+        let mut processed = Processed::default();
+        let mut decoded = BatchBuilder::new();
+        for message in messages {
+            match self.decoder.decode(message, &ctx) {
+                Ok(piece) => decoded.extend(&piece),
+                Err(error) => processed.changes.dead_letters.push(self.dead_message(message, &error.to_string(), now)),
+            }
+        }
+        processed.changes.state_writes = self.decoder.take_state_writes();
+        let batch = decoded.finish();
+        processed.readings_in = batch.len();
+        if let Some(latest) = batch.max_timestamp() {
+            self.watermark = self.watermark.max(latest);
+        }
+
+        let outcome = self.chain.process(batch, &ctx);
+        processed.changes.state_writes.extend(self.chain.take_state_writes());
+        let output = match outcome {
+            Ok(output) => output,
+            Err(failure) => {
+                let stage = format!("operator {}", failure.operator);
+                let letter = self.dead_batch(&stage, &failure.failure.to_string(), &failure.input, now);
+                processed.changes.dead_letters.push(letter);
+                return processed;
+            }
+        };
+        if output.is_empty() {
+            return processed;
+        }
+        let seq = self.last_seq + 1;
+        let header =
+            RecordHeader { gateway: self.gateway.clone(), stream: self.pipeline.clone(), seq, encoded_at: now };
+        match encode::encode(self.encoding, &header, &output) {
+            Ok(body) => {
+                processed.readings_out = output.len();
+                processed.seq = Some(seq);
+                processed.changes.records.push(OutboxRecord { stream: self.pipeline.clone(), seq, body });
+            }
+            Err(error) => {
+                processed.changes.dead_letters.push(self.dead_batch("encode", &error.to_string(), &output, now))
+            }
+        }
+        processed
+    }
+
+    fn dead_message(&self, message: &Message, reason: &str, now: Nanos) -> DeadLetter {
+        DeadLetter {
+            pipeline: self.pipeline.clone(),
+            stage: "decode".to_owned(),
+            reason: reason.to_owned(),
+            at: now,
+            content: DeadLetterContent::Message {
+                topic: message.topic.clone(),
+                payload: message.payload.to_vec(),
+                received_at: message.received_at,
+            },
+        }
+    }
+
+    fn dead_batch(&self, stage: &str, reason: &str, batch: &Batch, now: Nanos) -> DeadLetter {
+        let header =
+            RecordHeader { gateway: self.gateway.clone(), stream: self.pipeline.clone(), seq: 0, encoded_at: now };
+        // CBOR can only fail on time spans the JSON form cannot hold either; keep the reason then.
+        let record = encode::encode(Encoding::Cbor, &header, batch).unwrap_or_default();
+        DeadLetter {
+            pipeline: self.pipeline.clone(),
+            stage: stage.to_owned(),
+            reason: reason.to_owned(),
+            at: now,
+            content: DeadLetterContent::Batch { record, readings: batch.len() as u64 },
+        }
+    }
+}
+
+/// The processor's async shell: runs each batch through the core on a blocking thread, commits,
+/// acknowledges, tells the sink. Cancels `done` when it ends.
+async fn run_processor(
+    processor: Processor,
+    mut batches: mpsc::Receiver<Vec<Delivery>>,
+    committer: Committer,
+    committed: watch::Sender<u64>,
+    intake: CancellationToken,
+    done: [CancellationToken; 2],
+) {
+    let pipeline = processor.pipeline.clone();
+    let mut processor = Some(processor);
+    while let Some(deliveries) = batches.recv().await {
+        let Some(mut core) = processor.take() else { break };
+        let (messages, acks): (Vec<Message>, Vec<source::Ack>) =
+            deliveries.into_iter().map(|d| (d.message, d.ack)).unzip();
+        let now = crate::telemetry::now_nanos();
+        let joined = tokio::task::spawn_blocking(move || {
+            let processed = core.process(&messages, now);
+            (core, processed, messages.len())
+        })
+        .await;
+        let (returned, processed, message_count) = match joined {
+            Ok(result) => result,
+            Err(e) => {
+                // A bug in host code (a panic): the deliveries stay unacknowledged and are redelivered.
+                tracing::error!(stage = "pipeline", pipeline = %pipeline, error = %e, "processing a batch panicked; the pipeline stops");
+                break;
+            }
+        };
+        let core = processor.insert(returned);
+        log_dead_letters(&pipeline, &processed.changes.dead_letters);
+        let dead_letters = processed.changes.dead_letters.len();
+        if !commit_with_retry(&committer, processed.changes, &pipeline, &intake).await {
+            tracing::error!(stage = "pipeline", pipeline = %pipeline, messages = message_count,
+                "shutting down with an uncommitted batch; it is not acknowledged and will be redelivered");
+            break;
+        }
+        if let Some(seq) = processed.seq {
+            core.last_seq = seq;
+            committed.send_replace(seq);
+        }
+        if let Err(e) = source::acknowledge(acks).await {
+            tracing::warn!(stage = "pipeline", pipeline = %pipeline, error = %e, "acknowledgement failed");
+        }
+        tracing::debug!(stage = "pipeline", pipeline = %pipeline, messages = message_count, readings_in = processed.readings_in,
+            readings_out = processed.readings_out, dead_letters, seq = processed.seq, "batch committed");
+    }
+    // Drop the WebAssembly instances off the async threads, like every other call into them.
+    let _ = tokio::task::spawn_blocking(move || drop(processor)).await;
+    for token in done {
+        token.cancel();
+    }
+}
+
+/// Commits `changes`, retrying with backoff while the store refuses (a full or failing disk):
+/// the pipeline stalls — which stops acknowledgements, so the broker holds the input — instead of
+/// dropping the batch. Gives up (returns false) only once shutdown was requested.
+async fn commit_with_retry(
+    committer: &Committer,
+    mut changes: ChangeSet,
+    pipeline: &str,
+    shutdown: &CancellationToken,
+) -> bool {
+    let mut retry = crate::backoff::Retry::new(COMMIT_RETRY);
+    loop {
+        match committer.commit(changes).await {
+            Ok(()) => return true,
+            Err(failed) => {
+                if shutdown.is_cancelled() || matches!(failed.error, StoreError::CommitterStopped) {
+                    return false;
+                }
+                let delay = retry.next_delay(&mut rand::rng());
+                tracing::error!(stage = "pipeline", pipeline, error = %failed.error, retry_in = ?delay, "commit failed; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return false,
+                    () = tokio::time::sleep(delay) => {}
+                }
+                changes = failed.changes;
+            }
+        }
+    }
+}
+
+fn log_dead_letters(pipeline: &str, letters: &[DeadLetter]) {
+    for letter in letters.iter().take(LOGGED_DEAD_LETTERS) {
+        tracing::warn!(stage = "pipeline", pipeline, dead_letter_stage = %letter.stage, reason = %letter.reason, "dead-lettered");
+    }
+    if letters.len() > LOGGED_DEAD_LETTERS {
+        tracing::warn!(
+            stage = "pipeline",
+            pipeline,
+            more = letters.len() - LOGGED_DEAD_LETTERS,
+            "more dead letters in this batch"
+        );
+    }
+}

@@ -1,0 +1,136 @@
+//! Sources: where a pipeline's messages come from.
+//!
+//! **Boundary:** with `sink`, the only module that imports broker clients.
+//!
+//! Each source is one task owning its broker connection. It sends [`Delivery`]s — a message and
+//! an opaque [`Ack`] — into the pipeline's bounded channel; a full channel stops it from reading,
+//! which reaches the broker as withheld acknowledgements (MQTT QoS 1, JetStream) or TCP
+//! backpressure (QoS 0, core NATS).
+//!
+//! What "acknowledged upstream" means per protocol:
+//! - MQTT QoS 1 (persistent session, manual acks): PUBACK, sent in arrival order after the
+//!   pipeline committed everything derived from the message. Unacknowledged messages are
+//!   redelivered by the broker on the next session.
+//! - JetStream (durable pull consumer, `AckPolicy::All`): the ack of a batch's last message
+//!   acknowledges the whole batch; unacknowledged messages are redelivered after `ack_wait`.
+//! - MQTT QoS 0, core NATS, the simulator: nothing to acknowledge (at most once).
+//!
+//! Lifecycle: the source reads until `intake` is cancelled, then drops its sender (the pipeline
+//! drains the channel) but keeps its connection so the pipeline's last acknowledgements reach the
+//! broker; it disconnects when `close` is cancelled.
+
+mod mqtt;
+mod nats;
+pub mod simulated;
+
+pub(crate) use mqtt::{disconnect as mqtt_disconnect, options as mqtt_options};
+pub(crate) use nats::connect as nats_connect;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::batch::Message;
+use crate::config::SourceConfig;
+
+/// Largest message accepted from a broker (bytes).
+pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A message and the means to acknowledge it upstream.
+#[derive(Debug)]
+pub struct Delivery {
+    /// The message.
+    pub message: Message,
+    /// Its acknowledgement, to use once everything derived from it is committed.
+    pub ack: Ack,
+}
+
+/// An acknowledgement owed to the broker. Opaque outside this module.
+#[derive(Debug)]
+pub struct Ack(AckKind);
+
+#[derive(Debug)]
+enum AckKind {
+    None,
+    Mqtt(mqtt::MqttAck),
+    JetStream(nats::JetStreamAck),
+}
+
+impl Ack {
+    /// Nothing to acknowledge.
+    pub fn none() -> Self {
+        Self(AckKind::None)
+    }
+
+    /// True when acknowledging this delivery matters to the broker.
+    pub fn is_owed(&self) -> bool {
+        !matches!(self.0, AckKind::None)
+    }
+}
+
+/// Why an acknowledgement could not be handed to the broker connection.
+#[derive(Debug, thiserror::Error)]
+#[error("acknowledgement not sent ({protocol}): {reason}; the broker will redeliver")]
+pub struct AckError {
+    /// `mqtt` or `jetstream`.
+    pub protocol: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+/// Acknowledges handled deliveries, in order. JetStream consumers use cumulative acks, so only
+/// the last JetStream ack of the list is sent.
+pub async fn acknowledge(acks: Vec<Ack>) -> Result<(), AckError> {
+    let last_jetstream = acks.iter().rposition(|a| matches!(a.0, AckKind::JetStream(_)));
+    let mut first_error = None;
+    for (i, ack) in acks.into_iter().enumerate() {
+        let sent = match ack.0 {
+            AckKind::None => Ok(()),
+            AckKind::Mqtt(ack) => ack.send().await,
+            AckKind::JetStream(ack) if Some(i) == last_jetstream => ack.send().await,
+            AckKind::JetStream(_) => Ok(()),
+        };
+        if let Err(e) = sent {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
+/// Most deliveries with owed acknowledgements the broker lets out at once, if it limits them: a
+/// batch must close when it holds that many, since no more will arrive before they are acked.
+pub fn ack_window(config: &SourceConfig) -> Option<usize> {
+    match config {
+        SourceConfig::Mqtt { qos: crate::config::Qos::AtLeastOnce, max_inflight, .. } => Some(*max_inflight),
+        SourceConfig::JetStream { .. } => Some(nats::MAX_ACK_PENDING as usize),
+        _ => None,
+    }
+}
+
+/// Starts the source task for `config`.
+pub fn spawn(
+    config: &SourceConfig,
+    pipeline: &str,
+    deliveries: mpsc::Sender<Delivery>,
+    intake: CancellationToken,
+    close: CancellationToken,
+    tracker: &TaskTracker,
+) {
+    match config.clone() {
+        SourceConfig::Mqtt { broker, topics, qos, client_id, max_inflight: _ } => {
+            let source = mqtt::MqttSource { broker, topics, qos, client_id, pipeline: pipeline.to_owned() };
+            tracker.spawn(source.run(deliveries, intake, close));
+        }
+        SourceConfig::Nats { broker, subjects, queue_group } => {
+            let source = nats::CoreSource { broker, subjects, queue_group, pipeline: pipeline.to_owned() };
+            tracker.spawn(source.run(deliveries, intake));
+        }
+        SourceConfig::JetStream { broker, stream, consumer, subjects } => {
+            let source = nats::JetStreamSource { broker, stream, consumer, subjects, pipeline: pipeline.to_owned() };
+            tracker.spawn(source.run(deliveries, intake, close));
+        }
+        SourceConfig::Simulated(simulated) => {
+            tracker.spawn(simulated::run(simulated, deliveries, intake));
+        }
+    }
+}

@@ -1,0 +1,208 @@
+//! NATS sources: core subscriptions (at most once) and a JetStream durable pull consumer
+//! (at least once, acknowledged after commit).
+//!
+//! async-nats reconnects by itself (with its own backoff) and restores core subscriptions. The
+//! JetStream source re-creates its consumer stream after errors with capped exponential backoff.
+
+use async_nats::jetstream::{self, consumer::AckPolicy, consumer::pull};
+use futures::StreamExt;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::{Ack, AckError, AckKind, Delivery};
+use crate::backoff::Retry;
+use crate::batch::Message;
+use crate::config::{BrokerConfig, NatsSubjectFilter};
+
+/// Unacknowledged JetStream messages the consumer may have out at once.
+pub(super) const MAX_ACK_PENDING: i64 = 20_000;
+/// How long JetStream waits for an ack before redelivering.
+const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Connects to a NATS server (in the background: the call returns at once and the client
+/// connects and reconnects by itself).
+pub(crate) async fn connect(broker: &BrokerConfig, name: &str) -> Result<async_nats::Client, String> {
+    let mut options = async_nats::ConnectOptions::new().name(name).retry_on_initial_connect();
+    if let Some(username) = &broker.username {
+        options = options.user_and_password(username.clone(), broker.password.clone().unwrap_or_default());
+    }
+    let reconnect = broker.reconnect;
+    options = options.reconnect_delay_callback(move |attempts| {
+        let exponent = u32::try_from(attempts.min(20)).unwrap_or(20);
+        reconnect.min.saturating_mul(1 << exponent).min(reconnect.max)
+    });
+    options.connect(broker.url.authority()).await.map_err(|e| e.to_string())
+}
+
+/// A JetStream acknowledgement owed to the server.
+pub(super) struct JetStreamAck(jetstream::message::Acker);
+
+impl std::fmt::Debug for JetStreamAck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("JetStreamAck")
+    }
+}
+
+impl JetStreamAck {
+    pub(super) async fn send(self) -> Result<(), AckError> {
+        self.0.ack().await.map_err(|e| AckError { protocol: "jetstream", reason: e.to_string() })
+    }
+}
+
+fn message(subject: &str, payload: bytes::Bytes) -> Message {
+    Message { topic: subject.to_owned(), payload, received_at: crate::telemetry::now_nanos() }
+}
+
+pub(super) struct CoreSource {
+    pub(super) broker: BrokerConfig,
+    pub(super) subjects: Vec<NatsSubjectFilter>,
+    pub(super) queue_group: Option<String>,
+    pub(super) pipeline: String,
+}
+
+impl CoreSource {
+    pub(super) async fn run(self, deliveries: mpsc::Sender<Delivery>, intake: CancellationToken) {
+        let pipeline = self.pipeline.as_str();
+        let client = match connect(&self.broker, &format!("weir {pipeline} source")).await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::error!(stage = "source", pipeline, error = %e, "cannot connect to NATS");
+                return;
+            }
+        };
+        let mut subscriptions = Vec::new();
+        for subject in &self.subjects {
+            let subscribed = match &self.queue_group {
+                Some(group) => client.queue_subscribe(subject.as_str().to_owned(), group.clone()).await,
+                None => client.subscribe(subject.as_str().to_owned()).await,
+            };
+            match subscribed {
+                Ok(subscription) => subscriptions.push(subscription),
+                Err(e) => {
+                    tracing::error!(stage = "source", pipeline, subject = subject.as_str(), error = %e, "cannot subscribe")
+                }
+            }
+        }
+        tracing::info!(stage = "source", pipeline, broker = %self.broker.url, subjects = subscriptions.len(), "NATS subscribed");
+        let mut incoming = futures::stream::select_all(subscriptions);
+        loop {
+            let next = tokio::select! {
+                () = intake.cancelled() => break,
+                next = incoming.next() => next,
+            };
+            let Some(received) = next else { break };
+            let delivery = Delivery { message: message(received.subject.as_str(), received.payload), ack: Ack::none() };
+            tokio::select! {
+                () = intake.cancelled() => break,
+                sent = deliveries.send(delivery) => if sent.is_err() { break },
+            }
+        }
+    }
+}
+
+pub(super) struct JetStreamSource {
+    pub(super) broker: BrokerConfig,
+    pub(super) stream: String,
+    pub(super) consumer: String,
+    pub(super) subjects: Vec<NatsSubjectFilter>,
+    pub(super) pipeline: String,
+}
+
+impl JetStreamSource {
+    async fn consumer(&self, context: &jetstream::Context) -> Result<jetstream::consumer::PullConsumer, String> {
+        let stream = context.get_stream(&self.stream).await.map_err(|e| format!("stream {:?}: {e}", self.stream))?;
+        let config = pull::Config {
+            durable_name: Some(self.consumer.clone()),
+            ack_policy: AckPolicy::All,
+            ack_wait: ACK_WAIT,
+            max_ack_pending: MAX_ACK_PENDING,
+            filter_subject: self.subjects.first().map(|s| s.as_str().to_owned()).unwrap_or_default(),
+            ..Default::default()
+        };
+        stream
+            .get_or_create_consumer(&self.consumer, config)
+            .await
+            .map_err(|e| format!("consumer {:?} on stream {:?}: {e}", self.consumer, self.stream))
+    }
+
+    pub(super) async fn run(
+        self,
+        deliveries: mpsc::Sender<Delivery>,
+        intake: CancellationToken,
+        close: CancellationToken,
+    ) {
+        let pipeline = self.pipeline.as_str();
+        let client = match connect(&self.broker, &format!("weir {pipeline} source")).await {
+            Ok(client) => client,
+            Err(e) => {
+                tracing::error!(stage = "source", pipeline, error = %e, "cannot connect to NATS");
+                return;
+            }
+        };
+        let context = jetstream::new(client.clone());
+        let mut retry = Retry::new(self.broker.reconnect);
+        'consume: while !intake.is_cancelled() {
+            let messages = match self.consumer(&context).await {
+                Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
+                Err(e) => Err(e),
+            };
+            let mut messages = match messages {
+                Ok(messages) => {
+                    tracing::info!(stage = "source", pipeline, stream = %self.stream, consumer = %self.consumer, "JetStream consuming");
+                    messages
+                }
+                Err(e) => {
+                    let delay = retry.next_delay(&mut rand::rng());
+                    tracing::warn!(stage = "source", pipeline, error = %e, retry_in = ?delay, "JetStream consumer unavailable");
+                    tokio::select! {
+                        () = intake.cancelled() => break,
+                        () = tokio::time::sleep(delay) => continue,
+                    }
+                }
+            };
+            loop {
+                let next = tokio::select! {
+                    () = intake.cancelled() => break 'consume,
+                    next = messages.next() => next,
+                };
+                match next {
+                    Some(Ok(received)) => {
+                        retry.reset();
+                        let (received, acker) = received.split();
+                        let delivery = Delivery {
+                            message: message(received.subject.as_str(), received.payload),
+                            ack: Ack(AckKind::JetStream(JetStreamAck(acker))),
+                        };
+                        tokio::select! {
+                            () = intake.cancelled() => break 'consume,
+                            sent = deliveries.send(delivery) => if sent.is_err() { break 'consume },
+                        }
+                    }
+                    Some(Err(e)) => {
+                        // Transient (missed heartbeat, server gone for a while): the stream keeps going.
+                        let delay = retry.next_delay(&mut rand::rng());
+                        tracing::warn!(stage = "source", pipeline, error = %e, retry_in = ?delay, "JetStream pull failed");
+                        tokio::select! {
+                            () = intake.cancelled() => break 'consume,
+                            () = tokio::time::sleep(delay) => {}
+                        }
+                    }
+                    None => {
+                        let delay = retry.next_delay(&mut rand::rng());
+                        tracing::warn!(stage = "source", pipeline, retry_in = ?delay, "JetStream consumer stream ended; re-creating it");
+                        tokio::select! {
+                            () = intake.cancelled() => break 'consume,
+                            () = tokio::time::sleep(delay) => continue 'consume,
+                        }
+                    }
+                }
+            }
+        }
+        drop(deliveries);
+        // Keep the connection until the pipeline's last acknowledgements are out.
+        close.cancelled().await;
+        if let Err(e) = client.flush().await {
+            tracing::warn!(stage = "source", pipeline, error = %e, "could not flush the last acknowledgements");
+        }
+    }
+}
