@@ -64,9 +64,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     telemetry::init_logging();
     let result = match cli.command {
-        Command::Run { config, data_dir, functions_dir } => run(config, Overrides { data_dir, functions_dir }),
+        Command::Run { config, data_dir, functions_dir } => {
+            run(config.as_ref(), &Overrides { data_dir, functions_dir })
+        }
         Command::Check { config, functions_dir } => check(&config, &Overrides { data_dir: None, functions_dir }),
-        Command::DeadLetters { data_dir, limit, json } => dead_letters(data_dir, limit, json),
+        Command::DeadLetters { data_dir, limit, json } => dead_letters(&data_dir, limit, json),
     };
     match result {
         Ok(code) => code,
@@ -100,8 +102,8 @@ fn load(path: Option<&PathBuf>, overrides: &Overrides) -> Result<Config, ExitCod
     })
 }
 
-fn run(path: Option<PathBuf>, overrides: Overrides) -> anyhow::Result<ExitCode> {
-    let config = match load(path.as_ref(), &overrides) {
+fn run(path: Option<&PathBuf>, overrides: &Overrides) -> anyhow::Result<ExitCode> {
+    let config = match load(path, overrides) {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
@@ -135,13 +137,13 @@ fn check(path: &PathBuf, overrides: &Overrides) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn dead_letters(data_dir: PathBuf, limit: usize, json: bool) -> anyhow::Result<ExitCode> {
+fn dead_letters(data_dir: &std::path::Path, limit: usize, json: bool) -> anyhow::Result<ExitCode> {
     if !data_dir.join(state::DATABASE_FILE).is_file() {
         anyhow::bail!("{} holds no weir state (no {})", data_dir.display(), state::DATABASE_FILE);
     }
     // Opening takes the store's lock, which tells us whether a gateway is using it.
     let options = StoreOptions { durability: config::Durability::Sync, dead_letter_capacity: u64::MAX };
-    let (store, committer, thread) = state::open(&data_dir, options)?;
+    let (store, committer, thread) = state::open(data_dir, options)?;
     let letters = store.dead_letters(limit)?;
     let (kept, evicted) = store.dead_letter_counts()?;
     drop(committer);

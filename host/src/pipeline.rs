@@ -233,7 +233,7 @@ impl Processor {
                 processed.changes.records.push(OutboxRecord { stream: self.pipeline.clone(), seq, body });
             }
             Err(error) => {
-                processed.changes.dead_letters.push(self.dead_batch("encode", &error.to_string(), &output, now))
+                processed.changes.dead_letters.push(self.dead_batch("encode", &error.to_string(), &output, now));
             }
         }
         processed

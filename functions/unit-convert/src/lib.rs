@@ -108,14 +108,14 @@ impl Conversion {
         }
     }
 
-    fn from_unit(&self) -> Option<&str> {
+    fn source_unit(&self) -> Option<&str> {
         match self {
             Self::Named(named) => Some(named.units().0),
             Self::Linear { from_unit, .. } => from_unit.as_deref(),
         }
     }
 
-    fn to_unit(&self) -> Option<&str> {
+    fn target_unit(&self) -> Option<&str> {
         match self {
             Self::Named(named) => Some(named.units().1),
             Self::Linear { to_unit, .. } => to_unit.as_deref(),
@@ -170,7 +170,7 @@ impl Operator for UnitConvert {
             if !self.series.matches(&series.name) {
                 continue;
             }
-            match (series.unit.as_deref(), self.conversion.from_unit()) {
+            match (series.unit.as_deref(), self.conversion.source_unit()) {
                 (Some(actual), Some(expected)) if actual != expected => {
                     mismatched.push(format!("{} is in {actual}, not {expected}", series.name));
                 }
@@ -186,7 +186,7 @@ impl Operator for UnitConvert {
                 *sample.value = conversion.apply(*sample.value);
             }
         });
-        if let Some(to_unit) = conversion.to_unit() {
+        if let Some(to_unit) = conversion.target_unit() {
             let converted: Vec<_> = batch.iter().map(|s| s.series_id).filter(|id| convert[id.index()]).collect();
             for id in converted {
                 batch.series_mut(id).unit = Some(to_unit.to_owned());

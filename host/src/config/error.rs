@@ -24,7 +24,9 @@ impl Problem {
     /// A problem located by a byte span of `text` (None when the span is unknown or empty).
     pub fn at(text: &str, span: Option<Range<usize>>, field: impl Into<String>, message: impl Into<String>) -> Self {
         let mut problem = Self { field: field.into(), line: 0, column: 0, message: message.into(), excerpt: None };
-        if let Some(span) = span.filter(|s| s.end > s.start && s.end <= text.len()) {
+        // A zero-width span (an error at a position, like an unclosed bracket) still has a place.
+        if let Some(span) = span.filter(|s| s.start <= s.end && s.start < text.len().max(1)) {
+            let span = span.start.min(text.len())..span.end.min(text.len());
             let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
             let line_end = text[span.start..].find('\n').map_or(text.len(), |i| span.start + i);
             problem.line = text[..span.start].matches('\n').count() + 1;

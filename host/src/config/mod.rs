@@ -360,7 +360,8 @@ pub fn parse(file: &str, text: &str, base_dir: &Path, overrides: &Overrides) -> 
     let deserializer =
         toml::Deserializer::parse(text).map_err(|e| invalid(vec![Problem::at(text, e.span(), "", e.message())]))?;
     let raw: RawConfig = serde_path_to_error::deserialize(deserializer).map_err(|e| {
-        let field = e.path().to_string();
+        // `Spanned` fields add an internal path segment; users never wrote it.
+        let field = e.path().to_string().replace(".$__serde_spanned_private_value", "");
         let field = if field == "." { String::new() } else { field };
         let inner = e.into_inner();
         invalid(vec![Problem::at(text, inner.span(), field, inner.message())])
@@ -581,7 +582,7 @@ impl Validator<'_> {
                     self.problem(&mqtt.broker, at("source.mqtt.topics"), "subscribe to at least one topic");
                 }
                 let client_id = mqtt.client_id.unwrap_or_else(|| format!("weir-{gateway}-{name}"));
-                let max_inflight = mqtt.max_inflight.map_or(defaults::MQTT_INFLIGHT, |c| c.get());
+                let max_inflight = mqtt.max_inflight.map_or(defaults::MQTT_INFLIGHT, types::PositiveCount::get);
                 broker.map(|broker| SourceConfig::Mqtt { broker, topics: mqtt.topics, qos, client_id, max_inflight })
             }
             RawSource::Nats(nats) => {
@@ -693,10 +694,10 @@ impl Validator<'_> {
         }
 
         let batch = BatchConfig {
-            max_messages: raw.batch.max_messages.map_or(defaults::MAX_MESSAGES, |c| c.get()),
+            max_messages: raw.batch.max_messages.map_or(defaults::MAX_MESSAGES, types::PositiveCount::get),
             max_bytes: raw.batch.max_bytes.map_or(defaults::MAX_BYTES, |b| b.0),
             linger: raw.batch.linger.unwrap_or(defaults::LINGER),
-            queue: raw.batch.queue.map_or(defaults::QUEUE, |c| c.get()),
+            queue: raw.batch.queue.map_or(defaults::QUEUE, types::PositiveCount::get),
         };
 
         let sink =
@@ -706,7 +707,7 @@ impl Validator<'_> {
                     .map(|broker| SinkConfig::JetStream {
                         broker,
                         subject: js.subject,
-                        max_in_flight: js.max_in_flight.map_or(defaults::MAX_IN_FLIGHT, |c| c.get()),
+                        max_in_flight: js.max_in_flight.map_or(defaults::MAX_IN_FLIGHT, types::PositiveCount::get),
                     }),
                 RawSink::Mqtt(mqtt) => self
                     .broker_ref(&mqtt.broker, &at("sink.mqtt.broker"), Protocol::Mqtt, brokers)
@@ -714,10 +715,10 @@ impl Validator<'_> {
                         broker,
                         topic: mqtt.topic,
                         client_id: mqtt.client_id.unwrap_or_else(|| format!("weir-{gateway}-{name}-out")),
-                        max_in_flight: mqtt.max_in_flight.map_or(defaults::MAX_IN_FLIGHT, |c| c.get()),
+                        max_in_flight: mqtt.max_in_flight.map_or(defaults::MAX_IN_FLIGHT, types::PositiveCount::get),
                     }),
                 RawSink::Console(console) => Some(SinkConfig::Console {
-                    series_shown: console.series_shown.map_or(defaults::SERIES_SHOWN, |c| c.get()),
+                    series_shown: console.series_shown.map_or(defaults::SERIES_SHOWN, types::PositiveCount::get),
                 }),
             };
 

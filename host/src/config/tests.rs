@@ -1,1 +1,213 @@
+//! Configuration: what is accepted, and how refusals read (snapshots under `snapshots/`).
 
+use std::path::Path;
+
+use super::*;
+
+/// A functions directory holding (empty) files for every component the configs below name.
+fn functions_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for name in ["threshold.wasm", "convert.wasm", "frames.wasm"] {
+        std::fs::write(dir.path().join(name), b"").expect("write placeholder");
+    }
+    dir
+}
+
+fn parse_with(text: &str, functions: &Path) -> Result<Config, ConfigError> {
+    let overrides = Overrides { data_dir: None, functions_dir: Some(functions.to_owned()) };
+    parse("weir.toml", text, Path::new("/etc/weir"), &overrides)
+}
+
+/// A valid configuration with two brokers, three functions and two pipelines.
+const VALID: &str = r#"
+[gateway]
+id = "plant1-gw07"
+data_dir = "/var/lib/weir"
+
+[brokers.plant]
+url = "mqtt://10.0.0.5:1883"
+keep_alive = "20s"
+
+[brokers.central]
+url = "nats://central.example:4222"
+reconnect_max = "1m"
+
+[functions.threshold-alert]
+component = "threshold.wasm"
+memory = "8MiB"
+timeout = "50ms"
+
+[functions.unit-convert]
+component = "convert.wasm"
+
+[functions.frame-decoder]
+component = "frames.wasm"
+
+[pipelines.boiler.source.mqtt]
+broker = "plant"
+topics = ["plant1/+/temp", "plant1/boiler/#"]
+qos = 1
+
+[pipelines.boiler.decode.json]
+series = "/sensor"
+time = "/ts"
+value = "/value"
+
+[[pipelines.boiler.operators]]
+function = "threshold-alert"
+params = { above = 80.0, hysteresis = 2.0 }
+
+[[pipelines.boiler.operators]]
+function = "unit-convert"
+params = { conversion = "celsius_to_fahrenheit" }
+
+[pipelines.boiler.batch]
+max_messages = 500
+linger = "250ms"
+
+[pipelines.boiler.sink.jetstream]
+broker = "central"
+subject = "weir.plant1.boiler"
+
+[pipelines.press.source.jetstream]
+broker = "central"
+stream = "FRAMES"
+consumer = "gw07"
+subjects = ["frames.>"]
+
+[pipelines.press.decode.function]
+function = "frame-decoder"
+params = { series_prefix = "press" }
+
+[pipelines.press.sink.mqtt]
+broker = "plant"
+topic = "weir/press"
+"#;
+
+fn invalid(text: &str) -> String {
+    let functions = functions_dir();
+    let error = parse_with(text, functions.path()).expect_err("the config is invalid");
+    let rendered = error.to_string();
+    rendered.replace(functions.path().to_str().expect("UTF-8 temp path"), "[FUNCTIONS]")
+}
+
+/// `VALID` with `from` replaced by `to` (which must occur).
+fn valid_but(from: &str, to: &str) -> String {
+    assert!(VALID.contains(from), "{from:?} is not in the valid config");
+    VALID.replacen(from, to, 1)
+}
+
+#[test]
+fn a_full_configuration_is_accepted_and_resolved() {
+    let functions = functions_dir();
+    let config = parse_with(VALID, functions.path()).expect("valid");
+    assert_eq!(config.gateway.id.as_str(), "plant1-gw07");
+    assert_eq!(config.functions.len(), 3);
+    let threshold = &config.functions[&"threshold-alert".parse().expect("valid id")];
+    assert_eq!(threshold.limits, FunctionLimits { memory_bytes: 8 << 20, timeout: Duration::from_millis(50) });
+    assert_eq!(threshold.component, functions.path().join("threshold.wasm"));
+
+    let boiler = config.pipelines.iter().find(|p| p.name.as_str() == "boiler").expect("boiler pipeline");
+    let SourceConfig::Mqtt { broker, topics, qos, client_id, max_inflight } = &boiler.source else {
+        panic!("boiler reads MQTT")
+    };
+    assert_eq!((broker.url.port, broker.keep_alive), (1883, Duration::from_secs(20)));
+    assert_eq!(topics.len(), 2);
+    assert_eq!((*qos, client_id.as_str(), *max_inflight), (Qos::AtLeastOnce, "weir-plant1-gw07-boiler", 20));
+    assert_eq!(boiler.operators[0].params_json, r#"{"above":80.0,"hysteresis":2.0}"#);
+    assert_eq!(boiler.operators[1].name.as_str(), "unit-convert");
+    assert_eq!(boiler.batch.max_messages, 500);
+    assert!(matches!(&boiler.sink, SinkConfig::JetStream { subject, .. } if subject.as_str() == "weir.plant1.boiler"));
+
+    let press = config.pipelines.iter().find(|p| p.name.as_str() == "press").expect("press pipeline");
+    assert!(matches!(&press.decode, DecodeConfig::Function(used) if used.name.as_str() == "decoder-frame-decoder"));
+    assert!(matches!(&press.sink, SinkConfig::Mqtt { client_id, .. } if client_id == "weir-plant1-gw07-press-out"));
+}
+
+#[test]
+fn the_built_in_default_is_valid() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    for name in ["threshold_alert", "unit_convert", "moving_average", "frame_decoder"] {
+        std::fs::write(dir.path().join(format!("weir_fn_{name}.wasm")), b"").expect("write placeholder");
+    }
+    let overrides = Overrides { data_dir: None, functions_dir: Some(dir.path().to_owned()) };
+    let config = parse("<built-in default>", DEFAULT_CONFIG, Path::new("."), &overrides).expect("valid");
+    assert_eq!(config.pipelines.len(), 3);
+    assert_eq!(config.functions.len(), 4);
+}
+
+#[test]
+fn refuses_toml_syntax_errors() {
+    insta::assert_snapshot!(invalid(&valid_but("[pipelines.boiler.batch]", "[pipelines.boiler.batch")));
+}
+
+#[test]
+fn refuses_unknown_fields_with_the_allowed_ones() {
+    insta::assert_snapshot!(invalid(&valid_but("qos = 1", "qso = 1")));
+}
+
+#[test]
+fn refuses_values_of_the_wrong_type() {
+    insta::assert_snapshot!(invalid(&valid_but("max_messages = 500", "max_messages = \"many\"")));
+}
+
+#[test]
+fn refuses_qos_2() {
+    insta::assert_snapshot!(invalid(&valid_but("qos = 1", "qos = 2")));
+}
+
+#[test]
+fn refuses_bad_topic_filters() {
+    insta::assert_snapshot!(invalid(&valid_but("\"plant1/boiler/#\"", "\"plant1/#/boiler\"")));
+}
+
+#[test]
+fn refuses_sizes_without_units_and_bad_durations() {
+    insta::assert_snapshot!(invalid(&valid_but("memory = \"8MiB\"", "memory = \"8\"")));
+    insta::assert_snapshot!(invalid(&valid_but("timeout = \"50ms\"", "timeout = \"50 parsecs\"")));
+}
+
+#[test]
+fn refuses_unknown_brokers_naming_the_defined_ones() {
+    insta::assert_snapshot!(invalid(&valid_but("broker = \"plant\"\ntopics", "broker = \"plnat\"\ntopics")));
+}
+
+#[test]
+fn refuses_a_broker_of_the_wrong_protocol() {
+    insta::assert_snapshot!(invalid(
+        &valid_but("subject = \"weir.plant1.boiler\"", "subject = \"weir.plant1.boiler\"\n").replace(
+            "[pipelines.boiler.sink.jetstream]\nbroker = \"central\"",
+            "[pipelines.boiler.sink.jetstream]\nbroker = \"plant\""
+        )
+    ));
+}
+
+#[test]
+fn refuses_unknown_functions_and_missing_components_reporting_all_problems() {
+    let text = valid_but("function = \"unit-convert\"", "function = \"unit-konvert\"")
+        .replace("component = \"frames.wasm\"", "component = \"missing.wasm\"");
+    insta::assert_snapshot!(invalid(&text));
+}
+
+#[test]
+fn refuses_a_function_used_twice_without_names() {
+    let text = valid_but("function = \"unit-convert\"", "function = \"threshold-alert\"");
+    insta::assert_snapshot!(invalid(&text));
+}
+
+#[test]
+fn refuses_tls_urls_for_now_saying_so() {
+    insta::assert_snapshot!(invalid(&valid_but("url = \"mqtt://10.0.0.5:1883\"", "url = \"mqtts://10.0.0.5:8883\"")));
+}
+
+#[test]
+fn refuses_a_config_without_pipelines() {
+    let text = "[gateway]\nid = \"gw\"\ndata_dir = \"/tmp/x\"\n";
+    insta::assert_snapshot!(invalid(text));
+}
+
+#[test]
+fn reports_unreadable_files_with_their_path() {
+    let error = load(Path::new("/nonexistent/weir.toml"), &Overrides::default()).expect_err("no such file");
+    assert!(error.to_string().starts_with("cannot read config file /nonexistent/weir.toml"), "{error}");
+}

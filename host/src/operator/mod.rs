@@ -38,6 +38,9 @@ pub trait Operator: Send {
     fn name(&self) -> &str;
 
     /// Processes one batch. On failure, the input comes back with the reason.
+    // The error hands the input batch back for dead-lettering; boxing it would allocate on a
+    // path that is rare but not exceptional.
+    #[allow(clippy::result_large_err)]
     fn process(&mut self, batch: Batch, ctx: &CallContext) -> Result<Batch, (Batch, OperatorFailure)>;
 
     /// State writes of successful calls since the last take, for the pipeline's next commit.
@@ -78,6 +81,7 @@ impl Chain {
     }
 
     /// Runs `batch` through every operator. An empty batch stops early (nothing to do).
+    #[allow(clippy::result_large_err)] // see `Operator::process`
     pub fn process(&mut self, mut batch: Batch, ctx: &CallContext) -> Result<Batch, ChainFailure> {
         for operator in &mut self.operators {
             if batch.is_empty() {

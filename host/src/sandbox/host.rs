@@ -135,19 +135,19 @@ impl Output {
         let l = &self.labels;
         match level {
             tracing::Level::ERROR => {
-                tracing::error!(stage = "function", function = %l.function, pipeline = %l.pipeline, operator = %l.operator, "{line}")
+                tracing::error!(stage = "function", function = %l.function, pipeline = %l.pipeline, operator = %l.operator, "{line}");
             }
             tracing::Level::WARN => {
-                tracing::warn!(stage = "function", function = %l.function, pipeline = %l.pipeline, operator = %l.operator, "{line}")
+                tracing::warn!(stage = "function", function = %l.function, pipeline = %l.pipeline, operator = %l.operator, "{line}");
             }
             tracing::Level::INFO => {
-                tracing::info!(stage = "function", function = %l.function, pipeline = %l.pipeline, operator = %l.operator, "{line}")
+                tracing::info!(stage = "function", function = %l.function, pipeline = %l.pipeline, operator = %l.operator, "{line}");
             }
             tracing::Level::DEBUG => {
-                tracing::debug!(stage = "function", function = %l.function, pipeline = %l.pipeline, operator = %l.operator, "{line}")
+                tracing::debug!(stage = "function", function = %l.function, pipeline = %l.pipeline, operator = %l.operator, "{line}");
             }
             tracing::Level::TRACE => {
-                tracing::trace!(stage = "function", function = %l.function, pipeline = %l.pipeline, operator = %l.operator, "{line}")
+                tracing::trace!(stage = "function", function = %l.function, pipeline = %l.pipeline, operator = %l.operator, "{line}");
             }
         }
     }

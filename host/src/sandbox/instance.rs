@@ -126,7 +126,7 @@ impl FunctionInstance {
 
     /// Replaces the running version with `function`, keeping parameters, namespace and
     /// uncommitted state writes. On failure the current version keeps running.
-    pub fn replace(&mut self, function: Arc<CompiledFunction>) -> Result<(), SandboxError> {
+    pub fn replace(&mut self, function: &Arc<CompiledFunction>) -> Result<(), SandboxError> {
         if function.world() != self.function.world() {
             return Err(SandboxError::WorldMismatch {
                 function: function.version.id.clone(),
@@ -134,7 +134,7 @@ impl FunctionInstance {
                 actual: function.world(),
             });
         }
-        let previous = std::mem::replace(&mut self.function, Arc::clone(&function));
+        let previous = std::mem::replace(&mut self.function, Arc::clone(function));
         let previous_labels = Arc::clone(&self.labels);
         self.labels = Arc::new(InstanceLabels { function: function.version.to_string(), ..(*previous_labels).clone() });
         // The new instance starts from the same uncommitted writes; the old one keeps its copy

@@ -254,7 +254,7 @@ impl Sandbox {
             match unsafe { Component::deserialize_file(&self.engine, &cached) } {
                 Ok(component) => return Ok(component),
                 Err(e) => {
-                    tracing::warn!(stage = "sandbox", file = %cached.display(), error = %format!("{e:#}"), "cached function unusable, compiling again")
+                    tracing::warn!(stage = "sandbox", file = %cached.display(), error = %format!("{e:#}"), "cached function unusable, compiling again");
                 }
             }
         }

@@ -211,11 +211,11 @@ fn replacing_the_version_keeps_uncommitted_state() {
     op.process(batch(&[3.0, 6.0]), &CTX).expect("ok");
     let reloaded =
         fixture.sandbox.load(&function("moving-average", "weir_fn_moving_average.wasm", LIMITS)).expect("loads again");
-    op.instance_mut().replace(reloaded).expect("replaces");
+    op.instance_mut().replace(&reloaded).expect("replaces");
     assert_eq!(op.process(batch(&[9.0]), &CTX).expect("ok").values(), [6.0], "window [3, 6, 9] spans the swap");
     let unit_convert =
         fixture.sandbox.load(&function("frame-decoder", "weir_fn_frame_decoder.wasm", LIMITS)).expect("loads");
-    assert!(op.instance_mut().replace(unit_convert).is_err(), "a decoder cannot replace an operator");
+    assert!(op.instance_mut().replace(&unit_convert).is_err(), "a decoder cannot replace an operator");
     assert_eq!(op.process(batch(&[12.0]), &CTX).expect("old version still runs").values(), [9.0]);
 }
 

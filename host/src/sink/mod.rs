@@ -114,10 +114,10 @@ impl Sink {
             SinkConfig::JetStream { broker, subject, max_in_flight } => {
                 match jetstream::JetStreamPublisher::connect(broker, subject, &self.stream).await {
                     Ok(p) => {
-                        self.drain(Publisher::JetStream(p), *max_in_flight, broker.reconnect, committed, stop).await
+                        self.drain(Publisher::JetStream(p), *max_in_flight, broker.reconnect, committed, stop).await;
                     }
                     Err(e) => {
-                        tracing::error!(stage = "sink", pipeline = %self.stream, error = %e, "cannot set up the JetStream sink")
+                        tracing::error!(stage = "sink", pipeline = %self.stream, error = %e, "cannot set up the JetStream sink");
                     }
                 }
             }
@@ -304,7 +304,7 @@ impl Sink {
             }
             // The records stay in the outbox; the deletions are tried again with the next save.
             Err(e) => {
-                tracing::error!(stage = "sink", pipeline = %self.stream, error = %e, "cannot delete confirmed records yet")
+                tracing::error!(stage = "sink", pipeline = %self.stream, error = %e, "cannot delete confirmed records yet");
             }
         }
     }

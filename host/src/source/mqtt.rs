@@ -125,7 +125,7 @@ impl MqttSource {
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) => {
                         if deliveries.is_some() {
-                            waiting.push_back(delivery(&client, publish));
+                            waiting.push_back(delivery(&client, &publish));
                         }
                     }
                     Ok(_) => {}
@@ -145,7 +145,7 @@ impl MqttSource {
     }
 }
 
-fn delivery(client: &AsyncClient, publish: Publish) -> Delivery {
+fn delivery(client: &AsyncClient, publish: &Publish) -> Delivery {
     let message = Message {
         topic: publish.topic.clone(),
         payload: publish.payload.clone(),

@@ -79,7 +79,7 @@ impl CoreSource {
             match subscribed {
                 Ok(subscription) => subscriptions.push(subscription),
                 Err(e) => {
-                    tracing::error!(stage = "source", pipeline, subject = subject.as_str(), error = %e, "cannot subscribe")
+                    tracing::error!(stage = "source", pipeline, subject = subject.as_str(), error = %e, "cannot subscribe");
                 }
             }
         }

@@ -164,6 +164,9 @@ impl ChangeSet {
     }
 }
 
+/// Key/value entries of a function's state.
+pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// Read access to the store. Cheap to clone; reads see the latest committed state.
 #[derive(Clone, Debug)]
 pub struct StateStore {
@@ -267,7 +270,7 @@ impl StateStore {
         start: &[u8],
         end: Option<&[u8]>,
         limit: usize,
-    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    ) -> Result<Entries, StoreError> {
         let txn = self.db.begin_read().or_store("read function state")?;
         let table = txn.open_table(FUNCTION_STATE).or_store("read function state")?;
         let range = match end {
@@ -360,6 +363,7 @@ struct Writer {
 type Request = (ChangeSet, oneshot::Sender<Result<(), (String, ChangeSet)>>);
 
 impl Writer {
+    #[allow(clippy::needless_pass_by_value)] // the thread owns its end of the queue
     fn run(mut self, requests: flume::Receiver<Request>) {
         loop {
             let first = match requests.recv_timeout(RELAXED_SYNC_INTERVAL) {
@@ -392,10 +396,11 @@ impl Writer {
 
     /// In relaxed mode, makes earlier non-durable commits durable with an empty durable commit.
     fn flush_if_relaxed(&mut self) {
-        if self.options.durability == Durability::Relaxed && self.pending_non_durable {
-            if let Err(e) = self.apply(&[]) {
-                tracing::error!(stage = "state", error = %e, "durable flush failed");
-            }
+        if self.options.durability == Durability::Relaxed
+            && self.pending_non_durable
+            && let Err(e) = self.apply(&[])
+        {
+            tracing::error!(stage = "state", error = %e, "durable flush failed");
         }
     }
 
