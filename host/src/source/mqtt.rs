@@ -119,7 +119,7 @@ impl MqttSource {
                         for (filter, code) in self.topics.iter().zip(&suback.return_codes) {
                             match code {
                                 SubscribeReasonCode::Failure => tracing::error!(stage = "source", pipeline, filter = filter.as_str(), "broker refused the subscription"),
-                                SubscribeReasonCode::Success(granted) => tracing::debug!(stage = "source", pipeline, filter = filter.as_str(), ?granted, "subscribed"),
+                                SubscribeReasonCode::Success(granted) => tracing::info!(stage = "source", pipeline, filter = filter.as_str(), ?granted, "subscribed"),
                             }
                         }
                     }

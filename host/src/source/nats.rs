@@ -83,6 +83,10 @@ impl CoreSource {
                 }
             }
         }
+        // The round trip makes sure the server has the subscriptions before we say so.
+        if let Err(e) = client.flush().await {
+            tracing::warn!(stage = "source", pipeline, error = %e, "NATS subscriptions not confirmed yet");
+        }
         tracing::info!(stage = "source", pipeline, broker = %self.broker.url, subjects = subscriptions.len(), "NATS subscribed");
         let mut incoming = futures::stream::select_all(subscriptions);
         loop {

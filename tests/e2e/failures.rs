@@ -1,0 +1,154 @@
+//! Bad input and misbehaving functions: dead-lettered with a reason, nothing else disturbed.
+
+use anyhow::Result;
+use serde_json::json;
+use weir_e2e::*;
+
+const BASE_MS: i64 = 1_700_000_000_000;
+
+fn config(mqtt: &Mosquitto, nats: &NatsServer) -> String {
+    format!(
+        r#"
+[gateway]
+id = "gw-e2e"
+data_dir = "{{data_dir}}"
+functions_dir = "{{functions_dir}}"
+
+[brokers.plant]
+url = "{mqtt}"
+
+[brokers.central]
+url = "{nats}"
+
+[functions.faulty]
+component = "weir_fixture_faulty.wasm"
+timeout = "200ms"
+
+[pipelines.readings.source.mqtt]
+broker = "plant"
+topics = ["plant/readings"]
+
+[pipelines.readings.decode.json]
+series = "/sensor"
+time = "/ts"
+value = "/value"
+
+[pipelines.readings.batch]
+max_messages = 1
+
+[pipelines.readings.sink.jetstream]
+broker = "central"
+subject = "central.readings"
+
+[pipelines.cursed.source.mqtt]
+broker = "plant"
+topics = ["plant/cursed"]
+
+[pipelines.cursed.decode.json]
+series = "/sensor"
+time = "/ts"
+value = "/value"
+
+[[pipelines.cursed.operators]]
+function = "faulty"
+params = {{ mode = "panic", trigger = 666.0 }}
+
+[pipelines.cursed.batch]
+max_messages = 1
+
+[pipelines.cursed.sink.jetstream]
+broker = "central"
+subject = "central.cursed"
+"#,
+        mqtt = mqtt.url(),
+        nats = nats.url()
+    )
+}
+
+fn reading(sensor: &str, i: i64, value: f64) -> String {
+    json!({"sensor": sensor, "ts": BASE_MS + i, "value": value}).to_string()
+}
+
+#[tokio::test]
+async fn malformed_payloads_are_dead_lettered_with_reasons_and_later_data_still_flows() -> Result<()> {
+    let mqtt = Mosquitto::start()?;
+    let nats = NatsServer::start()?;
+    let central = nats.client().await?;
+    let stream = create_stream(&central, "READINGS", &["central.readings"]).await?;
+    let weir = Weir::start(&config(&mqtt, &nats))?;
+    weir.wait_for_log("subscribed", 2).await?;
+    let plant = MqttClient::connect(&mqtt, "plant").await?;
+    plant.publish("plant/readings", reading("tank/level", 0, 1.0)).await?;
+    plant.publish("plant/readings", "{not json").await?;
+    plant.publish("plant/readings", json!({"sensor": "tank/level", "ts": BASE_MS + 2}).to_string()).await?;
+    plant.publish("plant/readings", vec![0xff, 0x00, 0x13]).await?;
+    plant.publish("plant/readings", reading("tank/level", 4, 2.0)).await?;
+
+    let records = collect_stream(&stream, |records| all_readings(records).len() >= 2).await?;
+    let values: Vec<f64> = all_readings(&records).iter().map(|r| r.value).collect();
+    assert_eq!(values, [1.0, 2.0]);
+
+    let (code, data_dir, _keep) = weir.stop()?;
+    assert_eq!(code, 0);
+    let letters = dead_letters(&data_dir)?;
+    let summary: Vec<(String, String, String)> = letters
+        .iter()
+        .map(|l| {
+            (
+                l["stage"].as_str().unwrap_or_default().to_owned(),
+                l["reason"].as_str().unwrap_or_default().to_owned(),
+                l["payload_hex"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(summary.len(), 3, "{summary:#?}");
+    assert!(summary[0].1.starts_with("payload is not valid JSON (line 1, column 2)"), "{summary:#?}");
+    assert_eq!(letters[0]["payload_text"], "{not json");
+    assert_eq!(summary[1].1, "field /value is missing");
+    assert!(summary[2].1.starts_with("payload is not valid JSON"), "{summary:#?}");
+    assert_eq!(summary[2].2, "ff0013", "binary payloads are kept byte for byte");
+    assert!(summary.iter().all(|(stage, _, _)| stage == "decode"));
+    Ok(())
+}
+
+#[tokio::test]
+async fn a_trapping_function_dead_letters_its_batch_while_its_pipeline_and_others_go_on() -> Result<()> {
+    let mqtt = Mosquitto::start()?;
+    let nats = NatsServer::start()?;
+    let central = nats.client().await?;
+    let readings_stream = create_stream(&central, "READINGS", &["central.readings"]).await?;
+    let cursed_stream = create_stream(&central, "CURSED", &["central.cursed"]).await?;
+    let weir = Weir::start(&config(&mqtt, &nats))?;
+    weir.wait_for_log("subscribed", 2).await?;
+    let plant = MqttClient::connect(&mqtt, "plant").await?;
+    for i in 0..20 {
+        let value = if i == 5 || i == 12 { 666.0 } else { f64::from(i) };
+        plant.publish("plant/cursed", reading("oven/temp", i64::from(i), value)).await?;
+        plant.publish("plant/readings", reading("tank/level", i64::from(i), f64::from(i))).await?;
+    }
+
+    let cursed = collect_stream(&cursed_stream, |records| all_readings(records).len() >= 18).await?;
+    let expected: Vec<f64> = (0..20).filter(|i| *i != 5 && *i != 12).map(f64::from).collect();
+    assert_eq!(all_readings(&cursed).iter().map(|r| r.value).collect::<Vec<_>>(), expected);
+    let steady = collect_stream(&readings_stream, |records| all_readings(records).len() >= 20).await?;
+    assert_eq!(
+        all_readings(&steady).iter().map(|r| r.value).collect::<Vec<_>>(),
+        (0..20).map(f64::from).collect::<Vec<_>>()
+    );
+
+    let log = weir.log();
+    assert!(log.contains("function faulted; its instance is replaced"), "{log}");
+    let (code, data_dir, _keep) = weir.stop()?;
+    assert_eq!(code, 0, "the host survived the traps");
+    let letters = dead_letters(&data_dir)?;
+    assert_eq!(letters.len(), 2, "{letters:#?}");
+    for letter in &letters {
+        assert_eq!(letter["pipeline"], "cursed");
+        assert_eq!(letter["stage"], "operator faulty");
+        let reason = letter["reason"].as_str().unwrap_or_default();
+        assert!(reason.starts_with("faulted: panicked") && reason.contains("value 666 is cursed"), "{reason}");
+        assert_eq!(letter["samples"][0]["value"], 666.0, "the batch the function refused is kept");
+        assert_eq!(letter["samples"][0]["series"], "oven/temp");
+    }
+    Ok(())
+}

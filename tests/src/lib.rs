@@ -1,0 +1,419 @@
+//! The end-to-end test harness: real brokers on free loopback ports, the real `weir` binary, and
+//! clients that publish and collect like a plant and a central site would.
+//!
+//! Every process is killed when its handle drops. Waits poll a condition with a generous limit;
+//! no test asserts on how long something took.
+
+use std::fs::File;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use async_nats::jetstream;
+use weir_host::encode::{self, DecodedRecord};
+
+/// Longest wait for anything in these tests (a slow CI machine still gets there).
+pub const PATIENCE: Duration = Duration::from_secs(60);
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ sits in the workspace").to_owned()
+}
+
+/// The `weir` binary under test (`WEIR_BIN`, else `target/debug/weir`).
+pub fn weir_bin() -> PathBuf {
+    let bin = std::env::var_os("WEIR_BIN").map_or_else(|| workspace().join("target/debug/weir"), PathBuf::from);
+    assert!(bin.is_file(), "no weir binary at {}: run the tests with `cargo xtask test`", bin.display());
+    bin
+}
+
+/// The built function components (`WEIR_FUNCTIONS_DIR`, else `target/functions`).
+pub fn functions_dir() -> PathBuf {
+    let dir =
+        std::env::var_os("WEIR_FUNCTIONS_DIR").map_or_else(|| workspace().join("target/functions"), PathBuf::from);
+    assert!(
+        dir.join("weir_fn_threshold_alert.wasm").is_file(),
+        "no components in {}: run `cargo xtask build-functions`",
+        dir.display()
+    );
+    dir
+}
+
+/// A TCP port nobody listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("an ephemeral port")
+}
+
+fn wait_for_port(port: u16, child: &mut Child, what: &str) -> Result<()> {
+    let started = Instant::now();
+    while started.elapsed() < PATIENCE {
+        if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            return Ok(());
+        }
+        if let Some(status) = child.try_wait()? {
+            bail!("{what} exited with {status} before listening on {port}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    bail!("{what} did not listen on port {port}")
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A mosquitto broker of its own.
+#[derive(Debug)]
+pub struct Mosquitto {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    /// Starts one with an in-memory session store and mosquitto's default in-flight window.
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let config = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!(
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nlog_dest stderr\n"
+            ),
+        )?;
+        let log = File::create(dir.path().join("mosquitto.log"))?;
+        let mut child = Command::new(mosquitto_binary())
+            .arg("-c")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting mosquitto (apt-get install mosquitto)")?;
+        wait_for_port(port, &mut child, "mosquitto")?;
+        Ok(Self { child, port, _dir: dir })
+    }
+
+    /// `mqtt://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
+fn mosquitto_binary() -> PathBuf {
+    ["/usr/sbin/mosquitto", "/usr/bin/mosquitto"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| "mosquitto".into())
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// A nats-server with JetStream of its own.
+#[derive(Debug)]
+pub struct NatsServer {
+    child: Child,
+    /// Its port.
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl NatsServer {
+    /// Starts one with JetStream storing in a temporary directory.
+    pub fn start() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let port = free_port();
+        let log = File::create(dir.path().join("nats.log"))?;
+        let mut child = Command::new(nats_binary())
+            .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+            .arg(dir.path().join("jetstream"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting nats-server (apt-get install nats-server)")?;
+        wait_for_port(port, &mut child, "nats-server")?;
+        Ok(Self { child, port, _dir: dir })
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// A client connected to it.
+    pub async fn client(&self) -> Result<async_nats::Client> {
+        Ok(async_nats::connect(format!("127.0.0.1:{}", self.port)).await?)
+    }
+}
+
+fn nats_binary() -> PathBuf {
+    ["/usr/sbin/nats-server", "/usr/bin/nats-server"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| "nats-server".into())
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+    }
+}
+
+/// A running `weir run` with its own data directory; its stderr goes to a log file.
+#[derive(Debug)]
+pub struct Weir {
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Weir {
+    /// Writes `config` (with `{data_dir}` and `{functions_dir}` filled in) and runs it.
+    pub fn start(config: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let data_dir = dir.path().join("data");
+        let config = config
+            .replace("{data_dir}", data_dir.to_str().context("UTF-8 temp path")?)
+            .replace("{functions_dir}", functions_dir().to_str().context("UTF-8 path")?);
+        let path = dir.path().join("weir.toml");
+        std::fs::write(&path, config)?;
+        let child = Command::new(weir_bin())
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "info,async_nats=warn")
+            .stdout(File::create(dir.path().join("stdout.log"))?)
+            .stderr(File::create(dir.path().join("stderr.log"))?)
+            .spawn()
+            .context("starting weir")?;
+        Ok(Self { child, dir })
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// What weir logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    /// What weir printed on stdout so far.
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
+    }
+
+    /// Waits until the log contains `text` `count` times.
+    pub async fn wait_for_log(&self, text: &str, count: usize) -> Result<()> {
+        let started = Instant::now();
+        while started.elapsed() < PATIENCE {
+            if self.log().matches(text).count() >= count {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("weir never logged {text:?} {count} time(s); its log:\n{}", self.log())
+    }
+
+    /// Sends SIGTERM and waits for an orderly exit; returns its status code.
+    pub fn stop(mut self) -> Result<(i32, PathBuf, tempfile::TempDir)> {
+        let pid = self.child.id().to_string();
+        Command::new("kill").args(["-TERM", &pid]).status()?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                let data_dir = self.data_dir();
+                let dir = std::mem::replace(&mut self.dir, tempfile::tempdir()?);
+                return Ok((status.code().unwrap_or(-1), data_dir, dir));
+            }
+            if started.elapsed() > PATIENCE {
+                bail!("weir did not stop after SIGTERM; its log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Weir {
+    fn drop(&mut self) {
+        kill(&mut self.child);
+        // Tests that fail by returning an error do not panic: set WEIR_E2E_LOGS=1 to see the log.
+        if std::thread::panicking() || std::env::var_os("WEIR_E2E_LOGS").is_some() {
+            eprintln!("---- weir log ----\n{}", self.log());
+        }
+    }
+}
+
+/// Runs the weir binary with `args` to completion.
+pub fn weir(args: &[&str]) -> Result<Output> {
+    Ok(Command::new(weir_bin()).args(args).env("RUST_LOG", "warn").output()?)
+}
+
+/// An MQTT client for the test's side of a broker, with its event loop polled in the background.
+#[derive(Debug)]
+pub struct MqttClient {
+    /// The client.
+    pub client: rumqttc::AsyncClient,
+    /// Publishes received on subscribed topics.
+    pub received: tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+    poller: tokio::task::JoinHandle<()>,
+}
+
+impl MqttClient {
+    /// Connects as `client_id`; waits for the CONNACK.
+    pub async fn connect(broker: &Mosquitto, client_id: &str) -> Result<Self> {
+        let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", broker.port);
+        options.set_max_packet_size(1 << 22, 1 << 22);
+        let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 1024);
+        let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
+        let (received_tx, received) = tokio::sync::mpsc::unbounded_channel();
+        let poller = tokio::spawn(async move {
+            let mut connected = Some(connected_tx);
+            loop {
+                match eventloop.poll().await {
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::ConnAck(_))) => {
+                        if let Some(tx) = connected.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish))) => {
+                        let _ = received_tx.send(publish);
+                    }
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        tokio::time::timeout(PATIENCE, connected_rx).await.context("no CONNACK")??;
+        Ok(Self { client, received, poller })
+    }
+
+    /// Publishes at QoS 1.
+    pub async fn publish(&self, topic: &str, payload: impl Into<Vec<u8>>) -> Result<()> {
+        self.client.publish(topic, rumqttc::QoS::AtLeastOnce, false, payload).await?;
+        Ok(())
+    }
+}
+
+impl Drop for MqttClient {
+    fn drop(&mut self) {
+        self.poller.abort();
+    }
+}
+
+/// One reading as the central side sees it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reading {
+    /// Series name.
+    pub series: String,
+    /// Unit.
+    pub unit: Option<String>,
+    /// Event time, ns.
+    pub ts: i64,
+    /// Value.
+    pub value: f64,
+}
+
+/// Every reading of a record.
+pub fn readings(record: &DecodedRecord) -> Vec<Reading> {
+    record
+        .batch
+        .iter()
+        .map(|s| Reading { series: s.series.name.clone(), unit: s.series.unit.clone(), ts: s.ts, value: s.value })
+        .collect()
+}
+
+/// Creates (or reuses) a JetStream stream capturing `subjects`.
+pub async fn create_stream(
+    client: &async_nats::Client,
+    name: &str,
+    subjects: &[&str],
+) -> Result<jetstream::stream::Stream> {
+    let context = jetstream::new(client.clone());
+    Ok(context
+        .get_or_create_stream(jetstream::stream::Config {
+            name: name.to_owned(),
+            subjects: subjects.iter().map(|s| (*s).to_owned()).collect(),
+            ..Default::default()
+        })
+        .await?)
+}
+
+/// A record as stored centrally, with the message id it was published under.
+#[derive(Clone, Debug)]
+pub struct CentralRecord {
+    /// `Nats-Msg-Id`.
+    pub message_id: Option<String>,
+    /// The decoded record.
+    pub record: DecodedRecord,
+}
+
+/// Reads every message of `stream` (from sequence 1) until `done` says enough or patience ends.
+pub async fn collect_stream(
+    stream: &jetstream::stream::Stream,
+    done: impl Fn(&[CentralRecord]) -> bool,
+) -> Result<Vec<CentralRecord>> {
+    let started = Instant::now();
+    let mut records = Vec::new();
+    let mut next = 1;
+    while started.elapsed() < PATIENCE {
+        match stream.get_raw_message(next).await {
+            Ok(message) => {
+                let message_id =
+                    message.headers.get(async_nats::header::NATS_MESSAGE_ID).map(|v| v.as_str().to_owned());
+                let record = encode::decode(&message.payload).context("a central record that does not decode")?;
+                records.push(CentralRecord { message_id, record });
+                next += 1;
+                if done(&records) {
+                    return Ok(records);
+                }
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    bail!(
+        "gave up after {} records: {:#?}",
+        records.len(),
+        records.iter().map(|r| readings(&r.record)).collect::<Vec<_>>()
+    )
+}
+
+/// All readings of `records`, in order.
+pub fn all_readings(records: &[CentralRecord]) -> Vec<Reading> {
+    records.iter().flat_map(|r| readings(&r.record)).collect()
+}
+
+/// The dead letters of a stopped gateway's data directory, as `weir dead-letters --json` prints them.
+pub fn dead_letters(data_dir: &Path) -> Result<Vec<serde_json::Value>> {
+    let output = weir(&["dead-letters", "--json", "--data-dir", data_dir.to_str().context("UTF-8 path")?])?;
+    if !output.status.success() {
+        bail!("weir dead-letters failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    String::from_utf8(output.stdout)?.lines().map(|line| Ok(serde_json::from_str(line)?)).collect()
+}
+
+/// A WSF v1 frame (the format documented in functions/frame-decoder/README.md), written here
+/// independently of the decoder under test.
+pub fn wsf_frame(device: u16, base_seconds: u32, readings: &[(u8, u16, i16)]) -> Vec<u8> {
+    let mut frame = vec![1];
+    frame.extend(device.to_be_bytes());
+    frame.extend(base_seconds.to_be_bytes());
+    frame.push(u8::try_from(readings.len()).expect("at most 255 readings"));
+    for (channel, offset_ms, raw) in readings {
+        frame.push(*channel);
+        frame.extend(offset_ms.to_be_bytes());
+        frame.extend(raw.to_be_bytes());
+    }
+    let crc = crc::Crc::<u16>::new(&crc::CRC_16_IBM_3740).checksum(&frame);
+    frame.extend(crc.to_be_bytes());
+    frame
+}
