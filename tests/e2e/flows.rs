@@ -466,3 +466,66 @@ async fn subscribers_see_records_as_they_are_confirmed() -> Result<()> {
     drop(weir);
     Ok(())
 }
+
+#[tokio::test]
+async fn mqtt_sources_resubscribe_after_the_broker_restarts_at_qos_0_and_1() -> Result<()> {
+    let mut mqtt = Mosquitto::start()?;
+    let nats = NatsServer::start()?;
+    let central = nats.client().await?;
+    let stream = create_stream(&central, "CENTRAL", &["central.>"]).await?;
+    let pipeline = |name: &str, qos: u8| {
+        format!(
+            r#"
+[pipelines.{name}.source.mqtt]
+broker = "plant"
+topics = ["plant/{name}"]
+qos = {qos}
+
+[pipelines.{name}.decode.raw]
+series_prefix = "{name}/"
+
+[pipelines.{name}.batch]
+linger = "20ms"
+
+[pipelines.{name}.sink.jetstream]
+broker = "central"
+subject = "central.{name}"
+"#
+        )
+    };
+    let config = format!(
+        "[gateway]\nid = \"gw-e2e\"\ndata_dir = \"{{data_dir}}\"\n\n[brokers.plant]\nurl = \"{}\"\nreconnect_max = \"500ms\"\n\n[brokers.central]\nurl = \"{}\"\n{}{}",
+        mqtt.url(),
+        nats.url(),
+        pipeline("acked", 1),
+        pipeline("fire-and-forget", 0)
+    );
+    let weir = Weir::start(&config)?;
+    weir.wait_for_log("subscribed", 2).await?;
+    let plant = MqttClient::connect(&mqtt, "plant").await?;
+    plant.publish("plant/acked", "1").await?;
+    plant.publish("plant/fire-and-forget", "10").await?;
+    collect_stream(&stream, |records| all_readings(records).len() >= 2).await?;
+    drop(plant);
+
+    mqtt.restart()?;
+    // The broker lost every session: weir must reconnect and subscribe again by itself.
+    weir.wait_for_log("subscribed", 4).await?;
+    let plant = MqttClient::connect(&mqtt, "plant-again").await?;
+    plant.publish("plant/acked", "2").await?;
+    plant.publish("plant/fire-and-forget", "20").await?;
+
+    let records = collect_stream(&stream, |records| all_readings(records).len() >= 4).await?;
+    let mut got: Vec<(String, f64)> = all_readings(&records).into_iter().map(|r| (r.series, r.value)).collect();
+    got.sort_by(|a, b| a.partial_cmp(b).expect("no NaN"));
+    let expected = [
+        ("acked/plant/acked", 1.0),
+        ("acked/plant/acked", 2.0),
+        ("fire-and-forget/plant/fire-and-forget", 10.0),
+        ("fire-and-forget/plant/fire-and-forget", 20.0),
+    ];
+    assert_eq!(got, expected.map(|(s, v)| (s.to_owned(), v)));
+    assert!(weir.log().contains("MQTT connection lost"), "the outage was noticed");
+    assert_eq!(weir.stop()?.0, 0);
+    Ok(())
+}

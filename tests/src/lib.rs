@@ -71,7 +71,7 @@ pub struct Mosquitto {
     child: Child,
     /// Its port.
     pub port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl Mosquitto {
@@ -79,23 +79,35 @@ impl Mosquitto {
     pub fn start() -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
-        let config = dir.path().join("mosquitto.conf");
         std::fs::write(
-            &config,
+            dir.path().join("mosquitto.conf"),
             format!(
                 "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nlog_dest stderr\n"
             ),
         )?;
-        let log = File::create(dir.path().join("mosquitto.log"))?;
+        let child = Self::spawn(dir.path(), port)?;
+        Ok(Self { child, port, dir })
+    }
+
+    fn spawn(dir: &Path, port: u16) -> Result<Child> {
+        let log = File::options().create(true).append(true).open(dir.join("mosquitto.log"))?;
         let mut child = Command::new(mosquitto_binary())
             .arg("-c")
-            .arg(&config)
+            .arg(dir.join("mosquitto.conf"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .context("starting mosquitto (apt-get install mosquitto)")?;
         wait_for_port(port, &mut child, "mosquitto")?;
-        Ok(Self { child, port, _dir: dir })
+        Ok(child)
+    }
+
+    /// Kills the broker (its sessions are lost: they are kept in memory only) and starts it again
+    /// on the same port.
+    pub fn restart(&mut self) -> Result<()> {
+        kill(&mut self.child);
+        self.child = Self::spawn(self.dir.path(), self.port)?;
+        Ok(())
     }
 
     /// `mqtt://127.0.0.1:<port>`.

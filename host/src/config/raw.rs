@@ -200,7 +200,7 @@ pub struct RawJetStreamSource {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawSimulatedSource {
-    /// `payload = "json"` — `json`, `senml_json` or `frames` (see docs/simulator.md).
+    /// `payload = "json"` — `json`, `senml_json` or `frames` (see docs/configuration.md).
     pub payload: SimulatedPayload,
     /// `devices = 8`
     pub devices: PositiveCount,

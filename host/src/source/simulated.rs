@@ -5,7 +5,7 @@
 //! spike, a vibration burst). Device `i` runs `3·i` °C warmer than device 0, so with several
 //! devices some cross typical alarm limits regularly. Same seed, same signals.
 //!
-//! Payload formats (docs/simulator.md):
+//! Payload formats (docs/configuration.md, `source.simulated`):
 //! - `json`: one message per reading on `<prefix>/<device>/<sensor>`:
 //!   `{"sensor": "<prefix>/<device>/<sensor>", "ts": <ms since epoch>, "value": 21.53, "unit": "Cel"}`;
 //! - `senml_json`: one SenML pack per device and tick on `<prefix>/<device>`;
