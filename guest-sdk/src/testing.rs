@@ -11,7 +11,7 @@
 use std::collections::BTreeMap;
 use std::ops::Bound;
 
-use crate::batch::{Batch, Message, Timestamp};
+use crate::batch::{Batch, Message, Series, Timestamp};
 use crate::context::{Context, Host, Level, StateError};
 use crate::{Decoder, Error, Operator};
 
@@ -96,6 +96,21 @@ impl TestHost {
     }
 }
 
+/// A batch of `values` of one series, one second apart from the epoch: the usual test input.
+pub fn batch(series: Series, values: &[f64]) -> Batch {
+    let mut batch = Batch::with_capacity(values.len());
+    let id = batch.intern_series(series);
+    for (second, value) in (0..).zip(values) {
+        batch.push(id, Timestamp::from_secs(second), *value);
+    }
+    batch
+}
+
+/// The values of a batch, in order: the usual test check.
+pub fn values(batch: &Batch) -> Vec<f64> {
+    batch.iter().map(|s| s.value).collect()
+}
+
 fn parse_params<P: serde::de::DeserializeOwned>(params_json: &str) -> Result<P, Error> {
     serde_json::from_str(params_json).map_err(Error::invalid_params)
 }
@@ -150,7 +165,6 @@ impl Host for TestHost {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::batch::Series;
 
     /// Counts readings in state; fails (after writing) when asked to.
     struct Counter;
@@ -177,12 +191,7 @@ mod tests {
     }
 
     fn batch_of(values: &[f64]) -> Batch {
-        let mut batch = Batch::new();
-        let id = batch.intern_series(Series::new("s"));
-        for (i, v) in values.iter().enumerate() {
-            batch.push(id, Timestamp::from_secs(i as i64), *v);
-        }
-        batch
+        batch(Series::new("s"), values)
     }
 
     #[test]

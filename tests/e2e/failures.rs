@@ -9,16 +9,7 @@ const BASE_MS: i64 = 1_700_000_000_000;
 fn config(mqtt: &Mosquitto, nats: &NatsServer) -> String {
     format!(
         r#"
-[gateway]
-id = "gw-e2e"
-data_dir = "{{data_dir}}"
-functions_dir = "{{functions_dir}}"
-
-[brokers.plant]
-url = "{mqtt}"
-
-[brokers.central]
-url = "{nats}"
+{header}
 
 [functions.faulty]
 component = "weir_fixture_faulty.wasm"
@@ -60,8 +51,7 @@ max_messages = 1
 broker = "central"
 subject = "central.cursed"
 "#,
-        mqtt = mqtt.url(),
-        nats = nats.url()
+        header = gateway_with_brokers(&mqtt.url(), &nats.url())
     )
 }
 

@@ -39,16 +39,7 @@ const BASE_MS: i64 = 1_700_000_000_000;
 fn two_pipeline_config(mqtt: &Mosquitto, nats: &NatsServer) -> String {
     format!(
         r#"
-[gateway]
-id = "gw-e2e"
-data_dir = "{{data_dir}}"
-functions_dir = "{{functions_dir}}"
-
-[brokers.plant]
-url = "{mqtt}"
-
-[brokers.central]
-url = "{nats}"
+{header}
 
 [functions.threshold-alert]
 component = "weir_fn_threshold_alert.wasm"
@@ -103,8 +94,7 @@ linger = "50ms"
 broker = "central"
 subject = "central.senml"
 "#,
-        mqtt = mqtt.url(),
-        nats = nats.url()
+        header = gateway_with_brokers(&mqtt.url(), &nats.url())
     )
 }
 
@@ -213,16 +203,7 @@ async fn nats_core_in_mqtt_out() -> Result<()> {
     let nats = NatsServer::start()?;
     let config = format!(
         r#"
-[gateway]
-id = "gw-e2e"
-data_dir = "{{data_dir}}"
-functions_dir = "{{functions_dir}}"
-
-[brokers.plant]
-url = "{nats}"
-
-[brokers.central]
-url = "{mqtt}"
+{header}
 
 [functions.unit-convert]
 component = "weir_fn_unit_convert.wasm"
@@ -245,8 +226,7 @@ linger = "50ms"
 broker = "central"
 topic = "central/weir/hall"
 "#,
-        mqtt = mqtt.url(),
-        nats = nats.url()
+        header = gateway_with_brokers(&nats.url(), &mqtt.url())
     );
     let mut central = MqttClient::connect(&mqtt, "central-consumer").await?;
     central.client.subscribe("central/weir/#", rumqttc::QoS::AtLeastOnce).await?;
@@ -361,16 +341,7 @@ async fn binary_frames_through_the_wasm_decoder_and_a_stateful_function() -> Res
     let stream = create_stream(&central, "FRAMES_OUT", &["central.frames"]).await?;
     let config = format!(
         r#"
-[gateway]
-id = "gw-e2e"
-data_dir = "{{data_dir}}"
-functions_dir = "{{functions_dir}}"
-
-[brokers.plant]
-url = "{mqtt}"
-
-[brokers.central]
-url = "{nats}"
+{header}
 
 [functions.frame-decoder]
 component = "weir_fn_frame_decoder.wasm"
@@ -397,8 +368,7 @@ linger = "50ms"
 broker = "central"
 subject = "central.frames"
 "#,
-        mqtt = mqtt.url(),
-        nats = nats.url()
+        header = gateway_with_brokers(&mqtt.url(), &nats.url())
     );
     let weir = Weir::start(&config)?;
     weir.wait_for_log("subscribed", 1).await?;

@@ -265,6 +265,16 @@ impl Drop for Weir {
     }
 }
 
+/// The start of a test configuration: `[gateway]` (with the `{data_dir}` and `{functions_dir}`
+/// placeholders [`Weir::start`] fills in) and two brokers, `plant` for input and `central` for
+/// output, at the given URLs.
+pub fn gateway_with_brokers(plant: &str, central: &str) -> String {
+    format!(
+        "[gateway]\nid = \"gw-e2e\"\ndata_dir = \"{{data_dir}}\"\nfunctions_dir = \"{{functions_dir}}\"\n\n\
+         [brokers.plant]\nurl = \"{plant}\"\n\n[brokers.central]\nurl = \"{central}\"\n"
+    )
+}
+
 /// Runs the weir binary with `args` to completion.
 pub fn weir(args: &[&str]) -> Result<Output> {
     Ok(Command::new(weir_bin()).args(args).env("RUST_LOG", "warn").output()?)

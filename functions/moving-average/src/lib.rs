@@ -149,22 +149,12 @@ weir_sdk::export_operator!(MovingAverage);
 
 #[cfg(test)]
 mod tests {
-    use weir_sdk::Timestamp;
-    use weir_sdk::testing::TestHost;
+    use weir_sdk::testing::{self, TestHost, values};
 
     use super::*;
 
     fn batch(values: &[f64]) -> Batch {
-        let mut batch = Batch::new();
-        let id = batch.intern_series(Series::new("s").with_unit("Cel"));
-        for (i, v) in values.iter().enumerate() {
-            batch.push(id, Timestamp::from_secs(i as i64), *v);
-        }
-        batch
-    }
-
-    fn values(batch: &Batch) -> Vec<f64> {
-        batch.iter().map(|s| s.value).collect()
+        testing::batch(Series::new("s").with_unit("Cel"), values)
     }
 
     #[test]

@@ -147,22 +147,13 @@ weir_sdk::export_operator!(ThresholdAlert);
 
 #[cfg(test)]
 mod tests {
-    use weir_sdk::testing::TestHost;
+    use weir_sdk::testing::{self, TestHost, values};
     use weir_sdk::{Series, Timestamp};
 
     use super::*;
 
     fn batch(series: &str, values: &[f64]) -> Batch {
-        let mut batch = Batch::new();
-        let id = batch.intern_series(Series::new(series));
-        for (i, v) in values.iter().enumerate() {
-            batch.push(id, Timestamp::from_secs(i as i64), *v);
-        }
-        batch
-    }
-
-    fn values(batch: &Batch) -> Vec<f64> {
-        batch.iter().map(|s| s.value).collect()
+        testing::batch(Series::new(series), values)
     }
 
     #[test]

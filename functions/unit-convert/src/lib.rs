@@ -200,16 +200,13 @@ weir_sdk::export_operator!(UnitConvert);
 
 #[cfg(test)]
 mod tests {
-    use weir_sdk::testing::TestHost;
-    use weir_sdk::{Series, Timestamp};
+    use weir_sdk::Series;
+    use weir_sdk::testing::{self, TestHost};
 
     use super::*;
 
     fn one_reading(series: Series, value: f64) -> Batch {
-        let mut batch = Batch::new();
-        let id = batch.intern_series(series);
-        batch.push(id, Timestamp::from_secs(1), value);
-        batch
+        testing::batch(series, &[value])
     }
 
     fn convert(params: &str, series: Series, value: f64) -> (f64, Option<String>) {

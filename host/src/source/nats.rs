@@ -34,6 +34,17 @@ pub(crate) async fn connect(broker: &BrokerConfig, name: &str) -> Result<async_n
     options.connect(broker.url.authority()).await.map_err(|e| e.to_string())
 }
 
+/// The source's client; `None` (logged) when the options cannot even be used.
+async fn connect_source(broker: &BrokerConfig, pipeline: &str) -> Option<async_nats::Client> {
+    match connect(broker, &format!("weir {pipeline} source")).await {
+        Ok(client) => Some(client),
+        Err(e) => {
+            tracing::error!(stage = "source", pipeline, error = %e, "cannot connect to NATS");
+            None
+        }
+    }
+}
+
 /// A JetStream acknowledgement owed to the server.
 pub(super) struct JetStreamAck(jetstream::message::Acker);
 
@@ -63,13 +74,7 @@ pub(super) struct CoreSource {
 impl CoreSource {
     pub(super) async fn run(self, deliveries: mpsc::Sender<Delivery>, intake: CancellationToken) {
         let pipeline = self.pipeline.as_str();
-        let client = match connect(&self.broker, &format!("weir {pipeline} source")).await {
-            Ok(client) => client,
-            Err(e) => {
-                tracing::error!(stage = "source", pipeline, error = %e, "cannot connect to NATS");
-                return;
-            }
-        };
+        let Some(client) = connect_source(&self.broker, pipeline).await else { return };
         let mut subscriptions = Vec::new();
         for subject in &self.subjects {
             let subscribed = match &self.queue_group {
@@ -136,13 +141,7 @@ impl JetStreamSource {
         close: CancellationToken,
     ) {
         let pipeline = self.pipeline.as_str();
-        let client = match connect(&self.broker, &format!("weir {pipeline} source")).await {
-            Ok(client) => client,
-            Err(e) => {
-                tracing::error!(stage = "source", pipeline, error = %e, "cannot connect to NATS");
-                return;
-            }
-        };
+        let Some(client) = connect_source(&self.broker, pipeline).await else { return };
         let context = jetstream::new(client.clone());
         let mut retry = Retry::new(self.broker.reconnect);
         'consume: while !intake.is_cancelled() {
