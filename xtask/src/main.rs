@@ -10,7 +10,8 @@
 //!   otherwise). The last line printed is the runner's summary.
 //!
 //! Toolchain: first `rustup target add wasm32-wasip2`; if that fails, Debian's `rustc-web` with
-//! `-Zbuild-std` (see ../shared/TOOLCHAIN.md). It says which path it took.
+//! `-Zbuild-std`, installed with apt when missing. It says which path it took.
+//! `WEIR_WASM_TOOLCHAIN=debian` forces the fallback.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -80,6 +81,11 @@ fn status(command: &mut Command) -> Result<bool> {
 }
 
 fn ensure_toolchain() -> Result<Toolchain> {
+    // WEIR_WASM_TOOLCHAIN=debian forces the fallback (to check it, or where rustup misbehaves).
+    if std::env::var("WEIR_WASM_TOOLCHAIN").as_deref() == Ok("debian") {
+        eprintln!("xtask: WEIR_WASM_TOOLCHAIN=debian: using Debian's rustc-web with -Zbuild-std");
+        return debian_toolchain();
+    }
     let installed = Command::new("rustup").args(["target", "list", "--installed"]).output();
     if let Ok(output) = &installed
         && String::from_utf8_lossy(&output.stdout).lines().any(|l| l.trim() == WASM_TARGET)
@@ -91,6 +97,11 @@ fn ensure_toolchain() -> Result<Toolchain> {
         return Ok(Toolchain::Rustup);
     }
     eprintln!("xtask: `rustup target add {WASM_TARGET}` failed; falling back to Debian's rustc-web with -Zbuild-std");
+    debian_toolchain()
+}
+
+/// Debian's rustc-web toolchain, installed with apt when missing (as root).
+fn debian_toolchain() -> Result<Toolchain> {
     if !Path::new("/usr/bin/wasm-ld-22").exists() || !Path::new("/usr/lib/rustlib/src/rust").exists() {
         let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
         if !is_root {
