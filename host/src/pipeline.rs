@@ -365,3 +365,126 @@ fn log_dead_letters(pipeline: &str, letters: &[DeadLetter]) {
         );
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use bytes::Bytes;
+
+    use super::*;
+    use crate::decode::RawNumberDecoder;
+    use crate::operator::{Operator, OperatorFailure};
+    use crate::state::StateWrite;
+
+    fn delivery(payload: &'static str) -> Delivery {
+        Delivery {
+            message: Message { topic: "t".into(), payload: Bytes::from(payload), received_at: 5 },
+            ack: source::Ack::none(),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn batches_close_at_the_message_limit_at_linger_and_when_the_source_ends() {
+        let (deliveries, incoming) = mpsc::channel(16);
+        let (batches_tx, mut batches) = mpsc::channel(16);
+        let limits = BatchLimits { max_messages: 3, max_bytes: u64::MAX, linger: Duration::from_millis(100) };
+        tokio::spawn(run_batcher(incoming, batches_tx, limits));
+        for payload in ["1", "2", "3", "4"] {
+            deliveries.send(delivery(payload)).await.expect("batcher runs");
+        }
+        assert_eq!(batches.recv().await.expect("a full batch").len(), 3);
+        // The fourth waits for the linger (paused time advances by itself when idle).
+        let started = tokio::time::Instant::now();
+        assert_eq!(batches.recv().await.expect("a lingering batch").len(), 1);
+        assert!(started.elapsed() >= Duration::from_millis(100));
+        deliveries.send(delivery("5")).await.expect("batcher runs");
+        drop(deliveries);
+        assert_eq!(batches.recv().await.expect("the last partial batch").len(), 1);
+        assert!(batches.recv().await.is_none(), "the batcher ends with its source");
+    }
+
+    #[test]
+    fn ack_window_caps_the_batch_size() {
+        let config = BatchConfig { max_messages: 1000, max_bytes: 1, linger: Duration::ZERO, queue: 1 };
+        assert_eq!(BatchLimits::new(config, Some(20)).max_messages, 20);
+        assert_eq!(BatchLimits::new(config, None).max_messages, 1000);
+    }
+
+    /// Refuses batches holding a negative value; writes one state entry per call.
+    struct RefuseNegative;
+
+    impl Operator for RefuseNegative {
+        fn name(&self) -> &str {
+            "refuse-negative"
+        }
+
+        fn process(&mut self, batch: Batch, _: &CallContext) -> Result<Batch, (Batch, OperatorFailure)> {
+            if batch.values().iter().any(|v| *v < 0.0) {
+                Err((batch, OperatorFailure::Refused { reason: "negative".into() }))
+            } else {
+                Ok(batch)
+            }
+        }
+
+        fn take_state_writes(&mut self) -> Vec<StateWrite> {
+            vec![StateWrite { namespace: "p/refuse-negative".into(), key: b"k".to_vec(), value: None }]
+        }
+    }
+
+    fn processor(last_seq: u64) -> Processor {
+        Processor {
+            pipeline: "p".into(),
+            gateway: "gw".into(),
+            encoding: Encoding::Cbor,
+            decoder: Box::new(RawNumberDecoder::new(crate::config::NumberEncoding::Text, String::new(), None)),
+            chain: Chain::new(vec![Box::new(RefuseNegative)]),
+            last_seq,
+            watermark: Nanos::MIN,
+        }
+    }
+
+    fn messages(payloads: &[&'static str]) -> Vec<Message> {
+        payloads.iter().map(|p| delivery(p).message).collect()
+    }
+
+    #[test]
+    fn a_batch_becomes_one_record_with_the_next_seq_and_bad_messages_become_dead_letters() {
+        let mut core = processor(41);
+        let processed = core.process(&messages(&["1.5", "hot", "2.5"]), 100);
+        assert_eq!(processed.seq, Some(42));
+        assert_eq!((processed.readings_in, processed.readings_out), (2, 2));
+        let record = &processed.changes.records[0];
+        assert_eq!((record.stream.as_str(), record.seq), ("p", 42));
+        let decoded = encode::decode(&record.body).expect("a valid record");
+        assert_eq!(decoded.batch.values(), [1.5, 2.5]);
+        assert_eq!(decoded.header.record_id(), "gw.p.42");
+        let [letter] = processed.changes.dead_letters.as_slice() else { panic!("one dead letter") };
+        assert_eq!(letter.stage, "decode");
+        assert!(letter.reason.contains("\"hot\" is not a decimal number"), "{}", letter.reason);
+        assert_eq!(processed.changes.state_writes.len(), 1, "operator state writes travel with the batch");
+        assert_eq!(core.last_seq, 41, "seq advances only after the commit");
+    }
+
+    #[test]
+    fn a_refused_batch_is_dead_lettered_whole_and_takes_no_seq() {
+        let mut core = processor(0);
+        let processed = core.process(&messages(&["1", "-1"]), 100);
+        assert_eq!(processed.seq, None);
+        assert!(processed.changes.records.is_empty());
+        let [letter] = processed.changes.dead_letters.as_slice() else { panic!("one dead letter") };
+        assert_eq!(
+            (letter.stage.as_str(), letter.reason.as_str()),
+            ("operator refuse-negative", "refused the batch: negative")
+        );
+        let DeadLetterContent::Batch { record, readings } = &letter.content else { panic!("a batch dead letter") };
+        assert_eq!(*readings, 2);
+        assert_eq!(encode::decode(record).expect("a valid record").batch.values(), [1.0, -1.0]);
+    }
+
+    #[test]
+    fn nothing_decoded_means_no_record() {
+        let mut core = processor(7);
+        let processed = core.process(&messages(&["x"]), 100);
+        assert_eq!(processed.seq, None);
+        assert_eq!(processed.changes.dead_letters.len(), 1);
+    }
+}

@@ -1,3 +1,5 @@
+//! The record format: round trips (also as a property), the published CDDL, compactness, refusals.
+
 use proptest::prelude::*;
 
 use super::*;

@@ -38,8 +38,11 @@ use crate::state::{ChangeSet, Committer, DeadLetter, DeadLetterContent, StateSto
 const DELETE_GROUP: usize = 256;
 /// Longest wait before confirmed records are deleted.
 const DELETE_LINGER: Duration = Duration::from_millis(50);
-/// How long a stopping sink waits for in-flight confirmations.
+/// How long a stopping sink waits for in-flight confirmations (in all).
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Longest wait for one confirmation; past it the record is sent again (a broker that lost a
+/// PUBACK on a live connection would otherwise stall the stream).
+const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
 /// Retry policy of the console sink (which cannot fail) and of outbox read errors.
 const LOCAL_RETRY: Backoff = Backoff { min: Duration::from_millis(100), max: Duration::from_secs(5) };
 
@@ -150,9 +153,13 @@ impl Sink {
         let mut confirmed: Vec<u64> = Vec::new();
         let mut oldest_unsaved: Option<tokio::time::Instant> = None;
         let mut dead: Vec<(u64, String)> = Vec::new();
+        let mut stop_deadline: Option<tokio::time::Instant> = None;
 
         loop {
             let stopping = stop.is_cancelled();
+            if stopping {
+                stop_deadline.get_or_insert_with(|| tokio::time::Instant::now() + STOP_GRACE);
+            }
             // Fill the window.
             if !stopping && in_flight.len() < max_in_flight {
                 match self.read_outbox(sent_up_to, max_in_flight - in_flight.len()).await {
@@ -207,12 +214,13 @@ impl Sink {
                 continue;
             };
             let seq = *seq;
-            let outcome = if stopping {
-                tokio::time::timeout(STOP_GRACE, confirmation)
+            let outcome = match stop_deadline {
+                Some(deadline) => tokio::time::timeout_at(deadline, confirmation)
                     .await
-                    .unwrap_or_else(|_| Err(PublishError::transient("no confirmation before shutdown")))
-            } else {
-                confirmation.await
+                    .unwrap_or_else(|_| Err(PublishError::transient("no confirmation before shutdown"))),
+                None => tokio::time::timeout(CONFIRM_TIMEOUT, confirmation).await.unwrap_or_else(|_| {
+                    Err(PublishError::transient(format!("no confirmation within {}s", CONFIRM_TIMEOUT.as_secs())))
+                }),
             };
             in_flight.pop_front();
             match outcome {

@@ -97,6 +97,13 @@ impl Pending {
         self.queued.len() + self.by_pkid.len()
     }
 
+    /// Forgets publishes the sink stopped waiting for (it timed out and will send them again),
+    /// so they do not hold window slots. Queued ones keep their place: their packet ids are
+    /// still to come, in order.
+    fn forget_abandoned(&mut self) {
+        self.by_pkid.retain(|_, done| !done.is_closed());
+    }
+
     fn fail_all(&mut self, reason: &str) {
         for done in self.queued.drain(..).chain(self.by_pkid.drain().map(|(_, d)| d)) {
             let _ = done.send(Err(PublishError::transient(reason)));
@@ -115,6 +122,7 @@ impl Connection {
         let mut connected = false;
         let pipeline = self.pipeline.as_str();
         loop {
+            pending.forget_abandoned();
             tokio::select! {
                 biased;
                 request = self.requests.recv(), if connected && pending.len() < self.max_in_flight => {

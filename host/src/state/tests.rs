@@ -1,3 +1,6 @@
+//! The state store against a real redb file: namespaces, outbox order and reopen, dead-letter
+//! capacity, the single-open rule, relaxed durability.
+
 use super::*;
 
 fn store(capacity: u64) -> (tempfile::TempDir, StateStore, Committer, JoinHandle<()>) {
