@@ -92,7 +92,7 @@ pub fn spawn(
 
     // source → deliveries
     let (delivery_tx, delivery_rx) = mpsc::channel::<Delivery>(config.batch.queue);
-    source::spawn(&config.source, &name, delivery_tx, intake.clone(), source_close.clone(), tracker);
+    source::spawn(&config.source, &name, &shared.store, delivery_tx, intake.clone(), source_close.clone(), tracker);
 
     // deliveries → batches of deliveries
     let (batch_tx, batch_rx) = mpsc::channel::<Vec<Delivery>>(1);
@@ -282,8 +282,14 @@ async fn run_processor(
     let mut processor = Some(processor);
     while let Some(deliveries) = batches.recv().await {
         let Some(mut core) = processor.take() else { break };
-        let (messages, acks): (Vec<Message>, Vec<source::Ack>) =
-            deliveries.into_iter().map(|d| (d.message, d.ack)).unzip();
+        let mut records = Vec::new();
+        let (messages, acks): (Vec<Message>, Vec<source::Ack>) = deliveries
+            .into_iter()
+            .map(|d| {
+                records.extend(d.record);
+                (d.message, d.ack)
+            })
+            .unzip();
         let now = crate::telemetry::now_nanos();
         let joined = tokio::task::spawn_blocking(move || {
             let processed = core.process(&messages, now);
@@ -299,6 +305,8 @@ async fn run_processor(
             }
         };
         let core = processor.insert(returned);
+        let mut processed = processed;
+        processed.changes.deliveries = records;
         log_dead_letters(&pipeline, &processed.changes.dead_letters);
         let dead_letters = processed.changes.dead_letters.len();
         if !commit_with_retry(&committer, processed.changes, &pipeline, &intake).await {
@@ -376,10 +384,7 @@ mod tests {
     use crate::state::StateWrite;
 
     fn delivery(payload: &'static str) -> Delivery {
-        Delivery {
-            message: Message { topic: "t".into(), payload: Bytes::from(payload), received_at: 5 },
-            ack: source::Ack::none(),
-        }
+        Delivery::unacknowledged(Message { topic: "t".into(), payload: Bytes::from(payload), received_at: 5 })
     }
 
     #[tokio::test(start_paused = true)]

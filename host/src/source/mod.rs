@@ -11,9 +11,17 @@
 //! - MQTT QoS 1 (persistent session, manual acks): PUBACK, sent in arrival order after the
 //!   pipeline committed everything derived from the message. Unacknowledged messages are
 //!   redelivered by the broker on the next session.
-//! - JetStream (durable pull consumer, `AckPolicy::All`): the ack of a batch's last message
-//!   acknowledges the whole batch; unacknowledged messages are redelivered after `ack_wait`.
+//! - JetStream (durable pull consumer, explicit acks): each message acknowledged after its
+//!   commit; unacknowledged messages are redelivered after `ack_wait`.
 //! - MQTT QoS 0, core NATS, the simulator: nothing to acknowledge (at most once).
+//!
+//! **Invariant (no double processing):** a redelivered message — the broker's second attempt
+//! after a lost connection, a crash between commit and acknowledgement, or an expired ack wait —
+//! is processed at most once. Each at-least-once delivery carries a [`DeliveryRecord`] (MQTT:
+//! packet id and a digest of topic and payload; JetStream: stream sequence) that commits with the
+//! data derived from it. A redelivery whose identity is still in the pipeline is dropped (the
+//! original will be acknowledged); one whose identity was committed is acknowledged at once and
+//! dropped.
 //!
 //! Lifecycle: the source reads until `intake` is cancelled, then drops its sender (the pipeline
 //! drains the channel) but keeps its connection so the pipeline's last acknowledgements reach the
@@ -32,6 +40,8 @@ use tokio_util::task::TaskTracker;
 
 use crate::batch::Message;
 use crate::config::SourceConfig;
+pub use crate::state::DeliveryRecord;
+use crate::state::StateStore;
 
 /// Largest message accepted from a broker (bytes).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
@@ -43,6 +53,15 @@ pub struct Delivery {
     pub message: Message,
     /// Its acknowledgement, to use once everything derived from it is committed.
     pub ack: Ack,
+    /// Its identity, to commit with the data derived from it (at-least-once sources only).
+    pub record: Option<DeliveryRecord>,
+}
+
+impl Delivery {
+    /// A delivery nobody acknowledges (at most once).
+    pub fn unacknowledged(message: Message) -> Self {
+        Self { message, ack: Ack::none(), record: None }
+    }
 }
 
 /// An acknowledgement owed to the broker. Opaque outside this module.
@@ -78,17 +97,14 @@ pub struct AckError {
     pub reason: String,
 }
 
-/// Acknowledges handled deliveries, in order. JetStream consumers use cumulative acks, so only
-/// the last JetStream ack of the list is sent.
+/// Acknowledges handled deliveries, in order.
 pub async fn acknowledge(acks: Vec<Ack>) -> Result<(), AckError> {
-    let last_jetstream = acks.iter().rposition(|a| matches!(a.0, AckKind::JetStream(_)));
     let mut first_error = None;
-    for (i, ack) in acks.into_iter().enumerate() {
+    for ack in acks {
         let sent = match ack.0 {
             AckKind::None => Ok(()),
             AckKind::Mqtt(ack) => ack.send().await,
-            AckKind::JetStream(ack) if Some(i) == last_jetstream => ack.send().await,
-            AckKind::JetStream(_) => Ok(()),
+            AckKind::JetStream(ack) => ack.send().await,
         };
         if let Err(e) = sent {
             first_error.get_or_insert(e);
@@ -111,14 +127,23 @@ pub fn ack_window(config: &SourceConfig) -> Option<usize> {
 pub fn spawn(
     config: &SourceConfig,
     pipeline: &str,
+    store: &StateStore,
     deliveries: mpsc::Sender<Delivery>,
     intake: CancellationToken,
     close: CancellationToken,
     tracker: &TaskTracker,
 ) {
     match config.clone() {
-        SourceConfig::Mqtt { broker, topics, qos, client_id, max_inflight: _ } => {
-            let source = mqtt::MqttSource { broker, topics, qos, client_id, pipeline: pipeline.to_owned() };
+        SourceConfig::Mqtt { broker, topics, qos, client_id, max_inflight } => {
+            let source = mqtt::MqttSource {
+                broker,
+                topics,
+                qos,
+                client_id,
+                max_inflight,
+                pipeline: pipeline.to_owned(),
+                store: store.clone(),
+            };
             tracker.spawn(source.run(deliveries, intake, close));
         }
         SourceConfig::Nats { broker, subjects, queue_group } => {
@@ -126,11 +151,75 @@ pub fn spawn(
             tracker.spawn(source.run(deliveries, intake));
         }
         SourceConfig::JetStream { broker, stream, consumer, subjects } => {
-            let source = nats::JetStreamSource { broker, stream, consumer, subjects, pipeline: pipeline.to_owned() };
+            let source = nats::JetStreamSource {
+                broker,
+                stream,
+                consumer,
+                subjects,
+                pipeline: pipeline.to_owned(),
+                store: store.clone(),
+            };
             tracker.spawn(source.run(deliveries, intake, close));
         }
         SourceConfig::Simulated(simulated) => {
             tracker.spawn(simulated::run(simulated, deliveries, intake));
         }
+    }
+}
+
+/// Deliveries handed to the pipeline and not yet acknowledged, by identity: a redelivery of one of
+/// them is a copy of something already on its way.
+#[derive(Clone, Debug, Default)]
+struct InPipeline(std::sync::Arc<std::sync::Mutex<std::collections::HashSet<Vec<u8>>>>);
+
+impl InPipeline {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashSet<Vec<u8>>> {
+        // The set stays consistent even if a holder panicked: inserts and removes are single calls.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    fn insert(&self, identity: Vec<u8>) {
+        self.lock().insert(identity);
+    }
+
+    fn contains(&self, identity: &[u8]) -> bool {
+        self.lock().contains(identity)
+    }
+
+    fn remove(&self, identity: &[u8]) {
+        self.lock().remove(identity);
+    }
+}
+
+/// Identities committed recently for one source, loaded from the store on the first redelivery
+/// after a (re)connection.
+#[derive(Debug)]
+struct CommittedRecently {
+    source: String,
+    loaded: Option<std::collections::HashSet<Vec<u8>>>,
+}
+
+impl CommittedRecently {
+    fn new(source: String) -> Self {
+        Self { source, loaded: None }
+    }
+
+    /// Forget the cache: a new connection may redeliver anything committed before it.
+    fn reset(&mut self) {
+        self.loaded = None;
+    }
+
+    fn contains(&mut self, store: &StateStore, identity: &[u8]) -> bool {
+        if self.loaded.is_none() {
+            match store.recent_deliveries(&self.source) {
+                Ok(identities) => self.loaded = Some(identities),
+                Err(e) => {
+                    // Cannot tell: process it (a duplicate at worst, never a loss).
+                    tracing::warn!(stage = "source", source = %self.source, error = %e, "cannot read recent deliveries");
+                    return false;
+                }
+            }
+        }
+        self.loaded.as_ref().is_some_and(|set| set.contains(identity))
     }
 }

@@ -18,10 +18,16 @@ use rumqttc::{
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ack, AckError, AckKind, Delivery, MAX_MESSAGE_BYTES};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use sha2::{Digest, Sha256};
+
+use super::{Ack, AckError, AckKind, CommittedRecently, Delivery, DeliveryRecord, InPipeline, MAX_MESSAGE_BYTES};
 use crate::backoff::Retry;
 use crate::batch::Message;
 use crate::config::{BrokerConfig, Qos, TopicFilter};
+use crate::state::StateStore;
 
 /// Messages held locally while the pipeline's channel is full.
 const LOCAL_QUEUE: usize = 1024;
@@ -34,12 +40,99 @@ const DISCONNECT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 #[derive(Debug)]
 pub(super) struct MqttAck {
     client: AsyncClient,
-    publish: Publish,
+    /// The packet id and QoS to acknowledge (no payload).
+    owed: Publish,
+    identity: Vec<u8>,
+    in_pipeline: InPipeline,
+    /// The session the message arrived in, and the current one.
+    session_at: u64,
+    session: Arc<AtomicU64>,
 }
 
 impl MqttAck {
     pub(super) async fn send(self) -> Result<(), AckError> {
-        self.client.ack(&self.publish).await.map_err(|e| AckError { protocol: "mqtt", reason: e.to_string() })
+        self.in_pipeline.remove(&self.identity);
+        if self.session.load(Ordering::SeqCst) != self.session_at {
+            // The broker lost the session this message came from: its packet id may name another
+            // message now, and nothing will be redelivered for it.
+            return Ok(());
+        }
+        self.client.ack(&self.owed).await.map_err(|e| AckError { protocol: "mqtt", reason: e.to_string() })
+    }
+}
+
+/// The identity of a QoS 1 delivery: its packet id and a digest of its topic and payload.
+fn identity(publish: &Publish) -> Vec<u8> {
+    let digest = Sha256::new()
+        .chain_update(publish.topic.as_bytes())
+        .chain_update([0])
+        .chain_update(&publish.payload)
+        .finalize();
+    let mut identity = publish.pkid.to_be_bytes().to_vec();
+    identity.extend_from_slice(&digest[..16]);
+    identity
+}
+
+/// What to do with an incoming publish.
+enum Admission {
+    /// Hand it to the pipeline.
+    Deliver(Delivery),
+    /// A copy of a delivery still in the pipeline: drop it.
+    InPipeline,
+    /// Already committed: acknowledge it now and drop it.
+    Committed(Publish),
+}
+
+/// Decides about redeliveries (see the module doc of `source`).
+struct Admissions {
+    client: AsyncClient,
+    window: u32,
+    in_pipeline: InPipeline,
+    committed: CommittedRecently,
+    session: Arc<AtomicU64>,
+}
+
+impl Admissions {
+    fn admit(&mut self, store: &StateStore, publish: &Publish) -> Admission {
+        let message = Message {
+            topic: publish.topic.clone(),
+            payload: publish.payload.clone(),
+            received_at: crate::telemetry::now_nanos(),
+        };
+        if publish.qos == QoS::AtMostOnce {
+            return Admission::Deliver(Delivery::unacknowledged(message));
+        }
+        // The ack needs only the packet id and QoS.
+        let mut owed = Publish::new("", publish.qos, Vec::new());
+        owed.pkid = publish.pkid;
+        let identity = identity(publish);
+        if publish.dup {
+            if self.in_pipeline.contains(&identity) {
+                return Admission::InPipeline;
+            }
+            if self.committed.contains(store, &identity) {
+                return Admission::Committed(owed);
+            }
+        }
+        self.in_pipeline.insert(identity.clone());
+        let ack = MqttAck {
+            client: self.client.clone(),
+            owed,
+            identity: identity.clone(),
+            in_pipeline: self.in_pipeline.clone(),
+            session_at: self.session.load(Ordering::SeqCst),
+            session: Arc::clone(&self.session),
+        };
+        let record = DeliveryRecord { source: self.committed.source.clone(), identity, window: self.window };
+        Admission::Deliver(Delivery { message, ack: Ack(AckKind::Mqtt(ack)), record: Some(record) })
+    }
+
+    /// A (re)connection: `fresh` when the broker kept no session.
+    fn connected(&mut self, fresh: bool) {
+        if fresh {
+            self.session.fetch_add(1, Ordering::SeqCst);
+        }
+        self.committed.reset();
     }
 }
 
@@ -48,7 +141,9 @@ pub(super) struct MqttSource {
     pub(super) topics: Vec<TopicFilter>,
     pub(super) qos: Qos,
     pub(super) client_id: String,
+    pub(super) max_inflight: usize,
     pub(super) pipeline: String,
+    pub(super) store: StateStore,
 }
 
 /// rumqttc options for a broker and client id.
@@ -81,6 +176,13 @@ impl MqttSource {
         let filters: Vec<SubscribeFilter> =
             self.topics.iter().map(|t| SubscribeFilter::new(t.as_str().to_owned(), qos)).collect();
         let mut retry = Retry::new(self.broker.reconnect);
+        let mut admissions = Admissions {
+            client: client.clone(),
+            window: u32::try_from(self.max_inflight).unwrap_or(u32::MAX),
+            in_pipeline: InPipeline::default(),
+            committed: CommittedRecently::new(format!("mqtt/{}", self.client_id)),
+            session: Arc::default(),
+        };
         let mut waiting: VecDeque<Delivery> = VecDeque::new();
         let mut deliveries = Some(deliveries);
         let broker = self.broker.url.to_string();
@@ -109,6 +211,7 @@ impl MqttSource {
                     Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                         retry.reset();
                         tracing::info!(stage = "source", pipeline, broker = %broker, session_present = connack.session_present, "MQTT connected");
+                        admissions.connected(!connack.session_present);
                         if !connack.session_present
                             && let Err(e) = client.subscribe_many(filters.clone()).await
                         {
@@ -123,9 +226,18 @@ impl MqttSource {
                             }
                         }
                     }
-                    Ok(Event::Incoming(Packet::Publish(publish))) => {
-                        if deliveries.is_some() {
-                            waiting.push_back(delivery(&client, &publish));
+                    Ok(Event::Incoming(Packet::Publish(publish))) if deliveries.is_some() => {
+                        match admissions.admit(&self.store, &publish) {
+                            Admission::Deliver(delivery) => waiting.push_back(delivery),
+                            Admission::InPipeline => {
+                                tracing::debug!(stage = "source", pipeline, pkid = publish.pkid, "redelivery of a message in the pipeline dropped");
+                            }
+                            Admission::Committed(owed) => {
+                                tracing::info!(stage = "source", pipeline, pkid = publish.pkid, "redelivery of a committed message acknowledged and dropped");
+                                if let Err(e) = client.ack(&owed).await {
+                                    tracing::warn!(stage = "source", pipeline, error = %e, "cannot acknowledge a redelivery");
+                                }
+                            }
                         }
                     }
                     Ok(_) => {}
@@ -143,24 +255,6 @@ impl MqttSource {
         }
         disconnect(&client, &mut eventloop).await;
     }
-}
-
-fn delivery(client: &AsyncClient, publish: &Publish) -> Delivery {
-    let message = Message {
-        topic: publish.topic.clone(),
-        payload: publish.payload.clone(),
-        received_at: crate::telemetry::now_nanos(),
-    };
-    let ack = match publish.qos {
-        QoS::AtMostOnce => Ack::none(),
-        QoS::AtLeastOnce | QoS::ExactlyOnce => {
-            // The ack needs only the packet id and QoS; drop the payload copy.
-            let mut owed = Publish::new("", publish.qos, Vec::new());
-            owed.pkid = publish.pkid;
-            Ack(AckKind::Mqtt(MqttAck { client: client.clone(), publish: owed }))
-        }
-    };
-    Delivery { message, ack }
 }
 
 /// Sends DISCONNECT after every queued request (acknowledgements included) and polls until the

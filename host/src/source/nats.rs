@@ -9,10 +9,11 @@ use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ack, AckError, AckKind, Delivery};
+use super::{Ack, AckError, AckKind, CommittedRecently, Delivery, DeliveryRecord, InPipeline};
 use crate::backoff::Retry;
 use crate::batch::Message;
 use crate::config::{BrokerConfig, NatsSubjectFilter};
+use crate::state::StateStore;
 
 /// Unacknowledged JetStream messages the consumer may have out at once.
 pub(super) const MAX_ACK_PENDING: i64 = 20_000;
@@ -46,7 +47,11 @@ async fn connect_source(broker: &BrokerConfig, pipeline: &str) -> Option<async_n
 }
 
 /// A JetStream acknowledgement owed to the server.
-pub(super) struct JetStreamAck(jetstream::message::Acker);
+pub(super) struct JetStreamAck {
+    acker: jetstream::message::Acker,
+    identity: Vec<u8>,
+    in_pipeline: InPipeline,
+}
 
 impl std::fmt::Debug for JetStreamAck {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -56,7 +61,8 @@ impl std::fmt::Debug for JetStreamAck {
 
 impl JetStreamAck {
     pub(super) async fn send(self) -> Result<(), AckError> {
-        self.0.ack().await.map_err(|e| AckError { protocol: "jetstream", reason: e.to_string() })
+        self.in_pipeline.remove(&self.identity);
+        self.acker.ack().await.map_err(|e| AckError { protocol: "jetstream", reason: e.to_string() })
     }
 }
 
@@ -100,7 +106,7 @@ impl CoreSource {
                 next = incoming.next() => next,
             };
             let Some(received) = next else { break };
-            let delivery = Delivery { message: message(received.subject.as_str(), received.payload), ack: Ack::none() };
+            let delivery = Delivery::unacknowledged(message(received.subject.as_str(), received.payload));
             tokio::select! {
                 () = intake.cancelled() => break,
                 sent = deliveries.send(delivery) => if sent.is_err() { break },
@@ -115,14 +121,59 @@ pub(super) struct JetStreamSource {
     pub(super) consumer: String,
     pub(super) subjects: Vec<NatsSubjectFilter>,
     pub(super) pipeline: String,
+    pub(super) store: StateStore,
 }
 
 impl JetStreamSource {
+    /// A delivery for the pipeline, or `None` for a redelivery already handled (see `source`).
+    async fn admit(
+        &self,
+        received: jetstream::Message,
+        in_pipeline: &InPipeline,
+        committed: &mut CommittedRecently,
+    ) -> Option<Delivery> {
+        let (sequence, redelivered) = match received.info() {
+            Ok(info) => (info.stream_sequence, info.delivered > 1),
+            Err(e) => {
+                // Without its metadata the message cannot be deduplicated; processing it risks a
+                // duplicate, dropping it unacknowledged only delays it (it comes back).
+                tracing::warn!(stage = "source", pipeline = %self.pipeline, error = %e, "JetStream message without metadata; left for redelivery");
+                return None;
+            }
+        };
+        let identity = sequence.to_be_bytes().to_vec();
+        if redelivered {
+            if in_pipeline.contains(&identity) {
+                return None;
+            }
+            if committed.contains(&self.store, &identity) {
+                tracing::info!(stage = "source", pipeline = %self.pipeline, sequence, "redelivery of a committed message acknowledged and dropped");
+                if let Err(e) = received.ack().await {
+                    tracing::warn!(stage = "source", pipeline = %self.pipeline, error = %e, "cannot acknowledge a redelivery");
+                }
+                return None;
+            }
+        }
+        in_pipeline.insert(identity.clone());
+        let (received, acker) = received.split();
+        let record = DeliveryRecord {
+            source: committed.source.clone(),
+            identity: identity.clone(),
+            window: u32::try_from(MAX_ACK_PENDING).unwrap_or(u32::MAX),
+        };
+        let ack = JetStreamAck { acker, identity, in_pipeline: in_pipeline.clone() };
+        Some(Delivery {
+            message: message(received.subject.as_str(), received.payload),
+            ack: Ack(AckKind::JetStream(ack)),
+            record: Some(record),
+        })
+    }
+
     async fn consumer(&self, context: &jetstream::Context) -> Result<jetstream::consumer::PullConsumer, String> {
         let stream = context.get_stream(&self.stream).await.map_err(|e| format!("stream {:?}: {e}", self.stream))?;
         let config = pull::Config {
             durable_name: Some(self.consumer.clone()),
-            ack_policy: AckPolicy::All,
+            ack_policy: AckPolicy::Explicit,
             ack_wait: ACK_WAIT,
             max_ack_pending: MAX_ACK_PENDING,
             filter_subject: self.subjects.first().map(|s| s.as_str().to_owned()).unwrap_or_default(),
@@ -144,7 +195,10 @@ impl JetStreamSource {
         let Some(client) = connect_source(&self.broker, pipeline).await else { return };
         let context = jetstream::new(client.clone());
         let mut retry = Retry::new(self.broker.reconnect);
+        let in_pipeline = InPipeline::default();
+        let mut committed = CommittedRecently::new(format!("jetstream/{}/{}", self.stream, self.consumer));
         'consume: while !intake.is_cancelled() {
+            committed.reset();
             let messages = match self.consumer(&context).await {
                 Ok(consumer) => consumer.messages().await.map_err(|e| e.to_string()),
                 Err(e) => Err(e),
@@ -171,11 +225,7 @@ impl JetStreamSource {
                 match next {
                     Some(Ok(received)) => {
                         retry.reset();
-                        let (received, acker) = received.split();
-                        let delivery = Delivery {
-                            message: message(received.subject.as_str(), received.payload),
-                            ack: Ack(AckKind::JetStream(JetStreamAck(acker))),
-                        };
+                        let Some(delivery) = self.admit(received, &in_pipeline, &mut committed).await else { continue };
                         tokio::select! {
                             () = intake.cancelled() => break 'consume,
                             sent = deliveries.send(delivery) => if sent.is_err() { break 'consume },

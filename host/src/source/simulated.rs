@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ack, Delivery};
+use super::Delivery;
 use crate::batch::{Message, Nanos};
 use crate::config::{SimulatedConfig, SimulatedPayload};
 
@@ -223,7 +223,7 @@ pub async fn run(config: SimulatedConfig, deliveries: mpsc::Sender<Delivery>, st
         for message in simulator.tick(crate::telemetry::now_nanos()) {
             tokio::select! {
                 () = stop.cancelled() => return,
-                sent = deliveries.send(Delivery { message, ack: Ack::none() }) => if sent.is_err() { return },
+                sent = deliveries.send(Delivery::unacknowledged(message)) => if sent.is_err() { return },
             }
         }
     }

@@ -21,6 +21,7 @@
 //! | `stream_seq`     | stream                 | highest seq ever assigned                    |
 //! | `dead_letters`   | id (monotonic)         | [`DeadLetter`] as CBOR                       |
 //! | `counters`       | name                   | u64                                          |
+//! | `recent_deliveries` | (source, commit order) | identity of a committed delivery (see [`DeliveryRecord`]) |
 
 mod dead_letter;
 
@@ -43,6 +44,7 @@ const OUTBOX: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("ou
 const STREAM_SEQ: TableDefinition<'_, &str, u64> = TableDefinition::new("stream_seq");
 const DEAD_LETTERS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("dead_letters");
 const COUNTERS: TableDefinition<'_, &str, u64> = TableDefinition::new("counters");
+const RECENT_DELIVERIES: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("recent_deliveries");
 
 /// Counter: dead letters removed to respect the capacity.
 pub const DEAD_LETTERS_EVICTED: &str = "dead_letters_evicted";
@@ -152,6 +154,25 @@ pub struct ChangeSet {
     pub confirmed: Vec<(String, u64)>,
     /// Dead letters to keep.
     pub dead_letters: Vec<DeadLetter>,
+    /// Identities of the deliveries this change set consumed (source positions).
+    pub deliveries: Vec<DeliveryRecord>,
+}
+
+/// The identity of a delivery whose derived data this change set commits.
+///
+/// After a crash between a commit and the acknowledgements that follow it, the broker delivers
+/// the same messages again; the source recognises them by these identities and acknowledges them
+/// without processing them twice. Only the newest `window` identities per source are kept: a
+/// broker has at most its in-flight window of deliveries unacknowledged, so older ones cannot come
+/// back (and an MQTT packet id, which is recycled, cannot be confused with an older use).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DeliveryRecord {
+    /// The source (`mqtt/<client id>`, `jetstream/<stream>/<consumer>`).
+    pub source: String,
+    /// Protocol-specific identity bytes.
+    pub identity: Vec<u8>,
+    /// How many of the newest identities of this source to keep.
+    pub window: u32,
 }
 
 impl ChangeSet {
@@ -161,6 +182,7 @@ impl ChangeSet {
             && self.records.is_empty()
             && self.confirmed.is_empty()
             && self.dead_letters.is_empty()
+            && self.deliveries.is_empty()
     }
 }
 
@@ -237,6 +259,7 @@ pub fn open(data_dir: &Path, options: StoreOptions) -> Result<(StateStore, Commi
         txn.open_table(STREAM_SEQ).or_store("create tables")?;
         txn.open_table(DEAD_LETTERS).or_store("create tables")?;
         txn.open_table(COUNTERS).or_store("create tables")?;
+        txn.open_table(RECENT_DELIVERIES).or_store("create tables")?;
     }
     txn.commit().or_store("create tables")?;
 
@@ -341,6 +364,18 @@ impl StateStore {
         Ok(newest)
     }
 
+    /// Identities of the newest committed deliveries of `source`.
+    pub fn recent_deliveries(&self, source: &str) -> Result<std::collections::HashSet<Vec<u8>>, StoreError> {
+        let txn = self.db.begin_read().or_store("read recent deliveries")?;
+        let table = txn.open_table(RECENT_DELIVERIES).or_store("read recent deliveries")?;
+        let mut identities = std::collections::HashSet::new();
+        for entry in table.range((source, 0)..=(source, u64::MAX)).or_store("read recent deliveries")? {
+            let (_, identity) = entry.or_store("read recent deliveries")?;
+            identities.insert(identity.value().to_vec());
+        }
+        Ok(identities)
+    }
+
     /// Number of dead letters kept, and number evicted to respect the capacity.
     pub fn dead_letter_counts(&self) -> Result<(u64, u64), StoreError> {
         let txn = self.db.begin_read().or_store("read dead letters")?;
@@ -418,6 +453,7 @@ impl Writer {
             let mut stream_seq = txn.open_table(STREAM_SEQ).or_store("write stream position")?;
             let mut dead_letters = txn.open_table(DEAD_LETTERS).or_store("write dead letters")?;
             let mut counters = txn.open_table(COUNTERS).or_store("write counters")?;
+            let mut recent = txn.open_table(RECENT_DELIVERIES).or_store("write recent deliveries")?;
             for change in changes {
                 for write in &change.state_writes {
                     let key = (write.namespace.as_str(), write.key.as_slice());
@@ -440,6 +476,18 @@ impl Writer {
                 }
                 for (stream, seq) in &change.confirmed {
                     outbox.remove((stream.as_str(), *seq)).or_store("write outbox")?;
+                }
+                for delivery in &change.deliveries {
+                    let counter = format!("delivery_order/{}", delivery.source);
+                    let order = counters.get(counter.as_str()).or_store("write counters")?.map_or(0, |v| v.value()) + 1;
+                    counters.insert(counter.as_str(), order).or_store("write counters")?;
+                    let source = delivery.source.as_str();
+                    recent.insert((source, order), delivery.identity.as_slice()).or_store("write recent deliveries")?;
+                    if let Some(oldest_dropped) = order.checked_sub(u64::from(delivery.window)) {
+                        recent
+                            .retain_in((source, 0)..=(source, oldest_dropped), |_, _| false)
+                            .or_store("write recent deliveries")?;
+                    }
                 }
                 for letter in &change.dead_letters {
                     let id = counters.get(DEAD_LETTERS_NEXT_ID).or_store("write counters")?.map_or(0, |v| v.value());

@@ -116,3 +116,19 @@ async fn relaxed_commits_become_durable_after_the_committer_stops() {
     let (store, _committer, _thread) = open(dir.path(), options).expect("reopen");
     assert_eq!(store.function_state_range("n", b"", None, 10).expect("read").len(), 3);
 }
+
+#[tokio::test]
+async fn recent_deliveries_keep_the_newest_window_per_source() {
+    let (_dir, store, committer, _thread) = store(10);
+    let record = |source: &str, id: u8| DeliveryRecord { source: source.into(), identity: vec![id], window: 3 };
+    for id in 1..=5 {
+        committer
+            .commit(ChangeSet { deliveries: vec![record("a", id), record("b", id + 100)], ..ChangeSet::default() })
+            .await
+            .expect("commit");
+    }
+    let kept = store.recent_deliveries("a").expect("read");
+    assert_eq!(kept, [vec![3], vec![4], vec![5]].into_iter().collect());
+    assert_eq!(store.recent_deliveries("b").expect("read").len(), 3);
+    assert!(store.recent_deliveries("c").expect("read").is_empty());
+}
