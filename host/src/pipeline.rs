@@ -92,7 +92,16 @@ pub fn spawn(
 
     // source → deliveries
     let (delivery_tx, delivery_rx) = mpsc::channel::<Delivery>(config.batch.queue);
-    source::spawn(&config.source, &name, &shared.store, delivery_tx, intake.clone(), source_close.clone(), tracker);
+    source::spawn(
+        &config.source,
+        &config.batch,
+        &name,
+        &shared.store,
+        delivery_tx,
+        intake.clone(),
+        source_close.clone(),
+        tracker,
+    );
 
     // deliveries → batches of deliveries
     let (batch_tx, batch_rx) = mpsc::channel::<Vec<Delivery>>(1);
@@ -151,12 +160,12 @@ async fn run_batcher(
 ) {
     while let Some(first) = deliveries.recv().await {
         let deadline = tokio::time::Instant::now() + limits.linger;
-        let mut bytes = first.message.payload.len() as u64;
+        let mut bytes = first.payload_len();
         let mut batch = vec![first];
         while batch.len() < limits.max_messages && bytes < limits.max_bytes {
             match tokio::time::timeout_at(deadline, deliveries.recv()).await {
                 Ok(Some(delivery)) => {
-                    bytes += delivery.message.payload.len() as u64;
+                    bytes += delivery.payload_len();
                     batch.push(delivery);
                 }
                 Ok(None) | Err(_) => break,
@@ -283,13 +292,13 @@ async fn run_processor(
     while let Some(deliveries) = batches.recv().await {
         let Some(mut core) = processor.take() else { break };
         let mut records = Vec::new();
-        let (messages, acks): (Vec<Message>, Vec<source::Ack>) = deliveries
-            .into_iter()
-            .map(|d| {
-                records.extend(d.record);
-                (d.message, d.ack)
-            })
-            .unzip();
+        let mut messages = Vec::with_capacity(deliveries.len());
+        let mut acks = Vec::with_capacity(deliveries.len());
+        for delivery in deliveries {
+            records.extend(delivery.record);
+            messages.extend(delivery.message);
+            acks.push(delivery.ack);
+        }
         let now = crate::telemetry::now_nanos();
         let joined = tokio::task::spawn_blocking(move || {
             let processed = core.process(&messages, now);
@@ -448,7 +457,7 @@ mod tests {
     }
 
     fn messages(payloads: &[&'static str]) -> Vec<Message> {
-        payloads.iter().map(|p| delivery(p).message).collect()
+        payloads.iter().flat_map(|p| delivery(p).message).collect()
     }
 
     #[test]

@@ -77,12 +77,18 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// Starts one with an in-memory session store and mosquitto's default in-flight window.
     pub fn start() -> Result<Self> {
+        Self::start_with("")
+    }
+
+    /// Starts one with extra configuration lines (`max_inflight_messages 100`, say). Queues for
+    /// absent persistent clients are unbounded, so nothing is dropped while weir is down.
+    pub fn start_with(extra_config: &str) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
         std::fs::write(
             dir.path().join("mosquitto.conf"),
             format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 100000\nlog_dest stderr\n"
+                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nmax_queued_messages 0\nlog_dest stderr\n{extra_config}\n"
             ),
         )?;
         let child = Self::spawn(dir.path(), port)?;
@@ -186,6 +192,8 @@ impl Drop for NatsServer {
 pub struct Weir {
     child: Child,
     dir: tempfile::TempDir,
+    /// Runs so far (1 + restarts).
+    runs: u32,
 }
 
 impl Weir {
@@ -196,17 +204,37 @@ impl Weir {
         let config = config
             .replace("{data_dir}", data_dir.to_str().context("UTF-8 temp path")?)
             .replace("{functions_dir}", functions_dir().to_str().context("UTF-8 path")?);
-        let path = dir.path().join("weir.toml");
-        std::fs::write(&path, config)?;
-        let child = Command::new(weir_bin())
+        std::fs::write(dir.path().join("weir.toml"), config)?;
+        let child = Self::spawn(dir.path())?;
+        Ok(Self { child, dir, runs: 1 })
+    }
+
+    fn spawn(dir: &Path) -> Result<Child> {
+        let log = |name: &str| File::options().create(true).append(true).open(dir.join(name));
+        Command::new(weir_bin())
             .args(["run", "--config"])
-            .arg(&path)
-            .env("RUST_LOG", "info,async_nats=warn")
-            .stdout(File::create(dir.path().join("stdout.log"))?)
-            .stderr(File::create(dir.path().join("stderr.log"))?)
+            .arg(dir.join("weir.toml"))
+            // WEIR_E2E_RUST_LOG=debug (say) shows more of what weir does in a failing test.
+            .env("RUST_LOG", std::env::var("WEIR_E2E_RUST_LOG").unwrap_or_else(|_| "info,async_nats=warn".into()))
+            .stdout(log("stdout.log")?)
+            .stderr(log("stderr.log")?)
             .spawn()
-            .context("starting weir")?;
-        Ok(Self { child, dir })
+            .context("starting weir")
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up) and starts it again on the same
+    /// configuration and data directory.
+    pub fn kill_and_restart(&mut self) -> Result<()> {
+        Command::new("kill").args(["-KILL", &self.child.id().to_string()]).status()?;
+        self.child.wait()?;
+        self.child = Self::spawn(self.dir.path())?;
+        self.runs += 1;
+        Ok(())
+    }
+
+    /// Starts so far (1 + restarts).
+    pub fn runs(&self) -> u32 {
+        self.runs
     }
 
     /// The data directory.
@@ -287,6 +315,8 @@ pub struct MqttClient {
     pub client: rumqttc::AsyncClient,
     /// Publishes received on subscribed topics.
     pub received: tokio::sync::mpsc::UnboundedReceiver<rumqttc::Publish>,
+    /// PUBACKs received from the broker: QoS 1 publishes it accepted.
+    acked: std::sync::Arc<std::sync::atomic::AtomicUsize>,
     poller: tokio::task::JoinHandle<()>,
 }
 
@@ -294,10 +324,12 @@ impl MqttClient {
     /// Connects as `client_id`; waits for the CONNACK.
     pub async fn connect(broker: &Mosquitto, client_id: &str) -> Result<Self> {
         let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", broker.port);
-        options.set_max_packet_size(1 << 22, 1 << 22);
+        options.set_max_packet_size(1 << 22, 1 << 22).set_inflight(500);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 1024);
         let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
         let (received_tx, received) = tokio::sync::mpsc::unbounded_channel();
+        let acked = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counter = std::sync::Arc::clone(&acked);
         let poller = tokio::spawn(async move {
             let mut connected = Some(connected_tx);
             loop {
@@ -310,13 +342,31 @@ impl MqttClient {
                     Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(publish))) => {
                         let _ = received_tx.send(publish);
                     }
+                    Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_))) => {
+                        counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    }
                     Ok(_) => {}
                     Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
                 }
             }
         });
         tokio::time::timeout(PATIENCE, connected_rx).await.context("no CONNACK")??;
-        Ok(Self { client, received, poller })
+        Ok(Self { client, received, acked, poller })
+    }
+
+    /// Waits until the broker acknowledged `count` QoS 1 publishes.
+    pub async fn wait_for_pubacks(&self, count: usize) -> Result<()> {
+        let started = Instant::now();
+        while self.acked.load(std::sync::atomic::Ordering::SeqCst) < count {
+            if started.elapsed() > PATIENCE {
+                bail!(
+                    "the broker acknowledged {} of {count} publishes",
+                    self.acked.load(std::sync::atomic::Ordering::SeqCst)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Ok(())
     }
 
     /// Publishes at QoS 1.

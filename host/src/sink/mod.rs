@@ -8,7 +8,10 @@
 //! confirmed record is deleted from the outbox (deletions are grouped into one commit). On any
 //! failure — refused publish, lost connection, missing ack — every unconfirmed record is sent
 //! again after a backoff, with the same end-to-end id (`<gateway>.<stream>.<seq>`): JetStream
-//! drops duplicates by `Nats-Msg-Id`, MQTT consumers by the id inside the payload.
+//! drops duplicates by `Nats-Msg-Id`, MQTT consumers by the id inside the payload. Before
+//! sending again (and at start), the sink asks the broker what it already stored (JetStream: the
+//! last message on the subject), so a record is not stored twice even after JetStream's
+//! duplicate window has passed.
 //!
 //! The outbox, not the broker client, is the source of truth: nothing here keeps a record that is
 //! not also in the outbox. A record the broker can never accept (too large for it) is moved to
@@ -84,6 +87,14 @@ enum Publisher {
 }
 
 impl Publisher {
+    /// The highest seq of this stream the central broker is known to have stored, if it can tell.
+    async fn stored_up_to(&mut self, gateway: &str, stream: &str) -> Result<Option<u64>, PublishError> {
+        match self {
+            Self::JetStream(p) => p.stored_up_to(gateway, stream).await,
+            Self::Mqtt(_) | Self::Console(_) => Ok(None),
+        }
+    }
+
     /// Hands `record` to the broker; the returned future resolves with its confirmation.
     async fn publish(&mut self, record: &OutgoingRecord) -> Result<Confirmation, PublishError> {
         match self {
@@ -154,11 +165,34 @@ impl Sink {
         let mut oldest_unsaved: Option<tokio::time::Instant> = None;
         let mut dead: Vec<(u64, String)> = Vec::new();
         let mut stop_deadline: Option<tokio::time::Instant> = None;
+        // Records may have reached the broker without their confirmation reaching us (a crash,
+        // a cut connection): ask before sending anything again.
+        let mut must_reconcile = true;
+        let mut stored_through: Option<u64> = None;
 
         loop {
             let stopping = stop.is_cancelled();
             if stopping {
                 stop_deadline.get_or_insert_with(|| tokio::time::Instant::now() + STOP_GRACE);
+            }
+            if must_reconcile && !stopping && in_flight.is_empty() {
+                match publisher.stored_up_to(&self.gateway, &stream).await {
+                    Ok(stored) => {
+                        must_reconcile = false;
+                        if let Some(stored) = stored.filter(|&s| s > sent_up_to) {
+                            tracing::info!(stage = "sink", pipeline = %stream, stored, resend_from = sent_up_to + 1,
+                                "records up to {stored} are already stored centrally; not sending them again");
+                            sent_up_to = stored;
+                            stored_through = Some(stored);
+                        }
+                    }
+                    Err(e) => {
+                        let delay = retry.next_delay(&mut rand::rng());
+                        tracing::warn!(stage = "sink", pipeline = %stream, error = %e, retry_in = ?delay, "cannot ask the broker what it stored");
+                        sleep_or_stop(delay, &stop).await;
+                        continue;
+                    }
+                }
             }
             // Fill the window.
             if !stopping && in_flight.len() < max_in_flight {
@@ -176,6 +210,7 @@ impl Sink {
                                 }
                                 Err(e) => {
                                     sent_up_to = self.failed(&mut in_flight, record.seq, &e, &mut retry, &stop).await;
+                                    must_reconcile = true;
                                     break;
                                 }
                             }
@@ -192,8 +227,12 @@ impl Sink {
 
             let save_due =
                 oldest_unsaved.is_some_and(|t| t.elapsed() >= DELETE_LINGER) || confirmed.len() >= DELETE_GROUP;
-            if save_due || !dead.is_empty() || (in_flight.is_empty() && !confirmed.is_empty()) {
-                self.save(&mut confirmed, &mut dead).await;
+            if save_due
+                || !dead.is_empty()
+                || stored_through.is_some()
+                || (in_flight.is_empty() && !confirmed.is_empty())
+            {
+                self.save(&mut confirmed, &mut dead, &mut stored_through).await;
                 oldest_unsaved = None;
             }
 
@@ -236,10 +275,11 @@ impl Sink {
                 }
                 Err(e) => {
                     sent_up_to = self.failed(&mut in_flight, seq, &e, &mut retry, &stop).await;
+                    must_reconcile = true;
                 }
             }
         }
-        self.save(&mut confirmed, &mut dead).await;
+        self.save(&mut confirmed, &mut dead, &mut stored_through).await;
         tracing::debug!(stage = "sink", pipeline = %stream, "sink stopped");
     }
 
@@ -281,11 +321,12 @@ impl Sink {
     }
 
     /// Commits the deletion of confirmed records and moves refused ones to the dead letters.
-    async fn save(&self, confirmed: &mut Vec<u64>, dead: &mut Vec<(u64, String)>) {
-        if confirmed.is_empty() && dead.is_empty() {
+    async fn save(&self, confirmed: &mut Vec<u64>, dead: &mut Vec<(u64, String)>, stored_through: &mut Option<u64>) {
+        if confirmed.is_empty() && dead.is_empty() && stored_through.is_none() {
             return;
         }
         let mut changes = ChangeSet::default();
+        changes.confirmed_through.extend(stored_through.map(|seq| (self.stream.clone(), seq)));
         let now = crate::telemetry::now_nanos();
         for (seq, reason) in dead.iter() {
             let body = self
@@ -309,6 +350,7 @@ impl Sink {
             Ok(()) => {
                 confirmed.clear();
                 dead.clear();
+                *stored_through = None;
             }
             // The records stay in the outbox; the deletions are tried again with the next save.
             Err(e) => {

@@ -10,6 +10,7 @@
 
 use std::collections::{HashMap, VecDeque};
 
+use futures::StreamExt;
 use rumqttc::{AsyncClient, ConnectionError, Event, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
@@ -17,7 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Confirmation, OutgoingRecord, PublishError};
 use crate::backoff::Retry;
 use crate::config::{BrokerConfig, MqttTopic};
-use crate::source::{MAX_MESSAGE_BYTES, mqtt_disconnect, mqtt_options};
+use crate::source::{MAX_MESSAGE_BYTES, mqtt_disconnect, mqtt_events, mqtt_options};
 
 type Done = oneshot::Sender<Result<(), PublishError>>;
 
@@ -116,7 +117,8 @@ impl Connection {
         let mut options = mqtt_options(&self.broker, &self.client_id, true);
         // One more than our window: with in-order PUBACKs a packet id is never still in use.
         options.set_inflight(u16::try_from(self.max_in_flight + 1).unwrap_or(u16::MAX));
-        let (client, mut eventloop) = AsyncClient::new(options, self.max_in_flight.max(1));
+        let (client, eventloop) = AsyncClient::new(options, self.max_in_flight.max(1));
+        let mut events = mqtt_events(eventloop);
         let mut retry = Retry::new(self.broker.reconnect);
         let mut pending = Pending::default();
         let mut connected = false;
@@ -133,11 +135,10 @@ impl Connection {
                         Err(e) => { let _ = request.done.send(Err(PublishError::transient(e.to_string()))); }
                     }
                 }
-                event = eventloop.poll() => match event {
+                Some(event) = events.next() => match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected = true;
                         retry.reset();
-                        eventloop.state.collision = None;
                         tracing::info!(stage = "sink", pipeline, broker = %self.broker.url, "MQTT sink connected");
                     }
                     Ok(Event::Outgoing(Outgoing::Publish(pkid))) if pkid != 0 => {
@@ -169,6 +170,6 @@ impl Connection {
             }
         }
         pending.fail_all("the sink is stopping");
-        mqtt_disconnect(&client, &mut eventloop).await;
+        mqtt_disconnect(&client, &mut events).await;
     }
 }

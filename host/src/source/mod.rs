@@ -19,9 +19,11 @@
 //! after a lost connection, a crash between commit and acknowledgement, or an expired ack wait —
 //! is processed at most once. Each at-least-once delivery carries a [`DeliveryRecord`] (MQTT:
 //! packet id and a digest of topic and payload; JetStream: stream sequence) that commits with the
-//! data derived from it. A redelivery whose identity is still in the pipeline is dropped (the
-//! original will be acknowledged); one whose identity was committed is acknowledged at once and
-//! dropped.
+//! data derived from it. A redelivery whose identity is still on its way (held or in the
+//! pipeline) is dropped — the original will be acknowledged; one whose identity was committed
+//! goes through the pipeline without its message: its identity is committed again (so it stays
+//! among the recent ones while the broker keeps sending it) and it is acknowledged after that
+//! commit.
 //!
 //! Lifecycle: the source reads until `intake` is cancelled, then drops its sender (the pipeline
 //! drains the channel) but keeps its connection so the pipeline's last acknowledgements reach the
@@ -31,7 +33,7 @@ mod mqtt;
 mod nats;
 pub mod simulated;
 
-pub(crate) use mqtt::{disconnect as mqtt_disconnect, options as mqtt_options};
+pub(crate) use mqtt::{disconnect as mqtt_disconnect, events as mqtt_events, options as mqtt_options};
 pub(crate) use nats::connect as nats_connect;
 
 use tokio::sync::mpsc;
@@ -49,8 +51,9 @@ pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
 /// A message and the means to acknowledge it upstream.
 #[derive(Debug)]
 pub struct Delivery {
-    /// The message.
-    pub message: Message,
+    /// The message; `None` for a redelivery of something already committed, which only needs
+    /// its identity committed again and its acknowledgement sent after that commit.
+    pub message: Option<Message>,
     /// Its acknowledgement, to use once everything derived from it is committed.
     pub ack: Ack,
     /// Its identity, to commit with the data derived from it (at-least-once sources only).
@@ -60,7 +63,12 @@ pub struct Delivery {
 impl Delivery {
     /// A delivery nobody acknowledges (at most once).
     pub fn unacknowledged(message: Message) -> Self {
-        Self { message, ack: Ack::none(), record: None }
+        Self { message: Some(message), ack: Ack::none(), record: None }
+    }
+
+    /// Payload bytes carried (0 for a redelivery of something committed).
+    pub fn payload_len(&self) -> u64 {
+        self.message.as_ref().map_or(0, |m| m.payload.len() as u64)
     }
 }
 
@@ -126,6 +134,7 @@ pub fn ack_window(config: &SourceConfig) -> Option<usize> {
 /// Starts the source task for `config`.
 pub fn spawn(
     config: &SourceConfig,
+    batch: &crate::config::BatchConfig,
     pipeline: &str,
     store: &StateStore,
     deliveries: mpsc::Sender<Delivery>,
@@ -141,6 +150,7 @@ pub fn spawn(
                 qos,
                 client_id,
                 max_inflight,
+                held_by_pipeline: batch.queue + 3 * batch.max_messages,
                 pipeline: pipeline.to_owned(),
                 store: store.clone(),
             };

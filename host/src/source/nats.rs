@@ -147,26 +147,34 @@ impl JetStreamSource {
                 return None;
             }
             if committed.contains(&self.store, &identity) {
-                tracing::info!(stage = "source", pipeline = %self.pipeline, sequence, "redelivery of a committed message acknowledged and dropped");
-                if let Err(e) = received.ack().await {
-                    tracing::warn!(stage = "source", pipeline = %self.pipeline, error = %e, "cannot acknowledge a redelivery");
-                }
-                return None;
+                // Committed before; its ack was lost. Commit the identity again, then ack.
+                tracing::debug!(stage = "source", pipeline = %self.pipeline, sequence, "redelivery of a committed message");
+                in_pipeline.insert(identity.clone());
+                let (_, acker) = received.split();
+                return Some(self.delivery(None, acker, identity, in_pipeline, committed));
             }
         }
         in_pipeline.insert(identity.clone());
         let (received, acker) = received.split();
+        let message = message(received.subject.as_str(), received.payload);
+        Some(self.delivery(Some(message), acker, identity, in_pipeline, committed))
+    }
+
+    fn delivery(
+        &self,
+        message: Option<Message>,
+        acker: jetstream::message::Acker,
+        identity: Vec<u8>,
+        in_pipeline: &InPipeline,
+        committed: &CommittedRecently,
+    ) -> Delivery {
         let record = DeliveryRecord {
             source: committed.source.clone(),
             identity: identity.clone(),
             window: u32::try_from(MAX_ACK_PENDING).unwrap_or(u32::MAX),
         };
         let ack = JetStreamAck { acker, identity, in_pipeline: in_pipeline.clone() };
-        Some(Delivery {
-            message: message(received.subject.as_str(), received.payload),
-            ack: Ack(AckKind::JetStream(ack)),
-            record: Some(record),
-        })
+        Delivery { message, ack: Ack(AckKind::JetStream(ack)), record: Some(record) }
     }
 
     async fn consumer(&self, context: &jetstream::Context) -> Result<jetstream::consumer::PullConsumer, String> {

@@ -152,6 +152,8 @@ pub struct ChangeSet {
     pub records: Vec<OutboxRecord>,
     /// Records the central broker confirmed: removed from the outbox.
     pub confirmed: Vec<(String, u64)>,
+    /// Streams whose records up to a seq are known to be stored centrally: all removed.
+    pub confirmed_through: Vec<(String, u64)>,
     /// Dead letters to keep.
     pub dead_letters: Vec<DeadLetter>,
     /// Identities of the deliveries this change set consumed (source positions).
@@ -181,6 +183,7 @@ impl ChangeSet {
         self.state_writes.is_empty()
             && self.records.is_empty()
             && self.confirmed.is_empty()
+            && self.confirmed_through.is_empty()
             && self.dead_letters.is_empty()
             && self.deliveries.is_empty()
     }
@@ -476,6 +479,10 @@ impl Writer {
                 }
                 for (stream, seq) in &change.confirmed {
                     outbox.remove((stream.as_str(), *seq)).or_store("write outbox")?;
+                }
+                for (stream, seq) in &change.confirmed_through {
+                    let stream = stream.as_str();
+                    outbox.retain_in((stream, 0)..=(stream, *seq), |_, _| false).or_store("write outbox")?;
                 }
                 for delivery in &change.deliveries {
                     let counter = format!("delivery_order/{}", delivery.source);

@@ -1,0 +1,194 @@
+//! Store and forward under faults: SIGKILL at random instants, brokers that go away, connections
+//! cut around publishes and acks. The oracle is always the same: every reading the broker
+//! accepted from the plant arrives centrally exactly once, and state-derived values are exactly
+//! what an uninterrupted run computes.
+//!
+//! Sizes come from the environment for longer runs (docs/durability.md):
+//! `WEIR_KILL_READINGS` (default 100 000), `WEIR_KILL_COUNT` (default 20).
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use rand::Rng;
+use weir_e2e::*;
+
+fn env_or(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// Series the load is spread over.
+const SERIES: usize = 16;
+/// Moving-average window of the stateful function in the pipeline.
+const WINDOW: usize = 4;
+
+fn load_config(plant: &str, central: &str) -> String {
+    format!(
+        r#"{header}
+[functions.moving-average]
+component = "weir_fn_moving_average.wasm"
+
+[pipelines.load.source.mqtt]
+broker = "plant"
+topics = ["load/#"]
+max_inflight = 100
+
+[pipelines.load.decode.json]
+series = "/s"
+time = "/t"
+value = "/v"
+
+[[pipelines.load.operators]]
+function = "moving-average"
+params = {{ window = {WINDOW}, suffix = "/avg" }}
+
+[pipelines.load.batch]
+max_messages = 100
+linger = "20ms"
+
+[pipelines.load.sink.jetstream]
+broker = "central"
+subject = "central.load"
+"#,
+        header = gateway_with_brokers(plant, central)
+    )
+}
+
+fn payload(i: usize) -> (String, String) {
+    let series = format!("load/{}", i % SERIES);
+    let body = format!(r#"{{"s":"{series}","t":{i},"v":{i}}}"#);
+    (series, body)
+}
+
+/// What must arrive: each reading once, and the moving average over each series in order.
+struct Expected {
+    readings: usize,
+    originals: BTreeMap<(String, i64), f64>,
+    averages: BTreeMap<String, Vec<f64>>,
+}
+
+fn expected(readings: usize) -> Expected {
+    let mut originals = BTreeMap::new();
+    let mut windows: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut averages: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for i in 0..readings {
+        let (series, _) = payload(i);
+        let value = i as f64;
+        originals.insert((series.clone(), i as i64 * 1_000_000), value);
+        let window = windows.entry(series.clone()).or_default();
+        window.push(value);
+        if window.len() > WINDOW {
+            window.remove(0);
+        }
+        let average = window.iter().sum::<f64>() / window.len() as f64;
+        averages.entry(format!("{series}/avg")).or_default().push(average);
+    }
+    Expected { readings, originals, averages }
+}
+
+/// Checks what arrived against `expected`: nothing lost, nothing twice, averages exact.
+fn verify(records: &[CentralRecord], expected: &Expected) -> Result<()> {
+    let mut seen: BTreeMap<(String, i64), usize> = BTreeMap::new();
+    let mut averages: BTreeMap<String, Vec<(i64, f64)>> = BTreeMap::new();
+    for reading in all_readings(records) {
+        if reading.series.ends_with("/avg") {
+            averages.entry(reading.series).or_default().push((reading.ts, reading.value));
+        } else {
+            *seen.entry((reading.series, reading.ts)).or_default() += 1;
+        }
+    }
+    let lost: Vec<_> = expected.originals.keys().filter(|k| !seen.contains_key(*k)).take(5).collect();
+    let duplicated: Vec<_> = seen.iter().filter(|(_, n)| **n > 1).map(|(k, n)| (k.clone(), *n)).take(5).collect();
+    let foreign = seen.keys().filter(|k| !expected.originals.contains_key(*k)).count();
+    if !lost.is_empty() || !duplicated.is_empty() || foreign > 0 {
+        bail!(
+            "lost {} (first {lost:?}), duplicated {} (first {duplicated:?}), foreign {foreign}",
+            expected.originals.keys().filter(|k| !seen.contains_key(*k)).count(),
+            seen.values().filter(|n| **n > 1).count()
+        );
+    }
+    for (series, want) in &expected.averages {
+        let mut got = averages.remove(series).unwrap_or_default();
+        got.sort_by_key(|(ts, _)| *ts);
+        let got: Vec<f64> = got.into_iter().map(|(_, v)| v).collect();
+        if &got != want {
+            let first = got.iter().zip(want).position(|(g, w)| g != w);
+            bail!(
+                "averages of {series} differ from an uninterrupted run: {} vs {} values, first difference at {first:?}",
+                got.len(),
+                want.len()
+            );
+        }
+    }
+    let mut ids: Vec<u64> = records.iter().map(|r| r.record.header.seq).collect();
+    ids.sort_unstable();
+    let distinct = ids.windows(2).all(|w| w[0] < w[1]);
+    if !distinct || ids.first() != Some(&1) || ids.last() != Some(&(records.len() as u64)) {
+        bail!("record seqs are not 1..={} without repeats", records.len());
+    }
+    eprintln!("verified: {} readings, {} records, 0 lost, 0 duplicated", expected.readings, records.len());
+    Ok(())
+}
+
+/// Collects the stream until every original reading arrived, then waits until nothing more comes
+/// (a late duplicate would show up then).
+async fn collect_all(
+    stream: &async_nats::jetstream::stream::Stream,
+    expected: &Expected,
+) -> Result<Vec<CentralRecord>> {
+    let readings = expected.readings;
+    let mut records = collect_stream(stream, |records| {
+        all_readings(records).iter().filter(|r| !r.series.ends_with("/avg")).count() >= readings
+    })
+    .await?;
+    let mut quiet_since = Instant::now();
+    while quiet_since.elapsed() < Duration::from_secs(3) {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let count = stream.clone().info().await?.state.messages as usize;
+        if count > records.len() {
+            records = collect_stream(stream, |r| r.len() >= count).await?;
+            quiet_since = Instant::now();
+        }
+    }
+    Ok(records)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_at_random_instants_loses_nothing_and_duplicates_nothing() -> Result<()> {
+    let readings = env_or("WEIR_KILL_READINGS", 100_000);
+    let kills = env_or("WEIR_KILL_COUNT", 20);
+    let mqtt = Mosquitto::start_with("max_inflight_messages 100")?;
+    let nats = NatsServer::start()?;
+    let central = nats.client().await?;
+    let stream = create_stream(&central, "CENTRAL", &["central.>"]).await?;
+    let mut weir = Weir::start(&load_config(&mqtt.url(), &nats.url()))?;
+    weir.wait_for_log("subscribed", 1).await?;
+
+    let plant = MqttClient::connect(&mqtt, "load-publisher").await?;
+    let publisher = tokio::spawn(async move {
+        for i in 0..readings {
+            let (series, body) = payload(i);
+            plant.publish(&series, body).await?;
+        }
+        plant.wait_for_pubacks(readings).await?;
+        anyhow::Ok(plant)
+    });
+
+    let started = Instant::now();
+    let mut rng = rand::rng();
+    for _ in 0..kills {
+        let pause = Duration::from_millis(rng.random_range(200..1200));
+        tokio::time::sleep(pause).await;
+        weir.kill_and_restart()?;
+    }
+    let _plant = publisher.await??;
+    eprintln!("{kills} kills in {:.1} s; draining", started.elapsed().as_secs_f64());
+
+    let expected = expected(readings);
+    let records = collect_all(&stream, &expected).await?;
+    verify(&records, &expected)?;
+    assert_eq!(weir.runs(), u32::try_from(kills + 1)?);
+    let (code, _, _) = weir.stop()?;
+    assert_eq!(code, 0, "the last run stops cleanly");
+    Ok(())
+}
