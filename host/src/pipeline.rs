@@ -92,16 +92,7 @@ pub fn spawn(
 
     // source → deliveries
     let (delivery_tx, delivery_rx) = mpsc::channel::<Delivery>(config.batch.queue);
-    source::spawn(
-        &config.source,
-        &config.batch,
-        &name,
-        &shared.store,
-        delivery_tx,
-        intake.clone(),
-        source_close.clone(),
-        tracker,
-    );
+    source::spawn(config, &shared.store, delivery_tx, intake.clone(), source_close.clone(), tracker);
 
     // deliveries → batches of deliveries
     let (batch_tx, batch_rx) = mpsc::channel::<Vec<Delivery>>(1);

@@ -81,7 +81,7 @@ type Confirmation = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send
 
 /// The three kinds of publisher.
 enum Publisher {
-    JetStream(jetstream::JetStreamPublisher),
+    JetStream(Box<jetstream::JetStreamPublisher>),
     Mqtt(mqtt::MqttPublisher),
     Console(console::ConsolePublisher),
 }
@@ -128,7 +128,14 @@ impl Sink {
             SinkConfig::JetStream { broker, subject, max_in_flight } => {
                 match jetstream::JetStreamPublisher::connect(broker, subject, &self.stream).await {
                     Ok(p) => {
-                        self.drain(Publisher::JetStream(p), *max_in_flight, broker.reconnect, committed, stop).await;
+                        self.drain(
+                            Publisher::JetStream(Box::new(p)),
+                            *max_in_flight,
+                            broker.reconnect,
+                            committed,
+                            stop,
+                        )
+                        .await;
                     }
                     Err(e) => {
                         tracing::error!(stage = "sink", pipeline = %self.stream, error = %e, "cannot set up the JetStream sink");

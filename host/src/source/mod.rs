@@ -41,7 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::batch::Message;
-use crate::config::SourceConfig;
+use crate::config::{PipelineConfig, SourceConfig};
 pub use crate::state::DeliveryRecord;
 use crate::state::StateStore;
 
@@ -131,18 +131,18 @@ pub fn ack_window(config: &SourceConfig) -> Option<usize> {
     }
 }
 
-/// Starts the source task for `config`.
+/// Starts the source task of `pipeline`.
 pub fn spawn(
-    config: &SourceConfig,
-    batch: &crate::config::BatchConfig,
-    pipeline: &str,
+    pipeline: &PipelineConfig,
     store: &StateStore,
     deliveries: mpsc::Sender<Delivery>,
     intake: CancellationToken,
     close: CancellationToken,
     tracker: &TaskTracker,
 ) {
-    match config.clone() {
+    let batch = &pipeline.batch;
+    let name = pipeline.name.as_str();
+    match pipeline.source.clone() {
         SourceConfig::Mqtt { broker, topics, qos, client_id, max_inflight } => {
             let source = mqtt::MqttSource {
                 broker,
@@ -151,13 +151,13 @@ pub fn spawn(
                 client_id,
                 max_inflight,
                 held_by_pipeline: batch.queue + 3 * batch.max_messages,
-                pipeline: pipeline.to_owned(),
+                pipeline: name.to_owned(),
                 store: store.clone(),
             };
             tracker.spawn(source.run(deliveries, intake, close));
         }
         SourceConfig::Nats { broker, subjects, queue_group } => {
-            let source = nats::CoreSource { broker, subjects, queue_group, pipeline: pipeline.to_owned() };
+            let source = nats::CoreSource { broker, subjects, queue_group, pipeline: name.to_owned() };
             tracker.spawn(source.run(deliveries, intake));
         }
         SourceConfig::JetStream { broker, stream, consumer, subjects } => {
@@ -166,7 +166,7 @@ pub fn spawn(
                 stream,
                 consumer,
                 subjects,
-                pipeline: pipeline.to_owned(),
+                pipeline: name.to_owned(),
                 store: store.clone(),
             };
             tracker.spawn(source.run(deliveries, intake, close));

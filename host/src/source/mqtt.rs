@@ -145,14 +145,6 @@ impl HeldQueue {
     }
 }
 
-/// What to do with an incoming publish.
-enum Admission {
-    /// Keep it for the pipeline (a committed redelivery is kept without its message).
-    Hold(Held),
-    /// A copy of a delivery still held or in the pipeline: drop it.
-    Copy,
-}
-
 /// Decides about redeliveries (see the module doc of `source`) and tracks what is in flight.
 struct Admissions {
     client: AsyncClient,
@@ -163,23 +155,23 @@ struct Admissions {
 }
 
 impl Admissions {
-    fn admit(&mut self, store: &StateStore, publish: &Publish, held: &HeldQueue) -> Admission {
+    /// The message to hold for the pipeline (a committed redelivery without its message), or
+    /// `None` for a copy of one still held or in the pipeline.
+    fn admit(&mut self, store: &StateStore, publish: &Publish, held: &HeldQueue) -> Option<Held> {
         let message = Message {
             topic: publish.topic.clone(),
             payload: publish.payload.clone(),
             received_at: crate::telemetry::now_nanos(),
         };
         if publish.qos == QoS::AtMostOnce {
-            return Admission::Hold(Held { delivery: Delivery::unacknowledged(message), identity: None });
+            return Some(Held { delivery: Delivery::unacknowledged(message), identity: None });
         }
         // The ack needs only the packet id and QoS.
         let mut owed = Publish::new("", publish.qos, Vec::new());
         owed.pkid = publish.pkid;
         let identity = identity(publish);
-        if publish.dup {
-            if held.contains(&identity) || self.in_pipeline.contains(&identity) {
-                return Admission::Copy;
-            }
+        if publish.dup && (held.contains(&identity) || self.in_pipeline.contains(&identity)) {
+            return None;
         }
         let message = if publish.dup && self.committed.contains(store, &identity) {
             // Committed before; its ack was lost. Commit the identity again, then ack.
@@ -198,7 +190,7 @@ impl Admissions {
         let record =
             DeliveryRecord { source: self.committed.source.clone(), identity: identity.clone(), window: self.window };
         let delivery = Delivery { message, ack: Ack(AckKind::Mqtt(ack)), record: Some(record) };
-        Admission::Hold(Held { delivery, identity: Some(identity) })
+        Some(Held { delivery, identity: Some(identity) })
     }
 
     /// The pipeline takes a held message.
@@ -322,8 +314,8 @@ impl MqttSource {
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) if deliveries.is_some() && !shedding => {
                         match admissions.admit(&self.store, &publish, &held) {
-                            Admission::Hold(message) => held.push(message),
-                            Admission::Copy => {
+                            Some(message) => held.push(message),
+                            None => {
                                 tracing::debug!(stage = "source", pipeline, pkid = publish.pkid, "redelivery of a message already on its way dropped");
                             }
                         }
