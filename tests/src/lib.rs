@@ -429,15 +429,16 @@ pub struct CentralRecord {
     pub record: DecodedRecord,
 }
 
-/// Reads every message of `stream` (from sequence 1) until `done` says enough or patience ends.
+/// Reads every message of `stream` (from sequence 1) until `done` says enough, or until nothing
+/// new arrived for [`PATIENCE`] (slow is fine, stalled is a failure).
 pub async fn collect_stream(
     stream: &jetstream::stream::Stream,
     done: impl Fn(&[CentralRecord]) -> bool,
 ) -> Result<Vec<CentralRecord>> {
-    let started = Instant::now();
+    let mut last_progress = Instant::now();
     let mut records = Vec::new();
     let mut next = 1;
-    while started.elapsed() < PATIENCE {
+    while last_progress.elapsed() < PATIENCE {
         match stream.get_raw_message(next).await {
             Ok(message) => {
                 let message_id =
@@ -445,6 +446,7 @@ pub async fn collect_stream(
                 let record = encode::decode(&message.payload).context("a central record that does not decode")?;
                 records.push(CentralRecord { message_id, record });
                 next += 1;
+                last_progress = Instant::now();
                 if done(&records) {
                     return Ok(records);
                 }
