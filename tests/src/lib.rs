@@ -454,11 +454,8 @@ pub async fn collect_stream(
             Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
         }
     }
-    bail!(
-        "gave up after {} records: {:#?}",
-        records.len(),
-        records.iter().map(|r| readings(&r.record)).collect::<Vec<_>>()
-    )
+    let shown: Vec<_> = records.iter().rev().take(3).map(|r| readings(&r.record)).collect();
+    bail!("nothing new for {PATIENCE:?} after {} records; the last ones: {shown:#?}", records.len())
 }
 
 /// All readings of `records`, in order.
