@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail};
 use rand::Rng;
+use weir_e2e::proxy;
 use weir_e2e::*;
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -23,8 +24,26 @@ const SERIES: usize = 16;
 const WINDOW: usize = 4;
 
 fn load_config(plant: &str, central: &str) -> String {
+    tuned_config(plant, central, 100, "")
+}
+
+/// The load pipeline with `batch_messages` per batch (one record each), extra sink settings, and
+/// a central broker weir reconnects to quickly.
+fn tuned_config(plant: &str, central: &str, batch_messages: usize, sink_extra: &str) -> String {
     format!(
-        r#"{header}
+        r#"[gateway]
+id = "gw-e2e"
+data_dir = "{{data_dir}}"
+functions_dir = "{{functions_dir}}"
+
+[brokers.plant]
+url = "{plant}"
+
+[brokers.central]
+url = "{central}"
+reconnect_min = "20ms"
+reconnect_max = "250ms"
+
 [functions.moving-average]
 component = "weir_fn_moving_average.wasm"
 
@@ -43,14 +62,14 @@ function = "moving-average"
 params = {{ window = {WINDOW}, suffix = "/avg" }}
 
 [pipelines.load.batch]
-max_messages = 100
+max_messages = {batch_messages}
 linger = "20ms"
 
 [pipelines.load.sink.jetstream]
 broker = "central"
 subject = "central.load"
-"#,
-        header = gateway_with_brokers(plant, central)
+{sink_extra}
+"#
     )
 }
 
@@ -190,5 +209,101 @@ async fn sigkill_at_random_instants_loses_nothing_and_duplicates_nothing() -> Re
     assert_eq!(weir.runs(), u32::try_from(kills + 1)?);
     let (code, _, _) = weir.stop()?;
     assert_eq!(code, 0, "the last run stops cleanly");
+    Ok(())
+}
+
+/// Publishes `readings` (see [`payload`]) and waits for the broker to accept them all.
+async fn publish_load(mqtt: &Mosquitto, readings: usize) -> Result<MqttClient> {
+    let plant = MqttClient::connect(mqtt, "load-publisher").await?;
+    for i in 0..readings {
+        let (series, body) = payload(i);
+        plant.publish(&series, body).await?;
+    }
+    plant.wait_for_pubacks(readings).await?;
+    Ok(plant)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connection_cuts_after_publishes_and_before_acks_lose_nothing_and_duplicate_nothing() -> Result<()> {
+    let readings = env_or("WEIR_CUT_READINGS", 5000);
+    let cuts = env_or("WEIR_CUT_COUNT", 100);
+    let mqtt = Mosquitto::start_with("max_inflight_messages 100")?;
+    let nats = NatsServer::start()?;
+    let central = nats.client().await?;
+    let stream = create_stream(&central, "CENTRAL", &["central.>"]).await?;
+    let plan =
+        proxy::CutPlan { after_publish_every: 5, before_ack_every: 4, refuse_for: Duration::ZERO, max_cuts: cuts };
+    let proxy = proxy::NatsProxy::start(nats.port, "central.load", plan).await?;
+    // Ten readings per record and few in flight: enough publishes for every cut; a short ack
+    // timeout keeps cuts cheap.
+    let weir = Weir::start(&tuned_config(&mqtt.url(), &proxy.url(), 10, "ack_timeout = \"300ms\"\nmax_in_flight = 8"))?;
+    weir.wait_for_log("subscribed", 1).await?;
+    let _plant = publish_load(&mqtt, readings).await?;
+
+    let expected = expected(readings);
+    let records = collect_all(&stream, &expected).await?;
+    assert!(proxy.cuts() >= cuts, "only {} cuts happened", proxy.cuts());
+    verify(&records, &expected)?;
+    eprintln!("{} connection cuts", proxy.cuts());
+    assert_eq!(weir.stop()?.0, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outages_longer_than_the_duplicate_window_store_nothing_twice() -> Result<()> {
+    let readings = 2000;
+    let mqtt = Mosquitto::start_with("max_inflight_messages 100")?;
+    let nats = NatsServer::start()?;
+    let central = nats.client().await?;
+    // JetStream forgets message ids after 1 s; every outage below lasts 2 s.
+    let stream = create_stream_with_window(&central, "CENTRAL", &["central.>"], Duration::from_secs(1)).await?;
+    let plan =
+        proxy::CutPlan { after_publish_every: 0, before_ack_every: 5, refuse_for: Duration::from_secs(2), max_cuts: 6 };
+    let proxy = proxy::NatsProxy::start(nats.port, "central.load", plan).await?;
+    let weir = Weir::start(&tuned_config(&mqtt.url(), &proxy.url(), 10, "ack_timeout = \"300ms\"\nmax_in_flight = 8"))?;
+    weir.wait_for_log("subscribed", 1).await?;
+    let _plant = publish_load(&mqtt, readings).await?;
+
+    let expected = expected(readings);
+    let records = collect_all(&stream, &expected).await?;
+    assert_eq!(proxy.cuts(), 6);
+    verify(&records, &expected)?;
+    // Each cut dropped the ack of a record the stream had stored; only asking the stream what it
+    // has (not its duplicate window, long gone) kept those records from being stored twice.
+    assert!(weir.log().matches("already stored centrally").count() >= 6, "{}", weir.log());
+    assert_eq!(weir.stop()?.0, 0);
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn central_broker_stopped_and_restarted_loses_nothing_and_duplicates_nothing() -> Result<()> {
+    let readings = 20_000;
+    let mqtt = Mosquitto::start_with("max_inflight_messages 100")?;
+    let mut nats = NatsServer::start()?;
+    let central = nats.client().await?;
+    let stream = create_stream(&central, "CENTRAL", &["central.>"]).await?;
+    let weir = Weir::start(&tuned_config(&mqtt.url(), &nats.url(), 100, "ack_timeout = \"1s\""))?;
+    weir.wait_for_log("subscribed", 1).await?;
+    let plant = MqttClient::connect(&mqtt, "load-publisher").await?;
+    for i in 0..readings / 2 {
+        let (series, body) = payload(i);
+        plant.publish(&series, body).await?;
+    }
+    // Central goes away abruptly while records are in flight, stays away, comes back.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nats.stop(true)?;
+    for i in readings / 2..readings {
+        let (series, body) = payload(i);
+        plant.publish(&series, body).await?;
+    }
+    plant.wait_for_pubacks(readings).await?;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    nats.start_again()?;
+
+    let expected = expected(readings);
+    let records = collect_all(&stream, &expected).await?;
+    verify(&records, &expected)?;
+    assert!(weir.log().contains("publish failed"), "the outage was noticed");
+    assert_eq!(weir.stop()?.0, 0);
     Ok(())
 }

@@ -2,7 +2,10 @@
 //! clients that publish and collect like a plant and a central site would.
 //!
 //! Every process is killed when its handle drops. Waits poll a condition with a generous limit;
-//! no test asserts on how long something took.
+//! no test asserts on how long something took. [`proxy`] injects connection faults a real broker
+//! cannot.
+
+pub mod proxy;
 
 use std::fs::File;
 use std::net::{TcpListener, TcpStream};
@@ -142,7 +145,7 @@ pub struct NatsServer {
     child: Child,
     /// Its port.
     pub port: u16,
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 impl NatsServer {
@@ -150,16 +153,35 @@ impl NatsServer {
     pub fn start() -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let port = free_port();
-        let log = File::create(dir.path().join("nats.log"))?;
+        let child = Self::spawn(dir.path(), port)?;
+        Ok(Self { child, port, dir })
+    }
+
+    fn spawn(dir: &Path, port: u16) -> Result<Child> {
+        let log = File::options().create(true).append(true).open(dir.join("nats.log"))?;
         let mut child = Command::new(nats_binary())
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-            .arg(dir.path().join("jetstream"))
+            .arg(dir.join("jetstream"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .context("starting nats-server (apt-get install nats-server)")?;
         wait_for_port(port, &mut child, "nats-server")?;
-        Ok(Self { child, port, _dir: dir })
+        Ok(child)
+    }
+
+    /// Stops the server (SIGTERM, or SIGKILL when `abruptly`); its JetStream data stays.
+    pub fn stop(&mut self, abruptly: bool) -> Result<()> {
+        let signal = if abruptly { "-KILL" } else { "-TERM" };
+        Command::new("kill").args([signal, &self.child.id().to_string()]).status()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Starts the stopped server again on the same port and data.
+    pub fn start_again(&mut self) -> Result<()> {
+        self.child = Self::spawn(self.dir.path(), self.port)?;
+        Ok(())
     }
 
     /// `nats://127.0.0.1:<port>`.
@@ -410,11 +432,23 @@ pub async fn create_stream(
     name: &str,
     subjects: &[&str],
 ) -> Result<jetstream::stream::Stream> {
+    create_stream_with_window(client, name, subjects, Duration::from_secs(120)).await
+}
+
+/// Creates (or reuses) a JetStream stream capturing `subjects`, dropping duplicate message ids
+/// only within `duplicate_window`.
+pub async fn create_stream_with_window(
+    client: &async_nats::Client,
+    name: &str,
+    subjects: &[&str],
+    duplicate_window: Duration,
+) -> Result<jetstream::stream::Stream> {
     let context = jetstream::new(client.clone());
     Ok(context
         .get_or_create_stream(jetstream::stream::Config {
             name: name.to_owned(),
             subjects: subjects.iter().map(|s| (*s).to_owned()).collect(),
+            duplicate_window,
             ..Default::default()
         })
         .await?)

@@ -287,6 +287,8 @@ pub enum SinkConfig {
         subject: NatsSubject,
         /// Publishes awaiting their ack at once.
         max_in_flight: usize,
+        /// How long a publish waits for its ack.
+        ack_timeout: Duration,
     },
     /// MQTT QoS 1 publish, awaiting the PUBACK.
     Mqtt {
@@ -335,6 +337,7 @@ mod defaults {
     pub const QUEUE: usize = 4096;
     pub const MAX_IN_FLIGHT: usize = 64;
     pub const MQTT_INFLIGHT: usize = 20;
+    pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
     pub const SERIES_SHOWN: usize = 4;
 }
 
@@ -708,6 +711,7 @@ impl Validator<'_> {
                         broker,
                         subject: js.subject,
                         max_in_flight: js.max_in_flight.map_or(defaults::MAX_IN_FLIGHT, types::PositiveCount::get),
+                        ack_timeout: js.ack_timeout.filter(|t| !t.is_zero()).unwrap_or(defaults::ACK_TIMEOUT),
                     }),
                 RawSink::Mqtt(mqtt) => self
                     .broker_ref(&mqtt.broker, &at("sink.mqtt.broker"), Protocol::Mqtt, brokers)

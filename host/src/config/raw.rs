@@ -406,6 +406,10 @@ pub struct RawJetStreamSink {
     pub subject: NatsSubject,
     /// `max_in_flight = 64` — publishes awaiting their ack at once.
     pub max_in_flight: Option<PositiveCount>,
+    /// `ack_timeout = "5s"` — how long a publish waits for the stream's ack before it counts as
+    /// failed (and is sent again, after asking what the stream stored).
+    #[serde(default, with = "humantime_serde::option")]
+    pub ack_timeout: Option<Duration>,
 }
 
 /// `[pipelines.<name>.sink.mqtt]`

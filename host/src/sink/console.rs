@@ -7,7 +7,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use super::{Confirmation, OutgoingRecord, PublishError};
+use super::{Confirmation, Confirmed, OutgoingRecord, PublishError};
 
 /// How often the throughput line is printed.
 const RATE_EVERY: Duration = Duration::from_secs(10);
@@ -38,7 +38,7 @@ impl ConsolePublisher {
         };
         // Standard output closed (a pipe ended): nothing to show, nothing lost.
         let _ = std::io::stdout().lock().write_all(text.as_bytes());
-        Ok(Box::pin(async { Ok(()) }))
+        Ok(Box::pin(async { Ok(Confirmed::default()) }))
     }
 
     fn describe(&mut self, record: &OutgoingRecord, decoded: &crate::encode::DecodedRecord) -> String {

@@ -3,21 +3,23 @@
 //! (acking it as a duplicate), so resending after a lost ack does not store the record twice.
 //!
 //! Beyond that window (an outage longer than it, a crash between a publish and its ack), the
-//! sink asks before resending: [`JetStreamPublisher::stored_up_to`] reads the last message on
-//! the subject, and if it carries this stream's id, every record up to its seq is already
-//! stored. Records are published in seq order on one connection, so the server stores them in
-//! that order. This needs the subject to be written by this gateway's pipeline alone; a subject
-//! shared with other writers answers nothing and only the duplicate window protects.
+//! sink asks before resending: [`JetStreamPublisher::stored_since`] walks the subject forward
+//! from the stream sequence of the last confirmed record and collects every message whose
+//! `Nats-Msg-Id` names this gateway and stream. Walking (rather than reading only the last
+//! message) matters: after a cut connection the client resends what it had buffered, so a later
+//! record can be stored while an earlier one, lost on the dead connection, is not. Messages of
+//! other writers on the subject are skipped; the walk stops at the end of the subject or after
+//! [`MAX_WALK`] messages (then the rest is sent again: duplicates possible, no loss).
 
 use async_nats::header::{HeaderMap, HeaderValue, NATS_MESSAGE_ID};
 use async_nats::jetstream::{self, context::PublishErrorKind};
 
-use super::{Confirmation, OutgoingRecord, PublishError};
+use super::{Confirmation, Confirmed, Found, OutgoingRecord, PublishError};
 use crate::config::{BrokerConfig, NatsSubject};
 use crate::source::nats_connect;
 
-/// How long a publish waits for the stream's ack.
-const ACK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+/// Most messages a reconciliation reads.
+const MAX_WALK: usize = 10_000;
 
 pub(super) struct JetStreamPublisher {
     context: jetstream::Context,
@@ -37,9 +39,14 @@ fn failure(kind: PublishErrorKind, error: &impl std::fmt::Display) -> PublishErr
 }
 
 impl JetStreamPublisher {
-    pub(super) async fn connect(broker: &BrokerConfig, subject: &NatsSubject, pipeline: &str) -> Result<Self, String> {
+    pub(super) async fn connect(
+        broker: &BrokerConfig,
+        subject: &NatsSubject,
+        ack_timeout: std::time::Duration,
+        pipeline: &str,
+    ) -> Result<Self, String> {
         let client = nats_connect(broker, &format!("weir {pipeline} sink")).await?;
-        let context = jetstream::ContextBuilder::new().timeout(ACK_TIMEOUT).build(client);
+        let context = jetstream::ContextBuilder::new().timeout(ack_timeout).build(client);
         Ok(Self { context, subject: subject.as_str().to_owned(), stream: None })
     }
 
@@ -60,32 +67,51 @@ impl JetStreamPublisher {
             if ack.duplicate {
                 tracing::debug!(stage = "sink", stream = %ack.stream, sequence = ack.sequence, "JetStream already had this record");
             }
-            Ok(())
+            Ok(Confirmed { position: Some(ack.sequence) })
         }))
     }
 
-    /// The seq of the last record of `<gateway>.<stream>` stored on the subject, if the subject's
-    /// last message is one of them.
-    pub(super) async fn stored_up_to(&mut self, gateway: &str, stream: &str) -> Result<Option<u64>, PublishError> {
-        let handle = match &self.stream {
-            Some(handle) => handle.clone(),
-            None => {
-                let name = self.context.stream_by_subject(self.subject.clone()).await.map_err(|e| {
-                    PublishError::transient(format!("no JetStream stream captures {}: {e}", self.subject))
-                })?;
-                let handle = self.context.get_stream(name).await.map_err(|e| PublishError::transient(e.to_string()))?;
-                self.stream.insert(handle).clone()
+    /// The stream capturing the subject, found on first use.
+    async fn stream(&mut self) -> Result<jetstream::stream::Stream, PublishError> {
+        if let Some(handle) = &self.stream {
+            return Ok(handle.clone());
+        }
+        let name = self
+            .context
+            .stream_by_subject(self.subject.clone())
+            .await
+            .map_err(|e| PublishError::transient(format!("no JetStream stream captures {}: {e}", self.subject)))?;
+        let handle = self.context.get_stream(name).await.map_err(|e| PublishError::transient(e.to_string()))?;
+        Ok(self.stream.insert(handle).clone())
+    }
+
+    /// The records of `<gateway>.<stream>` stored on the subject after stream sequence `position`.
+    pub(super) async fn stored_since(
+        &mut self,
+        gateway: &str,
+        stream: &str,
+        position: u64,
+    ) -> Result<Found, PublishError> {
+        let handle = self.stream().await?;
+        let mut found = Found::default();
+        let mut next = position + 1;
+        for _ in 0..MAX_WALK {
+            let message =
+                handle.raw_message_builder().sequence(next).next_by_subject(self.subject.clone()).send().await;
+            let message = match message {
+                Ok(message) => message,
+                Err(e) if e.kind() == jetstream::stream::RawMessageErrorKind::NoMessageFound => return Ok(found),
+                Err(e) => return Err(PublishError::transient(format!("cannot read {} at {next}: {e}", self.subject))),
+            };
+            let id = message.headers.get(NATS_MESSAGE_ID).map(|v| v.as_str().to_owned()).unwrap_or_default();
+            if let Some(seq) = own_seq(&id, gateway, stream) {
+                found.records.push(seq);
+                found.position = message.sequence;
             }
-        };
-        let last = match handle.get_last_raw_message_by_subject(&self.subject).await {
-            Ok(last) => last,
-            Err(e) if e.kind() == jetstream::stream::LastRawMessageErrorKind::NoMessageFound => return Ok(None),
-            Err(e) => {
-                return Err(PublishError::transient(format!("cannot read the last message on {}: {e}", self.subject)));
-            }
-        };
-        let id = last.headers.get(NATS_MESSAGE_ID).map(|v| v.as_str().to_owned()).unwrap_or_default();
-        Ok(own_seq(&id, gateway, stream))
+            next = message.sequence + 1;
+        }
+        tracing::warn!(stage = "sink", pipeline = %stream, subject = %self.subject, "walked {MAX_WALK} messages without reaching the end of the subject; the rest is sent again");
+        Ok(found)
     }
 }
 

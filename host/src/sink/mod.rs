@@ -5,13 +5,19 @@
 //!
 //! One task per pipeline reads its stream's records from the outbox in seq order, keeps up to
 //! `max_in_flight` publishes awaiting confirmation, and handles confirmations in seq order. Each
-//! confirmed record is deleted from the outbox (deletions are grouped into one commit). On any
-//! failure — refused publish, lost connection, missing ack — every unconfirmed record is sent
-//! again after a backoff, with the same end-to-end id (`<gateway>.<stream>.<seq>`): JetStream
-//! drops duplicates by `Nats-Msg-Id`, MQTT consumers by the id inside the payload. Before
-//! sending again (and at start), the sink asks the broker what it already stored (JetStream: the
-//! last message on the subject), so a record is not stored twice even after JetStream's
-//! duplicate window has passed.
+//! confirmed record is deleted from the outbox (deletions are grouped into one commit, together
+//! with the sink's *position*: where the central broker stored the last confirmed record).
+//!
+//! On any failure — refused publish, lost connection, missing ack — the sink waits a backoff,
+//! then *reconciles* before sending anything again: it asks the broker which of its records
+//! arrived after its position (JetStream: walking the subject forward and reading each message's
+//! `Nats-Msg-Id`). Those are confirmed without being sent again; everything else still in the
+//! outbox is sent again, with the same end-to-end id `<gateway>.<stream>.<seq>`. So a record is
+//! not stored twice even when the outage outlasted JetStream's duplicate window, and a record
+//! lost on a dying connection is sent again even if later ones made it (a reconnecting client
+//! resends what it had buffered). The sink also reconciles when it starts: the previous run may
+//! have died between a publish and its confirmation. MQTT brokers cannot be asked; MQTT
+//! consumers drop duplicates by the id inside the payload.
 //!
 //! The outbox, not the broker client, is the source of truth: nothing here keeps a record that is
 //! not also in the outbox. A record the broker can never accept (too large for it) is moved to
@@ -24,13 +30,14 @@ mod console;
 mod jetstream;
 mod mqtt;
 
-use std::collections::VecDeque;
+use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Retry;
@@ -76,8 +83,24 @@ impl PublishError {
     }
 }
 
+/// A confirmed publish: where the broker stored it, when it can say (JetStream stream sequence).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Confirmed {
+    /// The broker's position of the record.
+    pub position: Option<u64>,
+}
+
 /// Resolves when the broker confirmed (or refused) one publish.
-type Confirmation = Pin<Box<dyn Future<Output = Result<(), PublishError>> + Send>>;
+type Confirmation = Pin<Box<dyn Future<Output = Result<Confirmed, PublishError>> + Send>>;
+
+/// Records of this stream the broker turned out to have, found by reconciling.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Found {
+    /// Their seqs.
+    pub records: Vec<u64>,
+    /// The broker's position of the last of them (0 when none were found).
+    pub position: u64,
+}
 
 /// The three kinds of publisher.
 enum Publisher {
@@ -87,11 +110,11 @@ enum Publisher {
 }
 
 impl Publisher {
-    /// The highest seq of this stream the central broker is known to have stored, if it can tell.
-    async fn stored_up_to(&mut self, gateway: &str, stream: &str) -> Result<Option<u64>, PublishError> {
+    /// The records of `<gateway>.<stream>` the broker stored after `position`, if it can tell.
+    async fn stored_since(&mut self, gateway: &str, stream: &str, position: u64) -> Result<Found, PublishError> {
         match self {
-            Self::JetStream(p) => p.stored_up_to(gateway, stream).await,
-            Self::Mqtt(_) | Self::Console(_) => Ok(None),
+            Self::JetStream(p) => p.stored_since(gateway, stream, position).await,
+            Self::Mqtt(_) | Self::Console(_) => Ok(Found::default()),
         }
     }
 
@@ -125,17 +148,11 @@ impl Sink {
     /// committed new records.
     pub async fn run(self, committed: watch::Receiver<u64>, stop: CancellationToken) {
         match &self.config {
-            SinkConfig::JetStream { broker, subject, max_in_flight } => {
-                match jetstream::JetStreamPublisher::connect(broker, subject, &self.stream).await {
+            SinkConfig::JetStream { broker, subject, max_in_flight, ack_timeout } => {
+                match jetstream::JetStreamPublisher::connect(broker, subject, *ack_timeout, &self.stream).await {
                     Ok(p) => {
-                        self.drain(
-                            Publisher::JetStream(Box::new(p)),
-                            *max_in_flight,
-                            broker.reconnect,
-                            committed,
-                            stop,
-                        )
-                        .await;
+                        let publisher = Publisher::JetStream(Box::new(p));
+                        Drain::new(&self, publisher, *max_in_flight, broker.reconnect).run(committed, stop).await;
                     }
                     Err(e) => {
                         tracing::error!(stage = "sink", pipeline = %self.stream, error = %e, "cannot set up the JetStream sink");
@@ -145,109 +162,104 @@ impl Sink {
             SinkConfig::Mqtt { broker, topic, client_id, max_in_flight } => {
                 let (publisher, connection) =
                     mqtt::MqttPublisher::new(broker, topic, client_id, *max_in_flight, &self.stream);
-                let drain =
-                    self.drain(Publisher::Mqtt(publisher), *max_in_flight, broker.reconnect, committed, stop.clone());
-                tokio::join!(drain, connection.run(stop));
+                let drain = Drain::new(&self, Publisher::Mqtt(publisher), *max_in_flight, broker.reconnect);
+                tokio::join!(drain.run(committed, stop.clone()), connection.run(stop));
             }
             SinkConfig::Console { series_shown } => {
                 let publisher = Publisher::Console(console::ConsolePublisher::new(&self.stream, *series_shown));
-                self.drain(publisher, 64, LOCAL_RETRY, committed, stop).await;
+                Drain::new(&self, publisher, 64, LOCAL_RETRY).run(committed, stop).await;
             }
         }
     }
+}
 
-    async fn drain(
-        &self,
-        mut publisher: Publisher,
-        max_in_flight: usize,
-        retry_policy: Backoff,
-        mut committed: watch::Receiver<u64>,
-        stop: CancellationToken,
-    ) {
-        let stream = self.stream.clone();
-        let mut retry = Retry::new(retry_policy);
-        let mut in_flight: VecDeque<(u64, Confirmation)> = VecDeque::new();
-        let mut sent_up_to = 0;
-        let mut confirmed: Vec<u64> = Vec::new();
-        let mut oldest_unsaved: Option<tokio::time::Instant> = None;
-        let mut dead: Vec<(u64, String)> = Vec::new();
-        let mut stop_deadline: Option<tokio::time::Instant> = None;
-        // Records may have reached the broker without their confirmation reaching us (a crash,
-        // a cut connection): ask before sending anything again.
-        let mut must_reconcile = true;
-        let mut stored_through: Option<u64> = None;
+/// Confirmations and refusals not yet committed.
+#[derive(Default)]
+struct Unsaved {
+    confirmed: Vec<u64>,
+    dead: Vec<(u64, String)>,
+    /// The position to save, if it moved.
+    position: Option<u64>,
+    since: Option<Instant>,
+}
 
+impl Unsaved {
+    fn is_empty(&self) -> bool {
+        self.confirmed.is_empty() && self.dead.is_empty() && self.position.is_none()
+    }
+
+    fn note(&mut self) {
+        self.since.get_or_insert_with(Instant::now);
+    }
+
+    fn due(&self) -> bool {
+        !self.dead.is_empty()
+            || self.confirmed.len() >= DELETE_GROUP
+            || self.since.is_some_and(|since| since.elapsed() >= DELETE_LINGER)
+    }
+}
+
+/// The drain loop of one sink: its cursor, what is in flight, what waits to be saved.
+struct Drain<'a> {
+    sink: &'a Sink,
+    publisher: Publisher,
+    max_in_flight: usize,
+    retry: Retry,
+    in_flight: VecDeque<(u64, Confirmation)>,
+    /// Highest seq handed to the broker (or found stored) in this run.
+    sent_up_to: u64,
+    /// The broker's position of the last confirmed record.
+    position: u64,
+    /// Records found stored by reconciling and not yet deleted: never sent again.
+    known_stored: BTreeSet<u64>,
+    unsaved: Unsaved,
+    /// Ask the broker what it has before sending anything (again).
+    must_reconcile: bool,
+}
+
+impl<'a> Drain<'a> {
+    fn new(sink: &'a Sink, publisher: Publisher, max_in_flight: usize, retry: Backoff) -> Self {
+        let position = sink.store.sink_position(&sink.stream).unwrap_or_else(|e| {
+            tracing::warn!(stage = "sink", pipeline = %sink.stream, error = %e, "cannot read the sink position; asking the broker from the start");
+            0
+        });
+        Self {
+            sink,
+            publisher,
+            max_in_flight,
+            retry: Retry::new(retry),
+            in_flight: VecDeque::new(),
+            sent_up_to: 0,
+            position,
+            known_stored: BTreeSet::new(),
+            unsaved: Unsaved::default(),
+            must_reconcile: true,
+        }
+    }
+
+    async fn run(mut self, mut committed: watch::Receiver<u64>, stop: CancellationToken) {
+        let stream = self.sink.stream.clone();
+        let mut stop_deadline: Option<Instant> = None;
         loop {
             let stopping = stop.is_cancelled();
             if stopping {
-                stop_deadline.get_or_insert_with(|| tokio::time::Instant::now() + STOP_GRACE);
+                stop_deadline.get_or_insert_with(|| Instant::now() + STOP_GRACE);
             }
-            if must_reconcile && !stopping && in_flight.is_empty() {
-                match publisher.stored_up_to(&self.gateway, &stream).await {
-                    Ok(stored) => {
-                        must_reconcile = false;
-                        if let Some(stored) = stored.filter(|&s| s > sent_up_to) {
-                            tracing::info!(stage = "sink", pipeline = %stream, stored, resend_from = sent_up_to + 1,
-                                "records up to {stored} are already stored centrally; not sending them again");
-                            sent_up_to = stored;
-                            stored_through = Some(stored);
-                        }
-                    }
-                    Err(e) => {
-                        let delay = retry.next_delay(&mut rand::rng());
-                        tracing::warn!(stage = "sink", pipeline = %stream, error = %e, retry_in = ?delay, "cannot ask the broker what it stored");
-                        sleep_or_stop(delay, &stop).await;
-                        continue;
-                    }
-                }
+            if self.must_reconcile && !stopping && self.in_flight.is_empty() && !self.reconcile(&stop).await {
+                continue;
             }
-            // Fill the window.
-            if !stopping && in_flight.len() < max_in_flight {
-                match self.read_outbox(sent_up_to, max_in_flight - in_flight.len()).await {
-                    Ok(records) => {
-                        for record in records {
-                            match publisher.publish(&record).await {
-                                Ok(confirmation) => {
-                                    sent_up_to = record.seq;
-                                    in_flight.push_back((record.seq, confirmation));
-                                }
-                                Err(e) if e.permanent => {
-                                    sent_up_to = record.seq;
-                                    dead.push((record.seq, e.reason));
-                                }
-                                Err(e) => {
-                                    sent_up_to = self.failed(&mut in_flight, record.seq, &e, &mut retry, &stop).await;
-                                    must_reconcile = true;
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                    Err(e) => {
-                        tracing::error!(stage = "sink", pipeline = %stream, error = %e, "cannot read the outbox");
-                        let delay = retry.next_delay(&mut rand::rng());
-                        sleep_or_stop(delay, &stop).await;
-                        continue;
-                    }
-                }
+            if !stopping && self.in_flight.len() < self.max_in_flight {
+                self.fill(&stop).await;
+            }
+            if self.unsaved.due() || (self.in_flight.is_empty() && !self.unsaved.is_empty()) {
+                self.save().await;
             }
 
-            let save_due =
-                oldest_unsaved.is_some_and(|t| t.elapsed() >= DELETE_LINGER) || confirmed.len() >= DELETE_GROUP;
-            if save_due
-                || !dead.is_empty()
-                || stored_through.is_some()
-                || (in_flight.is_empty() && !confirmed.is_empty())
-            {
-                self.save(&mut confirmed, &mut dead, &mut stored_through).await;
-                oldest_unsaved = None;
-            }
-
-            let Some((seq, confirmation)) = in_flight.front_mut() else {
+            let Some((seq, confirmation)) = self.in_flight.front_mut() else {
                 if stopping {
                     break;
                 }
-                // Nothing in flight: wait for new records (or a periodic look, in case a
+                // Nothing in flight: wait for new records (or look again in a while, in case a
                 // notification was missed while records were being re-sent).
                 tokio::select! {
                     () = stop.cancelled() => {}
@@ -268,103 +280,167 @@ impl Sink {
                     Err(PublishError::transient(format!("no confirmation within {}s", CONFIRM_TIMEOUT.as_secs())))
                 }),
             };
-            in_flight.pop_front();
+            self.in_flight.pop_front();
             match outcome {
-                Ok(()) => {
-                    retry.reset();
-                    confirmed.push(seq);
-                    oldest_unsaved.get_or_insert_with(tokio::time::Instant::now);
+                Ok(confirmed) => {
+                    self.retry.reset();
+                    self.unsaved.confirmed.push(seq);
+                    if let Some(position) = confirmed.position.filter(|&p| p > self.position) {
+                        self.position = position;
+                        self.unsaved.position = Some(position);
+                    }
+                    self.unsaved.note();
                 }
-                Err(e) if e.permanent => dead.push((seq, e.reason)),
+                Err(e) if e.permanent => self.unsaved.dead.push((seq, e.reason)),
                 Err(e) if stopping => {
                     tracing::info!(stage = "sink", pipeline = %stream, seq, error = %e, "unconfirmed at shutdown; stays in the outbox");
-                    in_flight.clear();
+                    self.in_flight.clear();
                 }
-                Err(e) => {
-                    sent_up_to = self.failed(&mut in_flight, seq, &e, &mut retry, &stop).await;
-                    must_reconcile = true;
-                }
+                Err(e) => self.failed(seq, &e, &stop).await,
             }
         }
-        self.save(&mut confirmed, &mut dead, &mut stored_through).await;
+        self.save().await;
         tracing::debug!(stage = "sink", pipeline = %stream, "sink stopped");
     }
 
-    /// After a failure: forgets what is in flight and waits a backoff. Returns the seq to resume
-    /// after (everything above it is sent again).
-    async fn failed(
-        &self,
-        in_flight: &mut VecDeque<(u64, Confirmation)>,
-        failed_seq: u64,
-        error: &PublishError,
-        retry: &mut Retry,
-        stop: &CancellationToken,
-    ) -> u64 {
-        let first_unconfirmed = in_flight.front().map_or(failed_seq, |(seq, _)| (*seq).min(failed_seq));
-        in_flight.clear();
-        let delay = retry.next_delay(&mut rand::rng());
-        tracing::warn!(stage = "sink", pipeline = %self.stream, kind = self.config.kind(), error = %error, seq = first_unconfirmed,
-            retry_in = ?delay, failures = retry.failures(), "publish failed; unconfirmed records will be sent again");
+    /// Asks the broker which records it stored after the sink's position. Returns false (after a
+    /// backoff) when it could not be asked.
+    async fn reconcile(&mut self, stop: &CancellationToken) -> bool {
+        let stream = &self.sink.stream;
+        match self.publisher.stored_since(&self.sink.gateway, stream, self.position).await {
+            Ok(found) => {
+                self.must_reconcile = false;
+                if !found.records.is_empty() {
+                    tracing::info!(stage = "sink", pipeline = %stream, records = found.records.len(), first = found.records[0],
+                        "records already stored centrally; not sending them again");
+                    self.known_stored.extend(&found.records);
+                    self.unsaved.confirmed.extend(found.records);
+                    if found.position > self.position {
+                        self.position = found.position;
+                        self.unsaved.position = Some(found.position);
+                    }
+                    self.save().await;
+                }
+                true
+            }
+            Err(e) => {
+                let delay = self.retry.next_delay(&mut rand::rng());
+                tracing::warn!(stage = "sink", pipeline = %stream, error = %e, retry_in = ?delay, "cannot ask the broker what it stored");
+                sleep_or_stop(delay, stop).await;
+                false
+            }
+        }
+    }
+
+    /// Sends outbox records until the window is full or the outbox is drained.
+    async fn fill(&mut self, stop: &CancellationToken) {
+        let want = self.max_in_flight - self.in_flight.len();
+        let records = match read_outbox(self.sink, self.sent_up_to, want).await {
+            Ok(records) => records,
+            Err(e) => {
+                tracing::error!(stage = "sink", pipeline = %self.sink.stream, error = %e, "cannot read the outbox");
+                let delay = self.retry.next_delay(&mut rand::rng());
+                sleep_or_stop(delay, stop).await;
+                return;
+            }
+        };
+        for record in records {
+            self.sent_up_to = record.seq;
+            if self.known_stored.contains(&record.seq) {
+                // Found stored by reconciling; its deletion is waiting to be committed.
+                continue;
+            }
+            match self.publisher.publish(&record).await {
+                Ok(confirmation) => self.in_flight.push_back((record.seq, confirmation)),
+                Err(e) if e.permanent => self.unsaved.dead.push((record.seq, e.reason)),
+                Err(e) => {
+                    self.failed(record.seq, &e, stop).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// After a failure: forgets what is in flight, waits a backoff, and resends from the first
+    /// unconfirmed record after reconciling.
+    async fn failed(&mut self, failed_seq: u64, error: &PublishError, stop: &CancellationToken) {
+        let first_unconfirmed = self.in_flight.front().map_or(failed_seq, |(seq, _)| (*seq).min(failed_seq));
+        self.in_flight.clear();
+        let delay = self.retry.next_delay(&mut rand::rng());
+        tracing::warn!(stage = "sink", pipeline = %self.sink.stream, kind = self.sink.config.kind(), error = %error,
+            seq = first_unconfirmed, retry_in = ?delay, failures = self.retry.failures(),
+            "publish failed; unconfirmed records will be sent again");
         sleep_or_stop(delay, stop).await;
-        // Resume right after the last record confirmed before the failure.
-        first_unconfirmed.saturating_sub(1)
+        self.sent_up_to = first_unconfirmed.saturating_sub(1);
+        self.must_reconcile = true;
     }
 
-    async fn read_outbox(&self, after: u64, limit: usize) -> Result<Vec<OutgoingRecord>, String> {
-        let store = self.store.clone();
-        let stream = self.stream.clone();
-        let records = tokio::task::spawn_blocking(move || store.outbox_after(&stream, after, limit))
-            .await
-            .map_err(|e| format!("outbox read task failed: {e}"))?
-            .map_err(|e| e.to_string())?;
-        Ok(records
-            .into_iter()
-            .map(|(seq, body)| OutgoingRecord {
-                seq,
-                id: format!("{}.{}.{seq}", self.gateway, self.stream),
-                body: Bytes::from(body),
-            })
-            .collect())
-    }
-
-    /// Commits the deletion of confirmed records and moves refused ones to the dead letters.
-    async fn save(&self, confirmed: &mut Vec<u64>, dead: &mut Vec<(u64, String)>, stored_through: &mut Option<u64>) {
-        if confirmed.is_empty() && dead.is_empty() && stored_through.is_none() {
+    /// Commits the deletion of confirmed records (with the position) and moves refused ones to
+    /// the dead letters. On failure everything stays to be saved next time.
+    async fn save(&mut self) {
+        if self.unsaved.is_empty() {
             return;
         }
+        let stream = self.sink.stream.clone();
         let mut changes = ChangeSet::default();
-        changes.confirmed_through.extend(stored_through.map(|seq| (self.stream.clone(), seq)));
         let now = crate::telemetry::now_nanos();
-        for (seq, reason) in dead.iter() {
+        for (seq, reason) in &self.unsaved.dead {
             let body = self
+                .sink
                 .store
-                .outbox_after(&self.stream, seq - 1, 1)
+                .outbox_after(&stream, seq - 1, 1)
                 .ok()
                 .and_then(|r| r.into_iter().next())
                 .map(|(_, b)| b);
             changes.dead_letters.push(DeadLetter {
-                pipeline: self.stream.clone(),
-                stage: format!("sink {}", self.config.kind()),
+                pipeline: stream.clone(),
+                stage: format!("sink {}", self.sink.config.kind()),
                 reason: format!("the broker refused record {seq}: {reason}"),
                 at: now,
                 content: DeadLetterContent::Batch { readings: 0, record: body.unwrap_or_default() },
             });
-            tracing::error!(stage = "sink", pipeline = %self.stream, seq, reason = %reason, "record refused for good; moved to the dead letters");
+            tracing::error!(stage = "sink", pipeline = %stream, seq, reason = %reason, "record refused for good; moved to the dead letters");
         }
-        changes.confirmed =
-            confirmed.iter().chain(dead.iter().map(|(seq, _)| seq)).map(|&seq| (self.stream.clone(), seq)).collect();
-        match self.committer.commit(changes).await {
+        changes.confirmed = self
+            .unsaved
+            .confirmed
+            .iter()
+            .chain(self.unsaved.dead.iter().map(|(seq, _)| seq))
+            .map(|&seq| (stream.clone(), seq))
+            .collect();
+        changes.sink_positions.extend(self.unsaved.position.map(|p| (stream.clone(), p)));
+        let deleted: Vec<u64> = self.unsaved.confirmed.clone();
+        match self.sink.committer.commit(changes).await {
             Ok(()) => {
-                confirmed.clear();
-                dead.clear();
-                *stored_through = None;
+                for seq in deleted {
+                    self.known_stored.remove(&seq);
+                }
+                self.unsaved = Unsaved::default();
             }
-            // The records stay in the outbox; the deletions are tried again with the next save.
+            // Everything stays in `unsaved` and is committed with the next save.
             Err(e) => {
-                tracing::error!(stage = "sink", pipeline = %self.stream, error = %e, "cannot delete confirmed records yet");
+                tracing::error!(stage = "sink", pipeline = %stream, error = %e, "cannot delete confirmed records yet");
             }
         }
     }
+}
+
+/// Up to `limit` records of the sink's stream after seq `after`, read off the async threads.
+async fn read_outbox(sink: &Sink, after: u64, limit: usize) -> Result<Vec<OutgoingRecord>, String> {
+    let store = sink.store.clone();
+    let stream = sink.stream.clone();
+    let records = tokio::task::spawn_blocking(move || store.outbox_after(&stream, after, limit))
+        .await
+        .map_err(|e| format!("outbox read task failed: {e}"))?
+        .map_err(|e| e.to_string())?;
+    Ok(records
+        .into_iter()
+        .map(|(seq, body)| OutgoingRecord {
+            seq,
+            id: format!("{}.{}.{seq}", sink.gateway, sink.stream),
+            body: Bytes::from(body),
+        })
+        .collect())
 }
 
 async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) {

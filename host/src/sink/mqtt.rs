@@ -15,12 +15,12 @@ use rumqttc::{AsyncClient, ConnectionError, Event, Outgoing, Packet, QoS};
 use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 
-use super::{Confirmation, OutgoingRecord, PublishError};
+use super::{Confirmation, Confirmed, OutgoingRecord, PublishError};
 use crate::backoff::Retry;
 use crate::config::{BrokerConfig, MqttTopic};
 use crate::source::{MAX_MESSAGE_BYTES, mqtt_disconnect, mqtt_events, mqtt_options};
 
-type Done = oneshot::Sender<Result<(), PublishError>>;
+type Done = oneshot::Sender<Result<Confirmed, PublishError>>;
 
 struct Request {
     payload: bytes::Bytes,
@@ -151,7 +151,7 @@ impl Connection {
                     }
                     Ok(Event::Incoming(Packet::PubAck(ack))) => {
                         if let Some(done) = pending.by_pkid.remove(&ack.pkid) {
-                            let _ = done.send(Ok(()));
+                            let _ = done.send(Ok(Confirmed::default()));
                         }
                     }
                     Ok(_) => {}

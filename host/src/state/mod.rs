@@ -22,6 +22,7 @@
 //! | `dead_letters`   | id (monotonic)         | [`DeadLetter`] as CBOR                       |
 //! | `counters`       | name                   | u64                                          |
 //! | `recent_deliveries` | (source, commit order) | identity of a committed delivery (see [`DeliveryRecord`]) |
+//! | `sink_positions` | stream                 | the central broker's position of the stream's last confirmed record |
 
 mod dead_letter;
 
@@ -45,6 +46,7 @@ const STREAM_SEQ: TableDefinition<'_, &str, u64> = TableDefinition::new("stream_
 const DEAD_LETTERS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("dead_letters");
 const COUNTERS: TableDefinition<'_, &str, u64> = TableDefinition::new("counters");
 const RECENT_DELIVERIES: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("recent_deliveries");
+const SINK_POSITIONS: TableDefinition<'_, &str, u64> = TableDefinition::new("sink_positions");
 
 /// Counter: dead letters removed to respect the capacity.
 pub const DEAD_LETTERS_EVICTED: &str = "dead_letters_evicted";
@@ -152,8 +154,9 @@ pub struct ChangeSet {
     pub records: Vec<OutboxRecord>,
     /// Records the central broker confirmed: removed from the outbox.
     pub confirmed: Vec<(String, u64)>,
-    /// Streams whose records up to a seq are known to be stored centrally: all removed.
-    pub confirmed_through: Vec<(String, u64)>,
+    /// Per stream, the central broker's position (JetStream stream sequence) of the last
+    /// confirmed record; kept as the highest ever given.
+    pub sink_positions: Vec<(String, u64)>,
     /// Dead letters to keep.
     pub dead_letters: Vec<DeadLetter>,
     /// Identities of the deliveries this change set consumed (source positions).
@@ -183,7 +186,7 @@ impl ChangeSet {
         self.state_writes.is_empty()
             && self.records.is_empty()
             && self.confirmed.is_empty()
-            && self.confirmed_through.is_empty()
+            && self.sink_positions.is_empty()
             && self.dead_letters.is_empty()
             && self.deliveries.is_empty()
     }
@@ -263,6 +266,7 @@ pub fn open(data_dir: &Path, options: StoreOptions) -> Result<(StateStore, Commi
         txn.open_table(DEAD_LETTERS).or_store("create tables")?;
         txn.open_table(COUNTERS).or_store("create tables")?;
         txn.open_table(RECENT_DELIVERIES).or_store("create tables")?;
+        txn.open_table(SINK_POSITIONS).or_store("create tables")?;
     }
     txn.commit().or_store("create tables")?;
 
@@ -367,6 +371,13 @@ impl StateStore {
         Ok(newest)
     }
 
+    /// The central broker's position of `stream`'s last confirmed record (0: none known).
+    pub fn sink_position(&self, stream: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().or_store("read sink position")?;
+        let table = txn.open_table(SINK_POSITIONS).or_store("read sink position")?;
+        Ok(table.get(stream).or_store("read sink position")?.map_or(0, |v| v.value()))
+    }
+
     /// Identities of the newest committed deliveries of `source`.
     pub fn recent_deliveries(&self, source: &str) -> Result<std::collections::HashSet<Vec<u8>>, StoreError> {
         let txn = self.db.begin_read().or_store("read recent deliveries")?;
@@ -457,6 +468,7 @@ impl Writer {
             let mut dead_letters = txn.open_table(DEAD_LETTERS).or_store("write dead letters")?;
             let mut counters = txn.open_table(COUNTERS).or_store("write counters")?;
             let mut recent = txn.open_table(RECENT_DELIVERIES).or_store("write recent deliveries")?;
+            let mut positions = txn.open_table(SINK_POSITIONS).or_store("write sink position")?;
             for change in changes {
                 for write in &change.state_writes {
                     let key = (write.namespace.as_str(), write.key.as_slice());
@@ -480,9 +492,12 @@ impl Writer {
                 for (stream, seq) in &change.confirmed {
                     outbox.remove((stream.as_str(), *seq)).or_store("write outbox")?;
                 }
-                for (stream, seq) in &change.confirmed_through {
-                    let stream = stream.as_str();
-                    outbox.retain_in((stream, 0)..=(stream, *seq), |_, _| false).or_store("write outbox")?;
+                for (stream, position) in &change.sink_positions {
+                    let previous =
+                        positions.get(stream.as_str()).or_store("write sink position")?.map_or(0, |v| v.value());
+                    if *position > previous {
+                        positions.insert(stream.as_str(), *position).or_store("write sink position")?;
+                    }
                 }
                 for delivery in &change.deliveries {
                     let counter = format!("delivery_order/{}", delivery.source);
