@@ -16,7 +16,7 @@ use crate::decode::{self, Decode};
 use crate::operator::{Chain, Operator};
 use crate::pipeline::{self, PipelineParts, Shared};
 use crate::sandbox::{CompiledFunction, Sandbox, SandboxError, SandboxOptions, StateLimits};
-use crate::state::{self, StoreError, StoreOptions};
+use crate::state::{self, OutboxLimits, StoreError, StoreOptions};
 
 /// Why the gateway could not run.
 #[derive(Debug, thiserror::Error)]
@@ -35,8 +35,20 @@ pub enum GatewayError {
 /// Runs the gateway until `shutdown` is cancelled and everything has stopped.
 pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), GatewayError> {
     let data_dir = config.gateway.data_dir.clone();
-    let options =
-        StoreOptions { durability: config.state.durability, dead_letter_capacity: config.state.dead_letter_capacity };
+    let outboxes = config
+        .pipelines
+        .iter()
+        .map(|p| {
+            let limits =
+                OutboxLimits { max_bytes: p.outbox.max_bytes, when_full: p.outbox.when_full, encoding: p.encoding };
+            (p.name.to_string(), limits)
+        })
+        .collect();
+    let options = StoreOptions {
+        durability: config.state.durability,
+        dead_letter_capacity: config.state.dead_letter_capacity,
+        outboxes,
+    };
     let (store, committer, committer_thread) = state::open(&data_dir, options)?;
     tracing::info!(stage = "state", path = %store.path().display(), durability = ?config.state.durability, "state store open");
 

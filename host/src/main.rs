@@ -142,7 +142,7 @@ fn dead_letters(data_dir: &std::path::Path, limit: usize, json: bool) -> anyhow:
         anyhow::bail!("{} holds no weir state (no {})", data_dir.display(), state::DATABASE_FILE);
     }
     // Opening takes the store's lock, which tells us whether a gateway is using it.
-    let options = StoreOptions { durability: config::Durability::Sync, dead_letter_capacity: u64::MAX };
+    let options = StoreOptions { dead_letter_capacity: u64::MAX, ..StoreOptions::default() };
     let (store, committer, thread) = state::open(data_dir, options)?;
     let letters = store.dead_letters(limit)?;
     let (kept, evicted) = store.dead_letter_counts()?;

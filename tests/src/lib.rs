@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use async_nats::jetstream;
-use weir_host::encode::{self, DecodedRecord};
+use weir_host::encode::{self, Record};
 
 /// Longest wait for anything in these tests (a slow CI machine still gets there).
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -418,7 +418,7 @@ pub struct Reading {
 }
 
 /// Every reading of a record.
-pub fn readings(record: &DecodedRecord) -> Vec<Reading> {
+pub fn readings(record: &Record) -> Vec<Reading> {
     record
         .batch
         .iter()
@@ -460,7 +460,7 @@ pub struct CentralRecord {
     /// `Nats-Msg-Id`.
     pub message_id: Option<String>,
     /// The decoded record.
-    pub record: DecodedRecord,
+    pub record: Record,
 }
 
 /// Reads every message of `stream` (from sequence 1) until `done` says enough, or until nothing

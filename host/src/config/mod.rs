@@ -20,7 +20,7 @@ use std::time::Duration;
 use toml::Spanned;
 
 pub use error::{ConfigError, Problem};
-pub use raw::{Durability, Encoding, NumberEncoding, SimulatedPayload, SimulatedSensor, TimeUnit};
+pub use raw::{Durability, Encoding, NumberEncoding, SimulatedPayload, SimulatedSensor, TimeUnit, WhenFull};
 use raw::{RawBroker, RawConfig, RawDecode, RawFieldMapping, RawPipeline, RawSink, RawSource};
 pub use types::{
     BrokerUrl, FunctionId, GatewayId, JsonPointer, MqttTopic, Name, NatsSubject, NatsSubjectFilter, Protocol,
@@ -129,6 +129,32 @@ pub struct PipelineConfig {
     pub encoding: Encoding,
     /// Where records go.
     pub sink: SinkConfig,
+    /// The outbox between the two.
+    pub outbox: OutboxConfig,
+}
+
+/// `[pipelines.<name>.outbox]`
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutboxConfig {
+    /// Encoded records kept at most (one group of new records may exceed it while the outbox is
+    /// otherwise empty).
+    pub max_bytes: u64,
+    /// What happens to a new record when the outbox is full.
+    pub when_full: WhenFull,
+    /// How the sink catches up after an outage.
+    pub drain: Drain,
+}
+
+/// How a sink catches up after an outage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Drain {
+    /// Oldest records first.
+    Fifo,
+    /// Records committed after the (re)connection first; the backlog at this many bytes per second.
+    LiveFirst {
+        /// Backlog bytes sent per second at most.
+        backlog_bytes_per_second: u64,
+    },
 }
 
 /// MQTT quality of service for subscriptions.
@@ -339,6 +365,10 @@ mod defaults {
     pub const MQTT_INFLIGHT: usize = 20;
     pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
     pub const SERIES_SHOWN: usize = 4;
+    pub const OUTBOX_MAX_BYTES: u64 = 128 * 1024 * 1024;
+    /// Below this an outbox cannot hold a window of in-flight records and a coarsened one.
+    pub const OUTBOX_MIN_BYTES: u64 = 64 * 1024;
+    pub const BACKLOG_RATE: u64 = 256 * 1024;
 }
 
 /// Settings given on the command line that take precedence over the file.
@@ -726,6 +756,8 @@ impl Validator<'_> {
                 }),
             };
 
+        let outbox = self.outbox(raw.outbox.map(Spanned::into_inner).unwrap_or_default(), &at("outbox"));
+
         Some(PipelineConfig {
             name,
             source: source?,
@@ -734,7 +766,38 @@ impl Validator<'_> {
             batch,
             encoding: raw.encoding,
             sink: sink?,
+            outbox,
         })
+    }
+
+    fn outbox(&mut self, raw: raw::RawOutbox, field: &str) -> OutboxConfig {
+        let max_bytes = match raw.max_bytes {
+            Some(size) if size.get_ref().0 < defaults::OUTBOX_MIN_BYTES => {
+                self.problem(
+                    &size,
+                    format!("{field}.max_bytes"),
+                    "an outbox needs at least 64KiB (a window of in-flight records and a coarsened one)",
+                );
+                defaults::OUTBOX_MAX_BYTES
+            }
+            Some(size) => size.get_ref().0,
+            None => defaults::OUTBOX_MAX_BYTES,
+        };
+        let drain = match (raw.drain.unwrap_or_default(), raw.backlog_rate) {
+            (raw::DrainOrder::Fifo, None) => Drain::Fifo,
+            (raw::DrainOrder::Fifo, Some(rate)) => {
+                self.problem(
+                    &rate,
+                    format!("{field}.backlog_rate"),
+                    "`backlog_rate` applies only to `drain = \"live_first\"`",
+                );
+                Drain::Fifo
+            }
+            (raw::DrainOrder::LiveFirst, rate) => {
+                Drain::LiveFirst { backlog_bytes_per_second: rate.map_or(defaults::BACKLOG_RATE, |r| r.get_ref().0) }
+            }
+        };
+        OutboxConfig { max_bytes, when_full: raw.when_full.unwrap_or_default(), drain }
     }
 
     fn field_mapping(

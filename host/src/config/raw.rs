@@ -15,7 +15,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::types::{
-    BrokerUrl, ByteSize, FunctionId, GatewayId, JsonPointer, MqttTopic, Name, NatsSubject, NatsSubjectFilter,
+    BrokerUrl, ByteRate, ByteSize, FunctionId, GatewayId, JsonPointer, MqttTopic, Name, NatsSubject, NatsSubjectFilter,
     PositiveCount, TopicFilter,
 };
 
@@ -129,6 +129,48 @@ pub struct RawPipeline {
     pub encoding: Encoding,
     /// `[pipelines.<name>.sink.<kind>]`
     pub sink: Spanned<RawSink>,
+    /// `[pipelines.<name>.outbox]`
+    pub outbox: Option<Spanned<RawOutbox>>,
+}
+
+/// `[pipelines.<name>.outbox]` — the records waiting for the central broker.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOutbox {
+    /// `max_bytes = "128MiB"` — encoded records kept at most; see `when_full`.
+    pub max_bytes: Option<Spanned<ByteSize>>,
+    /// `when_full = "reaggregate"` — `reaggregate` (merge the oldest records into coarser
+    /// windows), `drop_oldest` or `block` (stop acknowledging input).
+    pub when_full: Option<WhenFull>,
+    /// `drain = "fifo"` — after an outage: `fifo` (oldest first) or `live_first` (new records
+    /// first, the backlog at `backlog_rate`).
+    pub drain: Option<DrainOrder>,
+    /// `backlog_rate = "256KiB/s"` — with `live_first`: how fast the backlog is sent.
+    pub backlog_rate: Option<Spanned<ByteRate>>,
+}
+
+/// What a full outbox does with a new record.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// Merge the oldest records into coarser aggregate windows (with an exact marker).
+    #[default]
+    Reaggregate,
+    /// Drop the oldest records (counted, with a marker).
+    DropOldest,
+    /// Refuse the new record: input is no longer acknowledged until there is room.
+    Block,
+}
+
+/// The order in which a sink sends what accumulated during an outage.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DrainOrder {
+    /// Oldest first.
+    #[default]
+    Fifo,
+    /// New records first; the backlog at a capped rate.
+    LiveFirst,
 }
 
 /// Where a pipeline's messages come from; exactly one kind.

@@ -69,6 +69,12 @@ linger = "250ms"
 broker = "central"
 subject = "weir.plant1.boiler"
 
+[pipelines.boiler.outbox]
+max_bytes = "16MiB"
+when_full = "drop_oldest"
+drain = "live_first"
+backlog_rate = "32KiB/s"
+
 [pipelines.press.source.jetstream]
 broker = "central"
 stream = "FRAMES"
@@ -119,7 +125,21 @@ fn a_full_configuration_is_accepted_and_resolved() {
     assert_eq!(boiler.batch.max_messages, 500);
     assert!(matches!(&boiler.sink, SinkConfig::JetStream { subject, .. } if subject.as_str() == "weir.plant1.boiler"));
 
+    assert_eq!(
+        boiler.outbox,
+        OutboxConfig {
+            max_bytes: 16 << 20,
+            when_full: WhenFull::DropOldest,
+            drain: Drain::LiveFirst { backlog_bytes_per_second: 32 << 10 }
+        }
+    );
+
     let press = config.pipelines.iter().find(|p| p.name.as_str() == "press").expect("press pipeline");
+    assert_eq!(
+        press.outbox,
+        OutboxConfig { max_bytes: 128 << 20, when_full: WhenFull::Reaggregate, drain: Drain::Fifo },
+        "outbox defaults"
+    );
     assert!(matches!(&press.decode, DecodeConfig::Function(used) if used.name.as_str() == "decoder-frame-decoder"));
     assert!(matches!(&press.sink, SinkConfig::Mqtt { client_id, .. } if client_id == "weir-plant1-gw07-press-out"));
 }
@@ -198,6 +218,14 @@ fn refuses_a_function_used_twice_without_names() {
 #[test]
 fn refuses_tls_urls_for_now_saying_so() {
     insta::assert_snapshot!(invalid(&valid_but("url = \"mqtt://10.0.0.5:1883\"", "url = \"mqtts://10.0.0.5:8883\"")));
+}
+
+#[test]
+fn refuses_outbox_settings_that_cannot_work() {
+    insta::assert_snapshot!(invalid(&valid_but("max_bytes = \"16MiB\"", "max_bytes = \"16KiB\"")));
+    insta::assert_snapshot!(invalid(&valid_but("when_full = \"drop_oldest\"", "when_full = \"drop_newest\"")));
+    insta::assert_snapshot!(invalid(&valid_but("drain = \"live_first\"", "drain = \"fifo\"")));
+    insta::assert_snapshot!(invalid(&valid_but("backlog_rate = \"32KiB/s\"", "backlog_rate = \"32KiB\"")));
 }
 
 #[test]

@@ -356,6 +356,27 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A positive rate in bytes per second, written with a size unit and `/s` (`"64KiB/s"`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ByteRate(pub u64);
+
+impl<'de> Deserialize<'de> for ByteRate {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        let refuse =
+            || de::Error::custom(format!("rate {text:?} is not valid: write a size per second, such as \"64KiB/s\""));
+        let size = text.trim().strip_suffix("/s").ok_or_else(refuse)?;
+        if !size.trim_end().ends_with(|c: char| c.is_ascii_alphabetic()) {
+            return Err(refuse());
+        }
+        let bytes = bytesize::ByteSize::from_str(size.trim()).map_err(|_| refuse())?.as_u64();
+        if bytes == 0 {
+            return Err(de::Error::custom(format!("rate {text:?} must be above zero")));
+        }
+        Ok(ByteRate(bytes))
+    }
+}
+
 /// A count of at least one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(try_from = "i64")]

@@ -12,7 +12,13 @@
 //! first appearance, with each series' readings in their original order. Consumers must ignore
 //! envelope keys they do not know: later versions add keys without bumping the format version.
 //!
+//! A record may instead (or also) summarise other records: a *coarsened* record carries aggregate
+//! windows and the [`Span`] of original records it replaced; a *drop marker* carries only the
+//! span of records dropped (see `summary` and `state::outbox`).
+//!
 //! Pure: no I/O, no clock (the encode time is a parameter).
+
+mod summary;
 
 use std::collections::HashMap;
 
@@ -22,6 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::batch::{Batch, BatchBuilder, Nanos, Series};
 use crate::config::Encoding;
+
+pub use summary::{AggregateSeries, Span, Window, window_start};
 
 /// Version written in key 0 of every record.
 pub const FORMAT_VERSION: u64 = 1;
@@ -34,6 +42,30 @@ mod key {
     pub const SEQ: u8 = 3;
     pub const ENCODED_AT: u8 = 4;
     pub const SERIES: u8 = 5;
+    pub const AGGREGATES: u8 = 6;
+    pub const COARSENED: u8 = 7;
+    pub const DROPPED: u8 = 8;
+}
+
+/// Keys of a span map (and of the coarsened marker, which adds `WIDTH`).
+mod span_key {
+    pub const FIRST_SEQ: u64 = 0;
+    pub const LAST_SEQ: u64 = 1;
+    pub const RECORDS: u64 = 2;
+    pub const READINGS: u64 = 3;
+    pub const EARLIEST: u64 = 4;
+    pub const LATEST: u64 = 5;
+    pub const FIRST_ENCODED_AT: u64 = 6;
+    pub const WIDTH: u64 = 7;
+}
+
+/// Keys of an aggregate block's statistics map.
+mod stat_key {
+    pub const COUNT: u64 = 0;
+    pub const SUM: u64 = 1;
+    pub const MIN: u64 = 2;
+    pub const MAX: u64 = 3;
+    pub const M2: u64 = 4;
 }
 
 /// Ticks tried for time deltas, coarsest first (nanoseconds per tick).
@@ -59,13 +91,72 @@ impl RecordHeader {
     }
 }
 
-/// A decoded record.
+/// A record: readings, or a summary of other records, or both.
 #[derive(Clone, Debug, PartialEq)]
-pub struct DecodedRecord {
+pub struct Record {
     /// Its header.
     pub header: RecordHeader,
     /// Its readings.
     pub batch: Batch,
+    /// Aggregate windows (coarsened records).
+    pub aggregates: Vec<AggregateSeries>,
+    /// Set on a coarsened record: the original records it replaces and the window width.
+    pub coarsened: Option<Coarsened>,
+    /// Set on a drop marker: the original records that were dropped.
+    pub dropped: Option<Span>,
+}
+
+/// What a coarsened record replaced, and how.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coarsened {
+    /// The original records it stands for.
+    pub span: Span,
+    /// Width of its aggregate windows, ns.
+    pub width: u64,
+}
+
+/// What a record is, as far as the outbox is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// Readings as processed.
+    Readings,
+    /// Aggregates replacing original records, in windows of this width (ns).
+    Coarsened {
+        /// The window width, ns.
+        width: u64,
+    },
+    /// A marker for dropped records.
+    Dropped,
+}
+
+impl Record {
+    /// A record of readings.
+    pub fn of_readings(header: RecordHeader, batch: Batch) -> Self {
+        Self { header, batch, aggregates: Vec::new(), coarsened: None, dropped: None }
+    }
+
+    /// What the record is.
+    pub fn kind(&self) -> RecordKind {
+        match (&self.coarsened, &self.dropped) {
+            (Some(coarsened), _) => RecordKind::Coarsened { width: coarsened.width },
+            (None, Some(_)) => RecordKind::Dropped,
+            (None, None) => RecordKind::Readings,
+        }
+    }
+
+    /// The original records this record stands for: its span when it summarises, else itself.
+    pub fn span(&self) -> Span {
+        if let Some(coarsened) = &self.coarsened {
+            return coarsened.span.clone();
+        }
+        if let Some(dropped) = &self.dropped {
+            return dropped.clone();
+        }
+        let times = self.batch.timestamps().iter().fold(None, |range: Option<(Nanos, Nanos)>, &ts| {
+            Some(range.map_or((ts, ts), |(lo, hi)| (lo.min(ts), hi.max(ts))))
+        });
+        Span::of_record(self.header.seq, self.batch.len() as u64, times, self.header.encoded_at)
+    }
 }
 
 /// Why bytes are not a record.
@@ -99,6 +190,22 @@ struct SeriesBlock {
     values: Vec<Option<f64>>,
 }
 
+/// One series' aggregate windows, as encoded: columns per statistic.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct AggregateBlock {
+    name: String,
+    unit: Option<String>,
+    tags: Vec<(String, String)>,
+    width: u64,
+    start0: Nanos,
+    dstart: Vec<u64>,
+    count: Vec<u64>,
+    sum: Vec<Option<f64>>,
+    min: Vec<Option<f64>>,
+    max: Vec<Option<f64>>,
+    m2: Vec<Option<f64>>,
+}
+
 /// The JSON form of a record (same structure as the CBOR form, named keys).
 #[derive(Debug, Serialize, Deserialize)]
 struct JsonRecord {
@@ -108,6 +215,12 @@ struct JsonRecord {
     seq: u64,
     encoded_at: Nanos,
     series: Vec<SeriesBlock>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    aggregates: Vec<AggregateBlock>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    coarsened: Option<Coarsened>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    dropped: Option<Span>,
 }
 
 /// Groups readings per series (order of first appearance), keeping their order.
@@ -172,9 +285,54 @@ fn block(batch: &Batch, series: &Series, readings: &[usize]) -> Result<SeriesBlo
 pub fn encode(encoding: Encoding, header: &RecordHeader, batch: &Batch) -> Result<Vec<u8>, EncodeError> {
     let blocks: Vec<SeriesBlock> =
         group(batch).into_iter().map(|(series, readings)| block(batch, series, &readings)).collect::<Result<_, _>>()?;
-    Ok(match encoding {
-        Encoding::Cbor => encode_cbor(header, &blocks),
+    Ok(write(encoding, header, blocks, Vec::new(), None, None))
+}
+
+/// Encodes any record: readings, aggregates and summary markers.
+pub fn encode_record(encoding: Encoding, record: &Record) -> Result<Vec<u8>, EncodeError> {
+    let blocks: Vec<SeriesBlock> = group(&record.batch)
+        .into_iter()
+        .map(|(series, readings)| block(&record.batch, series, &readings))
+        .collect::<Result<_, _>>()?;
+    let aggregates = record.aggregates.iter().map(aggregate_block).collect();
+    Ok(write(encoding, &record.header, blocks, aggregates, record.coarsened.as_ref(), record.dropped.as_ref()))
+}
+
+fn aggregate_block(aggregate: &AggregateSeries) -> AggregateBlock {
+    let windows = &aggregate.windows;
+    let column = |stat: fn(&Window) -> f64| windows.iter().map(|w| Some(stat(w))).collect();
+    AggregateBlock {
+        name: aggregate.series.name.clone(),
+        unit: aggregate.series.unit.clone(),
+        tags: aggregate.series.tags.clone(),
+        width: aggregate.width,
+        start0: windows.first().map_or(0, |w| w.start),
+        dstart: windows
+            .windows(2)
+            .map(|pair| (pair[1].start - pair[0].start).unsigned_abs() / aggregate.width)
+            .collect(),
+        count: windows.iter().map(|w| w.count).collect(),
+        sum: column(|w| w.sum),
+        min: column(|w| w.min),
+        max: column(|w| w.max),
+        m2: column(|w| w.m2),
+    }
+}
+
+fn write(
+    encoding: Encoding,
+    header: &RecordHeader,
+    blocks: Vec<SeriesBlock>,
+    aggregates: Vec<AggregateBlock>,
+    coarsened: Option<&Coarsened>,
+    dropped: Option<&Span>,
+) -> Vec<u8> {
+    match encoding {
+        Encoding::Cbor => encode_cbor(header, &blocks, &aggregates, coarsened, dropped),
         Encoding::Json => {
+            // JSON has no NaN or infinity: such values become null.
+            let finite =
+                |values: &mut Vec<Option<f64>>| values.iter_mut().for_each(|v| *v = v.filter(|v| v.is_finite()));
             let record = JsonRecord {
                 version: FORMAT_VERSION,
                 gateway: header.gateway.clone(),
@@ -184,23 +342,45 @@ pub fn encode(encoding: Encoding, header: &RecordHeader, batch: &Batch) -> Resul
                 series: blocks
                     .into_iter()
                     .map(|mut b| {
-                        // JSON has no NaN or infinity: those values become null.
-                        b.values.iter_mut().for_each(|v| *v = v.filter(|v| v.is_finite()));
+                        finite(&mut b.values);
                         b
                     })
                     .collect(),
+                aggregates: aggregates
+                    .into_iter()
+                    .map(|mut a| {
+                        for column in [&mut a.sum, &mut a.min, &mut a.max, &mut a.m2] {
+                            finite(column);
+                        }
+                        a
+                    })
+                    .collect(),
+                coarsened: coarsened.cloned(),
+                dropped: dropped.cloned(),
             };
             serde_json::to_vec(&record).expect("a record of plain data always serializes")
         }
-    })
+    }
 }
 
-fn encode_cbor(header: &RecordHeader, blocks: &[SeriesBlock]) -> Vec<u8> {
-    let mut buffer =
-        Vec::with_capacity(64 + blocks.iter().map(|b| 16 + b.name.len() + 8 * b.values.len()).sum::<usize>());
+type CborResult = Result<(), minicbor::encode::Error<std::convert::Infallible>>;
+
+fn encode_cbor(
+    header: &RecordHeader,
+    blocks: &[SeriesBlock],
+    aggregates: &[AggregateBlock],
+    coarsened: Option<&Coarsened>,
+    dropped: Option<&Span>,
+) -> Vec<u8> {
+    let mut buffer = Vec::with_capacity(
+        64 + blocks.iter().map(|b| 16 + b.name.len() + 8 * b.values.len()).sum::<usize>()
+            + aggregates.iter().map(|a| 16 + a.name.len() + 40 * a.count.len()).sum::<usize>(),
+    );
     let mut e = Encoder::new(&mut buffer);
-    let written: Result<(), minicbor::encode::Error<std::convert::Infallible>> = (|| {
-        e.map(6)?;
+    let written: CborResult = (|| {
+        let optional =
+            u64::from(!aggregates.is_empty()) + u64::from(coarsened.is_some()) + u64::from(dropped.is_some());
+        e.map(6 + optional)?;
         e.u8(key::VERSION)?.u64(FORMAT_VERSION)?;
         e.u8(key::GATEWAY)?.str(&header.gateway)?;
         e.u8(key::STREAM)?.str(&header.stream)?;
@@ -209,29 +389,98 @@ fn encode_cbor(header: &RecordHeader, blocks: &[SeriesBlock]) -> Vec<u8> {
         e.u8(key::SERIES)?.array(blocks.len() as u64)?;
         for block in blocks {
             e.array(7)?;
-            e.str(&block.name)?;
-            match &block.unit {
-                Some(unit) => e.str(unit)?,
-                None => e.null()?,
-            };
-            e.map(block.tags.len() as u64)?;
-            for (k, v) in &block.tags {
-                e.str(k)?.str(v)?;
-            }
+            write_series(&mut e, &block.name, block.unit.as_deref(), &block.tags)?;
             e.i64(block.t0)?.i64(block.tick)?;
             e.array(block.dt.len() as u64)?;
             for dt in &block.dt {
                 e.i64(*dt)?;
             }
-            e.array(block.values.len() as u64)?;
-            for value in &block.values {
-                write_shortest_float(&mut e, value.unwrap_or(f64::NAN))?;
+            write_floats(&mut e, &block.values)?;
+        }
+        if !aggregates.is_empty() {
+            e.u8(key::AGGREGATES)?.array(aggregates.len() as u64)?;
+            for block in aggregates {
+                e.array(7)?;
+                write_series(&mut e, &block.name, block.unit.as_deref(), &block.tags)?;
+                e.u64(block.width)?.i64(block.start0)?;
+                e.array(block.dstart.len() as u64)?;
+                for d in &block.dstart {
+                    e.u64(*d)?;
+                }
+                e.map(5)?;
+                e.u64(stat_key::COUNT)?.array(block.count.len() as u64)?;
+                for c in &block.count {
+                    e.u64(*c)?;
+                }
+                for (stat, column) in [
+                    (stat_key::SUM, &block.sum),
+                    (stat_key::MIN, &block.min),
+                    (stat_key::MAX, &block.max),
+                    (stat_key::M2, &block.m2),
+                ] {
+                    e.u64(stat)?;
+                    write_floats(&mut e, column)?;
+                }
             }
+        }
+        if let Some(coarsened) = coarsened {
+            e.u8(key::COARSENED)?;
+            write_span(&mut e, &coarsened.span, Some(coarsened.width))?;
+        }
+        if let Some(dropped) = dropped {
+            e.u8(key::DROPPED)?;
+            write_span(&mut e, dropped, None)?;
         }
         Ok(())
     })();
     written.expect("writing CBOR into a Vec cannot fail");
     buffer
+}
+
+fn write_series(
+    e: &mut Encoder<&mut Vec<u8>>,
+    name: &str,
+    unit: Option<&str>,
+    tags: &[(String, String)],
+) -> CborResult {
+    e.str(name)?;
+    match unit {
+        Some(unit) => e.str(unit)?,
+        None => e.null()?,
+    };
+    e.map(tags.len() as u64)?;
+    for (k, v) in tags {
+        e.str(k)?.str(v)?;
+    }
+    Ok(())
+}
+
+fn write_floats(e: &mut Encoder<&mut Vec<u8>>, values: &[Option<f64>]) -> CborResult {
+    e.array(values.len() as u64)?;
+    for value in values {
+        write_shortest_float(e, value.unwrap_or(f64::NAN))?;
+    }
+    Ok(())
+}
+
+fn write_span(e: &mut Encoder<&mut Vec<u8>>, span: &Span, width: Option<u64>) -> CborResult {
+    e.map(7 + u64::from(width.is_some()))?;
+    e.u64(span_key::FIRST_SEQ)?.u64(span.first_seq)?;
+    e.u64(span_key::LAST_SEQ)?.u64(span.last_seq)?;
+    e.u64(span_key::RECORDS)?.u64(span.records)?;
+    e.u64(span_key::READINGS)?.u64(span.readings)?;
+    for (k, time) in [(span_key::EARLIEST, span.earliest), (span_key::LATEST, span.latest)] {
+        e.u64(k)?;
+        match time {
+            Some(t) => e.i64(t)?,
+            None => e.null()?,
+        };
+    }
+    e.u64(span_key::FIRST_ENCODED_AT)?.i64(span.first_encoded_at)?;
+    if let Some(width) = width {
+        e.u64(span_key::WIDTH)?.u64(width)?;
+    }
+    Ok(())
 }
 
 /// Writes `value` as the shortest IEEE float that represents it exactly.
@@ -253,24 +502,38 @@ fn write_shortest_float<W: minicbor::encode::Write>(
     Ok(())
 }
 
+/// The parts of a record as read, before checking.
+struct Parts {
+    header: RecordHeader,
+    blocks: Vec<SeriesBlock>,
+    aggregates: Vec<AggregateBlock>,
+    coarsened: Option<Coarsened>,
+    dropped: Option<Span>,
+}
+
 /// Decodes a record body, CBOR or JSON (told apart by the first byte).
-pub fn decode(bytes: &[u8]) -> Result<DecodedRecord, RecordDecodeError> {
-    let (header, blocks) = if bytes.first() == Some(&b'{') {
+pub fn decode(bytes: &[u8]) -> Result<Record, RecordDecodeError> {
+    let parts = if bytes.first() == Some(&b'{') {
         let record: JsonRecord = serde_json::from_slice(bytes)
             .map_err(|e| RecordDecodeError::Syntax { syntax: "JSON", reason: e.to_string() })?;
         check_version(record.version)?;
-        let header = RecordHeader {
-            gateway: record.gateway,
-            stream: record.stream,
-            seq: record.seq,
-            encoded_at: record.encoded_at,
-        };
-        (header, record.series)
+        Parts {
+            header: RecordHeader {
+                gateway: record.gateway,
+                stream: record.stream,
+                seq: record.seq,
+                encoded_at: record.encoded_at,
+            },
+            blocks: record.series,
+            aggregates: record.aggregates,
+            coarsened: record.coarsened,
+            dropped: record.dropped,
+        }
     } else {
         decode_cbor(bytes)?
     };
     let mut builder = BatchBuilder::new();
-    for block in blocks {
+    for block in parts.blocks {
         if block.values.is_empty() || block.dt.len() + 1 != block.values.len() || block.tick <= 0 {
             return Err(RecordDecodeError::Format {
                 reason: format!(
@@ -293,7 +556,57 @@ pub fn decode(bytes: &[u8]) -> Result<DecodedRecord, RecordDecodeError> {
             builder.push(index, ts, value.unwrap_or(f64::NAN));
         }
     }
-    Ok(DecodedRecord { header, batch: builder.finish() })
+    let aggregates = parts.aggregates.into_iter().map(aggregate_series).collect::<Result<_, _>>()?;
+    Ok(Record {
+        header: parts.header,
+        batch: builder.finish(),
+        aggregates,
+        coarsened: parts.coarsened,
+        dropped: parts.dropped,
+    })
+}
+
+fn aggregate_series(block: AggregateBlock) -> Result<AggregateSeries, RecordDecodeError> {
+    let windows = block.count.len();
+    let columns = [&block.sum, &block.min, &block.max, &block.m2];
+    if windows == 0 || block.dstart.len() + 1 != windows || columns.iter().any(|c| c.len() != windows) {
+        return Err(RecordDecodeError::Format {
+            reason: format!(
+                "aggregates of {:?}: every statistic needs one value per window and one start delta fewer",
+                block.name
+            ),
+        });
+    }
+    let width = i64::try_from(block.width).ok().filter(|w| *w > 0).ok_or_else(|| RecordDecodeError::Format {
+        reason: format!("aggregates of {:?}: window width {} is not a positive i64", block.name, block.width),
+    })?;
+    let mut start = block.start0;
+    let mut out = Vec::with_capacity(windows);
+    for i in 0..windows {
+        if i > 0 {
+            start = i64::try_from(block.dstart[i - 1])
+                .ok()
+                .and_then(|d| d.checked_mul(width))
+                .and_then(|d| start.checked_add(d))
+                .ok_or_else(|| RecordDecodeError::Format {
+                    reason: format!("aggregates of {:?}: window start overflows", block.name),
+                })?;
+        }
+        let stat = |column: &Vec<Option<f64>>| column[i].unwrap_or(f64::NAN);
+        out.push(Window {
+            start,
+            count: block.count[i],
+            sum: stat(&block.sum),
+            min: stat(&block.min),
+            max: stat(&block.max),
+            m2: stat(&block.m2),
+        });
+    }
+    Ok(AggregateSeries {
+        series: Series { name: block.name, unit: block.unit, tags: block.tags },
+        width: block.width,
+        windows: out,
+    })
 }
 
 fn check_version(version: u64) -> Result<(), RecordDecodeError> {
@@ -306,13 +619,14 @@ fn check_version(version: u64) -> Result<(), RecordDecodeError> {
     }
 }
 
-fn decode_cbor(bytes: &[u8]) -> Result<(RecordHeader, Vec<SeriesBlock>), RecordDecodeError> {
+fn decode_cbor(bytes: &[u8]) -> Result<Parts, RecordDecodeError> {
     let syntax = |e: minicbor::decode::Error| RecordDecodeError::Syntax { syntax: "CBOR", reason: e.to_string() };
     let format = |reason: &str| RecordDecodeError::Format { reason: reason.to_owned() };
     let mut d = Decoder::new(bytes);
     let entries = d.map().map_err(syntax)?.ok_or_else(|| format("envelope must be a definite-length map"))?;
     let (mut version, mut gateway, mut stream, mut seq, mut encoded_at, mut blocks) =
         (None, None, None, None, None, None);
+    let (mut aggregates, mut coarsened, mut dropped) = (Vec::new(), None, None);
     for _ in 0..entries {
         match d.u64().map_err(syntax)? {
             k if k == u64::from(key::VERSION) => version = Some(d.u64().map_err(syntax)?),
@@ -321,6 +635,13 @@ fn decode_cbor(bytes: &[u8]) -> Result<(RecordHeader, Vec<SeriesBlock>), RecordD
             k if k == u64::from(key::SEQ) => seq = Some(d.u64().map_err(syntax)?),
             k if k == u64::from(key::ENCODED_AT) => encoded_at = Some(d.i64().map_err(syntax)?),
             k if k == u64::from(key::SERIES) => blocks = Some(decode_blocks(&mut d).map_err(syntax)?),
+            k if k == u64::from(key::AGGREGATES) => aggregates = decode_aggregates(&mut d).map_err(syntax)?,
+            k if k == u64::from(key::COARSENED) => {
+                let (span, width) = decode_span(&mut d).map_err(syntax)?;
+                let width = width.ok_or_else(|| format("the coarsened marker (key 7) has no window width"))?;
+                coarsened = Some(Coarsened { span, width });
+            }
+            k if k == u64::from(key::DROPPED) => dropped = Some(decode_span(&mut d).map_err(syntax)?.0),
             _ => d.skip().map_err(syntax)?, // keys from later versions
         }
     }
@@ -331,40 +652,121 @@ fn decode_cbor(bytes: &[u8]) -> Result<(RecordHeader, Vec<SeriesBlock>), RecordD
         seq: seq.ok_or_else(|| format("seq (key 3) is missing"))?,
         encoded_at: encoded_at.ok_or_else(|| format("encoded-at (key 4) is missing"))?,
     };
-    Ok((header, blocks.ok_or_else(|| format("series (key 5) is missing"))?))
+    let blocks = blocks.ok_or_else(|| format("series (key 5) is missing"))?;
+    Ok(Parts { header, blocks, aggregates, coarsened, dropped })
+}
+
+fn definite(len: Option<u64>) -> Result<u64, minicbor::decode::Error> {
+    len.ok_or_else(|| minicbor::decode::Error::message("arrays and maps must have a definite length"))
+}
+
+/// Name, unit and tags: the first three elements of both kinds of block.
+fn decode_series(d: &mut Decoder<'_>) -> Result<Series, minicbor::decode::Error> {
+    let name = d.str()?.to_owned();
+    let unit = if d.datatype()? == Type::Null {
+        d.null()?;
+        None
+    } else {
+        Some(d.str()?.to_owned())
+    };
+    let tag_count = definite(d.map()?)?;
+    let mut tags = Vec::with_capacity(tag_count.min(64) as usize);
+    for _ in 0..tag_count {
+        tags.push((d.str()?.to_owned(), d.str()?.to_owned()));
+    }
+    Ok(Series { name, unit, tags })
+}
+
+fn decode_floats(d: &mut Decoder<'_>) -> Result<Vec<Option<f64>>, minicbor::decode::Error> {
+    let count = definite(d.array()?)?;
+    (0..count).map(|_| d.f64().map(Some)).collect()
 }
 
 fn decode_blocks(d: &mut Decoder<'_>) -> Result<Vec<SeriesBlock>, minicbor::decode::Error> {
-    let definite = |len: Option<u64>| {
-        len.ok_or_else(|| minicbor::decode::Error::message("arrays and maps must have a definite length"))
-    };
     let count = definite(d.array()?)?;
     let mut blocks = Vec::with_capacity(count.min(4096) as usize);
     for _ in 0..count {
         if definite(d.array()?)? != 7 {
             return Err(minicbor::decode::Error::message("a series block has 7 elements"));
         }
-        let name = d.str()?.to_owned();
-        let unit = if d.datatype()? == Type::Null {
-            d.null()?;
-            None
-        } else {
-            Some(d.str()?.to_owned())
-        };
-        let tag_count = definite(d.map()?)?;
-        let mut tags = Vec::with_capacity(tag_count.min(64) as usize);
-        for _ in 0..tag_count {
-            tags.push((d.str()?.to_owned(), d.str()?.to_owned()));
-        }
+        let Series { name, unit, tags } = decode_series(d)?;
         let t0 = d.i64()?;
         let tick = d.i64()?;
         let dt_count = definite(d.array()?)?;
         let dt = (0..dt_count).map(|_| d.i64()).collect::<Result<Vec<_>, _>>()?;
-        let value_count = definite(d.array()?)?;
-        let values = (0..value_count).map(|_| d.f64().map(Some)).collect::<Result<Vec<_>, _>>()?;
+        let values = decode_floats(d)?;
         blocks.push(SeriesBlock { name, unit, tags, t0, tick, dt, values });
     }
     Ok(blocks)
+}
+
+fn decode_aggregates(d: &mut Decoder<'_>) -> Result<Vec<AggregateBlock>, minicbor::decode::Error> {
+    let count = definite(d.array()?)?;
+    let mut blocks = Vec::with_capacity(count.min(4096) as usize);
+    for _ in 0..count {
+        if definite(d.array()?)? != 7 {
+            return Err(minicbor::decode::Error::message("an aggregate block has 7 elements"));
+        }
+        let Series { name, unit, tags } = decode_series(d)?;
+        let mut block = AggregateBlock { name, unit, tags, ..AggregateBlock::default() };
+        block.width = d.u64()?;
+        block.start0 = d.i64()?;
+        let dstart_count = definite(d.array()?)?;
+        block.dstart = (0..dstart_count).map(|_| d.u64()).collect::<Result<_, _>>()?;
+        for _ in 0..definite(d.map()?)? {
+            match d.u64()? {
+                stat_key::COUNT => {
+                    let n = definite(d.array()?)?;
+                    block.count = (0..n).map(|_| d.u64()).collect::<Result<_, _>>()?;
+                }
+                stat_key::SUM => block.sum = decode_floats(d)?,
+                stat_key::MIN => block.min = decode_floats(d)?,
+                stat_key::MAX => block.max = decode_floats(d)?,
+                stat_key::M2 => block.m2 = decode_floats(d)?,
+                _ => d.skip()?, // statistics from later versions
+            }
+        }
+        blocks.push(block);
+    }
+    Ok(blocks)
+}
+
+fn decode_span(d: &mut Decoder<'_>) -> Result<(Span, Option<u64>), minicbor::decode::Error> {
+    let missing = || minicbor::decode::Error::message("a span needs keys 0 to 6");
+    let optional_time = |d: &mut Decoder<'_>| -> Result<Option<Nanos>, minicbor::decode::Error> {
+        if d.datatype()? == Type::Null {
+            d.null()?;
+            Ok(None)
+        } else {
+            d.i64().map(Some)
+        }
+    };
+    let (mut first_seq, mut last_seq, mut records, mut readings, mut first_encoded_at, mut width) =
+        (None, None, None, None, None, None);
+    let (mut earliest, mut latest) = (None, None);
+    for _ in 0..definite(d.map()?)? {
+        match d.u64()? {
+            span_key::FIRST_SEQ => first_seq = Some(d.u64()?),
+            span_key::LAST_SEQ => last_seq = Some(d.u64()?),
+            span_key::RECORDS => records = Some(d.u64()?),
+            span_key::READINGS => readings = Some(d.u64()?),
+            span_key::EARLIEST => earliest = optional_time(d)?,
+            span_key::LATEST => latest = optional_time(d)?,
+            span_key::FIRST_ENCODED_AT => first_encoded_at = Some(d.i64()?),
+            span_key::WIDTH => width = Some(d.u64()?),
+            _ => d.skip()?,
+        }
+    }
+    let span = Span {
+        first_seq: first_seq.ok_or_else(missing)?,
+        last_seq: last_seq.ok_or_else(missing)?,
+        records: records.ok_or_else(missing)?,
+        readings: readings.ok_or_else(missing)?,
+        earliest,
+        latest,
+        first_encoded_at: first_encoded_at.ok_or_else(missing)?,
+    };
+    Ok((span, width))
 }
 
 #[cfg(test)]

@@ -66,6 +66,80 @@ fn encoded_record_matches_the_documented_cddl() {
     cddl::validate_cbor_from_slice(schema, &bytes, None).expect("the encoder's output follows docs/batch.cddl");
 }
 
+/// A coarsened record of two series and a drop marker, as the outbox writes them.
+fn summaries() -> (Record, Record) {
+    let second = 1_000_000_000;
+    let window = |start: Nanos, count: u64, sum: f64| Window { start, count, sum, min: -1.5, max: 30.25, m2: 0.75 };
+    let span = Span {
+        first_seq: 3,
+        last_seq: 9,
+        records: 7,
+        readings: 9,
+        earliest: Some(1_700_000_000 * second),
+        latest: Some(1_700_000_600 * second),
+        first_encoded_at: 1_700_000_001 * second,
+    };
+    let coarsened = Record {
+        header: header(3),
+        batch: Batch::new(),
+        aggregates: vec![
+            AggregateSeries {
+                series: Series::named("plant1/boiler/temp").with_unit("Cel"),
+                width: 60 * second as u64,
+                windows: vec![window(1_699_999_980 * second, 4, 80.5), window(1_700_000_580 * second, 3, f64::NAN)],
+            },
+            AggregateSeries {
+                series: Series { name: "p".into(), unit: None, tags: vec![("site".into(), "north".into())] },
+                width: 60 * second as u64,
+                windows: vec![window(1_700_000_040 * second, 2, 1.0)],
+            },
+        ],
+        coarsened: Some(Coarsened { span: span.clone(), width: 60 * second as u64 }),
+        dropped: None,
+    };
+    let marker = Record {
+        header: header(10),
+        batch: Batch::new(),
+        aggregates: Vec::new(),
+        coarsened: None,
+        dropped: Some(Span { first_seq: 10, last_seq: 12, earliest: None, latest: None, ..span }),
+    };
+    (coarsened, marker)
+}
+
+/// Equality that treats NaN statistics as equal.
+fn same_record(a: &Record, b: &Record) -> bool {
+    format!("{a:?}") == format!("{b:?}")
+}
+
+#[test]
+fn coarsened_records_and_drop_markers_round_trip_in_both_encodings() {
+    let (coarsened, marker) = summaries();
+    for record in [&coarsened, &marker] {
+        let cbor = encode_record(Encoding::Cbor, record).expect("encodable");
+        assert!(same_record(&decode(&cbor).expect("decodable CBOR"), record), "CBOR round trip of {record:?}");
+        let json = encode_record(Encoding::Json, record).expect("encodable");
+        let from_json = decode(&json).expect("decodable JSON");
+        assert_eq!(from_json.coarsened, record.coarsened);
+        assert_eq!(from_json.dropped, record.dropped);
+        assert_eq!(from_json.aggregates.len(), record.aggregates.len());
+    }
+    assert_eq!(coarsened.kind(), RecordKind::Coarsened { width: 60_000_000_000 });
+    assert_eq!(marker.kind(), RecordKind::Dropped);
+    assert_eq!(coarsened.span().records, 7, "a summary's span is the span it carries");
+}
+
+#[test]
+fn coarsened_records_and_drop_markers_match_the_documented_cddl() {
+    let schema = include_str!("../../../docs/batch.cddl");
+    let (coarsened, marker) = summaries();
+    for record in [coarsened, marker] {
+        let bytes = encode_record(Encoding::Cbor, &record).expect("encodable");
+        cddl::validate_cbor_from_slice(schema, &bytes, None)
+            .unwrap_or_else(|e| panic!("{:?} does not follow docs/batch.cddl: {e}", record.kind()));
+    }
+}
+
 #[test]
 fn regular_series_encode_in_a_few_bytes_per_reading() {
     // 600 readings one second apart, values with one decimal between 20 and 30 (exact in f32).

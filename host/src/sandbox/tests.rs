@@ -31,9 +31,11 @@ struct Fixture {
 
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (store, committer, _thread) =
-        state::open(dir.path(), StoreOptions { durability: Durability::Sync, dead_letter_capacity: 10 })
-            .expect("store");
+    let (store, committer, _thread) = state::open(
+        dir.path(),
+        StoreOptions { durability: Durability::Sync, dead_letter_capacity: 10, ..StoreOptions::default() },
+    )
+    .expect("store");
     let options = SandboxOptions {
         max_instances: 16,
         max_memory_bytes: 64 << 20,

@@ -41,7 +41,7 @@ impl ConsolePublisher {
         Ok(Box::pin(async { Ok(Confirmed::default()) }))
     }
 
-    fn describe(&mut self, record: &OutgoingRecord, decoded: &crate::encode::DecodedRecord) -> String {
+    fn describe(&mut self, record: &OutgoingRecord, decoded: &crate::encode::Record) -> String {
         use std::fmt::Write as _;
         let batch = &decoded.batch;
         let readings = batch.len();

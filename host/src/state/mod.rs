@@ -14,18 +14,28 @@
 //!
 //! On-disk layout (`<data_dir>/weir.redb`), all tables created at open:
 //!
-//! | table            | key                    | value                                        |
-//! |------------------|------------------------|----------------------------------------------|
-//! | `function_state` | (namespace, key bytes) | value bytes                                  |
-//! | `outbox`         | (stream, seq)          | record body (see `encode`)                   |
-//! | `stream_seq`     | stream                 | highest seq ever assigned                    |
-//! | `dead_letters`   | id (monotonic)         | [`DeadLetter`] as CBOR                       |
-//! | `counters`       | name                   | u64                                          |
-//! | `recent_deliveries` | (source, commit order) | identity of a committed delivery (see [`DeliveryRecord`]) |
-//! | `sink_positions` | stream                 | the central broker's position of the stream's last confirmed record |
+//! | table                  | key                    | value                                        |
+//! |------------------------|------------------------|----------------------------------------------|
+//! | `function_state`       | (namespace, key bytes) | value bytes                                  |
+//! | `outbox`               | (stream, seq)          | record body (see `encode`)                   |
+//! | `outbox_summaries`     | (stream, seq)          | kind, width, bytes, last seq of coarsened records and drop markers |
+//! | `outbox_usage`         | stream                 | (records, bytes) held                        |
+//! | `publish_reservations` | (stream, first seq)    | last seq of a range the sink may be publishing |
+//! | `stream_seq`           | stream                 | highest seq ever assigned                    |
+//! | `stream_counters`      | (stream, counter)      | u64 (see [`Counter`])                        |
+//! | `dead_letters`         | id (monotonic)         | [`DeadLetter`] as CBOR                       |
+//! | `counters`             | name                   | u64 (gateway-wide bookkeeping)               |
+//! | `recent_deliveries`    | (source, commit order) | identity of a committed delivery (see [`DeliveryRecord`]) |
+//! | `sink_positions`       | stream                 | the central broker's position of the stream's last confirmed record |
+//!
+//! The outbox's accounting, reservations and full-outbox policies live in `outbox`.
 
+mod counter;
 mod dead_letter;
+mod outbox;
 
+use std::collections::HashMap;
+use std::ops::RangeInclusive;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -36,12 +46,14 @@ use redb::{
 };
 use tokio::sync::oneshot;
 
+pub use counter::Counter;
 pub use dead_letter::{DeadLetter, DeadLetterContent};
+pub use outbox::{OutboxLimits, Usage};
 
 use crate::config::Durability;
+use outbox::{OUTBOX, OUTBOX_SUMMARIES, OUTBOX_USAGE, Outbox, PUBLISH_RESERVATIONS, STREAM_COUNTERS};
 
 const FUNCTION_STATE: TableDefinition<'_, (&str, &[u8]), &[u8]> = TableDefinition::new("function_state");
-const OUTBOX: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("outbox");
 const STREAM_SEQ: TableDefinition<'_, &str, u64> = TableDefinition::new("stream_seq");
 const DEAD_LETTERS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("dead_letters");
 const COUNTERS: TableDefinition<'_, &str, u64> = TableDefinition::new("counters");
@@ -103,6 +115,15 @@ pub enum StoreError {
         /// Why.
         reason: String,
     },
+    /// The change set's records do not fit in their stream's outbox and its policy could not
+    /// make room (`block`, or nothing left to coarsen or drop); nothing of it was applied.
+    #[error("the outbox of {stream} is full ({max_bytes} bytes)")]
+    OutboxFull {
+        /// The stream.
+        stream: String,
+        /// Its cap.
+        max_bytes: u64,
+    },
     /// The committer thread is gone (the store is shutting down or crashed).
     #[error("the state committer has stopped")]
     CommitterStopped,
@@ -161,6 +182,10 @@ pub struct ChangeSet {
     pub dead_letters: Vec<DeadLetter>,
     /// Identities of the deliveries this change set consumed (source positions).
     pub deliveries: Vec<DeliveryRecord>,
+    /// Seqs the sink is about to publish: from now on they are never coarsened or dropped.
+    pub reservations: Vec<(String, RangeInclusive<u64>)>,
+    /// Counter increments.
+    pub counts: Vec<(String, Counter, u64)>,
 }
 
 /// The identity of a delivery whose derived data this change set commits.
@@ -189,6 +214,8 @@ impl ChangeSet {
             && self.sink_positions.is_empty()
             && self.dead_letters.is_empty()
             && self.deliveries.is_empty()
+            && self.reservations.is_empty()
+            && self.counts.is_empty()
     }
 }
 
@@ -203,12 +230,21 @@ pub struct StateStore {
 }
 
 /// Settings of the store.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub struct StoreOptions {
     /// How commits reach the disk.
     pub durability: Durability,
     /// Dead letters kept.
     pub dead_letter_capacity: u64,
+    /// Per stream, the outbox's cap and policy (streams not listed are unbounded).
+    pub outboxes: HashMap<String, OutboxLimits>,
+}
+
+impl Default for StoreOptions {
+    /// Durable commits, 10 000 dead letters, unbounded outboxes.
+    fn default() -> Self {
+        Self { durability: Durability::Sync, dead_letter_capacity: 10_000, outboxes: HashMap::new() }
+    }
 }
 
 /// Hands change sets to the committer thread. Cheap to clone.
@@ -230,7 +266,12 @@ impl Committer {
         }
         match answer.await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err((reason, changes))) => Err(CommitError { error: StoreError::CommitFailed { reason }, changes }),
+            Ok(Err((Refusal::Failed(reason), changes))) => {
+                Err(CommitError { error: StoreError::CommitFailed { reason }, changes })
+            }
+            Ok(Err((Refusal::Full { stream, max_bytes }, changes))) => {
+                Err(CommitError { error: StoreError::OutboxFull { stream, max_bytes }, changes })
+            }
             Err(_) => Err(CommitError { error: StoreError::CommitterStopped, changes: ChangeSet::default() }),
         }
     }
@@ -262,6 +303,10 @@ pub fn open(data_dir: &Path, options: StoreOptions) -> Result<(StateStore, Commi
     {
         txn.open_table(FUNCTION_STATE).or_store("create tables")?;
         txn.open_table(OUTBOX).or_store("create tables")?;
+        txn.open_table(OUTBOX_SUMMARIES).or_store("create tables")?;
+        txn.open_table(OUTBOX_USAGE).or_store("create tables")?;
+        txn.open_table(PUBLISH_RESERVATIONS).or_store("create tables")?;
+        txn.open_table(STREAM_COUNTERS).or_store("create tables")?;
         txn.open_table(STREAM_SEQ).or_store("create tables")?;
         txn.open_table(DEAD_LETTERS).or_store("create tables")?;
         txn.open_table(COUNTERS).or_store("create tables")?;
@@ -348,14 +393,36 @@ impl StateStore {
 
     /// Number of outbox records of `stream`.
     pub fn outbox_len(&self, stream: &str) -> Result<u64, StoreError> {
+        Ok(self.outbox_usage(stream)?.records)
+    }
+
+    /// Records and bytes in `stream`'s outbox.
+    pub fn outbox_usage(&self, stream: &str) -> Result<Usage, StoreError> {
         let txn = self.db.begin_read().or_store("read outbox")?;
-        let table = txn.open_table(OUTBOX).or_store("read outbox")?;
-        let mut count = 0;
-        for entry in table.range((stream, 0)..=(stream, u64::MAX)).or_store("read outbox")? {
-            entry.or_store("read outbox")?;
-            count += 1;
+        let table = txn.open_table(OUTBOX_USAGE).or_store("read outbox")?;
+        Ok(table
+            .get(stream)
+            .or_store("read outbox")?
+            .map_or(Usage::default(), |v| Usage { records: v.value().0, bytes: v.value().1 }))
+    }
+
+    /// The value of a stream's counter.
+    pub fn counter(&self, stream: &str, counter: Counter) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().or_store("read counters")?;
+        let table = txn.open_table(STREAM_COUNTERS).or_store("read counters")?;
+        Ok(table.get((stream, counter.name())).or_store("read counters")?.map_or(0, |v| v.value()))
+    }
+
+    /// The seqs of `stream` its sink reserved for publishing.
+    pub fn reservations(&self, stream: &str) -> Result<Vec<RangeInclusive<u64>>, StoreError> {
+        let txn = self.db.begin_read().or_store("read reservations")?;
+        let table = txn.open_table(PUBLISH_RESERVATIONS).or_store("read reservations")?;
+        let mut ranges = Vec::new();
+        for entry in table.range((stream, 0)..=(stream, u64::MAX)).or_store("read reservations")? {
+            let (from, through) = entry.or_store("read reservations")?;
+            ranges.push(from.value().1..=through.value());
         }
-        Ok(count)
+        Ok(ranges)
     }
 
     /// The newest `limit` dead letters, oldest first, with their ids.
@@ -409,7 +476,16 @@ struct Writer {
     pending_non_durable: bool,
 }
 
-type Request = (ChangeSet, oneshot::Sender<Result<(), (String, ChangeSet)>>);
+/// Why the committer did not apply a change set.
+#[derive(Clone, Debug)]
+enum Refusal {
+    /// The transaction failed.
+    Failed(String),
+    /// The change set's records did not fit in this stream's outbox.
+    Full { stream: String, max_bytes: u64 },
+}
+
+type Request = (ChangeSet, oneshot::Sender<Result<(), (Refusal, ChangeSet)>>);
 
 impl Writer {
     #[allow(clippy::needless_pass_by_value)] // the thread owns its end of the queue
@@ -431,13 +507,16 @@ impl Writer {
                 }
             }
             let (changes, replies): (Vec<ChangeSet>, Vec<_>) = group.into_iter().unzip();
-            let outcome = self.apply(&changes).map_err(|e| e.to_string());
-            if let Err(reason) = &outcome {
-                tracing::error!(stage = "state", error = %reason, change_sets = changes.len(), "commit failed");
-            }
+            let outcomes: Vec<Result<(), Refusal>> = match self.apply(&changes) {
+                Ok(refused) => refused.into_iter().map(|r| r.map_or(Ok(()), Err)).collect(),
+                Err(e) => {
+                    tracing::error!(stage = "state", error = %e, change_sets = changes.len(), "commit failed");
+                    vec![Err(Refusal::Failed(e.to_string())); changes.len()]
+                }
+            };
             // A sender that stopped waiting (shutdown) does not need the answer.
-            for (changes, reply) in changes.into_iter().zip(replies) {
-                let _ = reply.send(outcome.clone().map_err(|reason| (reason, changes)));
+            for ((changes, reply), outcome) in changes.into_iter().zip(replies).zip(outcomes) {
+                let _ = reply.send(outcome.map_err(|refusal| (refusal, changes)));
             }
         }
         self.flush_if_relaxed();
@@ -453,7 +532,9 @@ impl Writer {
         }
     }
 
-    fn apply(&mut self, changes: &[ChangeSet]) -> Result<(), StoreError> {
+    /// Applies every change set in one transaction, except those whose records do not fit in
+    /// their outbox: those are left out entirely, and their refusal is returned in their place.
+    fn apply(&mut self, changes: &[ChangeSet]) -> Result<Vec<Option<Refusal>>, StoreError> {
         let mut txn = self.db.begin_write().or_store("begin commit")?;
         let durable = match self.options.durability {
             Durability::Sync => true,
@@ -461,15 +542,22 @@ impl Writer {
         };
         txn.set_durability(if durable { RedbDurability::Immediate } else { RedbDurability::None })
             .or_store("begin commit")?;
+        let now = crate::telemetry::now_nanos();
+        let mut refused = Vec::with_capacity(changes.len());
         {
             let mut state = txn.open_table(FUNCTION_STATE).or_store("write function state")?;
-            let mut outbox = txn.open_table(OUTBOX).or_store("write outbox")?;
+            let mut outbox = Outbox::open(&txn)?;
             let mut stream_seq = txn.open_table(STREAM_SEQ).or_store("write stream position")?;
             let mut dead_letters = txn.open_table(DEAD_LETTERS).or_store("write dead letters")?;
             let mut counters = txn.open_table(COUNTERS).or_store("write counters")?;
             let mut recent = txn.open_table(RECENT_DELIVERIES).or_store("write recent deliveries")?;
             let mut positions = txn.open_table(SINK_POSITIONS).or_store("write sink position")?;
             for change in changes {
+                if let Some(refusal) = self.make_room(&mut outbox, change, now)? {
+                    refused.push(Some(refusal));
+                    continue;
+                }
+                refused.push(None);
                 for write in &change.state_writes {
                     let key = (write.namespace.as_str(), write.key.as_slice());
                     match &write.value {
@@ -477,10 +565,11 @@ impl Writer {
                         None => state.remove(key).or_store("write function state")?,
                     };
                 }
+                for (stream, seqs) in &change.reservations {
+                    outbox.reserve(stream, seqs.clone())?;
+                }
                 for record in &change.records {
-                    outbox
-                        .insert((record.stream.as_str(), record.seq), record.body.as_slice())
-                        .or_store("write outbox")?;
+                    outbox.append(&record.stream, record.seq, &record.body)?;
                     let previous = stream_seq
                         .get(record.stream.as_str())
                         .or_store("write stream position")?
@@ -489,8 +578,16 @@ impl Writer {
                         stream_seq.insert(record.stream.as_str(), record.seq).or_store("write stream position")?;
                     }
                 }
+                let mut confirmed_streams: Vec<&str> = Vec::new();
                 for (stream, seq) in &change.confirmed {
-                    outbox.remove((stream.as_str(), *seq)).or_store("write outbox")?;
+                    outbox.remove(stream, *seq)?;
+                    if !confirmed_streams.contains(&stream.as_str()) {
+                        confirmed_streams.push(stream);
+                    }
+                }
+                for stream in confirmed_streams {
+                    let last_seq = stream_seq.get(stream).or_store("read stream position")?.map_or(0, |v| v.value());
+                    outbox.prune_reservations(stream, last_seq)?;
                 }
                 for (stream, position) in &change.sink_positions {
                     let previous =
@@ -498,6 +595,9 @@ impl Writer {
                     if *position > previous {
                         positions.insert(stream.as_str(), *position).or_store("write sink position")?;
                     }
+                }
+                for (stream, counter, by) in &change.counts {
+                    outbox.count(stream, *counter, *by)?;
                 }
                 for delivery in &change.deliveries {
                     let counter = format!("delivery_order/{}", delivery.source);
@@ -532,7 +632,26 @@ impl Writer {
             self.last_durable = Instant::now();
         }
         self.pending_non_durable = !durable;
-        Ok(())
+        Ok(refused)
+    }
+
+    /// Makes room for a change set's records in their outboxes; the refusal if there is none.
+    fn make_room(&self, outbox: &mut Outbox<'_>, change: &ChangeSet, now: i64) -> Result<Option<Refusal>, StoreError> {
+        let mut incoming: Vec<(&str, u64)> = Vec::new();
+        for record in &change.records {
+            match incoming.iter_mut().find(|(stream, _)| *stream == record.stream) {
+                Some((_, bytes)) => *bytes += record.body.len() as u64,
+                None => incoming.push((&record.stream, record.body.len() as u64)),
+            }
+        }
+        for (stream, bytes) in incoming {
+            let Some(limits) = self.options.outboxes.get(stream) else { continue };
+            if !outbox.make_room(stream, bytes, limits, now)? {
+                outbox.count(stream, Counter::RefusedFull, 1)?;
+                return Ok(Some(Refusal::Full { stream: stream.to_owned(), max_bytes: limits.max_bytes }));
+            }
+        }
+        Ok(None)
     }
 }
 

@@ -5,8 +5,11 @@ use super::*;
 
 fn store(capacity: u64) -> (tempfile::TempDir, StateStore, Committer, JoinHandle<()>) {
     let dir = tempfile::tempdir().expect("temp dir");
-    let (store, committer, thread) =
-        open(dir.path(), StoreOptions { durability: Durability::Sync, dead_letter_capacity: capacity }).expect("open");
+    let (store, committer, thread) = open(
+        dir.path(),
+        StoreOptions { durability: Durability::Sync, dead_letter_capacity: capacity, ..StoreOptions::default() },
+    )
+    .expect("open");
     (dir, store, committer, thread)
 }
 
@@ -54,9 +57,9 @@ async fn function_state_is_namespaced_and_ranged_in_key_order() {
 #[tokio::test]
 async fn outbox_records_survive_reopen_and_leave_when_confirmed() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let options = StoreOptions { durability: Durability::Sync, dead_letter_capacity: 10 };
+    let options = StoreOptions { durability: Durability::Sync, dead_letter_capacity: 10, ..StoreOptions::default() };
     {
-        let (_, committer, thread) = open(dir.path(), options).expect("open");
+        let (_, committer, thread) = open(dir.path(), options.clone()).expect("open");
         let records = (1..=3).map(|seq| OutboxRecord { stream: "s".into(), seq, body: vec![seq as u8] }).collect();
         committer.commit(ChangeSet { records, ..ChangeSet::default() }).await.expect("commit");
         drop(committer);
@@ -90,17 +93,20 @@ async fn dead_letters_keep_the_newest_up_to_capacity_and_count_evictions() {
 #[test]
 fn a_second_open_of_the_same_data_dir_is_refused() {
     let (dir, _store, _committer, _thread) = store(1);
-    let err = open(dir.path(), StoreOptions { durability: Durability::Sync, dead_letter_capacity: 1 })
-        .expect_err("already open");
+    let err = open(
+        dir.path(),
+        StoreOptions { durability: Durability::Sync, dead_letter_capacity: 1, ..StoreOptions::default() },
+    )
+    .expect_err("already open");
     assert!(matches!(err, StoreError::InUse { .. }), "{err}");
 }
 
 #[tokio::test]
 async fn relaxed_commits_become_durable_after_the_committer_stops() {
     let dir = tempfile::tempdir().expect("temp dir");
-    let options = StoreOptions { durability: Durability::Relaxed, dead_letter_capacity: 10 };
+    let options = StoreOptions { durability: Durability::Relaxed, dead_letter_capacity: 10, ..StoreOptions::default() };
     {
-        let (_, committer, thread) = open(dir.path(), options).expect("open");
+        let (_, committer, thread) = open(dir.path(), options.clone()).expect("open");
         for i in 0..3 {
             committer
                 .commit(ChangeSet {
@@ -131,4 +137,423 @@ async fn recent_deliveries_keep_the_newest_window_per_source() {
     assert_eq!(kept, [vec![3], vec![4], vec![5]].into_iter().collect());
     assert_eq!(store.recent_deliveries("b").expect("read").len(), 3);
     assert!(store.recent_deliveries("c").expect("read").is_empty());
+}
+
+// --- a bounded outbox -------------------------------------------------------------------------
+
+use crate::batch::{BatchBuilder, Series};
+use crate::config::{Encoding, WhenFull};
+use crate::encode::{self, Record, RecordHeader, RecordKind};
+
+const SECOND: i64 = 1_000_000_000;
+
+/// A store whose stream "s" holds at most `max_bytes`.
+fn bounded_store(max_bytes: u64, when_full: WhenFull) -> (tempfile::TempDir, StateStore, Committer, JoinHandle<()>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let limits = OutboxLimits { max_bytes, when_full, encoding: Encoding::Cbor };
+    let options = StoreOptions {
+        durability: Durability::Relaxed,
+        dead_letter_capacity: 10,
+        outboxes: HashMap::from([("s".to_owned(), limits)]),
+    };
+    let (store, committer, thread) = open(dir.path(), options).expect("open");
+    (dir, store, committer, thread)
+}
+
+/// Record `seq` of stream "s": `readings` readings of two series, one per second from
+/// `seq * readings` seconds on.
+fn readings_record(seq: u64, readings: usize) -> OutboxRecord {
+    let mut batch = BatchBuilder::new();
+    let temperature = batch.intern(&Series::named("temperature").with_unit("Cel"));
+    let humidity = batch.intern(&Series::named("humidity").with_unit("%RH"));
+    for i in 0..readings {
+        let ts = (seq as i64 * readings as i64 + i as i64) * SECOND;
+        batch.push(if i % 2 == 0 { temperature } else { humidity }, ts, 20.0 + (i % 7) as f64 * 0.37);
+    }
+    let header = RecordHeader { gateway: "gw".into(), stream: "s".into(), seq, encoded_at: seq as i64 };
+    OutboxRecord {
+        stream: "s".into(),
+        seq,
+        body: encode::encode(Encoding::Cbor, &header, &batch.finish()).expect("encode"),
+    }
+}
+
+/// Every record of stream "s", decoded, in seq order.
+fn outbox_records(store: &StateStore) -> Vec<(u64, Vec<u8>, Record)> {
+    store
+        .outbox_after("s", 0, usize::MAX)
+        .expect("read")
+        .into_iter()
+        .map(|(seq, body)| {
+            let record = encode::decode(&body).expect("every outbox record decodes");
+            (seq, body, record)
+        })
+        .collect()
+}
+
+/// Readings held as readings, in coarsened spans and in drop markers; checks on the way that
+/// the records' spans tile seqs `1..=last` in order, each starting at its record's seq.
+fn account(records: &[(u64, Vec<u8>, Record)], last: u64) -> (u64, u64, u64) {
+    let (mut plain, mut coarsened, mut dropped) = (0, 0, 0);
+    let mut next = 1;
+    for (seq, _, record) in records {
+        let span = record.span();
+        assert_eq!(span.first_seq, *seq, "a record's span starts at its own seq");
+        assert_eq!(span.first_seq, next, "spans tile the seqs without gaps or overlaps");
+        next = span.last_seq + 1;
+        match record.kind() {
+            RecordKind::Readings => plain += record.batch.len() as u64,
+            RecordKind::Coarsened { .. } => {
+                let windowed: u64 = record.aggregates.iter().flat_map(|s| &s.windows).map(|w| w.count).sum();
+                assert_eq!(windowed, span.readings, "every coarsened reading is in exactly one window");
+                coarsened += span.readings;
+            }
+            RecordKind::Dropped => dropped += span.readings,
+        }
+    }
+    assert_eq!(next, last + 1, "spans reach the last seq");
+    (plain, coarsened, dropped)
+}
+
+#[tokio::test]
+async fn reaggregate_keeps_the_cap_and_summarises_every_reading_exactly() {
+    let max_bytes = 16 << 10;
+    let (_dir, store, committer, _thread) = bounded_store(max_bytes, WhenFull::Reaggregate);
+    let (records, per_record) = (400, 20);
+    for seq in 1..=records {
+        committer
+            .commit(ChangeSet { records: vec![readings_record(seq, per_record)], ..ChangeSet::default() })
+            .await
+            .expect("commit");
+        let usage = store.outbox_usage("s").expect("read");
+        assert!(usage.bytes <= max_bytes, "{} bytes after record {seq}, cap {max_bytes}", usage.bytes);
+    }
+    let held = outbox_records(&store);
+    let usage = store.outbox_usage("s").expect("read");
+    assert_eq!(usage.records, held.len() as u64, "usage counts records exactly");
+    assert_eq!(
+        usage.bytes,
+        held.iter().map(|(_, body, _)| body.len() as u64).sum::<u64>(),
+        "usage counts bytes exactly"
+    );
+    let (plain, coarsened, dropped) = account(&held, records);
+    assert_eq!(plain + coarsened + dropped, records * per_record as u64, "no reading unaccounted for");
+    assert!(coarsened > 0, "the outbox overflowed, so something was coarsened");
+    assert_eq!(dropped, 0, "coarsening sufficed: nothing was dropped");
+    assert_eq!(store.counter("s", Counter::ReadingsCoarsened).expect("read"), coarsened);
+    let coarsened_records: u64 =
+        held.iter().filter(|(_, _, r)| r.coarsened.is_some()).map(|(_, _, r)| r.span().records).sum();
+    assert_eq!(store.counter("s", Counter::RecordsCoarsened).expect("read"), coarsened_records);
+    assert_eq!(store.counter("s", Counter::ReadingsDropped).expect("read"), 0);
+    let newest = &held.last().expect("records").2;
+    assert_eq!(
+        (newest.header.seq, newest.kind()),
+        (records, RecordKind::Readings),
+        "the newest records stay as they were"
+    );
+}
+
+#[tokio::test]
+async fn drop_oldest_keeps_the_cap_with_one_growing_marker() {
+    let max_bytes = 8 << 10;
+    let (_dir, store, committer, _thread) = bounded_store(max_bytes, WhenFull::DropOldest);
+    let (records, per_record) = (300, 10);
+    for seq in 1..=records {
+        committer
+            .commit(ChangeSet { records: vec![readings_record(seq, per_record)], ..ChangeSet::default() })
+            .await
+            .expect("commit");
+        assert!(store.outbox_usage("s").expect("read").bytes <= max_bytes);
+    }
+    let held = outbox_records(&store);
+    let (plain, coarsened, dropped) = account(&held, records);
+    assert_eq!(coarsened, 0, "drop_oldest never coarsens");
+    assert_eq!(plain + dropped, records * per_record as u64);
+    let marker = &held[0].2;
+    assert_eq!(marker.kind(), RecordKind::Dropped, "the oldest record is the one marker");
+    assert!(held[1..].iter().all(|(_, _, r)| r.kind() == RecordKind::Readings), "one marker, extended each time");
+    let span = marker.span();
+    assert_eq!((span.first_seq, span.records, span.readings), (1, span.last_seq, dropped));
+    assert_eq!(
+        (span.earliest, span.latest),
+        (Some(per_record as i64 * SECOND), Some(((span.last_seq + 1) as i64 * per_record as i64 - 1) * SECOND))
+    );
+    assert_eq!(store.counter("s", Counter::RecordsDropped).expect("read"), span.records);
+    assert_eq!(store.counter("s", Counter::ReadingsDropped).expect("read"), dropped);
+}
+
+#[tokio::test]
+async fn block_refuses_whole_change_sets_until_confirmations_free_space() {
+    let max_bytes = 4 << 10;
+    let (_dir, store, committer, _thread) = bounded_store(max_bytes, WhenFull::Block);
+    let mut seq = 0;
+    let refused = loop {
+        seq += 1;
+        let changes = ChangeSet {
+            records: vec![readings_record(seq, 10)],
+            state_writes: vec![write("p/f", &format!("k{seq}"), Some("v"))],
+            ..ChangeSet::default()
+        };
+        if let Err(refused) = committer.commit(changes).await {
+            break refused;
+        }
+        assert!(seq < 1000, "a 4 KiB outbox fills up");
+    };
+    assert!(
+        matches!(refused.error, StoreError::OutboxFull { ref stream, max_bytes: 4096 } if stream == "s"),
+        "{}",
+        refused.error
+    );
+    assert_eq!(refused.changes.records[0].seq, seq, "the refused change set comes back whole");
+    assert_eq!(
+        store.function_state_get("p/f", format!("k{seq}").as_bytes()).expect("read"),
+        None,
+        "nothing of it was applied"
+    );
+    assert_eq!(store.last_seq("s").expect("read"), seq - 1);
+    assert_eq!(store.counter("s", Counter::RefusedFull).expect("read"), 1);
+    let held = outbox_records(&store);
+    assert!(held.iter().all(|(_, _, r)| r.kind() == RecordKind::Readings), "block never rewrites records");
+    committer
+        .commit(ChangeSet { confirmed: vec![("s".into(), 1), ("s".into(), 2)], ..ChangeSet::default() })
+        .await
+        .expect("commit");
+    committer.commit(refused.changes).await.expect("fits once the sink confirmed records");
+    assert_eq!(store.last_seq("s").expect("read"), seq);
+}
+
+#[tokio::test]
+async fn records_reserved_for_publishing_are_never_coarsened_or_dropped() {
+    for when_full in [WhenFull::Reaggregate, WhenFull::DropOldest] {
+        let max_bytes = 8 << 10;
+        let (_dir, store, committer, _thread) = bounded_store(max_bytes, when_full);
+        let mut originals = Vec::new();
+        for seq in 1..=10 {
+            let record = readings_record(seq, 10);
+            originals.push((seq, record.body.clone()));
+            committer.commit(ChangeSet { records: vec![record], ..ChangeSet::default() }).await.expect("commit");
+        }
+        committer
+            .commit(ChangeSet { reservations: vec![("s".into(), 1..=10)], ..ChangeSet::default() })
+            .await
+            .expect("reserve");
+        for seq in 11..=200 {
+            committer
+                .commit(ChangeSet { records: vec![readings_record(seq, 10)], ..ChangeSet::default() })
+                .await
+                .expect("commit");
+            assert!(store.outbox_usage("s").expect("read").bytes <= max_bytes);
+        }
+        let held = store.outbox_after("s", 0, 10).expect("read");
+        assert_eq!(held, originals, "{when_full:?}: reserved records are untouched");
+        let eleventh = encode::decode(&store.outbox_after("s", 10, 1).expect("read")[0].1).expect("decodes");
+        assert_ne!(eleventh.kind(), RecordKind::Readings, "{when_full:?}: the oldest unreserved record was summarised");
+        assert_eq!(eleventh.span().first_seq, 11, "{when_full:?}: summaries start after the reservation");
+        committer
+            .commit(ChangeSet {
+                confirmed: (1..=10).map(|seq| ("s".to_owned(), seq)).collect(),
+                ..ChangeSet::default()
+            })
+            .await
+            .expect("confirm");
+        assert_eq!(
+            store.reservations("s").expect("read"),
+            Vec::<RangeInclusive<u64>>::new(),
+            "confirmed reservations are forgotten"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_reservation_beyond_the_last_record_outlives_its_confirmations() {
+    let (_dir, store, committer, _thread) = bounded_store(1 << 20, WhenFull::Reaggregate);
+    committer.commit(ChangeSet { records: vec![readings_record(1, 1)], ..ChangeSet::default() }).await.expect("commit");
+    committer
+        .commit(ChangeSet { reservations: vec![("s".into(), 1..=5)], ..ChangeSet::default() })
+        .await
+        .expect("reserve");
+    committer.commit(ChangeSet { confirmed: vec![("s".into(), 1)], ..ChangeSet::default() }).await.expect("confirm");
+    assert_eq!(store.reservations("s").expect("read"), vec![1..=5], "seqs 2..=5 may still be published when appended");
+}
+
+// --- the outbox against a reference model ------------------------------------------------------
+
+mod model {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// What the pipeline and the sink do to one stream.
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// The pipeline commits a record of this many readings.
+        Append(usize),
+        /// The sink reserves the next this-many seqs (read from the outbox, about to publish).
+        Reserve(u64),
+        /// The broker confirms the oldest reserved record still held.
+        Confirm,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![6 => (1usize..40).prop_map(Op::Append), 1 => (1u64..8).prop_map(Op::Reserve), 2 => Just(Op::Confirm)]
+    }
+
+    fn policy() -> impl Strategy<Value = WhenFull> {
+        prop_oneof![Just(WhenFull::Reaggregate), Just(WhenFull::DropOldest), Just(WhenFull::Block)]
+    }
+
+    /// The reference: every record ever committed, as committed, and what became of it.
+    #[derive(Default)]
+    struct Reference {
+        originals: BTreeMap<u64, (Vec<u8>, u64)>,
+        /// Seqs and readings of records the broker confirmed (the span of what was confirmed).
+        confirmed: BTreeSet<u64>,
+        confirmed_readings: u64,
+        /// Readings of confirmed drop markers.
+        confirmed_dropped: u64,
+        reserved_through: u64,
+        /// Records as they were when reserved (or appended inside a reservation): the sink may
+        /// have published them, so they must stay exactly so until confirmed.
+        reserved_bodies: BTreeMap<u64, Vec<u8>>,
+    }
+
+    fn run(when_full: WhenFull, max_bytes: u64, ops: Vec<Op>) -> Result<(), TestCaseError> {
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let (_dir, store, committer, _thread) = bounded_store(max_bytes, when_full);
+        let mut reference = Reference::default();
+        let mut next_seq = 1;
+        for op in ops {
+            match op {
+                Op::Append(readings) => {
+                    let record = readings_record(next_seq, readings);
+                    let bytes = record.body.len() as u64;
+                    let before = store.outbox_usage("s").expect("read");
+                    let body = record.body.clone();
+                    match runtime
+                        .block_on(committer.commit(ChangeSet { records: vec![record], ..ChangeSet::default() }))
+                    {
+                        Ok(()) => {
+                            if next_seq <= reference.reserved_through {
+                                reference.reserved_bodies.insert(next_seq, body.clone());
+                            }
+                            reference.originals.insert(next_seq, (body, readings as u64));
+                            next_seq += 1;
+                        }
+                        Err(refused) => {
+                            prop_assert!(matches!(refused.error, StoreError::OutboxFull { .. }), "{}", refused.error);
+                            prop_assert!(before.bytes > 0 && before.bytes + bytes > max_bytes, "refused with room");
+                            if when_full != WhenFull::Block {
+                                // Only reserved records and markers are left to make room from.
+                                let held = outbox_records(&store);
+                                let reserved = store.reservations("s").expect("read");
+                                prop_assert!(held.iter().all(|(seq, _, r)| r.kind() == RecordKind::Dropped
+                                    || reserved.iter().any(|range| range.contains(seq))));
+                            }
+                        }
+                    }
+                }
+                Op::Reserve(count) => {
+                    let from = reference.reserved_through + 1;
+                    reference.reserved_through += count;
+                    let changes = ChangeSet {
+                        reservations: vec![("s".into(), from..=reference.reserved_through)],
+                        ..ChangeSet::default()
+                    };
+                    runtime.block_on(committer.commit(changes)).expect("reserve");
+                    for (seq, body) in store.outbox_after("s", from - 1, usize::MAX).expect("read") {
+                        if seq <= reference.reserved_through {
+                            reference.reserved_bodies.insert(seq, body);
+                        }
+                    }
+                }
+                Op::Confirm => {
+                    let Some((seq, _)) = store.outbox_after("s", 0, 1).expect("read").pop() else { continue };
+                    if seq > reference.reserved_through {
+                        continue;
+                    }
+                    let record =
+                        encode::decode(&store.outbox_after("s", seq - 1, 1).expect("read")[0].1).expect("decodes");
+                    let span = record.span();
+                    reference.confirmed.extend(span.first_seq..=span.last_seq);
+                    reference.confirmed_readings += span.readings;
+                    if record.kind() == RecordKind::Dropped {
+                        reference.confirmed_dropped += span.readings;
+                    }
+                    reference.reserved_bodies.remove(&seq);
+                    let changes = ChangeSet { confirmed: vec![("s".into(), seq)], ..ChangeSet::default() };
+                    runtime.block_on(committer.commit(changes)).expect("confirm");
+                }
+            }
+            check(&store, &reference, when_full, max_bytes, next_seq - 1)?;
+        }
+        Ok(())
+    }
+
+    fn check(
+        store: &StateStore,
+        reference: &Reference,
+        when_full: WhenFull,
+        max_bytes: u64,
+        last: u64,
+    ) -> Result<(), TestCaseError> {
+        let held = outbox_records(store);
+        let usage = store.outbox_usage("s").expect("read");
+        prop_assert_eq!(usage.records, held.len() as u64);
+        prop_assert_eq!(usage.bytes, held.iter().map(|(_, body, _)| body.len() as u64).sum::<u64>());
+        let largest = reference.originals.values().map(|(body, _)| body.len() as u64).max().unwrap_or(0);
+        prop_assert!(usage.bytes <= max_bytes.max(largest), "{} bytes held, cap {max_bytes}", usage.bytes);
+        // Every committed seq is confirmed or covered by exactly one held record's span.
+        let mut covered = reference.confirmed.clone();
+        let (mut plain, mut coarsened, mut dropped) = (0, 0, 0);
+        for (seq, body, record) in &held {
+            let span = record.span();
+            prop_assert_eq!(span.first_seq, *seq);
+            for s in span.first_seq..=span.last_seq {
+                prop_assert!(covered.insert(s) || !reference.originals.contains_key(&s), "seq {} covered twice", s);
+            }
+            match record.kind() {
+                RecordKind::Readings => {
+                    prop_assert_eq!(&reference.originals[seq].0, body, "a plain record is its original");
+                    plain += record.batch.len() as u64;
+                }
+                RecordKind::Coarsened { .. } => coarsened += span.readings,
+                RecordKind::Dropped => dropped += span.readings,
+            }
+        }
+        let committed: BTreeSet<u64> = (1..=last).collect();
+        prop_assert_eq!(covered, committed, "spans and confirmations tile the committed seqs");
+        let total: u64 = reference.originals.values().map(|(_, readings)| readings).sum();
+        prop_assert_eq!(plain + coarsened + dropped + reference.confirmed_readings, total, "readings conserved");
+        for (seq, body) in &reference.reserved_bodies {
+            let now = held.iter().find(|(held_seq, _, _)| held_seq == seq).map(|(_, body, _)| body);
+            prop_assert_eq!(now, Some(body), "reserved record {} is held exactly as it was when reserved", seq);
+        }
+        prop_assert_eq!(
+            store.counter("s", Counter::ReadingsDropped).expect("read"),
+            dropped + reference.confirmed_dropped
+        );
+        prop_assert!(store.counter("s", Counter::ReadingsCoarsened).expect("read") >= coarsened);
+        if when_full == WhenFull::Block {
+            prop_assert_eq!(coarsened + dropped, 0, "block never summarises");
+        }
+        if when_full == WhenFull::DropOldest {
+            prop_assert_eq!(coarsened, 0, "drop_oldest never coarsens");
+        }
+        Ok(())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_outbox_conserves_every_committed_reading(
+            when_full in policy(),
+            max_bytes in prop_oneof![Just(2048u64), Just(4096), Just(16384)],
+            ops in proptest::collection::vec(op(), 1..120),
+        ) {
+            run(when_full, max_bytes, ops)?;
+        }
+    }
 }
