@@ -37,11 +37,17 @@ use crate::encode::{self, RecordHeader};
 use crate::operator::Chain;
 use crate::sink::Sink;
 use crate::source::{self, Delivery};
-use crate::state::{ChangeSet, Committer, DeadLetter, DeadLetterContent, OutboxRecord, StateStore, StoreError};
+use crate::state::{
+    ChangeSet, Committer, Counter, DeadLetter, DeadLetterContent, OutboxRecord, StateStore, StoreError,
+};
 
 /// Delays between attempts to commit a batch the store refused.
 const COMMIT_RETRY: crate::config::Backoff =
     crate::config::Backoff { min: Duration::from_millis(100), max: Duration::from_secs(10) };
+/// Delays between attempts to commit a batch a full outbox (`when_full = "block"`) refused:
+/// short, because room appears as soon as the sink gets a confirmation.
+const FULL_RETRY: crate::config::Backoff =
+    crate::config::Backoff { min: Duration::from_millis(50), max: Duration::from_secs(1) };
 /// Dead-letter reasons logged per batch at most (the rest are counted).
 const LOGGED_DEAD_LETTERS: usize = 3;
 
@@ -119,6 +125,7 @@ pub fn spawn(
         gateway: shared.gateway.clone(),
         stream: name,
         config: config.sink.clone(),
+        order: config.outbox.drain,
         store: shared.store.clone(),
         committer: shared.committer.clone(),
     };
@@ -309,6 +316,16 @@ async fn run_processor(
         processed.changes.deliveries = records;
         log_dead_letters(&pipeline, &processed.changes.dead_letters);
         let dead_letters = processed.changes.dead_letters.len();
+        processed.changes.counts = [
+            (Counter::AckedIn, acks.len()),
+            (Counter::ReadingsIn, processed.readings_in),
+            (Counter::DeadLettered, dead_letters),
+            (Counter::RecordsCommitted, usize::from(processed.seq.is_some())),
+            (Counter::ReadingsCommitted, processed.readings_out),
+        ]
+        .into_iter()
+        .map(|(counter, by)| (pipeline.clone(), counter, by as u64))
+        .collect();
         if !commit_with_retry(&committer, processed.changes, &pipeline, &intake).await {
             tracing::error!(stage = "pipeline", pipeline = %pipeline, messages = message_count,
                 "shutting down with an uncommitted batch; it is not acknowledged and will be redelivered");
@@ -331,9 +348,10 @@ async fn run_processor(
     }
 }
 
-/// Commits `changes`, retrying with backoff while the store refuses (a full or failing disk):
-/// the pipeline stalls — which stops acknowledgements, so the broker holds the input — instead of
-/// dropping the batch. Gives up (returns false) only once shutdown was requested.
+/// Commits `changes`, retrying with backoff while the store refuses (a full outbox under
+/// `block`, a full or failing disk): the pipeline stalls — which stops acknowledgements, so the
+/// broker holds the input — instead of dropping the batch. Gives up (returns false) only once
+/// shutdown was requested.
 async fn commit_with_retry(
     committer: &Committer,
     mut changes: ChangeSet,
@@ -341,15 +359,32 @@ async fn commit_with_retry(
     shutdown: &CancellationToken,
 ) -> bool {
     let mut retry = crate::backoff::Retry::new(COMMIT_RETRY);
+    let mut full_retry = crate::backoff::Retry::new(FULL_RETRY);
+    let mut full_since: Option<std::time::Instant> = None;
     loop {
         match committer.commit(changes).await {
-            Ok(()) => return true,
+            Ok(()) => {
+                if let Some(since) = full_since {
+                    tracing::info!(stage = "pipeline", pipeline, blocked_for = ?since.elapsed(), "the outbox has room again; ingesting");
+                }
+                return true;
+            }
             Err(failed) => {
                 if shutdown.is_cancelled() || matches!(failed.error, StoreError::CommitterStopped) {
                     return false;
                 }
-                let delay = retry.next_delay(&mut rand::rng());
-                tracing::error!(stage = "pipeline", pipeline, error = %failed.error, retry_in = ?delay, "commit failed; retrying");
+                let delay = if matches!(failed.error, StoreError::OutboxFull { .. }) {
+                    if full_since.is_none() {
+                        full_since = Some(std::time::Instant::now());
+                        tracing::warn!(stage = "pipeline", pipeline, error = %failed.error,
+                            "the outbox is full and its policy is `block`: input stays unacknowledged until the sink frees room");
+                    }
+                    full_retry.next_delay(&mut rand::rng())
+                } else {
+                    let delay = retry.next_delay(&mut rand::rng());
+                    tracing::error!(stage = "pipeline", pipeline, error = %failed.error, retry_in = ?delay, "commit failed; retrying");
+                    delay
+                };
                 tokio::select! {
                     () = shutdown.cancelled() => return false,
                     () = tokio::time::sleep(delay) => {}

@@ -2,10 +2,13 @@
 //! once. For trying weir out and for watching a pipeline; it forwards nothing.
 //!
 //! Per record: the stream, seq, number of readings and series, the encoded size and bytes per
-//! reading, then the last value of the first few series. Every 10 s: the stream's throughput.
+//! reading, then the last value of the first few series; for records a full outbox coarsened or
+//! dropped, which original records they stand for. Every 10 s: the stream's throughput.
 
 use std::io::Write;
 use std::time::{Duration, Instant};
+
+use crate::encode::RecordKind;
 
 use super::{Confirmation, Confirmed, OutgoingRecord, PublishError};
 
@@ -43,9 +46,51 @@ impl ConsolePublisher {
 
     fn describe(&mut self, record: &OutgoingRecord, decoded: &crate::encode::Record) -> String {
         use std::fmt::Write as _;
+        let span = decoded.span();
+        let mut text = String::new();
+        match decoded.kind() {
+            RecordKind::Readings => {}
+            RecordKind::Coarsened { width } => {
+                let windows: usize = decoded.aggregates.iter().map(|series| series.windows.len()).sum();
+                let _ = writeln!(
+                    text,
+                    "{} #{}: records {}..={} coarsened (outbox full): {} records, {} readings in {windows} windows of {}, {} bytes",
+                    self.stream,
+                    record.seq,
+                    span.first_seq,
+                    span.last_seq,
+                    span.records,
+                    span.readings,
+                    humantime::format_duration(Duration::from_nanos(width)),
+                    record.body.len()
+                );
+                for series in decoded.aggregates.iter().take(self.series_shown) {
+                    let Some(last) = series.windows.last() else { continue };
+                    let unit = series.series.unit.as_deref().unwrap_or("");
+                    let _ = writeln!(
+                        text,
+                        "    {:<36} {:>10.2} {unit:<7} (mean of the last window, {} .. {})",
+                        series.series.name,
+                        last.mean(),
+                        last.min,
+                        last.max
+                    );
+                }
+                self.count(0, &mut text);
+                return text;
+            }
+            RecordKind::Dropped => {
+                let _ = writeln!(
+                    text,
+                    "{} #{}: records {}..={} DROPPED (outbox full): {} records, {} readings",
+                    self.stream, record.seq, span.first_seq, span.last_seq, span.records, span.readings
+                );
+                self.count(0, &mut text);
+                return text;
+            }
+        }
         let batch = &decoded.batch;
         let readings = batch.len();
-        let mut text = String::new();
         let per_reading = if readings == 0 { 0.0 } else { record.body.len() as f64 / readings as f64 };
         let _ = writeln!(
             text,
@@ -65,6 +110,13 @@ impl ConsolePublisher {
                 let _ = writeln!(text, "    … and {} more series", batch.series().len() - self.series_shown);
             }
         }
+        self.count(readings, &mut text);
+        text
+    }
+
+    /// Counts a record and adds the throughput line when one is due.
+    fn count(&mut self, readings: usize, text: &mut String) {
+        use std::fmt::Write as _;
         self.readings_in_window += readings as u64;
         self.records_in_window += 1;
         let elapsed = self.window_started.elapsed();
@@ -81,6 +133,5 @@ impl ConsolePublisher {
             self.readings_in_window = 0;
             self.records_in_window = 0;
         }
-        text
     }
 }

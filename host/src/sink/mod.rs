@@ -19,6 +19,12 @@
 //! have died between a publish and its confirmation. MQTT brokers cannot be asked; MQTT
 //! consumers drop duplicates by the id inside the payload.
 //!
+//! Order: `fifo` sends in seq order; `live_first` sends, after each (re)connection, the records
+//! committed from then on first and the ones already waiting behind them, at most
+//! `backlog_rate` bytes per second. Before reading records to publish, the sink commits a
+//! *reservation* of their seqs, so a full outbox's policy never coarsens or drops a record that
+//! may be on its way (`state::outbox`).
+//!
 //! The outbox, not the broker client, is the source of truth: nothing here keeps a record that is
 //! not also in the outbox. A record the broker can never accept (too large for it) is moved to
 //! the dead letters with the broker's reason, in the same commit that removes it from the outbox.
@@ -41,8 +47,10 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::backoff::Retry;
-use crate::config::{Backoff, SinkConfig};
-use crate::state::{ChangeSet, Committer, DeadLetter, DeadLetterContent, StateStore};
+use rangemap::RangeInclusiveSet;
+
+use crate::config::{Backoff, Drain as DrainPolicy, SinkConfig};
+use crate::state::{ChangeSet, Committer, Counter, DeadLetter, DeadLetterContent, StateStore};
 
 /// Confirmed records deleted per commit at most.
 const DELETE_GROUP: usize = 256;
@@ -53,6 +61,9 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Longest wait for one confirmation; past it the record is sent again (a broker that lost a
 /// PUBACK on a live connection would otherwise stall the stream).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
+/// Reservations reach this many windows (`max_in_flight`) past the last record read, so most
+/// reads need no reservation commit.
+const RESERVE_AHEAD: u64 = 4;
 /// Retry policy of the console sink (which cannot fail) and of outbox read errors.
 const LOCAL_RETRY: Backoff = Backoff { min: Duration::from_millis(100), max: Duration::from_secs(5) };
 
@@ -137,6 +148,8 @@ pub struct Sink {
     pub stream: String,
     /// Where records go.
     pub config: SinkConfig,
+    /// In which order a backlog is sent.
+    pub order: DrainPolicy,
     /// Outbox reads.
     pub store: StateStore,
     /// Outbox deletions.
@@ -180,12 +193,14 @@ struct Unsaved {
     dead: Vec<(u64, String)>,
     /// The position to save, if it moved.
     position: Option<u64>,
+    /// Publishes handed to the broker (first sends and resends).
+    published: u64,
     since: Option<Instant>,
 }
 
 impl Unsaved {
     fn is_empty(&self) -> bool {
-        self.confirmed.is_empty() && self.dead.is_empty() && self.position.is_none()
+        self.confirmed.is_empty() && self.dead.is_empty() && self.position.is_none() && self.published == 0
     }
 
     fn note(&mut self) {
@@ -199,19 +214,50 @@ impl Unsaved {
     }
 }
 
-/// The drain loop of one sink: its cursor, what is in flight, what waits to be saved.
+/// Under `drain = "live_first"`: the records that were already in the outbox at the last
+/// (re)connection, sent behind fresher ones at a capped byte rate.
+#[derive(Debug)]
+struct Backlog {
+    /// Highest backlog seq handed to the broker in this connection.
+    cursor: u64,
+    /// The stream's last seq at the (re)connection: the backlog's end.
+    end: u64,
+    /// When the byte budget allows the next backlog record.
+    next_send_at: Instant,
+    bytes_per_second: u64,
+}
+
+impl Backlog {
+    /// Spends the budget for `bytes` just sent.
+    fn charge(&mut self, bytes: usize) {
+        let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
+        self.next_send_at = self.next_send_at.max(Instant::now()) + cost;
+    }
+}
+
+/// The drain loop of one sink: its cursors, what is in flight, what waits to be saved.
+///
+/// **Invariant (publish only what is reserved):** a record is read for publishing only after a
+/// committed reservation covers its seq, so the full-outbox policy can never coarsen or drop
+/// it while the broker may hold it (see `state::outbox`).
 struct Drain<'a> {
     sink: &'a Sink,
     publisher: Publisher,
     max_in_flight: usize,
     retry: Retry,
     in_flight: VecDeque<(u64, Confirmation)>,
-    /// Highest seq handed to the broker (or found stored) in this run.
-    sent_up_to: u64,
+    /// Highest seq handed to the broker (or found stored) in this connection, live lane.
+    cursor: u64,
+    /// The rate-capped backlog, under `live_first` after a (re)connection found one.
+    backlog: Option<Backlog>,
     /// The broker's position of the last confirmed record.
     position: u64,
-    /// Records found stored by reconciling and not yet deleted: never sent again.
-    known_stored: BTreeSet<u64>,
+    /// Seqs covered by committed reservations (a superset of the store's: the store forgets
+    /// ranges whose records are all gone, and such seqs never hold a record again).
+    reserved: RangeInclusiveSet<u64>,
+    /// Records confirmed, found stored by reconciling, or refused for good, whose deletion is not
+    /// committed yet: never sent again.
+    settled: BTreeSet<u64>,
     unsaved: Unsaved,
     /// Ask the broker what it has before sending anything (again).
     must_reconcile: bool,
@@ -223,15 +269,19 @@ impl<'a> Drain<'a> {
             tracing::warn!(stage = "sink", pipeline = %sink.stream, error = %e, "cannot read the sink position; asking the broker from the start");
             0
         });
+        // Unreadable reservations only mean reserving again before publishing.
+        let reserved = sink.store.reservations(&sink.stream).unwrap_or_default().into_iter().collect();
         Self {
             sink,
             publisher,
             max_in_flight,
             retry: Retry::new(retry),
             in_flight: VecDeque::new(),
-            sent_up_to: 0,
+            cursor: 0,
+            backlog: None,
             position,
-            known_stored: BTreeSet::new(),
+            reserved,
+            settled: BTreeSet::new(),
             unsaved: Unsaved::default(),
             must_reconcile: true,
         }
@@ -259,14 +309,16 @@ impl<'a> Drain<'a> {
                 if stopping {
                     break;
                 }
-                // Nothing in flight: wait for new records (or look again in a while, in case a
-                // notification was missed while records were being re-sent).
+                // Nothing in flight: wait for new records, for the backlog's budget, or look again
+                // in a while (in case a notification was missed while records were re-sent).
+                let backlog_due = self.backlog.as_ref().map(|b| b.next_send_at);
                 tokio::select! {
                     () = stop.cancelled() => {}
                     changed = committed.changed() => if changed.is_err() {
                         // The pipeline is gone: nothing new will come; finish when told to stop.
                         stop.cancelled().await;
                     },
+                    () = sleep_until_some(backlog_due) => {}
                     () = tokio::time::sleep(Duration::from_secs(1)) => {}
                 }
                 continue;
@@ -285,13 +337,17 @@ impl<'a> Drain<'a> {
                 Ok(confirmed) => {
                     self.retry.reset();
                     self.unsaved.confirmed.push(seq);
+                    self.settled.insert(seq);
                     if let Some(position) = confirmed.position.filter(|&p| p > self.position) {
                         self.position = position;
                         self.unsaved.position = Some(position);
                     }
                     self.unsaved.note();
                 }
-                Err(e) if e.permanent => self.unsaved.dead.push((seq, e.reason)),
+                Err(e) if e.permanent => {
+                    self.unsaved.dead.push((seq, e.reason));
+                    self.settled.insert(seq);
+                }
                 Err(e) if stopping => {
                     tracing::info!(stage = "sink", pipeline = %stream, seq, error = %e, "unconfirmed at shutdown; stays in the outbox");
                     self.in_flight.clear();
@@ -303,8 +359,9 @@ impl<'a> Drain<'a> {
         tracing::debug!(stage = "sink", pipeline = %stream, "sink stopped");
     }
 
-    /// Asks the broker which records it stored after the sink's position. Returns false (after a
-    /// backoff) when it could not be asked.
+    /// Asks the broker which records it stored after the sink's position, then starts the
+    /// cursors over: everything unsettled in the outbox is sent (again). Returns false (after a
+    /// backoff) when the broker could not be asked.
     async fn reconcile(&mut self, stop: &CancellationToken) -> bool {
         let stream = &self.sink.stream;
         match self.publisher.stored_since(&self.sink.gateway, stream, self.position).await {
@@ -313,7 +370,7 @@ impl<'a> Drain<'a> {
                 if !found.records.is_empty() {
                     tracing::info!(stage = "sink", pipeline = %stream, records = found.records.len(), first = found.records[0],
                         "records already stored centrally; not sending them again");
-                    self.known_stored.extend(&found.records);
+                    self.settled.extend(&found.records);
                     self.unsaved.confirmed.extend(found.records);
                     if found.position > self.position {
                         self.position = found.position;
@@ -321,6 +378,7 @@ impl<'a> Drain<'a> {
                     }
                     self.save().await;
                 }
+                self.start_cursors();
                 true
             }
             Err(e) => {
@@ -332,37 +390,133 @@ impl<'a> Drain<'a> {
         }
     }
 
-    /// Sends outbox records until the window is full or the outbox is drained.
-    async fn fill(&mut self, stop: &CancellationToken) {
-        let want = self.max_in_flight - self.in_flight.len();
-        let records = match read_outbox(self.sink, self.sent_up_to, want).await {
-            Ok(records) => records,
+    /// After a (re)connection: `fifo` starts from the oldest record; `live_first` sends records
+    /// committed from now on first and the ones already waiting as a rate-capped backlog.
+    fn start_cursors(&mut self) {
+        self.cursor = 0;
+        self.backlog = None;
+        let DrainPolicy::LiveFirst { backlog_bytes_per_second } = self.sink.order else { return };
+        let stream = &self.sink.stream;
+        let waiting = self.sink.store.outbox_usage(stream).map(|usage| usage.records).unwrap_or(0);
+        let end = match self.sink.store.last_seq(stream) {
+            Ok(end) => end,
             Err(e) => {
-                tracing::error!(stage = "sink", pipeline = %self.sink.stream, error = %e, "cannot read the outbox");
-                let delay = self.retry.next_delay(&mut rand::rng());
-                sleep_or_stop(delay, stop).await;
+                tracing::warn!(stage = "sink", pipeline = %stream, error = %e, "cannot read the stream position; draining in seq order");
                 return;
             }
         };
+        if waiting == 0 {
+            return;
+        }
+        tracing::info!(stage = "sink", pipeline = %stream, records = waiting, through_seq = end, backlog_bytes_per_second,
+            "backlog waiting; fresh records go first");
+        self.cursor = end;
+        self.backlog =
+            Some(Backlog { cursor: 0, end, next_send_at: Instant::now(), bytes_per_second: backlog_bytes_per_second });
+    }
+
+    /// Sends outbox records until the window is full or the outbox is drained: the live lane
+    /// first, then the backlog as far as its byte budget allows.
+    async fn fill(&mut self, stop: &CancellationToken) {
+        let want = self.max_in_flight - self.in_flight.len();
+        let records = match self.reserved_records(self.cursor, u64::MAX, want).await {
+            Ok(records) => records,
+            Err(e) => return self.read_failed(&e, stop).await,
+        };
         for record in records {
-            self.sent_up_to = record.seq;
-            if self.known_stored.contains(&record.seq) {
-                // Found stored by reconciling; its deletion is waiting to be committed.
-                continue;
+            self.cursor = record.seq;
+            if !self.send(&record, stop).await {
+                return;
             }
-            match self.publisher.publish(&record).await {
-                Ok(confirmation) => self.in_flight.push_back((record.seq, confirmation)),
-                Err(e) if e.permanent => self.unsaved.dead.push((record.seq, e.reason)),
-                Err(e) => {
-                    self.failed(record.seq, &e, stop).await;
-                    return;
+        }
+        while let Some(backlog) = &self.backlog
+            && self.in_flight.len() < self.max_in_flight
+            && backlog.next_send_at <= Instant::now()
+        {
+            let (after, end) = (backlog.cursor, backlog.end);
+            let records = match self.reserved_records(after, end, 1).await {
+                Ok(records) => records,
+                Err(e) => return self.read_failed(&e, stop).await,
+            };
+            let Some(record) = records.into_iter().next() else {
+                tracing::info!(stage = "sink", pipeline = %self.sink.stream, through_seq = end, "backlog sent");
+                self.backlog = None;
+                break;
+            };
+            if let Some(backlog) = &mut self.backlog {
+                backlog.cursor = record.seq;
+                if !self.settled.contains(&record.seq) {
+                    backlog.charge(record.body.len());
                 }
+            }
+            if !self.send(&record, stop).await {
+                return;
             }
         }
     }
 
-    /// After a failure: forgets what is in flight, waits a backoff, and resends from the first
-    /// unconfirmed record after reconciling.
+    /// Hands one record to the broker unless it is settled. Returns false after a failure.
+    async fn send(&mut self, record: &OutgoingRecord, stop: &CancellationToken) -> bool {
+        if self.settled.contains(&record.seq) {
+            // Confirmed, found stored or refused; its deletion is waiting to be committed.
+            return true;
+        }
+        match self.publisher.publish(record).await {
+            Ok(confirmation) => {
+                self.unsaved.published += 1;
+                self.in_flight.push_back((record.seq, confirmation));
+            }
+            Err(e) if e.permanent => {
+                self.unsaved.dead.push((record.seq, e.reason));
+                self.settled.insert(record.seq);
+            }
+            Err(e) => {
+                self.failed(record.seq, &e, stop).await;
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Up to `limit` records after seq `after` and at most `through`, each covered by a
+    /// committed reservation: reads, and when what it read is not reserved yet, commits a
+    /// reservation (with room for the next reads) and reads again.
+    async fn reserved_records(
+        &mut self,
+        after: u64,
+        through: u64,
+        limit: usize,
+    ) -> Result<Vec<OutgoingRecord>, String> {
+        loop {
+            let mut records = read_outbox(self.sink, after, limit).await?;
+            records.retain(|record| record.seq <= through);
+            let Some(last) = records.last().map(|record| record.seq) else { return Ok(records) };
+            let reserved = records.iter().take_while(|record| self.reserved.contains(&record.seq)).count();
+            if reserved > 0 {
+                records.truncate(reserved);
+                return Ok(records);
+            }
+            let ahead = (self.max_in_flight as u64).saturating_mul(RESERVE_AHEAD);
+            let seqs = after + 1..=last.saturating_add(ahead).min(through);
+            let changes =
+                ChangeSet { reservations: vec![(self.sink.stream.clone(), seqs.clone())], ..ChangeSet::default() };
+            self.sink
+                .committer
+                .commit(changes)
+                .await
+                .map_err(|e| format!("cannot reserve records to publish: {}", e.error))?;
+            self.reserved.insert(seqs);
+        }
+    }
+
+    async fn read_failed(&mut self, error: &str, stop: &CancellationToken) {
+        tracing::error!(stage = "sink", pipeline = %self.sink.stream, error, "cannot read the outbox");
+        let delay = self.retry.next_delay(&mut rand::rng());
+        sleep_or_stop(delay, stop).await;
+    }
+
+    /// After a failure: forgets what is in flight, waits a backoff, and reconciles (which starts
+    /// the cursors over, so every unconfirmed record is sent again).
     async fn failed(&mut self, failed_seq: u64, error: &PublishError, stop: &CancellationToken) {
         let first_unconfirmed = self.in_flight.front().map_or(failed_seq, |(seq, _)| (*seq).min(failed_seq));
         self.in_flight.clear();
@@ -371,12 +525,11 @@ impl<'a> Drain<'a> {
             seq = first_unconfirmed, retry_in = ?delay, failures = self.retry.failures(),
             "publish failed; unconfirmed records will be sent again");
         sleep_or_stop(delay, stop).await;
-        self.sent_up_to = first_unconfirmed.saturating_sub(1);
         self.must_reconcile = true;
     }
 
-    /// Commits the deletion of confirmed records (with the position) and moves refused ones to
-    /// the dead letters. On failure everything stays to be saved next time.
+    /// Commits the deletion of confirmed records (with the position and the counters) and moves
+    /// refused ones to the dead letters. On failure everything stays to be saved next time.
     async fn save(&mut self) {
         if self.unsaved.is_empty() {
             return;
@@ -401,19 +554,18 @@ impl<'a> Drain<'a> {
             });
             tracing::error!(stage = "sink", pipeline = %stream, seq, reason = %reason, "record refused for good; moved to the dead letters");
         }
-        changes.confirmed = self
-            .unsaved
-            .confirmed
-            .iter()
-            .chain(self.unsaved.dead.iter().map(|(seq, _)| seq))
-            .map(|&seq| (stream.clone(), seq))
-            .collect();
+        let settled: Vec<u64> =
+            self.unsaved.confirmed.iter().chain(self.unsaved.dead.iter().map(|(seq, _)| seq)).copied().collect();
+        changes.confirmed = settled.iter().map(|&seq| (stream.clone(), seq)).collect();
         changes.sink_positions.extend(self.unsaved.position.map(|p| (stream.clone(), p)));
-        let deleted: Vec<u64> = self.unsaved.confirmed.clone();
+        changes.counts = vec![
+            (stream.clone(), Counter::Published, self.unsaved.published),
+            (stream.clone(), Counter::Confirmed, self.unsaved.confirmed.len() as u64),
+        ];
         match self.sink.committer.commit(changes).await {
             Ok(()) => {
-                for seq in deleted {
-                    self.known_stored.remove(&seq);
+                for seq in settled {
+                    self.settled.remove(&seq);
                 }
                 self.unsaved = Unsaved::default();
             }
@@ -422,6 +574,14 @@ impl<'a> Drain<'a> {
                 tracing::error!(stage = "sink", pipeline = %stream, error = %e, "cannot delete confirmed records yet");
             }
         }
+    }
+}
+
+/// Sleeps until `at`, or forever when there is no `at`.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 
