@@ -34,11 +34,13 @@ pub enum Counter {
     ReadingsDropped,
     /// Change sets refused because the outbox was full and nothing could make room.
     RefusedFull,
+    /// Outbox records lost to a damaged database file (see `state::salvage`).
+    RecordsUnrecovered,
 }
 
 impl Counter {
     /// Every counter, in display order.
-    pub const ALL: [Counter; 12] = [
+    pub const ALL: [Counter; 13] = [
         Self::AckedIn,
         Self::ReadingsIn,
         Self::DeadLettered,
@@ -51,6 +53,7 @@ impl Counter {
         Self::RecordsDropped,
         Self::ReadingsDropped,
         Self::RefusedFull,
+        Self::RecordsUnrecovered,
     ];
 
     /// Its name in the store, in `weir outbox stats` and in its JSON.
@@ -68,6 +71,7 @@ impl Counter {
             Self::RecordsDropped => "records_dropped",
             Self::ReadingsDropped => "readings_dropped",
             Self::RefusedFull => "refused_full",
+            Self::RecordsUnrecovered => "records_unrecovered",
         }
     }
 }

@@ -33,6 +33,7 @@
 mod counter;
 mod dead_letter;
 mod outbox;
+mod salvage;
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
@@ -49,6 +50,7 @@ use tokio::sync::oneshot;
 pub use counter::Counter;
 pub use dead_letter::{DeadLetter, DeadLetterContent};
 pub use outbox::{OutboxLimits, Usage};
+pub use salvage::{DAMAGED_DIR, DAMAGED_KEPT, Recovery, TableSalvage};
 
 use crate::config::Durability;
 use outbox::{OUTBOX, OUTBOX_SUMMARIES, OUTBOX_USAGE, Outbox, PUBLISH_RESERVATIONS, STREAM_COUNTERS};
@@ -294,11 +296,20 @@ pub struct CommitError {
 pub fn open(data_dir: &Path, options: StoreOptions) -> Result<(StateStore, Committer, JoinHandle<()>), StoreError> {
     std::fs::create_dir_all(data_dir).map_err(|source| StoreError::DataDir { path: data_dir.to_owned(), source })?;
     let path = data_dir.join(DATABASE_FILE);
-    let db = match Database::builder().set_cache_size(CACHE_BYTES).create(&path) {
-        Ok(db) => db,
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::InUse { path }),
-        Err(e) => return Err(db_error("open")(e.into())),
-    };
+    let (db, _recovery) = salvage::open_database(&path)?;
+
+    let db = Arc::new(db);
+    let (queue, requests) = flume::bounded(QUEUE);
+    let writer = Writer { db: Arc::clone(&db), options, last_durable: Instant::now(), pending_non_durable: false };
+    let thread = std::thread::Builder::new()
+        .name("weir-committer".into())
+        .spawn(move || writer.run(requests))
+        .map_err(|source| StoreError::DataDir { path: data_dir.to_owned(), source })?;
+    Ok((StateStore { db, path }, Committer { queue }, thread))
+}
+
+/// Creates every table that does not exist yet.
+fn create_tables(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().or_store("create tables")?;
     {
         txn.open_table(FUNCTION_STATE).or_store("create tables")?;
@@ -312,17 +323,9 @@ pub fn open(data_dir: &Path, options: StoreOptions) -> Result<(StateStore, Commi
         txn.open_table(COUNTERS).or_store("create tables")?;
         txn.open_table(RECENT_DELIVERIES).or_store("create tables")?;
         txn.open_table(SINK_POSITIONS).or_store("create tables")?;
+        txn.open_table(salvage::RECOVERIES).or_store("create tables")?;
     }
-    txn.commit().or_store("create tables")?;
-
-    let db = Arc::new(db);
-    let (queue, requests) = flume::bounded(QUEUE);
-    let writer = Writer { db: Arc::clone(&db), options, last_durable: Instant::now(), pending_non_durable: false };
-    let thread = std::thread::Builder::new()
-        .name("weir-committer".into())
-        .spawn(move || writer.run(requests))
-        .map_err(|source| StoreError::DataDir { path: data_dir.to_owned(), source })?;
-    Ok((StateStore { db, path }, Committer { queue }, thread))
+    txn.commit().or_store("create tables")
 }
 
 impl StateStore {
@@ -366,11 +369,29 @@ impl StateStore {
         Ok(entries)
     }
 
-    /// Highest seq ever assigned in `stream` (0 when none).
+    /// Highest seq ever assigned in `stream` (0 when none), or the seq floor a recovery set
+    /// if that is higher (see `salvage`).
     pub fn last_seq(&self, stream: &str) -> Result<u64, StoreError> {
         let txn = self.db.begin_read().or_store("read stream position")?;
         let table = txn.open_table(STREAM_SEQ).or_store("read stream position")?;
-        Ok(table.get(stream).or_store("read stream position")?.map_or(0, |v| v.value()))
+        let last = table.get(stream).or_store("read stream position")?.map_or(0, |v| v.value());
+        let counters = txn.open_table(COUNTERS).or_store("read stream position")?;
+        let floor = counters.get(salvage::SEQ_FLOOR).or_store("read stream position")?.map_or(0, |v| v.value());
+        Ok(last.max(floor))
+    }
+
+    /// Recoveries from damaged database files, oldest first.
+    pub fn recoveries(&self) -> Result<Vec<Recovery>, StoreError> {
+        let txn = self.db.begin_read().or_store("read recoveries")?;
+        let table = txn.open_table(salvage::RECOVERIES).or_store("read recoveries")?;
+        let mut recoveries = Vec::new();
+        for entry in table.iter().or_store("read recoveries")? {
+            let (_, report) = entry.or_store("read recoveries")?;
+            let report = serde_json::from_slice(report.value())
+                .map_err(|e| StoreError::Unreadable { what: "recovery report", reason: e.to_string() })?;
+            recoveries.push(report);
+        }
+        Ok(recoveries)
     }
 
     /// Up to `limit` outbox records of `stream` with seq above `after`, in seq order.

@@ -179,6 +179,11 @@ impl<'txn> Outbox<'txn> {
         self.put(stream, seq, body, None)
     }
 
+    /// Stores a record read back from a damaged file (see `salvage`), as it was.
+    pub(super) fn restore(&mut self, stream: &str, seq: u64, body: &[u8], record: &Record) -> Result<(), StoreError> {
+        self.put(stream, seq, body, Summary::of(record, body.len()))
+    }
+
     /// Removes a record; returns its body if it was there.
     pub(super) fn remove(&mut self, stream: &str, seq: u64) -> Result<Option<Vec<u8>>, StoreError> {
         let removed = self.records.remove((stream, seq)).or_store("write outbox")?.map(|old| old.value().to_vec());
