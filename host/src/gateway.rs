@@ -6,7 +6,9 @@
 //! pipeline can start, or the data directory cannot be used.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -16,7 +18,10 @@ use crate::decode::{self, Decode};
 use crate::operator::{Chain, Operator};
 use crate::pipeline::{self, PipelineParts, Shared};
 use crate::sandbox::{CompiledFunction, Sandbox, SandboxError, SandboxOptions, StateLimits};
-use crate::state::{self, OutboxLimits, StoreError, StoreOptions};
+use crate::state::{self, OutboxLimits, StateStore, StoreError, StoreOptions};
+
+/// How often a running gateway rewrites `<data_dir>/stats.json`.
+const STATS_EVERY: Duration = Duration::from_secs(5);
 
 /// Why the gateway could not run.
 #[derive(Debug, thiserror::Error)]
@@ -102,14 +107,41 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
         drop(shared);
         return Err(GatewayError::NoPipeline(failures));
     }
+    let snapshots = tokio::spawn(write_stats_snapshots(store.clone(), data_dir.clone(), shutdown.clone()));
     tracker.wait().await;
+    snapshots.abort();
 
-    // Every pipeline is done: the last commits are in. Closing the committer ends its thread.
+    // Every pipeline is done: the last commits are in, and the last snapshot shows them.
+    write_stats_snapshot(&store, &data_dir);
+    // Closing the committer ends its thread.
     drop(shared);
     drop(sandbox);
     let _ = tokio::task::spawn_blocking(move || committer_thread.join()).await;
     tracing::info!(stage = "shutdown", "stopped");
     Ok(())
+}
+
+/// Keeps `<data_dir>/stats.json` current for `weir outbox stats` (which cannot open the
+/// database while the gateway holds it), until shutdown.
+async fn write_stats_snapshots(store: StateStore, data_dir: PathBuf, shutdown: CancellationToken) {
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(STATS_EVERY) => {}
+        }
+        let (store, data_dir) = (store.clone(), data_dir.clone());
+        let _ = tokio::task::spawn_blocking(move || write_stats_snapshot(&store, &data_dir)).await;
+    }
+}
+
+fn write_stats_snapshot(store: &StateStore, data_dir: &Path) {
+    let written = store
+        .stats()
+        .map_err(|e| e.to_string())
+        .and_then(|stats| state::stats::write_snapshot(data_dir, &stats).map_err(|e| e.to_string()));
+    if let Err(e) = written {
+        tracing::warn!(stage = "state", error = %e, "cannot write the stats snapshot");
+    }
 }
 
 fn source_kind(config: &PipelineConfig) -> &'static str {

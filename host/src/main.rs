@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weir_host::config::{self, Config, ConfigError, Overrides};
-use weir_host::state::{self, DeadLetterContent, StoreOptions};
+use weir_host::state::{self, DeadLetterContent, StoreOptions, stats};
 use weir_host::{encode, gateway, shutdown, telemetry};
 
 /// Exit status for a configuration that was refused.
@@ -58,6 +58,26 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Inspect the outbox of a data directory.
+    Outbox {
+        #[command(subcommand)]
+        command: OutboxCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum OutboxCommand {
+    /// Depth, bytes and oldest age of each stream's outbox, its counters, and recoveries from
+    /// damaged files. Reads the database when no gateway runs, else the running gateway's
+    /// snapshot (`stats.json`, rewritten every 5 s).
+    Stats {
+        /// The gateway's data directory.
+        #[arg(long, env = "WEIR_DATA_DIR")]
+        data_dir: PathBuf,
+        /// One JSON document instead of text.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +89,7 @@ fn main() -> ExitCode {
         }
         Command::Check { config, functions_dir } => check(&config, &Overrides { data_dir: None, functions_dir }),
         Command::DeadLetters { data_dir, limit, json } => dead_letters(&data_dir, limit, json),
+        Command::Outbox { command: OutboxCommand::Stats { data_dir, json } } => outbox_stats(&data_dir, json),
     };
     match result {
         Ok(code) => code,
@@ -185,6 +206,71 @@ fn dead_letters(data_dir: &std::path::Path, limit: usize, json: bool) -> anyhow:
                 }
                 DeadLetterContent::Batch { readings, .. } => println!("    batch of {readings} reading(s)"),
             }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn outbox_stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    if !data_dir.join(state::DATABASE_FILE).is_file() {
+        anyhow::bail!("{} holds no weir state (no {})", data_dir.display(), state::DATABASE_FILE);
+    }
+    let (stats, origin) = match stats::read(data_dir) {
+        Ok(stats) => (stats, "from the database".to_owned()),
+        Err(state::StoreError::InUse { .. }) => {
+            let stats = stats::read_snapshot(data_dir).with_context(|| {
+                format!("a gateway holds {} and its {} cannot be read", data_dir.display(), stats::SNAPSHOT_FILE)
+            })?;
+            let age = (telemetry::now_nanos() - stats.taken_at).max(0) as f64 / 1e9;
+            (stats, format!("from the running gateway's snapshot, {age:.1} s old"))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    println!("{} ({origin})", data_dir.display());
+    for stream in &stats.streams {
+        let age = stream.oldest_age_seconds.map_or_else(|| "-".to_owned(), |s| format!("{s:.1} s"));
+        println!(
+            "stream {}: {} record(s), {} bytes waiting; oldest seq {} ({age} old); last seq {}; sink position {}",
+            stream.stream,
+            stream.records,
+            stream.bytes,
+            stream.oldest_seq.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+            stream.last_seq,
+            stream.sink_position
+        );
+        for (name, value) in &stream.counters {
+            println!("    {name:<20} {value}");
+        }
+    }
+    println!("dead letters: {} kept, {} evicted", stats.dead_letters_kept, stats.dead_letters_evicted);
+    for recovery in &stats.recoveries {
+        let lost: Vec<String> = recovery.outbox_records_lost.iter().map(|(s, n)| format!("{s}: {n}")).collect();
+        println!(
+            "recovered from a damaged file at {}: {}; moved to {}; outbox records lost: {}{}",
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_nanos(u64::try_from(recovery.at).unwrap_or(0))
+            ),
+            recovery.reason,
+            recovery.damaged_file.display(),
+            if recovery.outbox_loss_known {
+                if lost.is_empty() { "none".to_owned() } else { lost.join(", ") }
+            } else {
+                "unknown".to_owned()
+            },
+            recovery.seq_floor.map_or_else(String::new, |f| format!("; seqs continue above {f}"))
+        );
+        for table in &recovery.tables {
+            println!(
+                "    {:<22} {} salvaged, {} rejected{}",
+                table.table,
+                table.salvaged,
+                table.rejected,
+                if table.complete { "" } else { " (read back only in part)" }
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -34,6 +34,7 @@ mod counter;
 mod dead_letter;
 mod outbox;
 mod salvage;
+pub mod stats;
 
 use std::collections::HashMap;
 use std::ops::RangeInclusive;
@@ -378,6 +379,12 @@ impl StateStore {
         let counters = txn.open_table(COUNTERS).or_store("read stream position")?;
         let floor = counters.get(salvage::SEQ_FLOOR).or_store("read stream position")?.map_or(0, |v| v.value());
         Ok(last.max(floor))
+    }
+
+    /// Outbox depth, bytes, oldest age and counters of every stream, and more (see [`stats`]).
+    pub fn stats(&self) -> Result<stats::Stats, StoreError> {
+        let txn = self.db.begin_read().or_store("read stats")?;
+        stats::collect(&txn)
     }
 
     /// Recoveries from damaged database files, oldest first.

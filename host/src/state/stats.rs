@@ -1,0 +1,154 @@
+//! Stats: what `weir outbox stats` shows — per stream the outbox's depth, bytes and oldest
+//! record's age, its position and counters; the dead letters; the recoveries from damaged files.
+//!
+//! Two ways to get them, one shape ([`Stats`]):
+//! - from the database, opened read-only ([`read`]) — only when no gateway holds it;
+//! - from `<data_dir>/stats.json`, which a running gateway rewrites every few seconds
+//!   ([`write_snapshot`], atomically: a temporary file renamed over the old one).
+//!
+//! **Invariant:** reading stats never writes to the database and never repairs it.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use serde::{Deserialize, Serialize};
+
+use super::outbox::{OUTBOX, OUTBOX_USAGE, STREAM_COUNTERS};
+use super::salvage::{RECOVERIES, Recovery};
+use super::{COUNTERS, Counter, DEAD_LETTERS, DEAD_LETTERS_EVICTED, OrStore, SINK_POSITIONS, STREAM_SEQ, StoreError};
+use crate::encode;
+
+/// File name of the snapshot a running gateway keeps in its data dir.
+pub const SNAPSHOT_FILE: &str = "stats.json";
+
+/// Everything `weir outbox stats` shows.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Stats {
+    /// When they were taken (ns since the Unix epoch).
+    pub taken_at: i64,
+    /// Per stream, in name order.
+    pub streams: Vec<StreamStats>,
+    /// Dead letters kept.
+    pub dead_letters_kept: u64,
+    /// Dead letters evicted to respect the capacity.
+    pub dead_letters_evicted: u64,
+    /// Recoveries from damaged files, oldest first.
+    pub recoveries: Vec<Recovery>,
+}
+
+/// One stream's outbox.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StreamStats {
+    /// The stream (pipeline).
+    pub stream: String,
+    /// Records waiting in the outbox.
+    pub records: u64,
+    /// Their encoded bytes.
+    pub bytes: u64,
+    /// Seq of the oldest waiting record.
+    pub oldest_seq: Option<u64>,
+    /// When the oldest reading-bearing record it stands for was encoded (ns since the epoch).
+    pub oldest_encoded_at: Option<i64>,
+    /// Age of that record when the stats were taken, seconds.
+    pub oldest_age_seconds: Option<f64>,
+    /// Highest seq assigned.
+    pub last_seq: u64,
+    /// The central broker's position of the last confirmed record.
+    pub sink_position: u64,
+    /// Every counter of [`Counter::ALL`], by name, in that order.
+    pub counters: Vec<(String, u64)>,
+}
+
+/// Stats from a data dir no gateway is using (read-only).
+pub fn read(data_dir: &Path) -> Result<Stats, StoreError> {
+    let path = data_dir.join(super::DATABASE_FILE);
+    let db = match redb::Builder::new().open_read_only(&path) {
+        Ok(db) => db,
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::InUse { path }),
+        Err(e) => return Err(StoreError::Database { operation: "open read-only", source: Box::new(e.into()) }),
+    };
+    let txn = db.begin_read().or_store("read stats")?;
+    collect(&txn)
+}
+
+/// Stats from a read transaction.
+pub(super) fn collect(txn: &ReadTransaction) -> Result<Stats, StoreError> {
+    let now = crate::telemetry::now_nanos();
+    let usage = txn.open_table(OUTBOX_USAGE).or_store("read stats")?;
+    let seqs = txn.open_table(STREAM_SEQ).or_store("read stats")?;
+    let counters = txn.open_table(STREAM_COUNTERS).or_store("read stats")?;
+    let positions = txn.open_table(SINK_POSITIONS).or_store("read stats")?;
+    let outbox = txn.open_table(OUTBOX).or_store("read stats")?;
+
+    let mut names = BTreeSet::new();
+    for entry in usage.iter().or_store("read stats")? {
+        names.insert(entry.or_store("read stats")?.0.value().to_owned());
+    }
+    for entry in seqs.iter().or_store("read stats")? {
+        names.insert(entry.or_store("read stats")?.0.value().to_owned());
+    }
+    for entry in counters.iter().or_store("read stats")? {
+        names.insert(entry.or_store("read stats")?.0.value().0.to_owned());
+    }
+
+    let mut streams = Vec::with_capacity(names.len());
+    for stream in names {
+        let (records, bytes) = usage.get(stream.as_str()).or_store("read stats")?.map_or((0, 0), |v| v.value());
+        let oldest = outbox.range((stream.as_str(), 0)..=(stream.as_str(), u64::MAX)).or_store("read stats")?.next();
+        let (oldest_seq, oldest_encoded_at) = match oldest {
+            Some(entry) => {
+                let (key, body) = entry.or_store("read stats")?;
+                let encoded_at = encode::decode(body.value()).ok().map(|record| record.span().first_encoded_at);
+                (Some(key.value().1), encoded_at)
+            }
+            None => (None, None),
+        };
+        let mut values = Vec::with_capacity(Counter::ALL.len());
+        for counter in Counter::ALL {
+            let value =
+                counters.get((stream.as_str(), counter.name())).or_store("read stats")?.map_or(0, |v| v.value());
+            values.push((counter.name().to_owned(), value));
+        }
+        streams.push(StreamStats {
+            records,
+            bytes,
+            oldest_seq,
+            oldest_encoded_at,
+            oldest_age_seconds: oldest_encoded_at.map(|at| (now - at).max(0) as f64 / 1e9),
+            last_seq: seqs.get(stream.as_str()).or_store("read stats")?.map_or(0, |v| v.value()),
+            sink_position: positions.get(stream.as_str()).or_store("read stats")?.map_or(0, |v| v.value()),
+            counters: values,
+            stream,
+        });
+    }
+
+    let dead_letters_kept = txn.open_table(DEAD_LETTERS).or_store("read stats")?.len().or_store("read stats")?;
+    let dead_letters_evicted = txn
+        .open_table(COUNTERS)
+        .or_store("read stats")?
+        .get(DEAD_LETTERS_EVICTED)
+        .or_store("read stats")?
+        .map_or(0, |v| v.value());
+    let mut recoveries = Vec::new();
+    for entry in txn.open_table(RECOVERIES).or_store("read stats")?.iter().or_store("read stats")? {
+        let (_, report) = entry.or_store("read stats")?;
+        let report = serde_json::from_slice(report.value())
+            .map_err(|e| StoreError::Unreadable { what: "recovery report", reason: e.to_string() })?;
+        recoveries.push(report);
+    }
+    Ok(Stats { taken_at: now, streams, dead_letters_kept, dead_letters_evicted, recoveries })
+}
+
+/// Replaces `<data_dir>/stats.json` with `stats`, atomically.
+pub fn write_snapshot(data_dir: &Path, stats: &Stats) -> std::io::Result<()> {
+    let temporary = data_dir.join(format!("{SNAPSHOT_FILE}.tmp"));
+    std::fs::write(&temporary, serde_json::to_vec_pretty(stats).map_err(std::io::Error::other)?)?;
+    std::fs::rename(&temporary, data_dir.join(SNAPSHOT_FILE))
+}
+
+/// The snapshot a running gateway last wrote to `data_dir`.
+pub fn read_snapshot(data_dir: &Path) -> std::io::Result<Stats> {
+    let bytes = std::fs::read(data_dir.join(SNAPSHOT_FILE))?;
+    serde_json::from_slice(&bytes).map_err(std::io::Error::other)
+}
