@@ -286,6 +286,40 @@ impl Weir {
         bail!("weir never logged {text:?} {count} time(s); its log:\n{}", self.log())
     }
 
+    /// Sends SIGTERM, waits for an orderly exit and returns its status code; the data directory
+    /// stays for [`Self::start_again`].
+    pub fn terminate(&mut self) -> Result<i32> {
+        Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status()?;
+        let started = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                return Ok(status.code().unwrap_or(-1));
+            }
+            if started.elapsed() > PATIENCE {
+                bail!("weir did not stop after SIGTERM; its log:\n{}", self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Starts weir again on the same configuration and data directory (after [`Self::terminate`]).
+    pub fn start_again(&mut self) -> Result<()> {
+        self.child = Self::spawn(self.dir.path())?;
+        self.runs += 1;
+        Ok(())
+    }
+
+    /// `weir outbox stats --json` for this gateway's data directory: from the database when
+    /// weir is stopped, else from the snapshot it rewrites every 5 s.
+    pub fn outbox_stats(&self) -> Result<serde_json::Value> {
+        let data_dir = self.data_dir();
+        let output = weir(&["outbox", "stats", "--json", "--data-dir", data_dir.to_str().context("UTF-8 path")?])?;
+        if !output.status.success() {
+            bail!("weir outbox stats failed: {}", String::from_utf8_lossy(&output.stderr));
+        }
+        Ok(serde_json::from_slice(&output.stdout)?)
+    }
+
     /// Sends SIGTERM and waits for an orderly exit; returns its status code.
     pub fn stop(mut self) -> Result<(i32, PathBuf, tempfile::TempDir)> {
         let pid = self.child.id().to_string();
@@ -521,4 +555,21 @@ pub fn wsf_frame(device: u16, base_seconds: u32, readings: &[(u8, u16, i16)]) ->
     let crc = crc::Crc::<u16>::new(&crc::CRC_16_IBM_3740).checksum(&frame);
     frame.extend(crc.to_be_bytes());
     frame
+}
+
+/// The value of counter `name` of `stream` in `weir outbox stats --json` output.
+pub fn stream_counter(stats: &serde_json::Value, stream: &str, name: &str) -> u64 {
+    stream_stats(stats, stream)["counters"]
+        .as_array()
+        .and_then(|counters| counters.iter().find(|pair| pair[0] == name))
+        .and_then(|pair| pair[1].as_u64())
+        .unwrap_or(0)
+}
+
+/// The stats of `stream` in `weir outbox stats --json` output (null when absent).
+pub fn stream_stats<'a>(stats: &'a serde_json::Value, stream: &str) -> &'a serde_json::Value {
+    stats["streams"]
+        .as_array()
+        .and_then(|streams| streams.iter().find(|s| s["stream"] == stream))
+        .unwrap_or(&serde_json::Value::Null)
 }

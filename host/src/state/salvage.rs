@@ -21,7 +21,7 @@
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 
-use redb::{Database, ReadOnlyDatabase, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
 
 use super::outbox::{OUTBOX, OUTBOX_USAGE, Outbox, PUBLISH_RESERVATIONS, STREAM_COUNTERS};
@@ -84,6 +84,9 @@ enum OpenFailure {
 /// Opens the database at `path`, recovering from a damaged file. Returns the report when it
 /// had to recover.
 pub(super) fn open_database(path: &Path) -> Result<(Database, Option<Recovery>), StoreError> {
+    // A damaged file can make redb panic; those panics are caught and reported here, so the
+    // default hook's message and backtrace on stderr would only alarm.
+    let _quiet = QuietPanics::install();
     let reason = match try_open(path) {
         Ok(db) => return Ok((db, None)),
         Err(OpenFailure::Refused(error)) => return Err(error),
@@ -101,6 +104,32 @@ pub(super) fn open_database(path: &Path) -> Result<(Database, Option<Recovery>),
     };
     let recovery = salvage(&damaged_file, &db, reason)?;
     Ok((db, Some(recovery)))
+}
+
+/// Replaces the panic hook with one that logs at debug level, until dropped. Opening happens
+/// before any other thread of the process runs, so no other panic is hidden.
+type PanicHook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>;
+
+struct QuietPanics {
+    previous: Option<PanicHook>,
+}
+
+impl QuietPanics {
+    fn install() -> Self {
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(
+            |info| tracing::debug!(stage = "state", panic = %info, "caught while reading the database"),
+        ));
+        Self { previous: Some(previous) }
+    }
+}
+
+impl Drop for QuietPanics {
+    fn drop(&mut self) {
+        if let Some(previous) = self.previous.take() {
+            std::panic::set_hook(previous);
+        }
+    }
 }
 
 fn try_open(path: &Path) -> Result<Database, OpenFailure> {
@@ -184,21 +213,18 @@ fn move_aside(path: &Path) -> Result<PathBuf, StoreError> {
 /// Copies what the damaged file at `damaged` still yields into the fresh `db`.
 fn salvage(damaged: &Path, db: &Database, reason: String) -> Result<Recovery, StoreError> {
     let now = crate::telemetry::now_nanos();
-    let source = catch_unwind(AssertUnwindSafe(|| Database::builder().open_read_only(damaged)));
-    let source = match source {
-        Ok(Ok(source)) => Some(source),
-        Ok(Err(e)) => {
-            tracing::error!(stage = "state", error = %e, "the damaged file cannot be opened at all; nothing is recovered");
-            None
-        }
-        Err(panic) => {
-            tracing::error!(stage = "state", error = %panic_message(&panic), "the damaged file cannot be opened at all; nothing is recovered");
-            None
-        }
-    };
     let mut salvaged = Salvaged::default();
-    if let Some(source) = &source {
-        salvaged.read(source);
+    match catch_unwind(AssertUnwindSafe(|| Database::builder().open_read_only(damaged))) {
+        Ok(Ok(source)) => salvaged.read(&source),
+        read_only => {
+            let why = match read_only {
+                Ok(Err(e)) => e.to_string(),
+                Err(panic) => panic_message(&panic),
+                Ok(Ok(_)) => unreachable!("handled above"),
+            };
+            tracing::warn!(stage = "state", error = %why, "the damaged file does not open read-only; trying a repair on a copy");
+            salvaged.read_repaired_copy(damaged);
+        }
     }
 
     let txn = db.begin_write().or_store("write recovered state")?;
@@ -285,11 +311,14 @@ fn salvage(damaged: &Path, db: &Database, reason: String) -> Result<Recovery, St
     Ok(recovery)
 }
 
+/// (namespace, key) of a function state entry.
+type StateKey = (String, Vec<u8>);
+
 /// Entries read back from a damaged file.
 #[derive(Default)]
 struct Salvaged {
     tables: Vec<TableSalvage>,
-    function_state: Vec<((String, Vec<u8>), Vec<u8>)>,
+    function_state: Vec<(StateKey, Vec<u8>)>,
     outbox: Vec<((String, u64), Vec<u8>, encode::Record)>,
     usage: Option<Vec<(String, u64)>>,
     reservations: Vec<((String, u64), u64)>,
@@ -307,7 +336,27 @@ impl Salvaged {
         self.tables.iter().any(|t| t.table == table && t.complete)
     }
 
-    fn read(&mut self, source: &ReadOnlyDatabase) {
+    /// Lets redb repair a copy of the damaged file (the original stays as it was) and reads that.
+    fn read_repaired_copy(&mut self, damaged: &Path) {
+        let copy = damaged.with_extension("repairing");
+        let repaired = std::fs::copy(damaged, &copy).map_err(|e| e.to_string()).and_then(|_| {
+            catch_unwind(AssertUnwindSafe(|| Database::builder().set_cache_size(CACHE_BYTES).open(&copy)))
+                .map_err(|panic| panic_message(&panic))?
+                .map_err(|e| e.to_string())
+        });
+        match repaired {
+            Ok(source) => {
+                self.read(&source);
+                drop(source);
+            }
+            Err(e) => {
+                tracing::error!(stage = "state", error = %e, "the damaged file cannot be repaired either; nothing is recovered");
+            }
+        }
+        let _ = std::fs::remove_file(&copy);
+    }
+
+    fn read(&mut self, source: &impl ReadableDatabase) {
         self.function_state = self.table(source, FUNCTION_STATE, |(namespace, key), value| {
             Some(((namespace.to_owned(), key.to_vec()), value.to_vec()))
         });
@@ -342,7 +391,7 @@ impl Salvaged {
     /// `keep` accepts, and notes how far it got.
     fn table<K, V, T>(
         &mut self,
-        source: &ReadOnlyDatabase,
+        source: &impl ReadableDatabase,
         table: TableDefinition<'_, K, V>,
         keep: impl Fn(K::SelfType<'_>, V::SelfType<'_>) -> Option<T>,
     ) -> Vec<T>
