@@ -7,7 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weir_host::config::{self, Config, ConfigError, Overrides};
 use weir_host::state::{self, DeadLetterContent, StoreOptions, stats};
-use weir_host::{encode, gateway, shutdown, telemetry};
+use weir_host::{bench, encode, gateway, shutdown, telemetry};
 
 /// Exit status for a configuration that was refused.
 const CONFIG_REFUSED: u8 = 2;
@@ -58,10 +58,32 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Measure this machine (results belong in docs/BENCHMARKS.md).
+    Bench {
+        #[command(subcommand)]
+        command: BenchCommand,
+    },
     /// Inspect the outbox of a data directory.
     Outbox {
         #[command(subcommand)]
         command: OutboxCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum BenchCommand {
+    /// Group commits per second of the state store, and the readings they carry, in `sync`
+    /// and `relaxed` durability, with 1 and 8 producers shaped like pipelines.
+    Commit {
+        /// Where the temporary database goes (the disk being measured).
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Seconds per configuration.
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+        /// Readings per record.
+        #[arg(long, default_value_t = 100)]
+        readings: usize,
     },
 }
 
@@ -90,6 +112,9 @@ fn main() -> ExitCode {
         Command::Check { config, functions_dir } => check(&config, &Overrides { data_dir: None, functions_dir }),
         Command::DeadLetters { data_dir, limit, json } => dead_letters(&data_dir, limit, json),
         Command::Outbox { command: OutboxCommand::Stats { data_dir, json } } => outbox_stats(&data_dir, json),
+        Command::Bench { command: BenchCommand::Commit { dir, seconds, readings } } => {
+            bench_commit(&dir, seconds, readings)
+        }
     };
     match result {
         Ok(code) => code,
@@ -270,6 +295,33 @@ fn outbox_stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCo
                 table.salvaged,
                 table.rejected,
                 if table.complete { "" } else { " (read back only in part)" }
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_commit(dir: &std::path::Path, seconds: u64, readings: usize) -> anyhow::Result<ExitCode> {
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    println!("| durability | producers | readings/record | change sets/s | groups/s | readings/s | MB/s |");
+    println!("|------------|-----------|-----------------|---------------|----------|------------|------|");
+    for durability in [config::Durability::Sync, config::Durability::Relaxed] {
+        for producers in [1, 8] {
+            let bench = bench::CommitBench {
+                durability,
+                producers,
+                readings_per_record: readings,
+                duration: std::time::Duration::from_secs(seconds),
+            };
+            let result = runtime.block_on(bench::commit(dir, bench))?;
+            let seconds = result.elapsed.as_secs_f64();
+            println!(
+                "| {durability:?} | {producers} | {readings} | {:.0} | {:.0} | {:.0} | {:.2} |",
+                result.change_sets as f64 / seconds,
+                result.groups_per_second(),
+                result.readings_per_second(),
+                result.bytes as f64 / seconds / 1e6
             );
         }
     }

@@ -230,6 +230,8 @@ pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 pub struct StateStore {
     db: Arc<Database>,
     path: PathBuf,
+    /// Write transactions committed since open (one per group).
+    groups: Arc<std::sync::atomic::AtomicU64>,
 }
 
 /// Settings of the store.
@@ -301,12 +303,19 @@ pub fn open(data_dir: &Path, options: StoreOptions) -> Result<(StateStore, Commi
 
     let db = Arc::new(db);
     let (queue, requests) = flume::bounded(QUEUE);
-    let writer = Writer { db: Arc::clone(&db), options, last_durable: Instant::now(), pending_non_durable: false };
+    let groups = Arc::default();
+    let writer = Writer {
+        db: Arc::clone(&db),
+        groups: Arc::clone(&groups),
+        options,
+        last_durable: Instant::now(),
+        pending_non_durable: false,
+    };
     let thread = std::thread::Builder::new()
         .name("weir-committer".into())
         .spawn(move || writer.run(requests))
         .map_err(|source| StoreError::DataDir { path: data_dir.to_owned(), source })?;
-    Ok((StateStore { db, path }, Committer { queue }, thread))
+    Ok((StateStore { db, path, groups }, Committer { queue }, thread))
 }
 
 /// Creates every table that does not exist yet.
@@ -379,6 +388,11 @@ impl StateStore {
         let counters = txn.open_table(COUNTERS).or_store("read stream position")?;
         let floor = counters.get(salvage::SEQ_FLOOR).or_store("read stream position")?.map_or(0, |v| v.value());
         Ok(last.max(floor))
+    }
+
+    /// Write transactions (groups of change sets) committed since the store was opened.
+    pub fn commit_groups(&self) -> u64 {
+        self.groups.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Outbox depth, bytes, oldest age and counters of every stream, and more (see [`stats`]).
@@ -498,6 +512,7 @@ impl StateStore {
 /// The committer thread's state.
 struct Writer {
     db: Arc<Database>,
+    groups: Arc<std::sync::atomic::AtomicU64>,
     options: StoreOptions,
     last_durable: Instant,
     /// A non-durable commit happened since the last durable one.
@@ -656,6 +671,7 @@ impl Writer {
             }
         }
         txn.commit().or_store("commit")?;
+        self.groups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if durable {
             self.last_durable = Instant::now();
         }
