@@ -153,8 +153,9 @@ async fn fill_past_the_cap_then_drain(when_full: &str, readings: usize) -> Resul
     let full = wait_committed(&weir, readings as u64).await?;
     let held = stream_stats(&full, "load")["bytes"].as_u64().unwrap_or(u64::MAX);
     ensure!(held <= CAP, "{when_full}: the outbox holds {held} bytes, cap {CAP}");
+    let file = std::fs::metadata(weir.data_dir().join("weir.redb"))?.len();
     eprintln!(
-        "{when_full}: {readings} readings committed with central away; outbox {held} bytes, {} records",
+        "{when_full}: {readings} readings committed with central away; outbox {held} bytes, {} records; data file {file} bytes",
         stream_stats(&full, "load")["records"]
     );
 
