@@ -320,22 +320,13 @@ impl Weir {
         Ok(serde_json::from_slice(&output.stdout)?)
     }
 
-    /// Sends SIGTERM and waits for an orderly exit; returns its status code.
+    /// Sends SIGTERM and waits for an orderly exit; returns its status code, the data directory
+    /// and the directory holding it (kept alive for the caller).
     pub fn stop(mut self) -> Result<(i32, PathBuf, tempfile::TempDir)> {
-        let pid = self.child.id().to_string();
-        Command::new("kill").args(["-TERM", &pid]).status()?;
-        let started = Instant::now();
-        loop {
-            if let Some(status) = self.child.try_wait()? {
-                let data_dir = self.data_dir();
-                let dir = std::mem::replace(&mut self.dir, tempfile::tempdir()?);
-                return Ok((status.code().unwrap_or(-1), data_dir, dir));
-            }
-            if started.elapsed() > PATIENCE {
-                bail!("weir did not stop after SIGTERM; its log:\n{}", self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        let code = self.terminate()?;
+        let data_dir = self.data_dir();
+        let dir = std::mem::replace(&mut self.dir, tempfile::tempdir()?);
+        Ok((code, data_dir, dir))
     }
 }
 

@@ -403,16 +403,7 @@ impl StateStore {
 
     /// Recoveries from damaged database files, oldest first.
     pub fn recoveries(&self) -> Result<Vec<Recovery>, StoreError> {
-        let txn = self.db.begin_read().or_store("read recoveries")?;
-        let table = txn.open_table(salvage::RECOVERIES).or_store("read recoveries")?;
-        let mut recoveries = Vec::new();
-        for entry in table.iter().or_store("read recoveries")? {
-            let (_, report) = entry.or_store("read recoveries")?;
-            let report = serde_json::from_slice(report.value())
-                .map_err(|e| StoreError::Unreadable { what: "recovery report", reason: e.to_string() })?;
-            recoveries.push(report);
-        }
-        Ok(recoveries)
+        salvage::recoveries(&self.db.begin_read().or_store("read recoveries")?)
     }
 
     /// Up to `limit` outbox records of `stream` with seq above `after`, in seq order.

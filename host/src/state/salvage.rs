@@ -40,6 +40,19 @@ pub(super) const SEQ_FLOOR: &str = "seq_floor";
 /// id → [`Recovery`] as JSON.
 pub(super) const RECOVERIES: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("recoveries");
 
+/// Every recovery report kept in the database, oldest first.
+pub(super) fn recoveries(txn: &redb::ReadTransaction) -> Result<Vec<Recovery>, StoreError> {
+    let table = txn.open_table(RECOVERIES).or_store("read recoveries")?;
+    let mut recoveries = Vec::new();
+    for entry in table.iter().or_store("read recoveries")? {
+        let (_, report) = entry.or_store("read recoveries")?;
+        let report = serde_json::from_slice(report.value())
+            .map_err(|e| StoreError::Unreadable { what: "recovery report", reason: e.to_string() })?;
+        recoveries.push(report);
+    }
+    Ok(recoveries)
+}
+
 /// What a recovery from a damaged file did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Recovery {

@@ -15,7 +15,7 @@ use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetada
 use serde::{Deserialize, Serialize};
 
 use super::outbox::{OUTBOX, OUTBOX_USAGE, STREAM_COUNTERS};
-use super::salvage::{RECOVERIES, Recovery};
+use super::salvage::{self, Recovery};
 use super::{COUNTERS, Counter, DEAD_LETTERS, DEAD_LETTERS_EVICTED, OrStore, SINK_POSITIONS, STREAM_SEQ, StoreError};
 use crate::encode;
 
@@ -130,13 +130,7 @@ pub(super) fn collect(txn: &ReadTransaction) -> Result<Stats, StoreError> {
         .get(DEAD_LETTERS_EVICTED)
         .or_store("read stats")?
         .map_or(0, |v| v.value());
-    let mut recoveries = Vec::new();
-    for entry in txn.open_table(RECOVERIES).or_store("read stats")?.iter().or_store("read stats")? {
-        let (_, report) = entry.or_store("read stats")?;
-        let report = serde_json::from_slice(report.value())
-            .map_err(|e| StoreError::Unreadable { what: "recovery report", reason: e.to_string() })?;
-        recoveries.push(report);
-    }
+    let recoveries = salvage::recoveries(txn)?;
     Ok(Stats { taken_at: now, streams, dead_letters_kept, dead_letters_evicted, recoveries })
 }
 
