@@ -27,8 +27,10 @@
 //! | `counters`             | name                   | u64 (gateway-wide bookkeeping)               |
 //! | `recent_deliveries`    | (source, commit order) | identity of a committed delivery (see [`DeliveryRecord`]) |
 //! | `sink_positions`       | stream                 | the central broker's position of the stream's last confirmed record |
+//! | `recoveries`           | id                     | report of a recovery from a damaged file, JSON (see `salvage`) |
 //!
-//! The outbox's accounting, reservations and full-outbox policies live in `outbox`.
+//! The outbox's accounting, reservations and full-outbox policies live in `outbox`; opening a
+//! damaged file in `salvage`; what `weir outbox stats` reads in `stats`.
 
 mod counter;
 mod dead_letter;
