@@ -31,19 +31,7 @@ fn load_config(plant: &str, central: &str) -> String {
 /// a central broker weir reconnects to quickly.
 fn tuned_config(plant: &str, central: &str, batch_messages: usize, sink_extra: &str) -> String {
     format!(
-        r#"[gateway]
-id = "gw-e2e"
-data_dir = "{{data_dir}}"
-functions_dir = "{{functions_dir}}"
-
-[brokers.plant]
-url = "{plant}"
-
-[brokers.central]
-url = "{central}"
-reconnect_min = "20ms"
-reconnect_max = "250ms"
-
+        r#"{header}
 [functions.moving-average]
 component = "weir_fn_moving_average.wasm"
 
@@ -69,7 +57,8 @@ linger = "20ms"
 broker = "central"
 subject = "central.load"
 {sink_extra}
-"#
+"#,
+        header = gateway_with_quick_central(plant, central)
     )
 }
 

@@ -17,19 +17,7 @@ const CAP: u64 = 64 << 10;
 
 fn config(plant: &str, central: &str, outbox: &str) -> String {
     format!(
-        r#"[gateway]
-id = "gw-e2e"
-data_dir = "{{data_dir}}"
-functions_dir = "{{functions_dir}}"
-
-[brokers.plant]
-url = "{plant}"
-
-[brokers.central]
-url = "{central}"
-reconnect_min = "20ms"
-reconnect_max = "250ms"
-
+        r#"{header}
 [pipelines.load.source.mqtt]
 broker = "plant"
 topics = ["load/#"]
@@ -51,7 +39,8 @@ ack_timeout = "1s"
 
 [pipelines.load.outbox]
 {outbox}
-"#
+"#,
+        header = gateway_with_quick_central(plant, central)
     )
 }
 

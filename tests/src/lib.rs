@@ -350,6 +350,12 @@ pub fn gateway_with_brokers(plant: &str, central: &str) -> String {
     )
 }
 
+/// [`gateway_with_brokers`] with a central broker weir reconnects to within 250 ms (for tests
+/// that take the central broker away and bring it back).
+pub fn gateway_with_quick_central(plant: &str, central: &str) -> String {
+    gateway_with_brokers(plant, central) + "reconnect_min = \"20ms\"\nreconnect_max = \"250ms\"\n"
+}
+
 /// Runs the weir binary with `args` to completion.
 pub fn weir(args: &[&str]) -> Result<Output> {
     Ok(Command::new(weir_bin()).args(args).env("RUST_LOG", "warn").output()?)
