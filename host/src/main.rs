@@ -259,7 +259,7 @@ fn outbox_stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCo
     for stream in &stats.streams {
         let age = stream.oldest_age_seconds.map_or_else(|| "-".to_owned(), |s| format!("{s:.1} s"));
         println!(
-            "stream {}: {} record(s), {} bytes waiting; oldest seq {} ({age} old); last seq {}; sink position {}",
+            "stream {}: {} record(s) waiting, {} bytes on disk; oldest seq {} ({age} old); last seq {}; sink position {}",
             stream.stream,
             stream.records,
             stream.bytes,

@@ -320,7 +320,8 @@ pub fn open(data_dir: &Path, options: StoreOptions) -> Result<(StateStore, Commi
     Ok((StateStore { db, path, groups }, Committer { queue }, thread))
 }
 
-/// Creates every table that does not exist yet.
+/// Creates every table that does not exist yet, and brings the outbox's usage to the current
+/// way of counting it (files written by an earlier weir counted encoded bytes).
 fn create_tables(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().or_store("create tables")?;
     {
@@ -336,6 +337,8 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
         txn.open_table(RECENT_DELIVERIES).or_store("create tables")?;
         txn.open_table(SINK_POSITIONS).or_store("create tables")?;
         txn.open_table(salvage::RECOVERIES).or_store("create tables")?;
+        let mut counters = txn.open_table(COUNTERS).or_store("create tables")?;
+        outbox::recount_usage_if_stale(&txn, &mut counters)?;
     }
     txn.commit().or_store("create tables")
 }
@@ -676,9 +679,10 @@ impl Writer {
     fn make_room(&self, outbox: &mut Outbox<'_>, change: &ChangeSet, now: i64) -> Result<Option<Refusal>, StoreError> {
         let mut incoming: Vec<(&str, u64)> = Vec::new();
         for record in &change.records {
+            let bytes = outbox::disk_bytes(&record.stream, record.body.len());
             match incoming.iter_mut().find(|(stream, _)| *stream == record.stream) {
-                Some((_, bytes)) => *bytes += record.body.len() as u64,
-                None => incoming.push((&record.stream, record.body.len() as u64)),
+                Some((_, held)) => *held += bytes,
+                None => incoming.push((&record.stream, bytes)),
             }
         }
         for (stream, bytes) in incoming {

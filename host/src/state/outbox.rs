@@ -3,8 +3,9 @@
 //!
 //! **Invariants:**
 //! - *exact usage*: `outbox_usage` holds, per stream, the number of records and the sum of their
-//!   encoded bytes; every insertion and removal goes through [`Outbox::put`] / [`Outbox::remove`],
-//!   which keep it exact in the same transaction.
+//!   [`disk_bytes`] (what each occupies in the data file, at most) plus [`STREAM_BASE`] while it
+//!   holds any; every insertion and removal goes
+//!   through [`Outbox::put`] / [`Outbox::remove`], which keep it exact in the same transaction.
 //! - *bounded*: a change set appends records to a stream only if its usage stays within
 //!   `max_bytes` afterwards, or the stream held nothing before (so usage never exceeds the cap
 //!   by more than one group). [`Outbox::make_room`] frees space first, as the policy says.
@@ -51,7 +52,7 @@ const MAX_FRUITLESS_TRIES: usize = 8;
 /// How full a stream's outbox may get, and what happens then.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OutboxLimits {
-    /// Encoded record bytes kept at most.
+    /// Disk bytes kept at most (see [`disk_bytes`]).
     pub max_bytes: u64,
     /// The policy when a new record does not fit.
     pub when_full: WhenFull,
@@ -72,8 +73,83 @@ impl OutboxLimits {
 pub struct Usage {
     /// Records held.
     pub records: u64,
-    /// Their encoded bytes.
+    /// The disk bytes they occupy (see [`disk_bytes`]).
     pub bytes: u64,
+}
+
+/// redb's page size (its default, which weir keeps).
+const PAGE: u64 = 4096;
+/// What a leaf page spends besides its entries: page type and entry count.
+const LEAF_HEADER: u64 = 4;
+/// What an outbox entry costs besides its key and value: their two `u32` end offsets.
+const ENTRY_OFFSETS: u64 = 8;
+/// What a child costs its parent branch besides the separator key: page number, checksum and
+/// the key's end offset.
+const BRANCH_CHILD: u64 = 8 + 16 + 4;
+/// What the `(stream, seq)` key costs besides the stream's name: the seq and the name's length.
+const KEY_OVERHEAD: u64 = 8 + 4;
+
+/// The bytes a record of `body` bytes in `stream` occupies in the data file's `outbox` B-tree, at
+/// most. The outbox's cap is counted in these, so that it bounds disk use, not just payload.
+///
+/// redb keeps entries in leaf pages of 4 KiB. An entry that fits one page shares its leaf with
+/// its neighbours; redb splits full leaves evenly, so a shared leaf is at least about half used,
+/// and the entry is charged twice its size. A larger entry gets a leaf of its own whose size is a
+/// power of two pages; it is charged that, plus one page for the small neighbour it may leave
+/// alone in a leaf. Either way the leaf's link in its parent branch is charged too. A stream that
+/// holds records is charged [`STREAM_BASE`] on top (its partly used leaves at the edges of what
+/// was appended and removed). `tests::the_outbox_on_disk_stays_within_the_bytes_charged_for_it`
+/// checks the bound against redb's own page statistics.
+pub fn disk_bytes(stream: &str, body: usize) -> u64 {
+    let key = stream.len() as u64 + KEY_OVERHEAD;
+    let entry = key + body as u64 + ENTRY_OFFSETS;
+    let branch = 2 * (key + BRANCH_CHILD);
+    if LEAF_HEADER + entry <= PAGE {
+        2 * entry + branch
+    } else {
+        (LEAF_HEADER + entry).div_ceil(PAGE).next_power_of_two() * PAGE + PAGE + branch
+    }
+}
+
+/// Charged to a stream while it holds any record, besides its records' [`disk_bytes`].
+pub const STREAM_BASE: u64 = PAGE;
+
+/// Gateway counter: how `outbox_usage` counts bytes; 2 = [`disk_bytes`] (1, or absent: encoded
+/// bytes, before weir counted disk use).
+pub(super) const USAGE_MODEL: &str = "outbox_usage_model";
+const CURRENT_USAGE_MODEL: u64 = 2;
+
+/// Recomputes every stream's usage from its records if the file counted them another way.
+pub(super) fn recount_usage_if_stale(
+    txn: &WriteTransaction,
+    counters: &mut Table<'_, &str, u64>,
+) -> Result<(), StoreError> {
+    if counters.get(USAGE_MODEL).or_store("read counters")?.map(|v| v.value()) == Some(CURRENT_USAGE_MODEL) {
+        return Ok(());
+    }
+    let mut recounted: Vec<(String, Usage)> = Vec::new();
+    {
+        let records = txn.open_table(OUTBOX).or_store("read outbox")?;
+        for entry in records.iter().or_store("read outbox")? {
+            let (key, value) = entry.or_store("read outbox")?;
+            let (stream, _) = key.value();
+            let bytes = disk_bytes(stream, value.value().len());
+            match recounted.last_mut() {
+                Some((last, usage)) if last == stream => {
+                    usage.records += 1;
+                    usage.bytes += bytes;
+                }
+                _ => recounted.push((stream.to_owned(), Usage { records: 1, bytes: STREAM_BASE + bytes })),
+            }
+        }
+    }
+    let mut usage = txn.open_table(OUTBOX_USAGE).or_store("write outbox usage")?;
+    usage.retain(|_, _| false).or_store("write outbox usage")?;
+    for (stream, counted) in &recounted {
+        usage.insert(stream.as_str(), (counted.records, counted.bytes)).or_store("write outbox usage")?;
+    }
+    counters.insert(USAGE_MODEL, CURRENT_USAGE_MODEL).or_store("write counters")?;
+    Ok(())
 }
 
 /// A coarsened record or drop marker, as indexed.
@@ -164,8 +240,11 @@ impl<'txn> Outbox<'txn> {
     fn put(&mut self, stream: &str, seq: u64, body: &[u8], summary: Option<Summary>) -> Result<(), StoreError> {
         let replaced = self.records.insert((stream, seq), body).or_store("write outbox")?.map(|old| old.value().len());
         let mut usage = self.usage(stream)?;
+        if usage.records == 0 {
+            usage.bytes += STREAM_BASE;
+        }
         usage.records += u64::from(replaced.is_none());
-        usage.bytes = usage.bytes - replaced.unwrap_or(0) as u64 + body.len() as u64;
+        usage.bytes = usage.bytes - replaced.map_or(0, |old| disk_bytes(stream, old)) + disk_bytes(stream, body.len());
         self.set_usage(stream, usage)?;
         match summary {
             Some(summary) => self.summaries.insert((stream, seq), summary.row()).or_store("write outbox")?,
@@ -190,7 +269,10 @@ impl<'txn> Outbox<'txn> {
         if let Some(body) = &removed {
             let mut usage = self.usage(stream)?;
             usage.records -= 1;
-            usage.bytes -= body.len() as u64;
+            usage.bytes -= disk_bytes(stream, body.len());
+            if usage.records == 0 {
+                usage.bytes -= STREAM_BASE;
+            }
             self.set_usage(stream, usage)?;
             self.summaries.remove((stream, seq)).or_store("write outbox")?;
         }
@@ -441,6 +523,10 @@ impl<'txn> Outbox<'txn> {
         let Some(coarsening) = coarsen::coarsen(&records, input_bytes, encoding, now) else {
             return Ok(false);
         };
+        let input_disk_bytes: u64 = run.iter().map(|(_, body)| disk_bytes(stream, body.len())).sum();
+        if disk_bytes(stream, coarsening.body.len()) >= input_disk_bytes {
+            return Ok(false);
+        }
         let (mut newly_records, mut newly_readings) = (0, 0);
         for ((seq, _), record) in run.iter().zip(&records) {
             if record.kind() == RecordKind::Readings {

@@ -1,4 +1,4 @@
-//! Stats: what `weir outbox stats` shows — per stream the outbox's depth, bytes and oldest
+//! Stats: what `weir outbox stats` shows — per stream the outbox's depth, disk bytes and oldest
 //! record's age, its position and counters; the dead letters; the recoveries from damaged files.
 //!
 //! Two ways to get them, one shape ([`Stats`]):
@@ -44,7 +44,8 @@ pub struct StreamStats {
     pub stream: String,
     /// Records waiting in the outbox.
     pub records: u64,
-    /// Their encoded bytes.
+    /// The disk bytes charged for them: what the outbox's `max_bytes` counts (their pages in
+    /// the data file, at most; see `outbox::disk_bytes`).
     pub bytes: u64,
     /// Seq of the oldest waiting record.
     pub oldest_seq: Option<u64>,

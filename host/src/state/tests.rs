@@ -163,6 +163,11 @@ fn bounded_store(max_bytes: u64, when_full: WhenFull) -> (tempfile::TempDir, Sta
 /// Record `seq` of stream "s": `readings` readings of two series, one per second from
 /// `seq * readings` seconds on.
 fn readings_record(seq: u64, readings: usize) -> OutboxRecord {
+    stream_record("s", seq, readings)
+}
+
+/// Like [`readings_record`], for any stream.
+fn stream_record(stream: &str, seq: u64, readings: usize) -> OutboxRecord {
     let mut batch = BatchBuilder::new();
     let temperature = batch.intern(&Series::named("temperature").with_unit("Cel"));
     let humidity = batch.intern(&Series::named("humidity").with_unit("%RH"));
@@ -170,9 +175,9 @@ fn readings_record(seq: u64, readings: usize) -> OutboxRecord {
         let ts = ((seq % 1_000_000) as i64 * readings as i64 + i as i64) * SECOND;
         batch.push(if i % 2 == 0 { temperature } else { humidity }, ts, 20.0 + (i % 7) as f64 * 0.37);
     }
-    let header = RecordHeader { gateway: "gw".into(), stream: "s".into(), seq, encoded_at: seq as i64 };
+    let header = RecordHeader { gateway: "gw".into(), stream: stream.into(), seq, encoded_at: seq as i64 };
     OutboxRecord {
-        stream: "s".into(),
+        stream: stream.into(),
         seq,
         body: encode::encode(Encoding::Cbor, &header, &batch.finish()).expect("encode"),
     }
@@ -233,8 +238,8 @@ async fn reaggregate_keeps_the_cap_and_summarises_every_reading_exactly() {
     assert_eq!(usage.records, held.len() as u64, "usage counts records exactly");
     assert_eq!(
         usage.bytes,
-        held.iter().map(|(_, body, _)| body.len() as u64).sum::<u64>(),
-        "usage counts bytes exactly"
+        outbox::STREAM_BASE + held.iter().map(|(_, body, _)| outbox::disk_bytes("s", body.len())).sum::<u64>(),
+        "usage counts disk bytes exactly"
     );
     let (plain, coarsened, dropped) = account(&held, records);
     assert_eq!(plain + coarsened + dropped, records * per_record as u64, "no reading unaccounted for");
@@ -282,6 +287,66 @@ async fn drop_oldest_keeps_the_cap_with_one_growing_marker() {
     assert_eq!(store.counter("s", Counter::ReadingsDropped).expect("read"), dropped);
 }
 
+/// The bytes of every page of the data file's `outbox` B-tree, as redb counts them.
+fn outbox_tree_bytes(store: &StateStore) -> u64 {
+    let txn = store.db.begin_read().expect("read");
+    let stats = txn.open_table(OUTBOX).expect("open").stats().expect("stats");
+    stats.stored_bytes() + stats.metadata_bytes() + stats.fragmented_bytes()
+}
+
+/// `disk_bytes` is an upper bound: with small, page-sized, multi-page and mixed records, one
+/// stream or several sharing the B-tree, filling up under each policy while a sink confirms the
+/// oldest, the pages redb holds for the outbox never exceed the usage charged for it plus the
+/// tree's root page. So the cap, counted in these bytes, bounds the outbox on disk.
+#[tokio::test]
+async fn the_outbox_on_disk_stays_within_the_bytes_charged_for_it() {
+    let max_bytes = 96 << 10;
+    let cases: [(&[&str], &[usize], WhenFull); 7] = [
+        (&["s"], &[10], WhenFull::DropOldest),
+        (&["s"], &[100], WhenFull::Reaggregate),
+        (&["s"], &[200], WhenFull::DropOldest),
+        (&["s"], &[1000], WhenFull::DropOldest),
+        (&["s"], &[1000], WhenFull::Reaggregate),
+        (&["s"], &[500, 5, 20, 700, 2], WhenFull::DropOldest),
+        (&["alpha", "beta", "gamma"], &[60, 3, 450], WhenFull::Reaggregate),
+    ];
+    for (streams, sizes, when_full) in cases {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let limits = OutboxLimits { max_bytes, when_full, encoding: Encoding::Cbor };
+        let options = StoreOptions {
+            durability: Durability::Relaxed,
+            dead_letter_capacity: 10,
+            outboxes: streams.iter().map(|s| ((*s).to_owned(), limits)).collect(),
+        };
+        let (store, committer, _thread) = open(dir.path(), options).expect("open");
+        let mean: usize = sizes.iter().map(|n| stream_record("s", 1, *n).body.len()).sum::<usize>() / sizes.len();
+        let records = 3 * max_bytes / mean as u64;
+        let mut peak = 0;
+        for seq in 1..=records {
+            let stream = streams[seq as usize % streams.len()];
+            let readings = sizes[seq as usize % sizes.len()];
+            let mut changes = ChangeSet { records: vec![stream_record(stream, seq, readings)], ..ChangeSet::default() };
+            if seq % 7 == 0 {
+                // A sink confirming the oldest record of another stream.
+                let other = streams[(seq as usize + 1) % streams.len()];
+                if let Some((oldest, _)) = store.outbox_after(other, 0, 1).expect("read").first() {
+                    changes.confirmed.push((other.to_owned(), *oldest));
+                }
+            }
+            committer.commit(changes).await.expect("commit");
+            let charged: u64 = streams.iter().map(|s| store.outbox_usage(s).expect("read").bytes).sum();
+            let on_disk = outbox_tree_bytes(&store);
+            assert!(
+                on_disk <= charged + 4096,
+                "{streams:?}, records of {sizes:?} readings, {when_full:?}, after record {seq}: \
+                 {on_disk} bytes of B-tree pages, {charged} charged"
+            );
+            peak = peak.max(on_disk);
+        }
+        assert!(peak > max_bytes / 3, "{streams:?}, {sizes:?}: the outbox filled up ({peak} bytes of pages at most)");
+    }
+}
+
 #[tokio::test]
 async fn block_refuses_whole_change_sets_until_confirmations_free_space() {
     let max_bytes = 4 << 10;
@@ -325,7 +390,8 @@ async fn block_refuses_whole_change_sets_until_confirmations_free_space() {
 #[tokio::test]
 async fn records_reserved_for_publishing_are_never_coarsened_or_dropped() {
     for when_full in [WhenFull::Reaggregate, WhenFull::DropOldest] {
-        let max_bytes = 8 << 10;
+        // Ten records fit before the reservation: 4 KiB for the stream plus 10 × 458 bytes.
+        let max_bytes = 12 << 10;
         let (_dir, store, committer, _thread) = bounded_store(max_bytes, when_full);
         let mut originals = Vec::new();
         for seq in 1..=10 {
@@ -428,7 +494,7 @@ mod model {
             match op {
                 Op::Append(readings) => {
                     let record = readings_record(next_seq, readings);
-                    let bytes = record.body.len() as u64;
+                    let bytes = outbox::disk_bytes("s", record.body.len());
                     let before = store.outbox_usage("s").expect("read");
                     let body = record.body.clone();
                     match runtime
@@ -501,9 +567,13 @@ mod model {
         let held = outbox_records(store);
         let usage = store.outbox_usage("s").expect("read");
         prop_assert_eq!(usage.records, held.len() as u64);
-        prop_assert_eq!(usage.bytes, held.iter().map(|(_, body, _)| body.len() as u64).sum::<u64>());
-        let largest = reference.originals.values().map(|(body, _)| body.len() as u64).max().unwrap_or(0);
-        prop_assert!(usage.bytes <= max_bytes.max(largest), "{} bytes held, cap {max_bytes}", usage.bytes);
+        let charged: u64 = held.iter().map(|(_, body, _)| outbox::disk_bytes("s", body.len())).sum();
+        prop_assert_eq!(usage.bytes, charged + if held.is_empty() { 0 } else { outbox::STREAM_BASE });
+        // A record always fits in an empty outbox, whatever the cap.
+        let largest =
+            reference.originals.values().map(|(body, _)| outbox::disk_bytes("s", body.len())).max().unwrap_or(0);
+        let bound = max_bytes.max(outbox::STREAM_BASE + largest);
+        prop_assert!(usage.bytes <= bound, "{} bytes held, cap {max_bytes}", usage.bytes);
         // Every committed seq is confirmed or covered by exactly one held record's span.
         let mut covered = reference.confirmed.clone();
         let (mut plain, mut coarsened, mut dropped) = (0, 0, 0);
@@ -550,7 +620,7 @@ mod model {
         #[test]
         fn the_outbox_conserves_every_committed_reading(
             when_full in policy(),
-            max_bytes in prop_oneof![Just(2048u64), Just(4096), Just(16384)],
+            max_bytes in prop_oneof![Just(4096u64), Just(8192), Just(32768)],
             ops in proptest::collection::vec(op(), 1..120),
         ) {
             run(when_full, max_bytes, ops)?;
