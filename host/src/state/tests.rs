@@ -775,3 +775,35 @@ mod damaged {
         assert_eq!(kept, DAMAGED_KEPT);
     }
 }
+
+/// A data file from before the outbox counted disk bytes (usage in encoded bytes, no model
+/// counter) is recounted at open.
+#[tokio::test]
+async fn usage_counted_in_encoded_bytes_is_recounted_at_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let bodies: Vec<Vec<u8>> = (1..=5).map(|seq| readings_record(seq, 10 * seq as usize).body).collect();
+    {
+        let (_, committer, thread) = open(dir.path(), StoreOptions::default()).expect("open");
+        let records = bodies
+            .iter()
+            .zip(1..)
+            .map(|(body, seq)| OutboxRecord { stream: "s".into(), seq, body: body.clone() })
+            .collect();
+        committer.commit(ChangeSet { records, ..ChangeSet::default() }).await.expect("commit");
+        drop(committer);
+        thread.join().expect("committer exits");
+    }
+    {
+        let db = Database::create(dir.path().join(DATABASE_FILE)).expect("reopen");
+        let txn = db.begin_write().expect("write");
+        {
+            let encoded: u64 = bodies.iter().map(|b| b.len() as u64).sum();
+            txn.open_table(outbox::OUTBOX_USAGE).expect("usage").insert("s", (5, encoded)).expect("write");
+            txn.open_table(COUNTERS).expect("counters").remove(outbox::USAGE_MODEL).expect("write");
+        }
+        txn.commit().expect("commit");
+    }
+    let (store, _committer, _thread) = open(dir.path(), StoreOptions::default()).expect("open");
+    let charged: u64 = bodies.iter().map(|b| outbox::disk_bytes("s", b.len())).sum();
+    assert_eq!(store.outbox_usage("s").expect("read"), Usage { records: 5, bytes: outbox::STREAM_BASE + charged });
+}
