@@ -144,9 +144,12 @@ async fn collect_all(
     stream: &async_nats::jetstream::stream::Stream,
     expected: &Expected,
 ) -> Result<Vec<CentralRecord>> {
-    let readings = expected.readings;
+    // Counted as records arrive, so that collecting stays linear in long runs.
+    let (mut counted_records, mut originals) = (0, 0);
     let mut records = collect_stream(stream, |records| {
-        all_readings(records).iter().filter(|r| !r.series.ends_with("/avg")).count() >= readings
+        originals += all_readings(&records[counted_records..]).iter().filter(|r| !r.series.ends_with("/avg")).count();
+        counted_records = records.len();
+        originals >= expected.readings
     })
     .await?;
     let mut quiet_since = Instant::now();
@@ -193,7 +196,16 @@ async fn sigkill_at_random_instants_loses_nothing_and_duplicates_nothing() -> Re
     eprintln!("{kills} kills in {:.1} s; draining", started.elapsed().as_secs_f64());
 
     let expected = expected(readings);
-    let records = collect_all(&stream, &expected).await?;
+    let records = match collect_all(&stream, &expected).await {
+        Ok(records) => records,
+        Err(e) => {
+            let log = weir.log();
+            let tail: Vec<&str> = log.lines().rev().take(40).collect();
+            eprintln!("weir's log, last lines of its last run, newest first:\n{}", tail.join("\n"));
+            eprintln!("outbox stats: {}", weir.outbox_stats().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
+            return Err(e);
+        }
+    };
     verify(&records, &expected)?;
     assert_eq!(weir.runs(), u32::try_from(kills + 1)?);
     let (code, _, _) = weir.stop()?;

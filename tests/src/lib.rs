@@ -498,7 +498,7 @@ pub struct CentralRecord {
 /// new arrived for [`PATIENCE`] (slow is fine, stalled is a failure).
 pub async fn collect_stream(
     stream: &jetstream::stream::Stream,
-    done: impl Fn(&[CentralRecord]) -> bool,
+    mut done: impl FnMut(&[CentralRecord]) -> bool,
 ) -> Result<Vec<CentralRecord>> {
     let mut last_progress = Instant::now();
     let mut records = Vec::new();

@@ -798,7 +798,7 @@ async fn usage_counted_in_encoded_bytes_is_recounted_at_open() {
         let txn = db.begin_write().expect("write");
         {
             let encoded: u64 = bodies.iter().map(|b| b.len() as u64).sum();
-            txn.open_table(outbox::OUTBOX_USAGE).expect("usage").insert("s", (5, encoded)).expect("write");
+            txn.open_table(OUTBOX_USAGE).expect("usage").insert("s", (5, encoded)).expect("write");
             txn.open_table(COUNTERS).expect("counters").remove(outbox::USAGE_MODEL).expect("write");
         }
         txn.commit().expect("commit");
