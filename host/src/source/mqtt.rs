@@ -9,13 +9,9 @@
 //!
 //! Flow control is the broker's in-flight window (mosquitto `max_inflight_messages`), but weir
 //! does not rely on it: mosquitto 2.0 sends past its window once acknowledgements arrive while it
-//! is sending (on reconnecting with a large backlog, it sends the whole backlog at once). If the
-//! local queue reaches [`LOCAL_QUEUE_LIMIT`] messages or [`LOCAL_QUEUE_BYTES`], the source
-//! *overflows*: it keeps what it holds and leaves every further message unacknowledged with the
-//! broker. Once the pipeline has taken everything held, the source reconnects — after the
-//! acknowledgements already queued — and the broker (persistent session) sends the messages
-//! left with it again. Each such round hands the pipeline a full local queue, so a backlog of any
-//! size drains.
+//! is sending. If the local queue grows past [`LOCAL_QUEUE_LIMIT`] messages or
+//! [`LOCAL_QUEUE_BYTES`], the source drops the connection — after the acknowledgements already queued — and discards what it had not handed
+//! to the pipeline; the broker keeps those messages (persistent session) and sends them again.
 //!
 //! Acknowledgements wait in rumqttc's request channel until the event loop writes them (one per
 //! turn of the loop, which also reads up to ten incoming packets per turn); when twice the
@@ -46,9 +42,8 @@ use crate::config::{BrokerConfig, Qos, TopicFilter};
 use crate::state::StateStore;
 
 /// Messages, and payload bytes, held locally (not yet taken by the pipeline) before the source
-/// leaves further messages with the broker until it has handed these over: only a broker that
-/// ignores its in-flight window gets here (mosquitto 2.0 sends its whole queue to a client that
-/// acknowledges while it sends).
+/// sheds them by dropping the connection: only a broker that ignores its in-flight window gets
+/// here (mosquitto 2.0 sends its whole queue to a client that acknowledges while it sends).
 const LOCAL_QUEUE_LIMIT: usize = 100_000;
 const LOCAL_QUEUE_BYTES: u64 = 64 * 1024 * 1024;
 /// Fewest acknowledgements that may wait for the event loop before the pipeline waits; the
@@ -272,9 +267,6 @@ impl MqttSource {
         let mut held = HeldQueue::default();
         let mut deliveries = Some(deliveries);
         let mut shedding = false;
-        // The local queue is full: incoming messages are left with the broker (see the module doc).
-        let mut overflowing = false;
-        let mut left_with_broker: u64 = 0;
         let broker = self.broker.url.to_string();
         let pipeline = self.pipeline.as_str();
 
@@ -296,17 +288,6 @@ impl MqttSource {
                         Ok(permit) => {
                             let next = held.pop().expect("guarded by the branch condition");
                             permit.send(admissions.hand_over(next));
-                            if overflowing && held.is_empty() {
-                                // Queued behind the acknowledgements already owed, so those go out
-                                // first; the broker sends what it kept once weir is back.
-                                tracing::info!(stage = "source", pipeline, broker = %broker, left_with_broker = left_with_broker,
-                                    "handed over every held message; reconnecting for the messages left with the broker");
-                                if let Err(e) = client.disconnect().await {
-                                    tracing::warn!(stage = "source", pipeline, error = %e, "cannot disconnect");
-                                }
-                                overflowing = false;
-                                shedding = true;
-                            }
                         }
                         Err(_) => deliveries = None,
                     }
@@ -315,8 +296,6 @@ impl MqttSource {
                     Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                         retry.reset();
                         shedding = false;
-                        overflowing = false;
-                        left_with_broker = 0;
                         tracing::info!(stage = "source", pipeline, broker = %broker, session_present = connack.session_present, "MQTT connected");
                         admissions.connected(!connack.session_present);
                         if !connack.session_present
@@ -333,10 +312,6 @@ impl MqttSource {
                             }
                         }
                     }
-                    Ok(Event::Incoming(Packet::Publish(_))) if overflowing => {
-                        // Not acknowledged: the broker keeps it and sends it again after the reconnect.
-                        left_with_broker += 1;
-                    }
                     Ok(Event::Incoming(Packet::Publish(publish))) if deliveries.is_some() && !shedding => {
                         match admissions.admit(&self.store, &publish, &held) {
                             Some(message) => held.push(message),
@@ -346,8 +321,13 @@ impl MqttSource {
                         }
                         if held.len() >= LOCAL_QUEUE_LIMIT || held.bytes >= LOCAL_QUEUE_BYTES {
                             tracing::warn!(stage = "source", pipeline, broker = %broker, held = held.len(),
-                                "the broker sends faster than its in-flight window allows; leaving further messages with it until these are handed over");
-                            overflowing = true;
+                                "the broker sends faster than its in-flight window allows; reconnecting so it holds the backlog");
+                            // Queued behind the acknowledgements already owed, so those go out first.
+                            if let Err(e) = client.disconnect().await {
+                                tracing::warn!(stage = "source", pipeline, error = %e, "cannot disconnect");
+                            }
+                            held.clear();
+                            shedding = true;
                         }
                     }
                     Ok(_) => {}
