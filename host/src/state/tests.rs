@@ -295,7 +295,7 @@ fn outbox_tree_bytes(store: &StateStore) -> u64 {
 }
 
 /// `disk_bytes` is an upper bound: with small, page-sized, multi-page and mixed records, one
-/// stream or several sharing the B-tree, filling up under each policy while a sink confirms the
+/// stream or several sharing the B-tree, filling up under reaggregate and drop_oldest while a sink confirms the
 /// oldest, the pages redb holds for the outbox never exceed the usage charged for it plus the
 /// tree's root page. So the cap, counted in these bytes, bounds the outbox on disk.
 #[tokio::test]
