@@ -193,11 +193,7 @@ async fn sigkill_at_random_instants_loses_nothing_and_duplicates_nothing() -> Re
 
     let plant = MqttClient::connect(&mqtt, "load-publisher").await?;
     let publisher = tokio::spawn(async move {
-        for i in 0..readings {
-            let (series, body) = payload(i);
-            plant.publish(&series, body).await?;
-        }
-        plant.wait_for_pubacks(readings).await?;
+        publish_readings(&plant, readings).await?;
         anyhow::Ok(plant)
     });
 
@@ -220,15 +216,20 @@ async fn sigkill_at_random_instants_loses_nothing_and_duplicates_nothing() -> Re
     Ok(())
 }
 
-/// Publishes `readings` (see [`payload`]) and waits for the broker to accept them all.
+/// Connects the load publisher and publishes `readings` with it (see [`publish_readings`]).
 async fn publish_load(mqtt: &Mosquitto, readings: usize) -> Result<MqttClient> {
     let plant = MqttClient::connect(mqtt, "load-publisher").await?;
+    publish_readings(&plant, readings).await?;
+    Ok(plant)
+}
+
+/// Publishes `readings` (see [`payload`]) and waits for the broker to accept them all.
+async fn publish_readings(plant: &MqttClient, readings: usize) -> Result<()> {
     for i in 0..readings {
         let (series, body) = payload(i);
         plant.publish(&series, body).await?;
     }
-    plant.wait_for_pubacks(readings).await?;
-    Ok(plant)
+    plant.wait_for_pubacks(readings).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
