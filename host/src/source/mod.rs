@@ -19,8 +19,8 @@
 //! after a lost connection, a crash between commit and acknowledgement, or an expired ack wait —
 //! is processed at most once. Each at-least-once delivery carries a [`DeliveryRecord`] (MQTT:
 //! packet id and a digest of topic and payload; JetStream: stream sequence) that commits with the
-//! data derived from it. A redelivery whose identity is still on its way (held or in the
-//! pipeline) is dropped — the original will be acknowledged; one whose identity was committed
+//! data derived from it. A redelivery whose identity is still on its way (in the pipeline) is
+//! dropped — the original will be acknowledged; one whose identity was committed
 //! goes through the pipeline without its message: its identity is committed again (so it stays
 //! among the recent ones while the broker keeps sending it) and it is acknowledged after that
 //! commit.
@@ -80,7 +80,7 @@ pub struct Ack(AckKind);
 enum AckKind {
     None,
     Mqtt(mqtt::MqttAck),
-    JetStream(nats::JetStreamAck),
+    JetStream(Box<nats::JetStreamAck>),
 }
 
 impl Ack {
@@ -217,6 +217,13 @@ impl CommittedRecently {
     /// Forget the cache: a new connection may redeliver anything committed before it.
     fn reset(&mut self) {
         self.loaded = None;
+    }
+
+    /// A delivery committed after the cache was loaded, whose redelivery is still to come.
+    fn remember(&mut self, identity: Vec<u8>) {
+        if let Some(loaded) = &mut self.loaded {
+            loaded.insert(identity);
+        }
     }
 
     fn contains(&mut self, store: &StateStore, identity: &[u8]) -> bool {

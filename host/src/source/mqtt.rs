@@ -7,35 +7,45 @@
 //! to go out, would never drain it. Messages wait in a local queue until the pipeline's channel
 //! takes them.
 //!
-//! Flow control is the broker's in-flight window (mosquitto `max_inflight_messages`), but weir
-//! does not rely on it: mosquitto 2.0 sends past its window once acknowledgements arrive while it
-//! is sending. If the local queue grows past [`LOCAL_QUEUE_LIMIT`] messages or
-//! [`LOCAL_QUEUE_BYTES`], the source drops the connection — after the acknowledgements already queued — and discards what it had not handed
-//! to the pipeline; the broker keeps those messages (persistent session) and sends them again.
+//! **Invariant (acknowledgements):** each delivery is acknowledged at most once, on the
+//! connection it arrived on, in arrival order. The pipeline hands its acknowledgements to this
+//! task, which forwards one only while the connection it is owed on is up; any other is dropped
+//! — the broker sends that message again on the next connection, and the copy is recognised
+//! (still in the pipeline: it is owed on the new connection; committed: see `source`). This is
+//! what keeps PUBACKs meaningful when a broker has more than 65 535 messages in flight and its
+//! packet ids repeat (mosquitto before 2.0.13 moves up to its in-flight window from its queue
+//! into flight on every acknowledgement, eclipse/mosquitto#2306): it applies a PUBACK to the
+//! oldest message in flight with that id, which is the right one only if every acknowledgement
+//! goes out once and in order. A second PUBACK for a message, or one skipping over another
+//! message, would remove a different message from the session.
 //!
-//! Acknowledgements wait in rumqttc's request channel until the event loop writes them (one per
-//! turn of the loop, which also reads up to ten incoming packets per turn); when twice the
-//! in-flight window of them wait, the pipeline waits too. A compliant broker never lets that
-//! many be owed; an over-sending one fills the local queue and gets disconnected. That bound
-//! (plus what the pipeline holds) is also the window of recent committed deliveries kept to
+//! Flow control is the broker's in-flight window (mosquitto `max_inflight_messages`), but weir
+//! does not rely on it (see above). If the local queue grows past [`LOCAL_QUEUE_LIMIT`] messages
+//! or [`LOCAL_QUEUE_BYTES`], the source drops the connection — after the acknowledgements
+//! already queued — and discards what it had not handed to the pipeline; the broker keeps those
+//! messages (persistent session) and sends them again. Held messages never outlive their
+//! connection.
+//!
+//! Acknowledgements wait in two bounded queues (to this task, then rumqttc's request channel,
+//! which the event loop writes one per turn); when both are full the pipeline waits too. That
+//! bound plus what the pipeline holds is also the window of recent committed deliveries kept to
 //! recognise redeliveries after a crash.
 //!
 //! Reconnects use capped exponential backoff with jitter. Subscriptions are (re)made whenever the
 //! broker reports no stored session.
 
-use std::collections::VecDeque;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
 
 use futures::StreamExt;
 use rumqttc::{
-    AsyncClient, ConnectionError, Event, MqttOptions, Packet, Publish, QoS, SubscribeFilter, SubscribeReasonCode,
+    AsyncClient, ConnectionError, Event, MqttOptions, Outgoing, Packet, Publish, QoS, SubscribeFilter,
+    SubscribeReasonCode,
 };
 use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ack, AckError, AckKind, CommittedRecently, Delivery, DeliveryRecord, InPipeline, MAX_MESSAGE_BYTES};
+use super::{Ack, AckError, AckKind, CommittedRecently, Delivery, DeliveryRecord, MAX_MESSAGE_BYTES};
 use crate::backoff::Retry;
 use crate::batch::Message;
 use crate::config::{BrokerConfig, Qos, TopicFilter};
@@ -43,42 +53,39 @@ use crate::state::StateStore;
 
 /// Messages, and payload bytes, held locally (not yet taken by the pipeline) before the source
 /// sheds them by dropping the connection: only a broker that ignores its in-flight window gets
-/// here (mosquitto 2.0 sends its whole queue to a client that acknowledges while it sends).
+/// here (see the module doc).
 const LOCAL_QUEUE_LIMIT: usize = 100_000;
 const LOCAL_QUEUE_BYTES: u64 = 64 * 1024 * 1024;
-/// Fewest acknowledgements that may wait for the event loop before the pipeline waits; the
-/// bound is twice the broker's in-flight window when that is larger.
+/// Fewest acknowledgements that may wait in each of the two queues before the pipeline waits;
+/// the bound is twice the broker's in-flight window when that is larger.
 const MIN_OWED_ACKS: usize = 256;
 /// Requests besides acknowledgements (subscriptions, DISCONNECT).
 const REQUEST_SLACK: usize = 64;
-/// Largest window of recent committed deliveries: well below the 65 535 packet ids a broker
-/// cycles through, so a recycled id is never mistaken for an old delivery.
+/// Largest window of recent committed deliveries kept per source.
 const MAX_DEDUP_WINDOW: usize = 32_768;
 /// How long a closing source waits for its DISCONNECT to go out.
 const DISCONNECT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
-/// A PUBACK owed to the broker.
+/// A PUBACK owed to the broker, on its way from the pipeline to the source task.
+#[derive(Debug)]
+struct OwedAck {
+    pkid: u16,
+    identity: Vec<u8>,
+}
+
+/// The pipeline's handle on a PUBACK it owes.
 #[derive(Debug)]
 pub(super) struct MqttAck {
-    client: AsyncClient,
-    /// The packet id and QoS to acknowledge (no payload).
-    owed: Publish,
-    identity: Vec<u8>,
-    in_pipeline: InPipeline,
-    /// The session the message arrived in, and the current one.
-    session_at: u64,
-    session: Arc<AtomicU64>,
+    to_source: mpsc::Sender<OwedAck>,
+    owed: OwedAck,
 }
 
 impl MqttAck {
     pub(super) async fn send(self) -> Result<(), AckError> {
-        self.in_pipeline.remove(&self.identity);
-        if self.session.load(Ordering::SeqCst) != self.session_at {
-            // The broker lost the session this message came from: its packet id may name another
-            // message now, and nothing will be redelivered for it.
-            return Ok(());
-        }
-        self.client.ack(&self.owed).await.map_err(|e| AckError { protocol: "mqtt", reason: e.to_string() })
+        self.to_source
+            .send(self.owed)
+            .await
+            .map_err(|_| AckError { protocol: "mqtt", reason: "the MQTT source has stopped".to_owned() })
     }
 }
 
@@ -101,35 +108,24 @@ struct Held {
     identity: Option<Vec<u8>>,
 }
 
-/// Messages received and not yet handed to the pipeline, in arrival order, with their identities
-/// indexed (a broker resending thousands of messages asks about each).
+/// Messages received on the current connection and not yet handed to the pipeline, in arrival
+/// order.
 #[derive(Default)]
 struct HeldQueue {
     queue: VecDeque<Held>,
-    identities: std::collections::HashSet<Vec<u8>>,
     bytes: u64,
 }
 
 impl HeldQueue {
     fn push(&mut self, held: Held) {
-        if let Some(identity) = &held.identity {
-            self.identities.insert(identity.clone());
-        }
         self.bytes += held.delivery.payload_len();
         self.queue.push_back(held);
     }
 
     fn pop(&mut self) -> Option<Held> {
         let held = self.queue.pop_front()?;
-        if let Some(identity) = &held.identity {
-            self.identities.remove(identity);
-        }
         self.bytes -= held.delivery.payload_len();
         Some(held)
-    }
-
-    fn contains(&self, identity: &[u8]) -> bool {
-        self.identities.contains(identity)
     }
 
     fn clear(&mut self) {
@@ -143,21 +139,31 @@ impl HeldQueue {
     fn is_empty(&self) -> bool {
         self.queue.is_empty()
     }
+
+    fn is_over_limit(&self) -> bool {
+        self.len() >= LOCAL_QUEUE_LIMIT || self.bytes >= LOCAL_QUEUE_BYTES
+    }
 }
 
-/// Decides about redeliveries (see the module doc of `source`) and tracks what is in flight.
+/// The connection state acknowledgements depend on: which connection is up, which deliveries
+/// the pipeline holds and on which connection each is owed, and which were committed recently.
 struct Admissions {
-    client: AsyncClient,
-    window: u32,
-    in_pipeline: InPipeline,
+    /// Numbers the connections; 0 before the first.
+    connection: u64,
+    connected: bool,
+    /// Deliveries handed to the pipeline and not yet acknowledged, with the connection their
+    /// PUBACK is owed on.
+    in_pipeline: HashMap<Vec<u8>, u64>,
     committed: CommittedRecently,
-    session: Arc<AtomicU64>,
+    /// Committed deliveries a source keeps to recognise redeliveries.
+    window: u32,
+    to_source: mpsc::Sender<OwedAck>,
 }
 
 impl Admissions {
     /// The message to hold for the pipeline (a committed redelivery without its message), or
-    /// `None` for a copy of one still held or in the pipeline.
-    fn admit(&mut self, store: &StateStore, publish: &Publish, held: &HeldQueue) -> Option<Held> {
+    /// `None` for a copy of one the pipeline still holds.
+    fn admit(&mut self, store: &StateStore, publish: &Publish) -> Option<Held> {
         let message = Message {
             topic: publish.topic.clone(),
             payload: publish.payload.clone(),
@@ -166,11 +172,13 @@ impl Admissions {
         if publish.qos == QoS::AtMostOnce {
             return Some(Held { delivery: Delivery::unacknowledged(message), identity: None });
         }
-        // The ack needs only the packet id and QoS.
-        let mut owed = Publish::new("", publish.qos, Vec::new());
-        owed.pkid = publish.pkid;
         let identity = identity(publish);
-        if publish.dup && (held.contains(&identity) || self.in_pipeline.contains(&identity)) {
+        if publish.dup
+            && let Some(owed_on) = self.in_pipeline.get_mut(&identity)
+        {
+            // Sent again on this connection while its original is on its way: the original's
+            // PUBACK is owed here now.
+            *owed_on = self.connection;
             return None;
         }
         let message = if publish.dup && self.committed.contains(store, &identity) {
@@ -180,12 +188,8 @@ impl Admissions {
             Some(message)
         };
         let ack = MqttAck {
-            client: self.client.clone(),
-            owed,
-            identity: identity.clone(),
-            in_pipeline: self.in_pipeline.clone(),
-            session_at: self.session.load(Ordering::SeqCst),
-            session: Arc::clone(&self.session),
+            to_source: self.to_source.clone(),
+            owed: OwedAck { pkid: publish.pkid, identity: identity.clone() },
         };
         let record =
             DeliveryRecord { source: self.committed.source.clone(), identity: identity.clone(), window: self.window };
@@ -193,19 +197,35 @@ impl Admissions {
         Some(Held { delivery, identity: Some(identity) })
     }
 
-    /// The pipeline takes a held message.
-    fn hand_over(&self, held: Held) -> Delivery {
+    /// The pipeline takes a held message (which arrived on the current connection).
+    fn hand_over(&mut self, held: Held) -> Delivery {
         if let Some(identity) = held.identity {
-            self.in_pipeline.insert(identity);
+            self.in_pipeline.insert(identity, self.connection);
         }
         held.delivery
     }
 
-    /// A (re)connection: `fresh` when the broker kept no session.
-    fn connected(&mut self, fresh: bool) {
-        if fresh {
-            self.session.fetch_add(1, Ordering::SeqCst);
+    /// The PUBACK to send for an acknowledgement from the pipeline, if the connection it is owed
+    /// on is still up. Otherwise the broker sends the message again; its identity is committed,
+    /// and remembered here for when that copy arrives.
+    fn settle(&mut self, owed: OwedAck) -> Option<Publish> {
+        match self.in_pipeline.remove(&owed.identity) {
+            Some(owed_on) if self.connected && owed_on == self.connection => {
+                let mut puback = Publish::new("", QoS::AtLeastOnce, Vec::new());
+                puback.pkid = owed.pkid;
+                Some(puback)
+            }
+            _ => {
+                self.committed.remember(owed.identity);
+                None
+            }
         }
+    }
+
+    /// A connection is up.
+    fn connected(&mut self) {
+        self.connection += 1;
+        self.connected = true;
         self.committed.reset();
     }
 }
@@ -247,6 +267,10 @@ impl MqttSource {
         options.set_manual_acks(true);
         let owed_acks = (2 * self.max_inflight).max(MIN_OWED_ACKS);
         let (client, eventloop) = AsyncClient::new(options, owed_acks + REQUEST_SLACK);
+        let (to_source, mut from_pipeline) = mpsc::channel(owed_acks);
+        // PUBACKs handed to rumqttc and not yet written (never more than `owed_acks`, so
+        // `try_ack` always finds room).
+        let mut acks_in_client = 0usize;
         let mut events = events(eventloop);
         let qos = match self.qos {
             Qos::AtMostOnce => QoS::AtMostOnce,
@@ -255,14 +279,15 @@ impl MqttSource {
         let filters: Vec<SubscribeFilter> =
             self.topics.iter().map(|t| SubscribeFilter::new(t.as_str().to_owned(), qos)).collect();
         let mut retry = Retry::new(self.broker.reconnect);
-        // Committed but not yet acknowledged: the acks in the channel plus the pipeline's batches.
-        let window = (owed_acks + self.held_by_pipeline).min(MAX_DEDUP_WINDOW);
+        // Committed but not yet acknowledged: both acknowledgement queues plus the pipeline's batches.
+        let window = (2 * owed_acks + self.held_by_pipeline).min(MAX_DEDUP_WINDOW);
         let mut admissions = Admissions {
-            client: client.clone(),
-            window: u32::try_from(window).unwrap_or(u32::MAX),
-            in_pipeline: InPipeline::default(),
+            connection: 0,
+            connected: false,
+            in_pipeline: HashMap::new(),
             committed: CommittedRecently::new(format!("mqtt/{}", self.client_id)),
-            session: Arc::default(),
+            window: u32::try_from(window).unwrap_or(u32::MAX),
+            to_source,
         };
         let mut held = HeldQueue::default();
         let mut deliveries = Some(deliveries);
@@ -281,6 +306,14 @@ impl MqttSource {
                     deliveries = None;
                     held.clear();
                 }
+                Some(owed) = from_pipeline.recv(), if acks_in_client < owed_acks => {
+                    if let Some(puback) = admissions.settle(owed) {
+                        match client.try_ack(&puback) {
+                            Ok(()) => acks_in_client += 1,
+                            Err(e) => tracing::warn!(stage = "source", pipeline, error = %e, "cannot queue an acknowledgement; the broker will redeliver"),
+                        }
+                    }
+                }
                 permit = async { sender.as_ref().expect("guarded by the branch condition").reserve().await },
                     if sender.is_some() && !held.is_empty() =>
                 {
@@ -297,7 +330,7 @@ impl MqttSource {
                         retry.reset();
                         shedding = false;
                         tracing::info!(stage = "source", pipeline, broker = %broker, session_present = connack.session_present, "MQTT connected");
-                        admissions.connected(!connack.session_present);
+                        admissions.connected();
                         if !connack.session_present
                             && let Err(e) = client.subscribe_many(filters.clone()).await
                         {
@@ -313,13 +346,13 @@ impl MqttSource {
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) if deliveries.is_some() && !shedding => {
-                        match admissions.admit(&self.store, &publish, &held) {
+                        match admissions.admit(&self.store, &publish) {
                             Some(message) => held.push(message),
                             None => {
                                 tracing::debug!(stage = "source", pipeline, pkid = publish.pkid, "redelivery of a message already on its way dropped");
                             }
                         }
-                        if held.len() >= LOCAL_QUEUE_LIMIT || held.bytes >= LOCAL_QUEUE_BYTES {
+                        if held.is_over_limit() {
                             tracing::warn!(stage = "source", pipeline, broker = %broker, held = held.len(),
                                 "the broker sends faster than its in-flight window allows; reconnecting so it holds the backlog");
                             // Queued behind the acknowledgements already owed, so those go out first.
@@ -330,9 +363,15 @@ impl MqttSource {
                             shedding = true;
                         }
                     }
+                    Ok(Event::Outgoing(Outgoing::PubAck(_))) => acks_in_client = acks_in_client.saturating_sub(1),
                     Ok(_) => {}
                     Err(ConnectionError::RequestsDone) => break,
                     Err(e) => {
+                        // rumqttc dropped the PUBACKs it had not written; the broker resends
+                        // those messages, and those held here.
+                        acks_in_client = 0;
+                        admissions.connected = false;
+                        held.clear();
                         let delay = retry.next_delay(&mut rand::rng());
                         if shedding {
                             tracing::info!(stage = "source", pipeline, broker = %broker, retry_in = ?delay, "disconnected to shed load");
@@ -345,6 +384,16 @@ impl MqttSource {
                         }
                     }
                 }
+            }
+        }
+        // The pipeline's last acknowledgements, then DISCONNECT behind them.
+        while acks_in_client < owed_acks
+            && let Ok(owed) = from_pipeline.try_recv()
+        {
+            if let Some(puback) = admissions.settle(owed)
+                && client.try_ack(&puback).is_ok()
+            {
+                acks_in_client += 1;
             }
         }
         disconnect(&client, &mut events).await;
