@@ -3,6 +3,12 @@
 //! time comes in with the readings, and every piece of state is plain data the pipeline commits
 //! with its group.
 //!
-//! So far: [`downsample`] (deadband, swinging door, LTTB).
+//! - [`aggregate`]: the mergeable aggregate of one window (moments, first, last, quantile sketch);
+//! - [`event_time`]: tumbling, sliding and session windows per series, watermark, corrections;
+//! - [`downsample`]: deadband, swinging door, LTTB.
+//!
+//! Not wired into pipelines yet.
 
+pub mod aggregate;
 pub mod downsample;
+pub mod event_time;
