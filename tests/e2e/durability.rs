@@ -209,7 +209,10 @@ async fn sigkill_at_random_instants_loses_nothing_and_duplicates_nothing() -> Re
 
     let expected = expected(readings);
     let records = collect_all_or_explain(&stream, &expected, &weir).await?;
-    verify(&records, &expected)?;
+    if let Err(e) = verify(&records, &expected) {
+        eprintln!("outbox stats: {}", weir.outbox_stats().map(|s| s.to_string()).unwrap_or_else(|e| e.to_string()));
+        return Err(e);
+    }
     assert_eq!(weir.runs(), u32::try_from(kills + 1)?);
     let (code, _, _) = weir.stop()?;
     assert_eq!(code, 0, "the last run stops cleanly");

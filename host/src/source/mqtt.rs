@@ -27,9 +27,10 @@
 //! connection.
 //!
 //! Acknowledgements wait in two bounded queues (to this task, then rumqttc's request channel,
-//! which the event loop writes one per turn); when both are full the pipeline waits too. That
-//! bound plus what the pipeline holds is also the window of recent committed deliveries kept to
-//! recognise redeliveries after a crash.
+//! which the event loop writes one per turn); when both are full the pipeline waits too. The
+//! window of recent committed deliveries kept to recognise redeliveries after a crash is at least
+//! [`MIN_DEDUP_WINDOW`]: besides those queues and the pipeline's batches, a broker that loses the
+//! connection discards the PUBACKs it had not read yet.
 //!
 //! Reconnects use capped exponential backoff with jitter. Subscriptions are (re)made whenever the
 //! broker reports no stored session.
@@ -61,8 +62,8 @@ const LOCAL_QUEUE_BYTES: u64 = 64 * 1024 * 1024;
 const MIN_OWED_ACKS: usize = 256;
 /// Requests besides acknowledgements (subscriptions, DISCONNECT).
 const REQUEST_SLACK: usize = 64;
-/// Largest window of recent committed deliveries kept per source.
-const MAX_DEDUP_WINDOW: usize = 32_768;
+/// Fewest recent committed deliveries kept per source to recognise redeliveries.
+const MIN_DEDUP_WINDOW: usize = 32_768;
 /// How long a closing source waits for its DISCONNECT to go out.
 const DISCONNECT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -279,8 +280,10 @@ impl MqttSource {
         let filters: Vec<SubscribeFilter> =
             self.topics.iter().map(|t| SubscribeFilter::new(t.as_str().to_owned(), qos)).collect();
         let mut retry = Retry::new(self.broker.reconnect);
-        // Committed but not yet acknowledged: both acknowledgement queues plus the pipeline's batches.
-        let window = (2 * owed_acks + self.held_by_pipeline).min(MAX_DEDUP_WINDOW);
+        // Committed but not known to be acknowledged: both acknowledgement queues, the
+        // pipeline's batches, and PUBACKs written but never read by a broker that lost the
+        // connection (the socket buffers can hold thousands) — so the largest window.
+        let window = (2 * owed_acks + self.held_by_pipeline).max(MIN_DEDUP_WINDOW);
         let mut admissions = Admissions {
             connection: 0,
             connected: false,
