@@ -61,6 +61,8 @@
 //!
 //! assert!(host.init_operator::<Plausible>(r#"{"min": 1, "max": 0}"#).is_err());
 //! ```
+//!
+//! The host's window helpers — aggregates, event-time windows, downsamplers — are in [`window`].
 
 #![deny(missing_docs)]
 
@@ -78,6 +80,13 @@ pub use batch::{Batch, Message, Sample, SampleMut, Series, SeriesId, Timestamp};
 pub use context::{Context, Level, State, StateError};
 pub use error::Error;
 pub use series_filter::{InvalidSeriesFilter, SeriesFilter};
+/// The host's window helpers, the same code and guarantees inside a function: mergeable
+/// aggregates with a quantile sketch ([`window::aggregate::Aggregate`]), event-time windows with
+/// watermark and corrections ([`window::event_time::Windows`]), and the deadband, swinging-door
+/// and LTTB downsamplers ([`window::downsample`]). Times are nanoseconds
+/// ([`Timestamp::as_nanos`]). Keep their state in [`State`] (they are serde) to carry it across
+/// instances.
+pub use weir_window as window;
 
 /// A function that transforms batches of readings: filter, map, enrich, detect.
 ///

@@ -12,8 +12,8 @@ use std::fmt;
 
 use bytes::Bytes;
 
-/// Nanoseconds since the Unix epoch (UTC).
-pub type Nanos = i64;
+/// Nanoseconds since the Unix epoch (UTC); defined with the window stage, which guests share.
+pub use weir_window::Nanos;
 
 /// Description of one series: its name, the unit of its values and its tags.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]

@@ -2,13 +2,14 @@
 //! record carries instead of readings) and spans (which original records a coarsened record or
 //! a drop marker stands for).
 //!
-//! **Invariant (mergeable):** every statistic of a [`Window`] merges exactly, in any order and
-//! grouping — count, min and max without rounding; sum and `m2` (the sum of squared deviations from the mean,
-//! merged with Chan et al.'s parallel formula) with floating-point rounding only — so windows
+//! **Invariant (mergeable):** every statistic of a [`Window`] (from `weir-window`'s `moments`)
+//! merges exactly, in any order and grouping, up to floating-point rounding of sums — so windows
 //! coarsened once can be coarsened again, and a consumer can merge them further, with the same
 //! results as aggregating the original readings (up to that rounding).
 
 use serde::{Deserialize, Serialize};
+
+pub use weir_window::moments::{Window, window_start};
 
 use crate::batch::{Nanos, Series};
 
@@ -64,47 +65,6 @@ fn min_option(a: Option<Nanos>, b: Option<Nanos>) -> Option<Nanos> {
     }
 }
 
-/// The readings of one series in one time window `[start, start + width)`, summarised.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-pub struct Window {
-    /// Start of the window, ns since the Unix epoch; a multiple of the width.
-    pub start: Nanos,
-    /// Number of readings (NaN values are not counted in any statistic).
-    pub count: u64,
-    /// Sum of the values.
-    pub sum: f64,
-    /// Smallest value.
-    pub min: f64,
-    /// Largest value.
-    pub max: f64,
-    /// Sum of squared deviations from the mean (variance = `m2 / count`).
-    pub m2: f64,
-}
-
-impl Window {
-    /// A window holding one reading.
-    pub fn of(start: Nanos, value: f64) -> Self {
-        Self { start, count: 1, sum: value, min: value, max: value, m2: 0.0 }
-    }
-
-    /// The mean of the values.
-    pub fn mean(&self) -> f64 {
-        self.sum / self.count as f64
-    }
-
-    /// Merges `other` (the same window's statistics over other readings) into this one.
-    pub fn merge(&mut self, other: &Window) {
-        let (n_a, n_b) = (self.count as f64, other.count as f64);
-        let n = n_a + n_b;
-        let delta = other.mean() - self.mean();
-        self.m2 += other.m2 + delta * delta * n_a * n_b / n;
-        self.count += other.count;
-        self.sum += other.sum;
-        self.min = self.min.min(other.min);
-        self.max = self.max.max(other.max);
-    }
-}
-
 /// One series' windows of one width, ascending by start, each start once.
 #[derive(Clone, Debug, PartialEq)]
 pub struct AggregateSeries {
@@ -114,10 +74,4 @@ pub struct AggregateSeries {
     pub width: u64,
     /// The windows.
     pub windows: Vec<Window>,
-}
-
-/// The start of the window of `width` ns holding event time `ts`.
-pub fn window_start(ts: Nanos, width: u64) -> Nanos {
-    let width = i64::try_from(width).unwrap_or(i64::MAX);
-    ts.div_euclid(width) * width
 }

@@ -19,7 +19,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::batch::Nanos;
+use crate::Nanos;
 
 /// One reading of a series.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]

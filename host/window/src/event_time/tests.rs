@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
-use crate::window::aggregate::Summary;
+use crate::aggregate::Summary;
 
 const SECOND: i64 = 1_000_000_000;
 

@@ -32,7 +32,7 @@ use std::collections::{BTreeMap, HashMap};
 use serde::{Deserialize, Serialize};
 
 use super::aggregate::Aggregate;
-use crate::batch::Nanos;
+use crate::Nanos;
 
 /// The kind of window and its sizes, ns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

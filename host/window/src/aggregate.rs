@@ -4,7 +4,7 @@
 //! **Invariant (mergeable):** `merge(a, b)` equals adding `b`'s readings to `a`, in any order
 //! and grouping. Exactly so for count, min, max, first, last and the sketch's bins (integer
 //! counts); sum, mean and standard deviation up to floating-point rounding (the moments merge
-//! with Chan et al.'s formula, through [`crate::encode::summary::Window`], the same statistics a
+//! with Chan et al.'s formula, through [`crate::moments::Window`], the same statistics a
 //! coarsened outbox record carries).
 //!
 //! **Quantiles:** a DDSketch (`sketches-ddsketch`) with relative accuracy [`SKETCH_ALPHA`]: for
@@ -19,8 +19,8 @@
 use serde::{Deserialize, Serialize};
 use sketches_ddsketch::{Config as SketchConfig, DDSketch};
 
-use crate::batch::Nanos;
-use crate::encode::Window as Moments;
+use crate::Nanos;
+use crate::moments::Window as Moments;
 
 /// Relative accuracy of the quantile sketch.
 pub const SKETCH_ALPHA: f64 = 0.01;
