@@ -13,7 +13,10 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::batch::{Nanos, Series};
 use crate::config::Encoding;
-use crate::encode::{self, AggregateSeries, Coarsened, Record, RecordHeader, RecordKind, Span, Window, window_start};
+use crate::encode::{
+    self, AggregateSeries, Coarsened, Record, RecordHeader, RecordKind, Span, Window, WindowSeries, WindowValue,
+    window_start,
+};
 
 const SECOND: u64 = 1_000_000_000;
 
@@ -113,9 +116,35 @@ pub fn merge(inputs: &[Record], width: u64, now: Nanos) -> Record {
         header,
         batch: crate::batch::Batch::new(),
         aggregates,
+        windows: latest_windows(inputs),
         coarsened: Some(Coarsened { span, width }),
         dropped: None,
     }
+}
+
+/// The window emissions of `inputs`, carried over whole (they are aggregates already): per
+/// series and key only the latest revision, which supersedes the others.
+fn latest_windows(inputs: &[Record]) -> Vec<WindowSeries> {
+    let mut order: Vec<Series> = Vec::new();
+    let mut by_name: HashMap<String, BTreeMap<Nanos, WindowValue>> = HashMap::new();
+    for series in inputs.iter().flat_map(|record| &record.windows) {
+        let latest = by_name.entry(series.series.name.clone()).or_insert_with(|| {
+            order.push(series.series.clone());
+            BTreeMap::new()
+        });
+        for window in &series.windows {
+            if latest.get(&window.key).is_none_or(|kept| kept.revision <= window.revision) {
+                latest.insert(window.key, window.clone());
+            }
+        }
+    }
+    order
+        .into_iter()
+        .map(|series| {
+            let windows = by_name.remove(&series.name).unwrap_or_default().into_values().collect();
+            WindowSeries { series, windows }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::{Batch, BatchBuilder, Nanos, Series};
 use crate::config::Encoding;
 
-pub use summary::{AggregateSeries, Span, Window, window_start};
+pub use summary::{AggregateSeries, Span, TimedValue, Window, WindowSeries, WindowValue, window_start};
 
 /// Version written in key 0 of every record.
 pub const FORMAT_VERSION: u64 = 1;
@@ -45,6 +45,7 @@ mod key {
     pub const AGGREGATES: u8 = 6;
     pub const COARSENED: u8 = 7;
     pub const DROPPED: u8 = 8;
+    pub const WINDOWS: u8 = 9;
 }
 
 /// Keys of a span map (and of the coarsened marker, which adds `WIDTH`).
@@ -66,6 +67,24 @@ mod stat_key {
     pub const MIN: u64 = 2;
     pub const MAX: u64 = 3;
     pub const M2: u64 = 4;
+}
+
+/// Keys of a window block's column map.
+mod window_key {
+    pub const KEY: u64 = 0;
+    pub const START: u64 = 1;
+    pub const END: u64 = 2;
+    pub const REVISION: u64 = 3;
+    pub const COUNT: u64 = 4;
+    pub const SUM: u64 = 5;
+    pub const MIN: u64 = 6;
+    pub const MAX: u64 = 7;
+    pub const M2: u64 = 8;
+    pub const FIRST_TS: u64 = 9;
+    pub const FIRST: u64 = 10;
+    pub const LAST_TS: u64 = 11;
+    pub const LAST: u64 = 12;
+    pub const SKETCH: u64 = 13;
 }
 
 /// Ticks tried for time deltas, coarsest first (nanoseconds per tick).
@@ -100,6 +119,8 @@ pub struct Record {
     pub batch: Batch,
     /// Aggregate windows (coarsened records).
     pub aggregates: Vec<AggregateSeries>,
+    /// Event-time window emissions (pipelines with a window stage).
+    pub windows: Vec<WindowSeries>,
     /// Set on a coarsened record: the original records it replaces and the window width.
     pub coarsened: Option<Coarsened>,
     /// Set on a drop marker: the original records that were dropped.
@@ -132,7 +153,7 @@ pub enum RecordKind {
 impl Record {
     /// A record of readings.
     pub fn of_readings(header: RecordHeader, batch: Batch) -> Self {
-        Self { header, batch, aggregates: Vec::new(), coarsened: None, dropped: None }
+        Self { header, batch, aggregates: Vec::new(), windows: Vec::new(), coarsened: None, dropped: None }
     }
 
     /// What the record is.
@@ -206,6 +227,43 @@ struct AggregateBlock {
     m2: Vec<Option<f64>>,
 }
 
+/// One series' window emissions, as encoded: columns, one entry per emission.
+#[derive(Debug, Default, Serialize, Deserialize)]
+struct WindowBlock {
+    name: String,
+    unit: Option<String>,
+    tags: Vec<(String, String)>,
+    key: Vec<Nanos>,
+    start: Vec<Nanos>,
+    end: Vec<Nanos>,
+    revision: Vec<u32>,
+    count: Vec<u64>,
+    sum: Vec<Option<f64>>,
+    min: Vec<Option<f64>>,
+    max: Vec<Option<f64>>,
+    m2: Vec<Option<f64>>,
+    first_ts: Vec<Option<Nanos>>,
+    first: Vec<Option<f64>>,
+    last_ts: Vec<Option<Nanos>>,
+    last: Vec<Option<f64>>,
+    /// DDSketch standard encoding; hex in JSON.
+    #[serde(with = "hex_sketches")]
+    sketch: Vec<Vec<u8>>,
+}
+
+mod hex_sketches {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub(super) fn serialize<S: Serializer>(sketches: &[Vec<u8>], serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(sketches.iter().map(hex::encode))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<Vec<u8>>, D::Error> {
+        let texts = Vec::<String>::deserialize(deserializer)?;
+        texts.iter().map(|t| hex::decode(t).map_err(serde::de::Error::custom)).collect()
+    }
+}
+
 /// The JSON form of a record (same structure as the CBOR form, named keys).
 #[derive(Debug, Serialize, Deserialize)]
 struct JsonRecord {
@@ -217,6 +275,8 @@ struct JsonRecord {
     series: Vec<SeriesBlock>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     aggregates: Vec<AggregateBlock>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    windows: Vec<WindowBlock>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     coarsened: Option<Coarsened>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -285,7 +345,7 @@ fn block(batch: &Batch, series: &Series, readings: &[usize]) -> Result<SeriesBlo
 pub fn encode(encoding: Encoding, header: &RecordHeader, batch: &Batch) -> Result<Vec<u8>, EncodeError> {
     let blocks: Vec<SeriesBlock> =
         group(batch).into_iter().map(|(series, readings)| block(batch, series, &readings)).collect::<Result<_, _>>()?;
-    Ok(write(encoding, header, blocks, Vec::new(), None, None))
+    Ok(write(encoding, header, Summaries { blocks, ..Summaries::default() }))
 }
 
 /// Encodes any record: readings, aggregates and summary markers.
@@ -294,8 +354,38 @@ pub fn encode_record(encoding: Encoding, record: &Record) -> Result<Vec<u8>, Enc
         .into_iter()
         .map(|(series, readings)| block(&record.batch, series, &readings))
         .collect::<Result<_, _>>()?;
-    let aggregates = record.aggregates.iter().map(aggregate_block).collect();
-    Ok(write(encoding, &record.header, blocks, aggregates, record.coarsened.as_ref(), record.dropped.as_ref()))
+    let summaries = Summaries {
+        blocks,
+        aggregates: record.aggregates.iter().map(aggregate_block).collect(),
+        windows: record.windows.iter().map(window_block).collect(),
+        coarsened: record.coarsened.as_ref(),
+        dropped: record.dropped.as_ref(),
+    };
+    Ok(write(encoding, &record.header, summaries))
+}
+
+fn window_block(series: &WindowSeries) -> WindowBlock {
+    let windows = &series.windows;
+    let stat = |f: fn(&WindowValue) -> f64| windows.iter().map(|w| Some(f(w)).filter(|_| w.stats.count > 0)).collect();
+    WindowBlock {
+        name: series.series.name.clone(),
+        unit: series.series.unit.clone(),
+        tags: series.series.tags.clone(),
+        key: windows.iter().map(|w| w.key).collect(),
+        start: windows.iter().map(|w| w.start).collect(),
+        end: windows.iter().map(|w| w.end).collect(),
+        revision: windows.iter().map(|w| w.revision).collect(),
+        count: windows.iter().map(|w| w.stats.count).collect(),
+        sum: stat(|w| w.stats.sum),
+        min: stat(|w| w.stats.min),
+        max: stat(|w| w.stats.max),
+        m2: stat(|w| w.stats.m2),
+        first_ts: windows.iter().map(|w| w.first.map(|f| f.ts)).collect(),
+        first: windows.iter().map(|w| w.first.map(|f| f.value)).collect(),
+        last_ts: windows.iter().map(|w| w.last.map(|l| l.ts)).collect(),
+        last: windows.iter().map(|w| w.last.map(|l| l.value)).collect(),
+        sketch: windows.iter().map(|w| w.sketch.clone()).collect(),
+    }
 }
 
 fn aggregate_block(aggregate: &AggregateSeries) -> AggregateBlock {
@@ -319,16 +409,20 @@ fn aggregate_block(aggregate: &AggregateSeries) -> AggregateBlock {
     }
 }
 
-fn write(
-    encoding: Encoding,
-    header: &RecordHeader,
+/// Everything of a record besides its header, as encoded.
+#[derive(Default)]
+struct Summaries<'a> {
     blocks: Vec<SeriesBlock>,
     aggregates: Vec<AggregateBlock>,
-    coarsened: Option<&Coarsened>,
-    dropped: Option<&Span>,
-) -> Vec<u8> {
+    windows: Vec<WindowBlock>,
+    coarsened: Option<&'a Coarsened>,
+    dropped: Option<&'a Span>,
+}
+
+fn write(encoding: Encoding, header: &RecordHeader, summaries: Summaries<'_>) -> Vec<u8> {
+    let Summaries { blocks, aggregates, windows, coarsened, dropped } = summaries;
     match encoding {
-        Encoding::Cbor => encode_cbor(header, &blocks, &aggregates, coarsened, dropped),
+        Encoding::Cbor => encode_cbor(header, &blocks, &aggregates, &windows, coarsened, dropped),
         Encoding::Json => {
             // JSON has no NaN or infinity: such values become null.
             let finite =
@@ -355,6 +449,15 @@ fn write(
                         a
                     })
                     .collect(),
+                windows: windows
+                    .into_iter()
+                    .map(|mut w| {
+                        for column in [&mut w.sum, &mut w.min, &mut w.max, &mut w.m2, &mut w.first, &mut w.last] {
+                            finite(column);
+                        }
+                        w
+                    })
+                    .collect(),
                 coarsened: coarsened.cloned(),
                 dropped: dropped.cloned(),
             };
@@ -369,17 +472,21 @@ fn encode_cbor(
     header: &RecordHeader,
     blocks: &[SeriesBlock],
     aggregates: &[AggregateBlock],
+    windows: &[WindowBlock],
     coarsened: Option<&Coarsened>,
     dropped: Option<&Span>,
 ) -> Vec<u8> {
     let mut buffer = Vec::with_capacity(
         64 + blocks.iter().map(|b| 16 + b.name.len() + 8 * b.values.len()).sum::<usize>()
-            + aggregates.iter().map(|a| 16 + a.name.len() + 40 * a.count.len()).sum::<usize>(),
+            + aggregates.iter().map(|a| 16 + a.name.len() + 40 * a.count.len()).sum::<usize>()
+            + windows.iter().map(|w| 16 + w.name.len() + 120 * w.count.len()).sum::<usize>(),
     );
     let mut e = Encoder::new(&mut buffer);
     let written: CborResult = (|| {
-        let optional =
-            u64::from(!aggregates.is_empty()) + u64::from(coarsened.is_some()) + u64::from(dropped.is_some());
+        let optional = u64::from(!aggregates.is_empty())
+            + u64::from(!windows.is_empty())
+            + u64::from(coarsened.is_some())
+            + u64::from(dropped.is_some());
         e.map(6 + optional)?;
         e.u8(key::VERSION)?.u64(FORMAT_VERSION)?;
         e.u8(key::GATEWAY)?.str(&header.gateway)?;
@@ -423,6 +530,12 @@ fn encode_cbor(
                 }
             }
         }
+        if !windows.is_empty() {
+            e.u8(key::WINDOWS)?.array(windows.len() as u64)?;
+            for block in windows {
+                write_window_block(&mut e, block)?;
+            }
+        }
         if let Some(coarsened) = coarsened {
             e.u8(key::COARSENED)?;
             write_span(&mut e, &coarsened.span, Some(coarsened.width))?;
@@ -451,6 +564,55 @@ fn write_series(
     e.map(tags.len() as u64)?;
     for (k, v) in tags {
         e.str(k)?.str(v)?;
+    }
+    Ok(())
+}
+
+fn write_window_block(e: &mut Encoder<&mut Vec<u8>>, block: &WindowBlock) -> CborResult {
+    e.array(4)?;
+    write_series(e, &block.name, block.unit.as_deref(), &block.tags)?;
+    e.map(14)?;
+    for (k, column) in [(window_key::KEY, &block.key), (window_key::START, &block.start), (window_key::END, &block.end)]
+    {
+        e.u64(k)?.array(column.len() as u64)?;
+        for t in column {
+            e.i64(*t)?;
+        }
+    }
+    e.u64(window_key::REVISION)?.array(block.revision.len() as u64)?;
+    for r in &block.revision {
+        e.u32(*r)?;
+    }
+    e.u64(window_key::COUNT)?.array(block.count.len() as u64)?;
+    for c in &block.count {
+        e.u64(*c)?;
+    }
+    for (k, column) in [
+        (window_key::SUM, &block.sum),
+        (window_key::MIN, &block.min),
+        (window_key::MAX, &block.max),
+        (window_key::M2, &block.m2),
+    ] {
+        e.u64(k)?;
+        write_floats(e, column)?;
+    }
+    for (k_ts, times, k_value, values) in [
+        (window_key::FIRST_TS, &block.first_ts, window_key::FIRST, &block.first),
+        (window_key::LAST_TS, &block.last_ts, window_key::LAST, &block.last),
+    ] {
+        e.u64(k_ts)?.array(times.len() as u64)?;
+        for t in times {
+            match t {
+                Some(t) => e.i64(*t)?,
+                None => e.null()?,
+            };
+        }
+        e.u64(k_value)?;
+        write_floats(e, values)?;
+    }
+    e.u64(window_key::SKETCH)?.array(block.sketch.len() as u64)?;
+    for sketch in &block.sketch {
+        e.bytes(sketch)?;
     }
     Ok(())
 }
@@ -507,6 +669,7 @@ struct Parts {
     header: RecordHeader,
     blocks: Vec<SeriesBlock>,
     aggregates: Vec<AggregateBlock>,
+    windows: Vec<WindowBlock>,
     coarsened: Option<Coarsened>,
     dropped: Option<Span>,
 }
@@ -526,6 +689,7 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordDecodeError> {
             },
             blocks: record.series,
             aggregates: record.aggregates,
+            windows: record.windows,
             coarsened: record.coarsened,
             dropped: record.dropped,
         }
@@ -557,10 +721,12 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordDecodeError> {
         }
     }
     let aggregates = parts.aggregates.into_iter().map(aggregate_series).collect::<Result<_, _>>()?;
+    let windows = parts.windows.into_iter().map(window_series).collect::<Result<_, _>>()?;
     Ok(Record {
         header: parts.header,
         batch: builder.finish(),
         aggregates,
+        windows,
         coarsened: parts.coarsened,
         dropped: parts.dropped,
     })
@@ -609,6 +775,53 @@ fn aggregate_series(block: AggregateBlock) -> Result<AggregateSeries, RecordDeco
     })
 }
 
+fn window_series(block: WindowBlock) -> Result<WindowSeries, RecordDecodeError> {
+    let n = block.key.len();
+    let lengths = [
+        block.start.len(),
+        block.end.len(),
+        block.revision.len(),
+        block.count.len(),
+        block.sum.len(),
+        block.min.len(),
+        block.max.len(),
+        block.m2.len(),
+        block.first_ts.len(),
+        block.first.len(),
+        block.last_ts.len(),
+        block.last.len(),
+        block.sketch.len(),
+    ];
+    if lengths.iter().any(|len| *len != n) {
+        return Err(RecordDecodeError::Format {
+            reason: format!("windows of {:?}: every column needs one entry per window", block.name),
+        });
+    }
+    let timed =
+        |ts: Option<Nanos>, value: Option<f64>| ts.map(|ts| TimedValue { ts, value: value.unwrap_or(f64::NAN) });
+    let stat = |column: &Vec<Option<f64>>, i: usize| column[i].unwrap_or(f64::NAN);
+    let windows = (0..n)
+        .map(|i| WindowValue {
+            key: block.key[i],
+            start: block.start[i],
+            end: block.end[i],
+            revision: block.revision[i],
+            stats: Window {
+                start: block.start[i],
+                count: block.count[i],
+                sum: stat(&block.sum, i),
+                min: stat(&block.min, i),
+                max: stat(&block.max, i),
+                m2: stat(&block.m2, i),
+            },
+            first: timed(block.first_ts[i], block.first[i]),
+            last: timed(block.last_ts[i], block.last[i]),
+            sketch: block.sketch[i].clone(),
+        })
+        .collect();
+    Ok(WindowSeries { series: Series { name: block.name, unit: block.unit, tags: block.tags }, windows })
+}
+
 fn check_version(version: u64) -> Result<(), RecordDecodeError> {
     if version == FORMAT_VERSION {
         Ok(())
@@ -626,7 +839,7 @@ fn decode_cbor(bytes: &[u8]) -> Result<Parts, RecordDecodeError> {
     let entries = d.map().map_err(syntax)?.ok_or_else(|| format("envelope must be a definite-length map"))?;
     let (mut version, mut gateway, mut stream, mut seq, mut encoded_at, mut blocks) =
         (None, None, None, None, None, None);
-    let (mut aggregates, mut coarsened, mut dropped) = (Vec::new(), None, None);
+    let (mut aggregates, mut windows, mut coarsened, mut dropped) = (Vec::new(), Vec::new(), None, None);
     for _ in 0..entries {
         match d.u64().map_err(syntax)? {
             k if k == u64::from(key::VERSION) => version = Some(d.u64().map_err(syntax)?),
@@ -636,6 +849,7 @@ fn decode_cbor(bytes: &[u8]) -> Result<Parts, RecordDecodeError> {
             k if k == u64::from(key::ENCODED_AT) => encoded_at = Some(d.i64().map_err(syntax)?),
             k if k == u64::from(key::SERIES) => blocks = Some(decode_blocks(&mut d).map_err(syntax)?),
             k if k == u64::from(key::AGGREGATES) => aggregates = decode_aggregates(&mut d).map_err(syntax)?,
+            k if k == u64::from(key::WINDOWS) => windows = decode_windows(&mut d).map_err(syntax)?,
             k if k == u64::from(key::COARSENED) => {
                 let (span, width) = decode_span(&mut d).map_err(syntax)?;
                 let width = width.ok_or_else(|| format("the coarsened marker (key 7) has no window width"))?;
@@ -653,7 +867,7 @@ fn decode_cbor(bytes: &[u8]) -> Result<Parts, RecordDecodeError> {
         encoded_at: encoded_at.ok_or_else(|| format("encoded-at (key 4) is missing"))?,
     };
     let blocks = blocks.ok_or_else(|| format("series (key 5) is missing"))?;
-    Ok(Parts { header, blocks, aggregates, coarsened, dropped })
+    Ok(Parts { header, blocks, aggregates, windows, coarsened, dropped })
 }
 
 fn definite(len: Option<u64>) -> Result<u64, minicbor::decode::Error> {
@@ -724,6 +938,65 @@ fn decode_aggregates(d: &mut Decoder<'_>) -> Result<Vec<AggregateBlock>, minicbo
                 stat_key::MAX => block.max = decode_floats(d)?,
                 stat_key::M2 => block.m2 = decode_floats(d)?,
                 _ => d.skip()?, // statistics from later versions
+            }
+        }
+        blocks.push(block);
+    }
+    Ok(blocks)
+}
+
+fn decode_windows(d: &mut Decoder<'_>) -> Result<Vec<WindowBlock>, minicbor::decode::Error> {
+    let count = definite(d.array()?)?;
+    let mut blocks = Vec::with_capacity(count.min(4096) as usize);
+    let times = |d: &mut Decoder<'_>| -> Result<Vec<Nanos>, minicbor::decode::Error> {
+        let n = definite(d.array()?)?;
+        (0..n).map(|_| d.i64()).collect()
+    };
+    let optional_times = |d: &mut Decoder<'_>| -> Result<Vec<Option<Nanos>>, minicbor::decode::Error> {
+        let n = definite(d.array()?)?;
+        (0..n)
+            .map(|_| {
+                if d.datatype()? == Type::Null {
+                    d.null()?;
+                    Ok(None)
+                } else {
+                    d.i64().map(Some)
+                }
+            })
+            .collect()
+    };
+    for _ in 0..count {
+        if definite(d.array()?)? != 4 {
+            return Err(minicbor::decode::Error::message("a window block has 4 elements"));
+        }
+        let Series { name, unit, tags } = decode_series(d)?;
+        let mut block = WindowBlock { name, unit, tags, ..WindowBlock::default() };
+        for _ in 0..definite(d.map()?)? {
+            match d.u64()? {
+                window_key::KEY => block.key = times(d)?,
+                window_key::START => block.start = times(d)?,
+                window_key::END => block.end = times(d)?,
+                window_key::REVISION => {
+                    let n = definite(d.array()?)?;
+                    block.revision = (0..n).map(|_| d.u32()).collect::<Result<_, _>>()?;
+                }
+                window_key::COUNT => {
+                    let n = definite(d.array()?)?;
+                    block.count = (0..n).map(|_| d.u64()).collect::<Result<_, _>>()?;
+                }
+                window_key::SUM => block.sum = decode_floats(d)?,
+                window_key::MIN => block.min = decode_floats(d)?,
+                window_key::MAX => block.max = decode_floats(d)?,
+                window_key::M2 => block.m2 = decode_floats(d)?,
+                window_key::FIRST_TS => block.first_ts = optional_times(d)?,
+                window_key::FIRST => block.first = decode_floats(d)?,
+                window_key::LAST_TS => block.last_ts = optional_times(d)?,
+                window_key::LAST => block.last = decode_floats(d)?,
+                window_key::SKETCH => {
+                    let n = definite(d.array()?)?;
+                    block.sketch = (0..n).map(|_| d.bytes().map(<[u8]>::to_vec)).collect::<Result<_, _>>()?;
+                }
+                _ => d.skip()?, // columns from later versions
             }
         }
         blocks.push(block);

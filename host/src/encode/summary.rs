@@ -9,6 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use weir_window::aggregate::TimedValue;
 pub use weir_window::moments::{Window, window_start};
 
 use crate::batch::{Nanos, Series};
@@ -74,4 +75,56 @@ pub struct AggregateSeries {
     pub width: u64,
     /// The windows.
     pub windows: Vec<Window>,
+}
+
+/// One emission of an event-time window (the window stage's output), as a record carries it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WindowValue {
+    /// The window's identity within its series: its start (a session: the start it was created
+    /// with). A later revision of the same key replaces this one.
+    pub key: Nanos,
+    /// First event time covered, ns.
+    pub start: Nanos,
+    /// End (exclusive), ns.
+    pub end: Nanos,
+    /// 0 for the first emission, one more per correction.
+    pub revision: u32,
+    /// Count, sum, min, max, m2 of the window's readings (`start` as above). A count of 0 means
+    /// the window holds nothing now: a session joined into another, or only NaN readings.
+    pub stats: Window,
+    /// The earliest reading (none when the count is 0).
+    pub first: Option<TimedValue>,
+    /// The latest reading.
+    pub last: Option<TimedValue>,
+    /// The quantile sketch in DDSketch's standard binary encoding (empty when the count is 0).
+    pub sketch: Vec<u8>,
+}
+
+/// One series' window emissions, by key then revision.
+#[derive(Clone, Debug, PartialEq)]
+pub struct WindowSeries {
+    /// The series.
+    pub series: Series,
+    /// The emissions.
+    pub windows: Vec<WindowValue>,
+}
+
+impl WindowValue {
+    /// The value of `result` from the window stage.
+    pub fn of(result: &weir_window::event_time::WindowResult) -> Self {
+        let aggregate = &result.aggregate;
+        let empty = Window { start: result.start, count: 0, sum: f64::NAN, min: f64::NAN, max: f64::NAN, m2: f64::NAN };
+        let stats = aggregate.moments().map_or(empty, |m| Window { start: result.start, ..m });
+        let counted = stats.count > 0;
+        Self {
+            key: result.key,
+            start: result.start,
+            end: result.end,
+            revision: result.revision,
+            stats,
+            first: aggregate.first(),
+            last: aggregate.last(),
+            sketch: if counted { aggregate.sketch_bytes() } else { Vec::new() },
+        }
+    }
 }

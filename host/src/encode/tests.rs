@@ -94,6 +94,7 @@ fn summaries() -> (Record, Record) {
                 windows: vec![window(1_700_000_040 * second, 2, 1.0)],
             },
         ],
+        windows: Vec::new(),
         coarsened: Some(Coarsened { span: span.clone(), width: 60 * second as u64 }),
         dropped: None,
     };
@@ -101,6 +102,7 @@ fn summaries() -> (Record, Record) {
         header: header(10),
         batch: Batch::new(),
         aggregates: Vec::new(),
+        windows: Vec::new(),
         coarsened: None,
         dropped: Some(Span { first_seq: 10, last_seq: 12, earliest: None, latest: None, ..span }),
     };
@@ -193,4 +195,60 @@ proptest! {
         prop_assert_eq!(decoded.header.seq, seq);
         prop_assert_eq!(per_series(&decoded.batch), per_series(&input));
     }
+}
+
+/// A record of window emissions as the window stage produces them: a window, its correction, and
+/// a retracted session.
+fn windowed() -> Record {
+    use weir_window::event_time::{WindowKind, WindowSpec, Windows};
+    let second = 1_000_000_000;
+    let spec = WindowSpec {
+        kind: WindowKind::Session { gap: 5 * second as u64 },
+        allowed_lateness: 60 * second as u64,
+        idle_timeout: u64::MAX,
+    };
+    let mut windows = Windows::default();
+    for ts in [0, 8, 20] {
+        windows.add(&spec, "s", ts * second, ts as f64 + 0.5, 0).expect("in time");
+    }
+    let mut results = windows.flush(&spec, 0);
+    windows.add(&spec, "s", 4 * second, 4.0, 1).expect("within the lateness");
+    results.extend(windows.flush(&spec, 1));
+    assert!(results.iter().any(|r| r.retracted), "the late reading joins two sessions");
+    Record {
+        header: header(5),
+        batch: Batch::new(),
+        aggregates: Vec::new(),
+        windows: vec![WindowSeries {
+            series: Series::named("s").with_unit("Cel"),
+            windows: results.iter().map(WindowValue::of).collect(),
+        }],
+        coarsened: None,
+        dropped: None,
+    }
+}
+
+#[test]
+fn window_emissions_round_trip_in_both_encodings_and_match_the_cddl() {
+    let record = windowed();
+    let cbor = encode_record(Encoding::Cbor, &record).expect("encodable");
+    assert!(same_record(&decode(&cbor).expect("decodable CBOR"), &record), "CBOR round trip");
+    let schema = include_str!("../../../docs/batch.cddl");
+    cddl::validate_cbor_from_slice(schema, &cbor, None).expect("window blocks follow docs/batch.cddl");
+    let json = encode_record(Encoding::Json, &record).expect("encodable");
+    let from_json = decode(&json).expect("decodable JSON");
+    let counted = |r: &Record| -> Vec<(Nanos, u32, u64, Vec<u8>)> {
+        r.windows[0].windows.iter().map(|w| (w.key, w.revision, w.stats.count, w.sketch.clone())).collect()
+    };
+    assert_eq!(counted(&from_json), counted(&record));
+    let retracted = record.windows[0].windows.iter().find(|w| w.stats.count == 0).expect("a retracted session");
+    assert!(retracted.first.is_none() && retracted.sketch.is_empty() && retracted.revision == 1);
+}
+
+#[test]
+fn coarsening_keeps_the_latest_revision_of_each_window() {
+    let record = windowed();
+    let merged = crate::coarsen::merge(&[record.clone(), record], 60_000_000_000, 7);
+    let keys: Vec<(Nanos, u32)> = merged.windows[0].windows.iter().map(|w| (w.key, w.revision)).collect();
+    assert_eq!(keys, [(0, 1), (8_000_000_000, 1)], "the session still open is not emitted yet");
 }

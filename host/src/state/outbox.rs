@@ -627,5 +627,12 @@ impl<'txn> Outbox<'txn> {
 
 fn new_marker(header: RecordHeader, span: Span, now: Nanos) -> Record {
     let header = RecordHeader { seq: span.first_seq, encoded_at: now, ..header };
-    Record { header, batch: crate::batch::Batch::new(), aggregates: Vec::new(), coarsened: None, dropped: Some(span) }
+    Record {
+        header,
+        batch: crate::batch::Batch::new(),
+        aggregates: Vec::new(),
+        windows: Vec::new(),
+        coarsened: None,
+        dropped: Some(span),
+    }
 }

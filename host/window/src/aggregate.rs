@@ -168,6 +168,22 @@ impl Aggregate {
         }
     }
 
+    /// Count, sum, min, max and sum of squared deviations (`start` is 0), or `None` for an
+    /// aggregate of no readings.
+    pub fn moments(&self) -> Option<Moments> {
+        self.moments
+    }
+
+    /// The earliest reading (ties: the smaller value).
+    pub fn first(&self) -> Option<TimedValue> {
+        self.first
+    }
+
+    /// The latest reading (ties: the larger value).
+    pub fn last(&self) -> Option<TimedValue> {
+        self.last
+    }
+
     /// Readings added (NaN excluded).
     pub fn count(&self) -> u64 {
         self.moments.map_or(0, |m| m.count)
