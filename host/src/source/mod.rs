@@ -19,11 +19,12 @@
 //! after a lost connection, a crash between commit and acknowledgement, or an expired ack wait —
 //! is processed at most once. Each at-least-once delivery carries a [`DeliveryRecord`] (MQTT:
 //! packet id and a digest of topic and payload; JetStream: stream sequence) that commits with the
-//! data derived from it. A redelivery whose identity is still on its way (in the pipeline) is
-//! dropped — the original will be acknowledged; one whose identity was committed
-//! goes through the pipeline without its message: its identity is committed again (so it stays
-//! among the recent ones while the broker keeps sending it) and it is acknowledged after that
-//! commit.
+//! data derived from it. A redelivery whose identity was committed goes through the pipeline
+//! without its message: its identity is committed again (so it stays among the recent ones while
+//! the broker keeps sending it) and it is acknowledged after that commit. One whose identity is
+//! still on its way (in the pipeline) is dropped by JetStream — the original will be
+//! acknowledged — and goes through without its message, behind the original, for MQTT, whose
+//! acknowledgements must follow each connection's order (see `mqtt`).
 //!
 //! Lifecycle: the source reads until `intake` is cancelled, then drops its sender (the pipeline
 //! drains the channel) but keeps its connection so the pipeline's last acknowledgements reach the

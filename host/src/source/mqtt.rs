@@ -8,10 +8,11 @@
 //! takes them.
 //!
 //! **Invariant (acknowledgements):** each delivery is acknowledged at most once, on the
-//! connection it arrived on, in arrival order. The pipeline hands its acknowledgements to this
-//! task, which forwards one only while the connection it is owed on is up; any other is dropped
-//! — the broker sends that message again on the next connection, and the copy is recognised
-//! (still in the pipeline: it is owed on the new connection; committed: see `source`). This is
+//! connection it arrived on, in that connection's arrival order. The pipeline hands its
+//! acknowledgements to this task, which forwards one only while the connection it is owed on is
+//! up; any other is dropped — the broker sends that message again on the next connection, and
+//! the copy goes through the pipeline without its message, behind its original, and is
+//! acknowledged in its own place (see `source`). This is
 //! what keeps PUBACKs meaningful when a broker has more than 65 535 messages in flight and its
 //! packet ids repeat (mosquitto before 2.0.13 moves up to its in-flight window from its queue
 //! into flight on every acknowledgement, eclipse/mosquitto#2306): it applies a PUBACK to the
@@ -152,9 +153,10 @@ struct Admissions {
     /// Numbers the connections; 0 before the first.
     connection: u64,
     connected: bool,
-    /// Deliveries handed to the pipeline and not yet acknowledged, with the connection their
-    /// PUBACK is owed on.
-    in_pipeline: HashMap<Vec<u8>, u64>,
+    /// Deliveries handed to the pipeline and not yet acknowledged, by identity: the connection
+    /// each arrived on, in pipeline order (a copy sent again on a later connection follows its
+    /// original).
+    in_pipeline: HashMap<Vec<u8>, VecDeque<u64>>,
     committed: CommittedRecently,
     /// Committed deliveries a source keeps to recognise redeliveries.
     window: u32,
@@ -162,32 +164,27 @@ struct Admissions {
 }
 
 impl Admissions {
-    /// The message to hold for the pipeline (a committed redelivery without its message), or
-    /// `None` for a copy of one the pipeline still holds.
-    fn admit(&mut self, store: &StateStore, publish: &Publish) -> Option<Held> {
+    /// The message to hold for the pipeline; without its message for a copy of one already
+    /// committed or still in the pipeline.
+    fn admit(&mut self, store: &StateStore, publish: &Publish) -> Held {
         let message = Message {
             topic: publish.topic.clone(),
             payload: publish.payload.clone(),
             received_at: crate::telemetry::now_nanos(),
         };
         if publish.qos == QoS::AtMostOnce {
-            return Some(Held { delivery: Delivery::unacknowledged(message), identity: None });
+            return Held { delivery: Delivery::unacknowledged(message), identity: None };
         }
         let identity = identity(publish);
-        if publish.dup
-            && let Some(owed_on) = self.in_pipeline.get_mut(&identity)
-        {
-            // Sent again on this connection while its original is on its way: the original's
-            // PUBACK is owed here now.
-            *owed_on = self.connection;
-            return None;
-        }
-        let message = if publish.dup && self.committed.contains(store, &identity) {
-            // Committed before; its ack was lost. Commit the identity again, then ack.
-            None
-        } else {
-            Some(message)
-        };
+        let message =
+            if publish.dup && (self.in_pipeline.contains_key(&identity) || self.committed.contains(store, &identity)) {
+                // Sent again on this connection while its original is on its way (whose PUBACK,
+                // owed on an earlier connection, is dropped) or after it was committed: commit the
+                // identity again behind the original, then acknowledge — in this connection's order.
+                None
+            } else {
+                Some(message)
+            };
         let ack = MqttAck {
             to_source: self.to_source.clone(),
             owed: OwedAck { pkid: publish.pkid, identity: identity.clone() },
@@ -195,13 +192,13 @@ impl Admissions {
         let record =
             DeliveryRecord { source: self.committed.source.clone(), identity: identity.clone(), window: self.window };
         let delivery = Delivery { message, ack: Ack(AckKind::Mqtt(ack)), record: Some(record) };
-        Some(Held { delivery, identity: Some(identity) })
+        Held { delivery, identity: Some(identity) }
     }
 
     /// The pipeline takes a held message (which arrived on the current connection).
     fn hand_over(&mut self, held: Held) -> Delivery {
         if let Some(identity) = held.identity {
-            self.in_pipeline.insert(identity, self.connection);
+            self.in_pipeline.entry(identity).or_default().push_back(self.connection);
         }
         held.delivery
     }
@@ -210,7 +207,11 @@ impl Admissions {
     /// on is still up. Otherwise the broker sends the message again; its identity is committed,
     /// and remembered here for when that copy arrives.
     fn settle(&mut self, owed: OwedAck) -> Option<Publish> {
-        match self.in_pipeline.remove(&owed.identity) {
+        let owed_on = self.in_pipeline.get_mut(&owed.identity).and_then(VecDeque::pop_front);
+        if self.in_pipeline.get(&owed.identity).is_some_and(VecDeque::is_empty) {
+            self.in_pipeline.remove(&owed.identity);
+        }
+        match owed_on {
             Some(owed_on) if self.connected && owed_on == self.connection => {
                 let mut puback = Publish::new("", QoS::AtLeastOnce, Vec::new());
                 puback.pkid = owed.pkid;
@@ -349,12 +350,7 @@ impl MqttSource {
                         }
                     }
                     Ok(Event::Incoming(Packet::Publish(publish))) if deliveries.is_some() && !shedding => {
-                        match admissions.admit(&self.store, &publish) {
-                            Some(message) => held.push(message),
-                            None => {
-                                tracing::debug!(stage = "source", pipeline, pkid = publish.pkid, "redelivery of a message already on its way dropped");
-                            }
-                        }
+                        held.push(admissions.admit(&self.store, &publish));
                         if held.is_over_limit() {
                             tracing::warn!(stage = "source", pipeline, broker = %broker, held = held.len(),
                                 "the broker sends faster than its in-flight window allows; reconnecting so it holds the backlog");
