@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! source ──Delivery──▶ batcher ──Vec<Delivery>──▶ processor ──commit──▶ outbox ──▶ sink
-//!                                                  decode → operators → encode
+//!                                                  decode → operators → window → encode
 //!                                                  then: acknowledge upstream
 //! ```
 //!
@@ -12,9 +12,9 @@
 //!
 //! **Invariant (acknowledge after commit):** for every batch, the processor commits — in one
 //! change set — its outbox record, its dead letters, the function state written while processing
-//! it, and its stream position; only after that commit returns does it acknowledge the batch's
-//! deliveries upstream, in arrival order. A crash before the commit makes the broker redeliver;
-//! after it, nothing acknowledged is lost.
+//! it, the window state after it, and its stream position; only after that commit returns does
+//! it acknowledge the batch's deliveries upstream, in arrival order. A crash before the commit
+//! makes the broker redeliver; after it, nothing acknowledged is lost.
 //!
 //! What fails where, per batch (nothing here stops the pipeline):
 //! - a message that does not decode → dead letter (message + reason), the rest of the batch goes on;
@@ -33,13 +33,14 @@ use tokio_util::task::TaskTracker;
 use crate::batch::{Batch, BatchBuilder, CallContext, Message, Nanos};
 use crate::config::{BatchConfig, Encoding, PipelineConfig};
 use crate::decode::Decode;
-use crate::encode::{self, RecordHeader};
+use crate::encode::{self, Record, RecordHeader};
 use crate::operator::Chain;
 use crate::sink::Sink;
 use crate::source::{self, Delivery};
 use crate::state::{
     ChangeSet, Committer, Counter, DeadLetter, DeadLetterContent, OutboxRecord, StateStore, StoreError,
 };
+use crate::window::WindowStage;
 
 /// Delays between attempts to commit a batch the store refused.
 const COMMIT_RETRY: crate::config::Backoff =
@@ -105,7 +106,7 @@ pub fn spawn(
     let limits = BatchLimits::new(config.batch, source::ack_window(&config.source));
     tracker.spawn(run_batcher(delivery_rx, batch_tx, limits));
 
-    // batches → decode → operators → encode → commit → acknowledge
+    // batches (and window ticks) → decode → operators → window → encode → commit → acknowledge
     let last_seq = shared.store.last_seq(&name)?;
     let (committed_tx, committed_rx) = watch::channel::<u64>(last_seq);
     let processor = Processor {
@@ -116,6 +117,7 @@ pub fn spawn(
         chain: parts.chain,
         last_seq,
         watermark: Nanos::MIN,
+        window: config.window.map(|window| WindowStage::load(window, &name, &shared.store)).transpose()?,
     };
     let done = [source_close, sink_stop.clone()];
     tracker.spawn(run_processor(processor, batch_rx, shared.committer.clone(), committed_tx, intake.clone(), done));
@@ -175,7 +177,7 @@ async fn run_batcher(
     }
 }
 
-/// The pure core of the processor: decode → operators → encode, for one batch of messages.
+/// The pure core of the processor: decode → operators → window → encode, for one batch of messages.
 struct Processor {
     pipeline: String,
     gateway: String,
@@ -186,6 +188,8 @@ struct Processor {
     last_seq: u64,
     /// Highest event time seen.
     watermark: Nanos,
+    /// The window stage, if the pipeline has one.
+    window: Option<WindowStage>,
 }
 
 /// What one batch produced, to be committed together.
@@ -196,51 +200,84 @@ struct Processed {
     seq: Option<u64>,
     readings_in: usize,
     readings_out: usize,
+    windows_emitted: usize,
+    readings_too_late: usize,
 }
 
 impl Processor {
+    /// Processes one batch of messages; with none (a tick of the window stage), only emits the
+    /// windows that are due.
     fn process(&mut self, messages: &[Message], now: Nanos) -> Processed {
         let ctx = CallContext { processing_time: now, watermark: self.watermark };
         let mut processed = Processed::default();
-        let mut decoded = BatchBuilder::new();
-        for message in messages {
-            match self.decoder.decode(message, &ctx) {
-                Ok(piece) => decoded.extend(&piece),
-                Err(error) => processed.changes.dead_letters.push(self.dead_message(message, &error.to_string(), now)),
+        let output = if messages.is_empty() {
+            Batch::new()
+        } else {
+            let mut decoded = BatchBuilder::new();
+            for message in messages {
+                match self.decoder.decode(message, &ctx) {
+                    Ok(piece) => decoded.extend(&piece),
+                    Err(error) => {
+                        processed.changes.dead_letters.push(self.dead_message(message, &error.to_string(), now));
+                    }
+                }
             }
-        }
-        processed.changes.state_writes = self.decoder.take_state_writes();
-        let batch = decoded.finish();
-        processed.readings_in = batch.len();
-        if let Some(latest) = batch.max_timestamp() {
-            self.watermark = self.watermark.max(latest);
-        }
+            processed.changes.state_writes = self.decoder.take_state_writes();
+            let batch = decoded.finish();
+            processed.readings_in = batch.len();
+            if let Some(latest) = batch.max_timestamp() {
+                self.watermark = self.watermark.max(latest);
+            }
 
-        let outcome = self.chain.process(batch, &ctx);
-        processed.changes.state_writes.extend(self.chain.take_state_writes());
-        let output = match outcome {
-            Ok(output) => output,
-            Err(failure) => {
-                let stage = format!("operator {}", failure.operator);
-                let letter = self.dead_batch(&stage, &failure.failure.to_string(), &failure.input, now);
-                processed.changes.dead_letters.push(letter);
-                return processed;
+            let outcome = self.chain.process(batch, &ctx);
+            processed.changes.state_writes.extend(self.chain.take_state_writes());
+            match outcome {
+                Ok(output) => output,
+                Err(failure) => {
+                    let stage = format!("operator {}", failure.operator);
+                    let letter = self.dead_batch(&stage, &failure.failure.to_string(), &failure.input, now);
+                    processed.changes.dead_letters.push(letter);
+                    return processed;
+                }
             }
         };
-        if output.is_empty() {
+
+        let mut readings = output;
+        let mut windows = Vec::new();
+        if let Some(stage) = &mut self.window {
+            let out = stage.process(&readings, now);
+            let keeps_readings = stage.keeps_readings();
+            processed.windows_emitted = out.emissions();
+            processed.readings_too_late = out.too_late.len();
+            if !out.too_late.is_empty() {
+                let reason = format!(
+                    "{} readings arrived after every window they belong to had closed (beyond the allowed lateness)",
+                    out.too_late.len()
+                );
+                processed.changes.dead_letters.push(self.dead_batch("window", &reason, &out.too_late, now));
+            }
+            processed.changes.state_writes.extend(out.checkpoint);
+            windows = out.emitted;
+            if !keeps_readings {
+                readings = Batch::new();
+            }
+        }
+        if readings.is_empty() && windows.is_empty() {
             return processed;
         }
         let seq = self.last_seq + 1;
         let header =
             RecordHeader { gateway: self.gateway.clone(), stream: self.pipeline.clone(), seq, encoded_at: now };
-        match encode::encode(self.encoding, &header, &output) {
+        let record =
+            Record { header, batch: readings, aggregates: Vec::new(), windows, coarsened: None, dropped: None };
+        match encode::encode_record(self.encoding, &record) {
             Ok(body) => {
-                processed.readings_out = output.len();
+                processed.readings_out = record.batch.len();
                 processed.seq = Some(seq);
                 processed.changes.records.push(OutboxRecord { stream: self.pipeline.clone(), seq, body });
             }
             Err(error) => {
-                processed.changes.dead_letters.push(self.dead_batch("encode", &error.to_string(), &output, now));
+                processed.changes.dead_letters.push(self.dead_batch("encode", &error.to_string(), &record.batch, now));
             }
         }
         processed
@@ -286,8 +323,22 @@ async fn run_processor(
     done: [CancellationToken; 2],
 ) {
     let pipeline = processor.pipeline.clone();
+    // A window stage also runs without input, so that quiet series are emitted.
+    let mut ticks = processor.window.as_ref().map(|stage| {
+        let mut ticks = tokio::time::interval(stage.tick());
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks
+    });
     let mut processor = Some(processor);
-    while let Some(deliveries) = batches.recv().await {
+    loop {
+        let deliveries = tokio::select! {
+            batch = batches.recv() => match batch {
+                Some(batch) => batch,
+                None => break,
+            },
+            _ = async { ticks.as_mut().expect("guarded by the branch condition").tick().await }, if ticks.is_some() => Vec::new(),
+        };
+        let tick = deliveries.is_empty();
         let Some(mut core) = processor.take() else { break };
         let mut records = Vec::new();
         let mut messages = Vec::with_capacity(deliveries.len());
@@ -313,6 +364,10 @@ async fn run_processor(
         };
         let core = processor.insert(returned);
         let mut processed = processed;
+        let changes = &processed.changes;
+        if tick && changes.state_writes.is_empty() && changes.records.is_empty() && changes.dead_letters.is_empty() {
+            continue;
+        }
         processed.changes.deliveries = records;
         log_dead_letters(&pipeline, &processed.changes.dead_letters);
         let dead_letters = processed.changes.dead_letters.len();
@@ -322,6 +377,8 @@ async fn run_processor(
             (Counter::DeadLettered, dead_letters),
             (Counter::RecordsCommitted, usize::from(processed.seq.is_some())),
             (Counter::ReadingsCommitted, processed.readings_out),
+            (Counter::WindowsEmitted, processed.windows_emitted),
+            (Counter::ReadingsTooLate, processed.readings_too_late),
         ]
         .into_iter()
         .map(|(counter, by)| (pipeline.clone(), counter, by as u64))
@@ -479,6 +536,7 @@ mod tests {
             chain: Chain::new(vec![Box::new(RefuseNegative)]),
             last_seq,
             watermark: Nanos::MIN,
+            window: None,
         }
     }
 

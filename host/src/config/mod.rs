@@ -131,6 +131,17 @@ pub struct PipelineConfig {
     pub sink: SinkConfig,
     /// The outbox between the two.
     pub outbox: OutboxConfig,
+    /// Event-time windows after the operators, if any.
+    pub window: Option<WindowConfig>,
+}
+
+/// `[pipelines.<name>.window]`
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WindowConfig {
+    /// Kind, sizes, lateness and idle timeout.
+    pub spec: weir_window::event_time::WindowSpec,
+    /// Whether records carry the readings as well as the windows.
+    pub keep_readings: bool,
 }
 
 /// `[pipelines.<name>.outbox]`
@@ -757,6 +768,11 @@ impl Validator<'_> {
             };
 
         let outbox = self.outbox(raw.outbox.map(Spanned::into_inner).unwrap_or_default(), &at("outbox"));
+        // `None` when the window table is wrong (its problems are recorded), else whether there is one.
+        let window = match raw.window {
+            Some(window) => self.window(&window, &at("window")).map(Some),
+            None => Some(None),
+        };
 
         Some(PipelineConfig {
             name,
@@ -767,6 +783,85 @@ impl Validator<'_> {
             encoding: raw.encoding,
             sink: sink?,
             outbox,
+            window: window?,
+        })
+    }
+
+    fn window(&mut self, raw: &Spanned<raw::RawWindow>, field: &str) -> Option<WindowConfig> {
+        use weir_window::event_time::{WindowKind, WindowSpec};
+        let window = raw.get_ref();
+        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
+        let mut problems = Vec::new();
+        let kind_name = match window.kind {
+            raw::WindowKindName::Tumbling => "tumbling",
+            raw::WindowKindName::Sliding => "sliding",
+            raw::WindowKindName::Session => "session",
+        };
+        let mut size = |name: &str, value: Option<Duration>, wanted: bool| -> u64 {
+            match (value, wanted) {
+                (Some(d), true) if !d.is_zero() => nanos(d),
+                (Some(_), true) => {
+                    problems.push((format!("{field}.{name}"), format!("`{name}` must be longer than zero")));
+                    0
+                }
+                (None, true) => {
+                    problems.push((format!("{field}.{name}"), format!("{kind_name} windows need `{name}`")));
+                    0
+                }
+                (Some(_), false) => {
+                    problems
+                        .push((format!("{field}.{name}"), format!("`{name}` does not apply to {kind_name} windows")));
+                    0
+                }
+                (None, false) => 0,
+            }
+        };
+        let kind = match window.kind {
+            raw::WindowKindName::Tumbling => {
+                let width = size("width", window.width, true);
+                size("slide", window.slide, false);
+                size("gap", window.gap, false);
+                WindowKind::Tumbling { width }
+            }
+            raw::WindowKindName::Sliding => {
+                let width = size("width", window.width, true);
+                let slide = size("slide", window.slide, true);
+                size("gap", window.gap, false);
+                if slide > width {
+                    problems.push((format!("{field}.slide"), "`slide` must not be longer than `width`".to_owned()));
+                }
+                WindowKind::Sliding { width, slide }
+            }
+            raw::WindowKindName::Session => {
+                size("width", window.width, false);
+                size("slide", window.slide, false);
+                let gap = size("gap", window.gap, true);
+                WindowKind::Session { gap }
+            }
+        };
+        let failed = !problems.is_empty();
+        for (field, message) in problems {
+            self.problem(raw, field, message);
+        }
+        if failed {
+            return None;
+        }
+        let allowed_lateness = window.allowed_lateness.map_or(0, nanos);
+        let length = match kind {
+            WindowKind::Tumbling { width } | WindowKind::Sliding { width, .. } => width,
+            WindowKind::Session { gap } => gap,
+        };
+        let idle_timeout = match window.idle_timeout {
+            Some(d) if d.is_zero() => {
+                self.problem(raw, format!("{field}.idle_timeout"), "`idle_timeout` must be longer than zero");
+                return None;
+            }
+            Some(d) => nanos(d),
+            None => length.saturating_add(allowed_lateness),
+        };
+        Some(WindowConfig {
+            spec: WindowSpec { kind, allowed_lateness, idle_timeout },
+            keep_readings: window.keep_readings,
         })
     }
 

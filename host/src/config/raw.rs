@@ -131,6 +131,48 @@ pub struct RawPipeline {
     pub sink: Spanned<RawSink>,
     /// `[pipelines.<name>.outbox]`
     pub outbox: Option<Spanned<RawOutbox>>,
+    /// `[pipelines.<name>.window]`
+    pub window: Option<Spanned<RawWindow>>,
+}
+
+/// `[pipelines.<name>.window]` — event-time windows per series, after the operators
+/// (docs/windows.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawWindow {
+    /// `kind = "tumbling"` — `tumbling`, `sliding` or `session`.
+    pub kind: WindowKindName,
+    /// `width = "10s"` — length of tumbling and sliding windows.
+    #[serde(default, with = "humantime_serde::option")]
+    pub width: Option<Duration>,
+    /// `slide = "5s"` — sliding windows: how far apart they start.
+    #[serde(default, with = "humantime_serde::option")]
+    pub slide: Option<Duration>,
+    /// `gap = "30s"` — session windows: the silence that ends a session.
+    #[serde(default, with = "humantime_serde::option")]
+    pub gap: Option<Duration>,
+    /// `allowed_lateness = "5s"` — how far behind its series' newest reading a reading may
+    /// arrive and still count (as a correction of a window already sent).
+    #[serde(default, with = "humantime_serde::option")]
+    pub allowed_lateness: Option<Duration>,
+    /// `idle_timeout = "1m"` — a series quiet this long has its pending windows sent.
+    #[serde(default, with = "humantime_serde::option")]
+    pub idle_timeout: Option<Duration>,
+    /// `keep_readings = false` — send the readings as well as the windows.
+    #[serde(default)]
+    pub keep_readings: bool,
+}
+
+/// The kinds of window.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WindowKindName {
+    /// Back-to-back windows of `width`.
+    Tumbling,
+    /// Windows of `width` every `slide`.
+    Sliding,
+    /// Runs of readings closer than `gap`.
+    Session,
 }
 
 /// `[pipelines.<name>.outbox]` — the records waiting for the central broker.

@@ -2,6 +2,8 @@
 
 use std::path::Path;
 
+use weir_window::event_time::{WindowKind, WindowSpec};
+
 use super::*;
 
 /// A functions directory holding (empty) files for every component the configs below name.
@@ -69,6 +71,12 @@ linger = "250ms"
 broker = "central"
 subject = "weir.plant1.boiler"
 
+[pipelines.boiler.window]
+kind = "sliding"
+width = "1m"
+slide = "15s"
+allowed_lateness = "10s"
+
 [pipelines.boiler.outbox]
 max_bytes = "16MiB"
 when_full = "drop_oldest"
@@ -134,7 +142,22 @@ fn a_full_configuration_is_accepted_and_resolved() {
         }
     );
 
+    let minute = 60_000_000_000;
+    assert_eq!(
+        boiler.window,
+        Some(WindowConfig {
+            spec: WindowSpec {
+                kind: WindowKind::Sliding { width: minute, slide: minute / 4 },
+                allowed_lateness: minute / 6,
+                idle_timeout: minute + minute / 6,
+            },
+            keep_readings: false,
+        }),
+        "idle timeout defaults to the width plus the lateness"
+    );
+
     let press = config.pipelines.iter().find(|p| p.name.as_str() == "press").expect("press pipeline");
+    assert_eq!(press.window, None);
     assert_eq!(
         press.outbox,
         OutboxConfig { max_bytes: 128 << 20, when_full: WhenFull::Reaggregate, drain: Drain::Fifo },
@@ -226,6 +249,17 @@ fn refuses_outbox_settings_that_cannot_work() {
     insta::assert_snapshot!(invalid(&valid_but("when_full = \"drop_oldest\"", "when_full = \"drop_newest\"")));
     insta::assert_snapshot!(invalid(&valid_but("drain = \"live_first\"", "drain = \"fifo\"")));
     insta::assert_snapshot!(invalid(&valid_but("backlog_rate = \"32KiB/s\"", "backlog_rate = \"32KiB\"")));
+}
+
+#[test]
+fn refuses_window_settings_that_do_not_fit_the_kind() {
+    insta::assert_snapshot!(invalid(&valid_but("kind = \"sliding\"", "kind = \"tumbling\"")));
+    insta::assert_snapshot!(invalid(&valid_but("slide = \"15s\"", "slide = \"2m\"")));
+    insta::assert_snapshot!(invalid(&valid_but(
+        "kind = \"sliding\"\nwidth = \"1m\"",
+        "kind = \"session\"\nwidth = \"1m\""
+    )));
+    insta::assert_snapshot!(invalid(&valid_but("kind = \"sliding\"", "kind = \"hopping\"")));
 }
 
 #[test]

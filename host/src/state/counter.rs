@@ -36,11 +36,15 @@ pub enum Counter {
     RefusedFull,
     /// Outbox records lost to a damaged database file (see `state::salvage`).
     RecordsUnrecovered,
+    /// Window emissions committed (first emissions and corrections).
+    WindowsEmitted,
+    /// Readings that arrived after every window they belong to had closed (dead-lettered).
+    ReadingsTooLate,
 }
 
 impl Counter {
     /// Every counter, in display order.
-    pub const ALL: [Counter; 13] = [
+    pub const ALL: [Counter; 15] = [
         Self::AckedIn,
         Self::ReadingsIn,
         Self::DeadLettered,
@@ -54,6 +58,8 @@ impl Counter {
         Self::ReadingsDropped,
         Self::RefusedFull,
         Self::RecordsUnrecovered,
+        Self::WindowsEmitted,
+        Self::ReadingsTooLate,
     ];
 
     /// Its name in the store, in `weir outbox stats` and in its JSON.
@@ -72,6 +78,8 @@ impl Counter {
             Self::ReadingsDropped => "readings_dropped",
             Self::RefusedFull => "refused_full",
             Self::RecordsUnrecovered => "records_unrecovered",
+            Self::WindowsEmitted => "windows_emitted",
+            Self::ReadingsTooLate => "readings_too_late",
         }
     }
 }

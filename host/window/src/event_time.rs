@@ -147,6 +147,11 @@ impl SeriesWindows {
 }
 
 impl Windows {
+    /// Whether `series` has windows or a clock here (it is forgotten after being idle).
+    pub fn is_tracking(&self, series: &str) -> bool {
+        self.series.contains_key(series)
+    }
+
     /// Adds one reading of `series` at event time `ts`, arriving at processing time `now`.
     /// Returns it as [`TooLate`] if every window it belongs to has closed.
     pub fn add(&mut self, spec: &WindowSpec, series: &str, ts: Nanos, value: f64, now: Nanos) -> Result<(), TooLate> {

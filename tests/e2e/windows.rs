@@ -1,0 +1,185 @@
+//! The window stage end to end: readings over MQTT, slightly out of order, into tumbling
+//! windows; the windowed aggregates that arrive on JetStream are compared with values computed
+//! here from the readings themselves (not with weir's code), and the quantile sketches are read
+//! with the DDSketch library.
+
+use std::collections::BTreeMap;
+
+use anyhow::{Context, Result, ensure};
+use weir_e2e::*;
+
+const SERIES: usize = 3;
+const READINGS_PER_SERIES: i64 = 90;
+/// Event time of the first reading, ms.
+const T0_MS: i64 = 1_700_000_000_000;
+const WIDTH_MS: i64 = 10_000;
+
+fn value(i: i64, series: usize) -> f64 {
+    // Multiples of 0.25: sums are exact whatever the order of addition.
+    ((i * 37 + series as i64 * 11) % 101) as f64 / 4.0 - 10.0
+}
+
+fn config(plant: &str, central: &str) -> String {
+    format!(
+        r#"{header}
+[pipelines.win.source.mqtt]
+broker = "plant"
+topics = ["win/#"]
+
+[pipelines.win.decode.json]
+series = "/s"
+time = "/t"
+value = "/v"
+
+[pipelines.win.batch]
+max_messages = 2
+linger = "20ms"
+
+[pipelines.win.window]
+kind = "tumbling"
+width = "10s"
+allowed_lateness = "5s"
+idle_timeout = "2s"
+
+[pipelines.win.sink.jetstream]
+broker = "central"
+subject = "central.win"
+"#,
+        header = gateway_with_brokers(plant, central)
+    )
+}
+
+/// A window as computed here: the readings it holds.
+type Expected = BTreeMap<(String, i64), Vec<(i64, f64)>>;
+
+fn expected() -> Expected {
+    let mut windows: Expected = BTreeMap::new();
+    for series in 0..SERIES {
+        for i in 0..READINGS_PER_SERIES {
+            let ts_ms = T0_MS + i * 1000;
+            let start_ms = ts_ms - ts_ms.rem_euclid(WIDTH_MS);
+            windows
+                .entry((format!("win/{series}"), start_ms * 1_000_000))
+                .or_default()
+                .push((ts_ms * 1_000_000, value(i, series)));
+        }
+    }
+    windows
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windowed_aggregates_arrive_with_the_values_computed_from_the_readings() -> Result<()> {
+    let mqtt = Mosquitto::start()?;
+    let nats = NatsServer::start()?;
+    let central = nats.client().await?;
+    let stream = create_stream(&central, "CENTRAL", &["central.>"]).await?;
+    let gateway = Weir::start(&config(&mqtt.url(), &nats.url()))?;
+    gateway.wait_for_log("subscribed", 1).await?;
+
+    // Each reading is sent up to 3 s of event time late: out of order, within the 5 s lateness.
+    let plant = MqttClient::connect(&mqtt, "plant").await?;
+    let mut sends = Vec::new();
+    for series in 0..SERIES {
+        for i in 0..READINGS_PER_SERIES {
+            let delay_ms = (i * 7919 + series as i64 * 104_729) % 3001;
+            sends.push((T0_MS + i * 1000 + delay_ms, series, i));
+        }
+    }
+    sends.sort();
+    for (_, series, i) in &sends {
+        let body = format!(r#"{{"s":"win/{series}","t":{},"v":{}}}"#, T0_MS + i * 1000, value(*i, *series));
+        plant.publish(&format!("win/{series}"), body).await?;
+    }
+    // Two readings of a window long closed: beyond the lateness.
+    for _ in 0..2 {
+        plant.publish("win/0", format!(r#"{{"s":"win/0","t":{},"v":1}}"#, T0_MS + 5_000)).await?;
+    }
+    plant.wait_for_pubacks(sends.len() + 2).await?;
+
+    let expected = expected();
+    // Final values: the highest revision of each (series, key). The last windows arrive after the
+    // 2 s idle timeout.
+    let finals = |records: &[CentralRecord]| {
+        let mut finals: BTreeMap<(String, i64), weir_host::encode::WindowValue> = BTreeMap::new();
+        for series in records.iter().flat_map(|r| &r.record.windows) {
+            for window in &series.windows {
+                let key = (series.series.name.clone(), window.key);
+                if finals.get(&key).is_none_or(|kept| kept.revision < window.revision) {
+                    finals.insert(key, window.clone());
+                }
+            }
+        }
+        finals
+    };
+    let records = collect_stream(&stream, |records| {
+        let finals = finals(records);
+        expected.iter().all(|(key, points)| finals.get(key).is_some_and(|w| w.stats.count == points.len() as u64))
+    })
+    .await?;
+    // Anything emitted twice, or late, would arrive within this pause.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let total = (stream.clone().info().await?.state.messages as usize).max(records.len());
+    let records = collect_stream(&stream, |all| all.len() >= total).await?;
+    let finals = finals(&records);
+    ensure!(finals.len() == expected.len(), "{} windows arrived, {} expected", finals.len(), expected.len());
+
+    let mut revisions: BTreeMap<(String, i64, u32), usize> = BTreeMap::new();
+    for series in records.iter().flat_map(|r| &r.record.windows) {
+        ensure!(series.series.name.starts_with("win/"), "no readings of other series");
+        for window in &series.windows {
+            *revisions.entry((series.series.name.clone(), window.key, window.revision)).or_default() += 1;
+        }
+    }
+    ensure!(revisions.values().all(|n| *n == 1), "no window revision was emitted twice");
+    ensure!(records.iter().all(|r| r.record.batch.is_empty()), "windows only: readings are not sent");
+
+    for ((series, start), points) in &expected {
+        let got = &finals[&(series.clone(), *start)];
+        let n = points.len() as f64;
+        let sum: f64 = points.iter().map(|(_, v)| v).sum();
+        let mean = sum / n;
+        let m2: f64 = points.iter().map(|(_, v)| (v - mean) * (v - mean)).sum();
+        let min = points.iter().map(|(_, v)| *v).fold(f64::INFINITY, f64::min);
+        let max = points.iter().map(|(_, v)| *v).fold(f64::NEG_INFINITY, f64::max);
+        let context = format!("{series} window at {start}");
+        ensure!(got.start == *start && got.end == start + WIDTH_MS * 1_000_000, "{context}: range");
+        ensure!(
+            (got.stats.count, got.stats.sum, got.stats.min, got.stats.max) == (points.len() as u64, sum, min, max),
+            "{context}: {:?}",
+            got.stats
+        );
+        ensure!((got.stats.m2 - m2).abs() <= 1e-9 * m2.max(1.0), "{context}: m2 {} vs {m2}", got.stats.m2);
+        let first = got.first.context("first")?;
+        let last = got.last.context("last")?;
+        ensure!(
+            (first.ts, first.value) == points[0] && (last.ts, last.value) == points[points.len() - 1],
+            "{context}: first/last"
+        );
+        let sketch = sketches_ddsketch::DDSketch::from_java_bytes(&got.sketch).context("the sketch decodes")?;
+        let mut sorted: Vec<f64> = points.iter().map(|(_, v)| *v).collect();
+        sorted.sort_by(f64::total_cmp);
+        for q in [0.5, 0.9, 0.99] {
+            let want = sorted[(q * (sorted.len() - 1) as f64) as usize];
+            let estimate = sketch.quantile(q).ok().flatten().context("a quantile")?;
+            ensure!((estimate - want).abs() <= 0.01 * want.abs() + 1e-9, "{context}: p{q}: {estimate} vs {want}");
+        }
+    }
+
+    let corrections = finals.values().filter(|w| w.revision > 0).count();
+    ensure!(corrections > 0, "small batches of out-of-order readings make some windows corrected");
+    let (code, data_dir, _keep) = gateway.stop()?;
+    ensure!(code == 0, "weir stops cleanly");
+    let stats = weir(&["outbox", "stats", "--json", "--data-dir", data_dir.to_str().context("UTF-8 path")?])?;
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout)?;
+    let counter = |name: &str| -> Option<u64> {
+        stats["streams"][0]["counters"].as_array()?.iter().find(|c| c[0] == name).and_then(|c| c[1].as_u64())
+    };
+    ensure!(counter("readings_too_late") == Some(2), "the two readings beyond the lateness are counted: {stats}");
+    ensure!(counter("windows_emitted") == Some(revisions.len() as u64), "every emission is counted: {stats}");
+    eprintln!(
+        "{} windows, {} emissions ({corrections} windows corrected), 2 readings too late",
+        finals.len(),
+        revisions.len()
+    );
+    Ok(())
+}
