@@ -1,9 +1,12 @@
 //! Bench: `weir bench commit` — how many group commits per second the state store sustains on
 //! this machine, and how many readings per second that carries, with producers shaped like
 //! pipelines (each commits one record per change set and waits for it, as a pipeline does
-//! before acknowledging). Figures go to docs/BENCHMARKS.md.
+//! before acknowledging); `weir bench window` ([`window`]) — the window stage alone and the
+//! compression of windows and downsampling. Figures go to docs/BENCHMARKS.md.
 //!
 //! Owns nothing but a temporary data directory, removed at the end.
+
+pub mod window;
 
 use std::time::{Duration, Instant};
 

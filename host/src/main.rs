@@ -85,6 +85,19 @@ enum BenchCommand {
         #[arg(long, default_value_t = 100)]
         readings: usize,
     },
+    /// The window stage alone (readings/s for each kind of window), and what windows and
+    /// downsampling make of a day of a realistic signal (points in/out, bytes per reading).
+    Window {
+        /// Readings per window kind.
+        #[arg(long, default_value_t = 2_000_000)]
+        readings: usize,
+        /// Series the readings are spread over.
+        #[arg(long, default_value_t = 100)]
+        series: usize,
+        /// Readings per batch.
+        #[arg(long, default_value_t = 1000)]
+        batch: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -114,6 +127,9 @@ fn main() -> ExitCode {
         Command::Outbox { command: OutboxCommand::Stats { data_dir, json } } => outbox_stats(&data_dir, json),
         Command::Bench { command: BenchCommand::Commit { dir, seconds, readings } } => {
             bench_commit(&dir, seconds, readings)
+        }
+        Command::Bench { command: BenchCommand::Window { readings, series, batch } } => {
+            bench_window(readings, series, batch)
         }
     };
     match result {
@@ -324,6 +340,39 @@ fn bench_commit(dir: &std::path::Path, seconds: u64, readings: usize) -> anyhow:
                 result.bytes as f64 / seconds / 1e6
             );
         }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_window(readings: usize, series: usize, batch: usize) -> anyhow::Result<ExitCode> {
+    use weir_host::window::event_time::WindowKind;
+    let second = 1_000_000_000_u64;
+    println!(
+        "Window stage alone: {readings} readings of {series} series, 1 s apart, batches of {batch}, 1 in 10 late by 3 s"
+    );
+    println!();
+    println!("| window | readings/s | emissions | state checkpoint |");
+    println!("|--------|------------|-----------|------------------|");
+    for (name, kind) in [
+        ("tumbling 10 s", WindowKind::Tumbling { width: 10 * second }),
+        ("sliding 60 s every 10 s", WindowKind::Sliding { width: 60 * second, slide: 10 * second }),
+        ("session, gap 5 s", WindowKind::Session { gap: 5 * second }),
+    ] {
+        let result = bench::window::throughput(kind, series, batch, readings);
+        println!(
+            "| {name} | {:.0} | {} | {} B |",
+            result.readings_per_second(),
+            result.emissions,
+            result.checkpoint_bytes
+        );
+    }
+    println!();
+    println!("One day at 1 Hz of a temperature-like signal, 10 series, in records of 10 minutes:");
+    println!();
+    println!("| sent as | points in | points out | bytes/reading |");
+    println!("|---------|-----------|------------|---------------|");
+    for c in bench::window::compression(10) {
+        println!("| {} | {} | {} | {:.3} |", c.method, c.points_in, c.points_out, c.bytes_per_reading);
     }
     Ok(ExitCode::SUCCESS)
 }

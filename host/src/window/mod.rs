@@ -78,6 +78,11 @@ impl WindowStage {
         Ok(Self { config, namespace, saved })
     }
 
+    /// A stage with empty state that is never stored (benchmarks).
+    pub fn detached(config: WindowConfig, pipeline: &str) -> Self {
+        Self { config, namespace: format!("{pipeline}/$window"), saved: Saved::default() }
+    }
+
     /// Whether records carry the readings too.
     pub fn keeps_readings(&self) -> bool {
         self.config.keep_readings
