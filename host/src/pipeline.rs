@@ -40,7 +40,7 @@ use crate::source::{self, Delivery};
 use crate::state::{
     ChangeSet, Committer, Counter, DeadLetter, DeadLetterContent, OutboxRecord, StateStore, StoreError,
 };
-use crate::window::WindowStage;
+use crate::window::{DownsampleStage, WindowStage};
 
 /// Delays between attempts to commit a batch the store refused.
 const COMMIT_RETRY: crate::config::Backoff =
@@ -118,6 +118,7 @@ pub fn spawn(
         last_seq,
         watermark: Nanos::MIN,
         window: config.window.map(|window| WindowStage::load(window, &name, &shared.store)).transpose()?,
+        downsample: config.downsample.map(|d| DownsampleStage::load(d, &name, &shared.store)).transpose()?,
     };
     let done = [source_close, sink_stop.clone()];
     tracker.spawn(run_processor(processor, batch_rx, shared.committer.clone(), committed_tx, intake.clone(), done));
@@ -190,6 +191,8 @@ struct Processor {
     watermark: Nanos,
     /// The window stage, if the pipeline has one.
     window: Option<WindowStage>,
+    /// The downsampling stage, if the pipeline has one.
+    downsample: Option<DownsampleStage>,
 }
 
 /// What one batch produced, to be committed together.
@@ -202,6 +205,8 @@ struct Processed {
     readings_out: usize,
     windows_emitted: usize,
     readings_too_late: usize,
+    downsampled_in: usize,
+    downsampled_out: usize,
 }
 
 impl Processor {
@@ -261,6 +266,13 @@ impl Processor {
             if !keeps_readings {
                 readings = Batch::new();
             }
+        }
+        if let Some(stage) = &mut self.downsample {
+            let out = stage.process(&readings, now);
+            processed.downsampled_in = out.points_in;
+            processed.downsampled_out = out.kept.len();
+            processed.changes.state_writes.extend(out.checkpoint);
+            readings = out.kept;
         }
         if readings.is_empty() && windows.is_empty() {
             return processed;
@@ -323,9 +335,14 @@ async fn run_processor(
     done: [CancellationToken; 2],
 ) {
     let pipeline = processor.pipeline.clone();
-    // A window stage also runs without input, so that quiet series are emitted.
-    let mut ticks = processor.window.as_ref().map(|stage| {
-        let mut ticks = tokio::time::interval(stage.tick());
+    // Window and downsampling stages also run without input, so that quiet series are sent.
+    let tick =
+        [processor.window.as_ref().map(WindowStage::tick), processor.downsample.as_ref().map(DownsampleStage::tick)]
+            .into_iter()
+            .flatten()
+            .min();
+    let mut ticks = tick.map(|tick| {
+        let mut ticks = tokio::time::interval(tick);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks
     });
@@ -379,6 +396,8 @@ async fn run_processor(
             (Counter::ReadingsCommitted, processed.readings_out),
             (Counter::WindowsEmitted, processed.windows_emitted),
             (Counter::ReadingsTooLate, processed.readings_too_late),
+            (Counter::DownsampledIn, processed.downsampled_in),
+            (Counter::DownsampledOut, processed.downsampled_out),
         ]
         .into_iter()
         .map(|(counter, by)| (pipeline.clone(), counter, by as u64))
@@ -537,6 +556,7 @@ mod tests {
             last_seq,
             watermark: Nanos::MIN,
             window: None,
+            downsample: None,
         }
     }
 

@@ -183,3 +183,85 @@ async fn windowed_aggregates_arrive_with_the_values_computed_from_the_readings()
     );
     Ok(())
 }
+
+/// Swinging door over MQTT: fewer readings arrive, and every reading left out is within the
+/// configured error of the line through the readings that arrived around it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_swinging_door_sends_fewer_readings_within_its_error() -> Result<()> {
+    const MAX_ERROR: f64 = 0.5;
+    let mqtt = Mosquitto::start()?;
+    let nats = NatsServer::start()?;
+    let central = nats.client().await?;
+    let stream = create_stream(&central, "CENTRAL", &["central.>"]).await?;
+    let config = format!(
+        r#"{header}
+[pipelines.thin.source.mqtt]
+broker = "plant"
+topics = ["thin/#"]
+
+[pipelines.thin.decode.json]
+series = "/s"
+time = "/t"
+value = "/v"
+
+[pipelines.thin.batch]
+max_messages = 10
+linger = "20ms"
+
+[pipelines.thin.downsample]
+method = "swinging_door"
+max_error = {MAX_ERROR}
+idle_timeout = "1s"
+
+[pipelines.thin.sink.jetstream]
+broker = "central"
+subject = "central.thin"
+"#,
+        header = gateway_with_brokers(&mqtt.url(), &nats.url())
+    );
+    let gateway = Weir::start(&config)?;
+    gateway.wait_for_log("subscribed", 1).await?;
+
+    // A slow ramp with noise within ±0.1, a 5-degree step halfway, then a ramp down.
+    let published: Vec<(i64, f64)> = (0..300i64)
+        .map(|i| {
+            let noise = ((i * 7919) % 21 - 10) as f64 / 100.0;
+            let trend = if i < 150 { 20.0 + i as f64 * 0.02 } else { 28.0 - (i - 150) as f64 * 0.03 };
+            (T0_MS + i * 1000, ((trend + noise) * 100.0).round() / 100.0)
+        })
+        .collect();
+    let plant = MqttClient::connect(&mqtt, "plant").await?;
+    for (t, v) in &published {
+        plant.publish("thin/t", format!(r#"{{"s":"thin/t","t":{t},"v":{v}}}"#)).await?;
+    }
+    plant.wait_for_pubacks(published.len()).await?;
+
+    let last_ns = published[published.len() - 1].0 * 1_000_000;
+    let records = collect_stream(&stream, |records| all_readings(records).iter().any(|r| r.ts == last_ns)).await?;
+    let kept: Vec<(i64, f64)> = all_readings(&records).iter().map(|r| (r.ts / 1_000_000, r.value)).collect();
+    ensure!(kept.windows(2).all(|w| w[0].0 < w[1].0), "kept readings arrive once each, in order");
+    ensure!(kept.first() == published.first() && kept.last() == published.last(), "first and last kept");
+    ensure!(kept.len() * 4 < published.len(), "{} of {} readings kept", kept.len(), published.len());
+    for (t, v) in &published {
+        let after = kept.iter().position(|(kt, _)| kt >= t).context("a kept reading at or after every reading")?;
+        let (t1, v1) = kept[after];
+        let line = if t1 == *t {
+            v1
+        } else {
+            let (t0, v0) = kept[after - 1];
+            v0 + (v1 - v0) * (t - t0) as f64 / (t1 - t0) as f64
+        };
+        ensure!((v - line).abs() <= MAX_ERROR + 1e-9, "reading at {t} ({v}) is {} from the line", (v - line).abs());
+    }
+    let (code, data_dir, _keep) = gateway.stop()?;
+    ensure!(code == 0, "weir stops cleanly");
+    let stats = weir(&["outbox", "stats", "--json", "--data-dir", data_dir.to_str().context("UTF-8 path")?])?;
+    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout)?;
+    let counter = |name: &str| -> Option<u64> {
+        stats["streams"][0]["counters"].as_array()?.iter().find(|c| c[0] == name).and_then(|c| c[1].as_u64())
+    };
+    ensure!(counter("downsampled_in") == Some(published.len() as u64), "points in counted: {stats}");
+    ensure!(counter("downsampled_out") == Some(kept.len() as u64), "points out counted: {stats}");
+    eprintln!("swinging door, max error {MAX_ERROR}: {} readings in, {} out", published.len(), kept.len());
+    Ok(())
+}

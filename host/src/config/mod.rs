@@ -133,6 +133,31 @@ pub struct PipelineConfig {
     pub outbox: OutboxConfig,
     /// Event-time windows after the operators, if any.
     pub window: Option<WindowConfig>,
+    /// Downsampling of the readings sent, if any.
+    pub downsample: Option<DownsampleConfig>,
+}
+
+/// `[pipelines.<name>.downsample]`
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct DownsampleConfig {
+    /// The downsampler and its bound.
+    pub method: DownsampleMethod,
+    /// Processing time after which a quiet series' held reading is sent, ns.
+    pub idle_timeout: u64,
+}
+
+/// A streaming downsampler and its bound.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum DownsampleMethod {
+    /// Deadband with a band in the series' unit.
+    DeadbandAbsolute(f64),
+    /// Deadband with a band as a fraction of the last kept value.
+    DeadbandRelative(f64),
+    /// Swinging door with a maximum interpolation error.
+    SwingingDoor {
+        /// In the series' unit.
+        max_error: f64,
+    },
 }
 
 /// `[pipelines.<name>.window]`
@@ -360,6 +385,8 @@ impl SinkConfig {
 mod defaults {
     use std::time::Duration;
 
+    /// A quiet series' held reading waits this long for the next one.
+    pub const DOWNSAMPLE_IDLE: Duration = Duration::from_secs(60);
     pub const MEMORY: u64 = 32 * 1024 * 1024;
     pub const TIMEOUT: Duration = Duration::from_millis(100);
     pub const MAX_KEY: u32 = 1024;
@@ -768,9 +795,13 @@ impl Validator<'_> {
             };
 
         let outbox = self.outbox(raw.outbox.map(Spanned::into_inner).unwrap_or_default(), &at("outbox"));
-        // `None` when the window table is wrong (its problems are recorded), else whether there is one.
+        // `None` when the table is wrong (its problems are recorded), else whether there is one.
         let window = match raw.window {
             Some(window) => self.window(&window, &at("window")).map(Some),
+            None => Some(None),
+        };
+        let downsample = match raw.downsample {
+            Some(downsample) => self.downsample(&downsample, &at("downsample"), window.flatten()).map(Some),
             None => Some(None),
         };
 
@@ -784,7 +815,75 @@ impl Validator<'_> {
             sink: sink?,
             outbox,
             window: window?,
+            downsample: downsample?,
         })
+    }
+
+    fn downsample(
+        &mut self,
+        raw: &Spanned<raw::RawDownsample>,
+        field: &str,
+        window: Option<WindowConfig>,
+    ) -> Option<DownsampleConfig> {
+        let downsample = raw.get_ref();
+        if window.is_some_and(|w| !w.keep_readings) {
+            self.problem(
+                raw,
+                field.to_owned(),
+                "the pipeline sends windows, not readings: downsampling needs `keep_readings = true` in its window",
+            );
+            return None;
+        }
+        let bound = |name: &str, value: Option<f64>| -> Result<Option<f64>, (String, String)> {
+            match value {
+                Some(v) if !(v.is_finite() && v > 0.0) => {
+                    Err((format!("{field}.{name}"), format!("`{name}` must be a positive number")))
+                }
+                v => Ok(v),
+            }
+        };
+        let checked = (|| {
+            let (absolute, relative, max_error) = (
+                bound("absolute", downsample.absolute)?,
+                bound("relative", downsample.relative)?,
+                bound("max_error", downsample.max_error)?,
+            );
+            match (downsample.method, absolute, relative, max_error) {
+                (raw::DownsampleMethodName::Deadband, Some(band), None, None) => {
+                    Ok(DownsampleMethod::DeadbandAbsolute(band))
+                }
+                (raw::DownsampleMethodName::Deadband, None, Some(fraction), None) => {
+                    Ok(DownsampleMethod::DeadbandRelative(fraction))
+                }
+                (raw::DownsampleMethodName::Deadband, _, _, _) => Err((
+                    format!("{field}.method"),
+                    "a deadband needs exactly one of `absolute` and `relative` (and no `max_error`)".to_owned(),
+                )),
+                (raw::DownsampleMethodName::SwingingDoor, None, None, Some(max_error)) => {
+                    Ok(DownsampleMethod::SwingingDoor { max_error })
+                }
+                (raw::DownsampleMethodName::SwingingDoor, _, _, _) => Err((
+                    format!("{field}.method"),
+                    "a swinging door needs `max_error` (and no `absolute` or `relative`)".to_owned(),
+                )),
+            }
+        })();
+        let method = match checked {
+            Ok(method) => method,
+            Err((field, message)) => {
+                self.problem(raw, field, message);
+                return None;
+            }
+        };
+        let idle_timeout = match downsample.idle_timeout {
+            Some(d) if d.is_zero() => {
+                self.problem(raw, format!("{field}.idle_timeout"), "`idle_timeout` must be longer than zero");
+                return None;
+            }
+            Some(d) => u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
+            None => defaults::DOWNSAMPLE_IDLE.as_nanos() as u64,
+        };
+        Some(DownsampleConfig { method, idle_timeout })
     }
 
     fn window(&mut self, raw: &Spanned<raw::RawWindow>, field: &str) -> Option<WindowConfig> {

@@ -133,6 +133,36 @@ pub struct RawPipeline {
     pub outbox: Option<Spanned<RawOutbox>>,
     /// `[pipelines.<name>.window]`
     pub window: Option<Spanned<RawWindow>>,
+    /// `[pipelines.<name>.downsample]`
+    pub downsample: Option<Spanned<RawDownsample>>,
+}
+
+/// `[pipelines.<name>.downsample]` — fewer readings per series, within a stated error
+/// (docs/downsampling.md).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawDownsample {
+    /// `method = "deadband"` — `deadband` or `swinging_door`.
+    pub method: DownsampleMethodName,
+    /// `absolute = 0.1` — deadband: the band in the series' unit.
+    pub absolute: Option<f64>,
+    /// `relative = 0.01` — deadband: the band as a fraction of the last kept value.
+    pub relative: Option<f64>,
+    /// `max_error = 0.1` — swinging door: the largest error of linear interpolation.
+    pub max_error: Option<f64>,
+    /// `idle_timeout = "1m"` — a series quiet this long has its held reading sent.
+    #[serde(default, with = "humantime_serde::option")]
+    pub idle_timeout: Option<Duration>,
+}
+
+/// The streaming downsamplers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DownsampleMethodName {
+    /// Keep a reading when it leaves a band around the last kept value.
+    Deadband,
+    /// Keep the readings that bound straight segments within an error.
+    SwingingDoor,
 }
 
 /// `[pipelines.<name>.window]` — event-time windows per series, after the operators

@@ -93,6 +93,10 @@ subjects = ["frames.>"]
 function = "frame-decoder"
 params = { series_prefix = "press" }
 
+[pipelines.press.downsample]
+method = "swinging_door"
+max_error = 0.05
+
 [pipelines.press.sink.mqtt]
 broker = "plant"
 topic = "weir/press"
@@ -158,6 +162,14 @@ fn a_full_configuration_is_accepted_and_resolved() {
 
     let press = config.pipelines.iter().find(|p| p.name.as_str() == "press").expect("press pipeline");
     assert_eq!(press.window, None);
+    assert_eq!(
+        press.downsample,
+        Some(DownsampleConfig {
+            method: DownsampleMethod::SwingingDoor { max_error: 0.05 },
+            idle_timeout: 60_000_000_000
+        })
+    );
+    assert_eq!(boiler.downsample, None);
     assert_eq!(
         press.outbox,
         OutboxConfig { max_bytes: 128 << 20, when_full: WhenFull::Reaggregate, drain: Drain::Fifo },
@@ -260,6 +272,18 @@ fn refuses_window_settings_that_do_not_fit_the_kind() {
         "kind = \"session\"\nwidth = \"1m\""
     )));
     insta::assert_snapshot!(invalid(&valid_but("kind = \"sliding\"", "kind = \"hopping\"")));
+}
+
+#[test]
+fn refuses_downsampling_that_cannot_work() {
+    insta::assert_snapshot!(invalid(&valid_but("max_error = 0.05", "absolute = 0.05")));
+    insta::assert_snapshot!(invalid(&valid_but("max_error = 0.05", "max_error = -1.0")));
+    let with_window = VALID.replacen(
+        "[pipelines.press.downsample]",
+        "[pipelines.press.window]\nkind = \"tumbling\"\nwidth = \"1m\"\n\n[pipelines.press.downsample]",
+        1,
+    );
+    insta::assert_snapshot!(invalid(&with_window));
 }
 
 #[test]

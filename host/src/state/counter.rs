@@ -40,11 +40,15 @@ pub enum Counter {
     WindowsEmitted,
     /// Readings that arrived after every window they belong to had closed (dead-lettered).
     ReadingsTooLate,
+    /// Readings given to the downsampler.
+    DownsampledIn,
+    /// Readings it kept.
+    DownsampledOut,
 }
 
 impl Counter {
     /// Every counter, in display order.
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 17] = [
         Self::AckedIn,
         Self::ReadingsIn,
         Self::DeadLettered,
@@ -60,6 +64,8 @@ impl Counter {
         Self::RecordsUnrecovered,
         Self::WindowsEmitted,
         Self::ReadingsTooLate,
+        Self::DownsampledIn,
+        Self::DownsampledOut,
     ];
 
     /// Its name in the store, in `weir outbox stats` and in its JSON.
@@ -80,6 +86,8 @@ impl Counter {
             Self::RecordsUnrecovered => "records_unrecovered",
             Self::WindowsEmitted => "windows_emitted",
             Self::ReadingsTooLate => "readings_too_late",
+            Self::DownsampledIn => "downsampled_in",
+            Self::DownsampledOut => "downsampled_out",
         }
     }
 }

@@ -16,6 +16,9 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 pub use weir_window::{aggregate, downsample, event_time};
 
+mod downsampling;
+pub use downsampling::DownsampleStage;
+
 use crate::batch::{Batch, BatchBuilder, Nanos, Series};
 use crate::config::WindowConfig;
 use crate::encode::{WindowSeries, WindowValue};
