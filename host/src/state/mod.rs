@@ -197,9 +197,11 @@ pub struct ChangeSet {
 ///
 /// After a crash between a commit and the acknowledgements that follow it, the broker delivers
 /// the same messages again; the source recognises them by these identities and acknowledges them
-/// without processing them twice. Only the newest `window` identities per source are kept: a
-/// broker has at most its in-flight window of deliveries unacknowledged, so older ones cannot come
-/// back (and an MQTT packet id, which is recycled, cannot be confused with an older use).
+/// without processing them twice. Only the newest `window` identities per source are kept: what
+/// comes back is what was committed but not acknowledged — the acknowledgements queued or in the
+/// connection when it failed — so the sources choose a window well above that (MQTT: at least
+/// 32 768, see `source::mqtt`). An MQTT identity includes a digest of topic and payload, so a
+/// recycled packet id is not mistaken for an older delivery.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeliveryRecord {
     /// The source (`mqtt/<client id>`, `jetstream/<stream>/<consumer>`).
