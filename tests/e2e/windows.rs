@@ -19,18 +19,26 @@ fn value(i: i64, series: usize) -> f64 {
     ((i * 37 + series as i64 * 11) % 101) as f64 / 4.0 - 10.0
 }
 
-fn config(plant: &str, central: &str) -> String {
+/// A pipeline `name` reading JSON readings (`{"s": series, "t": ms, "v": value}`) from the plant
+/// broker's `<name>/#` topics.
+fn json_from_mqtt(name: &str) -> String {
     format!(
-        r#"{header}
-[pipelines.win.source.mqtt]
+        r#"[pipelines.{name}.source.mqtt]
 broker = "plant"
-topics = ["win/#"]
+topics = ["{name}/#"]
 
-[pipelines.win.decode.json]
+[pipelines.{name}.decode.json]
 series = "/s"
 time = "/t"
 value = "/v"
+"#
+    )
+}
 
+fn config(plant: &str, central: &str) -> String {
+    format!(
+        r#"{header}
+{pipeline}
 [pipelines.win.batch]
 max_messages = 2
 linger = "20ms"
@@ -45,7 +53,8 @@ idle_timeout = "2s"
 broker = "central"
 subject = "central.win"
 "#,
-        header = gateway_with_brokers(plant, central)
+        header = gateway_with_brokers(plant, central),
+        pipeline = json_from_mqtt("win")
     )
 }
 
@@ -169,13 +178,10 @@ async fn windowed_aggregates_arrive_with_the_values_computed_from_the_readings()
     ensure!(corrections > 0, "small batches of out-of-order readings make some windows corrected");
     let (code, data_dir, _keep) = gateway.stop()?;
     ensure!(code == 0, "weir stops cleanly");
-    let stats = weir(&["outbox", "stats", "--json", "--data-dir", data_dir.to_str().context("UTF-8 path")?])?;
-    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout)?;
-    let counter = |name: &str| -> Option<u64> {
-        stats["streams"][0]["counters"].as_array()?.iter().find(|c| c[0] == name).and_then(|c| c[1].as_u64())
-    };
-    ensure!(counter("readings_too_late") == Some(2), "the two readings beyond the lateness are counted: {stats}");
-    ensure!(counter("windows_emitted") == Some(revisions.len() as u64), "every emission is counted: {stats}");
+    let stats = outbox_stats_at(&data_dir)?;
+    let counter = |name: &str| stream_counter(&stats, "win", name);
+    ensure!(counter("readings_too_late") == 2, "the two readings beyond the lateness are counted: {stats}");
+    ensure!(counter("windows_emitted") == revisions.len() as u64, "every emission is counted: {stats}");
     eprintln!(
         "{} windows, {} emissions ({corrections} windows corrected), 2 readings too late",
         finals.len(),
@@ -195,15 +201,7 @@ async fn a_swinging_door_sends_fewer_readings_within_its_error() -> Result<()> {
     let stream = create_stream(&central, "CENTRAL", &["central.>"]).await?;
     let config = format!(
         r#"{header}
-[pipelines.thin.source.mqtt]
-broker = "plant"
-topics = ["thin/#"]
-
-[pipelines.thin.decode.json]
-series = "/s"
-time = "/t"
-value = "/v"
-
+{pipeline}
 [pipelines.thin.batch]
 max_messages = 10
 linger = "20ms"
@@ -217,7 +215,8 @@ idle_timeout = "1s"
 broker = "central"
 subject = "central.thin"
 "#,
-        header = gateway_with_brokers(&mqtt.url(), &nats.url())
+        header = gateway_with_brokers(&mqtt.url(), &nats.url()),
+        pipeline = json_from_mqtt("thin")
     );
     let gateway = Weir::start(&config)?;
     gateway.wait_for_log("subscribed", 1).await?;
@@ -255,13 +254,10 @@ subject = "central.thin"
     }
     let (code, data_dir, _keep) = gateway.stop()?;
     ensure!(code == 0, "weir stops cleanly");
-    let stats = weir(&["outbox", "stats", "--json", "--data-dir", data_dir.to_str().context("UTF-8 path")?])?;
-    let stats: serde_json::Value = serde_json::from_slice(&stats.stdout)?;
-    let counter = |name: &str| -> Option<u64> {
-        stats["streams"][0]["counters"].as_array()?.iter().find(|c| c[0] == name).and_then(|c| c[1].as_u64())
-    };
-    ensure!(counter("downsampled_in") == Some(published.len() as u64), "points in counted: {stats}");
-    ensure!(counter("downsampled_out") == Some(kept.len() as u64), "points out counted: {stats}");
+    let stats = outbox_stats_at(&data_dir)?;
+    let counter = |name: &str| stream_counter(&stats, "thin", name);
+    ensure!(counter("downsampled_in") == published.len() as u64, "points in counted: {stats}");
+    ensure!(counter("downsampled_out") == kept.len() as u64, "points out counted: {stats}");
     eprintln!("swinging door, max error {MAX_ERROR}: {} readings in, {} out", published.len(), kept.len());
     Ok(())
 }

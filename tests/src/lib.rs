@@ -312,12 +312,7 @@ impl Weir {
     /// `weir outbox stats --json` for this gateway's data directory: from the database when
     /// weir is stopped, else from the snapshot it rewrites every 5 s.
     pub fn outbox_stats(&self) -> Result<serde_json::Value> {
-        let data_dir = self.data_dir();
-        let output = weir(&["outbox", "stats", "--json", "--data-dir", data_dir.to_str().context("UTF-8 path")?])?;
-        if !output.status.success() {
-            bail!("weir outbox stats failed: {}", String::from_utf8_lossy(&output.stderr));
-        }
-        Ok(serde_json::from_slice(&output.stdout)?)
+        outbox_stats_at(&self.data_dir())
     }
 
     /// Sends SIGTERM and waits for an orderly exit; returns its status code, the data directory
@@ -552,6 +547,15 @@ pub fn wsf_frame(device: u16, base_seconds: u32, readings: &[(u8, u16, i16)]) ->
     let crc = crc::Crc::<u16>::new(&crc::CRC_16_IBM_3740).checksum(&frame);
     frame.extend(crc.to_be_bytes());
     frame
+}
+
+/// `weir outbox stats --json` of `data_dir` (a stopped gateway's, or a running one's snapshot).
+pub fn outbox_stats_at(data_dir: &Path) -> Result<serde_json::Value> {
+    let output = weir(&["outbox", "stats", "--json", "--data-dir", data_dir.to_str().context("UTF-8 path")?])?;
+    if !output.status.success() {
+        bail!("weir outbox stats failed: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    Ok(serde_json::from_slice(&output.stdout)?)
 }
 
 /// The value of counter `name` of `stream` in `weir outbox stats --json` output.

@@ -13,6 +13,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::downsample::{Band, Deadband, Point, SwingingDoor};
+use super::{load_state, state_write};
 use crate::batch::{Batch, BatchBuilder, Nanos, Series};
 use crate::config::{DownsampleConfig, DownsampleMethod};
 use crate::state::{StateStore, StateWrite, StoreError};
@@ -85,13 +86,7 @@ impl DownsampleStage {
     /// and replaced: downsampling restarts, keeping the next reading of each series).
     pub fn load(config: DownsampleConfig, pipeline: &str, store: &StateStore) -> Result<Self, StoreError> {
         let namespace = format!("{pipeline}/$downsample");
-        let series = match store.function_state_get(&namespace, STATE_KEY)? {
-            None => BTreeMap::new(),
-            Some(bytes) => minicbor_serde::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::error!(stage = "downsample", pipeline, error = %e, "the stored downsampling state cannot be read; it restarts");
-                BTreeMap::new()
-            }),
-        };
+        let series = load_state(store, &namespace, STATE_KEY, "downsample", pipeline)?;
         Ok(Self { config, namespace, series })
     }
 
@@ -146,11 +141,7 @@ impl DownsampleStage {
             }
         }
         let changed = !batch.is_empty() || flushed;
-        let checkpoint = changed.then(|| StateWrite {
-            namespace: self.namespace.clone(),
-            key: STATE_KEY.to_vec(),
-            value: Some(minicbor_serde::to_vec(&self.series).expect("downsampling state is plain data")),
-        });
+        let checkpoint = changed.then(|| state_write(&self.namespace, STATE_KEY, &self.series));
         DownsampleOutput { kept: builder.finish(), points_in: batch.len(), checkpoint }
     }
 }

@@ -71,13 +71,7 @@ impl WindowStage {
     /// empty one: windows in progress restart, nothing stops.
     pub fn load(config: WindowConfig, pipeline: &str, store: &StateStore) -> Result<Self, StoreError> {
         let namespace = format!("{pipeline}/$window");
-        let saved = match store.function_state_get(&namespace, STATE_KEY)? {
-            None => Saved::default(),
-            Some(bytes) => minicbor_serde::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::error!(stage = "window", pipeline, error = %e, "the stored window state cannot be read; windows restart empty");
-                Saved::default()
-            }),
-        };
+        let saved = load_state(store, &namespace, STATE_KEY, "window", pipeline)?;
         Ok(Self { config, namespace, saved })
     }
 
@@ -128,17 +122,38 @@ impl WindowStage {
         let windows = &self.saved.windows;
         self.saved.series.retain(|name, _| windows.is_tracking(name));
         let changed = !batch.is_empty() || !results.is_empty();
-        let checkpoint = changed.then(|| StateWrite {
-            namespace: self.namespace.clone(),
-            key: STATE_KEY.to_vec(),
-            value: Some(minicbor_serde::to_vec(&self.saved).expect("window state is plain data")),
-        });
+        let checkpoint = changed.then(|| state_write(&self.namespace, STATE_KEY, &self.saved));
         WindowOutput { emitted, too_late: too_late.finish(), checkpoint }
     }
 
     fn series_meta(&self, name: &str) -> SeriesMeta {
         self.saved.series.get(name).cloned().unwrap_or_default()
     }
+}
+
+/// A stage's state as last committed under `namespace`/`key`; empty when there is none, or when
+/// it cannot be read (written by an incompatible version, or damaged: reported, and the stage
+/// restarts rather than stopping the pipeline).
+fn load_state<T: serde::de::DeserializeOwned + Default>(
+    store: &StateStore,
+    namespace: &str,
+    key: &[u8],
+    stage: &str,
+    pipeline: &str,
+) -> Result<T, StoreError> {
+    Ok(match store.function_state_get(namespace, key)? {
+        None => T::default(),
+        Some(bytes) => minicbor_serde::from_slice(&bytes).unwrap_or_else(|e| {
+            tracing::error!(stage, pipeline, error = %e, "the stored state cannot be read; the stage restarts empty");
+            T::default()
+        }),
+    })
+}
+
+/// The write that commits a stage's `state` (CBOR) under `namespace`/`key`.
+fn state_write<T: Serialize>(namespace: &str, key: &[u8], state: &T) -> StateWrite {
+    let value = minicbor_serde::to_vec(state).expect("a stage's state is plain data");
+    StateWrite { namespace: namespace.to_owned(), key: key.to_vec(), value: Some(value) }
 }
 
 #[cfg(test)]
