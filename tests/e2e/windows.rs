@@ -76,6 +76,20 @@ fn expected() -> Expected {
     windows
 }
 
+/// Final values: the highest revision of each (series, key).
+fn final_windows(records: &[CentralRecord]) -> BTreeMap<(String, i64), weir_host::encode::WindowValue> {
+    let mut finals: BTreeMap<(String, i64), weir_host::encode::WindowValue> = BTreeMap::new();
+    for series in records.iter().flat_map(|r| &r.record.windows) {
+        for window in &series.windows {
+            let key = (series.series.name.clone(), window.key);
+            if finals.get(&key).is_none_or(|kept| kept.revision < window.revision) {
+                finals.insert(key, window.clone());
+            }
+        }
+    }
+    finals
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windowed_aggregates_arrive_with_the_values_computed_from_the_readings() -> Result<()> {
     let mqtt = Mosquitto::start()?;
@@ -106,22 +120,9 @@ async fn windowed_aggregates_arrive_with_the_values_computed_from_the_readings()
     plant.wait_for_pubacks(sends.len() + 2).await?;
 
     let expected = expected();
-    // Final values: the highest revision of each (series, key). The last windows arrive after the
-    // 2 s idle timeout.
-    let finals = |records: &[CentralRecord]| {
-        let mut finals: BTreeMap<(String, i64), weir_host::encode::WindowValue> = BTreeMap::new();
-        for series in records.iter().flat_map(|r| &r.record.windows) {
-            for window in &series.windows {
-                let key = (series.series.name.clone(), window.key);
-                if finals.get(&key).is_none_or(|kept| kept.revision < window.revision) {
-                    finals.insert(key, window.clone());
-                }
-            }
-        }
-        finals
-    };
+    // The last windows arrive after the 2 s idle timeout.
     let records = collect_stream(&stream, |records| {
-        let finals = finals(records);
+        let finals = final_windows(records);
         expected.iter().all(|(key, points)| finals.get(key).is_some_and(|w| w.stats.count == points.len() as u64))
     })
     .await?;
@@ -129,7 +130,7 @@ async fn windowed_aggregates_arrive_with_the_values_computed_from_the_readings()
     tokio::time::sleep(std::time::Duration::from_secs(3)).await;
     let total = (stream.clone().info().await?.state.messages as usize).max(records.len());
     let records = collect_stream(&stream, |all| all.len() >= total).await?;
-    let finals = finals(&records);
+    let finals = final_windows(&records);
     ensure!(finals.len() == expected.len(), "{} windows arrived, {} expected", finals.len(), expected.len());
 
     let mut revisions: BTreeMap<(String, i64, u32), usize> = BTreeMap::new();
@@ -259,5 +260,67 @@ subject = "central.thin"
     ensure!(counter("downsampled_in") == published.len() as u64, "points in counted: {stats}");
     ensure!(counter("downsampled_out") == kept.len() as u64, "points out counted: {stats}");
     eprintln!("swinging door, max error {MAX_ERROR}: {} readings in, {} out", published.len(), kept.len());
+    Ok(())
+}
+
+/// SIGKILL at random instants while readings stream into windows: the window state commits with
+/// each batch, so the final windows equal those computed from the readings, and no emission
+/// (window and revision) arrives twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn windows_survive_sigkill_without_repeating_an_emission() -> Result<()> {
+    use rand::Rng;
+    const KILLS: usize = 8;
+    let mqtt = Mosquitto::start()?;
+    let nats = NatsServer::start()?;
+    let central = nats.client().await?;
+    let stream = create_stream(&central, "CENTRAL", &["central.>"]).await?;
+    let mut gateway = Weir::start(&config(&mqtt.url(), &nats.url()))?;
+    gateway.wait_for_log("subscribed", 1).await?;
+
+    let plant = MqttClient::connect(&mqtt, "plant").await?;
+    let publisher = tokio::spawn(async move {
+        for i in 0..READINGS_PER_SERIES {
+            for series in 0..SERIES {
+                let body = format!(r#"{{"s":"win/{series}","t":{},"v":{}}}"#, T0_MS + i * 1000, value(i, series));
+                plant.publish(&format!("win/{series}"), body).await?;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        plant.wait_for_pubacks(SERIES * READINGS_PER_SERIES as usize).await?;
+        anyhow::Ok(plant)
+    });
+    let mut rng = rand::rng();
+    for _ in 0..KILLS {
+        tokio::time::sleep(std::time::Duration::from_millis(rng.random_range(100..400))).await;
+        gateway.kill_and_restart()?;
+    }
+    let _plant = publisher.await??;
+
+    let expected = expected();
+    let records = collect_stream(&stream, |records| {
+        let finals = final_windows(records);
+        expected.iter().all(|(key, points)| finals.get(key).is_some_and(|w| w.stats.count == points.len() as u64))
+    })
+    .await?;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let total = (stream.clone().info().await?.state.messages as usize).max(records.len());
+    let records = collect_stream(&stream, |all| all.len() >= total).await?;
+    let mut emissions: BTreeMap<(String, i64, u32), usize> = BTreeMap::new();
+    for series in records.iter().flat_map(|r| &r.record.windows) {
+        for window in &series.windows {
+            *emissions.entry((series.series.name.clone(), window.key, window.revision)).or_default() += 1;
+        }
+    }
+    ensure!(emissions.values().all(|n| *n == 1), "an emission arrived twice: {emissions:?}");
+    let finals = final_windows(&records);
+    ensure!(finals.len() == expected.len(), "{} windows, {} expected", finals.len(), expected.len());
+    for (key, points) in &expected {
+        let got = &finals[key];
+        let sum: f64 = points.iter().map(|(_, v)| v).sum();
+        ensure!((got.stats.count, got.stats.sum) == (points.len() as u64, sum), "{key:?}: {:?}", got.stats);
+    }
+    ensure!(gateway.runs() == u32::try_from(KILLS + 1)?, "weir ran {} times", gateway.runs());
+    eprintln!("{KILLS} kills: {} windows, {} emissions, none twice", finals.len(), emissions.len());
+    assert_eq!(gateway.stop()?.0, 0);
     Ok(())
 }
