@@ -90,6 +90,33 @@ fn final_windows(records: &[CentralRecord]) -> BTreeMap<(String, i64), weir_host
     finals
 }
 
+/// Reads the stream until every expected window arrived complete (the last ones after the idle
+/// timeout), then again after a pause in which anything emitted twice, or late, would arrive.
+async fn collect_windows(
+    stream: &async_nats::jetstream::stream::Stream,
+    expected: &Expected,
+) -> Result<Vec<CentralRecord>> {
+    let records = collect_stream(stream, |records| {
+        let finals = final_windows(records);
+        expected.iter().all(|(key, points)| finals.get(key).is_some_and(|w| w.stats.count == points.len() as u64))
+    })
+    .await?;
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let total = (stream.clone().info().await?.state.messages as usize).max(records.len());
+    collect_stream(stream, |all| all.len() >= total).await
+}
+
+/// How often each emission — (series, key, revision) — arrived.
+fn emissions(records: &[CentralRecord]) -> BTreeMap<(String, i64, u32), usize> {
+    let mut emissions = BTreeMap::new();
+    for series in records.iter().flat_map(|r| &r.record.windows) {
+        for window in &series.windows {
+            *emissions.entry((series.series.name.clone(), window.key, window.revision)).or_default() += 1;
+        }
+    }
+    emissions
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windowed_aggregates_arrive_with_the_values_computed_from_the_readings() -> Result<()> {
     let mqtt = Mosquitto::start()?;
@@ -120,26 +147,12 @@ async fn windowed_aggregates_arrive_with_the_values_computed_from_the_readings()
     plant.wait_for_pubacks(sends.len() + 2).await?;
 
     let expected = expected();
-    // The last windows arrive after the 2 s idle timeout.
-    let records = collect_stream(&stream, |records| {
-        let finals = final_windows(records);
-        expected.iter().all(|(key, points)| finals.get(key).is_some_and(|w| w.stats.count == points.len() as u64))
-    })
-    .await?;
-    // Anything emitted twice, or late, would arrive within this pause.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let total = (stream.clone().info().await?.state.messages as usize).max(records.len());
-    let records = collect_stream(&stream, |all| all.len() >= total).await?;
+    let records = collect_windows(&stream, &expected).await?;
     let finals = final_windows(&records);
     ensure!(finals.len() == expected.len(), "{} windows arrived, {} expected", finals.len(), expected.len());
 
-    let mut revisions: BTreeMap<(String, i64, u32), usize> = BTreeMap::new();
-    for series in records.iter().flat_map(|r| &r.record.windows) {
-        ensure!(series.series.name.starts_with("win/"), "no readings of other series");
-        for window in &series.windows {
-            *revisions.entry((series.series.name.clone(), window.key, window.revision)).or_default() += 1;
-        }
-    }
+    let revisions = emissions(&records);
+    ensure!(revisions.keys().all(|(series, _, _)| series.starts_with("win/")), "no readings of other series");
     ensure!(revisions.values().all(|n| *n == 1), "no window revision was emitted twice");
     ensure!(records.iter().all(|r| r.record.batch.is_empty()), "windows only: readings are not sent");
 
@@ -297,20 +310,8 @@ async fn windows_survive_sigkill_without_repeating_an_emission() -> Result<()> {
     let _plant = publisher.await??;
 
     let expected = expected();
-    let records = collect_stream(&stream, |records| {
-        let finals = final_windows(records);
-        expected.iter().all(|(key, points)| finals.get(key).is_some_and(|w| w.stats.count == points.len() as u64))
-    })
-    .await?;
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
-    let total = (stream.clone().info().await?.state.messages as usize).max(records.len());
-    let records = collect_stream(&stream, |all| all.len() >= total).await?;
-    let mut emissions: BTreeMap<(String, i64, u32), usize> = BTreeMap::new();
-    for series in records.iter().flat_map(|r| &r.record.windows) {
-        for window in &series.windows {
-            *emissions.entry((series.series.name.clone(), window.key, window.revision)).or_default() += 1;
-        }
-    }
+    let records = collect_windows(&stream, &expected).await?;
+    let emissions = emissions(&records);
     ensure!(emissions.values().all(|n| *n == 1), "an emission arrived twice: {emissions:?}");
     let finals = final_windows(&records);
     ensure!(finals.len() == expected.len(), "{} windows, {} expected", finals.len(), expected.len());
