@@ -36,8 +36,23 @@ pub mod decoder_world {
     });
 }
 
+#[allow(unsafe_code, missing_docs, clippy::all)]
+pub mod accumulator_world {
+    wit_bindgen::generate!({
+        world: "accumulator",
+        path: "../wit",
+        pub_export_macro: true,
+        export_macro_name: "export_accumulator_world",
+        with: {
+            "weir:stream/types@0.1.0": super::operator_world::weir::stream::types,
+            "weir:stream/log@0.1.0": super::operator_world::weir::stream::log,
+        },
+    });
+}
+
 use operator_world::weir::stream::{clock, log, state, types as wit};
 
+use crate::accumulator::{Accumulator, AccumulatorProtocol};
 use crate::batch::{Batch, Message, Series, Timestamp};
 use crate::context::{Context, Host, Level, StateError};
 use crate::{Decoder, Error, Operator};
@@ -109,7 +124,7 @@ fn to_wit_batch(batch: Batch) -> wit::Batch {
     }
 }
 
-fn parse_params<P: serde::de::DeserializeOwned>(params: &str) -> Result<P, Error> {
+pub(crate) fn parse_params<P: serde::de::DeserializeOwned>(params: &str) -> Result<P, Error> {
     let params = if params.trim().is_empty() { "{}" } else { params };
     serde_json::from_str(params).map_err(Error::invalid_params)
 }
@@ -147,6 +162,24 @@ pub fn decode<D: Decoder>(slot: &mut Option<D>, input: wit::Message) -> Result<w
         Message { topic: input.topic, payload: input.payload, received_at: Timestamp::from_nanos(input.received_at) };
     let output = decoder.decode(message, &mut Context::new(&mut WitHost)).map_err(to_wit_error)?;
     Ok(to_wit_batch(output))
+}
+
+/// `init` of the accumulator world.
+pub fn init_accumulator<A: Accumulator>(
+    slot: &mut Option<AccumulatorProtocol<A>>,
+    params: &str,
+) -> Result<(), wit::Error> {
+    *slot = Some(AccumulatorProtocol::init(params).map_err(to_wit_error)?);
+    Ok(())
+}
+
+/// Runs one accumulator export on the initialised instance.
+pub fn accumulate<A: Accumulator, R>(
+    slot: &Option<AccumulatorProtocol<A>>,
+    call: impl FnOnce(&AccumulatorProtocol<A>) -> Result<R, Error>,
+) -> Result<R, wit::Error> {
+    let accumulator = slot.as_ref().ok_or_else(|| wit::Error::Failed(NOT_INITIALISED.to_owned()))?;
+    call(accumulator).map_err(to_wit_error)
 }
 
 /// Exports a type implementing [`Operator`](crate::Operator) as the component's operator world.
@@ -215,6 +248,67 @@ macro_rules! export_decoder {
             }
 
     world::export_decoder_world!(WeirDecoderExport with_types_in $crate::__private::decoder_world);
+        };
+    };
+}
+
+/// Exports a type implementing [`Accumulator`](crate::Accumulator) as the component's
+/// accumulator world (a custom window aggregate).
+///
+/// Use it once per function crate, at the crate root: `weir_sdk::export_accumulator!(MyAggregate);`
+#[macro_export]
+macro_rules! export_accumulator {
+    ($accumulator:ty) => {
+        // Native builds (unit tests with `AccumulatorProtocol`) export nothing.
+        #[cfg(target_arch = "wasm32")]
+        const _: () = {
+            use $crate::__private::accumulator_world as world;
+            use $crate::__private::operator_world::weir::stream::types as wit;
+
+            ::std::thread_local! {
+                static INSTANCE: ::std::cell::RefCell<
+                    ::std::option::Option<$crate::AccumulatorProtocol<$accumulator>>,
+                > = const { ::std::cell::RefCell::new(::std::option::Option::None) };
+            }
+
+            struct WeirAccumulatorExport;
+
+            impl world::Guest for WeirAccumulatorExport {
+                fn init(params: ::std::string::String) -> ::std::result::Result<(), wit::Error> {
+                    INSTANCE.with(|slot| $crate::__private::init_accumulator(&mut slot.borrow_mut(), &params))
+                }
+
+                fn create() -> ::std::result::Result<::std::vec::Vec<u8>, wit::Error> {
+                    INSTANCE.with(|slot| $crate::__private::accumulate(&slot.borrow(), |a| a.create()))
+                }
+
+                fn add(
+                    partial: ::std::vec::Vec<u8>,
+                    ts: ::std::vec::Vec<i64>,
+                    value: ::std::vec::Vec<f64>,
+                ) -> ::std::result::Result<::std::vec::Vec<u8>, wit::Error> {
+                    INSTANCE
+                        .with(|slot| $crate::__private::accumulate(&slot.borrow(), |a| a.add(&partial, &ts, &value)))
+                }
+
+                fn merge(
+                    first: ::std::vec::Vec<u8>,
+                    second: ::std::vec::Vec<u8>,
+                ) -> ::std::result::Result<::std::vec::Vec<u8>, wit::Error> {
+                    INSTANCE.with(|slot| $crate::__private::accumulate(&slot.borrow(), |a| a.merge(&first, &second)))
+                }
+
+                fn finish(
+                    partial: ::std::vec::Vec<u8>,
+                    start: i64,
+                    end: i64,
+                ) -> ::std::result::Result<::std::vec::Vec<(::std::string::String, f64)>, wit::Error> {
+                    INSTANCE
+                        .with(|slot| $crate::__private::accumulate(&slot.borrow(), |a| a.finish(&partial, start, end)))
+                }
+    }
+
+            world::export_accumulator_world!(WeirAccumulatorExport with_types_in $crate::__private::accumulator_world);
         };
     };
 }

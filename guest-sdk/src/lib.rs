@@ -1,9 +1,10 @@
 //! Write weir stream functions in plain Rust.
 //!
 //! A weir function is a WebAssembly component that the weir host runs over batches of sensor
-//! readings. This crate hides the component plumbing: implement [`Operator`] (transform batches)
-//! or [`Decoder`] (turn a raw message into readings), export it with [`export_operator!`] or
-//! [`export_decoder!`], and build for `wasm32-wasip2`.
+//! readings. This crate hides the component plumbing: implement [`Operator`] (transform batches),
+//! [`Decoder`] (turn a raw message into readings) or [`Accumulator`] (a custom window aggregate),
+//! export it with [`export_operator!`], [`export_decoder!`] or [`export_accumulator!`], and build
+//! for `wasm32-wasip2`.
 //!
 //! Parameters come from the host configuration as a JSON object and are deserialized into your
 //! `Params` type (derive `serde::Deserialize`). State, logging and time are reached through the
@@ -66,6 +67,7 @@
 
 #![deny(missing_docs)]
 
+mod accumulator;
 mod batch;
 mod context;
 mod error;
@@ -76,6 +78,7 @@ pub mod testing;
 #[path = "export.rs"]
 pub mod __private;
 
+pub use accumulator::{Accumulator, AccumulatorProtocol};
 pub use batch::{Batch, Message, Sample, SampleMut, Series, SeriesId, Timestamp};
 pub use context::{Context, Level, State, StateError};
 pub use error::Error;

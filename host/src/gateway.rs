@@ -19,6 +19,7 @@ use crate::operator::{Chain, Operator};
 use crate::pipeline::{self, PipelineParts, Shared};
 use crate::sandbox::{CompiledFunction, Sandbox, SandboxError, SandboxOptions, StateLimits};
 use crate::state::{self, OutboxLimits, StateStore, StoreError, StoreOptions};
+use crate::window::WindowAccumulator;
 
 /// How often a running gateway rewrites `<data_dir>/stats.json`.
 const STATS_EVERY: Duration = Duration::from_secs(5);
@@ -57,7 +58,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
     let (store, committer, committer_thread) = state::open(&data_dir, options)?;
     tracing::info!(stage = "state", path = %store.path().display(), durability = ?config.state.durability, "state store open");
 
-    let uses = config.pipelines.iter().map(|p| p.operators.len() + 1).sum::<usize>();
+    let uses = config.pipelines.iter().map(|p| p.function_uses().count()).sum::<usize>();
     let sandbox_options = SandboxOptions {
         // Every use, plus room for instances being replaced.
         max_instances: u32::try_from(uses * 2 + 4).unwrap_or(u32::MAX),
@@ -183,5 +184,13 @@ fn build(
             .map_err(|e| format!("{name}: {e}"))?;
         operators.push(Box::new(instance));
     }
-    Ok(PipelineParts { config, decoder, chain: Chain::new(operators) })
+    let window_aggregate: Option<WindowAccumulator> = match config.window.as_ref().and_then(|w| w.aggregate.as_ref()) {
+        Some(used) => Some(Box::new(
+            sandbox
+                .accumulator(function(&used.function)?, &name, used.name.as_str(), &used.params_json)
+                .map_err(|e| format!("{name}: {e}"))?,
+        )),
+        None => None,
+    };
+    Ok(PipelineParts { config, decoder, chain: Chain::new(operators), window_aggregate })
 }

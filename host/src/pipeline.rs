@@ -40,7 +40,7 @@ use crate::source::{self, Delivery};
 use crate::state::{
     ChangeSet, Committer, Counter, DeadLetter, DeadLetterContent, OutboxRecord, StateStore, StoreError,
 };
-use crate::window::{DownsampleStage, WindowStage};
+use crate::window::{DownsampleStage, WindowAccumulator, WindowStage};
 
 /// Delays between attempts to commit a batch the store refused.
 const COMMIT_RETRY: crate::config::Backoff =
@@ -60,6 +60,8 @@ pub struct PipelineParts {
     pub decoder: Box<dyn Decode>,
     /// Its operator chain.
     pub chain: Chain,
+    /// Its window's custom aggregate, if the window has one.
+    pub window_aggregate: Option<WindowAccumulator>,
 }
 
 impl std::fmt::Debug for PipelineParts {
@@ -117,7 +119,10 @@ pub fn spawn(
         chain: parts.chain,
         last_seq,
         watermark: Nanos::MIN,
-        window: config.window.map(|window| WindowStage::load(window, &name, &shared.store)).transpose()?,
+        window: match config.window.clone() {
+            Some(window) => Some(WindowStage::load(window, &name, &shared.store, parts.window_aggregate)?),
+            None => None,
+        },
         downsample: config.downsample.map(|d| DownsampleStage::load(d, &name, &shared.store)).transpose()?,
     };
     let done = [source_close, sink_stop.clone()];
@@ -260,6 +265,10 @@ impl Processor {
                     out.too_late.len()
                 );
                 processed.changes.dead_letters.push(self.dead_batch("window", &reason, &out.too_late, now));
+            }
+            for failure in &out.aggregate_failures {
+                let letter = self.dead_batch("window aggregate", &failure.reason, &failure.readings, now);
+                processed.changes.dead_letters.push(letter);
             }
             processed.changes.state_writes.extend(out.checkpoint);
             windows = out.emitted;

@@ -1,7 +1,8 @@
 //! The window stage end to end: readings over MQTT, slightly out of order, into tumbling
 //! windows; the windowed aggregates that arrive on JetStream are compared with values computed
 //! here from the readings themselves (not with weir's code), and the quantile sketches are read
-//! with the DDSketch library.
+//! with the DDSketch library. The windows also carry a custom aggregate, the `band-histogram`
+//! function's counts per value band, compared with counts made here.
 
 use std::collections::BTreeMap;
 
@@ -13,6 +14,8 @@ const READINGS_PER_SERIES: i64 = 90;
 /// Event time of the first reading, ms.
 const T0_MS: i64 = 1_700_000_000_000;
 const WIDTH_MS: i64 = 10_000;
+/// Band edges of the custom aggregate (values run from -10 to 15).
+const EDGES: [f64; 4] = [-5.0, 0.0, 5.0, 10.0];
 
 fn value(i: i64, series: usize) -> f64 {
     // Multiples of 0.25: sums are exact whatever the order of addition.
@@ -38,6 +41,9 @@ value = "/v"
 fn config(plant: &str, central: &str) -> String {
     format!(
         r#"{header}
+[functions.band-histogram]
+component = "weir_fn_band_histogram.wasm"
+
 {pipeline}
 [pipelines.win.batch]
 max_messages = 2
@@ -48,6 +54,10 @@ kind = "tumbling"
 width = "10s"
 allowed_lateness = "5s"
 idle_timeout = "2s"
+
+[pipelines.win.window.aggregate]
+function = "band-histogram"
+params = {{ edges = {EDGES:?} }}
 
 [pipelines.win.sink.jetstream]
 broker = "central"
@@ -74,6 +84,27 @@ fn expected() -> Expected {
         }
     }
     windows
+}
+
+/// The custom aggregate of a window equals the band counts of its readings, made here.
+fn check_bands(got: &weir_host::encode::WindowValue, points: &[(i64, f64)], context: &str) -> Result<()> {
+    let custom = got.custom.as_ref().with_context(|| format!("{context}: no custom aggregate"))?;
+    ensure!(custom.missing == 0 && !custom.partial.is_empty(), "{context}: {custom:?}");
+    let mut want: BTreeMap<String, f64> = BTreeMap::new();
+    let names: Vec<String> = std::iter::once(format!("below_{}", EDGES[0]))
+        .chain(EDGES.windows(2).map(|pair| format!("{}_to_{}", pair[0], pair[1])))
+        .chain(std::iter::once(format!("from_{}", EDGES[EDGES.len() - 1])))
+        .collect();
+    for name in names.iter().chain(std::iter::once(&"nan".to_owned())) {
+        want.insert(name.clone(), 0.0);
+    }
+    for (_, value) in points {
+        let band = EDGES.iter().filter(|edge| *edge <= value).count();
+        *want.get_mut(&names[band]).expect("a band") += 1.0;
+    }
+    let got: BTreeMap<String, f64> = custom.values.clone().context("finished values")?.into_iter().collect();
+    ensure!(got == want, "{context}: bands {got:?}, counted here {want:?}");
+    Ok(())
 }
 
 /// Final values: the highest revision of each (series, key).
@@ -186,6 +217,7 @@ async fn windowed_aggregates_arrive_with_the_values_computed_from_the_readings()
             let estimate = sketch.quantile(q).ok().flatten().context("a quantile")?;
             ensure!((estimate - want).abs() <= 0.01 * want.abs() + 1e-9, "{context}: p{q}: {estimate} vs {want}");
         }
+        check_bands(got, points, &context)?;
     }
 
     let corrections = finals.values().filter(|w| w.revision > 0).count();
@@ -276,9 +308,9 @@ subject = "central.thin"
     Ok(())
 }
 
-/// SIGKILL at random instants while readings stream into windows: the window state commits with
-/// each batch, so the final windows equal those computed from the readings, and no emission
-/// (window and revision) arrives twice.
+/// SIGKILL at random instants while readings stream into windows: the window state (with the
+/// custom aggregate's partials) commits with each batch, so the final windows equal those
+/// computed from the readings, and no emission (window and revision) arrives twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn windows_survive_sigkill_without_repeating_an_emission() -> Result<()> {
     use rand::Rng;
@@ -319,6 +351,7 @@ async fn windows_survive_sigkill_without_repeating_an_emission() -> Result<()> {
         let got = &finals[key];
         let sum: f64 = points.iter().map(|(_, v)| v).sum();
         ensure!((got.stats.count, got.stats.sum) == (points.len() as u64, sum), "{key:?}: {:?}", got.stats);
+        check_bands(got, points, &format!("{key:?}"))?;
     }
     ensure!(gateway.runs() == u32::try_from(KILLS + 1)?, "weir ran {} times", gateway.runs());
     eprintln!("{KILLS} kills: {} windows, {} emissions, none twice", finals.len(), emissions.len());

@@ -68,11 +68,17 @@ fn batches(series: usize, batch: usize, total: usize) -> Vec<Batch> {
 /// Runs a window stage of `kind` (5 s lateness) over `total` readings of `series` series.
 pub fn throughput(kind: WindowKind, series: usize, batch: usize, total: usize) -> ThroughputResult {
     let config = WindowConfig {
-        spec: WindowSpec { kind, allowed_lateness: 5 * SECOND as u64, idle_timeout: 3600 * SECOND as u64 },
+        spec: WindowSpec {
+            kind,
+            allowed_lateness: 5 * SECOND as u64,
+            idle_timeout: 3600 * SECOND as u64,
+            custom_aggregate: false,
+        },
         keep_readings: false,
+        aggregate: None,
     };
     let input = batches(series, batch, total);
-    let mut stage = WindowStage::detached(config, "bench");
+    let mut stage = WindowStage::detached(config, "bench", None);
     let (mut emissions, mut checkpoint_bytes) = (0, 0);
     let started = Instant::now();
     for batch in &input {
@@ -170,6 +176,7 @@ fn windowed(points: &[Vec<Point>]) -> (usize, usize) {
         kind: WindowKind::Tumbling { width: 60 * SECOND as u64 },
         allowed_lateness: 0,
         idle_timeout: u64::MAX,
+        custom_aggregate: false,
     };
     let mut windows = Windows::default();
     let (mut count, mut bytes, mut seq) = (0, 0, 0);

@@ -137,6 +137,19 @@ pub struct PipelineConfig {
     pub downsample: Option<DownsampleConfig>,
 }
 
+impl PipelineConfig {
+    /// Every use of a function in this pipeline: its decoder, its operators, its window's
+    /// custom aggregate.
+    pub fn function_uses(&self) -> impl Iterator<Item = &FunctionUse> {
+        let decoder = match &self.decode {
+            DecodeConfig::Function(used) => Some(used),
+            _ => None,
+        };
+        let aggregate = self.window.as_ref().and_then(|w| w.aggregate.as_ref());
+        decoder.into_iter().chain(&self.operators).chain(aggregate)
+    }
+}
+
 /// `[pipelines.<name>.downsample]`
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct DownsampleConfig {
@@ -161,12 +174,15 @@ pub enum DownsampleMethod {
 }
 
 /// `[pipelines.<name>.window]`
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WindowConfig {
     /// Kind, sizes, lateness and idle timeout.
     pub spec: weir_window::event_time::WindowSpec,
     /// Whether records carry the readings as well as the windows.
     pub keep_readings: bool,
+    /// The custom aggregate's function (an `accumulator`), if any; its use is named
+    /// `window-aggregate`.
+    pub aggregate: Option<FunctionUse>,
 }
 
 /// `[pipelines.<name>.outbox]`
@@ -513,15 +529,8 @@ impl Validator<'_> {
         }
 
         // Keep only functions that some pipeline uses; unused ones are not loaded.
-        let used: BTreeSet<&FunctionId> = pipelines
-            .iter()
-            .flat_map(|p| {
-                p.operators.iter().map(|o| &o.function).chain(match &p.decode {
-                    DecodeConfig::Function(f) => Some(&f.function),
-                    _ => None,
-                })
-            })
-            .collect();
+        let used: BTreeSet<&FunctionId> =
+            pipelines.iter().flat_map(PipelineConfig::function_uses).map(|used| &used.function).collect();
         let functions =
             functions.iter().filter(|(id, _)| used.contains(id)).map(|(id, f)| (id.clone(), f.clone())).collect();
 
@@ -797,11 +806,13 @@ impl Validator<'_> {
         let outbox = self.outbox(raw.outbox.map(Spanned::into_inner).unwrap_or_default(), &at("outbox"));
         // `None` when the table is wrong (its problems are recorded), else whether there is one.
         let window = match raw.window {
-            Some(window) => self.window(&window, &at("window")).map(Some),
+            Some(window) => self.window(&window, &at("window"), functions).map(Some),
             None => Some(None),
         };
         let downsample = match raw.downsample {
-            Some(downsample) => self.downsample(&downsample, &at("downsample"), window.flatten()).map(Some),
+            Some(downsample) => {
+                self.downsample(&downsample, &at("downsample"), window.as_ref().and_then(Option::as_ref)).map(Some)
+            }
             None => Some(None),
         };
 
@@ -823,7 +834,7 @@ impl Validator<'_> {
         &mut self,
         raw: &Spanned<raw::RawDownsample>,
         field: &str,
-        window: Option<WindowConfig>,
+        window: Option<&WindowConfig>,
     ) -> Option<DownsampleConfig> {
         let downsample = raw.get_ref();
         if window.is_some_and(|w| !w.keep_readings) {
@@ -886,7 +897,12 @@ impl Validator<'_> {
         Some(DownsampleConfig { method, idle_timeout })
     }
 
-    fn window(&mut self, raw: &Spanned<raw::RawWindow>, field: &str) -> Option<WindowConfig> {
+    fn window(
+        &mut self,
+        raw: &Spanned<raw::RawWindow>,
+        field: &str,
+        functions: &BTreeMap<FunctionId, FunctionConfig>,
+    ) -> Option<WindowConfig> {
         use weir_window::event_time::{WindowKind, WindowSpec};
         let window = raw.get_ref();
         let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
@@ -938,9 +954,17 @@ impl Validator<'_> {
                 WindowKind::Session { gap }
             }
         };
-        let failed = !problems.is_empty();
+        let mut failed = !problems.is_empty();
         for (field, message) in problems {
             self.problem(raw, field, message);
+        }
+        let aggregate = window.aggregate.as_ref().map(|used| FunctionUse {
+            name: Name::try_from("window-aggregate".to_owned()).expect("a valid name"),
+            function: used.function.get_ref().clone(),
+            params_json: params_to_json(&used.params),
+        });
+        if let Some(used) = &window.aggregate {
+            failed |= !self.function_ref(&used.function, &format!("{field}.aggregate.function"), functions);
         }
         if failed {
             return None;
@@ -959,8 +983,9 @@ impl Validator<'_> {
             None => length.saturating_add(allowed_lateness),
         };
         Some(WindowConfig {
-            spec: WindowSpec { kind, allowed_lateness, idle_timeout },
+            spec: WindowSpec { kind, allowed_lateness, idle_timeout, custom_aggregate: aggregate.is_some() },
             keep_readings: window.keep_readings,
+            aggregate,
         })
     }
 

@@ -191,6 +191,9 @@ pub struct RawWindow {
     /// `keep_readings = false` — send the readings as well as the windows.
     #[serde(default)]
     pub keep_readings: bool,
+    /// `[pipelines.<name>.window.aggregate]` — a custom aggregate: a function of the
+    /// `accumulator` world, computed per window beside the built-in one.
+    pub aggregate: Option<RawFunctionUse>,
 }
 
 /// The kinds of window.

@@ -154,8 +154,10 @@ fn a_full_configuration_is_accepted_and_resolved() {
                 kind: WindowKind::Sliding { width: minute, slide: minute / 4 },
                 allowed_lateness: minute / 6,
                 idle_timeout: minute + minute / 6,
+                custom_aggregate: false,
             },
             keep_readings: false,
+            aggregate: None,
         }),
         "idle timeout defaults to the width plus the lateness"
     );
@@ -272,6 +274,28 @@ fn refuses_window_settings_that_do_not_fit_the_kind() {
         "kind = \"session\"\nwidth = \"1m\""
     )));
     insta::assert_snapshot!(invalid(&valid_but("kind = \"sliding\"", "kind = \"hopping\"")));
+}
+
+#[test]
+fn a_window_may_name_a_custom_aggregate_function() {
+    let functions = functions_dir();
+    let with_aggregate = VALID.replacen(
+        "allowed_lateness = \"10s\"\n",
+        "allowed_lateness = \"10s\"\n\n[pipelines.boiler.window.aggregate]\nfunction = \"unit-convert\"\nparams = { edges = [1.5] }\n",
+        1,
+    );
+    let config = parse_with(&with_aggregate, functions.path()).expect("valid");
+    let boiler = config.pipelines.iter().find(|p| p.name.as_str() == "boiler").expect("boiler pipeline");
+    let window = boiler.window.as_ref().expect("a window");
+    assert!(window.spec.custom_aggregate);
+    let aggregate = window.aggregate.as_ref().expect("an aggregate");
+    assert_eq!(
+        (aggregate.name.as_str(), aggregate.function.as_str(), aggregate.params_json.as_str()),
+        ("window-aggregate", "unit-convert", r#"{"edges":[1.5]}"#)
+    );
+    let unknown =
+        with_aggregate.replacen("aggregate]\nfunction = \"unit-convert\"", "aggregate]\nfunction = \"histogram\"", 1);
+    insta::assert_snapshot!(invalid(&unknown));
 }
 
 #[test]

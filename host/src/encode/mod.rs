@@ -20,7 +20,7 @@
 
 mod summary;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use minicbor::data::Type;
 use minicbor::{Decoder, Encoder};
@@ -29,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::{Batch, BatchBuilder, Nanos, Series};
 use crate::config::Encoding;
 
-pub use summary::{AggregateSeries, Span, TimedValue, Window, WindowSeries, WindowValue, window_start};
+pub use summary::{AggregateSeries, CustomWindow, Span, TimedValue, Window, WindowSeries, WindowValue, window_start};
 
 /// Version written in key 0 of every record.
 pub const FORMAT_VERSION: u64 = 1;
@@ -85,6 +85,9 @@ mod window_key {
     pub const LAST_TS: u64 = 11;
     pub const LAST: u64 = 12;
     pub const SKETCH: u64 = 13;
+    pub const CUSTOM: u64 = 14;
+    pub const CUSTOM_PARTIAL: u64 = 15;
+    pub const CUSTOM_MISSING: u64 = 16;
 }
 
 /// Ticks tried for time deltas, coarsest first (nanoseconds per tick).
@@ -249,6 +252,16 @@ struct WindowBlock {
     /// DDSketch standard encoding; hex in JSON.
     #[serde(with = "hex_sketches")]
     sketch: Vec<Vec<u8>>,
+    /// The custom aggregate's values (all three custom columns are empty when the pipeline has
+    /// none).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    custom: Vec<Option<BTreeMap<String, Option<f64>>>>,
+    /// Its partials; hex in JSON.
+    #[serde(default, skip_serializing_if = "Vec::is_empty", with = "hex_sketches")]
+    custom_partial: Vec<Vec<u8>>,
+    /// Readings the partials leave out.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    custom_missing: Vec<u64>,
 }
 
 mod hex_sketches {
@@ -385,6 +398,7 @@ fn window_block(series: &WindowSeries) -> WindowBlock {
         last_ts: windows.iter().map(|w| w.last.map(|l| l.ts)).collect(),
         last: windows.iter().map(|w| w.last.map(|l| l.value)).collect(),
         sketch: windows.iter().map(|w| w.sketch.clone()).collect(),
+        ..custom_columns(windows)
     }
 }
 
@@ -568,10 +582,28 @@ fn write_series(
     Ok(())
 }
 
+/// The custom columns of a window block: empty when no window has a custom aggregate.
+fn custom_columns(windows: &[WindowValue]) -> WindowBlock {
+    if windows.iter().all(|w| w.custom.is_none()) {
+        return WindowBlock::default();
+    }
+    let none = CustomWindow::default();
+    let custom = || windows.iter().map(|w| w.custom.as_ref().unwrap_or(&none));
+    WindowBlock {
+        custom: custom()
+            .map(|c| c.values.as_ref().map(|v| v.iter().map(|(k, v)| (k.clone(), Some(*v))).collect()))
+            .collect(),
+        custom_partial: custom().map(|c| c.partial.clone()).collect(),
+        custom_missing: custom().map(|c| c.missing).collect(),
+        ..WindowBlock::default()
+    }
+}
+
 fn write_window_block(e: &mut Encoder<&mut Vec<u8>>, block: &WindowBlock) -> CborResult {
     e.array(4)?;
     write_series(e, &block.name, block.unit.as_deref(), &block.tags)?;
-    e.map(14)?;
+    let has_custom = !block.custom_partial.is_empty();
+    e.map(if has_custom { 17 } else { 14 })?;
     for (k, column) in [(window_key::KEY, &block.key), (window_key::START, &block.start), (window_key::END, &block.end)]
     {
         e.u64(k)?.array(column.len() as u64)?;
@@ -613,6 +645,31 @@ fn write_window_block(e: &mut Encoder<&mut Vec<u8>>, block: &WindowBlock) -> Cbo
     e.u64(window_key::SKETCH)?.array(block.sketch.len() as u64)?;
     for sketch in &block.sketch {
         e.bytes(sketch)?;
+    }
+    if has_custom {
+        e.u64(window_key::CUSTOM)?.array(block.custom.len() as u64)?;
+        for values in &block.custom {
+            match values {
+                None => {
+                    e.null()?;
+                }
+                Some(values) => {
+                    e.map(values.len() as u64)?;
+                    for (name, value) in values {
+                        e.str(name)?;
+                        write_shortest_float(e, value.unwrap_or(f64::NAN))?;
+                    }
+                }
+            }
+        }
+        e.u64(window_key::CUSTOM_PARTIAL)?.array(block.custom_partial.len() as u64)?;
+        for partial in &block.custom_partial {
+            e.bytes(partial)?;
+        }
+        e.u64(window_key::CUSTOM_MISSING)?.array(block.custom_missing.len() as u64)?;
+        for missing in &block.custom_missing {
+            e.u64(*missing)?;
+        }
     }
     Ok(())
 }
@@ -792,7 +849,9 @@ fn window_series(block: WindowBlock) -> Result<WindowSeries, RecordDecodeError> 
         block.last.len(),
         block.sketch.len(),
     ];
-    if lengths.iter().any(|len| *len != n) {
+    let custom_lengths = [block.custom.len(), block.custom_partial.len(), block.custom_missing.len()];
+    let has_custom = custom_lengths.iter().any(|len| *len > 0);
+    if lengths.iter().any(|len| *len != n) || (has_custom && custom_lengths.iter().any(|len| *len != n)) {
         return Err(RecordDecodeError::Format {
             reason: format!("windows of {:?}: every column needs one entry per window", block.name),
         });
@@ -817,6 +876,13 @@ fn window_series(block: WindowBlock) -> Result<WindowSeries, RecordDecodeError> 
             first: timed(block.first_ts[i], block.first[i]),
             last: timed(block.last_ts[i], block.last[i]),
             sketch: block.sketch[i].clone(),
+            custom: has_custom.then(|| CustomWindow {
+                values: block.custom[i]
+                    .as_ref()
+                    .map(|values| values.iter().map(|(k, v)| (k.clone(), v.unwrap_or(f64::NAN))).collect()),
+                partial: block.custom_partial[i].clone(),
+                missing: block.custom_missing[i],
+            }),
         })
         .collect();
     Ok(WindowSeries { series: Series { name: block.name, unit: block.unit, tags: block.tags }, windows })
@@ -996,12 +1062,39 @@ fn decode_windows(d: &mut Decoder<'_>) -> Result<Vec<WindowBlock>, minicbor::dec
                     let n = definite(d.array()?)?;
                     block.sketch = (0..n).map(|_| d.bytes().map(<[u8]>::to_vec)).collect::<Result<_, _>>()?;
                 }
+                window_key::CUSTOM => {
+                    let n = definite(d.array()?)?;
+                    block.custom = (0..n).map(|_| decode_custom_values(d)).collect::<Result<_, _>>()?;
+                }
+                window_key::CUSTOM_PARTIAL => {
+                    let n = definite(d.array()?)?;
+                    block.custom_partial = (0..n).map(|_| d.bytes().map(<[u8]>::to_vec)).collect::<Result<_, _>>()?;
+                }
+                window_key::CUSTOM_MISSING => {
+                    let n = definite(d.array()?)?;
+                    block.custom_missing = (0..n).map(|_| d.u64()).collect::<Result<_, _>>()?;
+                }
                 _ => d.skip()?, // columns from later versions
             }
         }
         blocks.push(block);
     }
     Ok(blocks)
+}
+
+/// One window's custom values: null, or a map from name to number.
+fn decode_custom_values(d: &mut Decoder<'_>) -> Result<Option<BTreeMap<String, Option<f64>>>, minicbor::decode::Error> {
+    if d.datatype()? == Type::Null {
+        d.null()?;
+        return Ok(None);
+    }
+    let n = definite(d.map()?)?;
+    let mut values = BTreeMap::new();
+    for _ in 0..n {
+        let name = d.str()?.to_owned();
+        values.insert(name, Some(d.f64()?));
+    }
+    Ok(Some(values))
 }
 
 fn decode_span(d: &mut Decoder<'_>) -> Result<(Span, Option<u64>), minicbor::decode::Error> {

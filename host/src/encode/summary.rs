@@ -98,6 +98,21 @@ pub struct WindowValue {
     pub last: Option<TimedValue>,
     /// The quantile sketch in DDSketch's standard binary encoding (empty when the count is 0).
     pub sketch: Vec<u8>,
+    /// The custom aggregate, in pipelines whose window has one.
+    pub custom: Option<CustomWindow>,
+}
+
+/// A window's custom aggregate (a function of the `accumulator` world) as a record carries it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct CustomWindow {
+    /// What the function's `finish` returned, sorted by name; none when it failed, or when the
+    /// window holds nothing now.
+    pub values: Option<Vec<(String, f64)>>,
+    /// The partial (the function's own bytes), so that a consumer with the same function can
+    /// merge windows further; empty when there is none.
+    pub partial: Vec<u8>,
+    /// Readings of the window that the partial leaves out because the function refused them.
+    pub missing: u64,
 }
 
 /// One series' window emissions, by key then revision.
@@ -125,6 +140,7 @@ impl WindowValue {
             first: aggregate.first(),
             last: aggregate.last(),
             sketch: if counted { aggregate.sketch_bytes() } else { Vec::new() },
+            custom: None,
         }
     }
 }

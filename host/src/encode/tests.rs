@@ -206,6 +206,7 @@ fn windowed() -> Record {
         kind: WindowKind::Session { gap: 5 * second as u64 },
         allowed_lateness: 60 * second as u64,
         idle_timeout: u64::MAX,
+        custom_aggregate: false,
     };
     let mut windows = Windows::default();
     for ts in [0, 8, 20] {
@@ -243,6 +244,33 @@ fn window_emissions_round_trip_in_both_encodings_and_match_the_cddl() {
     assert_eq!(counted(&from_json), counted(&record));
     let retracted = record.windows[0].windows.iter().find(|w| w.stats.count == 0).expect("a retracted session");
     assert!(retracted.first.is_none() && retracted.sketch.is_empty() && retracted.revision == 1);
+}
+
+#[test]
+fn custom_aggregates_round_trip_in_both_encodings_and_match_the_cddl() {
+    let mut record = windowed();
+    for (i, window) in record.windows[0].windows.iter_mut().enumerate() {
+        window.custom = Some(if window.stats.count == 0 {
+            CustomWindow::default()
+        } else {
+            CustomWindow {
+                values: (i != 1).then(|| vec![("above".to_owned(), 1.5), ("n".to_owned(), window.stats.count as f64)]),
+                partial: vec![0xa1, i as u8, 0x00],
+                missing: i as u64,
+            }
+        });
+    }
+    assert!(record.windows[0].windows.iter().any(|w| w.custom.as_ref().is_some_and(|c| c.values.is_none())));
+    let cbor = encode_record(Encoding::Cbor, &record).expect("encodable");
+    assert!(same_record(&decode(&cbor).expect("decodable CBOR"), &record), "CBOR round trip");
+    let schema = include_str!("../../../docs/batch.cddl");
+    cddl::validate_cbor_from_slice(schema, &cbor, None).expect("custom columns follow docs/batch.cddl");
+    let json = encode_record(Encoding::Json, &record).expect("encodable");
+    let custom =
+        |r: &Record| -> Vec<Option<CustomWindow>> { r.windows[0].windows.iter().map(|w| w.custom.clone()).collect() };
+    assert_eq!(custom(&decode(&json).expect("decodable JSON")), custom(&record));
+    let without = encode_record(Encoding::Cbor, &windowed()).expect("encodable");
+    assert!(decode(&without).expect("decodable").windows[0].windows.iter().all(|w| w.custom.is_none()));
 }
 
 #[test]

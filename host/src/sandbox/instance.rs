@@ -6,29 +6,37 @@ use std::sync::Arc;
 use wasmtime::component::InstancePre;
 use wasmtime::{Engine, Store, Trap};
 
-use super::bindings::{decoder, operator, types};
+use super::bindings::{accumulator, decoder, operator, types};
 use super::host::{InstanceLabels, InstanceState, LimitHit, StateLimits, Writes};
 use super::{CompiledFunction, SandboxError, WorldKind, deadline_ticks};
 use crate::batch::{Batch, CallContext, Message, Series};
 use crate::decode::{Decode, DecodeError};
 use crate::operator::{Operator, OperatorFailure};
 use crate::state::{StateStore, StateWrite};
+use crate::window::accumulator::Accumulator;
 
 /// A linked component, checked against one world.
 pub(super) enum Pre {
     Operator(operator::OperatorPre<InstanceState>),
     Decoder(decoder::DecoderPre<InstanceState>),
+    Accumulator(accumulator::AccumulatorPre<InstanceState>),
 }
 
 impl Pre {
-    /// Checks the component's exports against both worlds; errors give both reasons.
-    pub(super) fn new(instance_pre: InstancePre<InstanceState>) -> Result<Self, (String, String)> {
-        match operator::OperatorPre::new(instance_pre.clone()) {
-            Ok(pre) => Ok(Self::Operator(pre)),
-            Err(operator_error) => match decoder::DecoderPre::new(instance_pre) {
-                Ok(pre) => Ok(Self::Decoder(pre)),
-                Err(decoder_error) => Err((format!("{operator_error:#}"), format!("{decoder_error:#}"))),
-            },
+    /// Checks the component's exports against every world; the error gives each world's reason
+    /// (operator, decoder, accumulator).
+    pub(super) fn new(instance_pre: InstancePre<InstanceState>) -> Result<Self, [String; 3]> {
+        let operator_error = match operator::OperatorPre::new(instance_pre.clone()) {
+            Ok(pre) => return Ok(Self::Operator(pre)),
+            Err(e) => format!("{e:#}"),
+        };
+        let decoder_error = match decoder::DecoderPre::new(instance_pre.clone()) {
+            Ok(pre) => return Ok(Self::Decoder(pre)),
+            Err(e) => format!("{e:#}"),
+        };
+        match accumulator::AccumulatorPre::new(instance_pre) {
+            Ok(pre) => Ok(Self::Accumulator(pre)),
+            Err(e) => Err([operator_error, decoder_error, format!("{e:#}")]),
         }
     }
 
@@ -36,6 +44,7 @@ impl Pre {
         match self {
             Self::Operator(_) => WorldKind::Operator,
             Self::Decoder(_) => WorldKind::Decoder,
+            Self::Accumulator(_) => WorldKind::Accumulator,
         }
     }
 }
@@ -50,6 +59,7 @@ pub(super) struct Runtime {
 enum Exports {
     Operator(operator::Operator),
     Decoder(decoder::Decoder),
+    Accumulator(accumulator::Accumulator),
 }
 
 struct Live {
@@ -175,6 +185,7 @@ impl FunctionInstance {
         let instantiated = match &self.function.pre {
             Pre::Operator(pre) => pre.instantiate(&mut store).map(Exports::Operator),
             Pre::Decoder(pre) => pre.instantiate(&mut store).map(Exports::Decoder),
+            Pre::Accumulator(pre) => pre.instantiate(&mut store).map(Exports::Accumulator),
         };
         let exports = match instantiated {
             Ok(exports) => exports,
@@ -190,6 +201,7 @@ impl FunctionInstance {
         let init = match &exports {
             Exports::Operator(o) => o.call_init(&mut store, &self.params_json),
             Exports::Decoder(d) => d.call_init(&mut store, &self.params_json),
+            Exports::Accumulator(a) => a.call_init(&mut store, &self.params_json),
         };
         let succeeded = matches!(init, Ok(Ok(())));
         let tail = store.data_mut().end_call(succeeded);
@@ -373,7 +385,7 @@ impl Operator for FunctionOperator {
         };
         let outcome = self.instance.call(ctx, |exports, store| match exports {
             Exports::Operator(operator) => operator.call_process(store, &input),
-            Exports::Decoder(_) => {
+            Exports::Decoder(_) | Exports::Accumulator(_) => {
                 unreachable!("Sandbox::operator only wraps operator-world components")
             }
         });
@@ -429,7 +441,7 @@ impl Decode for FunctionDecoder {
         };
         let outcome = self.instance.call(ctx, |exports, store| match exports {
             Exports::Decoder(decoder) => decoder.call_decode(store, &input),
-            Exports::Operator(_) => {
+            Exports::Operator(_) | Exports::Accumulator(_) => {
                 unreachable!("Sandbox::decoder only wraps decoder-world components")
             }
         });
@@ -455,6 +467,81 @@ impl Decode for FunctionDecoder {
 
     fn take_state_writes(&mut self) -> Vec<StateWrite> {
         self.instance.take_state_writes()
+    }
+}
+
+/// Accumulator calls see no processing time (WASI clocks read zero) and no watermark: a custom
+/// aggregate depends on its arguments only, so replaying a batch after a crash gives the same
+/// partials.
+const ACCUMULATOR_CALL: CallContext = CallContext { processing_time: 0, watermark: 0 };
+
+/// A window's custom aggregate backed by a function instance.
+#[derive(Debug)]
+pub struct FunctionAccumulator {
+    instance: FunctionInstance,
+}
+
+impl FunctionAccumulator {
+    pub(super) fn new(instance: FunctionInstance) -> Self {
+        Self { instance }
+    }
+
+    /// The instance behind this accumulator (for version replacement and fault counts).
+    pub fn instance_mut(&mut self) -> &mut FunctionInstance {
+        &mut self.instance
+    }
+
+    /// Runs one export; a refusal or fault comes back as its reason (the instance is replaced
+    /// after a fault).
+    fn run<R>(
+        &mut self,
+        invoke: impl FnOnce(
+            &accumulator::Accumulator,
+            &mut Store<InstanceState>,
+        ) -> wasmtime::Result<Result<R, types::Error>>,
+    ) -> Result<R, String> {
+        let outcome = self.instance.call(&ACCUMULATOR_CALL, |exports, store| match exports {
+            Exports::Accumulator(accumulator) => invoke(accumulator, store),
+            Exports::Operator(_) | Exports::Decoder(_) => {
+                unreachable!("Sandbox::accumulator only wraps accumulator-world components")
+            }
+        });
+        match outcome {
+            Err(reason) => Err(format!("{} faulted: {reason}", self.instance.labels.function)),
+            Ok(Err(error)) => {
+                self.instance.complete(false);
+                Err(format!("{} refused: {}", self.instance.labels.function, describe_error(&error)))
+            }
+            Ok(Ok(value)) => {
+                self.instance.complete(true);
+                Ok(value)
+            }
+        }
+    }
+}
+
+impl Accumulator for FunctionAccumulator {
+    fn create(&mut self) -> Result<Vec<u8>, String> {
+        self.run(|accumulator, store| accumulator.call_create(store))
+    }
+
+    fn add(&mut self, partial: &[u8], ts: &[i64], values: &[f64]) -> Result<Vec<u8>, String> {
+        self.run(|accumulator, store| accumulator.call_add(store, partial, ts, values))
+    }
+
+    fn merge(&mut self, first: &[u8], second: &[u8]) -> Result<Vec<u8>, String> {
+        self.run(|accumulator, store| accumulator.call_merge(store, first, second))
+    }
+
+    fn finish(&mut self, partial: &[u8], start: i64, end: i64) -> Result<Vec<(String, f64)>, String> {
+        let values = self.run(|accumulator, store| accumulator.call_finish(store, partial, start, end))?;
+        let mut names = std::collections::BTreeSet::new();
+        if let Some((name, _)) = values.iter().find(|(name, _)| name.is_empty() || !names.insert(name.as_str())) {
+            let reason = format!("finish returned the name {name:?} twice or empty; names must be unique");
+            self.instance.fault(&reason);
+            return Err(format!("{} faulted: {reason}", self.instance.labels.function));
+        }
+        Ok(values)
     }
 }
 

@@ -5,8 +5,8 @@
 //! One [`Sandbox`] per process owns the `Engine` (pooling allocator, epoch interruption driven by
 //! a ticker thread) and the linker. [`Sandbox::load`] turns a component file into a
 //! [`CompiledFunction`] — one pre-instantiated component per function version — and
-//! [`Sandbox::operator`] / [`Sandbox::decoder`] create warm instances that serve one use in one
-//! pipeline, reused across batches.
+//! [`Sandbox::operator`] / [`Sandbox::decoder`] / [`Sandbox::accumulator`] create warm instances
+//! that serve one use in one pipeline, reused across batches.
 //!
 //! Faults are values. A trap, an interrupted call (time limit), a refused memory grow, a host
 //! failure or a malformed returned batch becomes a `Fault` description; the instance is
@@ -40,7 +40,7 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use host::InstanceState;
 pub use host::{InstanceLabels, StateLimits};
-pub use instance::{FunctionDecoder, FunctionInstance, FunctionOperator};
+pub use instance::{FunctionAccumulator, FunctionDecoder, FunctionInstance, FunctionOperator};
 
 use crate::config::{FunctionConfig, FunctionId, FunctionLimits};
 use crate::state::StateStore;
@@ -83,6 +83,8 @@ pub enum WorldKind {
     Operator,
     /// `weir:stream/decoder`.
     Decoder,
+    /// `weir:stream/accumulator`.
+    Accumulator,
 }
 
 /// Why the sandbox could not set a function up.
@@ -112,9 +114,9 @@ pub enum SandboxError {
         /// Why.
         reason: String,
     },
-    /// The component implements neither world.
+    /// The component implements none of the worlds.
     #[error(
-        "function {function}: the component is neither a weir:stream@0.1.0 operator ({operator_reason}) nor a decoder ({decoder_reason})"
+        "function {function}: the component is not a weir:stream@0.1.0 operator ({operator_reason}), decoder ({decoder_reason}) or accumulator ({accumulator_reason})"
     )]
     WrongWorld {
         /// The function.
@@ -123,6 +125,8 @@ pub enum SandboxError {
         operator_reason: String,
         /// Why it is not a decoder.
         decoder_reason: String,
+        /// Why it is not an accumulator.
+        accumulator_reason: String,
     },
     /// A function is used in the wrong place (a decoder as an operator or the reverse).
     #[error("function {function} is {actual:?} but is used as {expected:?}")]
@@ -236,9 +240,15 @@ impl Sandbox {
             path: path.clone(),
             reason: format!("imports cannot be satisfied (only weir:stream@0.1.0 and wasi:* 0.2 are offered): {e:#}"),
         })?;
-        let pre = instance::Pre::new(instance_pre).map_err(|(operator_reason, decoder_reason)| {
-            SandboxError::WrongWorld { function: function.id.clone(), operator_reason, decoder_reason }
-        })?;
+        let pre =
+            instance::Pre::new(instance_pre).map_err(|[operator_reason, decoder_reason, accumulator_reason]| {
+                SandboxError::WrongWorld {
+                    function: function.id.clone(),
+                    operator_reason,
+                    decoder_reason,
+                    accumulator_reason,
+                }
+            })?;
         tracing::info!(stage = "sandbox", function = %version, world = ?pre.world(), "function loaded");
         Ok(Arc::new(CompiledFunction { version, limits: function.limits, pre }))
     }
@@ -291,6 +301,18 @@ impl Sandbox {
     ) -> Result<FunctionDecoder, SandboxError> {
         self.expect_world(function, WorldKind::Decoder)?;
         Ok(FunctionDecoder::new(self.instance(function, pipeline, use_name, params_json)?))
+    }
+
+    /// A warm accumulator instance of `function`: the custom aggregate of one pipeline's windows.
+    pub fn accumulator(
+        &self,
+        function: &Arc<CompiledFunction>,
+        pipeline: &str,
+        use_name: &str,
+        params_json: &str,
+    ) -> Result<FunctionAccumulator, SandboxError> {
+        self.expect_world(function, WorldKind::Accumulator)?;
+        Ok(FunctionAccumulator::new(self.instance(function, pipeline, use_name, params_json)?))
     }
 
     fn expect_world(&self, function: &CompiledFunction, expected: WorldKind) -> Result<(), SandboxError> {

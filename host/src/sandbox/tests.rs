@@ -230,3 +230,31 @@ fn compiled_components_are_cached_and_reused() {
     assert_eq!(cached.len(), 1, "one artifact per component and engine");
     fixture.sandbox.load(&config).expect("loads from the cache");
 }
+
+#[test]
+fn accumulator_component_creates_adds_merges_and_finishes() {
+    use crate::window::accumulator::Accumulator;
+    let fixture = fixture();
+    let compiled =
+        fixture.sandbox.load(&function("band-histogram", "weir_fn_band_histogram.wasm", LIMITS)).expect("loads");
+    assert_eq!(compiled.world(), WorldKind::Accumulator);
+    let err = fixture.sandbox.operator(&compiled, "p", "x", "{}").expect_err("an accumulator is not an operator");
+    assert!(matches!(err, SandboxError::WorldMismatch { .. }), "{err}");
+    let err =
+        fixture.sandbox.accumulator(&compiled, "p", "window-aggregate", r#"{"edges": []}"#).expect_err("no edges");
+    assert!(err.to_string().contains("init refused: invalid params"), "{err}");
+
+    let mut histogram =
+        fixture.sandbox.accumulator(&compiled, "p", "window-aggregate", r#"{"edges": [0, 10]}"#).expect("starts");
+    let empty = histogram.create().expect("create");
+    let a = histogram.add(&empty, &[1, 2, 3], &[-5.0, 5.0, 15.0]).expect("add");
+    let b = histogram.add(&empty, &[4], &[7.0]).expect("add");
+    let merged = histogram.merge(&a, &b).expect("merge");
+    let values = histogram.finish(&merged, 0, 10).expect("finish");
+    let want = [("below_0", 1.0), ("0_to_10", 2.0), ("from_10", 1.0), ("nan", 0.0)];
+    assert_eq!(values, want.map(|(name, count)| (name.to_owned(), count)));
+
+    let refused = histogram.add(b"\xff not a partial", &[1], &[1.0]).expect_err("a foreign partial");
+    assert!(refused.contains("refused: invalid input"), "{refused}");
+    assert_eq!(histogram.instance_mut().consecutive_faults(), 0, "a refusal is not a fault");
+}

@@ -8,21 +8,28 @@
 //! state to commit — in the same change set as the record that carries the emissions, so after a
 //! crash the state and what was sent agree and no window is emitted twice.
 //!
+//! With a custom aggregate (a function of the `accumulator` world), each window also keeps the
+//! function's partial in that state; per batch the stage folds the new readings in (one `add`
+//! per window touched) and calls `finish` for each emission. What the function refuses is
+//! handed back as [`AggregateFailure`]s for the dead-letter table and counted missing in the
+//! window.
+//!
 //! **Invariant:** the state committed is always the state after the emissions in the same
 //! change set; it is stored under the namespace `<pipeline>/$window`, key `windows`, as CBOR.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-pub use weir_window::{aggregate, downsample, event_time};
+pub use weir_window::{accumulator, aggregate, downsample, event_time};
 
 mod downsampling;
 pub use downsampling::DownsampleStage;
 
 use crate::batch::{Batch, BatchBuilder, Nanos, Series};
 use crate::config::WindowConfig;
-use crate::encode::{WindowSeries, WindowValue};
+use crate::encode::{CustomWindow, WindowSeries, WindowValue};
 use crate::state::{StateStore, StateWrite, StoreError};
+use accumulator::{Accumulator, CustomPartial};
 use event_time::Windows;
 
 /// The state key of a pipeline's windows.
@@ -39,12 +46,35 @@ struct Saved {
     series: BTreeMap<String, SeriesMeta>,
 }
 
+/// A window's custom aggregate, as the stage holds it: a function instance in the host.
+pub type WindowAccumulator = Box<dyn Accumulator + Send>;
+
 /// One pipeline's window stage.
-#[derive(Debug)]
 pub struct WindowStage {
     config: WindowConfig,
     namespace: String,
     saved: Saved,
+    accumulator: Option<WindowAccumulator>,
+}
+
+impl std::fmt::Debug for WindowStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowStage")
+            .field("config", &self.config)
+            .field("namespace", &self.namespace)
+            .field("custom_aggregate", &self.accumulator.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Readings (or a merge of readings) the custom aggregate refused.
+#[derive(Debug)]
+pub struct AggregateFailure {
+    /// What the function said, with the series and window.
+    pub reason: String,
+    /// The readings refused; empty when the refused call was a merge or a `finish`, whose
+    /// readings are already in a partial.
+    pub readings: Batch,
 }
 
 /// What one batch (or tick) produced.
@@ -54,6 +84,8 @@ pub struct WindowOutput {
     pub emitted: Vec<WindowSeries>,
     /// Readings that arrived after every window they belong to had closed.
     pub too_late: Batch,
+    /// What the custom aggregate refused.
+    pub aggregate_failures: Vec<AggregateFailure>,
     /// The state after this batch, to commit with the record (none when nothing changed).
     pub checkpoint: Option<StateWrite>,
 }
@@ -66,18 +98,26 @@ impl WindowOutput {
 }
 
 impl WindowStage {
-    /// The stage of `pipeline`, with the state it last committed. A stored state that cannot be
-    /// read (written by an incompatible version, or damaged) is reported and replaced by an
-    /// empty one: windows in progress restart, nothing stops.
-    pub fn load(config: WindowConfig, pipeline: &str, store: &StateStore) -> Result<Self, StoreError> {
+    /// The stage of `pipeline`, with the state it last committed, and the custom aggregate's
+    /// function when the configuration names one. A stored state that cannot be read (written
+    /// by an incompatible version, or damaged) is reported and replaced by an empty one: windows
+    /// in progress restart, nothing stops.
+    pub fn load(
+        mut config: WindowConfig,
+        pipeline: &str,
+        store: &StateStore,
+        accumulator: Option<WindowAccumulator>,
+    ) -> Result<Self, StoreError> {
         let namespace = format!("{pipeline}/$window");
         let saved = load_state(store, &namespace, STATE_KEY, "window", pipeline)?;
-        Ok(Self { config, namespace, saved })
+        config.spec.custom_aggregate = accumulator.is_some();
+        Ok(Self { config, namespace, saved, accumulator })
     }
 
     /// A stage with empty state that is never stored (benchmarks).
-    pub fn detached(config: WindowConfig, pipeline: &str) -> Self {
-        Self { config, namespace: format!("{pipeline}/$window"), saved: Saved::default() }
+    pub fn detached(mut config: WindowConfig, pipeline: &str, accumulator: Option<WindowAccumulator>) -> Self {
+        config.spec.custom_aggregate = accumulator.is_some();
+        Self { config, namespace: format!("{pipeline}/$window"), saved: Saved::default(), accumulator }
     }
 
     /// Whether records carry the readings too.
@@ -106,6 +146,24 @@ impl WindowStage {
                 too_late.push(index, sample.ts, sample.value);
             }
         }
+        let mut aggregate_failures = Vec::new();
+        if let Some(accumulator) = &mut self.accumulator {
+            for failure in self.saved.windows.fold_custom(accumulator.as_mut()) {
+                let mut readings = BatchBuilder::new();
+                if !failure.ts.is_empty() {
+                    let (unit, tags) = self.saved.series.get(&failure.series).cloned().unwrap_or_default();
+                    let index = readings.intern(&Series { name: failure.series.clone(), unit, tags });
+                    for (ts, value) in failure.ts.iter().zip(&failure.values) {
+                        readings.push(index, *ts, *value);
+                    }
+                }
+                let reason = format!(
+                    "the window aggregate left out {} readings of {:?} in the window with key {}: {}",
+                    failure.missing, failure.series, failure.key, failure.reason
+                );
+                aggregate_failures.push(AggregateFailure { reason, readings: readings.finish() });
+            }
+        }
         let results = self.saved.windows.flush(spec, now);
 
         let mut emitted: Vec<WindowSeries> = Vec::new();
@@ -117,17 +175,58 @@ impl WindowStage {
                     windows: Vec::new(),
                 });
             }
-            emitted.last_mut().expect("pushed above").windows.push(WindowValue::of(result));
+            let mut value = WindowValue::of(result);
+            if let Some(accumulator) = &mut self.accumulator {
+                let custom = result.custom.as_ref().map(|custom| finish(accumulator.as_mut(), custom, result));
+                value.custom = Some(match custom {
+                    None => CustomWindow::default(), // retracted
+                    Some(Ok(custom)) => custom,
+                    Some(Err((custom, reason))) => {
+                        aggregate_failures.push(AggregateFailure { reason, readings: Batch::new() });
+                        custom
+                    }
+                });
+            }
+            emitted.last_mut().expect("pushed above").windows.push(value);
         }
         let windows = &self.saved.windows;
         self.saved.series.retain(|name, _| windows.is_tracking(name));
         let changed = !batch.is_empty() || !results.is_empty();
         let checkpoint = changed.then(|| state_write(&self.namespace, STATE_KEY, &self.saved));
-        WindowOutput { emitted, too_late: too_late.finish(), checkpoint }
+        WindowOutput { emitted, too_late: too_late.finish(), aggregate_failures, checkpoint }
     }
 
     fn series_meta(&self, name: &str) -> SeriesMeta {
         self.saved.series.get(name).cloned().unwrap_or_default()
+    }
+}
+
+/// The custom aggregate of an emitted window: its values from `finish`, or, when `finish`
+/// fails, the window without values and the reason.
+fn finish(
+    accumulator: &mut dyn Accumulator,
+    custom: &CustomPartial,
+    result: &event_time::WindowResult,
+) -> Result<CustomWindow, (CustomWindow, String)> {
+    let mut window = CustomWindow {
+        values: None,
+        partial: custom.partial().map(<[u8]>::to_vec).unwrap_or_default(),
+        missing: custom.missing(),
+    };
+    let Some(partial) = custom.partial() else { return Ok(window) };
+    match accumulator.finish(partial, result.start, result.end) {
+        Ok(mut values) => {
+            values.sort_by(|a, b| a.0.cmp(&b.0));
+            window.values = Some(values);
+            Ok(window)
+        }
+        Err(reason) => {
+            let reason = format!(
+                "the window aggregate has no values for {:?} in [{}, {}): finish failed: {reason}",
+                result.series, result.start, result.end
+            );
+            Err((window, reason))
+        }
     }
 }
 
@@ -170,8 +269,10 @@ mod tests {
                 kind: WindowKind::Tumbling { width: 10 * SECOND as u64 },
                 allowed_lateness: 10 * SECOND as u64,
                 idle_timeout: 30 * SECOND as u64,
+                custom_aggregate: false,
             },
             keep_readings: false,
+            aggregate: None,
         }
     }
 
@@ -208,7 +309,7 @@ mod tests {
         let dir = tempfile::tempdir().expect("temp dir");
         let uninterrupted: Vec<_> = {
             let (store, _committer, _thread) = open(&dir.path().join("a"), StoreOptions::default()).expect("open");
-            let mut stage = WindowStage::load(config(), "p", &store).expect("load");
+            let mut stage = WindowStage::load(config(), "p", &store, None).expect("load");
             batches().iter().flat_map(|batch| emissions(&stage.process(batch, now))).collect()
         };
 
@@ -220,7 +321,7 @@ mod tests {
         let (mut crashed_before_commit, mut crashed_after_commit) = (false, false);
         while next < batches().len() {
             let (store, committer, thread) = open(&path, StoreOptions::default()).expect("open");
-            let mut stage = WindowStage::load(config(), "p", &store).expect("load");
+            let mut stage = WindowStage::load(config(), "p", &store, None).expect("load");
             while next < batches().len() {
                 let output = stage.process(&batches()[next], now);
                 if next == 4 && !crashed_before_commit {
@@ -244,11 +345,74 @@ mod tests {
         assert!(sent.iter().any(|(_, _, revision, _, _)| *revision > 0), "the input makes corrections too");
     }
 
+    /// A custom aggregate over little-endian u64 counts that refuses the value 666.
+    struct Counter;
+
+    impl Accumulator for Counter {
+        fn create(&mut self) -> Result<Vec<u8>, String> {
+            Ok(0u64.to_le_bytes().to_vec())
+        }
+
+        fn add(&mut self, partial: &[u8], _ts: &[Nanos], values: &[f64]) -> Result<Vec<u8>, String> {
+            if values.contains(&666.0) {
+                return Err("cursed".into());
+            }
+            let count = u64::from_le_bytes(partial.try_into().expect("8 bytes"));
+            Ok((count + values.len() as u64).to_le_bytes().to_vec())
+        }
+
+        fn merge(&mut self, first: &[u8], second: &[u8]) -> Result<Vec<u8>, String> {
+            let count = |p: &[u8]| u64::from_le_bytes(p.try_into().expect("8 bytes"));
+            Ok((count(first) + count(second)).to_le_bytes().to_vec())
+        }
+
+        fn finish(&mut self, partial: &[u8], _: Nanos, _: Nanos) -> Result<Vec<(String, f64)>, String> {
+            Ok(vec![("n".into(), u64::from_le_bytes(partial.try_into().expect("8 bytes")) as f64)])
+        }
+    }
+
+    #[test]
+    fn custom_aggregates_ride_with_their_windows_and_refused_readings_come_back() {
+        let mut stage = WindowStage::detached(config(), "p", Some(Box::new(Counter)));
+        let mut emitted = Vec::new();
+        let mut failures = Vec::new();
+        for (i, batch) in batches().into_iter().enumerate() {
+            let batch = if i == 3 {
+                // One cursed reading of series "a" in window [10 s, 20 s).
+                let mut builder = BatchBuilder::new();
+                builder.extend(&batch);
+                let index = builder.intern(&Series { name: "a".into(), unit: Some("Cel".into()), tags: Vec::new() });
+                builder.push(index, 15 * SECOND, 666.0);
+                builder.finish()
+            } else {
+                batch
+            };
+            let out = stage.process(&batch, 0);
+            failures.extend(out.aggregate_failures);
+            emitted.extend(out.emitted);
+        }
+        emitted.extend(stage.process(&Batch::new(), Nanos::MAX / 2).emitted);
+
+        assert_eq!(failures.len(), 1, "{failures:?}");
+        assert!(failures[0].reason.contains("cursed"), "{}", failures[0].reason);
+        assert!(failures[0].readings.values().contains(&666.0), "the refused readings come back");
+        let refused = failures[0].readings.len() as u64;
+        for series in &emitted {
+            for window in &series.windows {
+                let custom = window.custom.as_ref().expect("every window has its custom aggregate");
+                let counted = custom.values.as_ref().expect("finished")[0].1 as u64;
+                let cursed = series.series.name == "a" && window.start == 10 * SECOND;
+                let missing = if cursed { refused } else { 0 };
+                assert_eq!((counted + custom.missing, custom.missing), (window.stats.count, missing));
+            }
+        }
+    }
+
     #[tokio::test]
     async fn units_and_tags_of_a_series_reach_its_windows() {
         let dir = tempfile::tempdir().expect("temp dir");
         let (store, _committer, _thread) = open(dir.path(), StoreOptions::default()).expect("open");
-        let mut stage = WindowStage::load(config(), "p", &store).expect("load");
+        let mut stage = WindowStage::load(config(), "p", &store, None).expect("load");
         let mut emitted = Vec::new();
         for batch in batches() {
             emitted.extend(stage.process(&batch, 0).emitted);

@@ -24,6 +24,10 @@
 //! "the same" means for floating-point sums). A window whose readings all arrive in time order is
 //! emitted exactly once.
 //!
+//! With [`WindowSpec::custom_aggregate`], every window also keeps a [`CustomPartial`] for a
+//! custom aggregate ([`crate::accumulator`]); call [`Windows::fold_custom`] before
+//! [`Windows::flush`] so that emissions carry it complete.
+//!
 //! The whole state is plain data ([`Windows`] is serde), committed with the group that produced
 //! it.
 
@@ -31,6 +35,7 @@ use std::collections::{BTreeMap, HashMap};
 
 use serde::{Deserialize, Serialize};
 
+use super::accumulator::{Accumulator, CustomFailure, CustomPartial};
 use super::aggregate::Aggregate;
 use crate::Nanos;
 
@@ -55,6 +60,8 @@ pub struct WindowSpec {
     pub allowed_lateness: u64,
     /// Processing time after which a quiet series' pending windows are emitted, ns.
     pub idle_timeout: u64,
+    /// Whether windows also keep a custom aggregate's partial ([`crate::accumulator`]).
+    pub custom_aggregate: bool,
 }
 
 /// One emission of a window.
@@ -75,6 +82,8 @@ pub struct WindowResult {
     pub retracted: bool,
     /// The aggregate of the window's readings.
     pub aggregate: Aggregate,
+    /// The custom aggregate's partial, with [`WindowSpec::custom_aggregate`] (none when retracted).
+    pub custom: Option<CustomPartial>,
 }
 
 /// A reading that arrived after every window it belongs to had closed.
@@ -99,6 +108,38 @@ struct OpenWindow {
     emitted: Option<u32>,
     /// Changed since it was last emitted.
     changed: bool,
+    /// The custom aggregate, with [`WindowSpec::custom_aggregate`].
+    #[serde(default)]
+    custom: Option<CustomPartial>,
+}
+
+impl OpenWindow {
+    fn new(start: Nanos, end: Nanos) -> Self {
+        Self { start, end, aggregate: Aggregate::default(), emitted: None, changed: false, custom: None }
+    }
+
+    fn add(&mut self, spec: &WindowSpec, ts: Nanos, value: f64) {
+        if spec.custom_aggregate {
+            // A window opened before custom aggregation was configured misses what it held.
+            let held = self.aggregate.count();
+            self.custom.get_or_insert_with(|| CustomPartial::already_missing(held)).add(ts, value);
+        }
+        self.aggregate.add(ts, value);
+        self.changed = true;
+    }
+
+    /// Merges `other` (a session joined into this one).
+    fn absorb(&mut self, spec: &WindowSpec, other: OpenWindow) {
+        if spec.custom_aggregate {
+            let held = self.aggregate.count();
+            let custom = self.custom.get_or_insert_with(|| CustomPartial::already_missing(held));
+            custom.join(other.custom.unwrap_or_else(|| CustomPartial::already_missing(other.aggregate.count())));
+        }
+        self.aggregate.merge(&other.aggregate);
+        self.start = self.start.min(other.start);
+        self.end = self.end.max(other.end);
+        self.changed = true;
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -163,19 +204,11 @@ impl Windows {
         });
         let watermark = state.watermark(spec);
         let accepted = match spec.kind {
-            WindowKind::Session { gap } => add_to_session(state, saturating(gap), watermark, ts, value),
+            WindowKind::Session { gap } => add_to_session(state, spec, saturating(gap), watermark, ts, value),
             kind => {
                 let mut accepted = false;
                 for (start, end) in kind.fixed_windows(ts).filter(|(_, end)| *end > watermark) {
-                    let window = state.windows.entry(start).or_insert_with(|| OpenWindow {
-                        start,
-                        end,
-                        aggregate: Aggregate::default(),
-                        emitted: None,
-                        changed: false,
-                    });
-                    window.aggregate.add(ts, value);
-                    window.changed = true;
+                    state.windows.entry(start).or_insert_with(|| OpenWindow::new(start, end)).add(spec, ts, value);
                     accepted = true;
                 }
                 accepted
@@ -188,6 +221,25 @@ impl Windows {
         state.max_ts = state.max_ts.max(ts);
         state.last_seen = now;
         Ok(())
+    }
+
+    /// Folds the readings added since the last call (and sessions joined since) into each
+    /// window's custom partial, with one `add` per window. What `accumulator` refuses is counted
+    /// missing in its window and returned, ordered by series, then key.
+    pub fn fold_custom(&mut self, accumulator: &mut dyn Accumulator) -> Vec<CustomFailure> {
+        let mut failures = Vec::new();
+        let mut names: Vec<&String> = self.series.keys().collect();
+        names.sort();
+        let names: Vec<String> = names.into_iter().cloned().collect();
+        for name in names {
+            let state = self.series.get_mut(&name).expect("listed above");
+            for (key, window) in &mut state.windows {
+                if let Some(custom) = &mut window.custom {
+                    custom.fold(accumulator, &name, *key, &mut failures);
+                }
+            }
+        }
+        failures
     }
 
     /// Emits what is due at processing time `now` — windows `max_ts` passed, corrections, idle
@@ -215,6 +267,7 @@ impl Windows {
                     revision,
                     retracted: true,
                     aggregate,
+                    custom: None,
                 });
             }
             for (key, window) in &mut state.windows {
@@ -231,6 +284,7 @@ impl Windows {
                         revision,
                         retracted: false,
                         aggregate: window.aggregate.clone(),
+                        custom: window.custom.clone(),
                     });
                 }
             }
@@ -246,7 +300,14 @@ impl Windows {
 
 /// Adds a reading to the session it belongs to, creating, extending or joining sessions; false
 /// if it would only form a session that is already closed.
-fn add_to_session(state: &mut SeriesWindows, gap: Nanos, watermark: Nanos, ts: Nanos, value: f64) -> bool {
+fn add_to_session(
+    state: &mut SeriesWindows,
+    spec: &WindowSpec,
+    gap: Nanos,
+    watermark: Nanos,
+    ts: Nanos,
+    value: f64,
+) -> bool {
     // Sessions are disjoint and each key lies inside its session, so key order is time order.
     let touching: Vec<Nanos> = state
         .windows
@@ -258,10 +319,7 @@ fn add_to_session(state: &mut SeriesWindows, gap: Nanos, watermark: Nanos, ts: N
         if ts.saturating_add(gap) <= watermark {
             return false;
         }
-        let mut aggregate = Aggregate::default();
-        aggregate.add(ts, value);
-        let window = OpenWindow { start: ts, end: ts.saturating_add(gap), aggregate, emitted: None, changed: true };
-        state.windows.insert(ts, window);
+        state.windows.entry(ts).or_insert_with(|| OpenWindow::new(ts, ts.saturating_add(gap))).add(spec, ts, value);
         return true;
     };
     let mut absorbed = Vec::new();
@@ -274,14 +332,11 @@ fn add_to_session(state: &mut SeriesWindows, gap: Nanos, watermark: Nanos, ts: N
     }
     let session = state.windows.get_mut(&kept).expect("listed above");
     for other in absorbed {
-        session.aggregate.merge(&other.aggregate);
-        session.start = session.start.min(other.start);
-        session.end = session.end.max(other.end);
+        session.absorb(spec, other);
     }
-    session.aggregate.add(ts, value);
+    session.add(spec, ts, value);
     session.start = session.start.min(ts);
     session.end = session.end.max(ts.saturating_add(gap));
-    session.changed = true;
     true
 }
 

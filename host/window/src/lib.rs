@@ -9,9 +9,11 @@
 //!
 //! - [`moments`]: count, sum, min, max and the sum of squared deviations, mergeable;
 //! - [`aggregate`]: the aggregate of one window (moments, first, last, quantile sketch);
+//! - [`accumulator`]: a custom aggregate's partial in a window (the `accumulator` world);
 //! - [`event_time`]: tumbling, sliding and session windows per series, watermark, corrections;
 //! - [`downsample`]: deadband, swinging door, LTTB.
 
+pub mod accumulator;
 pub mod aggregate;
 pub mod downsample;
 pub mod event_time;

@@ -7,12 +7,18 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 
 use super::*;
+use crate::accumulator::test_accumulator::{CountSum, decode};
 use crate::aggregate::Summary;
 
 const SECOND: i64 = 1_000_000_000;
 
 fn spec(kind: WindowKind, lateness_s: i64) -> WindowSpec {
-    WindowSpec { kind, allowed_lateness: (lateness_s * SECOND) as u64, idle_timeout: (3600 * SECOND) as u64 }
+    WindowSpec {
+        kind,
+        allowed_lateness: (lateness_s * SECOND) as u64,
+        idle_timeout: (3600 * SECOND) as u64,
+        custom_aggregate: false,
+    }
 }
 
 fn kinds() -> impl Strategy<Value = WindowKind> {
@@ -188,6 +194,76 @@ proptest! {
         prop_assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
         prop_assert_eq!(results.len(), uninterrupted.len());
     }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 128, ..ProptestConfig::default() })]
+
+    /// Shuffled within the lateness, with session joins and a checkpoint mid-stream: every
+    /// emission's custom partial holds exactly the readings of its built-in aggregate.
+    #[test]
+    fn a_custom_aggregate_holds_exactly_the_readings_of_its_window(
+        kind in kinds(),
+        readings in sorted_readings(),
+        delays in prop::collection::vec(0i64..5_000, 200),
+        cut in any::<prop::sample::Index>(),
+    ) {
+        let spec = WindowSpec { custom_aggregate: true, ..spec(kind, 5) };
+        let mut arrival: Vec<(Nanos, usize)> =
+            readings.iter().enumerate().map(|(i, (_, ts, _))| (ts + delays[i] * 1_000_000, i)).collect();
+        arrival.sort();
+        let cut = cut.index(readings.len());
+        let mut accumulator = CountSum::default();
+        let mut windows = Windows::default();
+        let mut results = Vec::new();
+        for (n, (_, i)) in arrival.iter().enumerate() {
+            if n == cut {
+                let saved = serde_json::to_vec(&windows).expect("serialises");
+                windows = serde_json::from_slice(&saved).expect("deserialises");
+            }
+            let (series, ts, value) = &readings[*i];
+            windows.add(&spec, series, *ts, *value, n as Nanos).expect("within the lateness");
+            // Fold every other reading, so some folds see several readings and joined sessions.
+            if n % 2 == 1 {
+                prop_assert!(windows.fold_custom(&mut accumulator).is_empty());
+                results.extend(windows.flush(&spec, n as Nanos));
+            }
+        }
+        prop_assert!(windows.fold_custom(&mut accumulator).is_empty());
+        results.extend(windows.flush(&spec, Nanos::MAX / 2));
+        prop_assert!(!results.is_empty());
+        for result in &results {
+            if result.retracted {
+                prop_assert!(result.custom.is_none());
+                continue;
+            }
+            let custom = result.custom.as_ref().expect("custom aggregation is on");
+            prop_assert_eq!(custom.missing(), 0);
+            let summary = result.aggregate.summary().expect("not empty");
+            prop_assert_eq!(decode(custom.partial().expect("folded")), (summary.count, summary.sum));
+            prop_assert_eq!(custom.folded(), summary.count);
+        }
+    }
+}
+
+#[test]
+fn readings_a_custom_aggregate_refuses_are_missing_from_it_and_given_back() {
+    let spec = WindowSpec { custom_aggregate: true, ..spec(WindowKind::Tumbling { width: 10 * SECOND as u64 }, 0) };
+    let mut windows = Windows::default();
+    for (ts, value) in [(1, 1.0), (2, 666.0), (3, 2.0)] {
+        windows.add(&spec, "t", ts * SECOND, value, 0).expect("accepted");
+    }
+    windows.add(&spec, "u", SECOND, 5.0, 0).expect("accepted");
+    let failures = windows.fold_custom(&mut CountSum::default());
+    assert_eq!(failures.len(), 1);
+    assert_eq!((failures[0].series.as_str(), failures[0].key, failures[0].missing), ("t", 0, 3));
+    assert_eq!(failures[0].values, [1.0, 666.0, 2.0], "the refused readings come back");
+    let emitted = windows.flush(&spec, Nanos::MAX / 2);
+    let t = emitted.iter().find(|r| r.series == "t").and_then(|r| r.custom.clone()).expect("t emitted");
+    assert_eq!((t.folded(), t.missing(), t.partial().map(decode)), (0, 3, Some((0, 0.0))));
+    assert_eq!(t.missing() + t.folded(), 3, "every reading is either in the partial or missing");
+    let u = emitted.iter().find(|r| r.series == "u").and_then(|r| r.custom.clone()).expect("u emitted");
+    assert_eq!((u.folded(), u.missing()), (1, 0));
 }
 
 #[test]
