@@ -306,9 +306,9 @@ macro_rules! export_accumulator {
                     INSTANCE
                         .with(|slot| $crate::__private::accumulate(&slot.borrow(), |a| a.finish(&partial, start, end)))
                 }
-    }
+            }
 
-            world::export_accumulator_world!(WeirAccumulatorExport with_types_in $crate::__private::accumulator_world);
+    world::export_accumulator_world!(WeirAccumulatorExport with_types_in $crate::__private::accumulator_world);
         };
     };
 }

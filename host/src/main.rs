@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weir_host::config::{self, Config, ConfigError, Overrides};
-use weir_host::state::{self, DeadLetterContent, StoreOptions, stats};
+use weir_host::state::{self, Counter, DeadLetterContent, StoreOptions, stats};
 use weir_host::{bench, encode, gateway, shutdown, telemetry};
 
 /// Exit status for a configuration that was refused.
@@ -285,6 +285,15 @@ fn outbox_stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCo
         );
         for (name, value) in &stream.counters {
             println!("    {name:<20} {value}");
+        }
+        let counter = |wanted: Counter| stream.counters.iter().find(|(name, _)| name == wanted.name()).map(|(_, v)| *v);
+        if let (Some(bytes), Some(readings)) = (counter(Counter::BytesCommitted), counter(Counter::ReadingsIn))
+            && readings > 0
+        {
+            println!(
+                "    bytes per reading in: {:.3} (records as encoded, before the sink)",
+                bytes as f64 / readings as f64
+            );
         }
     }
     println!("dead letters: {} kept, {} evicted", stats.dead_letters_kept, stats.dead_letters_evicted);

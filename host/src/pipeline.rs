@@ -403,6 +403,7 @@ async fn run_processor(
             (Counter::DeadLettered, dead_letters),
             (Counter::RecordsCommitted, usize::from(processed.seq.is_some())),
             (Counter::ReadingsCommitted, processed.readings_out),
+            (Counter::BytesCommitted, processed.changes.records.iter().map(|r| r.body.len()).sum()),
             (Counter::WindowsEmitted, processed.windows_emitted),
             (Counter::ReadingsTooLate, processed.readings_too_late),
             (Counter::DownsampledIn, processed.downsampled_in),

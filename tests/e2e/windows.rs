@@ -304,7 +304,14 @@ subject = "central.thin"
     let counter = |name: &str| stream_counter(&stats, "thin", name);
     ensure!(counter("downsampled_in") == published.len() as u64, "points in counted: {stats}");
     ensure!(counter("downsampled_out") == kept.len() as u64, "points out counted: {stats}");
-    eprintln!("swinging door, max error {MAX_ERROR}: {} readings in, {} out", published.len(), kept.len());
+    let bytes: usize = records.iter().map(|r| r.payload_len).sum();
+    ensure!(counter("bytes_committed") == bytes as u64, "encoded bytes counted ({bytes} arrived): {stats}");
+    eprintln!(
+        "swinging door, max error {MAX_ERROR}: {} readings in, {} out, {:.3} bytes per reading in",
+        published.len(),
+        kept.len(),
+        bytes as f64 / published.len() as f64
+    );
     Ok(())
 }
 

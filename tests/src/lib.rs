@@ -487,6 +487,8 @@ pub struct CentralRecord {
     pub message_id: Option<String>,
     /// The decoded record.
     pub record: Record,
+    /// Its size as published, bytes.
+    pub payload_len: usize,
 }
 
 /// Reads every message of `stream` (from sequence 1) until `done` says enough, or until nothing
@@ -504,7 +506,7 @@ pub async fn collect_stream(
                 let message_id =
                     message.headers.get(async_nats::header::NATS_MESSAGE_ID).map(|v| v.as_str().to_owned());
                 let record = encode::decode(&message.payload).context("a central record that does not decode")?;
-                records.push(CentralRecord { message_id, record });
+                records.push(CentralRecord { message_id, record, payload_len: message.payload.len() });
                 next += 1;
                 last_progress = Instant::now();
                 if done(&records) {

@@ -171,6 +171,13 @@ pub enum DownsampleMethod {
         /// In the series' unit.
         max_error: f64,
     },
+    /// Largest-triangle-three-buckets per tumbling event-time window.
+    Lttb {
+        /// Readings kept per window (3 or more).
+        points: usize,
+        /// The window's width, ns (positive).
+        window: u64,
+    },
 }
 
 /// `[pipelines.<name>.window]`
@@ -859,23 +866,43 @@ impl Validator<'_> {
                 bound("relative", downsample.relative)?,
                 bound("max_error", downsample.max_error)?,
             );
+            let lttb_fields = downsample.points.is_some() || downsample.window.is_some();
             match (downsample.method, absolute, relative, max_error) {
-                (raw::DownsampleMethodName::Deadband, Some(band), None, None) => {
+                (raw::DownsampleMethodName::Deadband, Some(band), None, None) if !lttb_fields => {
                     Ok(DownsampleMethod::DeadbandAbsolute(band))
                 }
-                (raw::DownsampleMethodName::Deadband, None, Some(fraction), None) => {
+                (raw::DownsampleMethodName::Deadband, None, Some(fraction), None) if !lttb_fields => {
                     Ok(DownsampleMethod::DeadbandRelative(fraction))
                 }
                 (raw::DownsampleMethodName::Deadband, _, _, _) => Err((
                     format!("{field}.method"),
-                    "a deadband needs exactly one of `absolute` and `relative` (and no `max_error`)".to_owned(),
+                    "a deadband needs exactly one of `absolute` and `relative` (and no `max_error`, `points` or `window`)"
+                        .to_owned(),
                 )),
-                (raw::DownsampleMethodName::SwingingDoor, None, None, Some(max_error)) => {
+                (raw::DownsampleMethodName::SwingingDoor, None, None, Some(max_error)) if !lttb_fields => {
                     Ok(DownsampleMethod::SwingingDoor { max_error })
                 }
                 (raw::DownsampleMethodName::SwingingDoor, _, _, _) => Err((
                     format!("{field}.method"),
-                    "a swinging door needs `max_error` (and no `absolute` or `relative`)".to_owned(),
+                    "a swinging door needs `max_error` (and no `absolute`, `relative`, `points` or `window`)".to_owned(),
+                )),
+                (raw::DownsampleMethodName::Lttb, None, None, None) => match (downsample.points, downsample.window) {
+                    (Some(points), _) if points < 3 => Err((
+                        format!("{field}.points"),
+                        "`points` must be 3 or more: LTTB always keeps a window's first and last reading".to_owned(),
+                    )),
+                    (_, Some(window)) if window.is_zero() => {
+                        Err((format!("{field}.window"), "`window` must be longer than zero".to_owned()))
+                    }
+                    (Some(points), Some(window)) => Ok(DownsampleMethod::Lttb {
+                        points: points as usize,
+                        window: u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
+                    }),
+                    _ => Err((format!("{field}.method"), "LTTB needs `points` and `window`".to_owned())),
+                },
+                (raw::DownsampleMethodName::Lttb, _, _, _) => Err((
+                    format!("{field}.method"),
+                    "LTTB needs `points` and `window` (and no `absolute`, `relative` or `max_error`)".to_owned(),
                 )),
             }
         })();

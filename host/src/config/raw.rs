@@ -142,7 +142,7 @@ pub struct RawPipeline {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawDownsample {
-    /// `method = "deadband"` — `deadband` or `swinging_door`.
+    /// `method = "deadband"` — `deadband`, `swinging_door` or `lttb`.
     pub method: DownsampleMethodName,
     /// `absolute = 0.1` — deadband: the band in the series' unit.
     pub absolute: Option<f64>,
@@ -150,6 +150,11 @@ pub struct RawDownsample {
     pub relative: Option<f64>,
     /// `max_error = 0.1` — swinging door: the largest error of linear interpolation.
     pub max_error: Option<f64>,
+    /// `points = 20` — LTTB: readings kept per window (3 or more).
+    pub points: Option<u32>,
+    /// `window = "1m"` — LTTB: the tumbling event-time window each `points` are chosen from.
+    #[serde(default, with = "humantime_serde::option")]
+    pub window: Option<Duration>,
     /// `idle_timeout = "1m"` — a series quiet this long has its held reading sent.
     #[serde(default, with = "humantime_serde::option")]
     pub idle_timeout: Option<Duration>,
@@ -163,6 +168,8 @@ pub enum DownsampleMethodName {
     Deadband,
     /// Keep the readings that bound straight segments within an error.
     SwingingDoor,
+    /// Keep a fixed number of readings per window that preserve the shape.
+    Lttb,
 }
 
 /// `[pipelines.<name>.window]` — event-time windows per series, after the operators

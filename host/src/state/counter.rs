@@ -19,6 +19,8 @@ pub enum Counter {
     RecordsCommitted,
     /// Readings in those records.
     ReadingsCommitted,
+    /// Encoded bytes of those records: divided by `readings_in`, what a reading costs to send.
+    BytesCommitted,
     /// Publishes handed to the central broker (re-sends included).
     Published,
     /// Records the central broker confirmed (and that left the outbox).
@@ -48,12 +50,13 @@ pub enum Counter {
 
 impl Counter {
     /// Every counter, in display order.
-    pub const ALL: [Counter; 17] = [
+    pub const ALL: [Counter; 18] = [
         Self::AckedIn,
         Self::ReadingsIn,
         Self::DeadLettered,
         Self::RecordsCommitted,
         Self::ReadingsCommitted,
+        Self::BytesCommitted,
         Self::Published,
         Self::Confirmed,
         Self::RecordsCoarsened,
@@ -76,6 +79,7 @@ impl Counter {
             Self::DeadLettered => "dead_lettered",
             Self::RecordsCommitted => "records_committed",
             Self::ReadingsCommitted => "readings_committed",
+            Self::BytesCommitted => "bytes_committed",
             Self::Published => "published",
             Self::Confirmed => "confirmed",
             Self::RecordsCoarsened => "records_coarsened",

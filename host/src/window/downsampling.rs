@@ -1,6 +1,6 @@
-//! The downsampling stage: per series, a streaming downsampler (deadband or swinging door) over
-//! the readings a pipeline sends, so records carry fewer readings with a stated error bound
-//! (docs/downsampling.md).
+//! The downsampling stage: per series, a streaming downsampler (deadband, swinging door, or LTTB
+//! per tumbling event-time window) over the readings a pipeline sends, so records carry fewer
+//! readings with a stated bound (docs/downsampling.md).
 //!
 //! Like the window stage, its state (one downsampler per series) commits in the batch's change
 //! set, under the namespace `<pipeline>/$downsample`, so a crash neither repeats nor loses a
@@ -12,7 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use super::downsample::{Band, Deadband, Point, SwingingDoor};
+use super::downsample::{Band, Deadband, LttbWindows, Point, SwingingDoor};
 use super::{load_state, state_write};
 use crate::batch::{Batch, BatchBuilder, Nanos, Series};
 use crate::config::{DownsampleConfig, DownsampleMethod};
@@ -24,6 +24,7 @@ const STATE_KEY: &[u8] = b"downsamplers";
 enum Downsampler {
     Deadband(Deadband),
     SwingingDoor(SwingingDoor),
+    Lttb(LttbWindows),
 }
 
 impl Downsampler {
@@ -32,6 +33,9 @@ impl Downsampler {
             DownsampleMethod::DeadbandAbsolute(band) => Self::Deadband(Deadband::new(Band::Absolute(band))),
             DownsampleMethod::DeadbandRelative(fraction) => Self::Deadband(Deadband::new(Band::Relative(fraction))),
             DownsampleMethod::SwingingDoor { max_error } => Self::SwingingDoor(SwingingDoor::new(max_error)),
+            DownsampleMethod::Lttb { points, window } => {
+                Self::Lttb(LttbWindows::new(Nanos::try_from(window).unwrap_or(Nanos::MAX), points))
+            }
         }
     }
 
@@ -39,6 +43,7 @@ impl Downsampler {
         match self {
             Self::Deadband(d) => d.push(point, out),
             Self::SwingingDoor(d) => d.push(point, out),
+            Self::Lttb(d) => d.push(point, out),
         }
     }
 
@@ -46,6 +51,7 @@ impl Downsampler {
         match self {
             Self::Deadband(d) => d.finish(out),
             Self::SwingingDoor(d) => d.finish(out),
+            Self::Lttb(d) => d.finish(out),
         }
     }
 }
@@ -177,6 +183,26 @@ mod tests {
         let idle = stage.process(&Batch::new(), 10 * SECOND);
         assert_eq!(values(&idle.kept), [(4, 21.1)], "the last reading is sent once the series is quiet");
         assert_eq!(stage.series["t"].unit.as_deref(), Some("Cel"));
+    }
+
+    #[test]
+    fn lttb_sends_each_window_reduced_once_the_next_begins_or_the_series_is_quiet() {
+        let config = DownsampleConfig {
+            method: DownsampleMethod::Lttb { points: 3, window: 10 * SECOND as u64 },
+            idle_timeout: 30 * SECOND as u64,
+        };
+        let mut stage = DownsampleStage { config, namespace: "p/$downsample".into(), series: BTreeMap::new() };
+        let window_0: Vec<(i64, f64)> = (0..10).map(|s| (s, if s == 4 { 9.0 } else { 1.0 })).collect();
+        assert!(stage.process(&batch(&window_0), 0).kept.is_empty(), "the window is still open");
+        let next = stage.process(&batch(&[(10, 2.0), (12, 3.0), (19, 2.0)]), SECOND);
+        assert_eq!(values(&next.kept), [(0, 1.0), (4, 9.0), (9, 1.0)], "first, peak, last of [0 s, 10 s)");
+        // A crash here: the next stage starts from the committed state.
+        let saved = next.checkpoint.expect("state changed").value.expect("a value");
+        let series = minicbor_serde::from_slice(&saved).expect("the state reads back");
+        let mut stage = DownsampleStage { config, namespace: "p/$downsample".into(), series };
+        assert!(stage.process(&Batch::new(), 20 * SECOND).kept.is_empty(), "not idle yet");
+        let idle = stage.process(&Batch::new(), 31 * SECOND);
+        assert_eq!(values(&idle.kept), [(10, 2.0), (12, 3.0), (19, 2.0)], "the quiet series' window is sent");
     }
 
     #[test]

@@ -10,7 +10,8 @@
 //!   reading can pass within `max_error` of every reading since; every dropped reading is within
 //!   `max_error` of the line through the kept readings around it.
 //! - [`lttb`] (per window) keeps a fixed number of readings that preserve the shape of the
-//!   series (largest-triangle-three-buckets), always including the first and the last.
+//!   series (largest-triangle-three-buckets), always including the first and the last;
+//!   [`LttbWindows`] applies it streaming, per tumbling event-time window.
 //!
 //! **Invariants:** readings go in with non-decreasing event times (the window stage orders them);
 //! kept readings come out unchanged and in order; a NaN value is kept as it is and changes no
@@ -243,6 +244,46 @@ pub fn lttb(points: &[Point], threshold: usize) -> Vec<Point> {
         chosen.into_iter().chain(points.iter().copied().filter(|p| p.value.is_nan())).collect();
     merged.sort_by_key(|p| p.ts);
     merged
+}
+
+/// Streaming LTTB of one series: readings are collected per tumbling event-time window of
+/// `width` (aligned to the Unix epoch), and when a reading of a later window arrives, the
+/// window's readings go out reduced by [`lttb`] to `points` — the first and last of the window
+/// among them. [`LttbWindows::finish`] sends the window in progress (a quiet series); readings
+/// of that window arriving later then form a second part, reduced on its own.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LttbWindows {
+    width: Nanos,
+    points: usize,
+    /// Start of the window collected in `held`.
+    start: Nanos,
+    held: Vec<Point>,
+}
+
+impl LttbWindows {
+    /// Windows of `width` ns (positive) reduced to `points` readings each (3 or more).
+    pub fn new(width: Nanos, points: usize) -> Self {
+        Self { width: width.max(1), points, start: Nanos::MIN, held: Vec::new() }
+    }
+
+    /// Takes the next reading; appends the previous window, reduced, to `out` when this reading
+    /// starts a later one.
+    pub fn push(&mut self, point: Point, out: &mut Vec<Point>) {
+        let start = point.ts - point.ts.rem_euclid(self.width);
+        if start != self.start {
+            self.finish(out);
+            self.start = start;
+        }
+        self.held.push(point);
+    }
+
+    /// Appends the window in progress, reduced, to `out`.
+    pub fn finish(&mut self, out: &mut Vec<Point>) {
+        if !self.held.is_empty() {
+            out.extend(lttb(&self.held, self.points));
+            self.held.clear();
+        }
+    }
 }
 
 fn average(points: &[Point]) -> (f64, f64) {

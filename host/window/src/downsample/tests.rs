@@ -142,6 +142,34 @@ proptest! {
         prop_assert_eq!(kept.first(), points.first());
         prop_assert_eq!(kept.last(), points.last());
     }
+
+    #[test]
+    fn lttb_windows_keep_each_window_reduced_on_its_own_even_across_a_checkpoint(
+        points in series(),
+        width_s in 1i64..60,
+        threshold in 3usize..20,
+        cut in 0usize..300,
+    ) {
+        let width = width_s * 1_000_000_000;
+        let mut windows = LttbWindows::new(width, threshold);
+        let mut out = Vec::new();
+        for (i, point) in points.iter().enumerate() {
+            if i == cut {
+                let saved = serde_json::to_string(&windows).expect("serialises");
+                windows = serde_json::from_str(&saved).expect("deserialises");
+            }
+            windows.push(*point, &mut out);
+        }
+        windows.finish(&mut out);
+        let mut want = Vec::new();
+        for chunk in points.chunk_by(|a, b| a.ts.div_euclid(width) == b.ts.div_euclid(width)) {
+            let kept = lttb(chunk, threshold);
+            prop_assert!(kept.len() == chunk.len().min(threshold));
+            prop_assert!(kept.first() == chunk.first() && kept.last() == chunk.last(), "each window's ends are kept");
+            want.extend(kept);
+        }
+        prop_assert_eq!(out, want);
+    }
 }
 
 #[test]
