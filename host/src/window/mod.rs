@@ -151,7 +151,7 @@ impl WindowStage {
             for failure in self.saved.windows.fold_custom(accumulator.as_mut()) {
                 let mut readings = BatchBuilder::new();
                 if !failure.ts.is_empty() {
-                    let (unit, tags) = self.saved.series.get(&failure.series).cloned().unwrap_or_default();
+                    let (unit, tags) = self.series_meta(&failure.series);
                     let index = readings.intern(&Series { name: failure.series.clone(), unit, tags });
                     for (ts, value) in failure.ts.iter().zip(&failure.values) {
                         readings.push(index, *ts, *value);
