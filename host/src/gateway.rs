@@ -13,7 +13,7 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, DecodeConfig, FunctionId, PipelineConfig};
+use crate::config::{Config, DecodeConfig, FunctionId, OnQuarantine, PipelineConfig};
 use crate::decode::{self, Decode};
 use crate::operator::{Chain, Operator};
 use crate::pipeline::{self, PipelineParts, Shared};
@@ -59,12 +59,8 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
     tracing::info!(stage = "state", path = %store.path().display(), durability = ?config.state.durability, "state store open");
 
     let uses = config.pipelines.iter().map(|p| p.function_uses().count()).sum::<usize>();
-    let sandbox_options = SandboxOptions {
-        // Every use, plus room for instances being replaced.
-        max_instances: u32::try_from(uses * 2 + 4).unwrap_or(u32::MAX),
-        max_memory_bytes: config.functions.values().map(|f| f.limits.memory_bytes).max().unwrap_or(1 << 20),
-        state_limits: StateLimits { max_key: config.state.max_key, max_value: config.state.max_value },
-    };
+    let state_limits = StateLimits { max_key: config.state.max_key, max_value: config.state.max_value };
+    let sandbox_options = SandboxOptions::for_functions(config.functions.values(), uses, state_limits);
     let sandbox = Arc::new(Sandbox::new(sandbox_options, &data_dir.join("compiled"), store.clone())?);
 
     // Compiling and instantiating run guest code and take a while: off the async threads.
@@ -168,29 +164,35 @@ fn build(
             None => Err(format!("{name}: function {id} is not configured")),
         }
     };
+    let mut functions = Vec::new();
     let decoder: Box<dyn Decode> = match &config.decode {
         DecodeConfig::Function(used) => {
-            let instance = sandbox
+            let mut instance = sandbox
                 .decoder(function(&used.function)?, &name, used.name.as_str(), &used.params_json)
                 .map_err(|e| format!("{name}: {e}"))?;
+            functions.push(instance.instance_mut().health());
             Box::new(instance)
         }
         builtin => decode::builtin(builtin).expect("every decode config but Function is built in"),
     };
     let mut operators: Vec<Box<dyn Operator>> = Vec::new();
     for used in &config.operators {
-        let instance = sandbox
+        let mut instance = sandbox
             .operator(function(&used.function)?, &name, used.name.as_str(), &used.params_json)
             .map_err(|e| format!("{name}: {e}"))?;
+        functions.push(instance.instance_mut().health());
         operators.push(Box::new(instance));
     }
     let window_aggregate: Option<WindowAccumulator> = match config.window.as_ref().and_then(|w| w.aggregate.as_ref()) {
-        Some(used) => Some(Box::new(
-            sandbox
+        Some(used) => {
+            let mut instance = sandbox
                 .accumulator(function(&used.function)?, &name, used.name.as_str(), &used.params_json)
-                .map_err(|e| format!("{name}: {e}"))?,
-        )),
+                .map_err(|e| format!("{name}: {e}"))?;
+            functions.push(instance.instance_mut().health());
+            Some(Box::new(instance))
+        }
         None => None,
     };
-    Ok(PipelineParts { config, decoder, chain: Chain::new(operators), window_aggregate })
+    let chain = Chain::new(operators, config.on_quarantine == OnQuarantine::Skip);
+    Ok(PipelineParts { config, decoder, chain, window_aggregate, functions })
 }

@@ -216,6 +216,7 @@ fn dead_letters(data_dir: &std::path::Path, limit: usize, json: bool) -> anyhow:
     for (id, letter) in letters {
         let mut entry = serde_json::json!({
             "id": id, "pipeline": letter.pipeline, "stage": letter.stage, "reason": letter.reason, "at": letter.at,
+            "function": letter.function,
         });
         match &letter.content {
             DeadLetterContent::Message { topic, payload, received_at } => {
@@ -239,7 +240,8 @@ fn dead_letters(data_dir: &std::path::Path, limit: usize, json: bool) -> anyhow:
         if json {
             println!("{entry}");
         } else {
-            println!("#{id} {} [{}] {}", letter.pipeline, letter.stage, letter.reason);
+            let function = letter.function.as_deref().map(|f| format!(" ({f})")).unwrap_or_default();
+            println!("#{id} {} [{}{function}] {}", letter.pipeline, letter.stage, letter.reason);
             match &letter.content {
                 DeadLetterContent::Message { topic, payload, .. } => {
                     let preview = String::from_utf8(payload.clone()).unwrap_or_else(|_| hex::encode(payload));

@@ -18,8 +18,12 @@
 //!
 //! What fails where, per batch (nothing here stops the pipeline):
 //! - a message that does not decode → dead letter (message + reason), the rest of the batch goes on;
-//! - an operator that refuses or faults → dead letter (its input batch + reason); operators before
-//!   it keep their state writes;
+//! - an operator that refuses or faults → dead letter (its input batch + reason + function
+//!   version); operators before it keep their state writes;
+//! - a function quarantined after faulting too often in a row → `on_quarantine`: `hold` stops
+//!   taking input (nothing is acknowledged, the broker keeps it) until the quarantine ends and a
+//!   trial call is made; `skip` passes batches around a quarantined operator (counted) and
+//!   dead-letters what a quarantined decoder or window aggregate would have handled;
 //! - an encode failure → dead letter (batch + reason);
 //! - a failed commit → nothing acknowledged (the broker redelivers), seq not advanced;
 //! - a failed acknowledgement → logged (the broker redelivers; duplicates, never loss).
@@ -31,10 +35,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::batch::{Batch, BatchBuilder, CallContext, Message, Nanos};
-use crate::config::{BatchConfig, Encoding, PipelineConfig};
+use crate::config::{BatchConfig, Encoding, OnQuarantine, PipelineConfig};
 use crate::decode::Decode;
 use crate::encode::{self, Record, RecordHeader};
 use crate::operator::Chain;
+use crate::sandbox::FunctionHealth;
 use crate::sink::Sink;
 use crate::source::{self, Delivery};
 use crate::state::{
@@ -62,6 +67,8 @@ pub struct PipelineParts {
     pub chain: Chain,
     /// Its window's custom aggregate, if the window has one.
     pub window_aggregate: Option<WindowAccumulator>,
+    /// The fault records of every function use above (decoder, operators, window aggregate).
+    pub functions: Vec<FunctionHealth>,
 }
 
 impl std::fmt::Debug for PipelineParts {
@@ -124,6 +131,9 @@ pub fn spawn(
             None => None,
         },
         downsample: config.downsample.map(|d| DownsampleStage::load(d, &name, &shared.store)).transpose()?,
+        fault_totals: FaultTotals::of(&parts.functions),
+        functions: parts.functions,
+        on_quarantine: config.on_quarantine,
     };
     let done = [source_close, sink_stop.clone()];
     tracker.spawn(run_processor(processor, batch_rx, shared.committer.clone(), committed_tx, intake.clone(), done));
@@ -198,6 +208,28 @@ struct Processor {
     window: Option<WindowStage>,
     /// The downsampling stage, if the pipeline has one.
     downsample: Option<DownsampleStage>,
+    /// The fault records of the pipeline's function uses.
+    functions: Vec<FunctionHealth>,
+    /// Their fault and quarantine totals when last counted.
+    fault_totals: FaultTotals,
+    /// What to do while one of them is quarantined.
+    on_quarantine: OnQuarantine,
+}
+
+/// Faults and quarantines of a pipeline's functions, summed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct FaultTotals {
+    faults: u64,
+    quarantines: u64,
+}
+
+impl FaultTotals {
+    fn of(functions: &[FunctionHealth]) -> Self {
+        functions.iter().map(FunctionHealth::snapshot).fold(Self::default(), |sum, record| Self {
+            faults: sum.faults + record.faults,
+            quarantines: sum.quarantines + record.quarantines,
+        })
+    }
 }
 
 /// What one batch produced, to be committed together.
@@ -212,12 +244,33 @@ struct Processed {
     readings_too_late: usize,
     downsampled_in: usize,
     downsampled_out: usize,
+    readings_skipped: usize,
+    function_faults: u64,
+    function_quarantines: u64,
 }
 
 impl Processor {
     /// Processes one batch of messages; with none (a tick of the window stage), only emits the
     /// windows that are due.
     fn process(&mut self, messages: &[Message], now: Nanos) -> Processed {
+        let mut processed = self.run_stages(messages, now);
+        let totals = FaultTotals::of(&self.functions);
+        processed.function_faults = totals.faults - self.fault_totals.faults;
+        processed.function_quarantines = totals.quarantines - self.fault_totals.quarantines;
+        self.fault_totals = totals;
+        processed
+    }
+
+    /// The functions whose quarantine holds this pipeline's input: all of them under
+    /// `on_quarantine = "hold"`, none under `skip`.
+    fn holding_functions(&self) -> Vec<FunctionHealth> {
+        match self.on_quarantine {
+            OnQuarantine::Hold => self.functions.clone(),
+            OnQuarantine::Skip => Vec::new(),
+        }
+    }
+
+    fn run_stages(&mut self, messages: &[Message], now: Nanos) -> Processed {
         let ctx = CallContext { processing_time: now, watermark: self.watermark };
         let mut processed = Processed::default();
         let output = if messages.is_empty() {
@@ -228,7 +281,8 @@ impl Processor {
                 match self.decoder.decode(message, &ctx) {
                     Ok(piece) => decoded.extend(&piece),
                     Err(error) => {
-                        processed.changes.dead_letters.push(self.dead_message(message, &error.to_string(), now));
+                        let letter = self.dead_message(message, &error.to_string(), error.function(), now);
+                        processed.changes.dead_letters.push(letter);
                     }
                 }
             }
@@ -241,11 +295,13 @@ impl Processor {
 
             let outcome = self.chain.process(batch, &ctx);
             processed.changes.state_writes.extend(self.chain.take_state_writes());
+            processed.readings_skipped = self.chain.take_skipped();
             match outcome {
                 Ok(output) => output,
                 Err(failure) => {
                     let stage = format!("operator {}", failure.operator);
-                    let letter = self.dead_batch(&stage, &failure.failure.to_string(), &failure.input, now);
+                    let mut letter = self.dead_batch(&stage, &failure.failure.to_string(), &failure.input, now);
+                    letter.function = failure.function;
                     processed.changes.dead_letters.push(letter);
                     return processed;
                 }
@@ -304,11 +360,12 @@ impl Processor {
         processed
     }
 
-    fn dead_message(&self, message: &Message, reason: &str, now: Nanos) -> DeadLetter {
+    fn dead_message(&self, message: &Message, reason: &str, function: Option<&str>, now: Nanos) -> DeadLetter {
         DeadLetter {
             pipeline: self.pipeline.clone(),
             stage: "decode".to_owned(),
             reason: reason.to_owned(),
+            function: function.map(str::to_owned),
             at: now,
             content: DeadLetterContent::Message {
                 topic: message.topic.clone(),
@@ -327,6 +384,7 @@ impl Processor {
             pipeline: self.pipeline.clone(),
             stage: stage.to_owned(),
             reason: reason.to_owned(),
+            function: None,
             at: now,
             content: DeadLetterContent::Batch { record, readings: batch.len() as u64 },
         }
@@ -344,6 +402,7 @@ async fn run_processor(
     done: [CancellationToken; 2],
 ) {
     let pipeline = processor.pipeline.clone();
+    let holding = processor.holding_functions();
     // Window and downsampling stages also run without input, so that quiet series are sent.
     let tick =
         [processor.window.as_ref().map(WindowStage::tick), processor.downsample.as_ref().map(DownsampleStage::tick)]
@@ -365,6 +424,11 @@ async fn run_processor(
             _ = async { ticks.as_mut().expect("guarded by the branch condition").tick().await }, if ticks.is_some() => Vec::new(),
         };
         let tick = deliveries.is_empty();
+        if !hold_while_quarantined(&holding, &pipeline, &intake).await {
+            tracing::warn!(stage = "pipeline", pipeline = %pipeline, messages = deliveries.len(),
+                "shutting down while holding input for a quarantined function; it is not acknowledged and will be redelivered");
+            break;
+        }
         let Some(mut core) = processor.take() else { break };
         let mut records = Vec::new();
         let mut messages = Vec::with_capacity(deliveries.len());
@@ -408,6 +472,9 @@ async fn run_processor(
             (Counter::ReadingsTooLate, processed.readings_too_late),
             (Counter::DownsampledIn, processed.downsampled_in),
             (Counter::DownsampledOut, processed.downsampled_out),
+            (Counter::ReadingsSkipped, processed.readings_skipped),
+            (Counter::FunctionFaults, usize::try_from(processed.function_faults).unwrap_or(usize::MAX)),
+            (Counter::FunctionQuarantines, usize::try_from(processed.function_quarantines).unwrap_or(usize::MAX)),
         ]
         .into_iter()
         .map(|(counter, by)| (pipeline.clone(), counter, by as u64))
@@ -432,6 +499,33 @@ async fn run_processor(
     for token in done {
         token.cancel();
     }
+}
+
+/// Under `on_quarantine = "hold"`, waits until none of the pipeline's functions is quarantined.
+/// Returns false when shutdown came first.
+async fn hold_while_quarantined(functions: &[FunctionHealth], pipeline: &str, shutdown: &CancellationToken) -> bool {
+    let mut held = false;
+    let longest_quarantine = || {
+        functions
+            .iter()
+            .filter_map(|health| health.quarantined_for().map(|left| (left, health.snapshot().function)))
+            .max_by_key(|(left, _)| *left)
+    };
+    while let Some((left, function)) = longest_quarantine() {
+        if !held {
+            tracing::warn!(stage = "pipeline", pipeline, function = %function, for_ = ?crate::sandbox::round_to_millis(left),
+                "holding input: a function of this pipeline is quarantined (on_quarantine = \"hold\")");
+            held = true;
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return false,
+            () = tokio::time::sleep(left) => {}
+        }
+    }
+    if held {
+        tracing::info!(stage = "pipeline", pipeline, "quarantine over: taking input again, the next call is a trial");
+    }
+    true
 }
 
 /// Commits `changes`, retrying with backoff while the store refuses (a full outbox under
@@ -562,11 +656,14 @@ mod tests {
             gateway: "gw".into(),
             encoding: Encoding::Cbor,
             decoder: Box::new(RawNumberDecoder::new(crate::config::NumberEncoding::Text, String::new(), None)),
-            chain: Chain::new(vec![Box::new(RefuseNegative)]),
+            chain: Chain::new(vec![Box::new(RefuseNegative)], false),
             last_seq,
             watermark: Nanos::MIN,
             window: None,
             downsample: None,
+            functions: Vec::new(),
+            fault_totals: FaultTotals::default(),
+            on_quarantine: OnQuarantine::Hold,
         }
     }
 

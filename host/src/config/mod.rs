@@ -20,7 +20,9 @@ use std::time::Duration;
 use toml::Spanned;
 
 pub use error::{ConfigError, Problem};
-pub use raw::{Durability, Encoding, NumberEncoding, SimulatedPayload, SimulatedSensor, TimeUnit, WhenFull};
+pub use raw::{
+    Durability, Encoding, NumberEncoding, OnQuarantine, SimulatedPayload, SimulatedSensor, TimeUnit, WhenFull,
+};
 use raw::{RawBroker, RawConfig, RawDecode, RawFieldMapping, RawPipeline, RawSink, RawSource};
 pub use types::{
     BrokerUrl, FunctionId, GatewayId, JsonPointer, MqttTopic, Name, NatsSubject, NatsSubjectFilter, Protocol,
@@ -74,6 +76,8 @@ pub struct FunctionConfig {
     pub component: PathBuf,
     /// Per-instance limits.
     pub limits: FunctionLimits,
+    /// When a faulting function is taken out of service, and for how long.
+    pub quarantine: QuarantineConfig,
 }
 
 /// Limits of one function instance.
@@ -83,6 +87,50 @@ pub struct FunctionLimits {
     pub memory_bytes: u64,
     /// Wall time per call before the call is interrupted.
     pub timeout: Duration,
+    /// Fuel per call (about one unit per WebAssembly instruction), when metered.
+    pub fuel: Option<u64>,
+    /// Largest size of any table, in elements.
+    pub table_elements: u32,
+    /// Core module instances the component may create.
+    pub instances: u32,
+    /// Bytes of state (keys and values) the instance may write between two commits.
+    pub state_write_bytes: u64,
+}
+
+impl FunctionLimits {
+    /// The limits of a function that sets none.
+    pub const DEFAULT: Self = Self {
+        memory_bytes: defaults::MEMORY,
+        timeout: defaults::TIMEOUT,
+        fuel: None,
+        table_elements: defaults::TABLE_ELEMENTS,
+        instances: defaults::INSTANCES,
+        state_write_bytes: defaults::STATE_WRITES,
+    };
+}
+
+/// Quarantine of a function that keeps faulting.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuarantineConfig {
+    /// Consecutive faults (of one use) that quarantine it.
+    pub after: u32,
+    /// How long the first quarantine lasts; each further one in a row lasts twice as long, up to
+    /// [`QuarantineConfig::LONGEST`].
+    pub first: Duration,
+}
+
+impl QuarantineConfig {
+    /// The longest quarantine.
+    pub const LONGEST: Duration = Duration::from_secs(3600);
+
+    /// The quarantine of a function that sets none.
+    pub const DEFAULT: Self = Self { after: defaults::QUARANTINE_AFTER, first: defaults::QUARANTINE_FOR };
+
+    /// How long the `n`-th quarantine in a row (from 1) lasts.
+    pub fn period(&self, n: u32) -> Duration {
+        let doubled = self.first.saturating_mul(1_u32.checked_shl(n.saturating_sub(1)).unwrap_or(u32::MAX));
+        doubled.min(Self::LONGEST.max(self.first))
+    }
 }
 
 /// How to reach a broker.
@@ -135,6 +183,8 @@ pub struct PipelineConfig {
     pub window: Option<WindowConfig>,
     /// Downsampling of the readings sent, if any.
     pub downsample: Option<DownsampleConfig>,
+    /// What the pipeline does while one of its functions is quarantined.
+    pub on_quarantine: OnQuarantine,
 }
 
 impl PipelineConfig {
@@ -411,7 +461,16 @@ mod defaults {
     /// A quiet series' held reading waits this long for the next one.
     pub const DOWNSAMPLE_IDLE: Duration = Duration::from_secs(60);
     pub const MEMORY: u64 = 32 * 1024 * 1024;
+    /// One WebAssembly page is 64 KiB; below 16 pages no Rust guest starts.
+    pub const MIN_MEMORY: u64 = 1024 * 1024;
     pub const TIMEOUT: Duration = Duration::from_millis(100);
+    pub const TABLE_ELEMENTS: u32 = 100_000;
+    /// A component is a handful of core instances (the module, adapters, shims).
+    pub const INSTANCES: u32 = 32;
+    pub const MAX_INSTANCES: u32 = 1000;
+    pub const STATE_WRITES: u64 = 8 * 1024 * 1024;
+    pub const QUARANTINE_AFTER: u32 = 5;
+    pub const QUARANTINE_FOR: Duration = Duration::from_secs(60);
     pub const MAX_KEY: u32 = 1024;
     pub const MAX_VALUE: u32 = 1024 * 1024;
     pub const DEAD_LETTERS: u64 = 10_000;
@@ -509,14 +568,36 @@ impl Validator<'_> {
                     format!("component file {} does not exist", component.display()),
                 );
             }
+            let raw_function = function.get_ref();
             let limits = FunctionLimits {
-                memory_bytes: function.get_ref().memory.map_or(defaults::MEMORY, |m| m.0),
-                timeout: function.get_ref().timeout.unwrap_or(defaults::TIMEOUT),
+                memory_bytes: raw_function.memory.map_or(defaults::MEMORY, |m| m.0),
+                timeout: raw_function.timeout.unwrap_or(defaults::TIMEOUT),
+                fuel: raw_function.fuel,
+                table_elements: raw_function.table_elements.unwrap_or(defaults::TABLE_ELEMENTS),
+                instances: raw_function.instances.unwrap_or(defaults::INSTANCES),
+                state_write_bytes: raw_function.state_writes.map_or(defaults::STATE_WRITES, |s| s.0),
             };
-            if limits.timeout.is_zero() {
-                self.problem(&function, format!("functions.{id}.timeout"), "timeout must be longer than zero");
+            let quarantine = QuarantineConfig {
+                after: raw_function.quarantine_after.unwrap_or(defaults::QUARANTINE_AFTER),
+                first: raw_function.quarantine_for.unwrap_or(defaults::QUARANTINE_FOR),
+            };
+            let field = |name: &str| format!("functions.{id}.{name}");
+            let refusals = [
+                (limits.timeout.is_zero(), "timeout", "timeout must be longer than zero"),
+                (limits.memory_bytes < defaults::MIN_MEMORY, "memory", "memory must be at least 1MiB (16 pages)"),
+                (limits.fuel == Some(0), "fuel", "fuel must be more than zero (leave it out for no metering)"),
+                (limits.table_elements == 0, "table_elements", "table_elements must be more than zero"),
+                (limits.instances == 0, "instances", "instances must be more than zero"),
+                (limits.instances > defaults::MAX_INSTANCES, "instances", "instances must be at most 1000"),
+                (quarantine.after == 0, "quarantine_after", "quarantine_after must be at least 1"),
+                (quarantine.first.is_zero(), "quarantine_for", "quarantine_for must be longer than zero"),
+            ];
+            for (refused, name, reason) in refusals {
+                if refused {
+                    self.problem(&function, field(name), reason);
+                }
             }
-            functions.insert(id.clone(), FunctionConfig { id, component, limits });
+            functions.insert(id.clone(), FunctionConfig { id, component, limits, quarantine });
         }
 
         let pipelines: Vec<PipelineConfig> = raw
@@ -834,6 +915,7 @@ impl Validator<'_> {
             outbox,
             window: window?,
             downsample: downsample?,
+            on_quarantine: raw.on_quarantine,
         })
     }
 

@@ -108,6 +108,35 @@ pub struct RawFunction {
     /// `timeout = "100ms"` — wall time per call before it is interrupted.
     #[serde(default, with = "humantime_serde::option")]
     pub timeout: Option<Duration>,
+    /// `fuel = 50_000_000` — units of work (about one per WebAssembly instruction) per call;
+    /// unset: no fuel metering (the time limit still applies).
+    pub fuel: Option<u64>,
+    /// `table_elements = 100_000` — largest size of any table (function references).
+    pub table_elements: Option<u32>,
+    /// `instances = 32` — core module instances one instance of the component may create.
+    pub instances: Option<u32>,
+    /// `state_writes = "8MiB"` — bytes of state one instance may write between two commits
+    /// (keys and values); the call that goes beyond faults.
+    pub state_writes: Option<ByteSize>,
+    /// `quarantine_after = 5` — consecutive faults after which the function is quarantined.
+    pub quarantine_after: Option<u32>,
+    /// `quarantine_for = "1m"` — how long the first quarantine lasts; each further quarantine in
+    /// a row lasts twice as long, up to an hour.
+    #[serde(default, with = "humantime_serde::option")]
+    pub quarantine_for: Option<Duration>,
+}
+
+/// What a pipeline does while one of its functions is quarantined.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnQuarantine {
+    /// Take no input until the quarantine ends: input stays unacknowledged with the broker.
+    #[default]
+    Hold,
+    /// Go on without the function: an operator passes batches through unchanged (counted as
+    /// `readings_skipped`); a decoder's messages and a window aggregate's readings are
+    /// dead-lettered.
+    Skip,
 }
 
 /// `[pipelines.<name>]`
@@ -135,6 +164,10 @@ pub struct RawPipeline {
     pub window: Option<Spanned<RawWindow>>,
     /// `[pipelines.<name>.downsample]`
     pub downsample: Option<Spanned<RawDownsample>>,
+    /// `on_quarantine = "hold"` — `hold` or `skip`: what the pipeline does while one of its
+    /// functions is quarantined.
+    #[serde(default)]
+    pub on_quarantine: OnQuarantine,
 }
 
 /// `[pipelines.<name>.downsample]` — fewer readings per series, within a stated error

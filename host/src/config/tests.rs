@@ -122,7 +122,10 @@ fn a_full_configuration_is_accepted_and_resolved() {
     assert_eq!(config.gateway.id.as_str(), "plant1-gw07");
     assert_eq!(config.functions.len(), 3);
     let threshold = &config.functions[&"threshold-alert".parse().expect("valid id")];
-    assert_eq!(threshold.limits, FunctionLimits { memory_bytes: 8 << 20, timeout: Duration::from_millis(50) });
+    assert_eq!(
+        threshold.limits,
+        FunctionLimits { memory_bytes: 8 << 20, timeout: Duration::from_millis(50), ..FunctionLimits::DEFAULT }
+    );
     assert_eq!(threshold.component, functions.path().join("threshold.wasm"));
 
     let boiler = config.pipelines.iter().find(|p| p.name.as_str() == "boiler").expect("boiler pipeline");
@@ -327,6 +330,47 @@ fn lttb_downsamples_per_window() {
     let press = config.pipelines.iter().find(|p| p.name.as_str() == "press").expect("press pipeline");
     let method = press.downsample.expect("downsampling").method;
     assert_eq!(method, DownsampleMethod::Lttb { points: 20, window: 60_000_000_000 });
+}
+
+#[test]
+fn function_limits_and_quarantine_are_read_and_checked() {
+    let functions = functions_dir();
+    let governed = valid_but(
+        "timeout = \"50ms\"",
+        "timeout = \"50ms\"\nfuel = 1_000_000\ntable_elements = 500\ninstances = 4\nstate_writes = \"1MiB\"\nquarantine_after = 2\nquarantine_for = \"10s\"",
+    );
+    let governed = governed.replacen(
+        "[[pipelines.boiler.operators]]",
+        "[pipelines.boiler]\non_quarantine = \"skip\"\n\n[[pipelines.boiler.operators]]",
+        1,
+    );
+    let config = parse_with(&governed, functions.path()).expect("valid");
+    let threshold = &config.functions[&"threshold-alert".parse().expect("valid id")];
+    assert_eq!(
+        threshold.limits,
+        FunctionLimits {
+            memory_bytes: 8 << 20,
+            timeout: Duration::from_millis(50),
+            fuel: Some(1_000_000),
+            table_elements: 500,
+            instances: 4,
+            state_write_bytes: 1 << 20,
+        }
+    );
+    assert_eq!(threshold.quarantine, QuarantineConfig { after: 2, first: Duration::from_secs(10) });
+    let boiler = config.pipelines.iter().find(|p| p.name.as_str() == "boiler").expect("boiler pipeline");
+    assert_eq!(boiler.on_quarantine, OnQuarantine::Skip);
+    let unit_convert = &config.functions[&"unit-convert".parse().expect("valid id")];
+    assert_eq!((unit_convert.limits, unit_convert.quarantine), (FunctionLimits::DEFAULT, QuarantineConfig::DEFAULT));
+
+    insta::assert_snapshot!(invalid(&valid_but(
+        "memory = \"8MiB\"",
+        "memory = \"64KiB\"\nfuel = 0\ninstances = 0\nquarantine_after = 0",
+    )));
+    insta::assert_snapshot!(invalid(&valid_but(
+        "[[pipelines.boiler.operators]]",
+        "[pipelines.boiler]\non_quarantine = \"restart\"\n\n[[pipelines.boiler.operators]]"
+    )));
 }
 
 #[test]

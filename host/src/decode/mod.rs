@@ -112,6 +112,26 @@ pub enum DecodeError {
         /// What happened.
         reason: String,
     },
+    /// A decoder function is quarantined after faulting too often in a row; it was not called.
+    #[error("decoder function {function} is quarantined for another {}", humantime::format_duration(crate::sandbox::round_to_millis(*.remaining)))]
+    Quarantined {
+        /// The function's id.
+        function: String,
+        /// Time left in the quarantine.
+        remaining: std::time::Duration,
+    },
+}
+
+impl DecodeError {
+    /// The function version that refused or faulted, when a function decoded.
+    pub fn function(&self) -> Option<&str> {
+        match self {
+            Self::Refused { function, .. } | Self::Fault { function, .. } | Self::Quarantined { function, .. } => {
+                Some(function)
+            }
+            _ => None,
+        }
+    }
 }
 
 fn at_item(item: Option<usize>) -> String {

@@ -28,6 +28,12 @@ pub enum OperatorFailure {
         /// What happened.
         reason: String,
     },
+    /// The function is quarantined after faulting too often in a row; it was not called.
+    #[error("quarantined for another {}", humantime::format_duration(crate::sandbox::round_to_millis(*.remaining)))]
+    Quarantined {
+        /// Time left in the quarantine.
+        remaining: std::time::Duration,
+    },
 }
 
 /// Turns a batch into a batch.
@@ -36,6 +42,11 @@ pub enum OperatorFailure {
 pub trait Operator: Send {
     /// Name of this use in the pipeline (the function's state namespace).
     fn name(&self) -> &str;
+
+    /// The function version behind it (`<id>@<digest prefix>`), when it is a function.
+    fn function(&self) -> Option<&str> {
+        None
+    }
 
     /// Processes one batch. On failure, the input comes back with the reason.
     // The error hands the input batch back for dead-lettering; boxing it would allocate on a
@@ -52,6 +63,8 @@ pub trait Operator: Send {
 pub struct ChainFailure {
     /// Name of the operator that failed.
     pub operator: String,
+    /// The function version behind it, when it is a function.
+    pub function: Option<String>,
     /// Why.
     pub failure: OperatorFailure,
     /// The batch as that operator received it.
@@ -61,6 +74,8 @@ pub struct ChainFailure {
 /// The operators of one pipeline.
 pub struct Chain {
     operators: Vec<Box<dyn Operator>>,
+    skip_quarantined: bool,
+    skipped: usize,
 }
 
 impl std::fmt::Debug for Chain {
@@ -70,9 +85,10 @@ impl std::fmt::Debug for Chain {
 }
 
 impl Chain {
-    /// A chain running `operators` in order.
-    pub fn new(operators: Vec<Box<dyn Operator>>) -> Self {
-        Self { operators }
+    /// A chain running `operators` in order. With `skip_quarantined`, a quarantined operator is
+    /// passed over (the batch goes on to the next one unchanged); without, it fails the batch.
+    pub fn new(operators: Vec<Box<dyn Operator>>, skip_quarantined: bool) -> Self {
+        Self { operators, skip_quarantined, skipped: 0 }
     }
 
     /// Names of the operators, in order.
@@ -87,13 +103,28 @@ impl Chain {
             if batch.is_empty() {
                 break;
             }
-            batch = operator.process(batch, ctx).map_err(|(input, failure)| ChainFailure {
-                operator: operator.name().to_owned(),
-                failure,
-                input,
-            })?;
+            batch = match operator.process(batch, ctx) {
+                Ok(output) => output,
+                Err((input, OperatorFailure::Quarantined { .. })) if self.skip_quarantined => {
+                    self.skipped += input.len();
+                    input
+                }
+                Err((input, failure)) => {
+                    return Err(ChainFailure {
+                        operator: operator.name().to_owned(),
+                        function: operator.function().map(str::to_owned),
+                        failure,
+                        input,
+                    });
+                }
+            };
         }
         Ok(batch)
+    }
+
+    /// Readings that went past a quarantined operator unprocessed since the last take.
+    pub fn take_skipped(&mut self) -> usize {
+        std::mem::take(&mut self.skipped)
     }
 
     /// Every operator's state writes since the last take.
@@ -145,16 +176,20 @@ mod tests {
 
     #[test]
     fn runs_operators_in_order() {
-        let mut chain =
-            Chain::new(vec![Box::new(Doubler { name: "a", calls: 0 }), Box::new(Doubler { name: "b", calls: 0 })]);
+        let mut chain = Chain::new(
+            vec![Box::new(Doubler { name: "a", calls: 0 }), Box::new(Doubler { name: "b", calls: 0 })],
+            false,
+        );
         assert_eq!(chain.process(batch(&[1.0, 2.0]), &CTX).expect("positive values").values(), [4.0, 8.0]);
         assert_eq!(chain.names(), ["a", "b"]);
     }
 
     #[test]
     fn failure_names_the_operator_and_returns_its_input() {
-        let mut chain =
-            Chain::new(vec![Box::new(Doubler { name: "a", calls: 0 }), Box::new(Doubler { name: "b", calls: 0 })]);
+        let mut chain = Chain::new(
+            vec![Box::new(Doubler { name: "a", calls: 0 }), Box::new(Doubler { name: "b", calls: 0 })],
+            false,
+        );
         let failure = chain.process(batch(&[-1.0]), &CTX).expect_err("negative values are refused");
         assert_eq!(failure.operator, "a");
         assert_eq!(failure.input.values(), [-1.0]);

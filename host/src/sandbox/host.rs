@@ -22,6 +22,7 @@ use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{clock, log, state, types};
+use crate::config::FunctionLimits;
 use crate::state::StateStore;
 
 /// Lines a function may log (imports and stdout/stderr together) per call before the rest are
@@ -31,6 +32,9 @@ pub const LOG_LINES_PER_CALL: u32 = 100;
 const STDERR_TAIL_BYTES: usize = 2048;
 /// Longest log line kept; longer lines are cut.
 const MAX_LINE_BYTES: usize = 4096;
+/// Most random bytes one `wasi:random` call may ask for; a larger request traps instead of making
+/// the host allocate it.
+const MAX_RANDOM_BYTES: u64 = 64 * 1024;
 
 /// Who an instance is, for logs and fault reports.
 #[derive(Clone, Debug)]
@@ -300,6 +304,13 @@ pub enum LimitHit {
         /// The cap.
         limit: usize,
     },
+    /// Uncommitted state writes (host memory) would have grown beyond the cap.
+    StateWrites {
+        /// Bytes they would have held.
+        desired: u64,
+        /// The cap.
+        limit: u64,
+    },
 }
 
 /// Resource limits of one instance.
@@ -307,12 +318,10 @@ pub enum LimitHit {
 pub struct Limiter {
     memory_bytes: usize,
     table_elements: usize,
+    instances: usize,
     /// Set when a limit refused a grow; read when classifying the fault.
     pub hit: Option<LimitHit>,
 }
-
-/// Table elements an instance may have (per table).
-const TABLE_ELEMENTS: usize = 100_000;
 
 impl wasmtime::ResourceLimiter for Limiter {
     fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
@@ -331,9 +340,9 @@ impl wasmtime::ResourceLimiter for Limiter {
         Ok(true)
     }
 
-    // A component is several core instances (module, shims); these caps only stop runaway nesting.
+    // A component is several core instances (module, adapters, shims).
     fn instances(&self) -> usize {
-        32
+        self.instances
     }
 
     fn tables(&self) -> usize {
@@ -366,6 +375,11 @@ pub struct InstanceState {
     pub pending: Writes,
     /// Writes of the call in progress.
     call_writes: Writes,
+    /// Bytes (keys and values) written into `pending`, and by the call in progress.
+    pending_bytes: u64,
+    call_bytes: u64,
+    /// The cap on `pending_bytes + call_bytes`.
+    state_write_bytes: u64,
     /// A host failure seen during the call (it also trapped the call).
     pub host_failure: Option<String>,
 }
@@ -384,7 +398,7 @@ impl InstanceState {
         store: StateStore,
         namespace: String,
         state_limits: StateLimits,
-        memory_bytes: usize,
+        limits: &FunctionLimits,
         pending: Writes,
     ) -> Self {
         let output = Output::new(labels);
@@ -397,11 +411,18 @@ impl InstanceState {
             .allow_tcp(false)
             .allow_udp(false)
             .allow_ip_name_lookup(false)
+            .max_random_size(MAX_RANDOM_BYTES)
             .build();
+        let pending_bytes = pending.iter().map(|(k, v)| written_bytes(k, v.as_deref())).sum();
         Self {
             wasi,
             table: ResourceTable::new(),
-            limiter: Limiter { memory_bytes, table_elements: TABLE_ELEMENTS, hit: None },
+            limiter: Limiter {
+                memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+                table_elements: limits.table_elements as usize,
+                instances: limits.instances as usize,
+                hit: None,
+            },
             output,
             clock,
             watermark: 0,
@@ -410,6 +431,9 @@ impl InstanceState {
             state_limits,
             pending,
             call_writes: Writes::new(),
+            pending_bytes,
+            call_bytes: 0,
+            state_write_bytes: limits.state_write_bytes,
             host_failure: None,
         }
     }
@@ -419,6 +443,7 @@ impl InstanceState {
         self.clock.set(processing_time);
         self.watermark = watermark;
         self.call_writes.clear();
+        self.call_bytes = 0;
         self.host_failure = None;
         self.limiter.hit = None;
         self.output.begin_call();
@@ -428,10 +453,30 @@ impl InstanceState {
     /// wrote (to explain a fault).
     pub fn end_call(&mut self, succeeded: bool) -> String {
         let writes = std::mem::take(&mut self.call_writes);
+        let bytes = std::mem::take(&mut self.call_bytes);
         if succeeded {
             self.pending.extend(writes);
+            self.pending_bytes += bytes;
         }
         self.output.end_call()
+    }
+
+    /// Hands over the writes of successful calls for the pipeline's commit.
+    pub fn take_pending(&mut self) -> Writes {
+        self.pending_bytes = 0;
+        std::mem::take(&mut self.pending)
+    }
+
+    /// Charges a write against the state write budget; beyond it the call traps (the guest could
+    /// otherwise make the host hold any amount of memory).
+    fn charge(&mut self, key: &[u8], value: Option<&[u8]>) -> wasmtime::Result<()> {
+        let desired = self.pending_bytes + self.call_bytes + written_bytes(key, value);
+        if desired > self.state_write_bytes {
+            self.limiter.hit = Some(LimitHit::StateWrites { desired, limit: self.state_write_bytes });
+            wasmtime::bail!("state write limit of {} bytes reached", self.state_write_bytes);
+        }
+        self.call_bytes = desired - self.pending_bytes;
+        Ok(())
     }
 
     fn read(&mut self, key: &[u8]) -> wasmtime::Result<Option<Vec<u8>>> {
@@ -493,11 +538,13 @@ impl state::Host for InstanceState {
         if value.len() > max_value as usize {
             return Ok(Err(state::StateError::ValueTooLarge(max_value)));
         }
+        self.charge(&key, Some(&value))?;
         self.call_writes.insert(key, Some(value));
         Ok(Ok(()))
     }
 
     fn delete(&mut self, key: Vec<u8>) -> wasmtime::Result<()> {
+        self.charge(&key, None)?;
         self.call_writes.insert(key, None);
         Ok(())
     }
@@ -520,4 +567,9 @@ impl state::Host for InstanceState {
         }
         Ok(merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).take(limit).collect())
     }
+}
+
+/// What a write costs against the state write budget: its key and value bytes.
+fn written_bytes(key: &[u8], value: Option<&[u8]>) -> u64 {
+    (key.len() + value.map_or(0, <[u8]>::len)) as u64
 }

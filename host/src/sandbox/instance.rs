@@ -2,14 +2,17 @@
 //! fault or on a version change.
 
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use wasmtime::component::InstancePre;
 use wasmtime::{Engine, Store, Trap};
 
 use super::bindings::{accumulator, decoder, operator, types};
 use super::host::{InstanceLabels, InstanceState, LimitHit, StateLimits, Writes};
+use super::quarantine::{Admission, FaultRecord, FunctionHealth};
 use super::{CompiledFunction, SandboxError, WorldKind, deadline_ticks};
 use crate::batch::{Batch, CallContext, Message, Series};
+use crate::config::FunctionLimits;
 use crate::decode::{Decode, DecodeError};
 use crate::operator::{Operator, OperatorFailure};
 use crate::state::{StateStore, StateWrite};
@@ -54,6 +57,8 @@ pub(super) struct Runtime {
     pub(super) engine: Engine,
     pub(super) store: StateStore,
     pub(super) state_limits: StateLimits,
+    /// Whether the engine meters fuel (then every store needs some, metered function or not).
+    pub(super) fuel_metering: bool,
 }
 
 enum Exports {
@@ -67,7 +72,17 @@ struct Live {
     exports: Exports,
 }
 
-/// One use of a function in a pipeline: a warm instance that is re-created after faults.
+/// Why a call produced no result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(super) enum CallFailure {
+    /// The function trapped, ran out of a limit, or could not be instantiated; the reason.
+    Fault(String),
+    /// The use is quarantined for this much longer; the function was not called.
+    Quarantined(Duration),
+}
+
+/// One use of a function in a pipeline: a warm instance that is re-created after faults, and
+/// quarantined after too many in a row (see [`super::quarantine`]).
 ///
 /// Invariant: state writes of successful calls that the pipeline has not taken yet survive a
 /// fault — they move from the discarded store into `carried`, and from there into the next one.
@@ -79,7 +94,7 @@ pub struct FunctionInstance {
     params_json: String,
     live: Option<Live>,
     carried: Writes,
-    consecutive_faults: u32,
+    health: FunctionHealth,
 }
 
 impl std::fmt::Debug for FunctionInstance {
@@ -100,6 +115,11 @@ impl FunctionInstance {
         params_json: String,
     ) -> Result<Self, SandboxError> {
         let namespace = format!("{}/{}", labels.pipeline, labels.operator);
+        let health = FunctionHealth::new(
+            FaultRecord::new(labels.function.clone(), function.quarantine),
+            labels.pipeline.clone(),
+            labels.operator.clone(),
+        );
         let mut instance = Self {
             runtime,
             function,
@@ -108,7 +128,7 @@ impl FunctionInstance {
             params_json,
             live: None,
             carried: Writes::new(),
-            consecutive_faults: 0,
+            health,
         };
         let now = crate::telemetry::now_nanos();
         instance.live = Some(instance.instantiate(now).map_err(|reason| instance.start_error(reason))?);
@@ -126,7 +146,12 @@ impl FunctionInstance {
 
     /// Faults in a row (reset by a successful call).
     pub fn consecutive_faults(&self) -> u32 {
-        self.consecutive_faults
+        self.health.lock().consecutive_faults
+    }
+
+    /// The shared fault record of this use (faults, quarantine).
+    pub fn health(&self) -> FunctionHealth {
+        self.health.clone()
     }
 
     /// The state namespace of this use.
@@ -155,7 +180,7 @@ impl FunctionInstance {
             Ok(live) => {
                 tracing::info!(stage = "sandbox", from = %previous.version, to = %function.version, namespace = %self.namespace, "function version replaced");
                 self.live = Some(live);
-                self.consecutive_faults = 0;
+                self.health.lock().new_version(self.labels.function.clone());
                 Ok(())
             }
             Err(reason) => {
@@ -175,12 +200,12 @@ impl FunctionInstance {
             self.runtime.store.clone(),
             self.namespace.clone(),
             self.runtime.state_limits,
-            usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
+            &limits,
             std::mem::take(&mut self.carried),
         );
         let mut store = Store::new(&self.runtime.engine, state);
         store.limiter(|s| &mut s.limiter);
-        store.set_epoch_deadline(deadline_ticks(limits.timeout));
+        arm_limits(&mut store, &limits, self.runtime.fuel_metering);
         store.data_mut().begin_call(processing_time, 0);
         let instantiated = match &self.function.pre {
             Pre::Operator(pre) => pre.instantiate(&mut store).map(Exports::Operator),
@@ -191,11 +216,8 @@ impl FunctionInstance {
             Ok(exports) => exports,
             Err(e) => {
                 let tail = store.data_mut().end_call(false);
-                self.carried = std::mem::take(&mut store.data_mut().pending);
-                return Err(format!(
-                    "instantiation failed: {}",
-                    describe_fault(&e, store.data(), &tail, limits.timeout)
-                ));
+                self.carried = store.data_mut().take_pending();
+                return Err(format!("instantiation failed: {}", describe_fault(&e, store.data(), &tail, &limits)));
             }
         };
         let init = match &exports {
@@ -208,52 +230,57 @@ impl FunctionInstance {
         let failure = match init {
             Ok(Ok(())) => return Ok(Live { store, exports }),
             Ok(Err(error)) => format!("init refused: {}", describe_error(&error)),
-            Err(e) => format!("init faulted: {}", describe_fault(&e, store.data(), &tail, limits.timeout)),
+            Err(e) => format!("init faulted: {}", describe_fault(&e, store.data(), &tail, &limits)),
         };
-        self.carried = std::mem::take(&mut store.data_mut().pending);
+        self.carried = store.data_mut().take_pending();
         Err(failure)
     }
 
     /// Starts a call on the live instance (instantiating one if the last faulted). The call stays
-    /// open until [`Self::complete`] or [`Self::fault`]; a trap closes it here and returns the reason.
+    /// open until [`Self::complete`] or [`Self::fault`]; a trap closes it here and returns the
+    /// reason. A quarantined use is not called at all.
     fn call<R>(
         &mut self,
         ctx: &CallContext,
         invoke: impl FnOnce(&Exports, &mut Store<InstanceState>) -> wasmtime::Result<R>,
-    ) -> Result<R, String> {
+    ) -> Result<R, CallFailure> {
+        if let Admission::Quarantined(left) = self.health.lock().admit(Instant::now()) {
+            return Err(CallFailure::Quarantined(left));
+        }
         if self.live.is_none() {
             match self.instantiate(ctx.processing_time) {
                 Ok(live) => self.live = Some(live),
                 Err(reason) => {
-                    self.consecutive_faults += 1;
-                    return Err(reason);
+                    self.record_fault(&reason);
+                    return Err(CallFailure::Fault(reason));
                 }
             }
         }
-        let timeout = self.function.limits.timeout;
+        let limits = self.function.limits;
         let live = self.live.as_mut().expect("an instance is live: created just above when missing");
-        live.store.set_epoch_deadline(deadline_ticks(timeout));
+        arm_limits(&mut live.store, &limits, self.runtime.fuel_metering);
         live.store.data_mut().begin_call(ctx.processing_time, ctx.watermark);
         match invoke(&live.exports, &mut live.store) {
             Ok(result) => Ok(result),
             Err(e) => {
                 let tail = live.store.data_mut().end_call(false);
-                let reason = describe_fault(&e, live.store.data(), &tail, timeout);
+                let reason = describe_fault(&e, live.store.data(), &tail, &limits);
                 tracing::warn!(stage = "sandbox", function = %self.labels.function, pipeline = %self.labels.pipeline,
                     operator = %self.labels.operator, reason = %reason, details = ?e, "function faulted; its instance is replaced");
-                self.retire();
-                Err(reason)
+                self.retire(&reason);
+                Err(CallFailure::Fault(reason))
             }
         }
     }
 
-    /// Closes the open call: its state writes count when `succeeded`.
+    /// Closes the open call: its state writes count when `succeeded`. A refusal (`false`) is not a
+    /// fault, nor a success that would end a fault streak.
     fn complete(&mut self, succeeded: bool) {
         if let Some(live) = &mut self.live {
             live.store.data_mut().end_call(succeeded);
         }
         if succeeded {
-            self.consecutive_faults = 0;
+            self.health.lock().success();
         }
     }
 
@@ -264,25 +291,40 @@ impl FunctionInstance {
         }
         tracing::warn!(stage = "sandbox", function = %self.labels.function, pipeline = %self.labels.pipeline,
             operator = %self.labels.operator, reason, "function faulted; its instance is replaced");
-        self.retire();
+        self.retire(reason);
     }
 
     /// Drops the live instance, keeping its uncommitted writes for the next one.
-    fn retire(&mut self) {
+    fn retire(&mut self, reason: &str) {
         if let Some(mut live) = self.live.take() {
-            self.carried = std::mem::take(&mut live.store.data_mut().pending);
+            self.carried = live.store.data_mut().take_pending();
         }
-        self.consecutive_faults += 1;
+        self.record_fault(reason);
+    }
+
+    /// Counts a fault; reports the quarantine it starts, if it starts one.
+    fn record_fault(&mut self, reason: &str) {
+        let mut record = self.health.lock();
+        if let Some(period) = record.fault(Instant::now(), reason) {
+            tracing::error!(stage = "sandbox", function = %self.labels.function, pipeline = %self.labels.pipeline,
+                operator = %self.labels.operator, consecutive_faults = record.consecutive_faults, quarantines = record.quarantines,
+                period = ?period, last_fault = %reason, "function quarantined: it faulted too often in a row");
+        }
     }
 
     /// Uncommitted writes of successful calls, handed over for the pipeline's commit.
     pub fn take_state_writes(&mut self) -> Vec<StateWrite> {
         let pending = match &mut self.live {
-            Some(live) => std::mem::take(&mut live.store.data_mut().pending),
+            Some(live) => live.store.data_mut().take_pending(),
             None => std::mem::take(&mut self.carried),
         };
         pending.into_iter().map(|(key, value)| StateWrite { namespace: self.namespace.clone(), key, value }).collect()
     }
+}
+
+/// `d` without its sub-millisecond part (for messages).
+pub(crate) fn round_to_millis(d: Duration) -> Duration {
+    Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 /// Words for a domain error.
@@ -294,13 +336,17 @@ fn describe_error(error: &types::Error) -> String {
     }
 }
 
+/// Sets the per-call limits that are spent by a call: the epoch deadline and the fuel (all there
+/// is for a function without a fuel limit in an engine that meters).
+fn arm_limits(store: &mut Store<InstanceState>, limits: &FunctionLimits, fuel_metering: bool) {
+    store.set_epoch_deadline(deadline_ticks(limits.timeout));
+    if fuel_metering {
+        store.set_fuel(limits.fuel.unwrap_or(u64::MAX)).expect("the engine meters fuel");
+    }
+}
+
 /// Words for a fault: which limit or trap, with the panic message when the guest panicked.
-fn describe_fault(
-    error: &wasmtime::Error,
-    state: &InstanceState,
-    stderr: &str,
-    timeout: std::time::Duration,
-) -> String {
+fn describe_fault(error: &wasmtime::Error, state: &InstanceState, stderr: &str, limits: &FunctionLimits) -> String {
     if let Some(hit) = state.limiter.hit {
         return match hit {
             LimitHit::Memory { desired, limit } => {
@@ -309,6 +355,9 @@ fn describe_fault(
             LimitHit::Table { desired, limit } => {
                 format!("table limit: tried to grow a table to {desired} elements, the limit is {limit}")
             }
+            LimitHit::StateWrites { desired, limit } => format!(
+                "state write limit: tried to hold {desired} bytes of uncommitted state writes, the limit is {limit} bytes"
+            ),
         };
     }
     if let Some(failure) = &state.host_failure {
@@ -319,9 +368,17 @@ fn describe_fault(
     }
     match error.downcast_ref::<Trap>() {
         Some(Trap::Interrupt) => {
-            format!("timed out: the call ran longer than its limit of {timeout:?}")
+            format!("timed out: the call ran longer than its limit of {:?}", limits.timeout)
+        }
+        Some(Trap::OutOfFuel) => {
+            format!("fuel exhausted: the call used all of its {} units", limits.fuel.unwrap_or_default())
         }
         Some(Trap::StackOverflow) => "stack overflow".to_owned(),
+        // Rust and C guests keep most stack frames in linear memory, below their data; recursing
+        // too deep runs that stack off the bottom of memory, which is this trap.
+        Some(Trap::MemoryOutOfBounds) => {
+            "trap: out of bounds memory access (for a Rust or C function, usually its stack overflowing)".to_owned()
+        }
         Some(Trap::UnreachableCodeReached) => match panic_message(stderr) {
             Some(message) => format!("panicked: {message}"),
             None => "trap: unreachable code reached (an abort or panic)".to_owned(),
@@ -378,6 +435,10 @@ impl Operator for FunctionOperator {
         &self.instance.labels.operator
     }
 
+    fn function(&self) -> Option<&str> {
+        Some(&self.instance.labels.function)
+    }
+
     fn process(&mut self, batch: Batch, ctx: &CallContext) -> Result<Batch, (Batch, OperatorFailure)> {
         let input = to_wit_batch(batch);
         let restore = |input: types::Batch| {
@@ -390,7 +451,10 @@ impl Operator for FunctionOperator {
             }
         });
         match outcome {
-            Err(reason) => Err((restore(input), OperatorFailure::Fault { reason })),
+            Err(CallFailure::Fault(reason)) => Err((restore(input), OperatorFailure::Fault { reason })),
+            Err(CallFailure::Quarantined(remaining)) => {
+                Err((restore(input), OperatorFailure::Quarantined { remaining }))
+            }
             Ok(Err(error)) => {
                 self.instance.complete(false);
                 Err((restore(input), OperatorFailure::Refused { reason: describe_error(&error) }))
@@ -446,7 +510,8 @@ impl Decode for FunctionDecoder {
             }
         });
         match outcome {
-            Err(reason) => Err(DecodeError::Fault { function, reason }),
+            Err(CallFailure::Fault(reason)) => Err(DecodeError::Fault { function, reason }),
+            Err(CallFailure::Quarantined(remaining)) => Err(DecodeError::Quarantined { function, remaining }),
             Ok(Err(error)) => {
                 self.instance.complete(false);
                 Err(DecodeError::Refused { function, reason: describe_error(&error) })
@@ -507,7 +572,12 @@ impl FunctionAccumulator {
             }
         });
         match outcome {
-            Err(reason) => Err(format!("{} faulted: {reason}", self.instance.labels.function)),
+            Err(CallFailure::Fault(reason)) => Err(format!("{} faulted: {reason}", self.instance.labels.function)),
+            Err(CallFailure::Quarantined(remaining)) => Err(format!(
+                "{} is quarantined for another {}",
+                self.instance.labels.function,
+                humantime::format_duration(round_to_millis(remaining))
+            )),
             Ok(Err(error)) => {
                 self.instance.complete(false);
                 Err(format!("{} refused: {}", self.instance.labels.function, describe_error(&error)))

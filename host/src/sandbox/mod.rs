@@ -26,6 +26,7 @@
 mod bindings;
 mod host;
 mod instance;
+mod quarantine;
 
 use std::collections::hash_map::DefaultHasher;
 use std::fmt;
@@ -40,9 +41,11 @@ use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConf
 
 use host::InstanceState;
 pub use host::{InstanceLabels, StateLimits};
+pub(crate) use instance::round_to_millis;
 pub use instance::{FunctionAccumulator, FunctionDecoder, FunctionInstance, FunctionOperator};
+pub use quarantine::{FaultRecord, FunctionHealth};
 
-use crate::config::{FunctionConfig, FunctionId, FunctionLimits};
+use crate::config::{FunctionConfig, FunctionId, FunctionLimits, QuarantineConfig};
 use crate::state::StateStore;
 
 /// How often the epoch advances; call time limits are enforced to within one tick.
@@ -157,8 +160,37 @@ pub struct SandboxOptions {
     pub max_instances: u32,
     /// Largest memory cap of any function.
     pub max_memory_bytes: u64,
+    /// Largest core-instance cap of any function.
+    pub max_core_instances: u32,
+    /// Whether any function is metered with fuel (metering slows every function down, so the
+    /// engine only meters when asked to).
+    pub fuel: bool,
     /// Per-key/value limits of function state.
     pub state_limits: StateLimits,
+}
+
+impl SandboxOptions {
+    /// Room for `functions`, used `uses` times in all (every use, plus as many again for
+    /// instances being replaced, plus a few for tests of new versions).
+    pub fn for_functions<'a>(
+        functions: impl IntoIterator<Item = &'a FunctionConfig>,
+        uses: usize,
+        state_limits: StateLimits,
+    ) -> Self {
+        let mut options = Self {
+            max_instances: u32::try_from(uses * 2 + 4).unwrap_or(u32::MAX),
+            max_memory_bytes: 1 << 20,
+            max_core_instances: 1,
+            fuel: false,
+            state_limits,
+        };
+        for function in functions {
+            options.max_memory_bytes = options.max_memory_bytes.max(function.limits.memory_bytes);
+            options.max_core_instances = options.max_core_instances.max(function.limits.instances);
+            options.fuel |= function.limits.fuel.is_some();
+        }
+        options
+    }
 }
 
 /// The process-wide WebAssembly runtime.
@@ -168,6 +200,7 @@ pub struct Sandbox {
     cache_dir: PathBuf,
     store: StateStore,
     state_limits: StateLimits,
+    fuel: bool,
 }
 
 impl fmt::Debug for Sandbox {
@@ -180,6 +213,7 @@ impl fmt::Debug for Sandbox {
 pub struct CompiledFunction {
     version: FunctionVersion,
     limits: FunctionLimits,
+    quarantine: QuarantineConfig,
     pre: instance::Pre,
 }
 
@@ -209,14 +243,19 @@ impl Sandbox {
     pub fn new(options: SandboxOptions, cache_dir: &Path, store: StateStore) -> Result<Self, SandboxError> {
         let engine_error = |e: wasmtime::Error| SandboxError::Engine { reason: format!("{e:#}") };
         let instances = options.max_instances.max(1);
+        let core_instances = options.max_core_instances.clamp(1, 1000);
         let mut pool = PoolingAllocationConfig::new();
         pool.total_component_instances(instances)
-            .total_core_instances(instances * 8)
+            .total_core_instances(instances.saturating_mul(core_instances.min(8)))
+            .max_core_instances_per_component(core_instances)
             .total_memories(instances * 2)
             .total_tables(instances * 8)
             .max_memory_size(usize::try_from(options.max_memory_bytes).unwrap_or(usize::MAX));
         let mut config = Config::new();
-        config.epoch_interruption(true).allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+        config
+            .epoch_interruption(true)
+            .consume_fuel(options.fuel)
+            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&config).map_err(engine_error)?;
         start_epoch_ticker(&engine)?;
 
@@ -226,12 +265,26 @@ impl Sandbox {
             .map_err(engine_error)?;
         std::fs::create_dir_all(cache_dir)
             .map_err(|source| SandboxError::Read { path: cache_dir.to_owned(), source })?;
-        Ok(Self { engine, linker, cache_dir: cache_dir.to_owned(), store, state_limits: options.state_limits })
+        Ok(Self {
+            engine,
+            linker,
+            cache_dir: cache_dir.to_owned(),
+            store,
+            state_limits: options.state_limits,
+            fuel: options.fuel,
+        })
     }
 
     /// Compiles (or loads from the cache) the function's component and checks its world.
     pub fn load(&self, function: &FunctionConfig) -> Result<Arc<CompiledFunction>, SandboxError> {
         let path = &function.component;
+        if function.limits.fuel.is_some() && !self.fuel {
+            return Err(SandboxError::Compile {
+                function: function.id.clone(),
+                path: path.clone(),
+                reason: "the function is metered with fuel, but this sandbox was created without fuel metering".into(),
+            });
+        }
         let bytes = std::fs::read(path).map_err(|source| SandboxError::Read { path: path.clone(), source })?;
         let version = FunctionVersion { id: function.id.clone(), digest: Sha256::digest(&bytes).into() };
         let component = self.compile_cached(&version, path, &bytes)?;
@@ -250,7 +303,7 @@ impl Sandbox {
                 }
             })?;
         tracing::info!(stage = "sandbox", function = %version, world = ?pre.world(), "function loaded");
-        Ok(Arc::new(CompiledFunction { version, limits: function.limits, pre }))
+        Ok(Arc::new(CompiledFunction { version, limits: function.limits, quarantine: function.quarantine, pre }))
     }
 
     fn compile_cached(&self, version: &FunctionVersion, path: &Path, bytes: &[u8]) -> Result<Component, SandboxError> {
@@ -341,6 +394,7 @@ impl Sandbox {
                 engine: self.engine.clone(),
                 store: self.store.clone(),
                 state_limits: self.state_limits,
+                fuel_metering: self.fuel,
             },
             Arc::clone(function),
             labels,

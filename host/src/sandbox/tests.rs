@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::*;
 use crate::batch::{Batch, BatchBuilder, CallContext, Message};
-use crate::config::{Durability, FunctionConfig, FunctionLimits};
+use crate::config::{Durability, FunctionConfig, FunctionLimits, QuarantineConfig};
 use crate::decode::{Decode, DecodeError};
 use crate::operator::{Operator, OperatorFailure};
 use crate::state::{self, StoreOptions};
@@ -39,6 +39,8 @@ fn fixture() -> Fixture {
     let options = SandboxOptions {
         max_instances: 16,
         max_memory_bytes: 64 << 20,
+        max_core_instances: 32,
+        fuel: true,
         state_limits: StateLimits { max_key: 1024, max_value: 64 * 1024 },
     };
     let sandbox = Sandbox::new(options, &dir.path().join("compiled"), store.clone()).expect("sandbox");
@@ -46,10 +48,16 @@ fn fixture() -> Fixture {
 }
 
 fn function(id: &str, file: &str, limits: FunctionLimits) -> FunctionConfig {
-    FunctionConfig { id: id.parse().expect("valid id"), component: functions_dir().join(file), limits }
+    FunctionConfig {
+        id: id.parse().expect("valid id"),
+        component: functions_dir().join(file),
+        limits,
+        quarantine: QuarantineConfig { after: 1000, first: Duration::from_secs(60) },
+    }
 }
 
-const LIMITS: FunctionLimits = FunctionLimits { memory_bytes: 16 << 20, timeout: Duration::from_millis(200) };
+const LIMITS: FunctionLimits =
+    FunctionLimits { memory_bytes: 16 << 20, timeout: Duration::from_millis(200), ..FunctionLimits::DEFAULT };
 const CTX: CallContext = CallContext { processing_time: 1_700_000_000_000_000_000, watermark: 0 };
 
 fn batch(values: &[f64]) -> Batch {
@@ -257,4 +265,176 @@ fn accumulator_component_creates_adds_merges_and_finishes() {
     let refused = histogram.add(b"\xff not a partial", &[1], &[1.0]).expect_err("a foreign partial");
     assert!(refused.contains("refused: invalid input"), "{refused}");
     assert_eq!(histogram.instance_mut().consecutive_faults(), 0, "a refusal is not a fault");
+}
+
+fn faulty_with(fixture: &Fixture, mode: &str, config: &FunctionConfig) -> FunctionOperator {
+    let compiled = fixture.sandbox.load(config).expect("loads");
+    fixture
+        .sandbox
+        .operator(&compiled, "p", "faulty", &format!(r#"{{"mode": "{mode}", "trigger": 666}}"#))
+        .expect("starts")
+}
+
+fn fault_reason(failure: &OperatorFailure) -> &str {
+    match failure {
+        OperatorFailure::Fault { reason } => reason,
+        other => panic!("expected a fault, got {other}"),
+    }
+}
+
+#[test]
+fn endless_recursion_overflows_the_stack_in_linear_memory() {
+    let fixture = fixture();
+    let mut op = faulty(&fixture, "recurse");
+    let (_, failure) = op.process(batch(&[666.0]), &CTX).expect_err("recurses");
+    // The fixture's frames live on the shadow stack in linear memory (1 MiB, below the data), so
+    // they run off the bottom of memory before the engine's own stack limit is reached.
+    assert_eq!(
+        fault_reason(&failure),
+        "trap: out of bounds memory access (for a Rust or C function, usually its stack overflowing)"
+    );
+    op.process(batch(&[1.0]), &CTX).expect("recovers");
+}
+
+#[test]
+fn unbounded_state_writes_through_the_import_stop_at_the_state_write_limit() {
+    let fixture = fixture();
+    let limits = FunctionLimits { state_write_bytes: 1 << 20, ..LIMITS };
+    let mut op = faulty_with(&fixture, "flood_state", &function("faulty", "weir_fixture_faulty.wasm", limits));
+    op.process(batch(&[1.0, 2.0]), &CTX).expect("no trigger");
+    let (_, failure) = op.process(batch(&[666.0]), &CTX).expect_err("floods");
+    let reason = fault_reason(&failure);
+    assert!(reason.starts_with("state write limit: tried to hold"), "{reason}");
+    assert!(reason.ends_with("the limit is 1048576 bytes"), "{reason}");
+    op.process(batch(&[3.0]), &CTX).expect("recovers");
+    // Only the successful calls' writes are kept: the counter, not the flood.
+    let writes = op.take_state_writes();
+    assert_eq!(passed_counter(&writes), Some(3));
+    assert_eq!(writes.len(), 1, "{} writes", writes.len());
+    // Taking the writes frees the budget: the next batches may write again.
+    for _ in 0..100 {
+        op.process(batch(&[1.0]), &CTX).expect("within the budget again");
+        op.take_state_writes();
+    }
+}
+
+#[test]
+fn a_malformed_returned_batch_is_a_fault() {
+    let fixture = fixture();
+    let mut op = faulty(&fixture, "malformed");
+    let (input, failure) = op.process(batch(&[1.0, 666.0]), &CTX).expect_err("malformed output");
+    assert_eq!(input.values(), [1.0, 666.0]);
+    let reason = fault_reason(&failure);
+    assert!(reason.starts_with("returned a malformed batch"), "{reason}");
+    assert_eq!(op.process(batch(&[5.0]), &CTX).expect("recovers").values(), [5.0]);
+}
+
+#[test]
+fn fuel_stops_an_endless_loop_before_the_time_limit() {
+    let fixture = fixture();
+    let limits = FunctionLimits { fuel: Some(5_000_000), timeout: Duration::from_secs(30), ..LIMITS };
+    let mut op = faulty_with(&fixture, "spin", &function("faulty", "weir_fixture_faulty.wasm", limits));
+    op.process(batch(&[1.0; 100]), &CTX).expect("an ordinary batch fits in the fuel");
+    let (_, failure) = op.process(batch(&[666.0]), &CTX).expect_err("spins");
+    assert_eq!(fault_reason(&failure), "fuel exhausted: the call used all of its 5000000 units");
+    op.process(batch(&[1.0]), &CTX).expect("each call gets its fuel afresh");
+}
+
+#[test]
+fn a_function_that_keeps_faulting_is_quarantined_then_tried_again() {
+    let fixture = fixture();
+    let quarantine = QuarantineConfig { after: 3, first: Duration::from_millis(300) };
+    let config = FunctionConfig { quarantine, ..function("faulty", "weir_fixture_faulty.wasm", LIMITS) };
+    let mut op = faulty_with(&fixture, "panic", &config);
+    let health = op.instance_mut().health();
+    for n in 1..=3 {
+        op.process(batch(&[666.0]), &CTX).expect_err("panics");
+        assert_eq!(health.snapshot().consecutive_faults, n);
+    }
+    let left = health.quarantined_for().expect("quarantined after 3 faults in a row");
+    assert!(left <= Duration::from_millis(300));
+    // Quarantined: the function is not called, even with a harmless batch.
+    let (input, failure) = op.process(batch(&[1.0]), &CTX).expect_err("quarantined");
+    assert_eq!(input.values(), [1.0]);
+    assert!(matches!(failure, OperatorFailure::Quarantined { .. }), "{failure}");
+    assert!(failure.to_string().starts_with("quarantined for another "), "{failure}");
+    assert_eq!(health.snapshot().faults, 3, "a refused call is not a fault");
+
+    // After the period a trial call is made; a fault quarantines again, for twice as long.
+    std::thread::sleep(Duration::from_millis(320));
+    op.process(batch(&[666.0]), &CTX).expect_err("the trial panics");
+    let record = health.snapshot();
+    assert_eq!((record.faults, record.quarantines), (4, 2));
+    assert!(health.quarantined_for().expect("quarantined again") > Duration::from_millis(300));
+
+    // A new version lifts the quarantine at once.
+    let reloaded = fixture.sandbox.load(&function("faulty", "weir_fixture_faulty.wasm", LIMITS)).expect("loads");
+    op.instance_mut().replace(&reloaded).expect("replaces");
+    assert_eq!(health.quarantined_for(), None);
+    assert_eq!(op.process(batch(&[2.0]), &CTX).expect("runs again").values(), [2.0]);
+    assert_eq!(health.snapshot().consecutive_faults, 0);
+}
+
+/// Resident set size of this process, bytes (Linux).
+fn resident_bytes() -> u64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").expect("/proc/self/statm");
+    let pages: u64 = statm.split_whitespace().nth(1).and_then(|p| p.parse().ok()).expect("resident pages");
+    pages * 4096
+}
+
+/// Calls of the hostile loop; `WEIR_HOSTILE_CALLS` sets more for longer runs.
+fn hostile_calls() -> usize {
+    std::env::var("WEIR_HOSTILE_CALLS").ok().and_then(|n| n.parse().ok()).unwrap_or(10_000)
+}
+
+#[test]
+fn ten_thousand_hostile_calls_are_each_stopped_with_a_typed_fault_and_nothing_leaks() {
+    let fixture = fixture();
+    let limits = FunctionLimits { fuel: Some(20_000_000), state_write_bytes: 1 << 20, memory_bytes: 8 << 20, ..LIMITS };
+    // Never quarantined: every call must reach the function.
+    let quarantine = QuarantineConfig { after: u32::MAX, first: Duration::from_secs(1) };
+    let config = FunctionConfig { quarantine, ..function("faulty", "weir_fixture_faulty.wasm", limits) };
+    // (mode, what its fault says)
+    let hostile = [
+        ("panic", "panicked: "),
+        ("spin", "fuel exhausted"),
+        ("allocate", "memory limit"),
+        ("recurse", "stack overflowing"),
+        ("flood_state", "state write limit"),
+        ("malformed", "returned a malformed batch"),
+        ("exit", "the function called exit"),
+    ];
+    let mut operators: Vec<(FunctionOperator, &str)> =
+        hostile.iter().map(|(mode, expected)| (faulty_with(&fixture, mode, &config), *expected)).collect();
+    let mut healthy = faulty_with(&fixture, "panic", &config);
+
+    let calls = hostile_calls();
+    let mut resident_after_warm_up = 0;
+    let mut passed_by_healthy = 0_u64;
+    for call in 0..calls {
+        let (op, expected) = &mut operators[call % hostile.len()];
+        let (input, failure) = op.process(batch(&[1.0, 666.0]), &CTX).expect_err("every hostile call faults");
+        assert_eq!(input.len(), 2, "call {call}: the input comes back whole");
+        let reason = fault_reason(&failure);
+        assert!(reason.contains(*expected), "call {call}: {reason}");
+        op.take_state_writes();
+
+        // A healthy neighbour in the same engine is undisturbed.
+        let value = (call % 600) as f64;
+        let out = healthy.process(batch(&[value]), &CTX).expect("the neighbour runs");
+        assert_eq!(out.values(), [value]);
+        passed_by_healthy += 1;
+        if call == hostile.len() * 20 {
+            resident_after_warm_up = resident_bytes();
+        }
+    }
+    assert_eq!(passed_counter(&healthy.take_state_writes()), Some(passed_by_healthy));
+    for (op, _) in &mut operators {
+        let faults = op.instance_mut().health().snapshot().faults;
+        assert!(faults >= (calls / hostile.len()) as u64, "{faults}");
+    }
+    // Every fault discards an instance; none may leak. The pool bounds memories, so growth would
+    // mean host-side leaks (stores, state writes, log buffers).
+    let growth = resident_bytes().saturating_sub(resident_after_warm_up);
+    assert!(growth < 64 << 20, "resident memory grew by {growth} bytes over {calls} hostile calls");
 }

@@ -551,6 +551,7 @@ impl<'a> Drain<'a> {
                 reason: format!("the broker refused record {seq}: {reason}"),
                 at: now,
                 content: DeadLetterContent::Batch { readings: 0, record: body.unwrap_or_default() },
+                function: None,
             });
             tracing::error!(stage = "sink", pipeline = %stream, seq, reason = %reason, "record refused for good; moved to the dead letters");
         }

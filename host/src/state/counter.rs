@@ -46,11 +46,18 @@ pub enum Counter {
     DownsampledIn,
     /// Readings it kept.
     DownsampledOut,
+    /// Function calls that faulted (trap, limit, malformed result), decoders, operators and
+    /// window aggregates together.
+    FunctionFaults,
+    /// Quarantines of this pipeline's functions.
+    FunctionQuarantines,
+    /// Readings that went past a quarantined operator unprocessed (`on_quarantine = "skip"`).
+    ReadingsSkipped,
 }
 
 impl Counter {
     /// Every counter, in display order.
-    pub const ALL: [Counter; 18] = [
+    pub const ALL: [Counter; 21] = [
         Self::AckedIn,
         Self::ReadingsIn,
         Self::DeadLettered,
@@ -69,6 +76,9 @@ impl Counter {
         Self::ReadingsTooLate,
         Self::DownsampledIn,
         Self::DownsampledOut,
+        Self::FunctionFaults,
+        Self::FunctionQuarantines,
+        Self::ReadingsSkipped,
     ];
 
     /// Its name in the store, in `weir outbox stats` and in its JSON.
@@ -92,6 +102,9 @@ impl Counter {
             Self::ReadingsTooLate => "readings_too_late",
             Self::DownsampledIn => "downsampled_in",
             Self::DownsampledOut => "downsampled_out",
+            Self::FunctionFaults => "function_faults",
+            Self::FunctionQuarantines => "function_quarantines",
+            Self::ReadingsSkipped => "readings_skipped",
         }
     }
 }

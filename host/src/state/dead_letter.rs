@@ -54,6 +54,9 @@ pub struct DeadLetter {
     /// The input itself.
     #[n(4)]
     pub content: DeadLetterContent,
+    /// The function version that refused or faulted (`<id>@<digest prefix>`), when one did.
+    #[n(5)]
+    pub function: Option<String>,
 }
 
 impl DeadLetter {

@@ -28,6 +28,7 @@ fn letter(reason: &str) -> DeadLetter {
         reason: reason.into(),
         at: 1,
         content: DeadLetterContent::Message { topic: "t".into(), payload: vec![0xff], received_at: 1 },
+        function: None,
     }
 }
 

@@ -1,0 +1,196 @@
+//! Fault accounting of one function use, and its quarantine.
+//!
+//! A use that faults `after` times in a row is quarantined: for the quarantine's period no call
+//! reaches the function (callers get [`Admission::Quarantined`] and apply their pipeline's
+//! policy). When the period ends, the next call is a trial: success ends the quarantine and
+//! resets every count; a fault quarantines the use again at once, for twice as long (up to
+//! [`QuarantineConfig::LONGEST`]). A new version of the function ([`FaultRecord::new_version`])
+//! ends a quarantine too.
+//!
+//! The record is shared ([`FunctionHealth`]) so the pipeline can see a quarantine before it
+//! takes input (the `hold` policy) and the gateway can report it.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::config::QuarantineConfig;
+
+/// May a call go ahead?
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Yes.
+    Admitted,
+    /// No: the use is quarantined for this much longer.
+    Quarantined(Duration),
+}
+
+/// The fault history of one use of a function in a pipeline.
+#[derive(Clone, Debug)]
+pub struct FaultRecord {
+    config: QuarantineConfig,
+    /// The version running, `<id>@<digest prefix>`.
+    pub function: String,
+    /// Faults in a row (reset by a success).
+    pub consecutive_faults: u32,
+    /// Faults since the process started.
+    pub faults: u64,
+    /// Quarantines since the process started.
+    pub quarantines: u64,
+    /// Quarantines in a row without a success between them.
+    streak: u32,
+    /// End of the current quarantine.
+    until: Option<Instant>,
+    /// The last fault's reason.
+    pub last_fault: Option<String>,
+}
+
+impl FaultRecord {
+    /// A clean record for `function`.
+    pub fn new(function: String, config: QuarantineConfig) -> Self {
+        Self {
+            config,
+            function,
+            consecutive_faults: 0,
+            faults: 0,
+            quarantines: 0,
+            streak: 0,
+            until: None,
+            last_fault: None,
+        }
+    }
+
+    /// Whether a call may start at `now`.
+    pub fn admit(&self, now: Instant) -> Admission {
+        match self.until {
+            Some(until) if until > now => Admission::Quarantined(until - now),
+            _ => Admission::Admitted,
+        }
+    }
+
+    /// The quarantine left at `now`, if any.
+    pub fn quarantined_for(&self, now: Instant) -> Option<Duration> {
+        match self.admit(now) {
+            Admission::Quarantined(left) => Some(left),
+            Admission::Admitted => None,
+        }
+    }
+
+    /// Records a successful call: the fault streak and any quarantine end.
+    pub fn success(&mut self) {
+        self.consecutive_faults = 0;
+        self.streak = 0;
+        self.until = None;
+    }
+
+    /// Records a fault at `now`. Returns the quarantine period when this fault starts one.
+    pub fn fault(&mut self, now: Instant, reason: &str) -> Option<Duration> {
+        self.faults += 1;
+        self.consecutive_faults = self.consecutive_faults.saturating_add(1);
+        self.last_fault = Some(reason.to_owned());
+        if self.consecutive_faults < self.config.after {
+            return None;
+        }
+        self.streak = self.streak.saturating_add(1);
+        self.quarantines += 1;
+        let period = self.config.period(self.streak);
+        self.until = Some(now + period);
+        Some(period)
+    }
+
+    /// A new version replaced the faulting one: its record starts clean (totals stay).
+    pub fn new_version(&mut self, function: String) {
+        self.function = function;
+        self.success();
+    }
+}
+
+/// A shared view of a [`FaultRecord`]: the sandbox writes it, the pipeline and the gateway read it.
+#[derive(Clone, Debug)]
+pub struct FunctionHealth {
+    record: Arc<Mutex<FaultRecord>>,
+    /// The pipeline the use belongs to.
+    pub pipeline: String,
+    /// The use's name in that pipeline.
+    pub use_name: String,
+}
+
+impl FunctionHealth {
+    pub(super) fn new(record: FaultRecord, pipeline: String, use_name: String) -> Self {
+        Self { record: Arc::new(Mutex::new(record)), pipeline, use_name }
+    }
+
+    /// The record, locked. A poisoned lock only means a panic elsewhere mid-update of plain
+    /// counters; the record stays usable.
+    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, FaultRecord> {
+        self.record.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// A copy of the record now.
+    pub fn snapshot(&self) -> FaultRecord {
+        self.lock().clone()
+    }
+
+    /// The quarantine left now, if the use is quarantined.
+    pub fn quarantined_for(&self) -> Option<Duration> {
+        self.lock().quarantined_for(Instant::now())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CONFIG: QuarantineConfig = QuarantineConfig { after: 3, first: Duration::from_secs(10) };
+
+    #[test]
+    fn quarantines_after_consecutive_faults_and_doubles_on_a_failed_trial() {
+        let t0 = Instant::now();
+        let mut record = FaultRecord::new("f@1".into(), CONFIG);
+        assert_eq!(record.fault(t0, "a"), None);
+        assert_eq!(record.fault(t0, "b"), None);
+        assert_eq!(record.fault(t0, "c"), Some(Duration::from_secs(10)));
+        assert_eq!(record.admit(t0 + Duration::from_secs(4)), Admission::Quarantined(Duration::from_secs(6)));
+        // The trial after the period faults: quarantined again at once, for twice as long.
+        let trial = t0 + Duration::from_secs(10);
+        assert_eq!(record.admit(trial), Admission::Admitted);
+        assert_eq!(record.fault(trial, "d"), Some(Duration::from_secs(20)));
+        assert_eq!((record.faults, record.quarantines, record.last_fault.as_deref()), (4, 2, Some("d")));
+        // A successful trial ends it all.
+        let later = trial + Duration::from_secs(20);
+        record.success();
+        assert_eq!(record.admit(later), Admission::Admitted);
+        assert_eq!(record.fault(later, "e"), None, "the streak starts again from zero");
+    }
+
+    #[test]
+    fn a_success_between_faults_resets_the_count() {
+        let t0 = Instant::now();
+        let mut record = FaultRecord::new("f@1".into(), CONFIG);
+        for _ in 0..10 {
+            assert_eq!(record.fault(t0, "x"), None);
+            assert_eq!(record.fault(t0, "x"), None);
+            record.success();
+        }
+        assert_eq!(record.quarantines, 0);
+    }
+
+    #[test]
+    fn a_new_version_lifts_the_quarantine() {
+        let t0 = Instant::now();
+        let mut record = FaultRecord::new("f@1".into(), QuarantineConfig { after: 1, ..CONFIG });
+        assert!(record.fault(t0, "x").is_some());
+        record.new_version("f@2".into());
+        assert_eq!(record.admit(t0), Admission::Admitted);
+        assert_eq!(record.function, "f@2");
+    }
+
+    #[test]
+    fn periods_double_up_to_an_hour() {
+        let config = QuarantineConfig { after: 1, first: Duration::from_secs(60) };
+        let periods: Vec<u64> = (1..=8).map(|n| config.period(n).as_secs()).collect();
+        assert_eq!(periods, [60, 120, 240, 480, 960, 1920, 3600, 3600]);
+        assert_eq!(config.period(u32::MAX), QuarantineConfig::LONGEST);
+        let long = QuarantineConfig { after: 1, first: Duration::from_secs(7200) };
+        assert_eq!(long.period(3), Duration::from_secs(7200), "a first period above an hour is kept");
+    }
+}
