@@ -4,6 +4,11 @@
 //! A pipeline that cannot start (a function whose `init` refuses its parameters, a component
 //! that does not load) is reported and left out; the others run. The gateway fails only when no
 //! pipeline can start, or the data directory cannot be used.
+//!
+//! Function updates: on SIGHUP the gateway reads every function's component file again; a file
+//! whose bytes changed is compiled, checked against its world and staged in every use of the
+//! function, which takes it up at its next call with its state (hot swap, see
+//! `sandbox::UseHandle`). A file that does not load leaves the running version in place.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -13,11 +18,12 @@ use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::config::{Config, DecodeConfig, FunctionId, OnQuarantine, PipelineConfig};
+use crate::config::{Config, DecodeConfig, FunctionConfig, FunctionId, OnQuarantine, PipelineConfig};
 use crate::decode::{self, Decode};
 use crate::operator::{Chain, Operator};
 use crate::pipeline::{self, PipelineParts, Shared};
-use crate::sandbox::{CompiledFunction, Sandbox, SandboxError, SandboxOptions, StateLimits};
+use crate::sandbox::{CompiledFunction, Sandbox, SandboxError, SandboxOptions, StateLimits, UseHandle};
+use crate::state::stats::FunctionStatus;
 use crate::state::{self, OutboxLimits, StateStore, StoreError, StoreOptions};
 use crate::window::WindowAccumulator;
 
@@ -67,10 +73,12 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
     let builder = Arc::clone(&sandbox);
     let functions = config.functions.clone();
     let pipelines = config.pipelines.clone();
-    let built = tokio::task::spawn_blocking(move || {
+    let (built, running) = tokio::task::spawn_blocking(move || {
         let compiled: BTreeMap<FunctionId, Result<Arc<CompiledFunction>, String>> =
             functions.iter().map(|(id, f)| (id.clone(), builder.load(f).map_err(|e| e.to_string()))).collect();
-        pipelines.into_iter().map(|p| build(&builder, &compiled, p)).collect::<Vec<_>>()
+        let running: BTreeMap<FunctionId, [u8; 32]> =
+            compiled.iter().filter_map(|(id, f)| f.as_ref().ok().map(|f| (id.clone(), f.version().digest))).collect();
+        (pipelines.into_iter().map(|p| build(&builder, &compiled, p)).collect::<Vec<_>>(), running)
     })
     .await
     .expect("building pipelines does not panic");
@@ -78,9 +86,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
     let shared = Shared { gateway: config.gateway.id.to_string(), store: store.clone(), committer };
     let tracker = TaskTracker::new();
     let mut failures = Vec::new();
+    let mut functions: Vec<UseHandle> = Vec::new();
     for result in built {
         match result {
             Ok(parts) => {
+                functions.extend(parts.functions.iter().cloned());
                 let name = parts.config.name.to_string();
                 let summary = format!(
                     "{} → [{}] → {}",
@@ -104,12 +114,22 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
         drop(shared);
         return Err(GatewayError::NoPipeline(failures));
     }
-    let snapshots = tokio::spawn(write_stats_snapshots(store.clone(), data_dir.clone(), shutdown.clone()));
+    let functions = Arc::new(functions);
+    let snapshots =
+        tokio::spawn(write_stats_snapshots(store.clone(), data_dir.clone(), Arc::clone(&functions), shutdown.clone()));
+    let reloads = tokio::spawn(reload_on_hangup(
+        Arc::clone(&sandbox),
+        config.functions.clone(),
+        running,
+        Arc::clone(&functions),
+        shutdown.clone(),
+    ));
     tracker.wait().await;
     snapshots.abort();
+    reloads.abort();
 
     // Every pipeline is done: the last commits are in, and the last snapshot shows them.
-    write_stats_snapshot(&store, &data_dir);
+    write_stats_snapshot(&store, &data_dir, &functions);
     // Closing the committer ends its thread.
     drop(shared);
     drop(sandbox);
@@ -120,24 +140,111 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
 
 /// Keeps `<data_dir>/stats.json` current for `weir outbox stats` (which cannot open the
 /// database while the gateway holds it), until shutdown.
-async fn write_stats_snapshots(store: StateStore, data_dir: PathBuf, shutdown: CancellationToken) {
+async fn write_stats_snapshots(
+    store: StateStore,
+    data_dir: PathBuf,
+    functions: Arc<Vec<UseHandle>>,
+    shutdown: CancellationToken,
+) {
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(STATS_EVERY) => {}
         }
-        let (store, data_dir) = (store.clone(), data_dir.clone());
-        let _ = tokio::task::spawn_blocking(move || write_stats_snapshot(&store, &data_dir)).await;
+        let (store, data_dir, functions) = (store.clone(), data_dir.clone(), Arc::clone(&functions));
+        let _ = tokio::task::spawn_blocking(move || write_stats_snapshot(&store, &data_dir, &functions)).await;
     }
 }
 
-fn write_stats_snapshot(store: &StateStore, data_dir: &Path) {
-    let written = store
-        .stats()
-        .map_err(|e| e.to_string())
-        .and_then(|stats| state::stats::write_snapshot(data_dir, &stats).map_err(|e| e.to_string()));
+fn write_stats_snapshot(store: &StateStore, data_dir: &Path, functions: &[UseHandle]) {
+    let written = store.stats().map_err(|e| e.to_string()).and_then(|mut stats| {
+        stats.functions = functions.iter().map(function_status).collect();
+        state::stats::write_snapshot(data_dir, &stats).map_err(|e| e.to_string())
+    });
     if let Err(e) = written {
         tracing::warn!(stage = "state", error = %e, "cannot write the stats snapshot");
+    }
+}
+
+/// Reloads the function components on every SIGHUP until shutdown (see the module docs).
+async fn reload_on_hangup(
+    sandbox: Arc<Sandbox>,
+    functions: BTreeMap<FunctionId, FunctionConfig>,
+    mut running: BTreeMap<FunctionId, [u8; 32]>,
+    uses: Arc<Vec<UseHandle>>,
+    shutdown: CancellationToken,
+) {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
+            tracing::warn!(stage = "sandbox", "cannot listen for SIGHUP; function updates need a restart");
+            return;
+        };
+        loop {
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                received = hangups.recv() => if received.is_none() { return },
+            }
+            tracing::info!(stage = "sandbox", "SIGHUP: reading the function components again");
+            let (sandbox, functions, uses, before) =
+                (Arc::clone(&sandbox), functions.clone(), Arc::clone(&uses), running.clone());
+            let reloaded =
+                tokio::task::spawn_blocking(move || stage_changed_functions(&sandbox, &functions, &uses, before));
+            match reloaded.await {
+                Ok(now_running) => running = now_running,
+                Err(e) => tracing::error!(stage = "sandbox", error = %e, "reloading the functions panicked"),
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (sandbox, functions, &mut running, uses);
+        shutdown.cancelled().await;
+    }
+}
+
+/// Loads every function whose component bytes differ from the version running and stages it in
+/// every use of that function. Returns the digests now staged or running.
+pub fn stage_changed_functions(
+    sandbox: &Sandbox,
+    functions: &BTreeMap<FunctionId, FunctionConfig>,
+    uses: &[UseHandle],
+    mut running: BTreeMap<FunctionId, [u8; 32]>,
+) -> BTreeMap<FunctionId, [u8; 32]> {
+    for (id, function) in functions {
+        let loaded = match sandbox.load(function) {
+            Ok(loaded) => loaded,
+            Err(e) => {
+                tracing::error!(stage = "sandbox", function = %id, error = %e, "the new component does not load; the running version stays");
+                continue;
+            }
+        };
+        if running.get(id) == Some(&loaded.version().digest) {
+            continue;
+        }
+        let mut staged = 0;
+        for handle in uses.iter().filter(|handle| &handle.function_id == id) {
+            handle.stage_version(Arc::clone(&loaded));
+            staged += 1;
+        }
+        tracing::info!(stage = "sandbox", function = %loaded.version(), uses = staged, "new function version staged; each use takes it up at its next call");
+        running.insert(id.clone(), loaded.version().digest);
+    }
+    running
+}
+
+fn function_status(health: &UseHandle) -> FunctionStatus {
+    let record = health.snapshot();
+    FunctionStatus {
+        pipeline: health.pipeline.clone(),
+        use_name: health.use_name.clone(),
+        function: record.function.clone(),
+        consecutive_faults: record.consecutive_faults,
+        faults: record.faults,
+        quarantines: record.quarantines,
+        quarantined_for_seconds: health.quarantined_for().map(|left| left.as_secs_f64()),
+        last_fault: record.last_fault,
     }
 }
 
@@ -170,7 +277,7 @@ fn build(
             let mut instance = sandbox
                 .decoder(function(&used.function)?, &name, used.name.as_str(), &used.params_json)
                 .map_err(|e| format!("{name}: {e}"))?;
-            functions.push(instance.instance_mut().health());
+            functions.push(instance.instance_mut().handle());
             Box::new(instance)
         }
         builtin => decode::builtin(builtin).expect("every decode config but Function is built in"),
@@ -180,7 +287,7 @@ fn build(
         let mut instance = sandbox
             .operator(function(&used.function)?, &name, used.name.as_str(), &used.params_json)
             .map_err(|e| format!("{name}: {e}"))?;
-        functions.push(instance.instance_mut().health());
+        functions.push(instance.instance_mut().handle());
         operators.push(Box::new(instance));
     }
     let window_aggregate: Option<WindowAccumulator> = match config.window.as_ref().and_then(|w| w.aggregate.as_ref()) {
@@ -188,7 +295,7 @@ fn build(
             let mut instance = sandbox
                 .accumulator(function(&used.function)?, &name, used.name.as_str(), &used.params_json)
                 .map_err(|e| format!("{name}: {e}"))?;
-            functions.push(instance.instance_mut().health());
+            functions.push(instance.instance_mut().handle());
             Some(Box::new(instance))
         }
         None => None,

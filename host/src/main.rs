@@ -299,6 +299,22 @@ fn outbox_stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCo
         }
     }
     println!("dead letters: {} kept, {} evicted", stats.dead_letters_kept, stats.dead_letters_evicted);
+    for function in &stats.functions {
+        let state = match function.quarantined_for_seconds {
+            Some(left) => format!("QUARANTINED for another {left:.1} s"),
+            None => "running".to_owned(),
+        };
+        println!(
+            "function {} in {} as {}: {state}; {} fault(s), {} in a row, {} quarantine(s){}",
+            function.function,
+            function.pipeline,
+            function.use_name,
+            function.faults,
+            function.consecutive_faults,
+            function.quarantines,
+            function.last_fault.as_deref().map(|f| format!("; last fault: {f}")).unwrap_or_default()
+        );
+    }
     for recovery in &stats.recoveries {
         let lost: Vec<String> = recovery.outbox_records_lost.iter().map(|(s, n)| format!("{s}: {n}")).collect();
         println!(

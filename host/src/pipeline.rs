@@ -39,7 +39,7 @@ use crate::config::{BatchConfig, Encoding, OnQuarantine, PipelineConfig};
 use crate::decode::Decode;
 use crate::encode::{self, Record, RecordHeader};
 use crate::operator::Chain;
-use crate::sandbox::FunctionHealth;
+use crate::sandbox::UseHandle;
 use crate::sink::Sink;
 use crate::source::{self, Delivery};
 use crate::state::{
@@ -68,7 +68,7 @@ pub struct PipelineParts {
     /// Its window's custom aggregate, if the window has one.
     pub window_aggregate: Option<WindowAccumulator>,
     /// The fault records of every function use above (decoder, operators, window aggregate).
-    pub functions: Vec<FunctionHealth>,
+    pub functions: Vec<UseHandle>,
 }
 
 impl std::fmt::Debug for PipelineParts {
@@ -209,7 +209,7 @@ struct Processor {
     /// The downsampling stage, if the pipeline has one.
     downsample: Option<DownsampleStage>,
     /// The fault records of the pipeline's function uses.
-    functions: Vec<FunctionHealth>,
+    functions: Vec<UseHandle>,
     /// Their fault and quarantine totals when last counted.
     fault_totals: FaultTotals,
     /// What to do while one of them is quarantined.
@@ -224,8 +224,8 @@ struct FaultTotals {
 }
 
 impl FaultTotals {
-    fn of(functions: &[FunctionHealth]) -> Self {
-        functions.iter().map(FunctionHealth::snapshot).fold(Self::default(), |sum, record| Self {
+    fn of(functions: &[UseHandle]) -> Self {
+        functions.iter().map(UseHandle::snapshot).fold(Self::default(), |sum, record| Self {
             faults: sum.faults + record.faults,
             quarantines: sum.quarantines + record.quarantines,
         })
@@ -263,7 +263,7 @@ impl Processor {
 
     /// The functions whose quarantine holds this pipeline's input: all of them under
     /// `on_quarantine = "hold"`, none under `skip`.
-    fn holding_functions(&self) -> Vec<FunctionHealth> {
+    fn holding_functions(&self) -> Vec<UseHandle> {
         match self.on_quarantine {
             OnQuarantine::Hold => self.functions.clone(),
             OnQuarantine::Skip => Vec::new(),
@@ -503,7 +503,7 @@ async fn run_processor(
 
 /// Under `on_quarantine = "hold"`, waits until none of the pipeline's functions is quarantined.
 /// Returns false when shutdown came first.
-async fn hold_while_quarantined(functions: &[FunctionHealth], pipeline: &str, shutdown: &CancellationToken) -> bool {
+async fn hold_while_quarantined(functions: &[UseHandle], pipeline: &str, shutdown: &CancellationToken) -> bool {
     let mut held = false;
     let longest_quarantine = || {
         functions
@@ -517,9 +517,10 @@ async fn hold_while_quarantined(functions: &[FunctionHealth], pipeline: &str, sh
                 "holding input: a function of this pipeline is quarantined (on_quarantine = \"hold\")");
             held = true;
         }
+        // Wake up at least every second: a new version staged meanwhile ends the quarantine.
         tokio::select! {
             () = shutdown.cancelled() => return false,
-            () = tokio::time::sleep(left) => {}
+            () = tokio::time::sleep(left.min(Duration::from_secs(1))) => {}
         }
     }
     if held {

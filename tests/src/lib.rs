@@ -254,6 +254,20 @@ impl Weir {
         Ok(())
     }
 
+    /// Sends signal `name` (`HUP`, say) to the process.
+    pub fn signal(&self, name: &str) -> Result<()> {
+        let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status()?;
+        anyhow::ensure!(status.success(), "kill -{name} failed");
+        Ok(())
+    }
+
+    /// The snapshot of stats the gateway last wrote (`stats.json`, also written when it stops):
+    /// the only place the functions' fault records and quarantines are kept.
+    pub fn stats_snapshot(&self) -> Result<serde_json::Value> {
+        let bytes = std::fs::read(self.data_dir().join("stats.json"))?;
+        Ok(serde_json::from_slice(&bytes)?)
+    }
+
     /// Starts so far (1 + restarts).
     pub fn runs(&self) -> u32 {
         self.runs

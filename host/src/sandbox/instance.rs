@@ -8,8 +8,9 @@ use wasmtime::component::InstancePre;
 use wasmtime::{Engine, Store, Trap};
 
 use super::bindings::{accumulator, decoder, operator, types};
+use super::handle::UseHandle;
 use super::host::{InstanceLabels, InstanceState, LimitHit, StateLimits, Writes};
-use super::quarantine::{Admission, FaultRecord, FunctionHealth};
+use super::quarantine::{Admission, FaultRecord};
 use super::{CompiledFunction, SandboxError, WorldKind, deadline_ticks};
 use crate::batch::{Batch, CallContext, Message, Series};
 use crate::config::FunctionLimits;
@@ -94,7 +95,7 @@ pub struct FunctionInstance {
     params_json: String,
     live: Option<Live>,
     carried: Writes,
-    health: FunctionHealth,
+    handle: UseHandle,
 }
 
 impl std::fmt::Debug for FunctionInstance {
@@ -115,8 +116,9 @@ impl FunctionInstance {
         params_json: String,
     ) -> Result<Self, SandboxError> {
         let namespace = format!("{}/{}", labels.pipeline, labels.operator);
-        let health = FunctionHealth::new(
+        let handle = UseHandle::new(
             FaultRecord::new(labels.function.clone(), function.quarantine),
+            function.version.id.clone(),
             labels.pipeline.clone(),
             labels.operator.clone(),
         );
@@ -128,7 +130,7 @@ impl FunctionInstance {
             params_json,
             live: None,
             carried: Writes::new(),
-            health,
+            handle,
         };
         let now = crate::telemetry::now_nanos();
         instance.live = Some(instance.instantiate(now).map_err(|reason| instance.start_error(reason))?);
@@ -146,12 +148,12 @@ impl FunctionInstance {
 
     /// Faults in a row (reset by a successful call).
     pub fn consecutive_faults(&self) -> u32 {
-        self.health.lock().consecutive_faults
+        self.handle.with_record(|record| record.consecutive_faults)
     }
 
-    /// The shared fault record of this use (faults, quarantine).
-    pub fn health(&self) -> FunctionHealth {
-        self.health.clone()
+    /// The shared handle of this use: its fault record, and where a new version is staged.
+    pub fn handle(&self) -> UseHandle {
+        self.handle.clone()
     }
 
     /// The state namespace of this use.
@@ -180,7 +182,7 @@ impl FunctionInstance {
             Ok(live) => {
                 tracing::info!(stage = "sandbox", from = %previous.version, to = %function.version, namespace = %self.namespace, "function version replaced");
                 self.live = Some(live);
-                self.health.lock().new_version(self.labels.function.clone());
+                self.handle.with_record(|record| record.new_version(self.labels.function.clone()));
                 Ok(())
             }
             Err(reason) => {
@@ -244,7 +246,10 @@ impl FunctionInstance {
         ctx: &CallContext,
         invoke: impl FnOnce(&Exports, &mut Store<InstanceState>) -> wasmtime::Result<R>,
     ) -> Result<R, CallFailure> {
-        if let Admission::Quarantined(left) = self.health.lock().admit(Instant::now()) {
+        if let Some(next) = self.handle.take_next_version() {
+            self.take_up(&next);
+        }
+        if let Admission::Quarantined(left) = self.handle.with_record(|record| record.admit(Instant::now())) {
             return Err(CallFailure::Quarantined(left));
         }
         if self.live.is_none() {
@@ -280,7 +285,7 @@ impl FunctionInstance {
             live.store.data_mut().end_call(succeeded);
         }
         if succeeded {
-            self.health.lock().success();
+            self.handle.with_record(FaultRecord::success);
         }
     }
 
@@ -304,11 +309,32 @@ impl FunctionInstance {
 
     /// Counts a fault; reports the quarantine it starts, if it starts one.
     fn record_fault(&mut self, reason: &str) {
-        let mut record = self.health.lock();
-        if let Some(period) = record.fault(Instant::now(), reason) {
-            tracing::error!(stage = "sandbox", function = %self.labels.function, pipeline = %self.labels.pipeline,
-                operator = %self.labels.operator, consecutive_faults = record.consecutive_faults, quarantines = record.quarantines,
-                period = ?period, last_fault = %reason, "function quarantined: it faulted too often in a row");
+        let labels = &self.labels;
+        self.handle.with_record(|record| {
+            if let Some(period) = record.fault(Instant::now(), reason) {
+                tracing::error!(stage = "sandbox", function = %labels.function, pipeline = %labels.pipeline,
+                    operator = %labels.operator, consecutive_faults = record.consecutive_faults, quarantines = record.quarantines,
+                    period = ?period, last_fault = %reason, "function quarantined: it faulted too often in a row");
+            }
+        });
+    }
+
+    /// Replaces the running version with one staged through the handle; a version that cannot
+    /// start is reported and the current one keeps running.
+    fn take_up(&mut self, next: &Arc<CompiledFunction>) {
+        if next.version == self.function.version {
+            return;
+        }
+        let started = Instant::now();
+        match self.replace(next) {
+            Ok(()) => {
+                tracing::info!(stage = "sandbox", function = %self.labels.function, pipeline = %self.labels.pipeline,
+                operator = %self.labels.operator, paused = ?started.elapsed(), "staged function version taken up");
+            }
+            Err(e) => {
+                tracing::error!(stage = "sandbox", pipeline = %self.labels.pipeline, operator = %self.labels.operator,
+                error = %e, "staged function version refused; the current version keeps running");
+            }
         }
     }
 

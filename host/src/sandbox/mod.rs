@@ -24,6 +24,7 @@
 //! namespace, so state carries over.
 
 mod bindings;
+mod handle;
 mod host;
 mod instance;
 mod quarantine;
@@ -39,11 +40,12 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub use handle::UseHandle;
 use host::InstanceState;
 pub use host::{InstanceLabels, StateLimits};
 pub(crate) use instance::round_to_millis;
 pub use instance::{FunctionAccumulator, FunctionDecoder, FunctionInstance, FunctionOperator};
-pub use quarantine::{FaultRecord, FunctionHealth};
+pub use quarantine::FaultRecord;
 
 use crate::config::{FunctionConfig, FunctionId, FunctionLimits, QuarantineConfig};
 use crate::state::StateStore;

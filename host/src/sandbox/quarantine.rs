@@ -7,10 +7,9 @@
 //! [`QuarantineConfig::LONGEST`]). A new version of the function ([`FaultRecord::new_version`])
 //! ends a quarantine too.
 //!
-//! The record is shared ([`FunctionHealth`]) so the pipeline can see a quarantine before it
-//! takes input (the `hold` policy) and the gateway can report it.
+//! The record is shared through the use's [`super::UseHandle`], so the pipeline can see a
+//! quarantine before it takes input (the `hold` policy) and the gateway can report it.
 
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::QuarantineConfig;
@@ -101,38 +100,6 @@ impl FaultRecord {
     pub fn new_version(&mut self, function: String) {
         self.function = function;
         self.success();
-    }
-}
-
-/// A shared view of a [`FaultRecord`]: the sandbox writes it, the pipeline and the gateway read it.
-#[derive(Clone, Debug)]
-pub struct FunctionHealth {
-    record: Arc<Mutex<FaultRecord>>,
-    /// The pipeline the use belongs to.
-    pub pipeline: String,
-    /// The use's name in that pipeline.
-    pub use_name: String,
-}
-
-impl FunctionHealth {
-    pub(super) fn new(record: FaultRecord, pipeline: String, use_name: String) -> Self {
-        Self { record: Arc::new(Mutex::new(record)), pipeline, use_name }
-    }
-
-    /// The record, locked. A poisoned lock only means a panic elsewhere mid-update of plain
-    /// counters; the record stays usable.
-    pub(super) fn lock(&self) -> std::sync::MutexGuard<'_, FaultRecord> {
-        self.record.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// A copy of the record now.
-    pub fn snapshot(&self) -> FaultRecord {
-        self.lock().clone()
-    }
-
-    /// The quarantine left now, if the use is quarantined.
-    pub fn quarantined_for(&self) -> Option<Duration> {
-        self.lock().quarantined_for(Instant::now())
     }
 }
 

@@ -1,6 +1,6 @@
 //! Tests against the real components built by `cargo xtask build-functions`.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
@@ -346,7 +346,7 @@ fn a_function_that_keeps_faulting_is_quarantined_then_tried_again() {
     let quarantine = QuarantineConfig { after: 3, first: Duration::from_millis(300) };
     let config = FunctionConfig { quarantine, ..function("faulty", "weir_fixture_faulty.wasm", LIMITS) };
     let mut op = faulty_with(&fixture, "panic", &config);
-    let health = op.instance_mut().health();
+    let health = op.instance_mut().handle();
     for n in 1..=3 {
         op.process(batch(&[666.0]), &CTX).expect_err("panics");
         assert_eq!(health.snapshot().consecutive_faults, n);
@@ -430,11 +430,62 @@ fn ten_thousand_hostile_calls_are_each_stopped_with_a_typed_fault_and_nothing_le
     }
     assert_eq!(passed_counter(&healthy.take_state_writes()), Some(passed_by_healthy));
     for (op, _) in &mut operators {
-        let faults = op.instance_mut().health().snapshot().faults;
+        let faults = op.instance_mut().handle().snapshot().faults;
         assert!(faults >= (calls / hostile.len()) as u64, "{faults}");
     }
     // Every fault discards an instance; none may leak. The pool bounds memories, so growth would
     // mean host-side leaks (stores, state writes, log buffers).
     let growth = resident_bytes().saturating_sub(resident_after_warm_up);
     assert!(growth < 64 << 20, "resident memory grew by {growth} bytes over {calls} hostile calls");
+}
+
+/// A copy of `file` with a custom section appended: the same behaviour, another version.
+fn another_version_of(file: &str, dir: &Path) -> PathBuf {
+    let mut bytes = std::fs::read(functions_dir().join(file)).expect("component");
+    let name = b"weir-test-version";
+    let payload = b"2";
+    bytes.push(0); // custom section id
+    bytes.push(u8::try_from(1 + name.len() + payload.len()).expect("short section"));
+    bytes.push(u8::try_from(name.len()).expect("short name"));
+    bytes.extend_from_slice(name);
+    bytes.extend_from_slice(payload);
+    let path = dir.join(format!("v2-{file}"));
+    std::fs::write(&path, bytes).expect("write the copy");
+    path
+}
+
+#[test]
+fn a_staged_version_is_taken_up_at_the_next_call_with_the_state_and_lifts_a_quarantine() {
+    let fixture = fixture();
+    let quarantine = QuarantineConfig { after: 1, first: Duration::from_secs(3600) };
+    let v1_config = FunctionConfig { quarantine, ..function("faulty", "weir_fixture_faulty.wasm", LIMITS) };
+    let mut op = faulty_with(&fixture, "panic", &v1_config);
+    let handle = op.instance_mut().handle();
+    let v1 = op.instance_mut().version().clone();
+    op.process(batch(&[1.0, 2.0]), &CTX).expect("v1 runs");
+
+    let dir = tempfile::tempdir().expect("temp dir");
+    let v2_config =
+        FunctionConfig { component: another_version_of("weir_fixture_faulty.wasm", dir.path()), ..v1_config };
+    let v2 = fixture.sandbox.load(&v2_config).expect("v2 loads");
+    assert_ne!(v2.version(), &v1, "another digest");
+
+    // Quarantined for an hour after one fault...
+    op.process(batch(&[666.0]), &CTX).expect_err("v1 panics");
+    assert!(handle.quarantined_for().is_some());
+    // ...until a new version is staged: the pipeline stops holding at once.
+    handle.stage_version(Arc::clone(&v2));
+    assert_eq!(handle.quarantined_for(), None);
+    assert_eq!(op.process(batch(&[3.0]), &CTX).expect("v2 runs").values(), [3.0]);
+    assert_eq!(op.instance_mut().version(), v2.version());
+    assert_eq!(handle.snapshot().function, v2.version().to_string());
+    // v1's successful calls' uncommitted state carried over into v2: 2 + 1 readings.
+    assert_eq!(passed_counter(&op.take_state_writes()), Some(3));
+
+    // A staged version that cannot start leaves the running one in place.
+    let decoder =
+        fixture.sandbox.load(&function("frame-decoder", "weir_fn_frame_decoder.wasm", LIMITS)).expect("loads");
+    handle.stage_version(decoder);
+    assert_eq!(op.process(batch(&[4.0]), &CTX).expect("v2 still runs").values(), [4.0]);
+    assert_eq!(op.instance_mut().version(), v2.version());
 }

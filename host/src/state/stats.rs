@@ -1,5 +1,6 @@
 //! Stats: what `weir outbox stats` shows — per stream the outbox's depth, disk bytes and oldest
-//! record's age, its position and counters; the dead letters; the recoveries from damaged files.
+//! record's age, its position and counters; the dead letters; the recoveries from damaged files;
+//! and, from a running gateway, how its functions are doing (faults, quarantines).
 //!
 //! Two ways to get them, one shape ([`Stats`]):
 //! - from the database, opened read-only ([`read`]) — only when no gateway holds it;
@@ -35,6 +36,31 @@ pub struct Stats {
     pub dead_letters_evicted: u64,
     /// Recoveries from damaged files, oldest first.
     pub recoveries: Vec<Recovery>,
+    /// The running gateway's function uses (only in its snapshot: the database does not keep
+    /// them).
+    #[serde(default)]
+    pub functions: Vec<FunctionStatus>,
+}
+
+/// How one use of a function in a pipeline is doing.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FunctionStatus {
+    /// The pipeline.
+    pub pipeline: String,
+    /// The use's name in it.
+    pub use_name: String,
+    /// The version running, `<id>@<digest prefix>`.
+    pub function: String,
+    /// Faults in a row.
+    pub consecutive_faults: u32,
+    /// Faults since the gateway started.
+    pub faults: u64,
+    /// Quarantines since the gateway started.
+    pub quarantines: u64,
+    /// Time left in the current quarantine, seconds.
+    pub quarantined_for_seconds: Option<f64>,
+    /// The last fault's reason.
+    pub last_fault: Option<String>,
 }
 
 /// One stream's outbox.
@@ -132,7 +158,7 @@ pub(super) fn collect(txn: &ReadTransaction) -> Result<Stats, StoreError> {
         .or_store("read stats")?
         .map_or(0, |v| v.value());
     let recoveries = salvage::recoveries(txn)?;
-    Ok(Stats { taken_at: now, streams, dead_letters_kept, dead_letters_evicted, recoveries })
+    Ok(Stats { taken_at: now, streams, dead_letters_kept, dead_letters_evicted, recoveries, functions: Vec::new() })
 }
 
 /// Replaces `<data_dir>/stats.json` with `stats`, atomically.
