@@ -6,6 +6,9 @@
 //!
 //! Owns nothing but a temporary data directory, removed at the end.
 
+pub mod engine;
+pub mod footprint;
+pub mod sandbox;
 pub mod window;
 
 use std::time::{Duration, Instant};
@@ -110,4 +113,96 @@ fn record(stream: &str, seq: u64, readings: usize) -> Vec<u8> {
     }
     let header = RecordHeader { gateway: "bench".into(), stream: stream.to_owned(), seq, encoded_at: base };
     encode::encode(Encoding::Cbor, &header, &batch.finish()).expect("bench readings encode")
+}
+
+/// What `weir bench drain` measured.
+#[derive(Clone, Copy, Debug)]
+pub struct DrainResult {
+    /// Records filled in and drained.
+    pub records: u64,
+    /// Readings in them.
+    pub readings: u64,
+    /// Filling the outbox (change sets of 100 records, durable commits).
+    pub fill: Duration,
+    /// From starting the sink until the last record was confirmed and deleted.
+    pub drain: Duration,
+}
+
+impl DrainResult {
+    /// Records confirmed per second while draining.
+    pub fn records_per_second(&self) -> f64 {
+        self.records as f64 / self.drain.as_secs_f64()
+    }
+}
+
+/// Fills an outbox with `records` records of `readings_per_record` readings, then drains it to
+/// JetStream at `nats_url` (stream `WEIR_BENCH`, created or replaced) with the real sink:
+/// publishes with `Nats-Msg-Id`, acks awaited, confirmed records deleted in group commits.
+pub async fn drain(
+    parent: &std::path::Path,
+    nats_url: &str,
+    records: usize,
+    readings_per_record: usize,
+) -> anyhow::Result<DrainResult> {
+    use anyhow::Context;
+    const STREAM: &str = "drain";
+    const SUBJECT: &str = "weir.bench.drain";
+
+    let client = async_nats::connect(nats_url).await.with_context(|| format!("cannot reach NATS at {nats_url}"))?;
+    let jetstream = async_nats::jetstream::new(client);
+    let _ = jetstream.delete_stream("WEIR_BENCH").await;
+    jetstream
+        .create_stream(async_nats::jetstream::stream::Config {
+            name: "WEIR_BENCH".into(),
+            subjects: vec![SUBJECT.into()],
+            ..Default::default()
+        })
+        .await
+        .context("cannot create the WEIR_BENCH stream")?;
+
+    let text = format!(
+        "[gateway]\nid = \"bench\"\ndata_dir = \"unused\"\n\n[brokers.central]\nurl = \"{nats_url}\"\n\n\
+         [pipelines.{STREAM}.source.simulated]\npayload = \"json\"\ndevices = 1\ninterval = \"1h\"\ntopic_prefix = \"unused\"\n\n[pipelines.{STREAM}.decode.json]\n\
+         series = \"/s\"\ntime = \"/t\"\nvalue = \"/v\"\n\n[pipelines.{STREAM}.sink.jetstream]\n\
+         broker = \"central\"\nsubject = \"{SUBJECT}\"\n"
+    );
+    let config = crate::config::parse("weir bench drain", &text, parent, &crate::config::Overrides::default())?;
+    let pipeline = config.pipelines.into_iter().next().expect("the bench config has one pipeline");
+
+    let dir = tempfile::tempdir_in(parent)?;
+    let (store, committer, thread) = state::open(dir.path(), StoreOptions::default())?;
+    let started = Instant::now();
+    let mut seq = 0;
+    while seq < records as u64 {
+        let group: Vec<OutboxRecord> = (seq + 1..=(seq + 100).min(records as u64))
+            .map(|s| OutboxRecord { stream: STREAM.to_owned(), seq: s, body: record(STREAM, s, readings_per_record) })
+            .collect();
+        seq += group.len() as u64;
+        committer.commit(ChangeSet { records: group, ..ChangeSet::default() }).await.map_err(|e| e.error)?;
+    }
+    let fill = started.elapsed();
+
+    let sink = crate::sink::Sink {
+        gateway: "bench".into(),
+        stream: STREAM.into(),
+        config: pipeline.sink,
+        order: pipeline.outbox.drain,
+        store: store.clone(),
+        committer: committer.clone(),
+    };
+    let (_committed_tx, committed_rx) = tokio::sync::watch::channel(seq);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let started = Instant::now();
+    let running = tokio::spawn(sink.run(committed_rx, stop.clone()));
+    while store.outbox_len(STREAM)? > 0 {
+        anyhow::ensure!(started.elapsed() < Duration::from_secs(600), "the outbox did not drain within 10 minutes");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    let drain = started.elapsed();
+    stop.cancel();
+    let _ = running.await;
+    drop((store, committer));
+    let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+    let _ = jetstream.delete_stream("WEIR_BENCH").await;
+    Ok(DrainResult { records: seq, readings: seq * readings_per_record as u64, fill, drain })
 }

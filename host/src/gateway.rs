@@ -257,8 +257,8 @@ fn source_kind(config: &PipelineConfig) -> &'static str {
     }
 }
 
-/// A pipeline's decoder and operator instances.
-fn build(
+/// A pipeline's decoder, operator and window-aggregate instances.
+pub fn build(
     sandbox: &Sandbox,
     compiled: &BTreeMap<FunctionId, Result<Arc<CompiledFunction>, String>>,
     config: PipelineConfig,

@@ -98,6 +98,52 @@ enum BenchCommand {
         #[arg(long, default_value_t = 1000)]
         batch: usize,
     },
+    /// A WebAssembly operator against the same code native, per batch size; the cost of
+    /// crossing the boundary; instantiation and hot-swap times.
+    Sandbox {
+        /// Where the built components are.
+        #[arg(long, default_value = "target/functions")]
+        functions_dir: PathBuf,
+        /// Readings per measurement round.
+        #[arg(long, default_value_t = 2_000_000)]
+        readings: usize,
+    },
+    /// One pipeline's core from recorded SenML: decode → WebAssembly filter → 1 s windows →
+    /// CBOR → outbox, one durable commit per batch.
+    Engine {
+        /// Where the built components are.
+        #[arg(long, default_value = "target/functions")]
+        functions_dir: PathBuf,
+        /// Readings in the recording.
+        #[arg(long, default_value_t = 2_000_000)]
+        readings: usize,
+    },
+    /// Outbox drain to JetStream with the real sink (needs a NATS server with JetStream; the
+    /// stream WEIR_BENCH is created and deleted).
+    Drain {
+        /// The NATS server.
+        #[arg(long, default_value = "nats://127.0.0.1:4222")]
+        nats: String,
+        /// Where the temporary database goes.
+        #[arg(long, default_value = ".")]
+        dir: PathBuf,
+        /// Records to drain.
+        #[arg(long, default_value_t = 50_000)]
+        records: usize,
+        /// Readings per record.
+        #[arg(long, default_value_t = 100)]
+        readings: usize,
+    },
+    /// Start-to-ready and idle memory of `weir run` with N and 2N precompiled functions; the
+    /// binary's size.
+    Footprint {
+        /// Where the built components are.
+        #[arg(long, default_value = "target/functions")]
+        functions_dir: PathBuf,
+        /// N.
+        #[arg(long, default_value_t = 10)]
+        functions: usize,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -130,6 +176,18 @@ fn main() -> ExitCode {
         }
         Command::Bench { command: BenchCommand::Window { readings, series, batch } } => {
             bench_window(readings, series, batch)
+        }
+        Command::Bench { command: BenchCommand::Sandbox { functions_dir, readings } } => {
+            bench_sandbox(&functions_dir, readings)
+        }
+        Command::Bench { command: BenchCommand::Engine { functions_dir, readings } } => {
+            bench_engine(&functions_dir, readings)
+        }
+        Command::Bench { command: BenchCommand::Drain { nats, dir, records, readings } } => {
+            bench_drain(&nats, &dir, records, readings)
+        }
+        Command::Bench { command: BenchCommand::Footprint { functions_dir, functions } } => {
+            bench_footprint(&functions_dir, functions)
         }
     };
     match result {
@@ -402,5 +460,151 @@ fn bench_window(readings: usize, series: usize, batch: usize) -> anyhow::Result<
     for c in bench::window::compression(10) {
         println!("| {} | {} | {} | {:.3} |", c.method, c.points_in, c.points_out, c.bytes_per_reading);
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Where and when a bench ran, for docs/BENCHMARKS.md.
+fn print_machine() {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|info| {
+            info.lines()
+                .find_map(|l| l.strip_prefix("model name").map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned()))
+        })
+        .unwrap_or_else(|| "unknown CPU".to_owned());
+    let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
+    let build = if cfg!(debug_assertions) { "debug build: figures are not representative" } else { "release build" };
+    println!(
+        "{} — {cpu}, {cores} core(s), {} {}, weir {} ({build})",
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        std::env::consts::OS,
+        std::env::consts::ARCH,
+        env!("CARGO_PKG_VERSION")
+    );
+    println!();
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "missed" }
+}
+
+fn bench_sandbox(functions_dir: &std::path::Path, readings: usize) -> anyhow::Result<ExitCode> {
+    print_machine();
+    let result = bench::sandbox::run(functions_dir, &[1, 64, 1024, 16384], readings)?;
+    println!(
+        "| batch | native ns/reading | WASM ns/reading | native/WASM (target ≥ 0.5) | boundary ns/reading (identity) |"
+    );
+    println!(
+        "|------:|------------------:|----------------:|---------------------------:|-------------------------------:|"
+    );
+    for row in &result.batches {
+        println!(
+            "| {} | {:.2} | {:.2} | {:.2} ({}) | {:.2}{} |",
+            row.batch,
+            row.native_ns,
+            row.wasm_ns,
+            row.speed_ratio(),
+            verdict(row.speed_ratio() >= 0.5),
+            row.identity_ns,
+            if row.batch == 1024 {
+                format!(" (target ≤ 15: {})", verdict(row.identity_ns <= 15.0))
+            } else {
+                String::new()
+            }
+        );
+    }
+    let i = result.instances;
+    println!();
+    println!("| instances | median | target |");
+    println!("|-----------|-------:|--------|");
+    println!(
+        "| new instance of a loaded function, `init` included | {:.1} µs | ≤ 10 µs ({}) |",
+        i.instantiate_us,
+        verdict(i.instantiate_us <= 10.0)
+    );
+    println!(
+        "| hot swap (replace the running version) | {:.1} µs | ≤ 5 ms ({}) |",
+        i.hot_swap_us,
+        verdict(i.hot_swap_us <= 5000.0)
+    );
+    println!("| load a function from the compiled cache | {:.1} µs | — |", i.load_cached_us);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_engine(functions_dir: &std::path::Path, readings: usize) -> anyhow::Result<ExitCode> {
+    print_machine();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let result = runtime.block_on(bench::engine::run(functions_dir, readings, 100, 100))?;
+    let rate = result.readings_per_second();
+    println!("| readings | messages | records | windows | bytes | seconds | readings/s (target ≥ 1 000 000) |");
+    println!("|---------:|---------:|--------:|--------:|------:|--------:|--------------------------------:|");
+    println!(
+        "| {} | {} | {} | {} | {} | {:.3} | {rate:.0} ({}) |",
+        result.readings,
+        result.messages,
+        result.records,
+        result.windows,
+        result.bytes,
+        result.elapsed.as_secs_f64(),
+        verdict(rate >= 1e6)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_drain(nats: &str, dir: &std::path::Path, records: usize, readings: usize) -> anyhow::Result<ExitCode> {
+    print_machine();
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let result = runtime.block_on(bench::drain(dir, nats, records, readings))?;
+    let fill_rate = result.readings as f64 / result.fill.as_secs_f64();
+    let drain_rate = result.records_per_second();
+    println!(
+        "| records | readings/record | fill: readings/s (bulk, target ≥ 500 000) | drain: records/s (target ≥ 150 000) | drain: readings/s |"
+    );
+    println!(
+        "|--------:|----------------:|------------------------------------------:|------------------------------------:|------------------:|"
+    );
+    println!(
+        "| {} | {readings} | {fill_rate:.0} ({}) | {drain_rate:.0} ({}) | {:.0} |",
+        result.records,
+        verdict(fill_rate >= 500_000.0),
+        verdict(drain_rate >= 150_000.0),
+        result.readings as f64 / result.drain.as_secs_f64()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn bench_footprint(functions_dir: &std::path::Path, functions: usize) -> anyhow::Result<ExitCode> {
+    print_machine();
+    let result = bench::footprint::run(functions_dir, functions)?;
+    let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
+    println!("| functions | start to ready (target ≤ 200 ms) | idle RSS (target ≤ 15 MiB at 10) |");
+    println!("|----------:|--------------------------------:|---------------------------------:|");
+    for run in result.runs {
+        let ms = run.start_to_ready.as_secs_f64() * 1e3;
+        println!(
+            "| {} | {ms:.1} ms ({}) | {:.1} MiB ({}) |",
+            run.functions,
+            verdict(ms <= 200.0),
+            mib(run.idle_rss as f64),
+            verdict(run.functions > 10 || mib(run.idle_rss as f64) <= 15.0)
+        );
+    }
+    let per_function = result.rss_per_function();
+    println!();
+    println!(
+        "RSS per extra function: {:.0} KiB (target ≤ 200 KiB: {})",
+        per_function / 1024.0,
+        verdict(per_function <= 200.0 * 1024.0)
+    );
+    println!(
+        "binary: {:.1} MiB; stripped: {} (target ≤ 12 MiB)",
+        mib(result.binary as f64),
+        result.stripped.map_or_else(
+            || "strip not installed".to_owned(),
+            |s| format!("{:.1} MiB ({})", mib(s as f64), verdict(mib(s as f64) <= 12.0))
+        )
+    );
     Ok(ExitCode::SUCCESS)
 }

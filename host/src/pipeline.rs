@@ -116,25 +116,10 @@ pub fn spawn(
     tracker.spawn(run_batcher(delivery_rx, batch_tx, limits));
 
     // batches (and window ticks) → decode → operators → window → encode → commit → acknowledge
-    let last_seq = shared.store.last_seq(&name)?;
-    let (committed_tx, committed_rx) = watch::channel::<u64>(last_seq);
-    let processor = Processor {
-        pipeline: name.clone(),
-        gateway: shared.gateway.clone(),
-        encoding: config.encoding,
-        decoder: parts.decoder,
-        chain: parts.chain,
-        last_seq,
-        watermark: Nanos::MIN,
-        window: match config.window.clone() {
-            Some(window) => Some(WindowStage::load(window, &name, &shared.store, parts.window_aggregate)?),
-            None => None,
-        },
-        downsample: config.downsample.map(|d| DownsampleStage::load(d, &name, &shared.store)).transpose()?,
-        fault_totals: FaultTotals::of(&parts.functions),
-        functions: parts.functions,
-        on_quarantine: config.on_quarantine,
-    };
+    let (committed_tx, committed_rx) = watch::channel::<u64>(shared.store.last_seq(&name)?);
+    let sink_config = config.sink.clone();
+    let drain = config.outbox.drain;
+    let processor = Processor::new(parts, &shared.gateway, &shared.store)?;
     let done = [source_close, sink_stop.clone()];
     tracker.spawn(run_processor(processor, batch_rx, shared.committer.clone(), committed_tx, intake.clone(), done));
 
@@ -142,8 +127,8 @@ pub fn spawn(
     let sink = Sink {
         gateway: shared.gateway.clone(),
         stream: name,
-        config: config.sink.clone(),
-        order: config.outbox.drain,
+        config: sink_config,
+        order: drain,
         store: shared.store.clone(),
         committer: shared.committer.clone(),
     };
@@ -250,6 +235,28 @@ struct Processed {
 }
 
 impl Processor {
+    fn new(parts: PipelineParts, gateway: &str, store: &StateStore) -> Result<Self, StoreError> {
+        let config = parts.config;
+        let name = config.name.to_string();
+        Ok(Self {
+            last_seq: store.last_seq(&name)?,
+            gateway: gateway.to_owned(),
+            encoding: config.encoding,
+            decoder: parts.decoder,
+            chain: parts.chain,
+            watermark: Nanos::MIN,
+            window: match config.window {
+                Some(window) => Some(WindowStage::load(window, &name, store, parts.window_aggregate)?),
+                None => None,
+            },
+            downsample: config.downsample.map(|d| DownsampleStage::load(d, &name, store)).transpose()?,
+            fault_totals: FaultTotals::of(&parts.functions),
+            functions: parts.functions,
+            on_quarantine: config.on_quarantine,
+            pipeline: name,
+        })
+    }
+
     /// Processes one batch of messages; with none (a tick of the window stage), only emits the
     /// windows that are due.
     fn process(&mut self, messages: &[Message], now: Nanos) -> Processed {
@@ -498,6 +505,34 @@ async fn run_processor(
     let _ = tokio::task::spawn_blocking(move || drop(processor)).await;
     for token in done {
         token.cancel();
+    }
+}
+
+/// The processor core alone — decode → operators → window → encode, no source, batcher or sink —
+/// for `weir bench engine`.
+pub struct Engine(Processor);
+
+impl std::fmt::Debug for Engine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("Engine").field(&self.0.pipeline).finish()
+    }
+}
+
+impl Engine {
+    /// The core of the pipeline `parts` describes, with its window state from `store`.
+    pub fn new(parts: PipelineParts, gateway: &str, store: &StateStore) -> Result<Self, StoreError> {
+        Processor::new(parts, gateway, store).map(Self)
+    }
+
+    /// Processes one batch of messages at processing time `now`: the change set a pipeline would
+    /// commit for it (its record already holds the next seq), the readings decoded and the
+    /// windows emitted.
+    pub fn process(&mut self, messages: &[Message], now: Nanos) -> (ChangeSet, usize, usize) {
+        let processed = self.0.process(messages, now);
+        if let Some(seq) = processed.seq {
+            self.0.last_seq = seq;
+        }
+        (processed.changes, processed.readings_in, processed.windows_emitted)
     }
 }
 

@@ -1,0 +1,165 @@
+//! `weir bench footprint`: what the gateway process costs to start and to keep.
+//!
+//! - **Start to ready:** this binary run as `weir run` on a configuration with N distinct
+//!   functions (copies of `unit-convert`, each with its own custom section, so N versions and N
+//!   compiled artifacts) in one pipeline, whose compiled artifacts are already cached (a first run
+//!   warms the cache); from spawning the process until it logs that the pipeline runs.
+//! - **Memory:** its resident set size once idle, with N and with 2N functions; the difference
+//!   over N is what one more function costs.
+//! - **Binary size:** this executable, and a stripped copy of it (`strip`, when installed).
+//!
+//! Owns a temporary directory (components, configuration, data), removed at the end, and the
+//! processes it spawns, which it stops.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// One gateway run.
+#[derive(Clone, Copy, Debug)]
+pub struct Run {
+    /// Functions loaded.
+    pub functions: usize,
+    /// From spawning the process to the pipeline running.
+    pub start_to_ready: Duration,
+    /// Resident set size once idle, bytes.
+    pub idle_rss: u64,
+}
+
+/// What `weir bench footprint` measured.
+#[derive(Clone, Debug)]
+pub struct Footprint {
+    /// With N functions, then 2N.
+    pub runs: [Run; 2],
+    /// Size of this executable, bytes.
+    pub binary: u64,
+    /// Size of a stripped copy, when `strip` is installed.
+    pub stripped: Option<u64>,
+}
+
+impl Footprint {
+    /// Resident bytes one more function costs.
+    pub fn rss_per_function(&self) -> f64 {
+        let [small, large] = self.runs;
+        (large.idle_rss as f64 - small.idle_rss as f64) / (large.functions - small.functions) as f64
+    }
+}
+
+/// Measures with `functions` and `2 × functions` functions, components from `functions_dir`.
+pub fn run(functions_dir: &Path, functions: usize) -> anyhow::Result<Footprint> {
+    let exe = std::env::current_exe().context("cannot find this executable")?;
+    let dir = tempfile::tempdir()?;
+    let component = std::fs::read(functions_dir.join("weir_fn_unit_convert.wasm"))
+        .with_context(|| format!("no unit-convert component in {}", functions_dir.display()))?;
+    let small = measure(&exe, dir.path(), &component, functions)?;
+    let large = measure(&exe, dir.path(), &component, functions * 2)?;
+    let binary = std::fs::metadata(&exe)?.len();
+    let stripped_path = dir.path().join("weir-stripped");
+    let stripped = Command::new("strip")
+        .arg("-o")
+        .arg(&stripped_path)
+        .arg(&exe)
+        .status()
+        .ok()
+        .filter(std::process::ExitStatus::success)
+        .and_then(|_| std::fs::metadata(&stripped_path).ok())
+        .map(|m| m.len());
+    Ok(Footprint { runs: [small, large], binary, stripped })
+}
+
+fn measure(exe: &Path, dir: &Path, component: &[u8], functions: usize) -> anyhow::Result<Run> {
+    let run_dir = dir.join(format!("{functions}-functions"));
+    std::fs::create_dir_all(&run_dir)?;
+    let mut config = format!(
+        "[gateway]\nid = \"footprint\"\ndata_dir = \"{}\"\nfunctions_dir = \"{}\"\n\n",
+        run_dir.join("data").display(),
+        run_dir.display()
+    );
+    for n in 0..functions {
+        // A custom section makes each copy another version, compiled and cached on its own.
+        let mut bytes = component.to_vec();
+        let name = format!("footprint-{n}");
+        bytes.push(0);
+        bytes.push(u8::try_from(1 + name.len()).context("short section")?);
+        bytes.push(u8::try_from(name.len()).context("short name")?);
+        bytes.extend_from_slice(name.as_bytes());
+        std::fs::write(run_dir.join(format!("f{n}.wasm")), bytes)?;
+        config.push_str(&format!("[functions.f{n}]\ncomponent = \"f{n}.wasm\"\n\n"));
+    }
+    config.push_str(
+        "[pipelines.idle]\ndecode = \"senml_json\"\n\n[pipelines.idle.source.simulated]\npayload = \"senml_json\"\n\
+         devices = 1\ninterval = \"1h\"\ntopic_prefix = \"idle\"\n\n[pipelines.idle.sink.console]\n\n",
+    );
+    for n in 0..functions {
+        config.push_str(&format!(
+            "[[pipelines.idle.operators]]\nfunction = \"f{n}\"\n\
+             params = {{ conversion = \"celsius_to_fahrenheit\", series = \"none/#\" }}\n\n"
+        ));
+    }
+    let config_path = run_dir.join("weir.toml");
+    std::fs::write(&config_path, config)?;
+
+    // The first run compiles and caches; the second is the one measured.
+    let (mut warm, _) = start(exe, &config_path)?;
+    stop(&mut warm)?;
+    let (mut child, start_to_ready) = start(exe, &config_path)?;
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_rss = resident_bytes(child.id());
+    stop(&mut child)?;
+    Ok(Run { functions, start_to_ready, idle_rss: idle_rss? })
+}
+
+/// Spawns `weir run` and waits for "pipeline running" on its log.
+fn start(exe: &Path, config: &Path) -> anyhow::Result<(Child, Duration)> {
+    let started = Instant::now();
+    let mut child = Command::new(exe)
+        .args(["run", "--config"])
+        .arg(config)
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("cannot start weir run")?;
+    let stderr = child.stderr.take().context("stderr is piped")?;
+    let mut lines = BufReader::new(stderr).lines();
+    let mut seen = Vec::new();
+    loop {
+        match lines.next() {
+            Some(line) => {
+                let line = line?;
+                if line.contains("pipeline running") {
+                    let ready = started.elapsed();
+                    // Keep draining the log so the process never blocks on a full pipe.
+                    std::thread::spawn(move || for _ in lines {});
+                    return Ok((child, ready));
+                }
+                seen.push(line);
+            }
+            None => {
+                let _ = child.wait();
+                bail!("weir run ended before its pipeline ran:\n{}", seen.join("\n"));
+            }
+        }
+    }
+}
+
+fn stop(child: &mut Child) -> anyhow::Result<()> {
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+    child.wait()?;
+    Ok(())
+}
+
+/// `VmRSS` of process `pid`, bytes (Linux).
+fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status = std::fs::read_to_string(PathBuf::from(format!("/proc/{pid}/status")))?;
+    let kib: u64 = status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS in /proc/<pid>/status")?;
+    Ok(kib * 1024)
+}

@@ -1,0 +1,239 @@
+//! `weir bench sandbox`: what running an operator as WebAssembly costs.
+//!
+//! - **WASM vs native:** `unit-convert` (°C → °F over every reading) called through the sandbox,
+//!   against the same crate compiled into the host and called through the SDK's native test host,
+//!   at several batch sizes. Both sides clone their input batch per call.
+//! - **Boundary crossing:** the `identity` fixture (returns its input): the whole cost of a call
+//!   is lowering the batch into the guest, the call, and lifting the result back.
+//! - **Instances:** instantiating a pre-linked component and running its `init` (what replacing
+//!   a faulted instance costs), and the pause of a hot swap (`FunctionInstance::replace`).
+//!
+//! Owns a temporary data directory (state store, compiled-artifact cache), removed at the end.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::batch::{Batch, BatchBuilder, CallContext, Series};
+use crate::config::{FunctionConfig, FunctionLimits, QuarantineConfig};
+use crate::operator::Operator;
+use crate::sandbox::{CompiledFunction, FunctionOperator, Sandbox, SandboxOptions, StateLimits};
+use crate::state::{self, StoreOptions};
+
+const CTX: CallContext = CallContext { processing_time: 1_700_000_000_000_000_000, watermark: 0 };
+const CONVERT_PARAMS: &str = r#"{"conversion": "celsius_to_fahrenheit"}"#;
+
+/// Why the bench could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum SandboxBenchError {
+    /// A component is missing or does not load.
+    #[error("{0}")]
+    Setup(String),
+}
+
+fn setup(error: impl std::fmt::Display) -> SandboxBenchError {
+    SandboxBenchError::Setup(error.to_string())
+}
+
+/// One batch size's figures, nanoseconds per reading.
+#[derive(Clone, Copy, Debug)]
+pub struct BatchCost {
+    /// Readings per batch.
+    pub batch: usize,
+    /// `unit-convert` compiled into the host.
+    pub native_ns: f64,
+    /// `unit-convert` as WebAssembly.
+    pub wasm_ns: f64,
+    /// The `identity` fixture as WebAssembly: the boundary crossing alone.
+    pub identity_ns: f64,
+}
+
+impl BatchCost {
+    /// Native time over WebAssembly time: 1.0 is parity.
+    pub fn speed_ratio(&self) -> f64 {
+        self.native_ns / self.wasm_ns
+    }
+}
+
+/// Instance figures, microseconds (median of the runs).
+#[derive(Clone, Copy, Debug)]
+pub struct InstanceCost {
+    /// A fresh instance of a loaded function, `init` included.
+    pub instantiate_us: f64,
+    /// Replacing the running version of a use (the hot-swap pause of its pipeline).
+    pub hot_swap_us: f64,
+    /// Loading a function whose compiled artifact is in the cache.
+    pub load_cached_us: f64,
+}
+
+/// Everything `weir bench sandbox` measures.
+#[derive(Clone, Debug)]
+pub struct SandboxBench {
+    /// Per batch size.
+    pub batches: Vec<BatchCost>,
+    /// Instances.
+    pub instances: InstanceCost,
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    sandbox: Sandbox,
+    functions_dir: PathBuf,
+}
+
+impl Harness {
+    fn new(functions_dir: &Path) -> Result<Self, SandboxBenchError> {
+        let dir = tempfile::tempdir().map_err(setup)?;
+        let (store, _committer, _thread) = state::open(dir.path(), StoreOptions::default()).map_err(setup)?;
+        let options = SandboxOptions {
+            max_instances: 64,
+            max_memory_bytes: FunctionLimits::DEFAULT.memory_bytes,
+            max_core_instances: FunctionLimits::DEFAULT.instances,
+            fuel: false,
+            state_limits: StateLimits { max_key: 1024, max_value: 1 << 20 },
+        };
+        let sandbox = Sandbox::new(options, &dir.path().join("compiled"), store).map_err(setup)?;
+        Ok(Self { _dir: dir, sandbox, functions_dir: functions_dir.to_owned() })
+    }
+
+    fn load(&self, id: &str, file: &str) -> Result<Arc<CompiledFunction>, SandboxBenchError> {
+        self.load_path(id, &self.functions_dir.join(file))
+    }
+
+    fn load_path(&self, id: &str, component: &Path) -> Result<Arc<CompiledFunction>, SandboxBenchError> {
+        let config = FunctionConfig {
+            id: id.parse().map_err(setup)?,
+            component: component.to_owned(),
+            limits: FunctionLimits { timeout: Duration::from_secs(10), ..FunctionLimits::DEFAULT },
+            quarantine: QuarantineConfig::DEFAULT,
+        };
+        self.sandbox.load(&config).map_err(setup)
+    }
+
+    fn operator(&self, function: &Arc<CompiledFunction>, params: &str) -> Result<FunctionOperator, SandboxBenchError> {
+        self.sandbox.operator(function, "bench", "op", params).map_err(setup)
+    }
+}
+
+/// `readings` temperatures over 16 series, 1 s apart.
+fn host_batch(readings: usize) -> Batch {
+    let mut builder = BatchBuilder::new();
+    let series: Vec<u32> =
+        (0..16).map(|i| builder.intern(&Series::named(format!("plant/oven/{i}")).with_unit("Cel"))).collect();
+    for i in 0..readings {
+        builder.push(series[i % 16], 1_700_000_000_000_000_000 + i as i64 * 1_000_000_000, 20.0 + (i % 50) as f64);
+    }
+    builder.finish()
+}
+
+fn sdk_batch(readings: usize) -> weir_sdk::Batch {
+    let mut batch = weir_sdk::Batch::with_capacity(readings);
+    let series: Vec<weir_sdk::SeriesId> = (0..16)
+        .map(|i| batch.intern_series(weir_sdk::Series::new(format!("plant/oven/{i}")).with_unit("Cel")))
+        .collect();
+    for i in 0..readings {
+        let ts = weir_sdk::Timestamp::from_nanos(1_700_000_000_000_000_000 + i as i64 * 1_000_000_000);
+        batch.push(series[i % 16], ts, 20.0 + (i % 50) as f64);
+    }
+    batch
+}
+
+/// Calls `call` until about `budget` of readings were processed (at least 3 calls), returns ns
+/// per reading of the fastest of 3 rounds (the least disturbed by the rest of the machine).
+fn ns_per_reading(batch: usize, readings_per_round: usize, mut call: impl FnMut()) -> f64 {
+    let calls = (readings_per_round / batch).max(3);
+    call(); // warm-up
+    (0..3)
+        .map(|_| {
+            let started = Instant::now();
+            for _ in 0..calls {
+                call();
+            }
+            started.elapsed().as_nanos() as f64 / (calls * batch) as f64
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+/// Runs the bench with components from `functions_dir`; `readings_per_round` sets the work per
+/// measurement (a million readings gives stable figures; `--quick` uses far fewer).
+pub fn run(
+    functions_dir: &Path,
+    batch_sizes: &[usize],
+    readings_per_round: usize,
+) -> Result<SandboxBench, SandboxBenchError> {
+    let harness = Harness::new(functions_dir)?;
+    let convert = harness.load("unit-convert", "weir_fn_unit_convert.wasm")?;
+    let identity = harness.load("identity", "weir_fixture_identity.wasm")?;
+    let mut wasm_convert = harness.operator(&convert, CONVERT_PARAMS)?;
+    let mut wasm_identity = harness.operator(&identity, "{}")?;
+    let mut test_host = weir_sdk::testing::TestHost::new();
+    let mut native_convert: weir_fn_unit_convert::UnitConvert =
+        test_host.init_operator(CONVERT_PARAMS).map_err(|e| setup(format!("native unit-convert: {e}")))?;
+
+    let mut batches = Vec::new();
+    for &batch in batch_sizes {
+        let input = host_batch(batch);
+        let native_input = sdk_batch(batch);
+        let native_ns = ns_per_reading(batch, readings_per_round, || {
+            let out = test_host.process(&mut native_convert, native_input.clone()).expect("native unit-convert runs");
+            std::hint::black_box(out);
+        });
+        let wasm_ns = ns_per_reading(batch, readings_per_round, || {
+            let out = wasm_convert.process(input.clone(), &CTX).expect("unit-convert runs");
+            std::hint::black_box(out);
+        });
+        let identity_ns = ns_per_reading(batch, readings_per_round, || {
+            let out = wasm_identity.process(input.clone(), &CTX).expect("identity runs");
+            std::hint::black_box(out);
+        });
+        batches.push(BatchCost { batch, native_ns, wasm_ns, identity_ns });
+    }
+    let instances = instance_costs(&harness, &convert, functions_dir)?;
+    Ok(SandboxBench { batches, instances })
+}
+
+fn median(mut samples: Vec<f64>) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[samples.len() / 2]
+}
+
+fn instance_costs(
+    harness: &Harness,
+    convert: &Arc<CompiledFunction>,
+    functions_dir: &Path,
+) -> Result<InstanceCost, SandboxBenchError> {
+    const RUNS: usize = 200;
+    let mut instantiate = Vec::with_capacity(RUNS);
+    for _ in 0..RUNS {
+        let started = Instant::now();
+        let op = harness.operator(convert, CONVERT_PARAMS)?;
+        instantiate.push(started.elapsed().as_secs_f64() * 1e6);
+        drop(op);
+    }
+
+    // Two versions of unit-convert: the second has a custom section appended.
+    let dir = tempfile::tempdir().map_err(setup)?;
+    let mut bytes = std::fs::read(functions_dir.join("weir_fn_unit_convert.wasm")).map_err(setup)?;
+    bytes.extend_from_slice(&[0, 3, 1, b'v', b'2']);
+    let second_path = dir.path().join("unit_convert_v2.wasm");
+    std::fs::write(&second_path, &bytes).map_err(setup)?;
+    let second = harness.load_path("unit-convert", &second_path)?;
+    let mut op = harness.operator(convert, CONVERT_PARAMS)?;
+    let input = host_batch(64);
+    let mut swaps = Vec::with_capacity(RUNS);
+    for run in 0..RUNS {
+        let next = if run % 2 == 0 { &second } else { convert };
+        let started = Instant::now();
+        op.instance_mut().replace(next).map_err(setup)?;
+        swaps.push(started.elapsed().as_secs_f64() * 1e6);
+        op.process(input.clone(), &CTX).map_err(|(_, e)| setup(e))?;
+    }
+
+    let mut loads = Vec::with_capacity(20);
+    for _ in 0..20 {
+        let started = Instant::now();
+        harness.load_path("unit-convert", &second_path)?;
+        loads.push(started.elapsed().as_secs_f64() * 1e6);
+    }
+    Ok(InstanceCost { instantiate_us: median(instantiate), hot_swap_us: median(swaps), load_cached_us: median(loads) })
+}
