@@ -137,12 +137,14 @@ impl DrainResult {
 
 /// Fills an outbox with `records` records of `readings_per_record` readings, then drains it to
 /// JetStream at `nats_url` (stream `WEIR_BENCH`, created or replaced) with the real sink:
-/// publishes with `Nats-Msg-Id`, acks awaited, confirmed records deleted in group commits.
+/// publishes with `Nats-Msg-Id`, at most `max_in_flight` awaiting their ack, confirmed records
+/// deleted in group commits.
 pub async fn drain(
     parent: &std::path::Path,
     nats_url: &str,
     records: usize,
     readings_per_record: usize,
+    max_in_flight: usize,
 ) -> anyhow::Result<DrainResult> {
     use anyhow::Context;
     const STREAM: &str = "drain";
@@ -164,7 +166,7 @@ pub async fn drain(
         "[gateway]\nid = \"bench\"\ndata_dir = \"unused\"\n\n[brokers.central]\nurl = \"{nats_url}\"\n\n\
          [pipelines.{STREAM}.source.simulated]\npayload = \"json\"\ndevices = 1\ninterval = \"1h\"\ntopic_prefix = \"unused\"\n\n[pipelines.{STREAM}.decode.json]\n\
          series = \"/s\"\ntime = \"/t\"\nvalue = \"/v\"\n\n[pipelines.{STREAM}.sink.jetstream]\n\
-         broker = \"central\"\nsubject = \"{SUBJECT}\"\n"
+         broker = \"central\"\nsubject = \"{SUBJECT}\"\nmax_in_flight = {max_in_flight}\n"
     );
     let config = crate::config::parse("weir bench drain", &text, parent, &crate::config::Overrides::default())?;
     let pipeline = config.pipelines.into_iter().next().expect("the bench config has one pipeline");

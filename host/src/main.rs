@@ -133,6 +133,9 @@ enum BenchCommand {
         /// Readings per record.
         #[arg(long, default_value_t = 100)]
         readings: usize,
+        /// Publishes awaiting their ack at once (the sink's `max_in_flight`).
+        #[arg(long, default_value_t = 64)]
+        max_in_flight: usize,
     },
     /// Start-to-ready and idle memory of `weir run` with N and 2N precompiled functions; the
     /// binary's size.
@@ -183,8 +186,8 @@ fn main() -> ExitCode {
         Command::Bench { command: BenchCommand::Engine { functions_dir, readings } } => {
             bench_engine(&functions_dir, readings)
         }
-        Command::Bench { command: BenchCommand::Drain { nats, dir, records, readings } } => {
-            bench_drain(&nats, &dir, records, readings)
+        Command::Bench { command: BenchCommand::Drain { nats, dir, records, readings, max_in_flight } } => {
+            bench_drain(&nats, &dir, records, readings, max_in_flight)
         }
         Command::Bench { command: BenchCommand::Footprint { functions_dir, functions } } => {
             bench_footprint(&functions_dir, functions)
@@ -490,38 +493,49 @@ fn verdict(met: bool) -> &'static str {
 
 fn bench_sandbox(functions_dir: &std::path::Path, readings: usize) -> anyhow::Result<ExitCode> {
     print_machine();
-    let result = bench::sandbox::run(functions_dir, &[1, 64, 1024, 16384], readings)?;
+    let shapes = [(1, 1), (64, 16), (1024, 16), (16384, 16), (1024, 1), (1024, 100)];
+    let result = bench::sandbox::run(functions_dir, &shapes, readings)?;
     println!(
-        "| batch | native ns/reading | WASM ns/reading | native/WASM (target ≥ 0.5) | boundary ns/reading (identity) |"
+        "| batch | series | native ns/reading | WASM ns/reading | native/WASM (target ≥ 0.5) | boundary ns/reading |"
     );
     println!(
-        "|------:|------------------:|----------------:|---------------------------:|-------------------------------:|"
+        "|------:|-------:|------------------:|----------------:|---------------------------:|--------------------:|"
     );
     for row in &result.batches {
         println!(
-            "| {} | {:.2} | {:.2} | {:.2} ({}) | {:.2}{} |",
+            "| {} | {} | {:.2} | {:.2} | {:.2} ({}) | {:.2}{} |",
             row.batch,
+            row.series,
             row.native_ns,
             row.wasm_ns,
             row.speed_ratio(),
             verdict(row.speed_ratio() >= 0.5),
             row.identity_ns,
-            if row.batch == 1024 {
+            if row.batch == 1024 && row.series == 16 {
                 format!(" (target ≤ 15: {})", verdict(row.identity_ns <= 15.0))
             } else {
                 String::new()
             }
         );
     }
+    let (alone, beside) = result.neighbour;
+    println!();
+    println!(
+        "unit-convert at 1024 readings per batch: {alone:.2} ns/reading alone, {beside:.2} ns/reading while a neighbour \
+         faulted {} times at its 10 ms time limit ({:+.0} %)",
+        result.neighbour_faults,
+        (beside / alone - 1.0) * 100.0
+    );
     let i = result.instances;
     println!();
     println!("| instances | median | target |");
     println!("|-----------|-------:|--------|");
     println!(
-        "| new instance of a loaded function, `init` included | {:.1} µs | ≤ 10 µs ({}) |",
+        "| store and instance of a loaded function | {:.1} µs | ≤ 10 µs ({}) |",
         i.instantiate_us,
         verdict(i.instantiate_us <= 10.0)
     );
+    println!("| the same, ready for calls (`init` parses the parameters) | {:.1} µs | — |", i.start_us);
     println!(
         "| hot swap (replace the running version) | {:.1} µs | ≤ 5 ms ({}) |",
         i.hot_swap_us,
@@ -552,11 +566,19 @@ fn bench_engine(functions_dir: &std::path::Path, readings: usize) -> anyhow::Res
     Ok(ExitCode::SUCCESS)
 }
 
-fn bench_drain(nats: &str, dir: &std::path::Path, records: usize, readings: usize) -> anyhow::Result<ExitCode> {
+fn bench_drain(
+    nats: &str,
+    dir: &std::path::Path,
+    records: usize,
+    readings: usize,
+    max_in_flight: usize,
+) -> anyhow::Result<ExitCode> {
     print_machine();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    let result = runtime.block_on(bench::drain(dir, nats, records, readings))?;
+    let result = runtime.block_on(bench::drain(dir, nats, records, readings, max_in_flight))?;
+    println!("max_in_flight = {max_in_flight}");
+    println!();
     let fill_rate = result.readings as f64 / result.fill.as_secs_f64();
     let drain_rate = result.records_per_second();
     println!(
@@ -578,32 +600,40 @@ fn bench_drain(nats: &str, dir: &std::path::Path, records: usize, readings: usiz
 fn bench_footprint(functions_dir: &std::path::Path, functions: usize) -> anyhow::Result<ExitCode> {
     print_machine();
     let result = bench::footprint::run(functions_dir, functions)?;
-    let mib = |bytes: f64| bytes / (1024.0 * 1024.0);
-    println!("| functions | start to ready (target ≤ 200 ms) | idle RSS (target ≤ 15 MiB at 10) |");
-    println!("|----------:|--------------------------------:|---------------------------------:|");
+    let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    println!(
+        "| functions | start to ready (target ≤ 200 ms) | idle RSS (target ≤ 15 MiB at 10) | of which anonymous | of which file-backed |"
+    );
+    println!(
+        "|----------:|--------------------------------:|---------------------------------:|-------------------:|---------------------:|"
+    );
     for run in result.runs {
         let ms = run.start_to_ready.as_secs_f64() * 1e3;
         println!(
-            "| {} | {ms:.1} ms ({}) | {:.1} MiB ({}) |",
+            "| {} | {ms:.1} ms ({}) | {:.1} MiB{} | {:.1} MiB | {:.1} MiB |",
             run.functions,
             verdict(ms <= 200.0),
-            mib(run.idle_rss as f64),
-            verdict(run.functions > 10 || mib(run.idle_rss as f64) <= 15.0)
+            mib(run.idle_rss),
+            if run.functions == 10 { format!(" ({})", verdict(mib(run.idle_rss) <= 15.0)) } else { String::new() },
+            mib(run.idle_rss_anon),
+            mib(run.idle_rss_file)
         );
     }
-    let per_function = result.rss_per_function();
+    let [all, anon, file] = result.rss_per_function();
     println!();
     println!(
-        "RSS per extra function: {:.0} KiB (target ≤ 200 KiB: {})",
-        per_function / 1024.0,
-        verdict(per_function <= 200.0 * 1024.0)
+        "RSS per extra function: {:.0} KiB (target ≤ 200 KiB: {}); anonymous {:.0} KiB, file-backed {:.0} KiB",
+        all / 1024.0,
+        verdict(all <= 200.0 * 1024.0),
+        anon / 1024.0,
+        file / 1024.0
     );
     println!(
         "binary: {:.1} MiB; stripped: {} (target ≤ 12 MiB)",
-        mib(result.binary as f64),
+        mib(result.binary),
         result.stripped.map_or_else(
             || "strip not installed".to_owned(),
-            |s| format!("{:.1} MiB ({})", mib(s as f64), verdict(mib(s as f64) <= 12.0))
+            |s| format!("{:.1} MiB ({})", mib(s), verdict(mib(s) <= 12.0))
         )
     );
     Ok(ExitCode::SUCCESS)

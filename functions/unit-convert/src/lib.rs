@@ -187,8 +187,17 @@ impl Operator for UnitConvert {
             }
         });
         if let Some(to_unit) = conversion.target_unit() {
-            let converted: Vec<_> = batch.iter().map(|s| s.series_id).filter(|id| convert[id.index()]).collect();
-            for id in converted {
+            // Relabel each converted series once (not once per reading).
+            let mut relabel = Vec::new();
+            let mut seen = vec![false; convert.len()];
+            for sample in batch.iter() {
+                let index = sample.series_id.index();
+                if convert[index] && !seen[index] {
+                    seen[index] = true;
+                    relabel.push(sample.series_id);
+                }
+            }
+            for id in relabel {
                 batch.series_mut(id).unit = Some(to_unit.to_owned());
             }
         }

@@ -27,6 +27,11 @@ pub struct Run {
     pub start_to_ready: Duration,
     /// Resident set size once idle, bytes.
     pub idle_rss: u64,
+    /// Of which anonymous memory (heap, stacks, instances): what only this process holds.
+    pub idle_rss_anon: u64,
+    /// Of which file-backed pages (this binary's code, the compiled functions mapped from the
+    /// cache): clean pages the kernel can drop and read again.
+    pub idle_rss_file: u64,
 }
 
 /// What `weir bench footprint` measured.
@@ -41,10 +46,12 @@ pub struct Footprint {
 }
 
 impl Footprint {
-    /// Resident bytes one more function costs.
-    pub fn rss_per_function(&self) -> f64 {
+    /// Resident bytes one more function costs: in all, anonymous, file-backed.
+    pub fn rss_per_function(&self) -> [f64; 3] {
         let [small, large] = self.runs;
-        (large.idle_rss as f64 - small.idle_rss as f64) / (large.functions - small.functions) as f64
+        let per =
+            |f: fn(&Run) -> u64| (f(&large) as f64 - f(&small) as f64) / (large.functions - small.functions) as f64;
+        [per(|r| r.idle_rss), per(|r| r.idle_rss_anon), per(|r| r.idle_rss_file)]
     }
 }
 
@@ -107,9 +114,10 @@ fn measure(exe: &Path, dir: &Path, component: &[u8], functions: usize) -> anyhow
     stop(&mut warm)?;
     let (mut child, start_to_ready) = start(exe, &config_path)?;
     std::thread::sleep(Duration::from_secs(1));
-    let idle_rss = resident_bytes(child.id());
+    let resident = resident_bytes(child.id());
     stop(&mut child)?;
-    Ok(Run { functions, start_to_ready, idle_rss: idle_rss? })
+    let [idle_rss, idle_rss_anon, idle_rss_file] = resident?;
+    Ok(Run { functions, start_to_ready, idle_rss, idle_rss_anon, idle_rss_file })
 }
 
 /// Spawns `weir run` and waits for "pipeline running" on its log.
@@ -153,13 +161,16 @@ fn stop(child: &mut Child) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `VmRSS` of process `pid`, bytes (Linux).
-fn resident_bytes(pid: u32) -> anyhow::Result<u64> {
+/// `VmRSS`, `RssAnon` and `RssFile` of process `pid`, bytes (Linux).
+fn resident_bytes(pid: u32) -> anyhow::Result<[u64; 3]> {
     let status = std::fs::read_to_string(PathBuf::from(format!("/proc/{pid}/status")))?;
-    let kib: u64 = status
-        .lines()
-        .find_map(|line| line.strip_prefix("VmRSS:"))
-        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
-        .context("no VmRSS in /proc/<pid>/status")?;
-    Ok(kib * 1024)
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let kib: u64 = status
+            .lines()
+            .find_map(|line| line.strip_prefix(name))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .with_context(|| format!("no {name} in /proc/<pid>/status"))?;
+        Ok(kib * 1024)
+    };
+    Ok([field("VmRSS:")?, field("RssAnon:")?, field("RssFile:")?])
 }

@@ -5,6 +5,9 @@
 //!   at several batch sizes. Both sides clone their input batch per call.
 //! - **Boundary crossing:** the `identity` fixture (returns its input): the whole cost of a call
 //!   is lowering the batch into the guest, the call, and lifting the result back.
+//! - **A hostile neighbour:** `unit-convert` at 1024 readings per batch again, while another
+//!   thread keeps calling the `faulty` fixture in its endless-loop mode (each call interrupted at
+//!   its 10 ms time limit, its instance replaced): what one bad function costs the others.
 //! - **Instances:** instantiating a pre-linked component and running its `init` (what replacing
 //!   a faulted instance costs), and the pause of a hot swap (`FunctionInstance::replace`).
 //!
@@ -35,11 +38,13 @@ fn setup(error: impl std::fmt::Display) -> SandboxBenchError {
     SandboxBenchError::Setup(error.to_string())
 }
 
-/// One batch size's figures, nanoseconds per reading.
+/// One batch shape's figures, nanoseconds per reading.
 #[derive(Clone, Copy, Debug)]
 pub struct BatchCost {
     /// Readings per batch.
     pub batch: usize,
+    /// Series in its dictionary.
+    pub series: usize,
     /// `unit-convert` compiled into the host.
     pub native_ns: f64,
     /// `unit-convert` as WebAssembly.
@@ -58,8 +63,11 @@ impl BatchCost {
 /// Instance figures, microseconds (median of the runs).
 #[derive(Clone, Copy, Debug)]
 pub struct InstanceCost {
-    /// A fresh instance of a loaded function, `init` included.
+    /// A store and an instance of a loaded function, without `init`.
     pub instantiate_us: f64,
+    /// A fresh instance of a loaded function ready for calls: `init` (which parses its
+    /// parameters) included.
+    pub start_us: f64,
     /// Replacing the running version of a use (the hot-swap pause of its pipeline).
     pub hot_swap_us: f64,
     /// Loading a function whose compiled artifact is in the cache.
@@ -71,6 +79,11 @@ pub struct InstanceCost {
 pub struct SandboxBench {
     /// Per batch size.
     pub batches: Vec<BatchCost>,
+    /// `unit-convert` as WebAssembly at 1024 readings per batch, ns per reading: alone, and while
+    /// a neighbour spins into its time limit over and over.
+    pub neighbour: (f64, f64),
+    /// Faults the neighbour had meanwhile.
+    pub neighbour_faults: u64,
     /// Instances.
     pub instances: InstanceCost,
 }
@@ -115,25 +128,29 @@ impl Harness {
     }
 }
 
-/// `readings` temperatures over 16 series, 1 s apart.
-fn host_batch(readings: usize) -> Batch {
+/// `readings` temperatures over `series` series, 1 s apart.
+fn host_batch(readings: usize, series: usize) -> Batch {
     let mut builder = BatchBuilder::new();
     let series: Vec<u32> =
-        (0..16).map(|i| builder.intern(&Series::named(format!("plant/oven/{i}")).with_unit("Cel"))).collect();
+        (0..series).map(|i| builder.intern(&Series::named(format!("plant/oven/{i}")).with_unit("Cel"))).collect();
     for i in 0..readings {
-        builder.push(series[i % 16], 1_700_000_000_000_000_000 + i as i64 * 1_000_000_000, 20.0 + (i % 50) as f64);
+        builder.push(
+            series[i % series.len()],
+            1_700_000_000_000_000_000 + i as i64 * 1_000_000_000,
+            20.0 + (i % 50) as f64,
+        );
     }
     builder.finish()
 }
 
-fn sdk_batch(readings: usize) -> weir_sdk::Batch {
+fn sdk_batch(readings: usize, series: usize) -> weir_sdk::Batch {
     let mut batch = weir_sdk::Batch::with_capacity(readings);
-    let series: Vec<weir_sdk::SeriesId> = (0..16)
+    let series: Vec<weir_sdk::SeriesId> = (0..series)
         .map(|i| batch.intern_series(weir_sdk::Series::new(format!("plant/oven/{i}")).with_unit("Cel")))
         .collect();
     for i in 0..readings {
         let ts = weir_sdk::Timestamp::from_nanos(1_700_000_000_000_000_000 + i as i64 * 1_000_000_000);
-        batch.push(series[i % 16], ts, 20.0 + (i % 50) as f64);
+        batch.push(series[i % series.len()], ts, 20.0 + (i % 50) as f64);
     }
     batch
 }
@@ -154,11 +171,12 @@ fn ns_per_reading(batch: usize, readings_per_round: usize, mut call: impl FnMut(
         .fold(f64::INFINITY, f64::min)
 }
 
-/// Runs the bench with components from `functions_dir`; `readings_per_round` sets the work per
-/// measurement (a million readings gives stable figures; `--quick` uses far fewer).
+/// Runs the bench with components from `functions_dir` over batches of each `(readings, series)`
+/// shape; `readings_per_round` sets the work per measurement (a million readings gives stable
+/// figures).
 pub fn run(
     functions_dir: &Path,
-    batch_sizes: &[usize],
+    shapes: &[(usize, usize)],
     readings_per_round: usize,
 ) -> Result<SandboxBench, SandboxBenchError> {
     let harness = Harness::new(functions_dir)?;
@@ -171,9 +189,9 @@ pub fn run(
         test_host.init_operator(CONVERT_PARAMS).map_err(|e| setup(format!("native unit-convert: {e}")))?;
 
     let mut batches = Vec::new();
-    for &batch in batch_sizes {
-        let input = host_batch(batch);
-        let native_input = sdk_batch(batch);
+    for &(batch, series) in shapes {
+        let input = host_batch(batch, series);
+        let native_input = sdk_batch(batch, series);
         let native_ns = ns_per_reading(batch, readings_per_round, || {
             let out = test_host.process(&mut native_convert, native_input.clone()).expect("native unit-convert runs");
             std::hint::black_box(out);
@@ -186,10 +204,53 @@ pub fn run(
             let out = wasm_identity.process(input.clone(), &CTX).expect("identity runs");
             std::hint::black_box(out);
         });
-        batches.push(BatchCost { batch, native_ns, wasm_ns, identity_ns });
+        batches.push(BatchCost { batch, series, native_ns, wasm_ns, identity_ns });
     }
+    let (neighbour, neighbour_faults) = with_hostile_neighbour(&harness, &mut wasm_convert, readings_per_round)?;
     let instances = instance_costs(&harness, &convert, functions_dir)?;
-    Ok(SandboxBench { batches, instances })
+    Ok(SandboxBench { batches, neighbour, neighbour_faults, instances })
+}
+
+fn with_hostile_neighbour(
+    harness: &Harness,
+    convert: &mut FunctionOperator,
+    readings_per_round: usize,
+) -> Result<((f64, f64), u64), SandboxBenchError> {
+    const BATCH: usize = 1024;
+    let input = host_batch(BATCH, 16);
+    let mut measure = || {
+        ns_per_reading(BATCH, readings_per_round, || {
+            std::hint::black_box(convert.process(input.clone(), &CTX).expect("unit-convert runs"));
+        })
+    };
+    let alone = measure();
+    let faulty_config = FunctionConfig {
+        id: "faulty".parse().map_err(setup)?,
+        component: harness.functions_dir.join("weir_fixture_faulty.wasm"),
+        limits: FunctionLimits { timeout: Duration::from_millis(10), ..FunctionLimits::DEFAULT },
+        quarantine: QuarantineConfig { after: u32::MAX, first: Duration::from_secs(1) },
+    };
+    let faulty = harness.sandbox.load(&faulty_config).map_err(setup)?;
+    let mut spinner = harness.operator(&faulty, r#"{"mode": "spin", "trigger": 666}"#)?;
+    let handle = spinner.instance_mut().handle();
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let trigger = {
+        let mut builder = BatchBuilder::new();
+        let series = builder.intern(&Series::named("plant/cursed"));
+        builder.push(series, 0, 666.0);
+        builder.finish()
+    };
+    let beside = std::thread::scope(|scope| {
+        scope.spawn(|| {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let _ = spinner.process(trigger.clone(), &CTX);
+            }
+        });
+        let beside = measure();
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        beside
+    });
+    Ok(((alone, beside), handle.snapshot().faults))
 }
 
 fn median(mut samples: Vec<f64>) -> f64 {
@@ -219,7 +280,7 @@ fn instance_costs(
     std::fs::write(&second_path, &bytes).map_err(setup)?;
     let second = harness.load_path("unit-convert", &second_path)?;
     let mut op = harness.operator(convert, CONVERT_PARAMS)?;
-    let input = host_batch(64);
+    let input = host_batch(64, 16);
     let mut swaps = Vec::with_capacity(RUNS);
     for run in 0..RUNS {
         let next = if run % 2 == 0 { &second } else { convert };
@@ -235,5 +296,11 @@ fn instance_costs(
         harness.load_path("unit-convert", &second_path)?;
         loads.push(started.elapsed().as_secs_f64() * 1e6);
     }
-    Ok(InstanceCost { instantiate_us: median(instantiate), hot_swap_us: median(swaps), load_cached_us: median(loads) })
+    let bare = harness.sandbox.instantiation_times(convert, RUNS).map_err(setup)?;
+    Ok(InstanceCost {
+        instantiate_us: median(bare.iter().map(|d| d.as_secs_f64() * 1e6).collect()),
+        start_us: median(instantiate),
+        hot_swap_us: median(swaps),
+        load_cached_us: median(loads),
+    })
 }

@@ -362,6 +362,45 @@ fn describe_error(error: &types::Error) -> String {
     }
 }
 
+/// Creates a store and instantiates `function` in it `runs` times, without `init`; how long each
+/// took (for `weir bench sandbox`).
+pub(super) fn time_instantiations(
+    runtime: &Runtime,
+    function: &CompiledFunction,
+    runs: usize,
+) -> Result<Vec<Duration>, String> {
+    let labels = Arc::new(InstanceLabels {
+        function: function.version.to_string(),
+        pipeline: "bench".into(),
+        operator: "bench".into(),
+    });
+    (0..runs)
+        .map(|_| {
+            let started = Instant::now();
+            let state = InstanceState::new(
+                Arc::clone(&labels),
+                runtime.store.clone(),
+                "bench/bench".into(),
+                runtime.state_limits,
+                &function.limits,
+                Writes::new(),
+            );
+            let mut store = Store::new(&runtime.engine, state);
+            store.limiter(|s| &mut s.limiter);
+            arm_limits(&mut store, &function.limits, runtime.fuel_metering);
+            let instantiated = match &function.pre {
+                Pre::Operator(pre) => pre.instantiate(&mut store).map(drop),
+                Pre::Decoder(pre) => pre.instantiate(&mut store).map(drop),
+                Pre::Accumulator(pre) => pre.instantiate(&mut store).map(drop),
+            };
+            instantiated.map_err(|e| format!("{e:#}"))?;
+            let elapsed = started.elapsed();
+            drop(store);
+            Ok(elapsed)
+        })
+        .collect()
+}
+
 /// Sets the per-call limits that are spent by a call: the epoch deadline and the fuel (all there
 /// is for a function without a fuel limit in an engine that meters).
 fn arm_limits(store: &mut Store<InstanceState>, limits: &FunctionLimits, fuel_metering: bool) {

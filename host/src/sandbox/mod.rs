@@ -370,6 +370,29 @@ impl Sandbox {
         Ok(FunctionAccumulator::new(self.instance(function, pipeline, use_name, params_json)?))
     }
 
+    /// How long creating a store and instantiating `function` in it takes, `runs` times, without
+    /// running `init` (for `weir bench sandbox`).
+    pub fn instantiation_times(
+        &self,
+        function: &Arc<CompiledFunction>,
+        runs: usize,
+    ) -> Result<Vec<Duration>, SandboxError> {
+        instance::time_instantiations(&self.runtime(), function, runs).map_err(|reason| SandboxError::Start {
+            function: function.version.to_string(),
+            use_name: "bench".into(),
+            reason,
+        })
+    }
+
+    fn runtime(&self) -> instance::Runtime {
+        instance::Runtime {
+            engine: self.engine.clone(),
+            store: self.store.clone(),
+            state_limits: self.state_limits,
+            fuel_metering: self.fuel,
+        }
+    }
+
     fn expect_world(&self, function: &CompiledFunction, expected: WorldKind) -> Result<(), SandboxError> {
         let actual = function.world();
         if actual == expected {
@@ -391,17 +414,7 @@ impl Sandbox {
             pipeline: pipeline.to_owned(),
             operator: use_name.to_owned(),
         };
-        FunctionInstance::start(
-            instance::Runtime {
-                engine: self.engine.clone(),
-                store: self.store.clone(),
-                state_limits: self.state_limits,
-                fuel_metering: self.fuel,
-            },
-            Arc::clone(function),
-            labels,
-            params_json.to_owned(),
-        )
+        FunctionInstance::start(self.runtime(), Arc::clone(function), labels, params_json.to_owned())
     }
 }
 

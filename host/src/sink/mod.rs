@@ -298,7 +298,9 @@ impl<'a> Drain<'a> {
             if self.must_reconcile && !stopping && self.in_flight.is_empty() && !self.reconcile(&stop).await {
                 continue;
             }
-            if !stopping && self.in_flight.len() < self.max_in_flight {
+            // Refill once half the window is confirmed, so the outbox is read (and reserved) in
+            // runs of records rather than one read per confirmation.
+            if !stopping && self.in_flight.len() <= self.max_in_flight / 2 {
                 self.fill(&stop).await;
             }
             if self.unsaved.due() || (self.in_flight.is_empty() && !self.unsaved.is_empty()) {

@@ -1,0 +1,83 @@
+//! Every `weir bench` command, run in a short mode: proof that the harness works, not figures
+//! (those come from release builds and go to docs/BENCHMARKS.md; tests never time anything).
+
+use anyhow::{Result, ensure};
+use weir_e2e::*;
+
+/// Runs `weir bench <args>` and returns its standard output, which must hold every header.
+fn bench(args: &[&str], headers: &[&str]) -> Result<String> {
+    let mut all = vec!["bench"];
+    all.extend_from_slice(args);
+    let output = weir(&all)?;
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    ensure!(output.status.success(), "weir {all:?} failed:\n{stdout}\n{stderr}");
+    for header in headers {
+        ensure!(stdout.contains(header), "weir {all:?} printed no {header:?}:\n{stdout}");
+    }
+    Ok(stdout)
+}
+
+/// The data row of a one-row markdown table whose header starts with `first_column`.
+fn table_row<'a>(stdout: &'a str, first_column: &str) -> Vec<&'a str> {
+    let mut lines = stdout.lines().skip_while(|l| !l.starts_with(&format!("| {first_column}")));
+    let row = lines.nth(2).unwrap_or_else(|| panic!("no row under {first_column}:\n{stdout}"));
+    row.trim_matches('|').split('|').map(str::trim).collect()
+}
+
+#[test]
+fn sandbox_bench_measures_every_batch_size_and_the_instance_costs() -> Result<()> {
+    let dir = functions_dir();
+    let stdout = bench(
+        &["sandbox", "--functions-dir", dir.to_str().unwrap_or_default(), "--readings", "2000"],
+        &["| batch |", "store and instance of a loaded function", "hot swap"],
+    )?;
+    for batch in ["| 1 |", "| 64 |", "| 1024 |", "| 16384 |"] {
+        ensure!(stdout.contains(batch), "no row {batch}:\n{stdout}");
+    }
+    Ok(())
+}
+
+#[test]
+fn engine_bench_runs_a_recording_through_decode_filter_windows_and_the_outbox() -> Result<()> {
+    let dir = functions_dir();
+    let stdout = bench(
+        &["engine", "--functions-dir", dir.to_str().unwrap_or_default(), "--readings", "20000"],
+        &["| readings |"],
+    )?;
+    let row = table_row(&stdout, "readings");
+    assert_eq!(row[0], "20000", "every recorded reading decoded: {row:?}");
+    assert!(row[2].parse::<u64>()? > 0 && row[3].parse::<u64>()? > 0, "records and windows committed: {row:?}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn drain_bench_empties_an_outbox_into_jetstream() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let dir = tempfile::tempdir()?;
+    let stdout = bench(
+        &["drain", "--nats", &nats.url(), "--dir", dir.path().to_str().unwrap_or_default(), "--records", "500"],
+        &["| records |"],
+    )?;
+    assert_eq!(table_row(&stdout, "records")[0], "500");
+    Ok(())
+}
+
+#[test]
+fn footprint_bench_starts_the_gateway_with_precompiled_functions() -> Result<()> {
+    let dir = functions_dir();
+    let stdout = bench(
+        &["footprint", "--functions-dir", dir.to_str().unwrap_or_default(), "--functions", "2"],
+        &["| functions |", "RSS per extra function", "binary:"],
+    )?;
+    assert_eq!(table_row(&stdout, "functions")[0], "2");
+    Ok(())
+}
+
+#[test]
+fn commit_and_window_benches_run() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    bench(&["commit", "--dir", dir.path().to_str().unwrap_or_default(), "--seconds", "1"], &["| durability |"])?;
+    bench(&["window", "--readings", "20000", "--series", "10"], &["| window |", "| sent as |"])?;
+    Ok(())
+}
