@@ -319,6 +319,16 @@ fn unbounded_state_writes_through_the_import_stop_at_the_state_write_limit() {
 }
 
 #[test]
+fn a_huge_allocation_request_through_wasi_random_is_refused_not_served() {
+    let fixture = fixture();
+    let mut op = faulty(&fixture, "huge_random");
+    let (_, failure) = op.process(batch(&[666.0]), &CTX).expect_err("asks for 2^62 bytes");
+    let reason = fault_reason(&failure);
+    assert_eq!(reason, "error: requested len 4611686018427387904 exceeds limit 65536");
+    op.process(batch(&[1.0]), &CTX).expect("recovers");
+}
+
+#[test]
 fn a_malformed_returned_batch_is_a_fault() {
     let fixture = fixture();
     let mut op = faulty(&fixture, "malformed");
@@ -402,6 +412,7 @@ fn ten_thousand_hostile_calls_are_each_stopped_with_a_typed_fault_and_nothing_le
         ("recurse", "stack overflowing"),
         ("flood_state", "state write limit"),
         ("malformed", "returned a malformed batch"),
+        ("huge_random", "exceeds limit 65536"),
         ("exit", "the function called exit"),
     ];
     let mut operators: Vec<(FunctionOperator, &str)> =
