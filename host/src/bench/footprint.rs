@@ -110,9 +110,9 @@ fn measure(exe: &Path, dir: &Path, component: &[u8], functions: usize) -> anyhow
     std::fs::write(&config_path, config)?;
 
     // The first run compiles and caches; the second is the one measured.
-    let (mut warm, _) = start(exe, &config_path)?;
+    let (mut warm, _) = start(exe, &config_path, &run_dir)?;
     stop(&mut warm)?;
-    let (mut child, start_to_ready) = start(exe, &config_path)?;
+    let (mut child, start_to_ready) = start(exe, &config_path, &run_dir)?;
     std::thread::sleep(Duration::from_secs(1));
     let resident = resident_bytes(child.id());
     stop(&mut child)?;
@@ -120,12 +120,18 @@ fn measure(exe: &Path, dir: &Path, component: &[u8], functions: usize) -> anyhow
     Ok(Run { functions, start_to_ready, idle_rss, idle_rss_anon, idle_rss_file })
 }
 
-/// Spawns `weir run` and waits for "pipeline running" on its log.
-fn start(exe: &Path, config: &Path) -> anyhow::Result<(Child, Duration)> {
+/// Spawns `weir run` and waits for "pipeline running" on its log. The directories are given on
+/// the command line, so a `WEIR_FUNCTIONS_DIR` or `WEIR_DATA_DIR` in the environment cannot
+/// point the run elsewhere.
+fn start(exe: &Path, config: &Path, run_dir: &Path) -> anyhow::Result<(Child, Duration)> {
     let started = Instant::now();
     let mut child = Command::new(exe)
         .args(["run", "--config"])
         .arg(config)
+        .arg("--functions-dir")
+        .arg(run_dir)
+        .arg("--data-dir")
+        .arg(run_dir.join("data"))
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
         .stdout(Stdio::null())
