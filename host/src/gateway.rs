@@ -213,6 +213,15 @@ pub fn stage_changed_functions(
     mut running: BTreeMap<FunctionId, [u8; 32]>,
 ) -> BTreeMap<FunctionId, [u8; 32]> {
     for (id, function) in functions {
+        // Unchanged bytes (the common case): nothing to compile, load or log.
+        match crate::sandbox::component_digest(&function.component) {
+            Ok(digest) if running.get(id) == Some(&digest) => continue,
+            Ok(_) => {}
+            Err(e) => {
+                tracing::error!(stage = "sandbox", function = %id, error = %e, "cannot read the component; the running version stays");
+                continue;
+            }
+        }
         let loaded = match sandbox.load(function) {
             Ok(loaded) => loaded,
             Err(e) => {

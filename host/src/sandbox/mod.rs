@@ -418,6 +418,12 @@ impl Sandbox {
     }
 }
 
+/// The SHA-256 of a component file: the digest that names its version.
+pub fn component_digest(path: &Path) -> Result<[u8; 32], SandboxError> {
+    let bytes = std::fs::read(path).map_err(|source| SandboxError::Read { path: path.to_owned(), source })?;
+    Ok(Sha256::digest(&bytes).into())
+}
+
 fn store_in_cache(component: &Component, path: &Path) -> Result<(), String> {
     let serialized = component.serialize().map_err(|e| format!("{e:#}"))?;
     let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
