@@ -407,10 +407,20 @@ impl MqttSource {
 pub(crate) type Events = std::pin::Pin<Box<dyn futures::Stream<Item = Result<Event, ConnectionError>> + Send>>;
 
 /// Wraps `eventloop` as [`Events`].
+///
+/// Every event after a `ConnAck` belongs to that connection. rumqttc (0.25) does not make it so
+/// by itself: it reads a burst of packets into a queue and returns them one per poll, and when
+/// the connection fails part-way through the burst, the rest stay queued and come out after the
+/// next `ConnAck`. A PUBLISH from the old connection would then be acknowledged on the new one,
+/// where its packet id can name a different message (ids repeat when a broker has more than
+/// 65 535 messages in flight), and a stale PUBACK would confirm whatever the sink sent next
+/// under that id. So a new connection drops what the old one left queued: the broker sends
+/// those messages again, and a sink resends what it has not seen confirmed.
 pub(crate) fn events(eventloop: rumqttc::EventLoop) -> Events {
     Box::pin(futures::stream::unfold(eventloop, |mut eventloop| async move {
         let event = eventloop.poll().await;
         if let Ok(Event::Incoming(Packet::ConnAck(_))) = &event {
+            eventloop.state.events.clear();
             // rumqttc keeps a packet-id collision across reconnects; a new connection starts clean.
             eventloop.state.collision = None;
         }
@@ -425,4 +435,85 @@ pub(crate) async fn disconnect(client: &AsyncClient, events: &mut Events) {
         return;
     }
     let _ = tokio::time::timeout(DISCONNECT_GRACE, async { while let Some(Ok(_)) = events.next().await {} }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// CONNACK with the session present.
+    const CONNACK_SESSION_PRESENT: [u8; 4] = [0x20, 0x02, 0x01, 0x00];
+
+    /// A QoS 1 PUBLISH on topic `t` with a one-byte payload.
+    fn publish_packet(pkid: u16, payload: u8) -> Vec<u8> {
+        let [high, low] = pkid.to_be_bytes();
+        vec![0x32, 0x06, 0x00, 0x01, b't', high, low, payload]
+    }
+
+    /// Accepts one connection and reads its CONNECT (a single small packet).
+    async fn accept_connect(listener: &TcpListener) -> tokio::net::TcpStream {
+        let (mut socket, _) = listener.accept().await.expect("accept");
+        let mut connect = [0u8; 256];
+        let read = socket.read(&mut connect).await.expect("read CONNECT");
+        assert_eq!(connect[0] >> 4, 1, "expected CONNECT, got {:?}", &connect[..read]);
+        socket
+    }
+
+    /// A broker that fails one connection in the middle of a burst of messages, then sends one
+    /// message on the next: the events after the second CONNACK must be that connection's only.
+    /// (A fault no real broker can be made to inject: a burst read whole, then the connection
+    /// lost before rumqttc has handed the burst out.)
+    #[tokio::test]
+    async fn publishes_read_before_a_lost_connection_are_not_reported_on_the_next() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let (first_closed, first_closed_rx) = tokio::sync::oneshot::channel();
+        let mut first_closed_rx = Some(first_closed_rx);
+        let broker = tokio::spawn(async move {
+            let mut first = accept_connect(&listener).await;
+            let mut burst = CONNACK_SESSION_PRESENT.to_vec();
+            for pkid in 1..=5 {
+                burst.extend(publish_packet(pkid, b'a'));
+            }
+            first.write_all(&burst).await.expect("write burst");
+            drop(first);
+            first_closed.send(()).expect("test waits");
+            let mut second = accept_connect(&listener).await;
+            let mut fresh = CONNACK_SESSION_PRESENT.to_vec();
+            fresh.extend(publish_packet(100, b'b'));
+            second.write_all(&fresh).await.expect("write");
+            // Held open until the test has read it.
+            let _ = second.read(&mut [0u8; 1]).await;
+        });
+
+        let mut options = MqttOptions::new("stale-events", "127.0.0.1", port);
+        options.set_clean_session(false).set_manual_acks(true);
+        let (_client, eventloop) = AsyncClient::new(options, 10);
+        let mut events = events(eventloop);
+        let mut connacks = 0;
+        let mut seen_on_second = Vec::new();
+        while let Some(event) = events.next().await {
+            match event {
+                Ok(Event::Incoming(Packet::ConnAck(_))) => {
+                    connacks += 1;
+                    if let Some(first_closed) = first_closed_rx.take() {
+                        // The whole burst and the end of the connection are there before the
+                        // event loop reads on.
+                        first_closed.await.expect("broker closed the first connection");
+                        tokio::task::yield_now().await;
+                    }
+                }
+                Ok(Event::Incoming(Packet::Publish(publish))) if connacks == 2 => {
+                    seen_on_second.push(publish.pkid);
+                    break;
+                }
+                Ok(_) | Err(_) => {}
+            }
+        }
+        assert_eq!(seen_on_second, [100], "a message of the lost connection was reported on the next one");
+        broker.abort();
+    }
 }
