@@ -95,6 +95,9 @@ pub struct FunctionLimits {
     pub instances: u32,
     /// Bytes of state (keys and values) the instance may write between two commits.
     pub state_write_bytes: u64,
+    /// Bytes of state (keys and values) one use of the function may keep: a write that would
+    /// go beyond it is refused with `quota-exceeded`.
+    pub state_quota_bytes: u64,
 }
 
 impl FunctionLimits {
@@ -106,6 +109,7 @@ impl FunctionLimits {
         table_elements: defaults::TABLE_ELEMENTS,
         instances: defaults::INSTANCES,
         state_write_bytes: defaults::STATE_WRITES,
+        state_quota_bytes: defaults::STATE_QUOTA,
     };
 }
 
@@ -469,6 +473,7 @@ mod defaults {
     pub const INSTANCES: u32 = 32;
     pub const MAX_INSTANCES: u32 = 1000;
     pub const STATE_WRITES: u64 = 8 * 1024 * 1024;
+    pub const STATE_QUOTA: u64 = 16 * 1024 * 1024;
     pub const QUARANTINE_AFTER: u32 = 5;
     pub const QUARANTINE_FOR: Duration = Duration::from_secs(60);
     pub const MAX_KEY: u32 = 1024;
@@ -576,6 +581,7 @@ impl Validator<'_> {
                 table_elements: raw_function.table_elements.unwrap_or(defaults::TABLE_ELEMENTS),
                 instances: raw_function.instances.unwrap_or(defaults::INSTANCES),
                 state_write_bytes: raw_function.state_writes.map_or(defaults::STATE_WRITES, |s| s.0),
+                state_quota_bytes: raw_function.state_quota.map_or(defaults::STATE_QUOTA, |s| s.0),
             };
             let quarantine = QuarantineConfig {
                 after: raw_function.quarantine_after.unwrap_or(defaults::QUARANTINE_AFTER),
@@ -589,6 +595,7 @@ impl Validator<'_> {
                 (limits.table_elements == 0, "table_elements", "table_elements must be more than zero"),
                 (limits.instances == 0, "instances", "instances must be more than zero"),
                 (limits.instances > defaults::MAX_INSTANCES, "instances", "instances must be at most 1000"),
+                (limits.state_quota_bytes == 0, "state_quota", "state_quota must be more than zero"),
                 (quarantine.after == 0, "quarantine_after", "quarantine_after must be at least 1"),
                 (quarantine.first.is_zero(), "quarantine_for", "quarantine_for must be longer than zero"),
             ];

@@ -118,6 +118,9 @@ pub struct RawFunction {
     /// `state_writes = "8MiB"` — bytes of state one instance may write between two commits
     /// (keys and values); the call that goes beyond faults.
     pub state_writes: Option<ByteSize>,
+    /// `state_quota = "16MiB"` — bytes of state (keys and values) each use of the function may
+    /// keep; a write beyond it is refused with `quota-exceeded` (the call goes on).
+    pub state_quota: Option<ByteSize>,
     /// `quarantine_after = 5` — consecutive faults after which the function is quarantined.
     pub quarantine_after: Option<u32>,
     /// `quarantine_for = "1m"` — how long the first quarantine lasts; each further quarantine in

@@ -337,7 +337,7 @@ fn function_limits_and_quarantine_are_read_and_checked() {
     let functions = functions_dir();
     let governed = valid_but(
         "timeout = \"50ms\"",
-        "timeout = \"50ms\"\nfuel = 1_000_000\ntable_elements = 500\ninstances = 4\nstate_writes = \"1MiB\"\nquarantine_after = 2\nquarantine_for = \"10s\"",
+        "timeout = \"50ms\"\nfuel = 1_000_000\ntable_elements = 500\ninstances = 4\nstate_writes = \"1MiB\"\nstate_quota = \"2MiB\"\nquarantine_after = 2\nquarantine_for = \"10s\"",
     );
     let governed = governed.replacen(
         "[[pipelines.boiler.operators]]",
@@ -355,6 +355,7 @@ fn function_limits_and_quarantine_are_read_and_checked() {
             table_elements: 500,
             instances: 4,
             state_write_bytes: 1 << 20,
+            state_quota_bytes: 2 << 20,
         }
     );
     assert_eq!(threshold.quarantine, QuarantineConfig { after: 2, first: Duration::from_secs(10) });
@@ -365,7 +366,7 @@ fn function_limits_and_quarantine_are_read_and_checked() {
 
     insta::assert_snapshot!(invalid(&valid_but(
         "memory = \"8MiB\"",
-        "memory = \"64KiB\"\nfuel = 0\ninstances = 0\nquarantine_after = 0",
+        "memory = \"64KiB\"\nfuel = 0\ninstances = 0\nstate_quota = \"0B\"\nquarantine_after = 0",
     )));
     insta::assert_snapshot!(invalid(&valid_but(
         "[[pipelines.boiler.operators]]",

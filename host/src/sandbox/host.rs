@@ -7,6 +7,9 @@
 //!   fails. Reads see `call_writes`, then `pending`, then the committed store.
 //! - WASI gives no files, sockets, environment or arguments; stdout and stderr go to the host log;
 //!   both WASI clocks read the processing time the host set for the call (frozen during it).
+//! - A write that would make the use's state (committed, plus `pending` and `call_writes`) hold
+//!   more than its quota is refused with `quota-exceeded`; writes that do not grow it are always
+//!   taken. Uncommitted writes beyond the state-write budget trap the call.
 //! - Host infrastructure errors (the state store failing) trap the call; they never reach the
 //!   guest as values.
 
@@ -23,7 +26,7 @@ use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, 
 
 use super::bindings::{clock, log, state, types};
 use crate::config::FunctionLimits;
-use crate::state::StateStore;
+use crate::state::{StateStore, state_entry_bytes};
 
 /// Lines a function may log (imports and stdout/stderr together) per call before the rest are
 /// dropped and counted.
@@ -380,6 +383,14 @@ pub struct InstanceState {
     call_bytes: u64,
     /// The cap on `pending_bytes + call_bytes`.
     state_write_bytes: u64,
+    /// The bytes this use's state may hold (committed plus uncommitted writes).
+    state_quota_bytes: u64,
+    /// The bytes the committed state holds, read at the first write of a call (the pipeline
+    /// commits each batch before the next, so it is current then).
+    committed_usage: Option<u64>,
+    /// How `pending`, and the call in progress, change the bytes the state holds.
+    pending_growth: i64,
+    call_growth: i64,
     /// A host failure seen during the call (it also trapped the call).
     pub host_failure: Option<String>,
 }
@@ -434,8 +445,30 @@ impl InstanceState {
             pending_bytes,
             call_bytes: 0,
             state_write_bytes: limits.state_write_bytes,
+            state_quota_bytes: limits.state_quota_bytes,
+            committed_usage: None,
+            pending_growth: 0,
+            call_growth: 0,
             host_failure: None,
         }
+        .with_growth_of_pending()
+    }
+
+    /// Works out how much writes carried over from a previous instance change the state's size.
+    fn with_growth_of_pending(mut self) -> Self {
+        let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
+            self.pending.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+        for (key, value) in writes {
+            let committed = self
+                .store
+                .function_state_get(&self.namespace, &key)
+                .ok()
+                .flatten()
+                .map_or(0, |old| state_entry_bytes(&key, &old));
+            let written = value.as_deref().map_or(0, |v| state_entry_bytes(&key, v));
+            self.pending_growth += signed(written) - signed(committed);
+        }
+        self
     }
 
     /// Prepares a call at `processing_time` with the pipeline's `watermark`.
@@ -444,6 +477,8 @@ impl InstanceState {
         self.watermark = watermark;
         self.call_writes.clear();
         self.call_bytes = 0;
+        self.call_growth = 0;
+        self.committed_usage = None;
         self.host_failure = None;
         self.limiter.hit = None;
         self.output.begin_call();
@@ -454,9 +489,11 @@ impl InstanceState {
     pub fn end_call(&mut self, succeeded: bool) -> String {
         let writes = std::mem::take(&mut self.call_writes);
         let bytes = std::mem::take(&mut self.call_bytes);
+        let growth = std::mem::take(&mut self.call_growth);
         if succeeded {
             self.pending.extend(writes);
             self.pending_bytes += bytes;
+            self.pending_growth += growth;
         }
         self.output.end_call()
     }
@@ -464,6 +501,7 @@ impl InstanceState {
     /// Hands over the writes of successful calls for the pipeline's commit.
     pub fn take_pending(&mut self) -> Writes {
         self.pending_bytes = 0;
+        self.pending_growth = 0;
         std::mem::take(&mut self.pending)
     }
 
@@ -477,6 +515,24 @@ impl InstanceState {
         }
         self.call_bytes = desired - self.pending_bytes;
         Ok(())
+    }
+
+    /// The bytes `key`'s entry takes as the call sees it (0 when absent).
+    fn visible_bytes(&mut self, key: &[u8]) -> wasmtime::Result<u64> {
+        Ok(self.read(key)?.map_or(0, |value| state_entry_bytes(key, &value)))
+    }
+
+    /// Whether growing the state by `growth` bytes stays within the quota.
+    fn within_quota(&mut self, growth: u64) -> wasmtime::Result<bool> {
+        let committed = match self.committed_usage {
+            Some(committed) => committed,
+            None => {
+                let committed = self.store.function_state_usage(&self.namespace).map_err(|e| self.fail(&e))?;
+                *self.committed_usage.insert(committed)
+            }
+        };
+        let held = u64::try_from(signed(committed) + self.pending_growth + self.call_growth).unwrap_or(0);
+        Ok(held.saturating_add(growth) <= self.state_quota_bytes)
     }
 
     fn read(&mut self, key: &[u8]) -> wasmtime::Result<Option<Vec<u8>>> {
@@ -538,14 +594,22 @@ impl state::Host for InstanceState {
         if value.len() > max_value as usize {
             return Ok(Err(state::StateError::ValueTooLarge(max_value)));
         }
+        let previous = self.visible_bytes(&key)?;
+        let next = state_entry_bytes(&key, &value);
+        if next > previous && !self.within_quota(next - previous)? {
+            return Ok(Err(state::StateError::QuotaExceeded(self.state_quota_bytes)));
+        }
         self.charge(&key, Some(&value))?;
         self.call_writes.insert(key, Some(value));
+        self.call_growth += signed(next) - signed(previous);
         Ok(Ok(()))
     }
 
     fn delete(&mut self, key: Vec<u8>) -> wasmtime::Result<()> {
+        let previous = self.visible_bytes(&key)?;
         self.charge(&key, None)?;
         self.call_writes.insert(key, None);
+        self.call_growth -= signed(previous);
         Ok(())
     }
 
@@ -567,6 +631,11 @@ impl state::Host for InstanceState {
         }
         Ok(merged.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).take(limit).collect())
     }
+}
+
+/// A byte count as a signed difference.
+fn signed(bytes: u64) -> i64 {
+    i64::try_from(bytes).unwrap_or(i64::MAX)
 }
 
 /// What a write costs against the state write budget: its key and value bytes.

@@ -318,6 +318,50 @@ fn unbounded_state_writes_through_the_import_stop_at_the_state_write_limit() {
     }
 }
 
+#[tokio::test]
+async fn writes_beyond_the_state_quota_are_refused_counting_committed_state() {
+    let fixture = fixture();
+    let quota = 256 << 10;
+    let limits = FunctionLimits { state_write_bytes: 4 << 20, state_quota_bytes: quota, ..LIMITS };
+    let mut op = faulty_with(&fixture, "flood_state", &function("faulty", "weir_fixture_faulty.wasm", limits));
+    // Uncommitted writes count: 64 KiB values fit three times beside the counter, not four.
+    let (_, failure) = op.process(batch(&[666.0]), &CTX).expect_err("floods");
+    // The guest sees `quota-exceeded` and gives up the batch: a refusal, not a fault.
+    assert!(
+        matches!(&failure, OperatorFailure::Refused { reason } if reason.contains("state quota of 262144 bytes exceeded")),
+        "{failure}"
+    );
+    op.process(batch(&[1.0]), &CTX).expect("writes within the quota are taken");
+    // Committed state counts: fill the namespace to within 100 bytes of the quota.
+    let filler = state::StateWrite {
+        namespace: "p/faulty".to_owned(),
+        key: b"filler".to_vec(),
+        value: Some(vec![0; usize::try_from(quota).expect("small") - 100 - b"filler".len()]),
+    };
+    let mut writes = op.take_state_writes();
+    writes.push(filler);
+    fixture.committer.commit(state::ChangeSet { state_writes: writes, ..Default::default() }).await.expect("commit");
+    let held = fixture.store.function_state_usage("p/faulty").expect("read");
+    assert_eq!(held, quota - 100 + b"passed".len() as u64 + 8);
+    // Overwriting the counter does not grow the state: still taken at the brim.
+    op.process(batch(&[2.0]), &CTX).expect("an overwrite of the same size fits");
+    assert_eq!(passed_counter(&op.take_state_writes()), Some(2));
+    // With a write budget of two values, only the committed filler can make the first value
+    // refused rather than the third trap.
+    let tight = FunctionLimits { state_write_bytes: 128 << 10, state_quota_bytes: quota, ..LIMITS };
+    let mut tight = faulty_with(&fixture, "flood_state", &function("faulty", "weir_fixture_faulty.wasm", tight));
+    let (_, failure) = tight.process(batch(&[666.0]), &CTX).expect_err("no room for one more value");
+    assert!(matches!(&failure, OperatorFailure::Refused { reason } if reason.contains("quota")), "{failure}");
+    // Deleting committed state makes room again.
+    let delete = state::StateWrite { namespace: "p/faulty".to_owned(), key: b"filler".to_vec(), value: None };
+    fixture
+        .committer
+        .commit(state::ChangeSet { state_writes: vec![delete], ..Default::default() })
+        .await
+        .expect("commit");
+    assert_eq!(fixture.store.function_state_usage("p/faulty").expect("read"), b"passed".len() as u64 + 8);
+}
+
 #[test]
 fn a_huge_allocation_request_through_wasi_random_is_refused_not_served() {
     let fixture = fixture();

@@ -34,7 +34,8 @@ pub enum Counter {
     RecordsDropped,
     /// Readings in them.
     ReadingsDropped,
-    /// Change sets refused because the outbox was full and nothing could make room.
+    /// Change sets refused because the outbox was full and nothing could make room (each once,
+    /// however often it is retried).
     RefusedFull,
     /// Outbox records lost to a damaged database file (see `state::salvage`).
     RecordsUnrecovered,

@@ -59,6 +59,9 @@ use crate::config::Durability;
 use outbox::{OUTBOX, OUTBOX_SUMMARIES, OUTBOX_USAGE, Outbox, PUBLISH_RESERVATIONS, STREAM_COUNTERS};
 
 const FUNCTION_STATE: TableDefinition<'_, (&str, &[u8]), &[u8]> = TableDefinition::new("function_state");
+/// Per namespace, the bytes (keys and values) its function state holds; kept in the same
+/// transactions as `function_state`, and recounted at every open.
+const FUNCTION_STATE_USAGE: TableDefinition<'_, &str, u64> = TableDefinition::new("function_state_usage");
 const STREAM_SEQ: TableDefinition<'_, &str, u64> = TableDefinition::new("stream_seq");
 const DEAD_LETTERS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("dead_letters");
 const COUNTERS: TableDefinition<'_, &str, u64> = TableDefinition::new("counters");
@@ -191,6 +194,9 @@ pub struct ChangeSet {
     pub reservations: Vec<(String, RangeInclusive<u64>)>,
     /// Counter increments.
     pub counts: Vec<(String, Counter, u64)>,
+    /// Set by the committer on a change set it hands back because an outbox was full, so that
+    /// retrying it does not count as another refusal.
+    pub refused_before: bool,
 }
 
 /// The identity of a delivery whose derived data this change set commits.
@@ -328,6 +334,7 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
     let txn = db.begin_write().or_store("create tables")?;
     {
         txn.open_table(FUNCTION_STATE).or_store("create tables")?;
+        txn.open_table(FUNCTION_STATE_USAGE).or_store("create tables")?;
         txn.open_table(OUTBOX).or_store("create tables")?;
         txn.open_table(OUTBOX_SUMMARIES).or_store("create tables")?;
         txn.open_table(OUTBOX_USAGE).or_store("create tables")?;
@@ -341,8 +348,32 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
         txn.open_table(salvage::RECOVERIES).or_store("create tables")?;
         let mut counters = txn.open_table(COUNTERS).or_store("create tables")?;
         outbox::recount_usage_if_stale(&txn, &mut counters)?;
+        recount_function_state_usage(&txn)?;
     }
     txn.commit().or_store("create tables")
+}
+
+/// Counts the bytes each namespace's function state holds, from scratch: whatever the file
+/// held before (an earlier weir kept no count; a salvaged file may have lost entries).
+fn recount_function_state_usage(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let state = txn.open_table(FUNCTION_STATE).or_store("count function state")?;
+    let mut usage: HashMap<String, u64> = HashMap::new();
+    for entry in state.iter().or_store("count function state")? {
+        let (key, value) = entry.or_store("count function state")?;
+        let (namespace, key) = key.value();
+        *usage.entry(namespace.to_owned()).or_default() += state_entry_bytes(key, value.value());
+    }
+    let mut table = txn.open_table(FUNCTION_STATE_USAGE).or_store("count function state")?;
+    table.retain(|_, _| false).or_store("count function state")?;
+    for (namespace, bytes) in usage {
+        table.insert(namespace.as_str(), bytes).or_store("count function state")?;
+    }
+    Ok(())
+}
+
+/// What a function state entry counts against its namespace's quota: its key and value bytes.
+pub fn state_entry_bytes(key: &[u8], value: &[u8]) -> u64 {
+    (key.len() + value.len()) as u64
 }
 
 impl StateStore {
@@ -356,6 +387,13 @@ impl StateStore {
         let txn = self.db.begin_read().or_store("read function state")?;
         let table = txn.open_table(FUNCTION_STATE).or_store("read function state")?;
         Ok(table.get((namespace, key)).or_store("read function state")?.map(|v| v.value().to_vec()))
+    }
+
+    /// The bytes (keys and values) `namespace`'s committed function state holds.
+    pub fn function_state_usage(&self, namespace: &str) -> Result<u64, StoreError> {
+        let txn = self.db.begin_read().or_store("read function state")?;
+        let table = txn.open_table(FUNCTION_STATE_USAGE).or_store("read function state")?;
+        Ok(table.get(namespace).or_store("read function state")?.map_or(0, |v| v.value()))
     }
 
     /// Up to `limit` entries of `namespace` with `start <= key < end`, ascending.
@@ -556,7 +594,10 @@ impl Writer {
                 }
             };
             // A sender that stopped waiting (shutdown) does not need the answer.
-            for ((changes, reply), outcome) in changes.into_iter().zip(replies).zip(outcomes) {
+            for ((mut changes, reply), outcome) in changes.into_iter().zip(replies).zip(outcomes) {
+                if let Err(Refusal::Full { .. }) = outcome {
+                    changes.refused_before = true;
+                }
                 let _ = reply.send(outcome.map_err(|refusal| (refusal, changes)));
             }
         }
@@ -587,6 +628,7 @@ impl Writer {
         let mut refused = Vec::with_capacity(changes.len());
         {
             let mut state = txn.open_table(FUNCTION_STATE).or_store("write function state")?;
+            let mut state_usage = txn.open_table(FUNCTION_STATE_USAGE).or_store("write function state")?;
             let mut outbox = Outbox::open(&txn)?;
             let mut stream_seq = txn.open_table(STREAM_SEQ).or_store("write stream position")?;
             let mut dead_letters = txn.open_table(DEAD_LETTERS).or_store("write dead letters")?;
@@ -601,10 +643,23 @@ impl Writer {
                 refused.push(None);
                 for write in &change.state_writes {
                     let key = (write.namespace.as_str(), write.key.as_slice());
-                    match &write.value {
+                    let previous = match &write.value {
                         Some(value) => state.insert(key, value.as_slice()).or_store("write function state")?,
                         None => state.remove(key).or_store("write function state")?,
                     };
+                    let removed = previous.map_or(0, |old| state_entry_bytes(&write.key, old.value()));
+                    let added = write.value.as_deref().map_or(0, |value| state_entry_bytes(&write.key, value));
+                    if added != removed {
+                        let namespace = write.namespace.as_str();
+                        let held =
+                            state_usage.get(namespace).or_store("write function state")?.map_or(0, |v| v.value());
+                        let held = (held + added).saturating_sub(removed);
+                        if held == 0 {
+                            state_usage.remove(namespace).or_store("write function state")?;
+                        } else {
+                            state_usage.insert(namespace, held).or_store("write function state")?;
+                        }
+                    }
                 }
                 for (stream, seqs) in &change.reservations {
                     outbox.reserve(stream, seqs.clone())?;
@@ -690,7 +745,9 @@ impl Writer {
         for (stream, bytes) in incoming {
             let Some(limits) = self.options.outboxes.get(stream) else { continue };
             if !outbox.make_room(stream, bytes, limits, now)? {
-                outbox.count(stream, Counter::RefusedFull, 1)?;
+                if !change.refused_before {
+                    outbox.count(stream, Counter::RefusedFull, 1)?;
+                }
                 return Ok(Some(Refusal::Full { stream: stream.to_owned(), max_bytes: limits.max_bytes }));
             }
         }

@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use super::outbox::{OUTBOX, OUTBOX_USAGE, Outbox, PUBLISH_RESERVATIONS, STREAM_COUNTERS};
 use super::{
     CACHE_BYTES, COUNTERS, Counter, DEAD_LETTERS, FUNCTION_STATE, OrStore, RECENT_DELIVERIES, SINK_POSITIONS,
-    STREAM_SEQ, StoreError, create_tables,
+    STREAM_SEQ, StoreError, create_tables, recount_function_state_usage,
 };
 use crate::encode;
 
@@ -255,6 +255,8 @@ fn salvage(damaged: &Path, db: &Database, reason: String) -> Result<Recovery, St
         for ((namespace, key), value) in &salvaged.function_state {
             state.insert((namespace.as_str(), key.as_slice()), value.as_slice()).or_store("write recovered state")?;
         }
+        drop(state);
+        recount_function_state_usage(&txn)?;
         let mut outbox = Outbox::open(&txn)?;
         let mut highest: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
         let mut held: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();

@@ -56,6 +56,43 @@ async fn function_state_is_namespaced_and_ranged_in_key_order() {
 }
 
 #[tokio::test]
+async fn function_state_usage_follows_inserts_overwrites_and_deletes_and_is_recounted_at_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    {
+        let (store, committer, thread) = open(dir.path(), StoreOptions::default()).expect("open");
+        let changes = ChangeSet {
+            state_writes: vec![
+                write("p/a", "k1", Some("12345")),
+                write("p/a", "k2", Some("1")),
+                write("p/b", "k1", Some("123")),
+                write("p/a", "k1", Some("12")),
+            ],
+            ..ChangeSet::default()
+        };
+        committer.commit(changes).await.expect("commit");
+        assert_eq!(store.function_state_usage("p/a").expect("read"), 4 + 3);
+        assert_eq!(store.function_state_usage("p/b").expect("read"), 5);
+        let changes = ChangeSet {
+            state_writes: vec![write("p/a", "k2", None), write("p/a", "k9", None), write("p/b", "k1", None)],
+            ..ChangeSet::default()
+        };
+        committer.commit(changes).await.expect("commit");
+        assert_eq!(store.function_state_usage("p/a").expect("read"), 4, "deleting an absent key changes nothing");
+        assert_eq!(store.function_state_usage("p/b").expect("read"), 0);
+        drop((store, committer));
+        thread.join().expect("committer exits");
+        // A file whose count went wrong (or an earlier weir's, which kept none) is recounted.
+        let db = Database::open(dir.path().join(DATABASE_FILE)).expect("open");
+        let txn = db.begin_write().expect("write");
+        txn.open_table(FUNCTION_STATE_USAGE).expect("table").insert("p/a", 999).expect("insert");
+        txn.commit().expect("commit");
+    }
+    let (store, _committer, _thread) = open(dir.path(), StoreOptions::default()).expect("reopen");
+    assert_eq!(store.function_state_usage("p/a").expect("read"), 4);
+    assert_eq!(store.function_state_usage("p/b").expect("read"), 0);
+}
+
+#[tokio::test]
 async fn outbox_records_survive_reopen_and_leave_when_confirmed() {
     let dir = tempfile::tempdir().expect("temp dir");
     let options = StoreOptions { durability: Durability::Sync, dead_letter_capacity: 10, ..StoreOptions::default() };
@@ -378,6 +415,9 @@ async fn block_refuses_whole_change_sets_until_confirmations_free_space() {
     );
     assert_eq!(store.last_seq("s").expect("read"), seq - 1);
     assert_eq!(store.counter("s", Counter::RefusedFull).expect("read"), 1);
+    let refused = committer.commit(refused.changes).await.expect_err("still full");
+    assert!(refused.changes.refused_before);
+    assert_eq!(store.counter("s", Counter::RefusedFull).expect("read"), 1, "a retry is not another refusal");
     let held = outbox_records(&store);
     assert!(held.iter().all(|(_, _, r)| r.kind() == RecordKind::Readings), "block never rewrites records");
     committer
