@@ -17,6 +17,7 @@
 //! | table                  | key                    | value                                        |
 //! |------------------------|------------------------|----------------------------------------------|
 //! | `function_state`       | (namespace, key bytes) | value bytes                                  |
+//! | `function_state_usage` | namespace              | key and value bytes held (checked against `state_quota`; recounted at open) |
 //! | `outbox`               | (stream, seq)          | record body (see `encode`)                   |
 //! | `outbox_summaries`     | (stream, seq)          | kind, width, bytes, last seq of coarsened records and drop markers |
 //! | `outbox_usage`         | stream                 | (records, bytes) held                        |
