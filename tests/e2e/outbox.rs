@@ -230,6 +230,8 @@ async fn block_stops_acknowledging_until_the_central_broker_is_back() -> Result<
     ensure!(committed < readings as u64, "ingest stopped: {committed} of {readings} committed");
     let held = stream_stats(&blocked, "load")["bytes"].as_u64().unwrap_or(u64::MAX);
     ensure!(held <= CAP, "the outbox holds {held} bytes, cap {CAP}");
+    let refused = stream_counter(&blocked, "load", "refused_full");
+    ensure!(refused == 1, "one change set held and retried for 6 s counts once, not {refused} times");
 
     nats.start_again()?;
     let records = collect_stream(&stream, |records| all_readings(records).len() >= readings).await?;
