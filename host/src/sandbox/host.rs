@@ -456,18 +456,20 @@ impl InstanceState {
 
     /// Works out how much writes carried over from a previous instance change the state's size.
     fn with_growth_of_pending(mut self) -> Self {
-        let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> =
-            self.pending.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
-        for (key, value) in writes {
-            let committed = self
-                .store
-                .function_state_get(&self.namespace, &key)
-                .ok()
-                .flatten()
-                .map_or(0, |old| state_entry_bytes(&key, &old));
-            let written = value.as_deref().map_or(0, |v| state_entry_bytes(&key, v));
-            self.pending_growth += signed(written) - signed(committed);
-        }
+        self.pending_growth = self
+            .pending
+            .iter()
+            .map(|(key, value)| {
+                let committed = self
+                    .store
+                    .function_state_get(&self.namespace, key)
+                    .ok()
+                    .flatten()
+                    .map_or(0, |old| state_entry_bytes(key, &old));
+                let written = value.as_deref().map_or(0, |v| state_entry_bytes(key, v));
+                signed(written) - signed(committed)
+            })
+            .sum();
         self
     }
 
