@@ -81,7 +81,9 @@ pub async fn commit(parent: &std::path::Path, bench: CommitBench) -> Result<Comm
                     confirmed: seq.checked_sub(64).map(|old| vec![(stream.clone(), old)]).unwrap_or_default(),
                     ..ChangeSet::default()
                 };
-                committer.commit(changes).await.map_err(|e| e.error)?;
+                // As a pipeline does: the next change set is committed while this one waits
+                // for durability (at once under `sync`, at the next flush under `relaxed`).
+                committer.commit_applied(changes).await.map_err(|e| e.error)?;
                 change_sets += 1;
                 readings += bench.readings_per_record as u64;
             }
@@ -187,10 +189,11 @@ pub async fn drain(
     let sink = crate::sink::Sink {
         gateway: "bench".into(),
         stream: STREAM.into(),
-        config: pipeline.sink,
+        config: pipeline.sink.clone(),
         order: pipeline.outbox.drain,
         store: store.clone(),
         committer: committer.clone(),
+        record_limit: crate::sink::RecordLimit::new(crate::sink::default_record_limit(&pipeline.sink)),
     };
     let (_committed_tx, committed_rx) = tokio::sync::watch::channel(seq);
     let stop = tokio_util::sync::CancellationToken::new();

@@ -59,6 +59,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
     let options = StoreOptions {
         durability: config.state.durability,
         dead_letter_capacity: config.state.dead_letter_capacity,
+        dead_letter_max_bytes: config.state.dead_letter_max_bytes,
         outboxes,
     };
     let (store, committer, committer_thread) = state::open(&data_dir, options)?;

@@ -280,8 +280,10 @@ fn dead_letters(data_dir: &std::path::Path, limit: usize, json: bool) -> anyhow:
             "function": letter.function,
         });
         match &letter.content {
-            DeadLetterContent::Message { topic, payload, received_at } => {
+            DeadLetterContent::Message { topic, payload, received_at, size } => {
                 entry["topic"] = topic.clone().into();
+                entry["size"] = size.unwrap_or(payload.len() as u64).into();
+                entry["truncated"] = size.is_some().into();
                 entry["payload_hex"] = hex::encode(payload).into();
                 entry["payload_text"] = String::from_utf8(payload.clone()).ok().into();
                 entry["received_at"] = (*received_at).into();
@@ -304,9 +306,11 @@ fn dead_letters(data_dir: &std::path::Path, limit: usize, json: bool) -> anyhow:
             let function = letter.function.as_deref().map(|f| format!(" ({f})")).unwrap_or_default();
             println!("#{id} {} [{}{function}] {}", letter.pipeline, letter.stage, letter.reason);
             match &letter.content {
-                DeadLetterContent::Message { topic, payload, .. } => {
+                DeadLetterContent::Message { topic, payload, size, .. } => {
                     let preview = String::from_utf8(payload.clone()).unwrap_or_else(|_| hex::encode(payload));
-                    println!("    message on {topic}: {}", preview.chars().take(120).collect::<String>());
+                    let kept =
+                        size.map(|size| format!(" (first {} of {size} bytes)", payload.len())).unwrap_or_default();
+                    println!("    message on {topic}{kept}: {}", preview.chars().take(120).collect::<String>());
                 }
                 DeadLetterContent::Batch { readings, .. } => println!("    batch of {readings} reading(s)"),
             }

@@ -40,10 +40,10 @@ use crate::decode::Decode;
 use crate::encode::{self, Record, RecordHeader};
 use crate::operator::Chain;
 use crate::sandbox::UseHandle;
-use crate::sink::Sink;
+use crate::sink::{RecordLimit, Sink};
 use crate::source::{self, Delivery};
 use crate::state::{
-    ChangeSet, Committer, Counter, DeadLetter, DeadLetterContent, OutboxRecord, StateStore, StoreError,
+    Applied, ChangeSet, Committer, Counter, DeadLetter, DeadLetterContent, OutboxRecord, StateStore, StoreError,
 };
 use crate::window::{DownsampleStage, WindowAccumulator, WindowStage};
 
@@ -119,7 +119,11 @@ pub fn spawn(
     let (committed_tx, committed_rx) = watch::channel::<u64>(shared.store.last_seq(&name)?);
     let sink_config = config.sink.clone();
     let drain = config.outbox.drain;
-    let processor = Processor::new(parts, &shared.gateway, &shared.store)?;
+    let record_limit = RecordLimit::new(match shared.store.sink_record_limit(&name)? {
+        Some(announced) => announced,
+        None => crate::sink::default_record_limit(&config.sink),
+    });
+    let processor = Processor::new(parts, &shared.gateway, &shared.store, record_limit.clone())?;
     let done = [source_close, sink_stop.clone()];
     tracker.spawn(run_processor(processor, batch_rx, shared.committer.clone(), committed_tx, intake.clone(), done));
 
@@ -131,6 +135,7 @@ pub fn spawn(
         order: drain,
         store: shared.store.clone(),
         committer: shared.committer.clone(),
+        record_limit,
     };
     tracker.spawn(sink.run(committed_rx, sink_stop));
     Ok(())
@@ -199,6 +204,8 @@ struct Processor {
     fault_totals: FaultTotals,
     /// What to do while one of them is quarantined.
     on_quarantine: OnQuarantine,
+    /// The largest record body the sink can publish.
+    record_limit: RecordLimit,
 }
 
 /// Faults and quarantines of a pipeline's functions, summed.
@@ -235,7 +242,12 @@ struct Processed {
 }
 
 impl Processor {
-    fn new(parts: PipelineParts, gateway: &str, store: &StateStore) -> Result<Self, StoreError> {
+    fn new(
+        parts: PipelineParts,
+        gateway: &str,
+        store: &StateStore,
+        record_limit: RecordLimit,
+    ) -> Result<Self, StoreError> {
         let config = parts.config;
         let name = config.name.to_string();
         Ok(Self {
@@ -253,6 +265,7 @@ impl Processor {
             fault_totals: FaultTotals::of(&parts.functions),
             functions: parts.functions,
             on_quarantine: config.on_quarantine,
+            record_limit,
             pipeline: name,
         })
     }
@@ -354,15 +367,24 @@ impl Processor {
             RecordHeader { gateway: self.gateway.clone(), stream: self.pipeline.clone(), seq, encoded_at: now };
         let record =
             Record { header, batch: readings, aggregates: Vec::new(), windows, coarsened: None, dropped: None };
-        match encode::encode_record(self.encoding, &record) {
-            Ok(body) => {
-                processed.readings_out = record.batch.len();
-                processed.seq = Some(seq);
-                processed.changes.records.push(OutboxRecord { stream: self.pipeline.clone(), seq, body });
+        // Sized to what the sink can publish: split into several records (consecutive seqs) if
+        // needed; only a part too large by itself is dead-lettered, alone.
+        let fitted = encode::fit(self.encoding, record, self.record_limit.get());
+        for record in fitted.records {
+            processed.readings_out += record.readings;
+            processed.seq = Some(record.seq);
+            processed.changes.records.push(OutboxRecord {
+                stream: self.pipeline.clone(),
+                seq: record.seq,
+                body: record.body,
+            });
+        }
+        for unfit in fitted.unfit {
+            let mut letter = self.dead_batch("encode", &unfit.reason, &unfit.batch, now);
+            if unfit.windows > 0 {
+                letter.reason = format!("{} ({} window emission(s))", letter.reason, unfit.windows);
             }
-            Err(error) => {
-                processed.changes.dead_letters.push(self.dead_batch("encode", &error.to_string(), &record.batch, now));
-            }
+            processed.changes.dead_letters.push(letter);
         }
         processed
     }
@@ -374,11 +396,30 @@ impl Processor {
             reason: reason.to_owned(),
             function: function.map(str::to_owned),
             at: now,
-            content: DeadLetterContent::Message {
-                topic: message.topic.clone(),
-                payload: message.payload.to_vec(),
-                received_at: message.received_at,
-            },
+            content: DeadLetterContent::message(
+                &message.topic,
+                &message.payload,
+                message.payload.len() as u64,
+                message.received_at,
+            ),
+        }
+    }
+
+    /// The dead letter of a message the source refused for its size: the prefix it kept.
+    fn dead_oversized(&self, oversized: &source::Oversized, now: Nanos) -> DeadLetter {
+        let message = &oversized.prefix;
+        DeadLetter {
+            pipeline: self.pipeline.clone(),
+            stage: "source".to_owned(),
+            reason: format!(
+                "message of {} bytes is larger than max_message_size ({} bytes); its first {} bytes are kept",
+                oversized.size,
+                oversized.limit,
+                message.payload.len()
+            ),
+            function: None,
+            at: now,
+            content: DeadLetterContent::message(&message.topic, &message.payload, oversized.size, message.received_at),
         }
     }
 
@@ -422,12 +463,17 @@ async fn run_processor(
         ticks
     });
     let mut processor = Some(processor);
+    let mut awaiting = AwaitingDurability::new(&committer);
     loop {
         let deliveries = tokio::select! {
             batch = batches.recv() => match batch {
                 Some(batch) => batch,
                 None => break,
             },
+            Ok(()) = awaiting.durable.changed(), if awaiting.is_waiting() => {
+                awaiting.release(&committed, &pipeline).await;
+                continue;
+            }
             _ = async { ticks.as_mut().expect("guarded by the branch condition").tick().await }, if ticks.is_some() => Vec::new(),
         };
         let tick = deliveries.is_empty();
@@ -440,9 +486,13 @@ async fn run_processor(
         let mut records = Vec::new();
         let mut messages = Vec::with_capacity(deliveries.len());
         let mut acks = Vec::with_capacity(deliveries.len());
+        let mut oversized = Vec::new();
         for delivery in deliveries {
             records.extend(delivery.record);
-            messages.extend(delivery.message);
+            match delivery.oversized {
+                Some(refused) => oversized.push(refused),
+                None => messages.extend(delivery.message),
+            }
             acks.push(delivery.ack);
         }
         let now = crate::telemetry::now_nanos();
@@ -461,6 +511,9 @@ async fn run_processor(
         };
         let core = processor.insert(returned);
         let mut processed = processed;
+        for refused in &oversized {
+            processed.changes.dead_letters.push(core.dead_oversized(refused, now));
+        }
         let changes = &processed.changes;
         if tick && changes.state_writes.is_empty() && changes.records.is_empty() && changes.dead_letters.is_empty() {
             continue;
@@ -486,21 +539,20 @@ async fn run_processor(
         .into_iter()
         .map(|(counter, by)| (pipeline.clone(), counter, by as u64))
         .collect();
-        if !commit_with_retry(&committer, processed.changes, &pipeline, &intake).await {
+        let Some(applied) = commit_with_retry(&committer, processed.changes, &pipeline, &intake).await else {
             tracing::error!(stage = "pipeline", pipeline = %pipeline, messages = message_count,
                 "shutting down with an uncommitted batch; it is not acknowledged and will be redelivered");
             break;
-        }
+        };
         if let Some(seq) = processed.seq {
             core.last_seq = seq;
-            committed.send_replace(seq);
-        }
-        if let Err(e) = source::acknowledge(acks).await {
-            tracing::warn!(stage = "pipeline", pipeline = %pipeline, error = %e, "acknowledgement failed");
         }
         tracing::debug!(stage = "pipeline", pipeline = %pipeline, messages = message_count, readings_in = processed.readings_in,
             readings_out = processed.readings_out, dead_letters, seq = processed.seq, "batch committed");
+        awaiting.push(applied, acks, processed.seq);
+        awaiting.release(&committed, &pipeline).await;
     }
+    awaiting.finish(&committed, &pipeline).await;
     // Drop the WebAssembly instances off the async threads, like every other call into them.
     let _ = tokio::task::spawn_blocking(move || drop(processor)).await;
     for token in done {
@@ -521,7 +573,7 @@ impl std::fmt::Debug for Engine {
 impl Engine {
     /// The core of the pipeline `parts` describes, with its window state from `store`.
     pub fn new(parts: PipelineParts, gateway: &str, store: &StateStore) -> Result<Self, StoreError> {
-        Processor::new(parts, gateway, store).map(Self)
+        Processor::new(parts, gateway, store, RecordLimit::new(u64::MAX)).map(Self)
     }
 
     /// Processes one batch of messages at processing time `now`: the change set a pipeline would
@@ -566,28 +618,28 @@ async fn hold_while_quarantined(functions: &[UseHandle], pipeline: &str, shutdow
 
 /// Commits `changes`, retrying with backoff while the store refuses (a full outbox under
 /// `block`, a full or failing disk): the pipeline stalls — which stops acknowledgements, so the
-/// broker holds the input — instead of dropping the batch. Gives up (returns false) only once
+/// broker holds the input — instead of dropping the batch. Gives up (returns `None`) only once
 /// shutdown was requested.
 async fn commit_with_retry(
     committer: &Committer,
     mut changes: ChangeSet,
     pipeline: &str,
     shutdown: &CancellationToken,
-) -> bool {
+) -> Option<Applied> {
     let mut retry = crate::backoff::Retry::new(COMMIT_RETRY);
     let mut full_retry = crate::backoff::Retry::new(FULL_RETRY);
     let mut full_since: Option<std::time::Instant> = None;
     loop {
-        match committer.commit(changes).await {
-            Ok(()) => {
+        match committer.commit_applied(changes).await {
+            Ok(applied) => {
                 if let Some(since) = full_since {
                     tracing::info!(stage = "pipeline", pipeline, blocked_for = ?since.elapsed(), "the outbox has room again; ingesting");
                 }
-                return true;
+                return Some(applied);
             }
             Err(failed) => {
                 if shutdown.is_cancelled() || matches!(failed.error, StoreError::CommitterStopped) {
-                    return false;
+                    return None;
                 }
                 let delay = if matches!(failed.error, StoreError::OutboxFull { .. }) {
                     if full_since.is_none() {
@@ -602,12 +654,75 @@ async fn commit_with_retry(
                     delay
                 };
                 tokio::select! {
-                    () = shutdown.cancelled() => return false,
+                    () = shutdown.cancelled() => return None,
                     () = tokio::time::sleep(delay) => {}
                 }
                 changes = failed.changes;
             }
         }
+    }
+}
+
+/// How long a stopping processor waits for its last commits to become durable before it gives
+/// up acknowledging them (the broker then delivers them again).
+const DURABLE_GRACE: Duration = Duration::from_secs(5);
+
+/// Committed batches whose acknowledgements (and records, for the sink) wait for a durable
+/// commit to cover them — at once under `durability = "sync"`, after the next durable flush
+/// under `relaxed`.
+///
+/// **Invariant:** nothing derived from a commit leaves the process before that commit is
+/// durable: not an acknowledgement upstream (a crash would lose acknowledged input) and not a
+/// record (a crash would roll its seq back, and the seq would be given to another record whose
+/// id the central broker already knows). Batches are released in commit order, so
+/// acknowledgements keep arrival order.
+struct AwaitingDurability {
+    durable: watch::Receiver<u64>,
+    batches: std::collections::VecDeque<(Applied, Vec<source::Ack>, Option<u64>)>,
+}
+
+impl AwaitingDurability {
+    fn new(committer: &Committer) -> Self {
+        Self { durable: committer.durable_groups(), batches: std::collections::VecDeque::new() }
+    }
+
+    fn is_waiting(&self) -> bool {
+        !self.batches.is_empty()
+    }
+
+    fn push(&mut self, applied: Applied, acks: Vec<source::Ack>, seq: Option<u64>) {
+        self.batches.push_back((applied, acks, seq));
+    }
+
+    /// Acknowledges, and tells the sink about, every batch a durable commit covers.
+    async fn release(&mut self, committed: &watch::Sender<u64>, pipeline: &str) {
+        self.durable.borrow_and_update();
+        while self.batches.front().is_some_and(|(applied, _, _)| applied.is_durable()) {
+            let (_, acks, seq) = self.batches.pop_front().expect("guarded by the loop condition");
+            if let Some(seq) = seq {
+                committed.send_replace(seq);
+            }
+            if let Err(e) = source::acknowledge(acks).await {
+                tracing::warn!(stage = "pipeline", pipeline, error = %e, "acknowledgement failed");
+            }
+        }
+    }
+
+    /// At the end: waits (a bounded time) for the last commits to become durable, then
+    /// releases them; what is still not durable stays unacknowledged.
+    async fn finish(&mut self, committed: &watch::Sender<u64>, pipeline: &str) {
+        if let Some((last, _, _)) = self.batches.back() {
+            let last = last.clone();
+            if tokio::time::timeout(DURABLE_GRACE, last.durable()).await.is_err() {
+                tracing::warn!(
+                    stage = "pipeline",
+                    pipeline,
+                    batches = self.batches.len(),
+                    "stopping before the last commits became durable; their input will be redelivered"
+                );
+            }
+        }
+        self.release(committed, pipeline).await;
     }
 }
 
@@ -700,6 +815,7 @@ mod tests {
             functions: Vec::new(),
             fault_totals: FaultTotals::default(),
             on_quarantine: OnQuarantine::Hold,
+            record_limit: RecordLimit::new(u64::MAX),
         }
     }
 

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail, ensure};
+use anyhow::{Context, Result, bail, ensure};
 use rand::Rng;
 use weir_e2e::proxy;
 use weir_e2e::*;
@@ -182,13 +182,31 @@ async fn collect_all(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkill_at_random_instants_loses_nothing_and_duplicates_nothing() -> Result<()> {
-    let readings = env_or("WEIR_KILL_READINGS", 100_000);
-    let kills = env_or("WEIR_KILL_COUNT", 20);
+    sigkill_at_random_instants("sync", env_or("WEIR_KILL_READINGS", 100_000), env_or("WEIR_KILL_COUNT", 20)).await
+}
+
+/// `durability = "relaxed"` makes fewer commits durable, never fewer acknowledgements safe: input
+/// is acknowledged, and records published, only once a durable commit covers them, so a crash
+/// undoes nothing that left the process — and no record id is ever given out twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkill_with_relaxed_durability_loses_nothing_and_reuses_no_record_id() -> Result<()> {
+    sigkill_at_random_instants(
+        "relaxed",
+        env_or("WEIR_RELAXED_KILL_READINGS", 30_000),
+        env_or("WEIR_RELAXED_KILL_COUNT", 10),
+    )
+    .await
+}
+
+/// Publishes `readings` through the load pipeline (with `durability`) while SIGKILLing weir
+/// `kills` times at random instants, then checks that every reading arrived once.
+async fn sigkill_at_random_instants(durability: &str, readings: usize, kills: usize) -> Result<()> {
     let mqtt = Mosquitto::start_with("max_inflight_messages 100")?;
     let nats = NatsServer::start()?;
     let central = nats.client().await?;
     let stream = create_stream(&central, "CENTRAL", &["central.>"]).await?;
-    let mut weir = Weir::start(&load_config(&mqtt.url(), &nats.url()))?;
+    let config = format!("{}\n[state]\ndurability = \"{durability}\"\n", load_config(&mqtt.url(), &nats.url()));
+    let mut weir = Weir::start(&config)?;
     weir.wait_for_log("subscribed", 1).await?;
 
     let plant = MqttClient::connect(&mqtt, "load-publisher").await?;
@@ -205,7 +223,7 @@ async fn sigkill_at_random_instants_loses_nothing_and_duplicates_nothing() -> Re
         weir.kill_and_restart()?;
     }
     let _plant = publisher.await??;
-    eprintln!("{kills} kills in {:.1} s; draining", started.elapsed().as_secs_f64());
+    eprintln!("{kills} kills in {:.1} s ({durability}); draining", started.elapsed().as_secs_f64());
 
     let expected = expected(readings);
     let records = collect_all_or_explain(&stream, &expected, &weir).await?;
@@ -341,6 +359,56 @@ async fn a_backlog_larger_than_the_local_queue_drains_exactly_once() -> Result<(
     let records = collect_all_or_explain(&stream, &expected, &weir).await?;
     verify(&records, &expected)?;
     ensure!(weir.log().contains("reconnecting so it holds the backlog"), "the local queue overflowed");
+    assert_eq!(weir.stop()?.0, 0);
+    Ok(())
+}
+
+/// A data disk that fills up: commits fail (ENOSPC), nothing more is acknowledged, and the plant
+/// broker keeps the input. redb refuses every transaction after an I/O error until the database
+/// is reopened; weir reopens it itself and, once space returns, goes on — with records committed
+/// before the disk filled and with everything the broker kept: every reading arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_data_disk_stalls_ingest_and_weir_resumes_by_itself_when_space_returns() -> Result<()> {
+    let Some(disk) = SmallDisk::mount("24m")? else {
+        eprintln!("skipped: mounting a tmpfs needs root (CI runs as root)");
+        return Ok(());
+    };
+    let data_dir = disk.path().join("data");
+    let readings = 20_000;
+    let mqtt = Mosquitto::start_with("max_inflight_messages 100")?;
+    let mut nats = NatsServer::start()?;
+    let central = nats.client().await?;
+    let stream = create_stream(&central, "CENTRAL", &["central.>"]).await?;
+    let config = load_config(&mqtt.url(), &nats.url()).replace("{data_dir}", data_dir.to_str().context("UTF-8")?);
+    let weir = Weir::start(&config)?;
+    weir.wait_for_log("subscribed", 1).await?;
+    let plant = MqttClient::connect(&mqtt, "load-publisher").await?;
+    let publish = |range: std::ops::Range<usize>| {
+        let plant = &plant;
+        async move {
+            for i in range {
+                let (series, body) = payload(i);
+                plant.publish(&series, body).await?;
+            }
+            anyhow::Ok(())
+        }
+    };
+    publish(0..readings / 4).await?;
+    plant.wait_for_pubacks(readings / 4).await?;
+    // Central goes away, so the outbox has to grow; the disk fills up.
+    nats.stop(false)?;
+    disk.fill()?;
+    publish(readings / 4..readings).await?;
+    plant.wait_for_pubacks(readings).await?;
+    weir.wait_for_log("commit failed", 1).await?;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+
+    disk.free()?;
+    nats.start_again()?;
+    let expected = expected(readings);
+    let records = collect_all_or_explain(&stream, &expected, &weir).await?;
+    verify(&records, &expected)?;
+    ensure!(weir.log().contains("state database reopened"), "{}", weir.log());
     assert_eq!(weir.stop()?.0, 0);
     Ok(())
 }

@@ -101,6 +101,97 @@ async fn malformed_payloads_are_dead_lettered_with_reasons_and_later_data_still_
     Ok(())
 }
 
+/// A message over the source's `max_message_size` (4 MiB by default) used to fail the MQTT
+/// connection before it could be acknowledged, so the broker sent it again on every reconnect
+/// and everything behind it waited. Now it is dead-lettered with its topic, size and a prefix,
+/// acknowledged, and the pipeline goes on.
+#[tokio::test]
+async fn a_message_over_the_size_limit_is_dead_lettered_and_the_pipeline_goes_on() -> Result<()> {
+    let mqtt = Mosquitto::start()?;
+    let nats = NatsServer::start()?;
+    let central = nats.client().await?;
+    let stream = create_stream(&central, "READINGS", &["central.readings"]).await?;
+    let weir = Weir::start(&config(&mqtt, &nats))?;
+    weir.wait_for_log("subscribed", 2).await?;
+    let plant = MqttClient::connect(&mqtt, "plant").await?;
+    let huge = 5 * 1024 * 1024;
+    plant.publish("plant/readings", reading("tank/level", 0, 1.0)).await?;
+    plant.publish("plant/readings", vec![b'x'; huge]).await?;
+    plant.publish("plant/readings", reading("tank/level", 2, 2.0)).await?;
+    plant.wait_for_pubacks(3).await?;
+
+    let records = collect_stream(&stream, |records| all_readings(records).len() >= 2).await?;
+    let values: Vec<f64> = all_readings(&records).iter().map(|r| r.value).collect();
+    assert_eq!(values, [1.0, 2.0], "the message behind the huge one went through");
+    assert!(!weir.log().contains("MQTT connection lost"), "no reconnect loop: {}", weir.log());
+
+    let (code, data_dir, _keep) = weir.stop()?;
+    assert_eq!(code, 0);
+    let letters = dead_letters(&data_dir)?;
+    let [letter] = letters.as_slice() else { panic!("one dead letter: {letters:#?}") };
+    assert_eq!(letter["stage"], "source");
+    assert_eq!(letter["topic"], "plant/readings");
+    assert_eq!(letter["size"], huge);
+    assert_eq!(letter["truncated"], true);
+    let reason = letter["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("5242880 bytes") && reason.contains("max_message_size (4194304 bytes)"), "{reason}");
+    let kept = letter["payload_text"].as_str().unwrap_or_default();
+    assert_eq!(kept.len(), 64 * 1024, "a 64 KiB prefix is kept");
+    assert!(kept.bytes().all(|b| b == b'x'));
+    let stats = outbox_stats_at(&data_dir)?;
+    assert_eq!(stream_counter(&stats, "readings", "dead_lettered"), 1, "{stats}");
+    assert_eq!(stream_counter(&stats, "readings", "acked_in"), 3, "all three acknowledged: {stats}");
+    Ok(())
+}
+
+/// A central server that accepts messages of at most 8 KiB: a batch whose record would be larger
+/// is sent as several records, and the one reading too large by itself is dead-lettered alone —
+/// the good readings batched with it are not.
+#[tokio::test]
+async fn records_are_sized_to_the_central_limit_and_only_what_cannot_fit_is_dead_lettered() -> Result<()> {
+    let mqtt = Mosquitto::start()?;
+    let nats = NatsServer::start_with("max_payload: 8192\n")?;
+    let central = nats.client().await?;
+    let stream = create_stream(&central, "READINGS", &["central.readings"]).await?;
+    let config = config(&mqtt, &nats).replace(
+        "[pipelines.readings.batch]\nmax_messages = 1",
+        "[pipelines.readings.batch]\nmax_messages = 1000\nlinger = \"500ms\"",
+    );
+    let weir = Weir::start(&config)?;
+    weir.wait_for_log("subscribed", 2).await?;
+    weir.wait_for_log("records are sized to it", 2).await?;
+    let plant = MqttClient::connect(&mqtt, "plant").await?;
+    let good = 400;
+    for i in 0..good {
+        plant.publish("plant/readings", reading(&format!("tank/{}", i % 5), i, i as f64)).await?;
+        if i == good / 2 {
+            plant.publish("plant/readings", reading(&"x".repeat(10_000), i, -1.0)).await?;
+        }
+    }
+    plant.wait_for_pubacks(good as usize + 1).await?;
+
+    let records = collect_stream(&stream, |records| all_readings(records).len() >= good as usize).await?;
+    let mut values: Vec<f64> = all_readings(&records).iter().map(|r| r.value).collect();
+    values.sort_by(f64::total_cmp);
+    assert_eq!(values, (0..good).map(|i| i as f64).collect::<Vec<_>>(), "every good reading arrived once");
+    assert!(records.len() > 2, "the batches were split into {} records", records.len());
+    let seqs: Vec<u64> = records.iter().map(|r| r.record.header.seq).collect();
+    assert_eq!(seqs, (1..=records.len() as u64).collect::<Vec<_>>(), "consecutive seqs");
+
+    let (code, data_dir, _keep) = weir.stop()?;
+    assert_eq!(code, 0);
+    let letters = dead_letters(&data_dir)?;
+    let [letter] = letters.as_slice() else { panic!("one dead letter: {letters:#?}") };
+    assert_eq!(letter["stage"], "encode");
+    assert_eq!(letter["readings"], 1, "{letter}");
+    assert!(
+        letter["reason"].as_str().unwrap_or_default().contains("more than the sink accepts (7168 bytes)"),
+        "{letter}"
+    );
+    assert_eq!(letter["samples"][0]["value"], -1.0);
+    Ok(())
+}
+
 #[tokio::test]
 async fn a_trapping_function_dead_letters_its_batch_while_its_pipeline_and_others_go_on() -> Result<()> {
     let mqtt = Mosquitto::start()?;

@@ -157,9 +157,24 @@ impl NatsServer {
         Ok(Self { child, port, dir })
     }
 
+    /// Starts one with JetStream and `config` (nats-server's configuration syntax, say
+    /// `max_payload: 8192`).
+    pub fn start_with(config: &str) -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        std::fs::write(dir.path().join("nats.conf"), config)?;
+        let port = free_port();
+        let child = Self::spawn(dir.path(), port)?;
+        Ok(Self { child, port, dir })
+    }
+
     fn spawn(dir: &Path, port: u16) -> Result<Child> {
         let log = File::options().create(true).append(true).open(dir.join("nats.log"))?;
-        let mut child = Command::new(nats_binary())
+        let mut command = Command::new(nats_binary());
+        let config = dir.join("nats.conf");
+        if config.is_file() {
+            command.arg("-c").arg(config);
+        }
+        let mut child = command
             .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
             .arg(dir.join("jetstream"))
             .stdout(Stdio::null())
@@ -206,6 +221,54 @@ fn nats_binary() -> PathBuf {
 impl Drop for NatsServer {
     fn drop(&mut self) {
         kill(&mut self.child);
+    }
+}
+
+/// A small tmpfs mounted for one test (a data disk that can fill up), unmounted on drop. Needs
+/// root, as CI runs; [`SmallDisk::mount`] returns `None` elsewhere.
+#[derive(Debug)]
+pub struct SmallDisk {
+    dir: tempfile::TempDir,
+}
+
+impl SmallDisk {
+    /// Mounts a tmpfs of `size` (`"16m"`, say), or `None` when this process may not mount.
+    pub fn mount(size: &str) -> Result<Option<Self>> {
+        let dir = tempfile::tempdir()?;
+        let status = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "weir-test", dir.path().to_str().context("UTF-8")?])
+            .stderr(Stdio::null())
+            .status();
+        Ok(status.is_ok_and(|s| s.success()).then_some(Self { dir }))
+    }
+
+    /// Where it is mounted.
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Fills the free space with a file (`filler`), which [`Self::free`] removes.
+    pub fn fill(&self) -> Result<()> {
+        use std::io::Write;
+        let mut filler = File::create(self.dir.path().join("filler"))?;
+        let chunk = vec![0xa5u8; 64 * 1024];
+        while filler.write_all(&chunk).is_ok() {}
+        // Whatever is left below a chunk.
+        while filler.write_all(&chunk[..512]).is_ok() {}
+        let _ = filler.sync_all();
+        Ok(())
+    }
+
+    /// Removes the filler.
+    pub fn free(&self) -> Result<()> {
+        std::fs::remove_file(self.dir.path().join("filler"))?;
+        Ok(())
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").args(["-l"]).arg(self.dir.path()).status();
     }
 }
 
@@ -386,7 +449,7 @@ impl MqttClient {
     /// Connects as `client_id`; waits for the CONNACK.
     pub async fn connect(broker: &Mosquitto, client_id: &str) -> Result<Self> {
         let mut options = rumqttc::MqttOptions::new(client_id, "127.0.0.1", broker.port);
-        options.set_max_packet_size(1 << 22, 1 << 22).set_inflight(500);
+        options.set_max_packet_size(1 << 25, 1 << 25).set_inflight(500);
         let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 1024);
         let (connected_tx, connected_rx) = tokio::sync::oneshot::channel();
         let (received_tx, received) = tokio::sync::mpsc::unbounded_channel();

@@ -65,6 +65,8 @@ pub struct StateConfig {
     pub max_value: u32,
     /// Dead letters kept before the oldest are evicted.
     pub dead_letter_capacity: u64,
+    /// Bytes the kept dead letters may take before the oldest are evicted.
+    pub dead_letter_max_bytes: u64,
 }
 
 /// A function and the limits every instance of it runs under.
@@ -294,6 +296,8 @@ pub enum SourceConfig {
         client_id: String,
         /// The broker's in-flight window for QoS 1 messages to this client.
         max_inflight: usize,
+        /// Larger messages are dead-lettered instead of decoded.
+        max_message_size: u64,
     },
     /// NATS core subscription (at most once).
     Nats {
@@ -458,6 +462,10 @@ impl SinkConfig {
     }
 }
 
+/// The largest MQTT packet (its remaining length is at most 268 435 455 bytes), and so the
+/// largest payload an MQTT source can be sent.
+pub const MQTT_MAX_PAYLOAD: u64 = 268_435_455;
+
 /// Defaults for everything optional.
 mod defaults {
     use std::time::Duration;
@@ -479,6 +487,10 @@ mod defaults {
     pub const MAX_KEY: u32 = 1024;
     pub const MAX_VALUE: u32 = 1024 * 1024;
     pub const DEAD_LETTERS: u64 = 10_000;
+    pub const MAX_MESSAGE_SIZE: u64 = 4 * 1024 * 1024;
+    /// Bytes the dead letters may take by default, and at least.
+    pub const DEAD_LETTER_BYTES: u64 = 32 * 1024 * 1024;
+    pub const MIN_DEAD_LETTER_BYTES: u64 = 1024 * 1024;
     pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
     pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
     pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
@@ -555,7 +567,17 @@ impl Validator<'_> {
             max_key: raw.state.max_key.map_or(defaults::MAX_KEY, |s| u32::try_from(s.0).unwrap_or(u32::MAX)),
             max_value: raw.state.max_value.map_or(defaults::MAX_VALUE, |s| u32::try_from(s.0).unwrap_or(u32::MAX)),
             dead_letter_capacity: raw.state.dead_letter_capacity.map_or(defaults::DEAD_LETTERS, |c| u64::from(c.0)),
+            dead_letter_max_bytes: raw
+                .state
+                .dead_letter_max_bytes
+                .as_ref()
+                .map_or(defaults::DEAD_LETTER_BYTES, |s| s.get_ref().0),
         };
+        if let Some(max_bytes) = &raw.state.dead_letter_max_bytes
+            && max_bytes.get_ref().0 < defaults::MIN_DEAD_LETTER_BYTES
+        {
+            self.problem(max_bytes, "state.dead_letter_max_bytes", "dead_letter_max_bytes must be at least 1MiB");
+        }
 
         let brokers: BTreeMap<Name, BrokerConfig> = raw
             .brokers
@@ -758,7 +780,25 @@ impl Validator<'_> {
                 }
                 let client_id = mqtt.client_id.unwrap_or_else(|| format!("weir-{gateway}-{name}"));
                 let max_inflight = mqtt.max_inflight.map_or(defaults::MQTT_INFLIGHT, types::PositiveCount::get);
-                broker.map(|broker| SourceConfig::Mqtt { broker, topics: mqtt.topics, qos, client_id, max_inflight })
+                let max_message_size =
+                    mqtt.max_message_size.as_ref().map_or(defaults::MAX_MESSAGE_SIZE, |size| size.get_ref().0);
+                if let Some(size) = &mqtt.max_message_size
+                    && !(1..=MQTT_MAX_PAYLOAD).contains(&size.get_ref().0)
+                {
+                    self.problem(
+                        size,
+                        at("source.mqtt.max_message_size"),
+                        format!("max_message_size must be between 1B and {MQTT_MAX_PAYLOAD}B (MQTT's largest packet)"),
+                    );
+                }
+                broker.map(|broker| SourceConfig::Mqtt {
+                    broker,
+                    topics: mqtt.topics,
+                    qos,
+                    client_id,
+                    max_inflight,
+                    max_message_size,
+                })
             }
             RawSource::Nats(nats) => {
                 if nats.subjects.is_empty() {

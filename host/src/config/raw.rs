@@ -64,6 +64,9 @@ pub struct RawState {
     pub max_value: Option<ByteSize>,
     /// `dead_letter_capacity = 10000` — dead letters kept; the oldest go first.
     pub dead_letter_capacity: Option<PositiveCount>,
+    /// `dead_letter_max_bytes = "32MiB"` — bytes the kept dead letters may take; the oldest go
+    /// first.
+    pub dead_letter_max_bytes: Option<Spanned<ByteSize>>,
 }
 
 /// How a commit reaches the disk.
@@ -323,6 +326,9 @@ pub struct RawMqttSource {
     /// (mosquitto `max_inflight_messages`, default 20). The broker sends no more until some are
     /// acknowledged, so a batch closes once it holds this many; raise both together for throughput.
     pub max_inflight: Option<PositiveCount>,
+    /// `max_message_size = "4MiB"` — larger messages are not decoded: each is dead-lettered
+    /// (topic, size, the first 64 KiB) and acknowledged, and the pipeline goes on.
+    pub max_message_size: Option<Spanned<ByteSize>>,
 }
 
 fn default_qos() -> Spanned<u8> {

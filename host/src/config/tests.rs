@@ -129,7 +129,7 @@ fn a_full_configuration_is_accepted_and_resolved() {
     assert_eq!(threshold.component, functions.path().join("threshold.wasm"));
 
     let boiler = config.pipelines.iter().find(|p| p.name.as_str() == "boiler").expect("boiler pipeline");
-    let SourceConfig::Mqtt { broker, topics, qos, client_id, max_inflight } = &boiler.source else {
+    let SourceConfig::Mqtt { broker, topics, qos, client_id, max_inflight, .. } = &boiler.source else {
         panic!("boiler reads MQTT")
     };
     assert_eq!((broker.url.port, broker.keep_alive), (1883, Duration::from_secs(20)));

@@ -18,6 +18,7 @@
 //!
 //! Pure: no I/O, no clock (the encode time is a parameter).
 
+mod fit;
 mod summary;
 
 use std::collections::{BTreeMap, HashMap};
@@ -29,6 +30,7 @@ use serde::{Deserialize, Serialize};
 use crate::batch::{Batch, BatchBuilder, Nanos, Series};
 use crate::config::Encoding;
 
+pub use fit::{FitOutcome, Fitted, Unfit, fit};
 pub use summary::{AggregateSeries, CustomWindow, Span, TimedValue, Window, WindowSeries, WindowValue, window_start};
 
 /// Version written in key 0 of every record.

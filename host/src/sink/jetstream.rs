@@ -22,6 +22,7 @@ use crate::source::nats_connect;
 const MAX_WALK: usize = 10_000;
 
 pub(super) struct JetStreamPublisher {
+    client: async_nats::Client,
     context: jetstream::Context,
     subject: String,
     /// The stream capturing `subject`, found on first use.
@@ -46,8 +47,13 @@ impl JetStreamPublisher {
         pipeline: &str,
     ) -> Result<Self, String> {
         let client = nats_connect(broker, &format!("weir {pipeline} sink")).await?;
-        let context = jetstream::ContextBuilder::new().timeout(ack_timeout).build(client);
-        Ok(Self { context, subject: subject.as_str().to_owned(), stream: None })
+        let context = jetstream::ContextBuilder::new().timeout(ack_timeout).build(client.clone());
+        Ok(Self { client, context, subject: subject.as_str().to_owned(), stream: None })
+    }
+
+    /// The largest message (headers and payload) the server announced it accepts.
+    pub(super) fn max_payload(&self) -> u64 {
+        self.client.server_info().max_payload as u64
     }
 
     pub(super) async fn publish(&mut self, record: &OutgoingRecord) -> Result<Confirmation, PublishError> {

@@ -67,6 +67,46 @@ const RESERVE_AHEAD: u64 = 4;
 /// Retry policy of the console sink (which cannot fail) and of outbox read errors.
 const LOCAL_RETRY: Backoff = Backoff { min: Duration::from_millis(100), max: Duration::from_secs(5) };
 
+/// Room left in a JetStream message for its headers (`Nats-Msg-Id`) besides the record: the
+/// server's `max_payload` counts both.
+const HEADER_ROOM: u64 = 1024;
+/// The record limit of a JetStream sink before its server has announced one: NATS's default
+/// `max_payload`, less [`HEADER_ROOM`].
+const NATS_DEFAULT_RECORD_LIMIT: u64 = 1024 * 1024 - HEADER_ROOM;
+
+/// The largest record body a pipeline's sink can publish, shared between the sink, which learns
+/// it from the central broker, and the processor, which sizes records by it (see
+/// `encode::fit`). Records already in the outbox when it shrinks are refused by the broker and
+/// dead-lettered whole.
+#[derive(Clone, Debug)]
+pub struct RecordLimit(std::sync::Arc<std::sync::atomic::AtomicU64>);
+
+impl RecordLimit {
+    /// A limit of `bytes`.
+    pub fn new(bytes: u64) -> Self {
+        Self(std::sync::Arc::new(std::sync::atomic::AtomicU64::new(bytes)))
+    }
+
+    /// The limit now.
+    pub fn get(&self) -> u64 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn set(&self, bytes: u64) {
+        self.0.store(bytes, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// The record limit of a sink until its broker says otherwise: NATS's default `max_payload`
+/// for JetStream, the MQTT sink's packet limit, none for the console.
+pub fn default_record_limit(config: &SinkConfig) -> u64 {
+    match config {
+        SinkConfig::JetStream { .. } => NATS_DEFAULT_RECORD_LIMIT,
+        SinkConfig::Mqtt { .. } => crate::source::MAX_MESSAGE_BYTES as u64,
+        SinkConfig::Console { .. } => u64::MAX,
+    }
+}
+
 /// A record on its way out.
 #[derive(Clone, Debug)]
 pub struct OutgoingRecord {
@@ -129,6 +169,14 @@ impl Publisher {
         }
     }
 
+    /// The largest message the broker announced it accepts, if it announces one.
+    fn max_payload(&self) -> Option<u64> {
+        match self {
+            Self::JetStream(p) => Some(p.max_payload()),
+            Self::Mqtt(_) | Self::Console(_) => None,
+        }
+    }
+
     /// Hands `record` to the broker; the returned future resolves with its confirmation.
     async fn publish(&mut self, record: &OutgoingRecord) -> Result<Confirmation, PublishError> {
         match self {
@@ -154,6 +202,8 @@ pub struct Sink {
     pub store: StateStore,
     /// Outbox deletions.
     pub committer: Committer,
+    /// The largest record the broker accepts, as far as it said.
+    pub record_limit: RecordLimit,
 }
 
 impl Sink {
@@ -261,6 +311,11 @@ struct Drain<'a> {
     unsaved: Unsaved,
     /// Ask the broker what it has before sending anything (again).
     must_reconcile: bool,
+    /// The broker's record limit was read since the last (re)connection.
+    knows_record_limit: bool,
+    /// The highest seq the pipeline made durable: records above it may still be undone by a
+    /// crash (`durability = "relaxed"`), so they are not read for publishing yet.
+    publishable: u64,
 }
 
 impl<'a> Drain<'a> {
@@ -284,6 +339,8 @@ impl<'a> Drain<'a> {
             settled: BTreeSet::new(),
             unsaved: Unsaved::default(),
             must_reconcile: true,
+            knows_record_limit: false,
+            publishable: 0,
         }
     }
 
@@ -291,6 +348,10 @@ impl<'a> Drain<'a> {
         let stream = self.sink.stream.clone();
         let mut stop_deadline: Option<Instant> = None;
         loop {
+            self.publishable = *committed.borrow_and_update();
+            if !self.knows_record_limit {
+                self.learn_record_limit().await;
+            }
             let stopping = stop.is_cancelled();
             if stopping {
                 stop_deadline.get_or_insert_with(|| Instant::now() + STOP_GRACE);
@@ -392,6 +453,31 @@ impl<'a> Drain<'a> {
         }
     }
 
+    /// Takes up the record limit the broker announced (after each connection), and keeps it in
+    /// the store so that records made before the next connection are sized by it too.
+    async fn learn_record_limit(&mut self) {
+        let Some(max_payload) = self.publisher.max_payload() else {
+            self.knows_record_limit = true;
+            return;
+        };
+        // 0: the server has not said yet (its INFO is read after the connection is up).
+        if max_payload == 0 {
+            return;
+        }
+        self.knows_record_limit = true;
+        let limit = max_payload.saturating_sub(HEADER_ROOM).max(1);
+        if limit == self.sink.record_limit.get() {
+            return;
+        }
+        tracing::info!(stage = "sink", pipeline = %self.sink.stream, max_payload, record_limit = limit,
+            "the central broker's message limit; records are sized to it");
+        self.sink.record_limit.set(limit);
+        let changes = ChangeSet { sink_record_limits: vec![(self.sink.stream.clone(), limit)], ..ChangeSet::default() };
+        if let Err(e) = self.sink.committer.commit(changes).await {
+            tracing::warn!(stage = "sink", pipeline = %self.sink.stream, error = %e.error, "cannot keep the record limit");
+        }
+    }
+
     /// After a (re)connection: `fifo` starts from the oldest record; `live_first` sends records
     /// committed from now on first and the ones already waiting as a rate-capped backlog.
     fn start_cursors(&mut self) {
@@ -401,7 +487,7 @@ impl<'a> Drain<'a> {
         let stream = &self.sink.stream;
         let waiting = self.sink.store.outbox_usage(stream).map(|usage| usage.records).unwrap_or(0);
         let end = match self.sink.store.last_seq(stream) {
-            Ok(end) => end,
+            Ok(end) => end.min(self.publishable),
             Err(e) => {
                 tracing::warn!(stage = "sink", pipeline = %stream, error = %e, "cannot read the stream position; draining in seq order");
                 return;
@@ -421,7 +507,7 @@ impl<'a> Drain<'a> {
     /// first, then the backlog as far as its byte budget allows.
     async fn fill(&mut self, stop: &CancellationToken) {
         let want = self.max_in_flight - self.in_flight.len();
-        let records = match self.reserved_records(self.cursor, u64::MAX, want).await {
+        let records = match self.reserved_records(self.cursor, self.publishable, want).await {
             Ok(records) => records,
             Err(e) => return self.read_failed(&e, stop).await,
         };
@@ -528,6 +614,7 @@ impl<'a> Drain<'a> {
             "publish failed; unconfirmed records will be sent again");
         sleep_or_stop(delay, stop).await;
         self.must_reconcile = true;
+        self.knows_record_limit = false;
     }
 
     /// Commits the deletion of confirmed records (with the position and the counters) and moves
@@ -547,12 +634,14 @@ impl<'a> Drain<'a> {
                 .ok()
                 .and_then(|r| r.into_iter().next())
                 .map(|(_, b)| b);
+            let body = body.unwrap_or_default();
+            let readings = crate::encode::decode(&body).map_or(0, |record| record.span().readings);
             changes.dead_letters.push(DeadLetter {
                 pipeline: stream.clone(),
                 stage: format!("sink {}", self.sink.config.kind()),
                 reason: format!("the broker refused record {seq}: {reason}"),
                 at: now,
-                content: DeadLetterContent::Batch { readings: 0, record: body.unwrap_or_default() },
+                content: DeadLetterContent::Batch { readings, record: body },
                 function: None,
             });
             tracing::error!(stage = "sink", pipeline = %stream, seq, reason = %reason, "record refused for good; moved to the dead letters");

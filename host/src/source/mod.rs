@@ -46,8 +46,36 @@ use crate::config::{PipelineConfig, SourceConfig};
 pub use crate::state::DeliveryRecord;
 use crate::state::StateStore;
 
-/// Largest message accepted from a broker (bytes).
+/// Largest record the MQTT sink publishes (bytes).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024 * 1024;
+
+/// A message larger than its source's `max_message_size`: it is not decoded but dead-lettered
+/// (with a prefix) and acknowledged like any other, so the pipeline goes on.
+#[derive(Debug)]
+pub struct Oversized {
+    /// The message with at most [`crate::state::DEAD_LETTER_PAYLOAD_PREFIX`] bytes of its payload.
+    pub prefix: Message,
+    /// The payload's size.
+    pub size: u64,
+    /// The limit it exceeded.
+    pub limit: u64,
+}
+
+impl Oversized {
+    /// Keeps a copy of the start of `message`'s payload (so the rest can be freed).
+    pub fn of(message: &Message, limit: u64) -> Self {
+        let kept = message.payload.len().min(crate::state::DEAD_LETTER_PAYLOAD_PREFIX);
+        Self {
+            prefix: Message {
+                topic: message.topic.clone(),
+                payload: bytes::Bytes::copy_from_slice(&message.payload[..kept]),
+                received_at: message.received_at,
+            },
+            size: message.payload.len() as u64,
+            limit,
+        }
+    }
+}
 
 /// A message and the means to acknowledge it upstream.
 #[derive(Debug)]
@@ -59,17 +87,20 @@ pub struct Delivery {
     pub ack: Ack,
     /// Its identity, to commit with the data derived from it (at-least-once sources only).
     pub record: Option<DeliveryRecord>,
+    /// Set (instead of `message`) when the message was larger than the source allows.
+    pub oversized: Option<Oversized>,
 }
 
 impl Delivery {
     /// A delivery nobody acknowledges (at most once).
     pub fn unacknowledged(message: Message) -> Self {
-        Self { message: Some(message), ack: Ack::none(), record: None }
+        Self { message: Some(message), ack: Ack::none(), record: None, oversized: None }
     }
 
     /// Payload bytes carried (0 for a redelivery of something committed).
     pub fn payload_len(&self) -> u64 {
         self.message.as_ref().map_or(0, |m| m.payload.len() as u64)
+            + self.oversized.as_ref().map_or(0, |o| o.prefix.payload.len() as u64)
     }
 }
 
@@ -144,13 +175,14 @@ pub fn spawn(
     let batch = &pipeline.batch;
     let name = pipeline.name.as_str();
     match pipeline.source.clone() {
-        SourceConfig::Mqtt { broker, topics, qos, client_id, max_inflight } => {
+        SourceConfig::Mqtt { broker, topics, qos, client_id, max_inflight, max_message_size } => {
             let source = mqtt::MqttSource {
                 broker,
                 topics,
                 qos,
                 client_id,
                 max_inflight,
+                max_message_size,
                 held_by_pipeline: batch.queue + 3 * batch.max_messages,
                 pipeline: name.to_owned(),
                 store: store.clone(),

@@ -47,7 +47,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::{Ack, AckError, AckKind, CommittedRecently, Delivery, DeliveryRecord, MAX_MESSAGE_BYTES};
+use super::{Ack, AckError, AckKind, CommittedRecently, Delivery, DeliveryRecord, MAX_MESSAGE_BYTES, Oversized};
 use crate::backoff::Retry;
 use crate::batch::Message;
 use crate::config::{BrokerConfig, Qos, TopicFilter};
@@ -65,6 +65,9 @@ const MIN_OWED_ACKS: usize = 256;
 const REQUEST_SLACK: usize = 64;
 /// Fewest recent committed deliveries kept per source to recognise redeliveries.
 const MIN_DEDUP_WINDOW: usize = 32_768;
+/// The largest MQTT packet: a remaining length of at most 268 435 455 bytes, plus the fixed
+/// header.
+const MQTT_MAX_PACKET: usize = crate::config::MQTT_MAX_PAYLOAD as usize + 5;
 /// How long a closing source waits for its DISCONNECT to go out.
 const DISCONNECT_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
 
@@ -161,6 +164,8 @@ struct Admissions {
     /// Committed deliveries a source keeps to recognise redeliveries.
     window: u32,
     to_source: mpsc::Sender<OwedAck>,
+    /// Larger messages are dead-lettered instead of decoded.
+    max_message_size: u64,
 }
 
 impl Admissions {
@@ -172,18 +177,23 @@ impl Admissions {
             payload: publish.payload.clone(),
             received_at: crate::telemetry::now_nanos(),
         };
+        // Only a prefix of a message over the limit is kept (the rest is freed at once).
+        let oversized = (message.payload.len() as u64 > self.max_message_size)
+            .then(|| Oversized::of(&message, self.max_message_size));
+        let message = if oversized.is_some() { None } else { Some(message) };
         if publish.qos == QoS::AtMostOnce {
-            return Held { delivery: Delivery::unacknowledged(message), identity: None };
+            let delivery = Delivery { message, ack: Ack::none(), record: None, oversized };
+            return Held { delivery, identity: None };
         }
         let identity = identity(publish);
-        let message =
+        let (message, oversized) =
             if publish.dup && (self.in_pipeline.contains_key(&identity) || self.committed.contains(store, &identity)) {
                 // Sent again on this connection while its original is on its way (whose PUBACK,
                 // owed on an earlier connection, is dropped) or after it was committed: commit the
                 // identity again behind the original, then acknowledge — in this connection's order.
-                None
+                (None, None)
             } else {
-                Some(message)
+                (message, oversized)
             };
         let ack = MqttAck {
             to_source: self.to_source.clone(),
@@ -191,7 +201,7 @@ impl Admissions {
         };
         let record =
             DeliveryRecord { source: self.committed.source.clone(), identity: identity.clone(), window: self.window };
-        let delivery = Delivery { message, ack: Ack(AckKind::Mqtt(ack)), record: Some(record) };
+        let delivery = Delivery { message, ack: Ack(AckKind::Mqtt(ack)), record: Some(record), oversized };
         Held { delivery, identity: Some(identity) }
     }
 
@@ -239,6 +249,8 @@ pub(super) struct MqttSource {
     pub(super) client_id: String,
     /// The broker's in-flight window for QoS 1 messages to this client.
     pub(super) max_inflight: usize,
+    /// Larger messages are dead-lettered (a prefix) instead of decoded.
+    pub(super) max_message_size: u64,
     /// Deliveries the pipeline can hold (its queue and batches).
     pub(super) held_by_pipeline: usize,
     pub(super) pipeline: String,
@@ -251,7 +263,12 @@ pub(crate) fn options(broker: &BrokerConfig, client_id: &str, clean_session: boo
     options
         .set_clean_session(clean_session)
         .set_keep_alive(broker.keep_alive.max(std::time::Duration::from_secs(1)))
-        .set_max_packet_size(MAX_MESSAGE_BYTES, MAX_MESSAGE_BYTES);
+        // Incoming: anything MQTT can carry. A packet over rumqttc's limit fails the connection
+        // before weir learns its topic or packet id, so it could be neither dead-lettered nor
+        // acknowledged, and the broker would send it again on every reconnect; the source's
+        // `max_message_size` applies instead, after the message was read. Outgoing: the
+        // largest record the MQTT sink publishes.
+        .set_max_packet_size(MQTT_MAX_PACKET, MAX_MESSAGE_BYTES);
     if let Some(username) = &broker.username {
         options.set_credentials(username.clone(), broker.password.clone().unwrap_or_default());
     }
@@ -292,6 +309,7 @@ impl MqttSource {
             committed: CommittedRecently::new(format!("mqtt/{}", self.client_id)),
             window: u32::try_from(window).unwrap_or(u32::MAX),
             to_source,
+            max_message_size: self.max_message_size,
         };
         let mut held = HeldQueue::default();
         let mut deliveries = Some(deliveries);

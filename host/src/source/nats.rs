@@ -174,7 +174,7 @@ impl JetStreamSource {
             window: u32::try_from(MAX_ACK_PENDING).unwrap_or(u32::MAX),
         };
         let ack = JetStreamAck { acker, identity, in_pipeline: in_pipeline.clone() };
-        Delivery { message, ack: Ack(AckKind::JetStream(Box::new(ack))), record: Some(record) }
+        Delivery { message, ack: Ack(AckKind::JetStream(Box::new(ack))), record: Some(record), oversized: None }
     }
 
     async fn consumer(&self, context: &jetstream::Context) -> Result<jetstream::consumer::PullConsumer, String> {

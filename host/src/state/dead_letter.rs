@@ -7,6 +7,10 @@ use minicbor::{Decode, Encode};
 
 use super::StoreError;
 
+/// Most payload bytes a message dead letter keeps; of a larger payload, only this prefix is
+/// kept, with the payload's size.
+pub const PAYLOAD_PREFIX: usize = 64 * 1024;
+
 /// What could not be processed.
 #[derive(Clone, Debug, PartialEq, Eq, Encode, Decode)]
 pub enum DeadLetterContent {
@@ -16,12 +20,15 @@ pub enum DeadLetterContent {
         /// Topic or subject it arrived on.
         #[n(0)]
         topic: String,
-        /// The payload, unchanged.
+        /// The payload, or its first [`PAYLOAD_PREFIX`] bytes when `size` is set.
         #[cbor(n(1), with = "minicbor::bytes")]
         payload: Vec<u8>,
         /// Processing time it was received at (ns since the epoch).
         #[n(2)]
         received_at: i64,
+        /// The payload's size when only a prefix of it is kept (`None`: kept whole).
+        #[n(3)]
+        size: Option<u64>,
     },
     /// A decoded batch (for example, the input of an operator that failed), encoded as a record
     /// with seq 0 (see `encode`).
@@ -34,6 +41,22 @@ pub enum DeadLetterContent {
         #[n(1)]
         readings: u64,
     },
+}
+
+impl DeadLetterContent {
+    /// A message received at `received_at`: its payload whole, or its first
+    /// [`PAYLOAD_PREFIX`] bytes and its size if it is larger (of a payload `size` bytes long of
+    /// which only `payload` reached the host, at most that prefix of it).
+    pub fn message(topic: &str, payload: &[u8], size: u64, received_at: i64) -> Self {
+        let kept = payload.len().min(PAYLOAD_PREFIX);
+        let whole = kept as u64 == size;
+        Self::Message {
+            topic: topic.to_owned(),
+            payload: payload[..kept].to_vec(),
+            received_at,
+            size: (!whole).then_some(size),
+        }
+    }
 }
 
 /// One dead letter.

@@ -8,7 +8,11 @@
 //! arrival order in *one* write transaction and commits once (group commit), then answers each
 //! sender. A change set is therefore all-or-nothing: the function state written while processing a
 //! batch, the batch's outbox record, its dead letters and its stream position become durable
-//! together or not at all. Callers acknowledge input upstream only after their commit returned Ok.
+//! together or not at all. Callers acknowledge input upstream, and the sink publishes a record,
+//! only once the commit is *durable* ([`Applied::is_durable`]): under `durability = "sync"` every
+//! group is; under `relaxed` a group committed while more work waits is left without an fsync and
+//! made durable by a following group (at the latest [`RELAXED_SYNC_INTERVAL`] later, at once when
+//! the queue is empty), so a crash can undo only what never left the process.
 //!
 //! Reads ([`StateStore`]) use redb's MVCC snapshots and never block the writer.
 //!
@@ -24,8 +28,8 @@
 //! | `publish_reservations` | (stream, first seq)    | last seq of a range the sink may be publishing |
 //! | `stream_seq`           | stream                 | highest seq ever assigned                    |
 //! | `stream_counters`      | (stream, counter)      | u64 (see [`Counter`])                        |
-//! | `dead_letters`         | id (monotonic)         | [`DeadLetter`] as CBOR                       |
-//! | `counters`             | name                   | u64 (gateway-wide bookkeeping)               |
+//! | `dead_letters`         | id (monotonic)         | [`DeadLetter`] as CBOR; bounded by count and bytes, payloads over 64 KiB kept as a prefix |
+//! | `counters`             | name                   | u64 (gateway-wide bookkeeping: dead-letter ids, bytes and evictions, delivery order, sink record limits) |
 //! | `recent_deliveries`    | (source, commit order) | identity of a committed delivery (see [`DeliveryRecord`]) |
 //! | `sink_positions`       | stream                 | the central broker's position of the stream's last confirmed record |
 //! | `recoveries`           | id                     | report of a recovery from a damaged file, JSON (see `salvage`) |
@@ -49,10 +53,10 @@ use std::time::{Duration, Instant};
 use redb::{
     Database, Durability as RedbDurability, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition,
 };
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 pub use counter::Counter;
-pub use dead_letter::{DeadLetter, DeadLetterContent};
+pub use dead_letter::{DeadLetter, DeadLetterContent, PAYLOAD_PREFIX as DEAD_LETTER_PAYLOAD_PREFIX};
 pub use outbox::{OutboxLimits, Usage};
 pub use salvage::{DAMAGED_DIR, DAMAGED_KEPT, Recovery, TableSalvage};
 
@@ -73,6 +77,8 @@ const SINK_POSITIONS: TableDefinition<'_, &str, u64> = TableDefinition::new("sin
 pub const DEAD_LETTERS_EVICTED: &str = "dead_letters_evicted";
 /// Counter: id the next dead letter gets.
 const DEAD_LETTERS_NEXT_ID: &str = "dead_letters_next_id";
+/// Counter: bytes the kept dead letters take (their stored form); recounted at every open.
+const DEAD_LETTERS_BYTES: &str = "dead_letters_bytes";
 
 /// File name of the database inside the data directory.
 pub const DATABASE_FILE: &str = "weir.redb";
@@ -80,8 +86,14 @@ pub const DATABASE_FILE: &str = "weir.redb";
 const CACHE_BYTES: usize = 32 * 1024 * 1024;
 /// Change sets taken into one transaction at most.
 const MAX_GROUP: usize = 256;
-/// In `relaxed` mode, the longest time between two durable commits.
-const RELAXED_SYNC_INTERVAL: Duration = Duration::from_secs(1);
+/// In `relaxed` mode, the longest time a commit stays non-durable while the committer is busy
+/// (when it is idle, it makes every commit durable at once).
+const RELAXED_SYNC_INTERVAL: Duration = Duration::from_millis(200);
+/// Exit status of a process whose `relaxed` store lost commits it had not made durable yet
+/// (nothing acknowledged was lost: acknowledgements wait for durability).
+pub const EXIT_DURABILITY_LOST: i32 = 75;
+/// How long a reopening committer waits for readers to let go of the database.
+const REOPEN_WAIT: Duration = Duration::from_secs(2);
 /// Change sets waiting for the committer at most.
 const QUEUE: usize = 1024;
 
@@ -136,6 +148,9 @@ pub enum StoreError {
     /// The committer thread is gone (the store is shutting down or crashed).
     #[error("the state committer has stopped")]
     CommitterStopped,
+    /// The database is being reopened after a failed commit (a full disk, an I/O error).
+    #[error("the state database is being reopened after a failed commit")]
+    Reopening,
 }
 
 fn db_error(operation: &'static str) -> impl FnOnce(redb::Error) -> StoreError {
@@ -191,6 +206,8 @@ pub struct ChangeSet {
     pub dead_letters: Vec<DeadLetter>,
     /// Identities of the deliveries this change set consumed (source positions).
     pub deliveries: Vec<DeliveryRecord>,
+    /// Per stream, the largest record its sink's broker accepts, as it last announced it.
+    pub sink_record_limits: Vec<(String, u64)>,
     /// Seqs the sink is about to publish: from now on they are never coarsened or dropped.
     pub reservations: Vec<(String, RangeInclusive<u64>)>,
     /// Counter increments.
@@ -226,6 +243,7 @@ impl ChangeSet {
             && self.records.is_empty()
             && self.confirmed.is_empty()
             && self.sink_positions.is_empty()
+            && self.sink_record_limits.is_empty()
             && self.dead_letters.is_empty()
             && self.deliveries.is_empty()
             && self.reservations.is_empty()
@@ -236,10 +254,37 @@ impl ChangeSet {
 /// Key/value entries of a function's state.
 pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
+/// The open database, shared by readers and the committer. The committer replaces it when it
+/// reopens the file after a failed commit (redb refuses every transaction after an I/O error
+/// until the database is closed and opened again); meanwhile reads fail with
+/// [`StoreError::Reopening`] and are retried by their callers.
+#[derive(Debug)]
+struct DatabaseSlot(std::sync::RwLock<Option<Arc<Database>>>);
+
+impl DatabaseSlot {
+    fn new(db: Database) -> Self {
+        Self(std::sync::RwLock::new(Some(Arc::new(db))))
+    }
+
+    /// The database, unless it is being reopened.
+    fn get(&self) -> Result<Arc<Database>, StoreError> {
+        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone().ok_or(StoreError::Reopening)
+    }
+
+    /// Takes the database out (readers see [`StoreError::Reopening`] from now on).
+    fn take(&self) -> Option<Arc<Database>> {
+        self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+    }
+
+    fn put(&self, db: Database) {
+        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(db));
+    }
+}
+
 /// Read access to the store. Cheap to clone; reads see the latest committed state.
 #[derive(Clone, Debug)]
 pub struct StateStore {
-    db: Arc<Database>,
+    db: Arc<DatabaseSlot>,
     path: PathBuf,
     /// Write transactions committed since open (one per group).
     groups: Arc<std::sync::atomic::AtomicU64>,
@@ -252,14 +297,21 @@ pub struct StoreOptions {
     pub durability: Durability,
     /// Dead letters kept.
     pub dead_letter_capacity: u64,
+    /// Bytes the kept dead letters may take (their stored form).
+    pub dead_letter_max_bytes: u64,
     /// Per stream, the outbox's cap and policy (streams not listed are unbounded).
     pub outboxes: HashMap<String, OutboxLimits>,
 }
 
 impl Default for StoreOptions {
-    /// Durable commits, 10 000 dead letters, unbounded outboxes.
+    /// Durable commits, 10 000 dead letters in at most 32 MiB, unbounded outboxes.
     fn default() -> Self {
-        Self { durability: Durability::Sync, dead_letter_capacity: 10_000, outboxes: HashMap::new() }
+        Self {
+            durability: Durability::Sync,
+            dead_letter_capacity: 10_000,
+            dead_letter_max_bytes: 32 * 1024 * 1024,
+            outboxes: HashMap::new(),
+        }
     }
 }
 
@@ -267,21 +319,33 @@ impl Default for StoreOptions {
 #[derive(Clone, Debug)]
 pub struct Committer {
     queue: flume::Sender<Request>,
+    /// The newest group (write transaction) known to be durable.
+    durable: watch::Receiver<u64>,
 }
 
 impl Committer {
-    /// Commits `changes` (grouped with whatever else is waiting) and returns once they are durable
-    /// as the configured durability defines it.
+    /// Commits `changes` (grouped with whatever else is waiting) and returns once they are
+    /// durable: at once under `sync`, after the next durable flush under `relaxed`.
     ///
     /// On failure nothing of `changes` was applied, and they come back with the error so the
     /// caller can retry without having kept a copy.
     pub async fn commit(&self, changes: ChangeSet) -> Result<(), CommitError> {
+        let applied = self.commit_applied(changes).await?;
+        applied.durable().await.map_err(|error| CommitError { error, changes: ChangeSet::default() })
+    }
+
+    /// Commits `changes` and returns as soon as they are applied — visible to readers and to
+    /// later change sets — with a handle that tells when they are durable. Under `sync` they
+    /// already are; under `relaxed` a crash before the next durable flush undoes them, so
+    /// nothing that depends on them may leave the process (an acknowledgement upstream, a
+    /// publish) before [`Applied::is_durable`].
+    pub async fn commit_applied(&self, changes: ChangeSet) -> Result<Applied, CommitError> {
         let (reply, answer) = oneshot::channel();
         if let Err(flume::SendError((changes, _))) = self.queue.send_async((changes, reply)).await {
             return Err(CommitError { error: StoreError::CommitterStopped, changes });
         }
         match answer.await {
-            Ok(Ok(())) => Ok(()),
+            Ok(Ok(group)) => Ok(Applied { group, durable: self.durable.clone() }),
             Ok(Err((Refusal::Failed(reason), changes))) => {
                 Err(CommitError { error: StoreError::CommitFailed { reason }, changes })
             }
@@ -290,6 +354,36 @@ impl Committer {
             }
             Err(_) => Err(CommitError { error: StoreError::CommitterStopped, changes: ChangeSet::default() }),
         }
+    }
+
+    /// The newest group known to be durable; changes whenever a durable commit completes.
+    pub fn durable_groups(&self) -> watch::Receiver<u64> {
+        self.durable.clone()
+    }
+}
+
+/// A change set applied by the committer, in write transaction (group) `group`.
+#[derive(Clone, Debug)]
+pub struct Applied {
+    group: u64,
+    durable: watch::Receiver<u64>,
+}
+
+impl Applied {
+    /// The write transaction that applied it.
+    pub fn group(&self) -> u64 {
+        self.group
+    }
+
+    /// True once a durable commit covers it.
+    pub fn is_durable(&self) -> bool {
+        *self.durable.borrow() >= self.group
+    }
+
+    /// Waits until a durable commit covers it.
+    pub async fn durable(mut self) -> Result<(), StoreError> {
+        let group = self.group;
+        self.durable.wait_for(|durable| *durable >= group).await.map(|_| ()).map_err(|_| StoreError::CommitterStopped)
     }
 }
 
@@ -312,21 +406,24 @@ pub fn open(data_dir: &Path, options: StoreOptions) -> Result<(StateStore, Commi
     let path = data_dir.join(DATABASE_FILE);
     let (db, _recovery) = salvage::open_database(&path)?;
 
-    let db = Arc::new(db);
+    let db = Arc::new(DatabaseSlot::new(db));
     let (queue, requests) = flume::bounded(QUEUE);
     let groups = Arc::default();
+    let (durable_tx, durable) = watch::channel(0);
     let writer = Writer {
         db: Arc::clone(&db),
+        path: path.clone(),
         groups: Arc::clone(&groups),
         options,
         last_durable: Instant::now(),
         pending_non_durable: false,
+        durable: durable_tx,
     };
     let thread = std::thread::Builder::new()
         .name("weir-committer".into())
         .spawn(move || writer.run(requests))
         .map_err(|source| StoreError::DataDir { path: data_dir.to_owned(), source })?;
-    Ok((StateStore { db, path, groups }, Committer { queue }, thread))
+    Ok((StateStore { db, path, groups }, Committer { queue, durable }, thread))
 }
 
 /// Creates every table that does not exist yet, and brings the outbox's usage to the current
@@ -351,6 +448,7 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
         outbox::recount_usage_if_stale(&txn, &mut counters)?;
         recount_function_state_usage(&txn)?;
     }
+    recount_dead_letter_bytes(&txn)?;
     txn.commit().or_store("create tables")
 }
 
@@ -372,6 +470,33 @@ fn recount_function_state_usage(txn: &redb::WriteTransaction) -> Result<(), Stor
     Ok(())
 }
 
+/// The `counters` entry holding a stream's sink record limit.
+fn sink_record_limit_key(stream: &str) -> String {
+    format!("sink_record_limit/{stream}")
+}
+
+/// Adds `by` to a gateway-wide counter.
+fn add_to_counter(counters: &mut redb::Table<'_, &str, u64>, name: &str, by: u64) -> Result<(), StoreError> {
+    let value = counters.get(name).or_store("write counters")?.map_or(0, |v| v.value());
+    counters.insert(name, value.saturating_add(by)).or_store("write counters")?;
+    Ok(())
+}
+
+/// Counts the bytes the dead letters take, from scratch (an earlier weir kept no count; a
+/// salvaged file may have lost entries).
+fn recount_dead_letter_bytes(txn: &redb::WriteTransaction) -> Result<(), StoreError> {
+    let letters = txn.open_table(DEAD_LETTERS).or_store("count dead letters")?;
+    let mut bytes = 0;
+    for entry in letters.iter().or_store("count dead letters")? {
+        bytes += entry.or_store("count dead letters")?.1.value().len() as u64;
+    }
+    txn.open_table(COUNTERS)
+        .or_store("count dead letters")?
+        .insert(DEAD_LETTERS_BYTES, bytes)
+        .or_store("count dead letters")?;
+    Ok(())
+}
+
 /// What a function state entry counts against its namespace's quota: its key and value bytes.
 pub fn state_entry_bytes(key: &[u8], value: &[u8]) -> u64 {
     (key.len() + value.len()) as u64
@@ -385,14 +510,14 @@ impl StateStore {
 
     /// The value of `key` in `namespace`.
     pub fn function_state_get(&self, namespace: &str, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().or_store("read function state")?;
+        let txn = self.db.get()?.begin_read().or_store("read function state")?;
         let table = txn.open_table(FUNCTION_STATE).or_store("read function state")?;
         Ok(table.get((namespace, key)).or_store("read function state")?.map(|v| v.value().to_vec()))
     }
 
     /// The bytes (keys and values) `namespace`'s committed function state holds.
     pub fn function_state_usage(&self, namespace: &str) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().or_store("read function state")?;
+        let txn = self.db.get()?.begin_read().or_store("read function state")?;
         let table = txn.open_table(FUNCTION_STATE_USAGE).or_store("read function state")?;
         Ok(table.get(namespace).or_store("read function state")?.map_or(0, |v| v.value()))
     }
@@ -405,7 +530,7 @@ impl StateStore {
         end: Option<&[u8]>,
         limit: usize,
     ) -> Result<Entries, StoreError> {
-        let txn = self.db.begin_read().or_store("read function state")?;
+        let txn = self.db.get()?.begin_read().or_store("read function state")?;
         let table = txn.open_table(FUNCTION_STATE).or_store("read function state")?;
         let range = match end {
             Some(end) => table.range((namespace, start)..(namespace, end)),
@@ -428,7 +553,7 @@ impl StateStore {
     /// Highest seq ever assigned in `stream` (0 when none), or the seq floor a recovery set
     /// if that is higher (see `salvage`).
     pub fn last_seq(&self, stream: &str) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().or_store("read stream position")?;
+        let txn = self.db.get()?.begin_read().or_store("read stream position")?;
         let table = txn.open_table(STREAM_SEQ).or_store("read stream position")?;
         let last = table.get(stream).or_store("read stream position")?.map_or(0, |v| v.value());
         let counters = txn.open_table(COUNTERS).or_store("read stream position")?;
@@ -443,18 +568,18 @@ impl StateStore {
 
     /// Outbox depth, bytes, oldest age and counters of every stream, and more (see [`stats`]).
     pub fn stats(&self) -> Result<stats::Stats, StoreError> {
-        let txn = self.db.begin_read().or_store("read stats")?;
+        let txn = self.db.get()?.begin_read().or_store("read stats")?;
         stats::collect(&txn)
     }
 
     /// Recoveries from damaged database files, oldest first.
     pub fn recoveries(&self) -> Result<Vec<Recovery>, StoreError> {
-        salvage::recoveries(&self.db.begin_read().or_store("read recoveries")?)
+        salvage::recoveries(&self.db.get()?.begin_read().or_store("read recoveries")?)
     }
 
     /// Up to `limit` outbox records of `stream` with seq above `after`, in seq order.
     pub fn outbox_after(&self, stream: &str, after: u64, limit: usize) -> Result<Vec<(u64, Vec<u8>)>, StoreError> {
-        let txn = self.db.begin_read().or_store("read outbox")?;
+        let txn = self.db.get()?.begin_read().or_store("read outbox")?;
         let table = txn.open_table(OUTBOX).or_store("read outbox")?;
         let Some(first) = after.checked_add(1) else {
             return Ok(Vec::new());
@@ -477,7 +602,7 @@ impl StateStore {
 
     /// Records and bytes in `stream`'s outbox.
     pub fn outbox_usage(&self, stream: &str) -> Result<Usage, StoreError> {
-        let txn = self.db.begin_read().or_store("read outbox")?;
+        let txn = self.db.get()?.begin_read().or_store("read outbox")?;
         let table = txn.open_table(OUTBOX_USAGE).or_store("read outbox")?;
         Ok(table
             .get(stream)
@@ -487,14 +612,14 @@ impl StateStore {
 
     /// The value of a stream's counter.
     pub fn counter(&self, stream: &str, counter: Counter) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().or_store("read counters")?;
+        let txn = self.db.get()?.begin_read().or_store("read counters")?;
         let table = txn.open_table(STREAM_COUNTERS).or_store("read counters")?;
         Ok(table.get((stream, counter.name())).or_store("read counters")?.map_or(0, |v| v.value()))
     }
 
     /// The seqs of `stream` its sink reserved for publishing.
     pub fn reservations(&self, stream: &str) -> Result<Vec<RangeInclusive<u64>>, StoreError> {
-        let txn = self.db.begin_read().or_store("read reservations")?;
+        let txn = self.db.get()?.begin_read().or_store("read reservations")?;
         let table = txn.open_table(PUBLISH_RESERVATIONS).or_store("read reservations")?;
         let mut ranges = Vec::new();
         for entry in table.range((stream, 0)..=(stream, u64::MAX)).or_store("read reservations")? {
@@ -506,7 +631,7 @@ impl StateStore {
 
     /// The newest `limit` dead letters, oldest first, with their ids.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
-        let txn = self.db.begin_read().or_store("read dead letters")?;
+        let txn = self.db.get()?.begin_read().or_store("read dead letters")?;
         let table = txn.open_table(DEAD_LETTERS).or_store("read dead letters")?;
         let mut newest = Vec::new();
         for entry in table.iter().or_store("read dead letters")?.rev().take(limit) {
@@ -519,14 +644,21 @@ impl StateStore {
 
     /// The central broker's position of `stream`'s last confirmed record (0: none known).
     pub fn sink_position(&self, stream: &str) -> Result<u64, StoreError> {
-        let txn = self.db.begin_read().or_store("read sink position")?;
+        let txn = self.db.get()?.begin_read().or_store("read sink position")?;
         let table = txn.open_table(SINK_POSITIONS).or_store("read sink position")?;
         Ok(table.get(stream).or_store("read sink position")?.map_or(0, |v| v.value()))
     }
 
+    /// The largest record `stream`'s sink can publish, as its broker last announced it.
+    pub fn sink_record_limit(&self, stream: &str) -> Result<Option<u64>, StoreError> {
+        let txn = self.db.get()?.begin_read().or_store("read counters")?;
+        let table = txn.open_table(COUNTERS).or_store("read counters")?;
+        Ok(table.get(sink_record_limit_key(stream).as_str()).or_store("read counters")?.map(|v| v.value()))
+    }
+
     /// Identities of the newest committed deliveries of `source`.
     pub fn recent_deliveries(&self, source: &str) -> Result<std::collections::HashSet<Vec<u8>>, StoreError> {
-        let txn = self.db.begin_read().or_store("read recent deliveries")?;
+        let txn = self.db.get()?.begin_read().or_store("read recent deliveries")?;
         let table = txn.open_table(RECENT_DELIVERIES).or_store("read recent deliveries")?;
         let mut identities = std::collections::HashSet::new();
         for entry in table.range((source, 0)..=(source, u64::MAX)).or_store("read recent deliveries")? {
@@ -538,7 +670,7 @@ impl StateStore {
 
     /// Number of dead letters kept, and number evicted to respect the capacity.
     pub fn dead_letter_counts(&self) -> Result<(u64, u64), StoreError> {
-        let txn = self.db.begin_read().or_store("read dead letters")?;
+        let txn = self.db.get()?.begin_read().or_store("read dead letters")?;
         let kept = txn.open_table(DEAD_LETTERS).or_store("read dead letters")?.len().or_store("read dead letters")?;
         let counters = txn.open_table(COUNTERS).or_store("read counters")?;
         let evicted = counters.get(DEAD_LETTERS_EVICTED).or_store("read counters")?.map_or(0, |v| v.value());
@@ -548,12 +680,16 @@ impl StateStore {
 
 /// The committer thread's state.
 struct Writer {
-    db: Arc<Database>,
+    db: Arc<DatabaseSlot>,
+    /// The database file, to reopen after a failed commit.
+    path: PathBuf,
     groups: Arc<std::sync::atomic::AtomicU64>,
     options: StoreOptions,
     last_durable: Instant,
     /// A non-durable commit happened since the last durable one.
     pending_non_durable: bool,
+    /// The newest group made durable, for those waiting on it.
+    durable: watch::Sender<u64>,
 }
 
 /// Why the committer did not apply a change set.
@@ -565,13 +701,21 @@ enum Refusal {
     Full { stream: String, max_bytes: u64 },
 }
 
-type Request = (ChangeSet, oneshot::Sender<Result<(), (Refusal, ChangeSet)>>);
+/// A change set and where to answer: the group that applied it, or why it was not applied.
+type Request = (ChangeSet, oneshot::Sender<Result<u64, (Refusal, ChangeSet)>>);
 
 impl Writer {
     #[allow(clippy::needless_pass_by_value)] // the thread owns its end of the queue
     fn run(mut self, requests: flume::Receiver<Request>) {
         loop {
-            let first = match requests.recv_timeout(RELAXED_SYNC_INTERVAL) {
+            // Under `relaxed`, a non-durable commit is made durable at the latest when the
+            // interval has passed, even if nothing else arrives.
+            let wait = if self.pending_non_durable {
+                RELAXED_SYNC_INTERVAL.saturating_sub(self.last_durable.elapsed())
+            } else {
+                Duration::from_secs(3600)
+            };
+            let first = match requests.recv_timeout(wait) {
                 Ok(request) => request,
                 Err(flume::RecvTimeoutError::Timeout) => {
                     self.flush_if_relaxed();
@@ -586,11 +730,19 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            // Under `relaxed`, a group is left non-durable only while more work is already
+            // waiting (the next group's durable commit will cover it) and the interval allows.
+            let durable = match self.options.durability {
+                Durability::Sync => true,
+                Durability::Relaxed => requests.is_empty() || self.last_durable.elapsed() >= RELAXED_SYNC_INTERVAL,
+            };
             let (changes, replies): (Vec<ChangeSet>, Vec<_>) = group.into_iter().unzip();
-            let outcomes: Vec<Result<(), Refusal>> = match self.apply(&changes) {
-                Ok(refused) => refused.into_iter().map(|r| r.map_or(Ok(()), Err)).collect(),
+            let outcomes: Vec<Result<u64, Refusal>> = match self.apply(&changes, durable) {
+                Ok((group, refused)) => refused.into_iter().map(|r| r.map_or(Ok(group), Err)).collect(),
                 Err(e) => {
                     tracing::error!(stage = "state", error = %e, change_sets = changes.len(), "commit failed");
+                    self.abort_if_undone();
+                    self.reopen();
                     vec![Err(Refusal::Failed(e.to_string())); changes.len()]
                 }
             };
@@ -607,22 +759,62 @@ impl Writer {
 
     /// In relaxed mode, makes earlier non-durable commits durable with an empty durable commit.
     fn flush_if_relaxed(&mut self) {
-        if self.options.durability == Durability::Relaxed
-            && self.pending_non_durable
-            && let Err(e) = self.apply(&[])
+        if self.pending_non_durable
+            && let Err(e) = self.apply(&[], true)
         {
             tracing::error!(stage = "state", error = %e, "durable flush failed");
+            self.abort_if_undone();
+        }
+    }
+
+    /// After a failed commit: closes the database and opens it again, which is the only way on
+    /// after an I/O error — redb refuses every later transaction until then — and brings it back
+    /// to its last durable commit. If the file cannot be opened yet (the disk is still full),
+    /// the next commit tries again; senders retry theirs with backoff, so the pipelines resume
+    /// by themselves once the cause is gone. Readers see [`StoreError::Reopening`] meanwhile.
+    fn reopen(&mut self) {
+        if let Some(old) = self.db.take() {
+            // Readers hold the database only for one read; give them a moment to finish, or the
+            // file stays locked (then the next attempt opens it).
+            let deadline = Instant::now() + REOPEN_WAIT;
+            while Arc::strong_count(&old) > 1 && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(old);
+        }
+        match salvage::reopen(&self.path) {
+            Ok(db) => {
+                tracing::warn!(stage = "state", file = %self.path.display(), "state database reopened after a failed commit");
+                self.db.put(db);
+            }
+            Err(e) => {
+                tracing::error!(stage = "state", file = %self.path.display(), error = %e,
+                    "cannot reopen the state database yet; trying again at the next commit");
+            }
+        }
+    }
+
+    /// After a failed commit under `relaxed`: commits that were applied but not yet durable may
+    /// be undone, while the pipelines that made them have moved on (their seqs, their state).
+    /// Nothing that depends on them was acknowledged or published, so the safe way on is a
+    /// restart from the last durable state: the brokers deliver that input again.
+    fn abort_if_undone(&self) {
+        if self.pending_non_durable {
+            tracing::error!(
+                stage = "state",
+                "a commit failed while earlier commits were not durable yet (durability = \"relaxed\"); \
+                 exiting so that a restart resumes from the last durable state (nothing acknowledged is lost)"
+            );
+            std::process::exit(EXIT_DURABILITY_LOST);
         }
     }
 
     /// Applies every change set in one transaction, except those whose records do not fit in
     /// their outbox: those are left out entirely, and their refusal is returned in their place.
-    fn apply(&mut self, changes: &[ChangeSet]) -> Result<Vec<Option<Refusal>>, StoreError> {
-        let mut txn = self.db.begin_write().or_store("begin commit")?;
-        let durable = match self.options.durability {
-            Durability::Sync => true,
-            Durability::Relaxed => changes.is_empty() || self.last_durable.elapsed() >= RELAXED_SYNC_INTERVAL,
-        };
+    /// Returns the number of the group (write transaction) that applied them.
+    fn apply(&mut self, changes: &[ChangeSet], durable: bool) -> Result<(u64, Vec<Option<Refusal>>), StoreError> {
+        let db = self.db.get()?;
+        let mut txn = db.begin_write().or_store("begin commit")?;
         txn.set_durability(if durable { RedbDurability::Immediate } else { RedbDurability::None })
             .or_store("begin commit")?;
         let now = crate::telemetry::now_nanos();
@@ -693,6 +885,9 @@ impl Writer {
                         positions.insert(stream.as_str(), *position).or_store("write sink position")?;
                     }
                 }
+                for (stream, limit) in &change.sink_record_limits {
+                    counters.insert(sink_record_limit_key(stream).as_str(), *limit).or_store("write counters")?;
+                }
                 for (stream, counter, by) in &change.counts {
                     outbox.count(stream, *counter, *by)?;
                 }
@@ -710,27 +905,47 @@ impl Writer {
                 }
                 for letter in &change.dead_letters {
                     let id = counters.get(DEAD_LETTERS_NEXT_ID).or_store("write counters")?.map_or(0, |v| v.value());
-                    dead_letters.insert(id, letter.to_bytes().as_slice()).or_store("write dead letters")?;
+                    let bytes = letter.to_bytes();
+                    dead_letters.insert(id, bytes.as_slice()).or_store("write dead letters")?;
                     counters.insert(DEAD_LETTERS_NEXT_ID, id + 1).or_store("write counters")?;
+                    add_to_counter(&mut counters, DEAD_LETTERS_BYTES, bytes.len() as u64)?;
                 }
             }
-            let excess =
-                dead_letters.len().or_store("write dead letters")?.saturating_sub(self.options.dead_letter_capacity);
-            if excess > 0 {
-                for _ in 0..excess {
-                    dead_letters.pop_first().or_store("evict dead letters")?;
-                }
-                let evicted = counters.get(DEAD_LETTERS_EVICTED).or_store("write counters")?.map_or(0, |v| v.value());
-                counters.insert(DEAD_LETTERS_EVICTED, evicted + excess).or_store("write counters")?;
-            }
+            self.evict_dead_letters(&mut dead_letters, &mut counters)?;
         }
         txn.commit().or_store("commit")?;
-        self.groups.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let group = self.groups.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
         if durable {
             self.last_durable = Instant::now();
+            self.pending_non_durable = false;
+            self.durable.send_replace(group);
+        } else {
+            self.pending_non_durable = true;
         }
-        self.pending_non_durable = !durable;
-        Ok(refused)
+        Ok((group, refused))
+    }
+
+    /// Removes the oldest dead letters until both the count and the byte cap hold, counting
+    /// them as evicted.
+    fn evict_dead_letters(
+        &self,
+        dead_letters: &mut redb::Table<'_, u64, &[u8]>,
+        counters: &mut redb::Table<'_, &str, u64>,
+    ) -> Result<(), StoreError> {
+        let mut held = dead_letters.len().or_store("write dead letters")?;
+        let mut bytes = counters.get(DEAD_LETTERS_BYTES).or_store("write counters")?.map_or(0, |v| v.value());
+        let mut evicted = 0;
+        while held > self.options.dead_letter_capacity || (held > 0 && bytes > self.options.dead_letter_max_bytes) {
+            let Some((_, letter)) = dead_letters.pop_first().or_store("evict dead letters")? else { break };
+            bytes = bytes.saturating_sub(letter.value().len() as u64);
+            held -= 1;
+            evicted += 1;
+        }
+        if evicted > 0 {
+            counters.insert(DEAD_LETTERS_BYTES, bytes).or_store("write counters")?;
+            add_to_counter(counters, DEAD_LETTERS_EVICTED, evicted)?;
+        }
+        Ok(())
     }
 
     /// Makes room for a change set's records in their outboxes; the refusal if there is none.

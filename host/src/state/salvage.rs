@@ -119,6 +119,17 @@ pub(super) fn open_database(path: &Path) -> Result<(Database, Option<Recovery>),
     Ok((db, Some(recovery)))
 }
 
+/// Opens the database at `path` again after the committer closed it following a failed
+/// commit: redb brings it back to its last durable commit. Unlike [`open_database`] it moves
+/// nothing aside — a file that opened at start and then met an I/O error is not damaged.
+pub(super) fn reopen(path: &Path) -> Result<Database, StoreError> {
+    match try_open(path) {
+        Ok(db) => Ok(db),
+        Err(OpenFailure::Refused(error)) => Err(error),
+        Err(OpenFailure::Damaged(reason)) => Err(StoreError::CommitFailed { reason }),
+    }
+}
+
 /// Replaces the panic hook with one that logs at debug level, until dropped. Opening happens
 /// before any other thread of the process runs, so no other panic is hidden.
 type PanicHook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>;

@@ -27,7 +27,7 @@ fn letter(reason: &str) -> DeadLetter {
         stage: "decode".into(),
         reason: reason.into(),
         at: 1,
-        content: DeadLetterContent::Message { topic: "t".into(), payload: vec![0xff], received_at: 1 },
+        content: DeadLetterContent::message("t", &[0xff], 1, 1),
         function: None,
     }
 }
@@ -128,6 +128,47 @@ async fn dead_letters_keep_the_newest_up_to_capacity_and_count_evictions() {
     assert_eq!(store.dead_letters(10).expect("read")[0].1, letter("r2"));
 }
 
+#[tokio::test]
+async fn dead_letters_keep_a_prefix_of_huge_payloads_and_stay_within_their_byte_cap() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let max_bytes = 1024 * 1024;
+    let options = StoreOptions { dead_letter_max_bytes: max_bytes, ..StoreOptions::default() };
+    let garbage = vec![0x5a_u8; 4 * 1024 * 1024];
+    {
+        let (store, committer, thread) = open(dir.path(), options.clone()).expect("open");
+        for i in 0..40 {
+            let mut letter = letter(&format!("g{i}"));
+            letter.content = DeadLetterContent::message("t", &garbage, garbage.len() as u64, 1);
+            committer.commit(ChangeSet { dead_letters: vec![letter], ..ChangeSet::default() }).await.expect("commit");
+        }
+        let letters = store.dead_letters(100).expect("read");
+        let stored: u64 = letters.iter().map(|(_, l)| l.to_bytes().len() as u64).sum();
+        assert!(stored <= max_bytes, "{stored} bytes kept, cap {max_bytes}");
+        let (kept, evicted) = store.dead_letter_counts().expect("read");
+        assert_eq!(kept + evicted, 40, "every letter is kept or counted as evicted");
+        assert!(kept >= 10, "the cap holds about 15 letters of 64 KiB, kept {kept}");
+        assert_eq!(letters.last().expect("kept").1.reason, "g39", "the newest are kept");
+        let DeadLetterContent::Message { payload, size, .. } = &letters[0].1.content else { panic!("a message") };
+        assert_eq!((payload.len(), *size), (DEAD_LETTER_PAYLOAD_PREFIX, Some(garbage.len() as u64)));
+        drop((store, committer));
+        thread.join().expect("committer exits");
+    }
+    // A store reopened with a smaller cap recounts what is held and evicts at the next commit.
+    let smaller = StoreOptions { dead_letter_max_bytes: 200 * 1024, ..options };
+    let (store, committer, _thread) = open(dir.path(), smaller).expect("reopen");
+    committer.commit(ChangeSet { dead_letters: vec![letter("small")], ..ChangeSet::default() }).await.expect("commit");
+    let stored: u64 = store.dead_letters(100).expect("read").iter().map(|(_, l)| l.to_bytes().len() as u64).sum();
+    assert!(stored <= 200 * 1024, "{stored}");
+}
+
+#[test]
+fn small_payloads_are_dead_lettered_whole() {
+    let DeadLetterContent::Message { payload, size, .. } = DeadLetterContent::message("t", b"abc", 3, 7) else {
+        panic!("a message")
+    };
+    assert_eq!((payload.as_slice(), size), (b"abc".as_slice(), None));
+}
+
 #[test]
 fn a_second_open_of_the_same_data_dir_is_refused() {
     let (dir, _store, _committer, _thread) = store(1);
@@ -162,6 +203,36 @@ async fn relaxed_commits_become_durable_after_the_committer_stops() {
 }
 
 #[tokio::test]
+async fn applied_commits_are_durable_at_once_under_sync_and_after_a_flush_under_relaxed() {
+    for durability in [Durability::Sync, Durability::Relaxed] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let options = StoreOptions { durability, ..StoreOptions::default() };
+        let (_, committer, _thread) = open(dir.path(), options).expect("open");
+        // Many producers at once, so that under `relaxed` some groups are left non-durable.
+        let commits = (0..64).map(|i| {
+            let committer = committer.clone();
+            async move {
+                let changes =
+                    ChangeSet { state_writes: vec![write("n", &format!("k{i}"), Some("v"))], ..ChangeSet::default() };
+                committer.commit_applied(changes).await.expect("commit")
+            }
+        });
+        let applied = futures::future::join_all(commits).await;
+        if durability == Durability::Sync {
+            assert!(applied.iter().all(Applied::is_durable), "sync: durable when applied");
+        }
+        let newest = applied.iter().map(Applied::group).max().expect("64 commits");
+        for one in applied {
+            tokio::time::timeout(Duration::from_secs(5), one.durable())
+                .await
+                .expect("a durable flush covers every applied commit soon")
+                .expect("the committer runs");
+        }
+        assert!(*committer.durable_groups().borrow() >= newest);
+    }
+}
+
+#[tokio::test]
 async fn recent_deliveries_keep_the_newest_window_per_source() {
     let (_dir, store, committer, _thread) = store(10);
     let record = |source: &str, id: u8| DeliveryRecord { source: source.into(), identity: vec![id], window: 3 };
@@ -193,6 +264,7 @@ fn bounded_store(max_bytes: u64, when_full: WhenFull) -> (tempfile::TempDir, Sta
         durability: Durability::Relaxed,
         dead_letter_capacity: 10,
         outboxes: HashMap::from([("s".to_owned(), limits)]),
+        ..StoreOptions::default()
     };
     let (store, committer, thread) = open(dir.path(), options).expect("open");
     (dir, store, committer, thread)
@@ -327,7 +399,7 @@ async fn drop_oldest_keeps_the_cap_with_one_growing_marker() {
 
 /// The bytes of every page of the data file's `outbox` B-tree, as redb counts them.
 fn outbox_tree_bytes(store: &StateStore) -> u64 {
-    let txn = store.db.begin_read().expect("read");
+    let txn = store.db.get().expect("open").begin_read().expect("read");
     let stats = txn.open_table(OUTBOX).expect("open").stats().expect("stats");
     stats.stored_bytes() + stats.metadata_bytes() + stats.fragmented_bytes()
 }
@@ -355,6 +427,7 @@ async fn the_outbox_on_disk_stays_within_the_bytes_charged_for_it() {
             durability: Durability::Relaxed,
             dead_letter_capacity: 10,
             outboxes: streams.iter().map(|s| ((*s).to_owned(), limits)).collect(),
+            ..StoreOptions::default()
         };
         let (store, committer, _thread) = open(dir.path(), options).expect("open");
         let mean: usize = sizes.iter().map(|n| stream_record("s", 1, *n).body.len()).sum::<usize>() / sizes.len();
