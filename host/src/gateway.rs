@@ -9,6 +9,9 @@
 //! whose bytes changed is compiled, checked against its world and staged in every use of the
 //! function, which takes it up at its next call with its state (hot swap, see
 //! `sandbox::UseHandle`). A file that does not load leaves the running version in place.
+//!
+//! A task that panics stops the gateway in order and makes [`run`] fail
+//! ([`GatewayError::Panicked`]), so the process exits non-zero and a supervisor restarts it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,13 +19,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, DecodeConfig, FunctionConfig, FunctionId, OnQuarantine, PipelineConfig};
 use crate::decode::{self, Decode};
 use crate::operator::{Chain, Operator};
 use crate::pipeline::{self, PipelineParts, Shared};
 use crate::sandbox::{CompiledFunction, Sandbox, SandboxError, SandboxOptions, StateLimits, UseHandle};
+use crate::shutdown::Tasks;
 use crate::state::stats::FunctionStatus;
 use crate::state::{self, OutboxLimits, StateStore, StoreError, StoreOptions};
 use crate::window::WindowAccumulator;
@@ -42,6 +45,9 @@ pub enum GatewayError {
     /// Every pipeline failed to start.
     #[error("no pipeline could start:\n  {}", .0.join("\n  "))]
     NoPipeline(Vec<String>),
+    /// A task panicked (a bug in weir); the gateway stopped in order.
+    #[error("stopped because a task panicked (a bug in weir; the panic is in the log): {}", .0.join(", "))]
+    Panicked(Vec<String>),
 }
 
 /// Runs the gateway until `shutdown` is cancelled and everything has stopped.
@@ -84,7 +90,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
     .expect("building pipelines does not panic");
 
     let shared = Shared { gateway: config.gateway.id.to_string(), store: store.clone(), committer };
-    let tracker = TaskTracker::new();
+    let tasks = Tasks::new(shutdown.clone());
     let mut failures = Vec::new();
     let mut functions: Vec<UseHandle> = Vec::new();
     for result in built {
@@ -98,7 +104,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
                     parts.chain.names().join(", "),
                     parts.config.sink.kind()
                 );
-                match pipeline::spawn(parts, &shared, &shutdown, &tracker) {
+                match pipeline::spawn(parts, &shared, &shutdown, &tasks) {
                     Ok(()) => tracing::info!(stage = "pipeline", pipeline = %name, flow = %summary, "pipeline running"),
                     Err(e) => failures.push(format!("{name}: {e}")),
                 }
@@ -109,24 +115,33 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
     for failure in &failures {
         tracing::error!(stage = "pipeline", "pipeline not started: {failure}");
     }
-    tracker.close();
-    if tracker.is_empty() {
+    tasks.close();
+    if tasks.is_empty() {
         drop(shared);
         return Err(GatewayError::NoPipeline(failures));
     }
     let functions = Arc::new(functions);
-    let snapshots =
-        tokio::spawn(write_stats_snapshots(store.clone(), data_dir.clone(), Arc::clone(&functions), shutdown.clone()));
-    let reloads = tokio::spawn(reload_on_hangup(
-        Arc::clone(&sandbox),
-        config.functions.clone(),
-        running,
-        Arc::clone(&functions),
-        shutdown.clone(),
-    ));
-    tracker.wait().await;
-    snapshots.abort();
-    reloads.abort();
+    // The pipelines' companions run until shutdown, watched for panics like the pipelines.
+    let companions = Tasks::sharing_panics(&tasks);
+    companions.spawn(
+        "stats snapshots",
+        write_stats_snapshots(store.clone(), data_dir.clone(), Arc::clone(&functions), shutdown.clone()),
+    );
+    companions.spawn(
+        "function reloads",
+        reload_on_hangup(
+            Arc::clone(&sandbox),
+            config.functions.clone(),
+            running,
+            Arc::clone(&functions),
+            shutdown.clone(),
+        ),
+    );
+    companions.close();
+    tasks.wait().await;
+    // Every pipeline has ended (also when they ended on their own): stop the companions.
+    shutdown.cancel();
+    companions.wait().await;
 
     // Every pipeline is done: the last commits are in, and the last snapshot shows them.
     write_stats_snapshot(&store, &data_dir, &functions);
@@ -134,6 +149,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
     drop(shared);
     drop(sandbox);
     let _ = tokio::task::spawn_blocking(move || committer_thread.join()).await;
+    let panicked = tasks.panicked();
+    if !panicked.is_empty() {
+        tracing::error!(stage = "shutdown", tasks = %panicked.join(", "), "stopped after a panic");
+        return Err(GatewayError::Panicked(panicked));
+    }
     tracing::info!(stage = "shutdown", "stopped");
     Ok(())
 }

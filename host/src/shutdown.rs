@@ -3,10 +3,19 @@
 //! Order (each pipeline, see `pipeline::spawn`): sources stop reading → the batcher flushes →
 //! the processor commits and acknowledges its last batch → source connections close → sinks
 //! finish in-flight publishes → the committer finishes its last commit and the database closes.
+//!
+//! A task that panics (a bug in weir, never a condition of the input) stops the gateway the same
+//! orderly way, and the process then exits non-zero so that a supervisor restarts it (see
+//! [`Tasks`]).
 
+use std::any::Any;
 use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex, PoisonError};
 
+use futures::FutureExt;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Exit status after a second signal cut the orderly stop short.
 pub const ABORTED: i32 = 130;
@@ -30,6 +39,84 @@ pub async fn run_until_signalled<F: Future>(work: F, token: CancellationToken) -
     }
 }
 
+/// The gateway's tasks: a [`TaskTracker`] that watches each task for a panic.
+///
+/// A task that panics is logged with its name and the panic message, `stop` is cancelled so the
+/// other tasks wind down in order (unacknowledged input stays with the brokers), and
+/// [`Tasks::panicked`] names it, so the gateway can exit non-zero.
+#[derive(Clone, Debug)]
+pub struct Tasks {
+    tracker: TaskTracker,
+    stop: CancellationToken,
+    panicked: Arc<Mutex<Vec<String>>>,
+}
+
+impl Tasks {
+    /// An empty set of tasks; a panic in any of them cancels `stop`.
+    pub fn new(stop: CancellationToken) -> Self {
+        Self { tracker: TaskTracker::new(), stop, panicked: Arc::default() }
+    }
+
+    /// A second, separately awaited set whose panics count with (and stop the same as) `tasks`'.
+    pub fn sharing_panics(tasks: &Self) -> Self {
+        Self { tracker: TaskTracker::new(), stop: tasks.stop.clone(), panicked: Arc::clone(&tasks.panicked) }
+    }
+
+    /// Runs `task` on the tokio runtime as task `name`.
+    pub fn spawn<F>(&self, name: impl Into<String>, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tracker.spawn(self.watched(name.into(), task));
+    }
+
+    /// `task`, with a panic caught, logged and recorded as described on [`Tasks`].
+    fn watched<F>(&self, name: String, task: F) -> impl Future<Output = ()> + Send + 'static
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let (stop, panicked) = (self.stop.clone(), Arc::clone(&self.panicked));
+        async move {
+            // The task's state is dropped with the panic; everything it shared is stopped below.
+            if let Err(payload) = AssertUnwindSafe(task).catch_unwind().await {
+                tracing::error!(stage = "shutdown", task = %name, panic = panic_message(payload.as_ref()),
+                    "a task panicked (a bug in weir): stopping the gateway");
+                panicked.lock().unwrap_or_else(PoisonError::into_inner).push(name);
+                stop.cancel();
+            }
+        }
+    }
+
+    /// No more tasks will be spawned: [`Tasks::wait`] can finish.
+    pub fn close(&self) {
+        self.tracker.close();
+    }
+
+    /// Whether no task is running.
+    pub fn is_empty(&self) -> bool {
+        self.tracker.is_empty()
+    }
+
+    /// Waits until the set is closed and every task has ended.
+    pub async fn wait(&self) {
+        self.tracker.wait().await;
+    }
+
+    /// The names of the tasks that panicked so far.
+    pub fn panicked(&self) -> Vec<String> {
+        self.panicked.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+}
+
+/// The message a panic was raised with.
+pub fn panic_message(payload: &(dyn Any + Send)) -> &str {
+    payload
+        .downcast_ref::<&str>()
+        .copied()
+        .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+        .unwrap_or("(no message)")
+}
+
 async fn signalled() {
     #[cfg(unix)]
     {
@@ -43,4 +130,41 @@ async fn signalled() {
         }
     }
     let _ = tokio::signal::ctrl_c().await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_task_stops_the_others_in_order_and_is_named() {
+        let stop = CancellationToken::new();
+        let tasks = Tasks::new(stop.clone());
+        let (finished_tx, finished_rx) = tokio::sync::oneshot::channel();
+        let waiting = stop.clone();
+        tasks.spawn("orderly", async move {
+            waiting.cancelled().await;
+            finished_tx.send("flushed").expect("the test waits");
+        });
+        tasks.spawn("buggy", async {
+            tokio::task::yield_now().await;
+            panic!("boom");
+        });
+        tasks.close();
+        tasks.wait().await;
+        assert!(stop.is_cancelled(), "a panic stops the gateway");
+        assert_eq!(finished_rx.await, Ok("flushed"), "the other tasks finish their work");
+        assert_eq!(tasks.panicked(), ["buggy"]);
+    }
+
+    #[tokio::test]
+    async fn tasks_that_end_normally_stop_nothing() {
+        let stop = CancellationToken::new();
+        let tasks = Tasks::new(stop.clone());
+        tasks.spawn("quick", async {});
+        tasks.close();
+        tasks.wait().await;
+        assert!(!stop.is_cancelled());
+        assert!(tasks.panicked().is_empty());
+    }
 }

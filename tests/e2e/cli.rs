@@ -48,21 +48,41 @@ fn check_refuses_a_bad_config_with_file_line_column_and_field() -> Result<()> {
     Ok(())
 }
 
+/// `BAD_CONFIG` with its sink on a NATS broker: valid.
+fn good_config() -> String {
+    BAD_CONFIG
+        .replace("[brokers.plant]", "[brokers.central]\nurl = \"nats://127.0.0.1:4222\"\n\n[brokers.plant]")
+        .replace("broker = \"plant\"\nsubject", "broker = \"central\"\nsubject")
+}
+
 #[test]
 fn check_accepts_a_good_config_and_summarises_it() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("weir.toml");
-    std::fs::write(
-        &path,
-        BAD_CONFIG
-            .replace("[brokers.plant]", "[brokers.central]\nurl = \"nats://127.0.0.1:4222\"\n\n[brokers.plant]")
-            .replace("broker = \"plant\"\nsubject", "broker = \"central\"\nsubject"),
-    )?;
+    std::fs::write(&path, good_config())?;
     let output = weir(&["check", "--config", path.to_str().expect("UTF-8 path")])?;
     let stdout = String::from_utf8(output.stdout)?;
     assert!(output.status.success(), "{stdout} {}", String::from_utf8_lossy(&output.stderr));
     assert!(stdout.contains(": ok — gateway gw-1, 1 pipeline(s), 0 function(s)"), "{stdout}");
     assert!(stdout.contains("boiler: [] → jetstream"), "{stdout}");
+    Ok(())
+}
+
+#[test]
+fn check_refuses_a_duration_that_would_overflow_with_file_line_and_field() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("weir.toml");
+    // 500 billion years fits a `Duration` but not a deadline: accepted, it panicked the gateway
+    // at its first message.
+    std::fs::write(&path, good_config() + "\n[pipelines.boiler.batch]\nlinger = \"500000000000years\"\n")?;
+    let output = weir(&["check", "--config", path.to_str().expect("UTF-8 path")])?;
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8(output.stderr)?;
+    let expected = format!(
+        "error: {}:24:10: field `pipelines.boiler.batch.linger`: duration \"500000000000years\" is out of range: use 0s to 1h\n   |\n24 | linger = \"500000000000years\"\n   |          ^^^^^^^^^^^^^^^^^^^\n",
+        path.display()
+    );
+    assert_eq!(stderr, expected);
     Ok(())
 }
 
