@@ -8,7 +8,10 @@
 //! Function updates: on SIGHUP the gateway reads every function's component file again; a file
 //! whose bytes changed is compiled, checked against its world and staged in every use of the
 //! function, which takes it up at its next call with its state (hot swap, see
-//! `sandbox::UseHandle`). A file that does not load leaves the running version in place.
+//! `sandbox::UseHandle`). A file that does not load leaves the running version in place. A
+//! SIGHUP that arrives while the gateway starts (its handler is installed first thing, see
+//! `shutdown`) is kept, and acted on once the pipelines run: the files are read again then, so a
+//! component replaced during the start is not missed. Several count as one.
 //!
 //! A task that panics stops the gateway in order and makes [`run`] fail
 //! ([`GatewayError::Panicked`]), so the process exits non-zero and a supervisor restarts it.
@@ -25,7 +28,7 @@ use crate::decode::{self, Decode};
 use crate::operator::{Chain, Operator};
 use crate::pipeline::{self, PipelineParts, Shared};
 use crate::sandbox::{CompiledFunction, Sandbox, SandboxError, SandboxOptions, StateLimits, UseHandle};
-use crate::shutdown::Tasks;
+use crate::shutdown::{Hangups, Tasks};
 use crate::state::stats::FunctionStatus;
 use crate::state::{self, OutboxLimits, StateStore, StoreError, StoreOptions};
 use crate::window::WindowAccumulator;
@@ -50,8 +53,9 @@ pub enum GatewayError {
     Panicked(Vec<String>),
 }
 
-/// Runs the gateway until `shutdown` is cancelled and everything has stopped.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), GatewayError> {
+/// Runs the gateway until `shutdown` is cancelled and everything has stopped; `hangups` ask for
+/// the functions to be read again (see the module docs).
+pub async fn run(config: Config, shutdown: CancellationToken, hangups: Hangups) -> Result<(), GatewayError> {
     let data_dir = config.gateway.data_dir.clone();
     let outboxes = config
         .pipelines
@@ -134,6 +138,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
             config.functions.clone(),
             running,
             Arc::clone(&functions),
+            hangups,
             shutdown.clone(),
         ),
     );
@@ -192,35 +197,23 @@ async fn reload_on_hangup(
     functions: BTreeMap<FunctionId, FunctionConfig>,
     mut running: BTreeMap<FunctionId, [u8; 32]>,
     uses: Arc<Vec<UseHandle>>,
+    mut hangups: Hangups,
     shutdown: CancellationToken,
 ) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!(stage = "sandbox", "cannot listen for SIGHUP; function updates need a restart");
-            return;
-        };
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                received = hangups.recv() => if received.is_none() { return },
-            }
-            tracing::info!(stage = "sandbox", "SIGHUP: reading the function components again");
-            let (sandbox, functions, uses, before) =
-                (Arc::clone(&sandbox), functions.clone(), Arc::clone(&uses), running.clone());
-            let reloaded =
-                tokio::task::spawn_blocking(move || stage_changed_functions(&sandbox, &functions, &uses, before));
-            match reloaded.await {
-                Ok(now_running) => running = now_running,
-                Err(e) => tracing::error!(stage = "sandbox", error = %e, "reloading the functions panicked"),
-            }
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = hangups.recv() => if received.is_none() { return },
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (sandbox, functions, &mut running, uses);
-        shutdown.cancelled().await;
+        tracing::info!(stage = "sandbox", "SIGHUP: reading the function components again");
+        let (sandbox, functions, uses, before) =
+            (Arc::clone(&sandbox), functions.clone(), Arc::clone(&uses), running.clone());
+        let reloaded =
+            tokio::task::spawn_blocking(move || stage_changed_functions(&sandbox, &functions, &uses, before));
+        match reloaded.await {
+            Ok(now_running) => running = now_running,
+            Err(e) => tracing::error!(stage = "sandbox", error = %e, "reloading the functions panicked"),
+        }
     }
 }
 

@@ -1,5 +1,11 @@
 //! Shutdown: the root of the cancellation tree, cancelled by SIGINT or SIGTERM.
 //!
+//! `weir run` installs its signal handlers ([`Signals::install`]) before it does anything else —
+//! before reading the configuration or compiling functions — so no signal meant for it takes
+//! the default action (which for SIGHUP is to terminate) while it starts. A stop signal received
+//! during the start is acted on as soon as the gateway runs; a SIGHUP is kept and handled once
+//! the functions are loaded (see `gateway`).
+//!
 //! Order (each pipeline, see `pipeline::spawn`): sources stop reading → the batcher flushes →
 //! the processor commits and acknowledges its last batch → source connections close → sinks
 //! finish in-flight publishes → the committer finishes its last commit and the database closes.
@@ -20,19 +26,20 @@ use tokio_util::task::TaskTracker;
 /// Exit status after a second signal cut the orderly stop short.
 pub const ABORTED: i32 = 130;
 
-/// Drives `work` to completion. The first SIGINT/SIGTERM cancels `token` (work is expected to
-/// wind down); a second one exits the process at once.
-pub async fn run_until_signalled<F: Future>(work: F, token: CancellationToken) -> F::Output {
+/// Drives `work` to completion. The first SIGINT/SIGTERM (also one received before this is
+/// called, once `signals` were installed) cancels `token` (work is expected to wind down); a
+/// second one exits the process at once.
+pub async fn run_until_signalled<F: Future>(work: F, token: CancellationToken, mut signals: StopSignals) -> F::Output {
     tokio::pin!(work);
     tokio::select! {
         output = &mut work => return output,
-        () = signalled() => {}
+        () = signals.recv() => {}
     }
     tracing::info!(stage = "shutdown", "stopping: finishing in-flight work (signal again to abort)");
     token.cancel();
     tokio::select! {
         output = &mut work => output,
-        () = signalled() => {
+        () = signals.recv() => {
             tracing::warn!(stage = "shutdown", "second signal: exiting now; unacknowledged input will be redelivered");
             std::process::exit(ABORTED);
         }
@@ -117,19 +124,81 @@ pub fn panic_message(payload: &(dyn Any + Send)) -> &str {
         .unwrap_or("(no message)")
 }
 
-async fn signalled() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        if let Ok(mut terminate) = signal(SignalKind::terminate()) {
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = terminate.recv() => {}
-            }
-            return;
+/// The signals `weir run` answers. Each is listened for from the moment [`Signals::install`]
+/// returns, which `weir run` calls before anything else: a signal that arrives before anything
+/// waits for it is kept (several of one kind count as one) until something does, instead of
+/// killing the process with the default action.
+#[derive(Debug)]
+pub struct Signals {
+    /// SIGINT and SIGTERM: stop.
+    pub stop: StopSignals,
+    /// SIGHUP: read the function components again.
+    pub hangups: Hangups,
+}
+
+impl Signals {
+    /// Starts listening; must run inside the tokio runtime.
+    pub fn install() -> std::io::Result<Self> {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let hangups = Hangups { signal: signal(SignalKind::hangup())? };
+            let interrupt = signal(SignalKind::interrupt())?;
+            let terminate = signal(SignalKind::terminate())?;
+            Ok(Self { stop: StopSignals { interrupt, terminate }, hangups })
+        }
+        #[cfg(not(unix))]
+        {
+            Ok(Self { stop: StopSignals {}, hangups: Hangups {} })
         }
     }
-    let _ = tokio::signal::ctrl_c().await;
+}
+
+/// SIGINT and SIGTERM (Ctrl-C elsewhere).
+#[derive(Debug)]
+pub struct StopSignals {
+    #[cfg(unix)]
+    interrupt: tokio::signal::unix::Signal,
+    #[cfg(unix)]
+    terminate: tokio::signal::unix::Signal,
+}
+
+impl StopSignals {
+    /// Waits for the next SIGINT or SIGTERM (at once if one came since the last wait).
+    async fn recv(&mut self) {
+        #[cfg(unix)]
+        tokio::select! {
+            Some(()) = self.interrupt.recv() => {}
+            Some(()) = self.terminate.recv() => {}
+            else => std::future::pending().await,
+        }
+        #[cfg(not(unix))]
+        if tokio::signal::ctrl_c().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// SIGHUP (never, where there is none).
+#[derive(Debug)]
+pub struct Hangups {
+    #[cfg(unix)]
+    signal: tokio::signal::unix::Signal,
+}
+
+impl Hangups {
+    /// Waits for the next SIGHUP: at once if one came since the last wait (or since
+    /// [`Signals::install`]). `None`: none will come any more.
+    pub async fn recv(&mut self) -> Option<()> {
+        #[cfg(unix)]
+        {
+            self.signal.recv().await
+        }
+        #[cfg(not(unix))]
+        {
+            std::future::pending().await
+        }
+    }
 }
 
 #[cfg(test)]
