@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-pub use error::{ConfigError, Problem};
+pub use error::{ConfigError, Problem, redact_credentials};
 pub use raw::{
     Durability, Encoding, NumberEncoding, OnQuarantine, SimulatedPayload, SimulatedSensor, TimeUnit, WhenFull,
 };

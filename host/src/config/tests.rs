@@ -261,6 +261,32 @@ fn refuses_tls_urls_for_now_saying_so() {
 }
 
 #[test]
+fn refuses_credentials_in_broker_urls_without_printing_the_password() {
+    let with_password =
+        invalid(&valid_but("url = \"mqtt://10.0.0.5:1883\"", "url = \"mqtt://gw07:s3cr%t@p4ss@10.0.0.5:1883\""));
+    assert!(!with_password.contains("s3cr") && !with_password.contains("p4ss"), "{with_password}");
+    let with_token =
+        invalid(&valid_but("url = \"nats://central.example:4222\"", "url = \"nats://T0KEN@central.example:4222\""));
+    assert!(!with_token.contains("T0KEN"), "{with_token}");
+    insta::assert_snapshot!(format!("{with_password}\n{with_token}"));
+}
+
+#[test]
+fn credentials_are_hidden_wherever_a_refusal_quotes_a_url() {
+    assert_eq!(
+        redact_credentials("url = \"mqtt://u:p@h:1\" # nats://tok@x"),
+        "url = \"mqtt://u:***@h:1\" # nats://***@x"
+    );
+    assert_eq!(redact_credentials("mqtt://host:1883 and no credentials"), "mqtt://host:1883 and no credentials");
+    let problem = Problem::at("url = \"mqtt://u:longpassword@h\"\n", Some(6..31), "brokers.b.url", "refused");
+    let rendered = ConfigError::Invalid { file: "f".into(), problems: vec![problem] }.to_string();
+    assert_eq!(
+        rendered,
+        "error: f:1:7: field `brokers.b.url`: refused\n  |\n1 | url = \"mqtt://u:***@h\"\n  |       ^^^^^^^^^^^^^^^^\n"
+    );
+}
+
+#[test]
 fn refuses_outbox_settings_that_cannot_work() {
     insta::assert_snapshot!(invalid(&valid_but("max_bytes = \"16MiB\"", "max_bytes = \"16KiB\"")));
     insta::assert_snapshot!(invalid(&valid_but("when_full = \"drop_oldest\"", "when_full = \"drop_newest\"")));

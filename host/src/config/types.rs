@@ -9,6 +9,8 @@ use std::time::Duration;
 use serde::Deserialize;
 use serde::de::{self, Deserializer, Visitor};
 
+use super::redact_credentials;
+
 /// Longest identifier accepted (names, function ids, gateway id).
 const MAX_IDENT_LEN: usize = 64;
 
@@ -131,30 +133,41 @@ impl TryFrom<String> for BrokerUrl {
     type Error = String;
 
     fn try_from(url: String) -> Result<Self, String> {
+        // Every message shows the URL with any password hidden.
+        let shown = redact_credentials(&url);
         let (scheme, rest) = url
             .split_once("://")
-            .ok_or_else(|| format!("broker url {url:?} has no scheme: write mqtt://host:port or nats://host:port"))?;
+            .ok_or_else(|| format!("broker url {shown:?} has no scheme: write mqtt://host:port or nats://host:port"))?;
         let (protocol, default_port) = match scheme {
             "mqtt" | "tcp" => (Protocol::Mqtt, 1883),
             "nats" => (Protocol::Nats, 4222),
             "mqtts" | "ssl" | "tls" => {
                 return Err(format!(
-                    "broker url {url:?}: TLS connections are not supported by this version of weir; \
+                    "broker url {shown:?}: TLS connections are not supported by this version of weir; \
                      use mqtt:// or nats:// (for example through a local TLS tunnel)"
                 ));
             }
             other => {
-                return Err(format!("broker url {url:?}: unknown scheme {other:?}, expected mqtt or nats"));
+                return Err(format!("broker url {shown:?}: unknown scheme {other:?}, expected mqtt or nats"));
             }
         };
-        if rest.contains(['/', '@', '?']) {
+        if let Some((userinfo, _)) = rest.rsplit_once('@') {
+            let username = match userinfo.split_once(':') {
+                Some((user, _)) => format!("username = {user:?}"),
+                None => "username".to_owned(),
+            };
             return Err(format!(
-                "broker url {url:?}: only scheme://host[:port] is accepted (credentials go in username / password_file)"
+                "broker url {shown:?}: credentials do not go in the url; write `{username}` and \
+                 `password_file = \"<file holding the password>\"` in this broker's table"
             ));
         }
+        if rest.contains(['/', '?']) {
+            return Err(format!("broker url {shown:?}: only scheme://host[:port] is accepted"));
+        }
         let (host, port) = if let Some(bracketed) = rest.strip_prefix('[') {
-            let (host, after) =
-                bracketed.split_once(']').ok_or_else(|| format!("broker url {url:?}: unclosed `[` in IPv6 address"))?;
+            let (host, after) = bracketed
+                .split_once(']')
+                .ok_or_else(|| format!("broker url {shown:?}: unclosed `[` in IPv6 address"))?;
             (host, after.strip_prefix(':'))
         } else {
             match rest.rsplit_once(':') {
@@ -163,16 +176,16 @@ impl TryFrom<String> for BrokerUrl {
             }
         };
         if host.is_empty() {
-            return Err(format!("broker url {url:?} has no host"));
+            return Err(format!("broker url {shown:?} has no host"));
         }
         let port = match port {
             Some(port) => {
-                port.parse().map_err(|_| format!("broker url {url:?}: port {port:?} is not a number 1-65535"))?
+                port.parse().map_err(|_| format!("broker url {shown:?}: port {port:?} is not a number 1-65535"))?
             }
             None => default_port,
         };
         if port == 0 {
-            return Err(format!("broker url {url:?}: port 0 is not usable"));
+            return Err(format!("broker url {shown:?}: port 0 is not usable"));
         }
         Ok(Self { protocol, host: host.to_owned(), port })
     }
