@@ -8,7 +8,13 @@
 //! Function updates: on SIGHUP the gateway reads every function's component file again; a file
 //! whose bytes changed is compiled, checked against its world and staged in every use of the
 //! function, which takes it up at its next call with its state (hot swap, see
-//! `sandbox::UseHandle`). A file that does not load leaves the running version in place.
+//! `sandbox::UseHandle`). A file that does not load leaves the running version in place. A
+//! SIGHUP that arrives while the gateway starts (its handler is installed first thing, see
+//! `shutdown`) is kept, and acted on once the pipelines run: the files are read again then, so a
+//! component replaced during the start is not missed. Several count as one.
+//!
+//! A task that panics stops the gateway in order and makes [`run`] fail
+//! ([`GatewayError::Panicked`]), so the process exits non-zero and a supervisor restarts it.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -16,13 +22,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::config::{Config, DecodeConfig, FunctionConfig, FunctionId, OnQuarantine, PipelineConfig};
 use crate::decode::{self, Decode};
 use crate::operator::{Chain, Operator};
 use crate::pipeline::{self, PipelineParts, Shared};
 use crate::sandbox::{CompiledFunction, Sandbox, SandboxError, SandboxOptions, StateLimits, UseHandle};
+use crate::shutdown::{Hangups, Tasks};
 use crate::state::stats::FunctionStatus;
 use crate::state::{self, OutboxLimits, StateStore, StoreError, StoreOptions};
 use crate::window::WindowAccumulator;
@@ -42,10 +48,14 @@ pub enum GatewayError {
     /// Every pipeline failed to start.
     #[error("no pipeline could start:\n  {}", .0.join("\n  "))]
     NoPipeline(Vec<String>),
+    /// A task panicked (a bug in weir); the gateway stopped in order.
+    #[error("stopped because a task panicked (a bug in weir; the panic is in the log): {}", .0.join(", "))]
+    Panicked(Vec<String>),
 }
 
-/// Runs the gateway until `shutdown` is cancelled and everything has stopped.
-pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), GatewayError> {
+/// Runs the gateway until `shutdown` is cancelled and everything has stopped; `hangups` ask for
+/// the functions to be read again (see the module docs).
+pub async fn run(config: Config, shutdown: CancellationToken, hangups: Hangups) -> Result<(), GatewayError> {
     let data_dir = config.gateway.data_dir.clone();
     let outboxes = config
         .pipelines
@@ -85,7 +95,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
     .expect("building pipelines does not panic");
 
     let shared = Shared { gateway: config.gateway.id.to_string(), store: store.clone(), committer };
-    let tracker = TaskTracker::new();
+    let tasks = Tasks::new(shutdown.clone());
     let mut failures = Vec::new();
     let mut functions: Vec<UseHandle> = Vec::new();
     for result in built {
@@ -99,7 +109,7 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
                     parts.chain.names().join(", "),
                     parts.config.sink.kind()
                 );
-                match pipeline::spawn(parts, &shared, &shutdown, &tracker) {
+                match pipeline::spawn(parts, &shared, &shutdown, &tasks) {
                     Ok(()) => tracing::info!(stage = "pipeline", pipeline = %name, flow = %summary, "pipeline running"),
                     Err(e) => failures.push(format!("{name}: {e}")),
                 }
@@ -110,24 +120,34 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
     for failure in &failures {
         tracing::error!(stage = "pipeline", "pipeline not started: {failure}");
     }
-    tracker.close();
-    if tracker.is_empty() {
+    tasks.close();
+    if tasks.is_empty() {
         drop(shared);
         return Err(GatewayError::NoPipeline(failures));
     }
     let functions = Arc::new(functions);
-    let snapshots =
-        tokio::spawn(write_stats_snapshots(store.clone(), data_dir.clone(), Arc::clone(&functions), shutdown.clone()));
-    let reloads = tokio::spawn(reload_on_hangup(
-        Arc::clone(&sandbox),
-        config.functions.clone(),
-        running,
-        Arc::clone(&functions),
-        shutdown.clone(),
-    ));
-    tracker.wait().await;
-    snapshots.abort();
-    reloads.abort();
+    // The pipelines' companions run until shutdown, watched for panics like the pipelines.
+    let companions = Tasks::sharing_panics(&tasks);
+    companions.spawn(
+        "stats snapshots",
+        write_stats_snapshots(store.clone(), data_dir.clone(), Arc::clone(&functions), shutdown.clone()),
+    );
+    companions.spawn(
+        "function reloads",
+        reload_on_hangup(
+            Arc::clone(&sandbox),
+            config.functions.clone(),
+            running,
+            Arc::clone(&functions),
+            hangups,
+            shutdown.clone(),
+        ),
+    );
+    companions.close();
+    tasks.wait().await;
+    // Every pipeline has ended (also when they ended on their own): stop the companions.
+    shutdown.cancel();
+    companions.wait().await;
 
     // Every pipeline is done: the last commits are in, and the last snapshot shows them.
     write_stats_snapshot(&store, &data_dir, &functions);
@@ -135,6 +155,11 @@ pub async fn run(config: Config, shutdown: CancellationToken) -> Result<(), Gate
     drop(shared);
     drop(sandbox);
     let _ = tokio::task::spawn_blocking(move || committer_thread.join()).await;
+    let panicked = tasks.panicked();
+    if !panicked.is_empty() {
+        tracing::error!(stage = "shutdown", tasks = %panicked.join(", "), "stopped after a panic");
+        return Err(GatewayError::Panicked(panicked));
+    }
     tracing::info!(stage = "shutdown", "stopped");
     Ok(())
 }
@@ -173,35 +198,23 @@ async fn reload_on_hangup(
     functions: BTreeMap<FunctionId, FunctionConfig>,
     mut running: BTreeMap<FunctionId, [u8; 32]>,
     uses: Arc<Vec<UseHandle>>,
+    mut hangups: Hangups,
     shutdown: CancellationToken,
 ) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        let Ok(mut hangups) = signal(SignalKind::hangup()) else {
-            tracing::warn!(stage = "sandbox", "cannot listen for SIGHUP; function updates need a restart");
-            return;
-        };
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                received = hangups.recv() => if received.is_none() { return },
-            }
-            tracing::info!(stage = "sandbox", "SIGHUP: reading the function components again");
-            let (sandbox, functions, uses, before) =
-                (Arc::clone(&sandbox), functions.clone(), Arc::clone(&uses), running.clone());
-            let reloaded =
-                tokio::task::spawn_blocking(move || stage_changed_functions(&sandbox, &functions, &uses, before));
-            match reloaded.await {
-                Ok(now_running) => running = now_running,
-                Err(e) => tracing::error!(stage = "sandbox", error = %e, "reloading the functions panicked"),
-            }
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = hangups.recv() => if received.is_none() { return },
         }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = (sandbox, functions, &mut running, uses);
-        shutdown.cancelled().await;
+        tracing::info!(stage = "sandbox", "SIGHUP: reading the function components again");
+        let (sandbox, functions, uses, before) =
+            (Arc::clone(&sandbox), functions.clone(), Arc::clone(&uses), running.clone());
+        let reloaded =
+            tokio::task::spawn_blocking(move || stage_changed_functions(&sandbox, &functions, &uses, before));
+        match reloaded.await {
+            Ok(now_running) => running = now_running,
+            Err(e) => tracing::error!(stage = "sandbox", error = %e, "reloading the functions panicked"),
+        }
     }
 }
 

@@ -226,17 +226,24 @@ fn load(path: Option<&PathBuf>, overrides: &Overrides) -> Result<Config, ExitCod
 }
 
 fn run(path: Option<&PathBuf>, overrides: &Overrides) -> anyhow::Result<ExitCode> {
+    // Signal handlers first: a SIGHUP (`systemctl reload`) or SIGTERM that arrives while the
+    // configuration loads or the functions compile must not take the default action.
+    let runtime =
+        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
+    let signals = {
+        let _inside = runtime.enter();
+        shutdown::Signals::install().context("cannot listen for signals")?
+    };
     let config = match load(path, overrides) {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
-    let runtime =
-        tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     runtime.block_on(async {
         tracing::info!(stage = "gateway", gateway = %config.gateway.id, pipelines = config.pipelines.len(),
             data_dir = %config.gateway.data_dir.display(), version = env!("CARGO_PKG_VERSION"), "weir starting");
         let token = tokio_util::sync::CancellationToken::new();
-        shutdown::run_until_signalled(gateway::run(config, token.clone()), token).await
+        let gateway = gateway::run(config, token.clone(), signals.hangups);
+        shutdown::run_until_signalled(gateway, token, signals.stop).await
     })?;
     Ok(ExitCode::SUCCESS)
 }

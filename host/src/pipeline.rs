@@ -32,7 +32,6 @@ use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::batch::{Batch, BatchBuilder, CallContext, Message, Nanos};
 use crate::config::{BatchConfig, Encoding, OnQuarantine, PipelineConfig};
@@ -40,6 +39,7 @@ use crate::decode::Decode;
 use crate::encode::{self, Record, RecordHeader};
 use crate::operator::Chain;
 use crate::sandbox::UseHandle;
+use crate::shutdown::Tasks;
 use crate::sink::{RecordLimit, Sink};
 use crate::source::{self, Delivery};
 use crate::state::{
@@ -91,14 +91,15 @@ pub struct Shared {
     pub committer: Committer,
 }
 
-/// Starts a pipeline's tasks on `tracker`. They run until `shutdown` is cancelled, then stop in
+/// Starts a pipeline's tasks on `tasks`. They run until `shutdown` is cancelled, then stop in
 /// order: source intake, batcher (flushes), processor (commits, acknowledges), source connection,
-/// sink (in-flight publishes).
+/// sink (in-flight publishes). A task that panics stops the gateway (see [`Tasks`]); the others
+/// still stop in this order, as a panicking task drops its channel ends.
 pub fn spawn(
     parts: PipelineParts,
     shared: &Shared,
     shutdown: &CancellationToken,
-    tracker: &TaskTracker,
+    tasks: &Tasks,
 ) -> Result<(), StoreError> {
     let config = &parts.config;
     let name = config.name.to_string();
@@ -108,12 +109,12 @@ pub fn spawn(
 
     // source → deliveries
     let (delivery_tx, delivery_rx) = mpsc::channel::<Delivery>(config.batch.queue);
-    source::spawn(config, &shared.store, delivery_tx, intake.clone(), source_close.clone(), tracker);
+    source::spawn(config, &shared.store, delivery_tx, intake.clone(), source_close.clone(), tasks);
 
     // deliveries → batches of deliveries
     let (batch_tx, batch_rx) = mpsc::channel::<Vec<Delivery>>(1);
     let limits = BatchLimits::new(config.batch, source::ack_window(&config.source));
-    tracker.spawn(run_batcher(delivery_rx, batch_tx, limits));
+    tasks.spawn(format!("{name} batcher"), run_batcher(delivery_rx, batch_tx, limits));
 
     // batches (and window ticks) → decode → operators → window → encode → commit → acknowledge
     let (committed_tx, committed_rx) = watch::channel::<u64>(shared.store.last_seq(&name)?);
@@ -125,7 +126,8 @@ pub fn spawn(
     });
     let processor = Processor::new(parts, &shared.gateway, &shared.store, record_limit.clone())?;
     let done = [source_close, sink_stop.clone()];
-    tracker.spawn(run_processor(processor, batch_rx, shared.committer.clone(), committed_tx, intake.clone(), done));
+    let processing = run_processor(processor, batch_rx, shared.committer.clone(), committed_tx, intake.clone(), done);
+    tasks.spawn(format!("{name} processor"), processing);
 
     // outbox → sink
     let sink = Sink {
@@ -137,7 +139,7 @@ pub fn spawn(
         committer: shared.committer.clone(),
         record_limit,
     };
-    tracker.spawn(sink.run(committed_rx, sink_stop));
+    tasks.spawn(format!("{} sink", sink.stream), sink.run(committed_rx, sink_stop));
     Ok(())
 }
 
@@ -464,6 +466,7 @@ async fn run_processor(
     });
     let mut processor = Some(processor);
     let mut awaiting = AwaitingDurability::new(&committer);
+    let mut panicked = None;
     loop {
         let deliveries = tokio::select! {
             batch = batches.recv() => match batch {
@@ -506,6 +509,7 @@ async fn run_processor(
             Err(e) => {
                 // A bug in host code (a panic): the deliveries stay unacknowledged and are redelivered.
                 tracing::error!(stage = "pipeline", pipeline = %pipeline, error = %e, "processing a batch panicked; the pipeline stops");
+                panicked = e.try_into_panic().ok();
                 break;
             }
         };
@@ -557,6 +561,11 @@ async fn run_processor(
     let _ = tokio::task::spawn_blocking(move || drop(processor)).await;
     for token in done {
         token.cancel();
+    }
+    // The rest of the pipeline is told to stop; now the panic reaches `Tasks`, which stops the
+    // gateway.
+    if let Some(payload) = panicked {
+        std::panic::resume_unwind(payload);
     }
 }
 

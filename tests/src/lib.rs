@@ -317,6 +317,16 @@ impl Weir {
         Ok(())
     }
 
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// The exit code, if the process has exited (-1 when a signal ended it).
+    pub fn exit_code(&mut self) -> Result<Option<i32>> {
+        Ok(self.child.try_wait()?.map(|status| status.code().unwrap_or(-1)))
+    }
+
     /// Sends signal `name` (`HUP`, say) to the process.
     pub fn signal(&self, name: &str) -> Result<()> {
         let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status()?;

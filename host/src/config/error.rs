@@ -1,6 +1,10 @@
 //! Configuration errors that point at the file, line, column and field, with the offending line
 //! quoted — the way compilers report errors, because operators fix configs the same way.
+//!
+//! Nothing secret is printed: credentials written into a URL (`mqtt://user:password@host`) are
+//! hidden in the message and in the quoted line ([`redact_credentials`]).
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
@@ -23,19 +27,52 @@ pub struct Problem {
 impl Problem {
     /// A problem located by a byte span of `text` (None when the span is unknown or empty).
     pub fn at(text: &str, span: Option<Range<usize>>, field: impl Into<String>, message: impl Into<String>) -> Self {
-        let mut problem = Self { field: field.into(), line: 0, column: 0, message: message.into(), excerpt: None };
+        let message = redact_credentials(&message.into()).into_owned();
+        let mut problem = Self { field: field.into(), line: 0, column: 0, message, excerpt: None };
         // A zero-width span (an error at a position, like an unclosed bracket) still has a place.
         if let Some(span) = span.filter(|s| s.start <= s.end && s.start < text.len().max(1)) {
             let span = span.start.min(text.len())..span.end.min(text.len());
             let line_start = text[..span.start].rfind('\n').map_or(0, |i| i + 1);
             let line_end = text[span.start..].find('\n').map_or(text.len(), |i| span.start + i);
             problem.line = text[..span.start].matches('\n').count() + 1;
-            problem.column = text[line_start..span.start].chars().count() + 1;
-            let width = text[span.start..span.end.min(line_end)].chars().count().max(1);
-            problem.excerpt = Some((text[line_start..line_end].trim_end_matches('\r').to_owned(), width));
+            // Redacted piece by piece, so that column and underline still fit the quoted line.
+            let before = redact_credentials(&text[line_start..span.start]);
+            let marked = redact_credentials(&text[span.start..span.end.min(line_end)]);
+            let after = redact_credentials(&text[span.end.min(line_end)..line_end]);
+            problem.column = before.chars().count() + 1;
+            let width = marked.chars().count().max(1);
+            let line = format!("{before}{marked}{after}");
+            problem.excerpt = Some((line.trim_end_matches('\r').to_owned(), width));
         }
         problem
     }
+}
+
+/// `text` with the credentials of every `scheme://user:password@host` in it hidden: the password
+/// (or the whole user part when it has no `:`, as a token would) becomes `***`. Applied to
+/// everything a refusal prints, since the quoted line may hold a broker URL.
+pub fn redact_credentials(text: &str) -> Cow<'_, str> {
+    if !text.contains("://") {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(start) = rest.find("://") {
+        let (before, after) = rest.split_at(start + 3);
+        out.push_str(before);
+        let end = after.find(|c: char| c.is_whitespace() || c == '"' || c == '\'').unwrap_or(after.len());
+        let (token, tail) = after.split_at(end);
+        match token.rsplit_once('@') {
+            Some((userinfo, host)) => match userinfo.split_once(':') {
+                Some((user, _)) => out.push_str(&format!("{user}:***@{host}")),
+                None => out.push_str(&format!("***@{host}")),
+            },
+            None => out.push_str(token),
+        }
+        rest = tail;
+    }
+    out.push_str(rest);
+    Cow::Owned(out)
 }
 
 /// Why a configuration was refused.

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use toml::Spanned;
 
-pub use error::{ConfigError, Problem};
+pub use error::{ConfigError, Problem, redact_credentials};
 pub use raw::{
     Durability, Encoding, NumberEncoding, OnQuarantine, SimulatedPayload, SimulatedSensor, TimeUnit, WhenFull,
 };
@@ -473,13 +473,10 @@ mod defaults {
     /// A quiet series' held reading waits this long for the next one.
     pub const DOWNSAMPLE_IDLE: Duration = Duration::from_secs(60);
     pub const MEMORY: u64 = 32 * 1024 * 1024;
-    /// One WebAssembly page is 64 KiB; below 16 pages no Rust guest starts.
-    pub const MIN_MEMORY: u64 = 1024 * 1024;
     pub const TIMEOUT: Duration = Duration::from_millis(100);
     pub const TABLE_ELEMENTS: u32 = 100_000;
     /// A component is a handful of core instances (the module, adapters, shims).
     pub const INSTANCES: u32 = 32;
-    pub const MAX_INSTANCES: u32 = 1000;
     pub const STATE_WRITES: u64 = 8 * 1024 * 1024;
     pub const STATE_QUOTA: u64 = 16 * 1024 * 1024;
     pub const QUARANTINE_AFTER: u32 = 5;
@@ -488,9 +485,8 @@ mod defaults {
     pub const MAX_VALUE: u32 = 1024 * 1024;
     pub const DEAD_LETTERS: u64 = 10_000;
     pub const MAX_MESSAGE_SIZE: u64 = 4 * 1024 * 1024;
-    /// Bytes the dead letters may take by default, and at least.
+    /// Bytes the dead letters may take by default.
     pub const DEAD_LETTER_BYTES: u64 = 32 * 1024 * 1024;
-    pub const MIN_DEAD_LETTER_BYTES: u64 = 1024 * 1024;
     pub const KEEP_ALIVE: Duration = Duration::from_secs(30);
     pub const RECONNECT_MIN: Duration = Duration::from_millis(100);
     pub const RECONNECT_MAX: Duration = Duration::from_secs(30);
@@ -503,8 +499,6 @@ mod defaults {
     pub const ACK_TIMEOUT: Duration = Duration::from_secs(5);
     pub const SERIES_SHOWN: usize = 4;
     pub const OUTBOX_MAX_BYTES: u64 = 128 * 1024 * 1024;
-    /// Below this an outbox cannot hold a window of in-flight records and a coarsened one.
-    pub const OUTBOX_MIN_BYTES: u64 = 64 * 1024;
     pub const BACKLOG_RATE: u64 = 256 * 1024;
 }
 
@@ -564,20 +558,17 @@ impl Validator<'_> {
         };
         let state = StateConfig {
             durability: raw.state.durability.unwrap_or(Durability::Sync),
-            max_key: raw.state.max_key.map_or(defaults::MAX_KEY, |s| u32::try_from(s.0).unwrap_or(u32::MAX)),
-            max_value: raw.state.max_value.map_or(defaults::MAX_VALUE, |s| u32::try_from(s.0).unwrap_or(u32::MAX)),
-            dead_letter_capacity: raw.state.dead_letter_capacity.map_or(defaults::DEAD_LETTERS, |c| u64::from(c.0)),
+            max_key: raw.state.max_key.map_or(defaults::MAX_KEY, |s| u32::try_from(s.get()).expect("bounded to 64KiB")),
+            max_value: raw
+                .state
+                .max_value
+                .map_or(defaults::MAX_VALUE, |s| u32::try_from(s.get()).expect("bounded to 64MiB")),
+            dead_letter_capacity: raw.state.dead_letter_capacity.map_or(defaults::DEAD_LETTERS, types::CountIn::get),
             dead_letter_max_bytes: raw
                 .state
                 .dead_letter_max_bytes
-                .as_ref()
-                .map_or(defaults::DEAD_LETTER_BYTES, |s| s.get_ref().0),
+                .map_or(defaults::DEAD_LETTER_BYTES, types::SizeIn::get),
         };
-        if let Some(max_bytes) = &raw.state.dead_letter_max_bytes
-            && max_bytes.get_ref().0 < defaults::MIN_DEAD_LETTER_BYTES
-        {
-            self.problem(max_bytes, "state.dead_letter_max_bytes", "dead_letter_max_bytes must be at least 1MiB");
-        }
 
         let brokers: BTreeMap<Name, BrokerConfig> = raw
             .brokers
@@ -596,36 +587,20 @@ impl Validator<'_> {
                 );
             }
             let raw_function = function.get_ref();
+            // Each value was checked against its bounds when it was read (see `raw`).
             let limits = FunctionLimits {
-                memory_bytes: raw_function.memory.map_or(defaults::MEMORY, |m| m.0),
-                timeout: raw_function.timeout.unwrap_or(defaults::TIMEOUT),
-                fuel: raw_function.fuel,
-                table_elements: raw_function.table_elements.unwrap_or(defaults::TABLE_ELEMENTS),
-                instances: raw_function.instances.unwrap_or(defaults::INSTANCES),
-                state_write_bytes: raw_function.state_writes.map_or(defaults::STATE_WRITES, |s| s.0),
-                state_quota_bytes: raw_function.state_quota.map_or(defaults::STATE_QUOTA, |s| s.0),
+                memory_bytes: raw_function.memory.map_or(defaults::MEMORY, types::SizeIn::get),
+                timeout: raw_function.timeout.map_or(defaults::TIMEOUT, types::DurationIn::get),
+                fuel: raw_function.fuel.map(types::CountIn::get),
+                table_elements: raw_function.table_elements.map_or(defaults::TABLE_ELEMENTS, types::CountIn::as_u32),
+                instances: raw_function.instances.map_or(defaults::INSTANCES, types::CountIn::as_u32),
+                state_write_bytes: raw_function.state_writes.map_or(defaults::STATE_WRITES, types::SizeIn::get),
+                state_quota_bytes: raw_function.state_quota.map_or(defaults::STATE_QUOTA, types::SizeIn::get),
             };
             let quarantine = QuarantineConfig {
-                after: raw_function.quarantine_after.unwrap_or(defaults::QUARANTINE_AFTER),
-                first: raw_function.quarantine_for.unwrap_or(defaults::QUARANTINE_FOR),
+                after: raw_function.quarantine_after.map_or(defaults::QUARANTINE_AFTER, types::CountIn::as_u32),
+                first: raw_function.quarantine_for.map_or(defaults::QUARANTINE_FOR, types::DurationIn::get),
             };
-            let field = |name: &str| format!("functions.{id}.{name}");
-            let refusals = [
-                (limits.timeout.is_zero(), "timeout", "timeout must be longer than zero"),
-                (limits.memory_bytes < defaults::MIN_MEMORY, "memory", "memory must be at least 1MiB (16 pages)"),
-                (limits.fuel == Some(0), "fuel", "fuel must be more than zero (leave it out for no metering)"),
-                (limits.table_elements == 0, "table_elements", "table_elements must be more than zero"),
-                (limits.instances == 0, "instances", "instances must be more than zero"),
-                (limits.instances > defaults::MAX_INSTANCES, "instances", "instances must be at most 1000"),
-                (limits.state_quota_bytes == 0, "state_quota", "state_quota must be more than zero"),
-                (quarantine.after == 0, "quarantine_after", "quarantine_after must be at least 1"),
-                (quarantine.first.is_zero(), "quarantine_for", "quarantine_for must be longer than zero"),
-            ];
-            for (refused, name, reason) in refusals {
-                if refused {
-                    self.problem(&function, field(name), reason);
-                }
-            }
             functions.insert(id.clone(), FunctionConfig { id, component, limits, quarantine });
         }
 
@@ -679,15 +654,11 @@ impl Validator<'_> {
             },
         };
         let reconnect = Backoff {
-            min: broker.reconnect_min.unwrap_or(defaults::RECONNECT_MIN),
-            max: broker.reconnect_max.unwrap_or(defaults::RECONNECT_MAX),
+            min: broker.reconnect_min.map_or(defaults::RECONNECT_MIN, types::DurationIn::get),
+            max: broker.reconnect_max.map_or(defaults::RECONNECT_MAX, types::DurationIn::get),
         };
-        if reconnect.min.is_zero() || reconnect.min > reconnect.max {
-            self.problem(
-                raw,
-                format!("brokers.{name}"),
-                "reconnect_min must be above zero and not above reconnect_max",
-            );
+        if reconnect.min > reconnect.max {
+            self.problem(raw, format!("brokers.{name}"), "reconnect_min must not be above reconnect_max");
         }
         if broker.keep_alive.is_some() && broker.url.protocol != Protocol::Mqtt {
             self.problem(raw, format!("brokers.{name}.keep_alive"), "keep_alive applies to MQTT brokers only");
@@ -697,7 +668,7 @@ impl Validator<'_> {
             url: broker.url.clone(),
             username: broker.username.clone(),
             password,
-            keep_alive: broker.keep_alive.unwrap_or(defaults::KEEP_ALIVE),
+            keep_alive: broker.keep_alive.map_or(defaults::KEEP_ALIVE, types::DurationIn::get),
             reconnect,
         })
     }
@@ -763,7 +734,6 @@ impl Validator<'_> {
         functions: &BTreeMap<FunctionId, FunctionConfig>,
     ) -> Option<PipelineConfig> {
         let at = |field: &str| format!("pipelines.{name}.{field}");
-        let source_span = raw.source.span();
         let source = match raw.source.into_inner() {
             RawSource::Mqtt(mqtt) => {
                 let broker = self.broker_ref(&mqtt.broker, &at("source.mqtt.broker"), Protocol::Mqtt, brokers);
@@ -779,18 +749,8 @@ impl Validator<'_> {
                     self.problem(&mqtt.broker, at("source.mqtt.topics"), "subscribe to at least one topic");
                 }
                 let client_id = mqtt.client_id.unwrap_or_else(|| format!("weir-{gateway}-{name}"));
-                let max_inflight = mqtt.max_inflight.map_or(defaults::MQTT_INFLIGHT, types::PositiveCount::get);
-                let max_message_size =
-                    mqtt.max_message_size.as_ref().map_or(defaults::MAX_MESSAGE_SIZE, |size| size.get_ref().0);
-                if let Some(size) = &mqtt.max_message_size
-                    && !(1..=MQTT_MAX_PAYLOAD).contains(&size.get_ref().0)
-                {
-                    self.problem(
-                        size,
-                        at("source.mqtt.max_message_size"),
-                        format!("max_message_size must be between 1B and {MQTT_MAX_PAYLOAD}B (MQTT's largest packet)"),
-                    );
-                }
+                let max_inflight = mqtt.max_inflight.map_or(defaults::MQTT_INFLIGHT, types::CountIn::as_usize);
+                let max_message_size = mqtt.max_message_size.map_or(defaults::MAX_MESSAGE_SIZE, types::SizeIn::get);
                 broker.map(|broker| SourceConfig::Mqtt {
                     broker,
                     topics: mqtt.topics,
@@ -819,32 +779,21 @@ impl Validator<'_> {
                     SourceConfig::JetStream { broker, stream: js.stream, consumer: js.consumer, subjects: js.subjects }
                 })
             }
-            RawSource::Simulated(sim) => {
-                if sim.interval.is_zero() {
-                    let field = at("source.simulated.interval");
-                    self.problems.push(Problem::at(
-                        self.text,
-                        Some(source_span),
-                        field,
-                        "interval must be longer than zero",
-                    ));
-                }
-                Some(SourceConfig::Simulated(SimulatedConfig {
-                    payload: sim.payload,
-                    devices: sim.devices.0,
-                    interval: sim.interval,
-                    topic_prefix: sim.topic_prefix,
-                    seed: sim.seed,
-                    sensors: sim.sensors.filter(|s| !s.is_empty()).unwrap_or_else(|| {
-                        vec![
-                            SimulatedSensor::Temperature,
-                            SimulatedSensor::Humidity,
-                            SimulatedSensor::Pressure,
-                            SimulatedSensor::Vibration,
-                        ]
-                    }),
-                }))
-            }
+            RawSource::Simulated(sim) => Some(SourceConfig::Simulated(SimulatedConfig {
+                payload: sim.payload,
+                devices: sim.devices.as_u32(),
+                interval: sim.interval.get(),
+                topic_prefix: sim.topic_prefix,
+                seed: sim.seed,
+                sensors: sim.sensors.filter(|s| !s.is_empty()).unwrap_or_else(|| {
+                    vec![
+                        SimulatedSensor::Temperature,
+                        SimulatedSensor::Humidity,
+                        SimulatedSensor::Pressure,
+                        SimulatedSensor::Vibration,
+                    ]
+                }),
+            })),
         };
 
         let decode_span = raw.decode.span();
@@ -909,10 +858,10 @@ impl Validator<'_> {
         }
 
         let batch = BatchConfig {
-            max_messages: raw.batch.max_messages.map_or(defaults::MAX_MESSAGES, types::PositiveCount::get),
-            max_bytes: raw.batch.max_bytes.map_or(defaults::MAX_BYTES, |b| b.0),
-            linger: raw.batch.linger.unwrap_or(defaults::LINGER),
-            queue: raw.batch.queue.map_or(defaults::QUEUE, types::PositiveCount::get),
+            max_messages: raw.batch.max_messages.map_or(defaults::MAX_MESSAGES, types::CountIn::as_usize),
+            max_bytes: raw.batch.max_bytes.map_or(defaults::MAX_BYTES, types::SizeIn::get),
+            linger: raw.batch.linger.map_or(defaults::LINGER, types::DurationIn::get),
+            queue: raw.batch.queue.map_or(defaults::QUEUE, types::CountIn::as_usize),
         };
 
         let sink =
@@ -922,8 +871,8 @@ impl Validator<'_> {
                     .map(|broker| SinkConfig::JetStream {
                         broker,
                         subject: js.subject,
-                        max_in_flight: js.max_in_flight.map_or(defaults::MAX_IN_FLIGHT, types::PositiveCount::get),
-                        ack_timeout: js.ack_timeout.filter(|t| !t.is_zero()).unwrap_or(defaults::ACK_TIMEOUT),
+                        max_in_flight: js.max_in_flight.map_or(defaults::MAX_IN_FLIGHT, types::CountIn::as_usize),
+                        ack_timeout: js.ack_timeout.map_or(defaults::ACK_TIMEOUT, types::DurationIn::get),
                     }),
                 RawSink::Mqtt(mqtt) => self
                     .broker_ref(&mqtt.broker, &at("sink.mqtt.broker"), Protocol::Mqtt, brokers)
@@ -931,10 +880,10 @@ impl Validator<'_> {
                         broker,
                         topic: mqtt.topic,
                         client_id: mqtt.client_id.unwrap_or_else(|| format!("weir-{gateway}-{name}-out")),
-                        max_in_flight: mqtt.max_in_flight.map_or(defaults::MAX_IN_FLIGHT, types::PositiveCount::get),
+                        max_in_flight: mqtt.max_in_flight.map_or(defaults::MAX_IN_FLIGHT, types::CountIn::as_usize),
                     }),
                 RawSink::Console(console) => Some(SinkConfig::Console {
-                    series_shown: console.series_shown.map_or(defaults::SERIES_SHOWN, types::PositiveCount::get),
+                    series_shown: console.series_shown.map_or(defaults::SERIES_SHOWN, types::CountIn::as_usize),
                 }),
             };
 
@@ -996,6 +945,8 @@ impl Validator<'_> {
                 bound("max_error", downsample.max_error)?,
             );
             let lttb_fields = downsample.points.is_some() || downsample.window.is_some();
+            let points = downsample.points.map(types::CountIn::as_usize);
+            let lttb_window = downsample.window.map(types::DurationIn::get);
             match (downsample.method, absolute, relative, max_error) {
                 (raw::DownsampleMethodName::Deadband, Some(band), None, None) if !lttb_fields => {
                     Ok(DownsampleMethod::DeadbandAbsolute(band))
@@ -1015,18 +966,8 @@ impl Validator<'_> {
                     format!("{field}.method"),
                     "a swinging door needs `max_error` (and no `absolute`, `relative`, `points` or `window`)".to_owned(),
                 )),
-                (raw::DownsampleMethodName::Lttb, None, None, None) => match (downsample.points, downsample.window) {
-                    (Some(points), _) if points < 3 => Err((
-                        format!("{field}.points"),
-                        "`points` must be 3 or more: LTTB always keeps a window's first and last reading".to_owned(),
-                    )),
-                    (_, Some(window)) if window.is_zero() => {
-                        Err((format!("{field}.window"), "`window` must be longer than zero".to_owned()))
-                    }
-                    (Some(points), Some(window)) => Ok(DownsampleMethod::Lttb {
-                        points: points as usize,
-                        window: u64::try_from(window.as_nanos()).unwrap_or(u64::MAX),
-                    }),
+                (raw::DownsampleMethodName::Lttb, None, None, None) => match (points, lttb_window) {
+                    (Some(points), Some(window)) => Ok(DownsampleMethod::Lttb { points, window: nanos(window) }),
                     _ => Err((format!("{field}.method"), "LTTB needs `points` and `window`".to_owned())),
                 },
                 (raw::DownsampleMethodName::Lttb, _, _, _) => Err((
@@ -1042,14 +983,7 @@ impl Validator<'_> {
                 return None;
             }
         };
-        let idle_timeout = match downsample.idle_timeout {
-            Some(d) if d.is_zero() => {
-                self.problem(raw, format!("{field}.idle_timeout"), "`idle_timeout` must be longer than zero");
-                return None;
-            }
-            Some(d) => u64::try_from(d.as_nanos()).unwrap_or(u64::MAX),
-            None => defaults::DOWNSAMPLE_IDLE.as_nanos() as u64,
-        };
+        let idle_timeout = nanos(downsample.idle_timeout.map_or(defaults::DOWNSAMPLE_IDLE, types::DurationIn::get));
         Some(DownsampleConfig { method, idle_timeout })
     }
 
@@ -1061,20 +995,15 @@ impl Validator<'_> {
     ) -> Option<WindowConfig> {
         use weir_window::event_time::{WindowKind, WindowSpec};
         let window = raw.get_ref();
-        let nanos = |d: Duration| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX);
         let mut problems = Vec::new();
         let kind_name = match window.kind {
             raw::WindowKindName::Tumbling => "tumbling",
             raw::WindowKindName::Sliding => "sliding",
             raw::WindowKindName::Session => "session",
         };
-        let mut size = |name: &str, value: Option<Duration>, wanted: bool| -> u64 {
+        let mut size = |name: &str, value: Option<raw::WindowLength>, wanted: bool| -> u64 {
             match (value, wanted) {
-                (Some(d), true) if !d.is_zero() => nanos(d),
-                (Some(_), true) => {
-                    problems.push((format!("{field}.{name}"), format!("`{name}` must be longer than zero")));
-                    0
-                }
+                (Some(d), true) => nanos(d.get()),
                 (None, true) => {
                     problems.push((format!("{field}.{name}"), format!("{kind_name} windows need `{name}`")));
                     0
@@ -1125,19 +1054,12 @@ impl Validator<'_> {
         if failed {
             return None;
         }
-        let allowed_lateness = window.allowed_lateness.map_or(0, nanos);
+        let allowed_lateness = window.allowed_lateness.map_or(0, |d| nanos(d.get()));
         let length = match kind {
             WindowKind::Tumbling { width } | WindowKind::Sliding { width, .. } => width,
             WindowKind::Session { gap } => gap,
         };
-        let idle_timeout = match window.idle_timeout {
-            Some(d) if d.is_zero() => {
-                self.problem(raw, format!("{field}.idle_timeout"), "`idle_timeout` must be longer than zero");
-                return None;
-            }
-            Some(d) => nanos(d),
-            None => length.saturating_add(allowed_lateness),
-        };
+        let idle_timeout = window.idle_timeout.map_or(length.saturating_add(allowed_lateness), |d| nanos(d.get()));
         Some(WindowConfig {
             spec: WindowSpec { kind, allowed_lateness, idle_timeout, custom_aggregate: aggregate.is_some() },
             keep_readings: window.keep_readings,
@@ -1146,18 +1068,7 @@ impl Validator<'_> {
     }
 
     fn outbox(&mut self, raw: raw::RawOutbox, field: &str) -> OutboxConfig {
-        let max_bytes = match raw.max_bytes {
-            Some(size) if size.get_ref().0 < defaults::OUTBOX_MIN_BYTES => {
-                self.problem(
-                    &size,
-                    format!("{field}.max_bytes"),
-                    "an outbox needs at least 64KiB (a window of in-flight records and a coarsened one)",
-                );
-                defaults::OUTBOX_MAX_BYTES
-            }
-            Some(size) => size.get_ref().0,
-            None => defaults::OUTBOX_MAX_BYTES,
-        };
+        let max_bytes = raw.max_bytes.map_or(defaults::OUTBOX_MAX_BYTES, types::SizeIn::get);
         let drain = match (raw.drain.unwrap_or_default(), raw.backlog_rate) {
             (raw::DrainOrder::Fifo, None) => Drain::Fifo,
             (raw::DrainOrder::Fifo, Some(rate)) => {
@@ -1215,6 +1126,11 @@ impl Validator<'_> {
             unit_field: raw.unit_field,
         })
     }
+}
+
+/// A bounded duration in nanoseconds (every bound is far below the 584 years a u64 holds).
+fn nanos(duration: Duration) -> u64 {
+    u64::try_from(duration.as_nanos()).expect("configured durations are bounded far below 584 years")
 }
 
 fn params_to_json(params: &toml::Table) -> String {

@@ -9,15 +9,19 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use super::types::{
-    BrokerUrl, ByteRate, ByteSize, FunctionId, GatewayId, JsonPointer, MqttTopic, Name, NatsSubject, NatsSubjectFilter,
-    PositiveCount, TopicFilter,
+    BrokerUrl, ByteRate, CountIn, DAY, DurationIn, FunctionId, GIB, GatewayId, HOUR, JsonPointer, KIB, MIB, MINUTE,
+    MqttTopic, Name, NatsSubject, NatsSubjectFilter, SECOND, SizeIn, TIB, TopicFilter,
 };
+
+// Every duration, size and count has bounds (see docs/configuration.md, "Limits"): the upper ones
+// keep each use of the value (`Instant + Duration`, timers, allocation, doubling) far from
+// overflow and far above anything a deployment needs; the lower ones refuse zero where it means
+// nothing. A value outside is refused with its file, line, field and the range allowed.
 
 /// The whole file.
 #[derive(Debug, Deserialize)]
@@ -58,15 +62,15 @@ pub struct RawGateway {
 pub struct RawState {
     /// `durability = "sync"` — `sync` (fsync every commit) or `relaxed`.
     pub durability: Option<Durability>,
-    /// `max_key = "1KiB"` — longest state key a function may write.
-    pub max_key: Option<ByteSize>,
-    /// `max_value = "256KiB"` — longest state value a function may write.
-    pub max_value: Option<ByteSize>,
-    /// `dead_letter_capacity = 10000` — dead letters kept; the oldest go first.
-    pub dead_letter_capacity: Option<PositiveCount>,
+    /// `max_key = "1KiB"` — longest state key a function may write (1B to 64KiB).
+    pub max_key: Option<SizeIn<1, { 64 * KIB }>>,
+    /// `max_value = "256KiB"` — longest state value a function may write (1B to 64MiB).
+    pub max_value: Option<SizeIn<1, { 64 * MIB }>>,
+    /// `dead_letter_capacity = 10000` — dead letters kept; the oldest go first (1 to 10 000 000).
+    pub dead_letter_capacity: Option<CountIn<1, 10_000_000>>,
     /// `dead_letter_max_bytes = "32MiB"` — bytes the kept dead letters may take; the oldest go
-    /// first.
-    pub dead_letter_max_bytes: Option<Spanned<ByteSize>>,
+    /// first (1MiB to 64GiB).
+    pub dead_letter_max_bytes: Option<SizeIn<{ MIB }, { 64 * GIB }>>,
 }
 
 /// How a commit reaches the disk.
@@ -89,15 +93,12 @@ pub struct RawBroker {
     pub username: Option<String>,
     /// `password_file = "/etc/weir/plant.pass"` — read at start; keeps secrets out of this file.
     pub password_file: Option<Spanned<PathBuf>>,
-    /// `keep_alive = "30s"` (MQTT only)
-    #[serde(default, with = "humantime_serde::option")]
-    pub keep_alive: Option<Duration>,
-    /// `reconnect_min = "100ms"` — first delay after a lost connection.
-    #[serde(default, with = "humantime_serde::option")]
-    pub reconnect_min: Option<Duration>,
-    /// `reconnect_max = "30s"` — the delay doubles per failure up to this.
-    #[serde(default, with = "humantime_serde::option")]
-    pub reconnect_max: Option<Duration>,
+    /// `keep_alive = "30s"` (MQTT only; 1s to 65535s, the protocol's 16-bit field)
+    pub keep_alive: Option<DurationIn<SECOND, { 65_535 * SECOND }>>,
+    /// `reconnect_min = "100ms"` — first delay after a lost connection (1ms to 1h).
+    pub reconnect_min: Option<DurationIn<1, HOUR>>,
+    /// `reconnect_max = "30s"` — the delay doubles per failure up to this (1ms to 1h).
+    pub reconnect_max: Option<DurationIn<1, HOUR>>,
 }
 
 /// `[functions.<id>]`
@@ -106,30 +107,32 @@ pub struct RawBroker {
 pub struct RawFunction {
     /// `component = "threshold_alert.wasm"` — relative to `gateway.functions_dir`.
     pub component: Spanned<PathBuf>,
-    /// `memory = "32MiB"` — linear memory cap; growing beyond it traps.
-    pub memory: Option<ByteSize>,
-    /// `timeout = "100ms"` — wall time per call before it is interrupted.
-    #[serde(default, with = "humantime_serde::option")]
-    pub timeout: Option<Duration>,
-    /// `fuel = 50_000_000` — units of work (about one per WebAssembly instruction) per call;
-    /// unset: no fuel metering (the time limit still applies).
-    pub fuel: Option<u64>,
-    /// `table_elements = 100_000` — largest size of any table (function references).
-    pub table_elements: Option<u32>,
-    /// `instances = 32` — core module instances one instance of the component may create.
-    pub instances: Option<u32>,
+    /// `memory = "32MiB"` — linear memory cap; growing beyond it traps (1MiB, 16 pages, to
+    /// 4GiB, all a 32-bit WebAssembly memory can address).
+    pub memory: Option<SizeIn<MIB, { 4 * GIB }>>,
+    /// `timeout = "100ms"` — wall time per call before it is interrupted (1ms to 1m).
+    pub timeout: Option<DurationIn<1, MINUTE>>,
+    /// `fuel = 50_000_000` — units of work (about one per WebAssembly instruction) per call
+    /// (1 to 10¹²); unset: no fuel metering (the time limit still applies).
+    pub fuel: Option<CountIn<1, 1_000_000_000_000>>,
+    /// `table_elements = 100_000` — largest size of any table (function references; 1 to
+    /// 10 000 000).
+    pub table_elements: Option<CountIn<1, 10_000_000>>,
+    /// `instances = 32` — core module instances one instance of the component may create (1 to
+    /// 1000).
+    pub instances: Option<CountIn<1, 1000>>,
     /// `state_writes = "8MiB"` — bytes of state one instance may write between two commits
-    /// (keys and values); the call that goes beyond faults.
-    pub state_writes: Option<ByteSize>,
+    /// (keys and values); the call that goes beyond faults (0B to 1GiB).
+    pub state_writes: Option<SizeIn<0, GIB>>,
     /// `state_quota = "16MiB"` — bytes of state (keys and values) each use of the function may
-    /// keep; a write beyond it is refused with `quota-exceeded` (the call goes on).
-    pub state_quota: Option<ByteSize>,
-    /// `quarantine_after = 5` — consecutive faults after which the function is quarantined.
-    pub quarantine_after: Option<u32>,
+    /// keep; a write beyond it is refused with `quota-exceeded` (the call goes on; 1B to 1GiB).
+    pub state_quota: Option<SizeIn<1, GIB>>,
+    /// `quarantine_after = 5` — consecutive faults after which the function is quarantined (1 to
+    /// 10 000).
+    pub quarantine_after: Option<CountIn<1, 10_000>>,
     /// `quarantine_for = "1m"` — how long the first quarantine lasts; each further quarantine in
-    /// a row lasts twice as long, up to an hour.
-    #[serde(default, with = "humantime_serde::option")]
-    pub quarantine_for: Option<Duration>,
+    /// a row lasts twice as long, up to an hour (or this, if longer; 1ms to 24h).
+    pub quarantine_for: Option<DurationIn<1, DAY>>,
 }
 
 /// What a pipeline does while one of its functions is quarantined.
@@ -189,14 +192,15 @@ pub struct RawDownsample {
     pub relative: Option<f64>,
     /// `max_error = 0.1` — swinging door: the largest error of linear interpolation.
     pub max_error: Option<f64>,
-    /// `points = 20` — LTTB: readings kept per window (3 or more).
-    pub points: Option<u32>,
-    /// `window = "1m"` — LTTB: the tumbling event-time window each `points` are chosen from.
-    #[serde(default, with = "humantime_serde::option")]
-    pub window: Option<Duration>,
-    /// `idle_timeout = "1m"` — a series quiet this long has its held reading sent.
-    #[serde(default, with = "humantime_serde::option")]
-    pub idle_timeout: Option<Duration>,
+    /// `points = 20` — LTTB: readings kept per window (3 to 100 000: LTTB always keeps a
+    /// window's first and last reading).
+    pub points: Option<CountIn<3, 100_000>>,
+    /// `window = "1m"` — LTTB: the tumbling event-time window each `points` are chosen from
+    /// (1ms to 31 days).
+    pub window: Option<DurationIn<1, { 31 * DAY }>>,
+    /// `idle_timeout = "1m"` — a series quiet this long has its held reading sent (1ms to 31
+    /// days).
+    pub idle_timeout: Option<DurationIn<1, { 31 * DAY }>>,
 }
 
 /// The streaming downsamplers.
@@ -211,6 +215,9 @@ pub enum DownsampleMethodName {
     Lttb,
 }
 
+/// Width, slide, gap and idle timeout of a window: 1ms to 31 days.
+pub type WindowLength = DurationIn<1, { 31 * DAY }>;
+
 /// `[pipelines.<name>.window]` — event-time windows per series, after the operators
 /// (docs/windows.md).
 #[derive(Debug, Deserialize)]
@@ -218,22 +225,18 @@ pub enum DownsampleMethodName {
 pub struct RawWindow {
     /// `kind = "tumbling"` — `tumbling`, `sliding` or `session`.
     pub kind: WindowKindName,
-    /// `width = "10s"` — length of tumbling and sliding windows.
-    #[serde(default, with = "humantime_serde::option")]
-    pub width: Option<Duration>,
-    /// `slide = "5s"` — sliding windows: how far apart they start.
-    #[serde(default, with = "humantime_serde::option")]
-    pub slide: Option<Duration>,
-    /// `gap = "30s"` — session windows: the silence that ends a session.
-    #[serde(default, with = "humantime_serde::option")]
-    pub gap: Option<Duration>,
+    /// `width = "10s"` — length of tumbling and sliding windows (1ms to 31 days).
+    pub width: Option<WindowLength>,
+    /// `slide = "5s"` — sliding windows: how far apart they start (1ms to 31 days).
+    pub slide: Option<WindowLength>,
+    /// `gap = "30s"` — session windows: the silence that ends a session (1ms to 31 days).
+    pub gap: Option<WindowLength>,
     /// `allowed_lateness = "5s"` — how far behind its series' newest reading a reading may
-    /// arrive and still count (as a correction of a window already sent).
-    #[serde(default, with = "humantime_serde::option")]
-    pub allowed_lateness: Option<Duration>,
-    /// `idle_timeout = "1m"` — a series quiet this long has its pending windows sent.
-    #[serde(default, with = "humantime_serde::option")]
-    pub idle_timeout: Option<Duration>,
+    /// arrive and still count (as a correction of a window already sent; 0s to 31 days).
+    pub allowed_lateness: Option<DurationIn<0, { 31 * DAY }>>,
+    /// `idle_timeout = "1m"` — a series quiet this long has its pending windows sent (1ms to 31
+    /// days).
+    pub idle_timeout: Option<WindowLength>,
     /// `keep_readings = false` — send the readings as well as the windows.
     #[serde(default)]
     pub keep_readings: bool,
@@ -258,15 +261,17 @@ pub enum WindowKindName {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawOutbox {
-    /// `max_bytes = "128MiB"` — encoded records kept at most; see `when_full`.
-    pub max_bytes: Option<Spanned<ByteSize>>,
+    /// `max_bytes = "128MiB"` — encoded records kept at most; see `when_full` (64KiB, room for a
+    /// window of in-flight records and a coarsened one, to 1TiB).
+    pub max_bytes: Option<SizeIn<{ 64 * KIB }, TIB>>,
     /// `when_full = "reaggregate"` — `reaggregate` (merge the oldest records into coarser
     /// windows), `drop_oldest` or `block` (stop acknowledging input).
     pub when_full: Option<WhenFull>,
     /// `drain = "fifo"` — after an outage: `fifo` (oldest first) or `live_first` (new records
     /// first, the backlog at `backlog_rate`).
     pub drain: Option<DrainOrder>,
-    /// `backlog_rate = "256KiB/s"` — with `live_first`: how fast the backlog is sent.
+    /// `backlog_rate = "256KiB/s"` — with `live_first`: how fast the backlog is sent (up to
+    /// 1GiB/s).
     pub backlog_rate: Option<Spanned<ByteRate>>,
 }
 
@@ -324,11 +329,13 @@ pub struct RawMqttSource {
     pub client_id: Option<String>,
     /// `max_inflight = 20` — the broker's in-flight window for QoS 1 messages to this client
     /// (mosquitto `max_inflight_messages`, default 20). The broker sends no more until some are
-    /// acknowledged, so a batch closes once it holds this many; raise both together for throughput.
-    pub max_inflight: Option<PositiveCount>,
+    /// acknowledged, so a batch closes once it holds this many; raise both together for throughput
+    /// (1 to 65535, MQTT's packet identifiers).
+    pub max_inflight: Option<CountIn<1, 65_535>>,
     /// `max_message_size = "4MiB"` — larger messages are not decoded: each is dead-lettered
-    /// (topic, size, the first 64 KiB) and acknowledged, and the pipeline goes on.
-    pub max_message_size: Option<Spanned<ByteSize>>,
+    /// (topic, size, the first 64 KiB) and acknowledged, and the pipeline goes on (1B to
+    /// 268435455B, MQTT's largest packet).
+    pub max_message_size: Option<SizeIn<1, 268_435_455>>,
 }
 
 fn default_qos() -> Spanned<u8> {
@@ -368,11 +375,10 @@ pub struct RawJetStreamSource {
 pub struct RawSimulatedSource {
     /// `payload = "json"` — `json`, `senml_json` or `frames` (see docs/configuration.md).
     pub payload: SimulatedPayload,
-    /// `devices = 8`
-    pub devices: PositiveCount,
-    /// `interval = "250ms"` — each device reports this often.
-    #[serde(with = "humantime_serde")]
-    pub interval: Duration,
+    /// `devices = 8` — 1 to 65535 (frames carry the device number in 16 bits).
+    pub devices: CountIn<1, 65_535>,
+    /// `interval = "250ms"` — each device reports this often (1ms to 24h).
+    pub interval: DurationIn<1, DAY>,
     /// `topic_prefix = "sim/plant1"`
     pub topic_prefix: String,
     /// `seed = 7` — same seed, same signals.
@@ -528,15 +534,14 @@ pub struct RawOperator {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBatch {
-    /// `max_messages = 1000` — messages per batch.
-    pub max_messages: Option<PositiveCount>,
-    /// `max_bytes = "1MiB"` — payload bytes per batch.
-    pub max_bytes: Option<ByteSize>,
-    /// `linger = "200ms"` — how long a partial batch waits for more messages.
-    #[serde(default, with = "humantime_serde::option")]
-    pub linger: Option<Duration>,
-    /// `queue = 4096` — messages buffered between the source and the batcher.
-    pub queue: Option<PositiveCount>,
+    /// `max_messages = 1000` — messages per batch (1 to 100 000).
+    pub max_messages: Option<CountIn<1, 100_000>>,
+    /// `max_bytes = "1MiB"` — payload bytes per batch (1B to 256MiB).
+    pub max_bytes: Option<SizeIn<1, { 256 * MIB }>>,
+    /// `linger = "200ms"` — how long a partial batch waits for more messages (0s to 1h).
+    pub linger: Option<DurationIn<0, HOUR>>,
+    /// `queue = 4096` — messages buffered between the source and the batcher (1 to 1 000 000).
+    pub queue: Option<CountIn<1, 1_000_000>>,
 }
 
 /// How records are encoded.
@@ -570,12 +575,11 @@ pub struct RawJetStreamSink {
     pub broker: Spanned<Name>,
     /// `subject = "weir.plant1.boiler"` — must be captured by a stream on the central server.
     pub subject: NatsSubject,
-    /// `max_in_flight = 64` — publishes awaiting their ack at once.
-    pub max_in_flight: Option<PositiveCount>,
+    /// `max_in_flight = 64` — publishes awaiting their ack at once (1 to 10 000).
+    pub max_in_flight: Option<CountIn<1, 10_000>>,
     /// `ack_timeout = "5s"` — how long a publish waits for the stream's ack before it counts as
-    /// failed (and is sent again, after asking what the stream stored).
-    #[serde(default, with = "humantime_serde::option")]
-    pub ack_timeout: Option<Duration>,
+    /// failed (and is sent again, after asking what the stream stored; 1ms to 10m).
+    pub ack_timeout: Option<DurationIn<1, { 10 * MINUTE }>>,
 }
 
 /// `[pipelines.<name>.sink.mqtt]`
@@ -588,14 +592,14 @@ pub struct RawMqttSink {
     pub topic: MqttTopic,
     /// `client_id = "gw07-boiler-out"` — default `weir-<gateway>-<pipeline>-out`.
     pub client_id: Option<String>,
-    /// `max_in_flight = 64` — publishes awaiting their PUBACK at once.
-    pub max_in_flight: Option<PositiveCount>,
+    /// `max_in_flight = 64` — publishes awaiting their PUBACK at once (1 to 10 000).
+    pub max_in_flight: Option<CountIn<1, 10_000>>,
 }
 
 /// `[pipelines.<name>.sink.console]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawConsoleSink {
-    /// `series_shown = 4` — series listed per record.
-    pub series_shown: Option<PositiveCount>,
+    /// `series_shown = 4` — series listed per record (1 to 1000).
+    pub series_shown: Option<CountIn<1, 1000>>,
 }

@@ -261,6 +261,32 @@ fn refuses_tls_urls_for_now_saying_so() {
 }
 
 #[test]
+fn refuses_credentials_in_broker_urls_without_printing_the_password() {
+    let with_password =
+        invalid(&valid_but("url = \"mqtt://10.0.0.5:1883\"", "url = \"mqtt://gw07:s3cr%t@p4ss@10.0.0.5:1883\""));
+    assert!(!with_password.contains("s3cr") && !with_password.contains("p4ss"), "{with_password}");
+    let with_token =
+        invalid(&valid_but("url = \"nats://central.example:4222\"", "url = \"nats://T0KEN@central.example:4222\""));
+    assert!(!with_token.contains("T0KEN"), "{with_token}");
+    insta::assert_snapshot!(format!("{with_password}\n{with_token}"));
+}
+
+#[test]
+fn credentials_are_hidden_wherever_a_refusal_quotes_a_url() {
+    assert_eq!(
+        redact_credentials("url = \"mqtt://u:p@h:1\" # nats://tok@x"),
+        "url = \"mqtt://u:***@h:1\" # nats://***@x"
+    );
+    assert_eq!(redact_credentials("mqtt://host:1883 and no credentials"), "mqtt://host:1883 and no credentials");
+    let problem = Problem::at("url = \"mqtt://u:longpassword@h\"\n", Some(6..31), "brokers.b.url", "refused");
+    let rendered = ConfigError::Invalid { file: "f".into(), problems: vec![problem] }.to_string();
+    assert_eq!(
+        rendered,
+        "error: f:1:7: field `brokers.b.url`: refused\n  |\n1 | url = \"mqtt://u:***@h\"\n  |       ^^^^^^^^^^^^^^^^\n"
+    );
+}
+
+#[test]
 fn refuses_outbox_settings_that_cannot_work() {
     insta::assert_snapshot!(invalid(&valid_but("max_bytes = \"16MiB\"", "max_bytes = \"16KiB\"")));
     insta::assert_snapshot!(invalid(&valid_but("when_full = \"drop_oldest\"", "when_full = \"drop_newest\"")));
@@ -365,13 +391,80 @@ fn function_limits_and_quarantine_are_read_and_checked() {
     assert_eq!((unit_convert.limits, unit_convert.quarantine), (FunctionLimits::DEFAULT, QuarantineConfig::DEFAULT));
 
     insta::assert_snapshot!(invalid(&valid_but(
-        "memory = \"8MiB\"",
-        "memory = \"64KiB\"\nfuel = 0\ninstances = 0\nstate_quota = \"0B\"\nquarantine_after = 0",
-    )));
-    insta::assert_snapshot!(invalid(&valid_but(
         "[[pipelines.boiler.operators]]",
         "[pipelines.boiler]\non_quarantine = \"restart\"\n\n[[pipelines.boiler.operators]]"
     )));
+}
+
+/// A configuration with one simulated source, for its own bounds.
+const SIMULATED: &str = r#"
+[gateway]
+id = "gw"
+data_dir = "/tmp/x"
+
+[pipelines.sim.source.simulated]
+payload = "json"
+devices = 8
+interval = "250ms"
+topic_prefix = "sim"
+
+[pipelines.sim.decode.json]
+value = "/value"
+
+[pipelines.sim.sink.console]
+"#;
+
+#[test]
+fn refuses_durations_sizes_and_counts_out_of_bounds() {
+    let huge = "\"500000000000years\"";
+    let cases = [
+        // Each of these once panicked the running gateway (overflow, or an allocation abort).
+        valid_but("linger = \"250ms\"", &format!("linger = {huge}")),
+        valid_but("timeout = \"50ms\"", &format!("timeout = {huge}")),
+        valid_but("timeout = \"50ms\"", &format!("timeout = \"50ms\"\nquarantine_for = {huge}")),
+        SIMULATED.replace("devices = 8", "devices = 4000000000"),
+        // Zero where zero means nothing.
+        valid_but("timeout = \"50ms\"", "timeout = \"0s\""),
+        valid_but("slide = \"15s\"", "slide = \"0s\""),
+        SIMULATED.replace("interval = \"250ms\"", "interval = \"0s\""),
+        valid_but("timeout = \"50ms\"", "timeout = \"50ms\"\nfuel = 0"),
+        valid_but("timeout = \"50ms\"", "timeout = \"50ms\"\ninstances = 0"),
+        valid_but("timeout = \"50ms\"", "timeout = \"50ms\"\nstate_quota = \"0B\""),
+        valid_but("timeout = \"50ms\"", "timeout = \"50ms\"\nquarantine_after = 0"),
+        valid_but("subject = \"weir.plant1.boiler\"", "subject = \"weir.plant1.boiler\"\nack_timeout = \"0s\""),
+        // Beyond what a deployment needs, or what the protocol can carry.
+        valid_but("memory = \"8MiB\"", "memory = \"64KiB\""),
+        valid_but("memory = \"8MiB\"", "memory = \"8GiB\""),
+        valid_but("keep_alive = \"20s\"", "keep_alive = \"500ms\""),
+        valid_but("keep_alive = \"20s\"", "keep_alive = \"1day\""),
+        valid_but("reconnect_max = \"1m\"", "reconnect_max = \"2h\""),
+        valid_but("qos = 1", "qos = 1\nmax_inflight = 70000"),
+        valid_but("max_messages = 500", "max_messages = 4000000000"),
+        valid_but("width = \"1m\"", "width = \"1y\""),
+        valid_but("max_bytes = \"16MiB\"", "max_bytes = \"16KiB\""),
+        valid_but("max_bytes = \"16MiB\"", "max_bytes = \"2TiB\""),
+        valid_but("backlog_rate = \"32KiB/s\"", "backlog_rate = \"2GiB/s\""),
+        valid_but("method = \"swinging_door\"\nmax_error = 0.05", "method = \"lttb\"\npoints = 2\nwindow = \"1m\""),
+    ];
+    let refusals: Vec<String> = cases.iter().map(|text| invalid(text)).collect();
+    insta::assert_snapshot!(refusals.join("\n"));
+}
+
+#[test]
+fn accepts_the_bounds_themselves() {
+    let functions = functions_dir();
+    let text = valid_but("linger = \"250ms\"", "linger = \"1h\"")
+        .replacen("timeout = \"50ms\"", "timeout = \"1m\"\nquarantine_for = \"24h\"\nmemory = \"4GiB\"", 1)
+        .replacen("memory = \"8MiB\"\n", "", 1)
+        .replacen("keep_alive = \"20s\"", "keep_alive = \"65535s\"", 1);
+    let config = parse_with(&text, functions.path()).expect("the bounds are allowed");
+    let threshold = &config.functions[&"threshold-alert".parse().expect("valid id")];
+    assert_eq!((threshold.limits.timeout, threshold.limits.memory_bytes), (Duration::from_secs(60), 4 << 30));
+    assert_eq!(threshold.quarantine.first, Duration::from_secs(24 * 3600));
+    let simulated = SIMULATED.replace("devices = 8", "devices = 65535").replace("\"250ms\"", "\"1ms\"");
+    let config = parse("weir.toml", &simulated, Path::new("/etc/weir"), &Overrides::default()).expect("valid");
+    let SourceConfig::Simulated(sim) = &config.pipelines[0].source else { panic!("a simulated source") };
+    assert_eq!((sim.devices, sim.interval), (65535, Duration::from_millis(1)));
 }
 
 #[test]

@@ -4,13 +4,15 @@
 //! Mapping: integers and floats → numbers (integers beyond ±2⁶⁴ become floats), text → string,
 //! byte strings → lowercase hex string, map keys → strings (integers written in decimal), tags are
 //! dropped (their content kept), `undefined` → null. Nesting is limited to [`MAX_DEPTH`] so a
-//! hostile payload cannot exhaust the stack; trailing bytes after the item are an error.
+//! hostile payload cannot exhaust the stack; trailing bytes after the item are an error. A float
+//! that is NaN or ±infinity is refused wherever it is ([`DecodeError::NotFinite`], with its byte
+//! offset): JSON has no such numbers, and they are not readings.
 
 use minicbor::Decoder;
 use minicbor::data::Type;
 use serde_json::{Map, Number, Value};
 
-use super::DecodeError;
+use super::{DecodeError, finite};
 
 /// Deepest nesting of arrays and maps accepted.
 pub const MAX_DEPTH: usize = 32;
@@ -62,7 +64,11 @@ fn read_item(d: &mut Decoder<'_>, depth: usize) -> Result<Value, DecodeError> {
                 float(int as f64)
             }
         }
-        Type::F16 | Type::F32 | Type::F64 => float(d.f64().map_err(|e| fail(d, e))?),
+        Type::F16 | Type::F32 | Type::F64 => {
+            let offset = d.position();
+            let value = d.f64().map_err(|e| fail(d, e))?;
+            float(finite(value, || format!("the CBOR float at byte {offset}"))?)
+        }
         Type::Bytes | Type::BytesIndef => {
             let start = d.position();
             let mut bytes = Vec::new();
@@ -144,7 +150,7 @@ fn read_item(d: &mut Decoder<'_>, depth: usize) -> Result<Value, DecodeError> {
 }
 
 fn float(value: f64) -> Value {
-    Number::from_f64(value).map_or(Value::Null, Value::Number)
+    Value::Number(Number::from_f64(value).expect("only finite floats are read"))
 }
 
 #[cfg(test)]
@@ -171,6 +177,24 @@ mod tests {
             Ok(())
         });
         assert_eq!(read(&payload).expect("valid CBOR"), json!({"t": 21.5, "2": -7, "list": [1, "x"], "raw": "dead"}));
+    }
+
+    #[test]
+    fn refuses_nan_and_infinity_naming_the_byte() {
+        let floats: [(f64, &str); 3] = [(f64::NAN, "NaN"), (f64::INFINITY, "inf"), (f64::NEG_INFINITY, "-inf")];
+        for (value, shown) in floats {
+            for payload in [
+                encode(|e| e.map(1)?.str("v")?.f64(value).map(|_| ())),
+                encode(|e| e.map(1)?.str("v")?.f32(value as f32).map(|_| ())),
+                encode(|e| e.map(1)?.str("v")?.f16(value as f32).map(|_| ())),
+            ] {
+                let err = read(&payload).expect_err("not a reading");
+                assert_eq!(
+                    err.to_string(),
+                    format!("the CBOR float at byte 3 is {shown}: NaN and infinity are not readings")
+                );
+            }
+        }
     }
 
     #[test]

@@ -6,11 +6,12 @@
 //! field (or the receive time); and one reading from `value`, or one per entry of `values`, named
 //! `<series>/<entry>`. Booleans count as 1 and 0; `null` values mean "no reading"; in `values`, an
 //! absent field means "not measured this time". Anything else that does not fit is an error
-//! naming the field.
+//! naming the field; so is NaN or ±infinity (which only CBOR can carry: it is refused as the
+//! payload is read, see [`super`]).
 
 use serde_json::Value;
 
-use super::{Decode, DecodeError, cbor_value, kind_of, parse_json};
+use super::{Decode, DecodeError, at_item, cbor_value, finite, kind_of, parse_json};
 use crate::batch::Batch;
 use crate::batch::{BatchBuilder, CallContext, Message, Nanos, Series};
 use crate::config::{FieldMapping, JsonPointer, TimeUnit, ValueFields};
@@ -133,7 +134,9 @@ fn field_type(pointer: &JsonPointer, expected: &'static str, found: &Value, item
 /// The reading a field holds: `None` for null.
 fn number(field: &Value, pointer: &JsonPointer, item: Option<usize>) -> Result<Option<f64>, DecodeError> {
     match field {
-        Value::Number(n) => Ok(n.as_f64()),
+        Value::Number(n) => {
+            n.as_f64().map(|v| finite(v, || format!("field {}{}", pointer.as_str(), at_item(item)))).transpose()
+        }
         Value::Bool(b) => Ok(Some(if *b { 1.0 } else { 0.0 })),
         Value::Null => Ok(None),
         other => Err(field_type(pointer, "a number, a boolean or null", other, item)),
@@ -272,6 +275,29 @@ mod tests {
         for (payload, expected) in cases {
             let err = decoder.decode(&message(payload.clone()), &CTX).expect_err(&payload);
             assert!(err.to_string().contains(expected), "{payload}: {err}");
+        }
+    }
+
+    #[test]
+    fn nan_and_infinity_are_refused_in_cbor_and_json() {
+        let mut decoder = FieldMappingDecoder::cbor(mapping(ValueFields::One(pointer("/value"))));
+        for (value, shown) in [(f64::NAN, "NaN"), (f64::INFINITY, "inf"), (f64::NEG_INFINITY, "-inf")] {
+            let mut payload = Vec::new();
+            let mut e = minicbor::Encoder::new(&mut payload);
+            e.map(3)
+                .and_then(|e| e.str("sensor")?.str("c")?.str("ts")?.u64(5)?.str("value")?.f64(value))
+                .expect("encoding to a Vec");
+            let err = decoder.decode(&message(payload), &CTX).expect_err("not a reading");
+            assert_eq!(
+                err.to_string(),
+                format!("the CBOR float at byte 20 is {shown}: NaN and infinity are not readings")
+            );
+        }
+        // JSON cannot spell NaN or infinity; a number beyond the largest float is a syntax error.
+        let mut decoder = FieldMappingDecoder::json(mapping(ValueFields::One(pointer("/value"))));
+        for payload in [r#"{"sensor": "a", "ts": 1, "value": 1e999}"#, r#"{"sensor": "a", "ts": 1, "value": NaN}"#] {
+            let err = decoder.decode(&message(payload), &CTX).expect_err(payload);
+            assert!(matches!(err, DecodeError::Json { .. }), "{payload}: {err}");
         }
     }
 

@@ -9,6 +9,14 @@
 //! Failure of one message: the decoder returns a [`DecodeError`] naming what is wrong and where;
 //! the pipeline dead-letters that message (payload and reason) and carries on with the next.
 //! Nothing here is fatal.
+//!
+//! **NaN and ±infinity are not readings.** A message that would yield one — a raw number `NaN`,
+//! `inf` or `1e999`, a CBOR float NaN or ±infinity anywhere in the payload, a SenML value whose
+//! base and offset add up beyond the largest float, or a decoder function's output holding one —
+//! is dead-lettered whole with [`DecodeError::NotFinite`], which names the value and where it was,
+//! like any other message that does not decode. (JSON text cannot spell NaN or infinity, and a
+//! number beyond the largest float, such as `1e999`, is a JSON syntax error.) One check,
+//! [`finite`], serves every decoder.
 
 mod cbor_value;
 mod fields;
@@ -96,6 +104,14 @@ pub enum DecodeError {
         /// What is wrong.
         reason: String,
     },
+    /// A reading would be NaN or infinite (see the module docs).
+    #[error("{at} is {value}: NaN and infinity are not readings")]
+    NotFinite {
+        /// Where the value is (`field /value (array item 2)`, `the CBOR float at byte 9`).
+        at: String,
+        /// The value.
+        value: f64,
+    },
     /// A decoder function refused the message (a domain error it returned).
     #[error("decoder function {function} refused the message: {reason}")]
     Refused {
@@ -132,6 +148,11 @@ impl DecodeError {
             _ => None,
         }
     }
+}
+
+/// `value` as a reading, or [`DecodeError::NotFinite`] naming `at()` when it is NaN or infinite.
+pub fn finite(value: f64, at: impl FnOnce() -> String) -> Result<f64, DecodeError> {
+    if value.is_finite() { Ok(value) } else { Err(DecodeError::NotFinite { at: at(), value }) }
 }
 
 fn at_item(item: Option<usize>) -> String {

@@ -1,9 +1,10 @@
 //! One raw number per message → one reading, named after the topic, at the receive time.
 //!
 //! Common for per-attribute MQTT topics (`plant1/boiler/temp` carrying `21.5`). The number is
-//! ASCII text or a fixed-width IEEE 754 float; the width must match exactly.
+//! ASCII text or a fixed-width IEEE 754 float; the width must match exactly. NaN and ±infinity
+//! (`NaN`, `inf`, `1e999` as text, or their binary encodings) are refused like a non-number.
 
-use super::{Decode, DecodeError};
+use super::{Decode, DecodeError, finite};
 use crate::batch::{Batch, BatchBuilder, CallContext, Message, Series};
 use crate::config::NumberEncoding;
 
@@ -31,7 +32,7 @@ impl RawNumberDecoder {
         };
         let array4 = |b: &[u8]| [b[0], b[1], b[2], b[3]];
         let array8 = |b: &[u8]| [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]];
-        Ok(match self.encoding {
+        let value = match self.encoding {
             NumberEncoding::Text => {
                 let text = std::str::from_utf8(payload)
                     .map_err(|_| DecodeError::Number { reason: "payload is not UTF-8 text".to_owned() })?
@@ -44,7 +45,8 @@ impl RawNumberDecoder {
             NumberEncoding::F32Le => f64::from(f32::from_le_bytes(array4(fixed(4)?))),
             NumberEncoding::F64Be => f64::from_be_bytes(array8(fixed(8)?)),
             NumberEncoding::F64Le => f64::from_le_bytes(array8(fixed(8)?)),
-        })
+        };
+        finite(value, || "the payload".to_owned())
     }
 }
 
@@ -91,6 +93,26 @@ mod tests {
         assert_eq!(decode(NumberEncoding::Text, " 21.5\n"), Ok(21.5));
         assert_eq!(decode(NumberEncoding::F32Be, 1.5f32.to_be_bytes().to_vec()), Ok(1.5));
         assert_eq!(decode(NumberEncoding::F64Le, (-2.25f64).to_le_bytes().to_vec()), Ok(-2.25));
+    }
+
+    #[test]
+    fn refuses_nan_and_infinity_in_text_and_binary() {
+        let texts = [("NaN", "NaN"), ("inf", "inf"), ("-infinity", "-inf"), ("1e999", "inf"), ("-1e999", "-inf")];
+        for (text, shown) in texts {
+            let err = decode(NumberEncoding::Text, text).expect_err(text);
+            assert_eq!(err.to_string(), format!("the payload is {shown}: NaN and infinity are not readings"), "{text}");
+        }
+        let binary: [(NumberEncoding, Vec<u8>); 4] = [
+            (NumberEncoding::F32Be, f32::NAN.to_be_bytes().to_vec()),
+            (NumberEncoding::F32Le, f32::INFINITY.to_le_bytes().to_vec()),
+            (NumberEncoding::F64Be, f64::NEG_INFINITY.to_be_bytes().to_vec()),
+            (NumberEncoding::F64Le, f64::NAN.to_le_bytes().to_vec()),
+        ];
+        for (encoding, payload) in binary {
+            let err = decode(encoding, payload).expect_err("not a reading");
+            assert!(matches!(err, DecodeError::NotFinite { .. }), "{encoding:?}: {err}");
+        }
+        assert_eq!(decode(NumberEncoding::F64Be, f64::MAX.to_be_bytes().to_vec()), Ok(f64::MAX), "large is fine");
     }
 
     #[test]

@@ -6,14 +6,16 @@
 //! Readings come from `v`, from `vb` (true = 1, false = 0) and, for records with neither, from the
 //! sum `s` (+ `bs`). String (`vs`) and data (`vd`) values are not numeric and are skipped, as are
 //! records that only set base fields. A field whose name ends in `_` ("must understand") is
-//! refused, as the RFC requires of fields a receiver does not know.
+//! refused, as the RFC requires of fields a receiver does not know. A value that is NaN or
+//! ±infinity — in CBOR, or a base value and an offset that add up beyond the largest float — is
+//! refused (see [`super`]).
 //!
 //! In CBOR, fields are keyed by the RFC's integer labels (`bn` = -2, …, `vd` = 8).
 
 use serde_json::{Map, Value};
 
 use super::fields::seconds_to_nanos;
-use super::{Decode, DecodeError, cbor_value, kind_of, parse_json};
+use super::{Decode, DecodeError, cbor_value, finite, kind_of, parse_json};
 use crate::batch::{Batch, BatchBuilder, CallContext, Message, Series};
 
 /// Resolved times below this many seconds are relative to "now" (RFC 8428 §4.5.3).
@@ -153,6 +155,7 @@ fn resolve(pack: &Value, message: &Message) -> Result<Batch, DecodeError> {
             (None, None, Some(s)) => base.sum + s,
             (None, None, None) => continue, // base-only, string or data record
         };
+        let value = finite(value, || format!("SenML record {index}: the value"))?;
         let name = format!("{}{}", base.name, text("n")?.unwrap_or_default());
         if !valid_name(&name) {
             return Err(refuse(format!(
@@ -241,6 +244,28 @@ mod tests {
         for (pack, expected) in cases {
             let err = SenmlJsonDecoder.decode(&message(pack.to_string()), &CTX).expect_err(expected);
             assert!(err.to_string().contains(expected), "{pack}: {err}");
+        }
+    }
+
+    #[test]
+    fn nan_and_infinity_are_not_readings() {
+        let pack = json!([{"n": "a", "bv": 1e308, "v": 1e308}]);
+        let err = SenmlJsonDecoder.decode(&message(pack.to_string()), &CTX).expect_err("overflows");
+        assert_eq!(err.to_string(), "SenML record 0: the value is inf: NaN and infinity are not readings");
+        let pack = json!([{"n": "a", "bs": -1e308, "s": -1e308}]);
+        let err = SenmlJsonDecoder.decode(&message(pack.to_string()), &CTX).expect_err("overflows");
+        assert!(matches!(err, DecodeError::NotFinite { value, .. } if value == f64::NEG_INFINITY), "{err}");
+        let err = SenmlJsonDecoder.decode(&message(r#"[{"n": "a", "v": 1e999}]"#), &CTX).expect_err("too large");
+        assert!(matches!(err, DecodeError::Json { .. }), "{err}");
+        for (value, shown) in [(f64::NAN, "NaN"), (f64::INFINITY, "inf"), (f64::NEG_INFINITY, "-inf")] {
+            let mut payload = Vec::new();
+            let mut e = minicbor::Encoder::new(&mut payload);
+            e.array(1).and_then(|e| e.map(2)?.u8(0)?.str("a")?.u8(2)?.f64(value)).expect("encoding to a Vec");
+            let err = SenmlCborDecoder.decode(&message(payload), &CTX).expect_err("not a reading");
+            assert_eq!(
+                err.to_string(),
+                format!("the CBOR float at byte 6 is {shown}: NaN and infinity are not readings")
+            );
         }
     }
 

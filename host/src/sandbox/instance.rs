@@ -584,6 +584,10 @@ impl Decode for FunctionDecoder {
             Ok(Ok(output)) => match from_wit_batch(output) {
                 Ok(batch) => {
                     self.instance.complete(true);
+                    // NaN and infinity are not readings, whichever decoder made them.
+                    for (i, value) in batch.values().iter().enumerate() {
+                        crate::decode::finite(*value, || format!("reading {i} of decoder function {function}"))?;
+                    }
                     Ok(batch)
                 }
                 Err(invalid) => {

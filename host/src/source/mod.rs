@@ -39,10 +39,10 @@ pub(crate) use nats::connect as nats_connect;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
-use tokio_util::task::TaskTracker;
 
 use crate::batch::Message;
 use crate::config::{PipelineConfig, SourceConfig};
+use crate::shutdown::Tasks;
 pub use crate::state::DeliveryRecord;
 use crate::state::StateStore;
 
@@ -170,10 +170,11 @@ pub fn spawn(
     deliveries: mpsc::Sender<Delivery>,
     intake: CancellationToken,
     close: CancellationToken,
-    tracker: &TaskTracker,
+    tasks: &Tasks,
 ) {
     let batch = &pipeline.batch;
     let name = pipeline.name.as_str();
+    let task = format!("{name} source");
     match pipeline.source.clone() {
         SourceConfig::Mqtt { broker, topics, qos, client_id, max_inflight, max_message_size } => {
             let source = mqtt::MqttSource {
@@ -187,11 +188,11 @@ pub fn spawn(
                 pipeline: name.to_owned(),
                 store: store.clone(),
             };
-            tracker.spawn(source.run(deliveries, intake, close));
+            tasks.spawn(task, source.run(deliveries, intake, close));
         }
         SourceConfig::Nats { broker, subjects, queue_group } => {
             let source = nats::CoreSource { broker, subjects, queue_group, pipeline: name.to_owned() };
-            tracker.spawn(source.run(deliveries, intake));
+            tasks.spawn(task, source.run(deliveries, intake));
         }
         SourceConfig::JetStream { broker, stream, consumer, subjects } => {
             let source = nats::JetStreamSource {
@@ -202,10 +203,10 @@ pub fn spawn(
                 pipeline: name.to_owned(),
                 store: store.clone(),
             };
-            tracker.spawn(source.run(deliveries, intake, close));
+            tasks.spawn(task, source.run(deliveries, intake, close));
         }
         SourceConfig::Simulated(simulated) => {
-            tracker.spawn(simulated::run(simulated, deliveries, intake));
+            tasks.spawn(task, simulated::run(simulated, deliveries, intake));
         }
     }
 }
