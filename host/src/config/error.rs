@@ -5,6 +5,9 @@ use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
 
+/// Characters of the offending line quoted from the problem's column on; the rest is cut.
+const EXCERPT_AFTER_COLUMN: usize = 100;
+
 /// One thing wrong with a configuration file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -32,7 +35,13 @@ impl Problem {
             problem.line = text[..span.start].matches('\n').count() + 1;
             problem.column = text[line_start..span.start].chars().count() + 1;
             let width = text[span.start..span.end.min(line_end)].chars().count().max(1);
-            problem.excerpt = Some((text[line_start..line_end].trim_end_matches('\r').to_owned(), width));
+            let line = text[line_start..line_end].trim_end_matches('\r');
+            // A very long line (a 64 KiB value, say) is quoted up to a little past the problem.
+            let shown = problem.column - 1 + EXCERPT_AFTER_COLUMN;
+            problem.excerpt = Some(match line.char_indices().nth(shown) {
+                Some((cut, _)) => (format!("{}…", &line[..cut]), width.min(EXCERPT_AFTER_COLUMN)),
+                None => (line.to_owned(), width),
+            });
         }
         problem
     }

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::types::{
-    BrokerUrl, ByteRate, ByteSize, FunctionId, GatewayId, JsonPointer, MqttTopic, Name, NatsSubject, NatsSubjectFilter,
-    PositiveCount, TopicFilter,
+    BrokerUrl, ByteRate, ByteSize, FunctionId, GatewayId, JsonPointer, MqttClientId, MqttTopic, Name, NatsSubject,
+    NatsSubjectFilter, PositiveCount, TopicFilter,
 };
 
 /// The whole file.
@@ -317,8 +317,9 @@ pub struct RawMqttSource {
     #[serde(default = "default_qos")]
     pub qos: Spanned<u8>,
     /// `client_id = "gw07-boiler"` — default `weir-<gateway>-<pipeline>`; keep it stable, the broker
-    /// keeps the persistent session under it.
-    pub client_id: Option<String>,
+    /// keeps the persistent session under it. Refused when another MQTT source or sink of this
+    /// configuration uses the same id on the same broker.
+    pub client_id: Option<Spanned<MqttClientId>>,
     /// `max_inflight = 20` — the broker's in-flight window for QoS 1 messages to this client
     /// (mosquitto `max_inflight_messages`, default 20). The broker sends no more until some are
     /// acknowledged, so a batch closes once it holds this many; raise both together for throughput.
@@ -580,8 +581,9 @@ pub struct RawMqttSink {
     pub broker: Spanned<Name>,
     /// `topic = "weir/plant1/boiler"`
     pub topic: MqttTopic,
-    /// `client_id = "gw07-boiler-out"` — default `weir-<gateway>-<pipeline>-out`.
-    pub client_id: Option<String>,
+    /// `client_id = "gw07-boiler-out"` — default `weir-<gateway>-<pipeline>-out`. Refused when
+    /// another MQTT source or sink of this configuration uses the same id on the same broker.
+    pub client_id: Option<Spanned<MqttClientId>>,
     /// `max_in_flight = 64` — publishes awaiting their PUBACK at once.
     pub max_in_flight: Option<PositiveCount>,
 }
