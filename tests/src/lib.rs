@@ -289,6 +289,14 @@ impl Weir {
         Ok(())
     }
 
+    /// Kills the process with SIGKILL (no chance to clean up) and leaves it stopped, its data
+    /// directory as the crash left it.
+    pub fn kill(&mut self) -> Result<()> {
+        Command::new("kill").args(["-KILL", &self.child.id().to_string()]).status()?;
+        self.child.wait()?;
+        Ok(())
+    }
+
     /// Sends signal `name` (`HUP`, say) to the process.
     pub fn signal(&self, name: &str) -> Result<()> {
         let status = Command::new("kill").args([&format!("-{name}"), &self.child.id().to_string()]).status()?;
