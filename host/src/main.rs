@@ -1,12 +1,17 @@
 //! `weir` — the command line. Thin: parsing arguments and printing; the work is in the library.
+//!
+//! Commands print with `writeln!` to a locked stdout: a reader that goes away (`weir dead-letters |
+//! head`) ends the command quietly with status 0 instead of a panic.
 
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weir_host::config::{self, Config, ConfigError, Overrides};
-use weir_host::state::{self, Counter, DeadLetterContent, StoreOptions, stats};
+use weir_host::state::inspect::{self, DeadLetters, Inspected};
+use weir_host::state::{self, Counter, DeadLetterContent, stats};
 use weir_host::{bench, encode, gateway, shutdown, telemetry};
 
 /// Exit status for a configuration that was refused.
@@ -195,11 +200,21 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => code,
+        // The reader went away (`weir dead-letters | head`): it has what it wanted.
+        Err(error) if closed_pipe(&error) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether `error` is a write to a pipe whose reader has gone. Printing commands write with
+/// `writeln!` (not `println!`, which panics then) and end quietly with status 0.
+fn closed_pipe(error: &anyhow::Error) -> bool {
+    error
+        .chain()
+        .any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
 /// Loads a configuration, printing a refusal the way compilers print errors.
@@ -249,39 +264,40 @@ fn run(path: Option<&PathBuf>, overrides: &Overrides) -> anyhow::Result<ExitCode
 }
 
 fn check(path: &PathBuf, overrides: &Overrides) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
     let config = match load(Some(path), overrides) {
         Ok(config) => config,
         Err(code) => return Ok(code),
     };
-    println!(
+    writeln!(
+        out,
         "{}: ok — gateway {}, {} pipeline(s), {} function(s)",
         path.display(),
         config.gateway.id,
         config.pipelines.len(),
         config.functions.len()
-    );
+    )?;
     for pipeline in &config.pipelines {
         let operators: Vec<&str> = pipeline.operators.iter().map(|o| o.name.as_str()).collect();
-        println!("  {}: [{}] → {}", pipeline.name, operators.join(", "), pipeline.sink.kind());
+        writeln!(out, "  {}: [{}] → {}", pipeline.name, operators.join(", "), pipeline.sink.kind())?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn dead_letters(data_dir: &std::path::Path, limit: usize, json: bool) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
     if !data_dir.join(state::DATABASE_FILE).is_file() {
         anyhow::bail!("{} holds no weir state (no {})", data_dir.display(), state::DATABASE_FILE);
     }
-    // Opening takes the store's lock, which tells us whether a gateway is using it.
-    let options = StoreOptions { dead_letter_capacity: u64::MAX, ..StoreOptions::default() };
-    let (store, committer, thread) = state::open(data_dir, options)?;
-    let letters = store.dead_letters(limit)?;
-    let (kept, evicted) = store.dead_letter_counts()?;
-    drop(committer);
-    let _ = thread.join();
+    // A running gateway holds the database: refused (in use), as it keeps no copy elsewhere.
+    let inspected = inspect::dead_letters(data_dir, limit)?;
+    let DeadLetters { newest, kept, evicted } = inspected.value;
     if !json {
-        println!("{kept} dead letter(s) kept, {evicted} evicted; newest {}:", letters.len());
+        let repaired =
+            if inspected.repaired { " (left by an unclean stop; read through an in-memory repair)" } else { "" };
+        writeln!(out, "{kept} dead letter(s) kept, {evicted} evicted; newest {}{repaired}:", newest.len())?;
     }
-    for (id, letter) in letters {
+    for (id, letter) in newest {
         let mut entry = serde_json::json!({
             "id": id, "pipeline": letter.pipeline, "stage": letter.stage, "reason": letter.reason, "at": letter.at,
             "function": letter.function,
@@ -308,18 +324,18 @@ fn dead_letters(data_dir: &std::path::Path, limit: usize, json: bool) -> anyhow:
             }
         }
         if json {
-            println!("{entry}");
+            writeln!(out, "{entry}")?;
         } else {
             let function = letter.function.as_deref().map(|f| format!(" ({f})")).unwrap_or_default();
-            println!("#{id} {} [{}{function}] {}", letter.pipeline, letter.stage, letter.reason);
+            writeln!(out, "#{id} {} [{}{function}] {}", letter.pipeline, letter.stage, letter.reason)?;
             match &letter.content {
                 DeadLetterContent::Message { topic, payload, size, .. } => {
                     let preview = String::from_utf8(payload.clone()).unwrap_or_else(|_| hex::encode(payload));
                     let kept =
                         size.map(|size| format!(" (first {} of {size} bytes)", payload.len())).unwrap_or_default();
-                    println!("    message on {topic}{kept}: {}", preview.chars().take(120).collect::<String>());
+                    writeln!(out, "    message on {topic}{kept}: {}", preview.chars().take(120).collect::<String>())?;
                 }
-                DeadLetterContent::Batch { readings, .. } => println!("    batch of {readings} reading(s)"),
+                DeadLetterContent::Batch { readings, .. } => writeln!(out, "    batch of {readings} reading(s)")?,
             }
         }
     }
@@ -327,11 +343,15 @@ fn dead_letters(data_dir: &std::path::Path, limit: usize, json: bool) -> anyhow:
 }
 
 fn outbox_stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
     if !data_dir.join(state::DATABASE_FILE).is_file() {
         anyhow::bail!("{} holds no weir state (no {})", data_dir.display(), state::DATABASE_FILE);
     }
-    let (stats, origin) = match stats::read(data_dir) {
-        Ok(stats) => (stats, "from the database".to_owned()),
+    let (stats, origin) = match inspect::stats(data_dir) {
+        Ok(Inspected { value, repaired: false }) => (value, "from the database".to_owned()),
+        Ok(Inspected { value, repaired: true }) => {
+            (value, "from the database left by an unclean stop, read through an in-memory repair".to_owned())
+        }
         Err(state::StoreError::InUse { .. }) => {
             let stats = stats::read_snapshot(data_dir).with_context(|| {
                 format!("a gateway holds {} and its {} cannot be read", data_dir.display(), stats::SNAPSHOT_FILE)
@@ -342,13 +362,14 @@ fn outbox_stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCo
         Err(e) => return Err(e.into()),
     };
     if json {
-        println!("{}", serde_json::to_string_pretty(&stats)?);
+        writeln!(out, "{}", serde_json::to_string_pretty(&stats)?)?;
         return Ok(ExitCode::SUCCESS);
     }
-    println!("{} ({origin})", data_dir.display());
+    writeln!(out, "{} ({origin})", data_dir.display())?;
     for stream in &stats.streams {
         let age = stream.oldest_age_seconds.map_or_else(|| "-".to_owned(), |s| format!("{s:.1} s"));
-        println!(
+        writeln!(
+            out,
             "stream {}: {} record(s) waiting, {} bytes on disk; oldest seq {} ({age} old); last seq {}; sink position {}",
             stream.stream,
             stream.records,
@@ -356,27 +377,29 @@ fn outbox_stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCo
             stream.oldest_seq.map_or_else(|| "-".to_owned(), |s| s.to_string()),
             stream.last_seq,
             stream.sink_position
-        );
+        )?;
         for (name, value) in &stream.counters {
-            println!("    {name:<20} {value}");
+            writeln!(out, "    {name:<20} {value}")?;
         }
         let counter = |wanted: Counter| stream.counters.iter().find(|(name, _)| name == wanted.name()).map(|(_, v)| *v);
         if let (Some(bytes), Some(readings)) = (counter(Counter::BytesCommitted), counter(Counter::ReadingsIn))
             && readings > 0
         {
-            println!(
+            writeln!(
+                out,
                 "    bytes per reading in: {:.3} (records as encoded, before the sink)",
                 bytes as f64 / readings as f64
-            );
+            )?;
         }
     }
-    println!("dead letters: {} kept, {} evicted", stats.dead_letters_kept, stats.dead_letters_evicted);
+    writeln!(out, "dead letters: {} kept, {} evicted", stats.dead_letters_kept, stats.dead_letters_evicted)?;
     for function in &stats.functions {
         let state = match function.quarantined_for_seconds {
             Some(left) => format!("QUARANTINED for another {left:.1} s"),
             None => "running".to_owned(),
         };
-        println!(
+        writeln!(
+            out,
             "function {} in {} as {}: {state}; {} fault(s), {} in a row, {} quarantine(s){}",
             function.function,
             function.pipeline,
@@ -385,11 +408,12 @@ fn outbox_stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCo
             function.consecutive_faults,
             function.quarantines,
             function.last_fault.as_deref().map(|f| format!("; last fault: {f}")).unwrap_or_default()
-        );
+        )?;
     }
     for recovery in &stats.recoveries {
         let lost: Vec<String> = recovery.outbox_records_lost.iter().map(|(s, n)| format!("{s}: {n}")).collect();
-        println!(
+        writeln!(
+            out,
             "recovered from a damaged file at {}: {}; moved to {}; outbox records lost: {}{}",
             humantime::format_rfc3339_seconds(
                 std::time::UNIX_EPOCH + std::time::Duration::from_nanos(u64::try_from(recovery.at).unwrap_or(0))
@@ -402,25 +426,27 @@ fn outbox_stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCo
                 "unknown".to_owned()
             },
             recovery.seq_floor.map_or_else(String::new, |f| format!("; seqs continue above {f}"))
-        );
+        )?;
         for table in &recovery.tables {
-            println!(
+            writeln!(
+                out,
                 "    {:<22} {} salvaged, {} rejected{}",
                 table.table,
                 table.salvaged,
                 table.rejected,
                 if table.complete { "" } else { " (read back only in part)" }
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn bench_commit(dir: &std::path::Path, seconds: u64, readings: usize) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
-    println!("| durability | producers | readings/record | change sets/s | groups/s | readings/s | MB/s |");
-    println!("|------------|-----------|-----------------|---------------|----------|------------|------|");
+    writeln!(out, "| durability | producers | readings/record | change sets/s | groups/s | readings/s | MB/s |")?;
+    writeln!(out, "|------------|-----------|-----------------|---------------|----------|------------|------|")?;
     for durability in [config::Durability::Sync, config::Durability::Relaxed] {
         for producers in [1, 8] {
             let bench = bench::CommitBench {
@@ -431,27 +457,30 @@ fn bench_commit(dir: &std::path::Path, seconds: u64, readings: usize) -> anyhow:
             };
             let result = runtime.block_on(bench::commit(dir, bench))?;
             let seconds = result.elapsed.as_secs_f64();
-            println!(
+            writeln!(
+                out,
                 "| {durability:?} | {producers} | {readings} | {:.0} | {:.0} | {:.0} | {:.2} |",
                 result.change_sets as f64 / seconds,
                 result.groups_per_second(),
                 result.readings_per_second(),
                 result.bytes as f64 / seconds / 1e6
-            );
+            )?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
 fn bench_window(readings: usize, series: usize, batch: usize) -> anyhow::Result<ExitCode> {
+    let mut out = std::io::stdout().lock();
     use weir_host::window::event_time::WindowKind;
     let second = 1_000_000_000_u64;
-    println!(
+    writeln!(
+        out,
         "Window stage alone: {readings} readings of {series} series, 1 s apart, batches of {batch}, 1 in 10 late by 3 s"
-    );
-    println!();
-    println!("| window | readings/s | emissions | state checkpoint |");
-    println!("|--------|------------|-----------|------------------|");
+    )?;
+    writeln!(out)?;
+    writeln!(out, "| window | readings/s | emissions | state checkpoint |")?;
+    writeln!(out, "|--------|------------|-----------|------------------|")?;
     for (name, kind) in [
         ("tumbling 10 s", WindowKind::Tumbling { width: 10 * second }),
         ("sliding 60 s every 10 s", WindowKind::Sliding { width: 60 * second, slide: 10 * second }),
@@ -459,26 +488,27 @@ fn bench_window(readings: usize, series: usize, batch: usize) -> anyhow::Result<
         ("session, gap 0.9 s", WindowKind::Session { gap: 9 * second / 10 }),
     ] {
         let result = bench::window::throughput(kind, series, batch, readings);
-        println!(
+        writeln!(
+            out,
             "| {name} | {:.0} | {} | {} B |",
             result.readings_per_second(),
             result.emissions,
             result.checkpoint_bytes
-        );
+        )?;
     }
-    println!();
-    println!("One day at 1 Hz of a temperature-like signal, 10 series, in records of 10 minutes:");
-    println!();
-    println!("| sent as | points in | points out | bytes/reading |");
-    println!("|---------|-----------|------------|---------------|");
+    writeln!(out)?;
+    writeln!(out, "One day at 1 Hz of a temperature-like signal, 10 series, in records of 10 minutes:")?;
+    writeln!(out)?;
+    writeln!(out, "| sent as | points in | points out | bytes/reading |")?;
+    writeln!(out, "|---------|-----------|------------|---------------|")?;
     for c in bench::window::compression(10) {
-        println!("| {} | {} | {} | {:.3} |", c.method, c.points_in, c.points_out, c.bytes_per_reading);
+        writeln!(out, "| {} | {} | {} | {:.3} |", c.method, c.points_in, c.points_out, c.bytes_per_reading)?;
     }
     Ok(ExitCode::SUCCESS)
 }
 
 /// Where and when a bench ran, for docs/BENCHMARKS.md.
-fn print_machine() {
+fn print_machine(out: &mut impl Write) -> std::io::Result<()> {
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|info| {
@@ -488,14 +518,15 @@ fn print_machine() {
         .unwrap_or_else(|| "unknown CPU".to_owned());
     let cores = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     let build = if cfg!(debug_assertions) { "debug build: figures are not representative" } else { "release build" };
-    println!(
+    writeln!(
+        out,
         "{} — {cpu}, {cores} core(s), {} {}, weir {} ({build})",
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
         std::env::consts::OS,
         std::env::consts::ARCH,
         env!("CARGO_PKG_VERSION")
-    );
-    println!();
+    )?;
+    writeln!(out)
 }
 
 fn verdict(met: bool) -> &'static str {
@@ -503,17 +534,21 @@ fn verdict(met: bool) -> &'static str {
 }
 
 fn bench_sandbox(functions_dir: &std::path::Path, readings: usize) -> anyhow::Result<ExitCode> {
-    print_machine();
+    let mut out = std::io::stdout().lock();
+    print_machine(&mut out)?;
     let shapes = [(1, 1), (64, 16), (1024, 16), (16384, 16), (1024, 1), (1024, 100)];
     let result = bench::sandbox::run(functions_dir, &shapes, readings)?;
-    println!(
+    writeln!(
+        out,
         "| batch | series | native ns/reading | WASM ns/reading | native/WASM (target ≥ 0.5) | boundary ns/reading |"
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "|------:|-------:|------------------:|----------------:|---------------------------:|--------------------:|"
-    );
+    )?;
     for row in &result.batches {
-        println!(
+        writeln!(
+            out,
             "| {} | {} | {:.2} | {:.2} | {:.2} ({}) | {:.2}{} |",
             row.batch,
             row.series,
@@ -527,44 +562,49 @@ fn bench_sandbox(functions_dir: &std::path::Path, readings: usize) -> anyhow::Re
             } else {
                 String::new()
             }
-        );
+        )?;
     }
     let (alone, beside) = result.neighbour;
-    println!();
-    println!(
+    writeln!(out)?;
+    writeln!(
+        out,
         "unit-convert at 1024 readings per batch: {alone:.2} ns/reading alone, {beside:.2} ns/reading while a neighbour \
          faulted {} times at its 10 ms time limit ({:+.0} %)",
         result.neighbour_faults,
         (beside / alone - 1.0) * 100.0
-    );
+    )?;
     let i = result.instances;
-    println!();
-    println!("| instances | median | target |");
-    println!("|-----------|-------:|--------|");
-    println!(
+    writeln!(out)?;
+    writeln!(out, "| instances | median | target |")?;
+    writeln!(out, "|-----------|-------:|--------|")?;
+    writeln!(
+        out,
         "| store and instance of a loaded function | {:.1} µs | ≤ 10 µs ({}) |",
         i.instantiate_us,
         verdict(i.instantiate_us <= 10.0)
-    );
-    println!("| the same, ready for calls (`init` parses the parameters) | {:.1} µs | — |", i.start_us);
-    println!(
+    )?;
+    writeln!(out, "| the same, ready for calls (`init` parses the parameters) | {:.1} µs | — |", i.start_us)?;
+    writeln!(
+        out,
         "| hot swap (replace the running version) | {:.1} µs | ≤ 5 ms ({}) |",
         i.hot_swap_us,
         verdict(i.hot_swap_us <= 5000.0)
-    );
-    println!("| load a function from the compiled cache | {:.1} µs | — |", i.load_cached_us);
+    )?;
+    writeln!(out, "| load a function from the compiled cache | {:.1} µs | — |", i.load_cached_us)?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn bench_engine(functions_dir: &std::path::Path, readings: usize) -> anyhow::Result<ExitCode> {
-    print_machine();
+    let mut out = std::io::stdout().lock();
+    print_machine(&mut out)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     let result = runtime.block_on(bench::engine::run(functions_dir, readings, 100, 100))?;
     let rate = result.readings_per_second();
-    println!("| readings | messages | records | windows | bytes | seconds | readings/s (target ≥ 1 000 000) |");
-    println!("|---------:|---------:|--------:|--------:|------:|--------:|--------------------------------:|");
-    println!(
+    writeln!(out, "| readings | messages | records | windows | bytes | seconds | readings/s (target ≥ 1 000 000) |")?;
+    writeln!(out, "|---------:|---------:|--------:|--------:|------:|--------:|--------------------------------:|")?;
+    writeln!(
+        out,
         "| {} | {} | {} | {} | {} | {:.3} | {rate:.0} ({}) |",
         result.readings,
         result.messages,
@@ -573,7 +613,7 @@ fn bench_engine(functions_dir: &std::path::Path, readings: usize) -> anyhow::Res
         result.bytes,
         result.elapsed.as_secs_f64(),
         verdict(rate >= 1e6)
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -584,43 +624,51 @@ fn bench_drain(
     readings: usize,
     max_in_flight: usize,
 ) -> anyhow::Result<ExitCode> {
-    print_machine();
+    let mut out = std::io::stdout().lock();
+    print_machine(&mut out)?;
     let runtime =
         tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")?;
     let result = runtime.block_on(bench::drain(dir, nats, records, readings, max_in_flight))?;
-    println!("max_in_flight = {max_in_flight}");
-    println!();
+    writeln!(out, "max_in_flight = {max_in_flight}")?;
+    writeln!(out)?;
     let fill_rate = result.readings as f64 / result.fill.as_secs_f64();
     let drain_rate = result.records_per_second();
-    println!(
+    writeln!(
+        out,
         "| records | readings/record | fill: readings/s (bulk, target ≥ 500 000) | drain: records/s (target ≥ 150 000) | drain: readings/s |"
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "|--------:|----------------:|------------------------------------------:|------------------------------------:|------------------:|"
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "| {} | {readings} | {fill_rate:.0} ({}) | {drain_rate:.0} ({}) | {:.0} |",
         result.records,
         verdict(fill_rate >= 500_000.0),
         verdict(drain_rate >= 150_000.0),
         result.readings as f64 / result.drain.as_secs_f64()
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 
 fn bench_footprint(functions_dir: &std::path::Path, functions: usize) -> anyhow::Result<ExitCode> {
-    print_machine();
+    let mut out = std::io::stdout().lock();
+    print_machine(&mut out)?;
     let result = bench::footprint::run(functions_dir, functions)?;
     let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
-    println!(
+    writeln!(
+        out,
         "| functions | start to ready (target ≤ 200 ms) | idle RSS (target ≤ 15 MiB at 10) | of which anonymous | of which file-backed |"
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "|----------:|--------------------------------:|---------------------------------:|-------------------:|---------------------:|"
-    );
+    )?;
     for run in result.runs {
         let ms = run.start_to_ready.as_secs_f64() * 1e3;
-        println!(
+        writeln!(
+            out,
             "| {} | {ms:.1} ms ({}) | {:.1} MiB{} | {:.1} MiB | {:.1} MiB |",
             run.functions,
             verdict(ms <= 200.0),
@@ -628,24 +676,26 @@ fn bench_footprint(functions_dir: &std::path::Path, functions: usize) -> anyhow:
             if run.functions == 10 { format!(" ({})", verdict(mib(run.idle_rss) <= 15.0)) } else { String::new() },
             mib(run.idle_rss_anon),
             mib(run.idle_rss_file)
-        );
+        )?;
     }
     let [all, anon, file] = result.rss_per_function();
-    println!();
-    println!(
+    writeln!(out)?;
+    writeln!(
+        out,
         "RSS per extra function: {:.0} KiB (target ≤ 200 KiB: {}); anonymous {:.0} KiB, file-backed {:.0} KiB",
         all / 1024.0,
         verdict(all <= 200.0 * 1024.0),
         anon / 1024.0,
         file / 1024.0
-    );
-    println!(
+    )?;
+    writeln!(
+        out,
         "binary: {:.1} MiB; stripped: {} (target ≤ 12 MiB)",
         mib(result.binary),
         result.stripped.map_or_else(
             || "strip not installed".to_owned(),
             |s| format!("{:.1} MiB ({})", mib(s), verdict(mib(s) <= 12.0))
         )
-    );
+    )?;
     Ok(ExitCode::SUCCESS)
 }

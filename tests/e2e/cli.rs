@@ -1,6 +1,7 @@
 //! The command line: config refusals, the built-in demo, signals while starting, the dead-letter
-//! viewer.
+//! viewer, inspecting what a crash left, and printing into a pipe that closes early.
 
+use std::io::BufRead;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -204,5 +205,115 @@ topic_prefix = "sim"
     let stderr = String::from_utf8(output.stderr)?;
     assert!(stderr.contains("is in use by another weir process"), "{stderr}");
     assert_eq!(gateway.stop()?.0, 0);
+    Ok(())
+}
+
+/// Malformed messages published in [`crashed_gateway`], each a dead letter.
+const MALFORMED: usize = 30;
+/// Readings published in [`crashed_gateway`], each a record kept in the outbox.
+const READINGS: u64 = 5;
+
+/// A gateway that took `READINGS` readings into its outbox (the central broker is unreachable)
+/// and `MALFORMED` undecodable 4 KiB payloads into its dead letters, then was killed with
+/// SIGKILL. Returns it stopped, with its data directory as the crash left it.
+async fn crashed_gateway() -> Result<Weir> {
+    let mqtt = Mosquitto::start()?;
+    let central = format!("nats://127.0.0.1:{}", free_port());
+    let config = format!(
+        r#"
+{header}
+
+[pipelines.readings.source.mqtt]
+broker = "plant"
+topics = ["plant/readings"]
+
+[pipelines.readings.decode.json]
+series = "/sensor"
+time = "/ts"
+value = "/value"
+
+[pipelines.readings.batch]
+max_messages = 1
+
+[pipelines.readings.sink.jetstream]
+broker = "central"
+subject = "central.readings"
+"#,
+        header = gateway_with_brokers(&mqtt.url(), &central)
+    );
+    let mut weir = Weir::start(&config)?;
+    weir.wait_for_log("subscribed", 1).await?;
+    let plant = MqttClient::connect(&mqtt, "plant").await?;
+    for i in 0..READINGS {
+        plant.publish("plant/readings", format!(r#"{{"sensor": "tank", "ts": {i}, "value": 1.0}}"#)).await?;
+    }
+    for i in 0..MALFORMED {
+        plant.publish("plant/readings", format!("{i} not json {}", "x".repeat(4096))).await?;
+    }
+    // The running gateway's snapshot (rewritten every 5 s) shows what was committed.
+    let started = Instant::now();
+    loop {
+        let stats = weir.outbox_stats().ok();
+        let records = stats.as_ref().and_then(|s| stream_stats(s, "readings")["records"].as_u64());
+        let letters = stats.as_ref().and_then(|s| s["dead_letters_kept"].as_u64());
+        if records == Some(READINGS) && letters == Some(MALFORMED as u64) {
+            break;
+        }
+        anyhow::ensure!(started.elapsed() < PATIENCE, "never committed everything; log:\n{}", weir.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    weir.kill()?;
+    Ok(weir)
+}
+
+#[tokio::test]
+async fn outbox_stats_and_dead_letters_read_what_a_crash_left_without_changing_it() -> Result<()> {
+    let gateway = crashed_gateway().await?;
+    let data_dir = gateway.data_dir();
+    let database = data_dir.join("weir.redb");
+    let before = std::fs::read(&database)?;
+
+    let stats = outbox_stats_at(&data_dir)?;
+    let readings = stream_stats(&stats, "readings");
+    assert_eq!(readings["records"], READINGS, "{stats:#}");
+    assert_eq!(readings["last_seq"], READINGS, "{stats:#}");
+    assert_eq!(stats["dead_letters_kept"], MALFORMED, "{stats:#}");
+    let text = weir(&["outbox", "stats", "--data-dir", data_dir.to_str().expect("UTF-8 path")])?;
+    assert!(text.status.success(), "{}", String::from_utf8_lossy(&text.stderr));
+    assert!(String::from_utf8(text.stdout)?.contains("read through an in-memory repair"));
+
+    let letters = dead_letters(&data_dir)?;
+    assert_eq!(letters.len(), 20, "the newest 20 by default");
+    assert!(letters.iter().all(|l| l["stage"] == "decode"), "{letters:#?}");
+    assert!(
+        letters[19]["payload_text"].as_str().is_some_and(|t| t.starts_with(&format!("{} not json", MALFORMED - 1)))
+    );
+
+    assert!(std::fs::read(&database)? == before, "inspecting changed the database file");
+    Ok(())
+}
+
+#[tokio::test]
+async fn dead_letters_into_a_pipe_closed_early_ends_quietly() -> Result<()> {
+    let gateway = crashed_gateway().await?;
+    let data_dir = gateway.data_dir();
+    // About 250 KiB of JSON: far more than a pipe holds, so weir is still writing when the
+    // reader goes away.
+    let mut child = Command::new(weir_bin())
+        .args(["dead-letters", "--json", "--limit", "1000", "--data-dir"])
+        .arg(&data_dir)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let mut stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+    let mut first = String::new();
+    stdout.read_line(&mut first)?;
+    assert!(first.contains(r#""stage":"decode""#), "{first}");
+    drop(stdout);
+    let output = child.wait_with_output()?;
+    let stderr = String::from_utf8(output.stderr)?;
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert_eq!(output.status.code(), Some(0), "a closed pipe ends the listing quietly: {stderr}");
     Ok(())
 }

@@ -1,4 +1,7 @@
-//! Bad input and misbehaving functions: dead-lettered with a reason, nothing else disturbed.
+//! Bad input and misbehaving functions: dead-lettered with a reason, nothing else disturbed. A
+//! central broker that never answers does not keep weir from stopping.
+
+use std::time::{Duration, Instant};
 
 use anyhow::Result;
 use serde_json::json;
@@ -232,4 +235,78 @@ async fn a_trapping_function_dead_letters_its_batch_while_its_pipeline_and_other
         assert_eq!(letter["samples"][0]["series"], "oven/temp");
     }
     Ok(())
+}
+
+/// Longest orderly stop accepted while the central broker does not answer: the sink's grace
+/// (5 s) and the MQTT connection's (3 s), with room for a slow machine. A correctness bound:
+/// without it a stop waits for `ack_timeout` (here an hour).
+const STOP_BOUND: Duration = Duration::from_secs(15);
+
+/// Runs a pipeline from mosquitto to `sink` (TOML of a `[pipelines.readings.sink.*]` table)
+/// whose broker never answers, publishes readings, and checks that SIGTERM ends weir in time
+/// with every record still in the outbox.
+async fn stops_in_time_while_the_central_broker_is_silent(central: &str, sink: &str) -> Result<()> {
+    let mqtt = Mosquitto::start()?;
+    let config = format!(
+        r#"
+{header}
+
+[pipelines.readings.source.mqtt]
+broker = "plant"
+topics = ["plant/readings"]
+
+[pipelines.readings.decode.json]
+series = "/sensor"
+time = "/ts"
+value = "/value"
+
+[pipelines.readings.batch]
+max_messages = 1
+
+{sink}
+"#,
+        header = gateway_with_brokers(&mqtt.url(), central)
+    );
+    let mut weir = Weir::start(&config)?;
+    weir.wait_for_log("subscribed", 1).await?;
+    let plant = MqttClient::connect(&mqtt, "plant").await?;
+    for i in 0..5 {
+        plant.publish("plant/readings", reading("tank/level", i, 1.0)).await?;
+    }
+    // The running gateway's snapshot (rewritten every 5 s) shows what was committed.
+    let started = Instant::now();
+    let committed =
+        |weir: &Weir| weir.outbox_stats().ok().and_then(|s| stream_stats(&s, "readings")["records"].as_u64());
+    while committed(&weir) < Some(5) {
+        anyhow::ensure!(started.elapsed() < PATIENCE, "the records never reached the outbox; log:\n{}", weir.log());
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let stopping = Instant::now();
+    let code = weir.terminate()?;
+    let took = stopping.elapsed();
+    assert_eq!(code, 0, "{}", weir.log());
+    assert!(took < STOP_BOUND, "weir took {took:?} to stop; log:\n{}", weir.log());
+    let stats = weir.outbox_stats()?;
+    let readings = stream_stats(&stats, "readings");
+    assert_eq!(readings["records"], 5, "unconfirmed records stay in the outbox: {stats:#}");
+    assert_eq!(readings["last_seq"], 5, "{stats:#}");
+    Ok(())
+}
+
+#[tokio::test]
+async fn sigterm_stops_weir_in_time_while_jetstream_is_unreachable_whatever_the_ack_timeout() -> Result<()> {
+    // Nothing listens on the central port.
+    let central = format!("nats://127.0.0.1:{}", free_port());
+    let sink = "[pipelines.readings.sink.jetstream]\nbroker = \"central\"\nsubject = \"central.readings\"\nack_timeout = \"1h\"";
+    stops_in_time_while_the_central_broker_is_silent(&central, sink).await
+}
+
+#[tokio::test]
+async fn sigterm_stops_weir_in_time_while_the_mqtt_sink_broker_hangs_after_connecting() -> Result<()> {
+    // Connected, the window of one publish full and never confirmed: the connection waits for
+    // nothing but its keep-alive (30 s) unless the stop cuts it.
+    let central = MuteMqttBroker::start()?;
+    let sink = "[pipelines.readings.sink.mqtt]\nbroker = \"central\"\ntopic = \"central/readings\"\nmax_in_flight = 1";
+    stops_in_time_while_the_central_broker_is_silent(&central.url(), sink).await
 }

@@ -272,6 +272,41 @@ impl Drop for SmallDisk {
     }
 }
 
+/// An MQTT "broker" that accepts connections, answers each CONNECT with a CONNACK and then
+/// never answers again (no PUBACK, no PINGRESP): a central broker that hangs after connecting.
+#[derive(Debug)]
+pub struct MuteMqttBroker {
+    /// Its port.
+    pub port: u16,
+}
+
+impl MuteMqttBroker {
+    /// Starts listening on a free loopback port; its threads live until the test process ends.
+    pub fn start() -> Result<Self> {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0")?;
+        let port = listener.local_addr()?.port();
+        std::thread::spawn(move || {
+            for mut connection in listener.incoming().flatten() {
+                std::thread::spawn(move || {
+                    // A client's CONNECT is small and comes first; the accepted CONNACK follows.
+                    let mut buffer = [0_u8; 4096];
+                    if connection.read(&mut buffer).is_ok_and(|n| n > 0) {
+                        let _ = connection.write_all(&[0x20, 0x02, 0x00, 0x00]);
+                    }
+                    while connection.read(&mut buffer).is_ok_and(|n| n > 0) {}
+                });
+            }
+        });
+        Ok(Self { port })
+    }
+
+    /// `mqtt://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("mqtt://127.0.0.1:{}", self.port)
+    }
+}
+
 /// A running `weir run` with its own data directory; its stderr goes to a log file.
 #[derive(Debug)]
 pub struct Weir {
@@ -325,6 +360,14 @@ impl Weir {
     /// The exit code, if the process has exited (-1 when a signal ended it).
     pub fn exit_code(&mut self) -> Result<Option<i32>> {
         Ok(self.child.try_wait()?.map(|status| status.code().unwrap_or(-1)))
+    }
+
+    /// Kills the process with SIGKILL (no chance to clean up) and leaves it stopped, its data
+    /// directory as the crash left it.
+    pub fn kill(&mut self) -> Result<()> {
+        Command::new("kill").args(["-KILL", &self.child.id().to_string()]).status()?;
+        self.child.wait()?;
+        Ok(())
     }
 
     /// Sends signal `name` (`HUP`, say) to the process.

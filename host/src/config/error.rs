@@ -9,6 +9,9 @@ use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
 
+/// Characters of the offending line quoted from the problem's column on; the rest is cut.
+const EXCERPT_AFTER_COLUMN: usize = 100;
+
 /// One thing wrong with a configuration file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Problem {
@@ -42,7 +45,13 @@ impl Problem {
             problem.column = before.chars().count() + 1;
             let width = marked.chars().count().max(1);
             let line = format!("{before}{marked}{after}");
-            problem.excerpt = Some((line.trim_end_matches('\r').to_owned(), width));
+            let line = line.trim_end_matches('\r');
+            // A very long line (a 64 KiB value, say) is quoted up to a little past the problem.
+            let shown = problem.column - 1 + EXCERPT_AFTER_COLUMN;
+            problem.excerpt = Some(match line.char_indices().nth(shown) {
+                Some((cut, _)) => (format!("{}…", &line[..cut]), width.min(EXCERPT_AFTER_COLUMN)),
+                None => (line.to_owned(), width),
+            });
         }
         problem
     }

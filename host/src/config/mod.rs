@@ -13,7 +13,8 @@ mod error;
 pub mod raw;
 pub mod types;
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -25,8 +26,8 @@ pub use raw::{
 };
 use raw::{RawBroker, RawConfig, RawDecode, RawFieldMapping, RawPipeline, RawSink, RawSource};
 pub use types::{
-    BrokerUrl, FunctionId, GatewayId, JsonPointer, MqttTopic, Name, NatsSubject, NatsSubjectFilter, Protocol,
-    TopicFilter,
+    BrokerUrl, FunctionId, GatewayId, JsonPointer, MqttClientId, MqttTopic, Name, NatsSubject, NatsSubjectFilter,
+    Protocol, TopicFilter,
 };
 
 /// The built-in configuration: simulated sensors, the bundled functions, a console sink.
@@ -292,8 +293,9 @@ pub enum SourceConfig {
         topics: Vec<TopicFilter>,
         /// QoS of the subscriptions.
         qos: Qos,
-        /// Client id (the session's key on the broker).
-        client_id: String,
+        /// Client id (the session's key on the broker); no other MQTT source or sink of the
+        /// configuration uses it on the same broker.
+        client_id: MqttClientId,
         /// The broker's in-flight window for QoS 1 messages to this client.
         max_inflight: usize,
         /// Larger messages are dead-lettered instead of decoded.
@@ -439,8 +441,9 @@ pub enum SinkConfig {
         broker: BrokerConfig,
         /// Topic published to.
         topic: MqttTopic,
-        /// Client id.
-        client_id: String,
+        /// Client id; no other MQTT source or sink of the configuration uses it on the same
+        /// broker.
+        client_id: MqttClientId,
         /// Publishes awaiting their PUBACK at once.
         max_in_flight: usize,
     },
@@ -530,7 +533,9 @@ pub fn parse(file: &str, text: &str, base_dir: &Path, overrides: &Overrides) -> 
         let inner = e.into_inner();
         invalid(vec![Problem::at(text, inner.span(), field, inner.message())])
     })?;
-    Validator { text, base_dir, problems: Vec::new() }.validate(raw, overrides).map_err(invalid)
+    Validator { text, base_dir, problems: Vec::new(), mqtt_clients: Vec::new() }
+        .validate(raw, overrides)
+        .map_err(invalid)
 }
 
 /// Collects every cross-reference problem instead of stopping at the first.
@@ -538,6 +543,20 @@ struct Validator<'a> {
     text: &'a str,
     base_dir: &'a Path,
     problems: Vec<Problem>,
+    /// Every MQTT connection the pipelines open, to refuse two with one client id on one broker.
+    mqtt_clients: Vec<MqttClient>,
+}
+
+/// One MQTT connection of a pipeline (its source or its sink).
+struct MqttClient {
+    broker: BrokerUrl,
+    client_id: MqttClientId,
+    /// `pipelines.<name>.source.mqtt.client_id` or `pipelines.<name>.sink.mqtt.client_id`.
+    field: String,
+    /// The `client_id` value, or the `broker` value when the id is the default.
+    span: Range<usize>,
+    /// Whether the id is the default rather than written in the file.
+    derived: bool,
 }
 
 impl Validator<'_> {
@@ -611,6 +630,7 @@ impl Validator<'_> {
                 self.pipeline(&raw.gateway.id, name, pipeline.into_inner(), &brokers, &functions)
             })
             .collect();
+        self.refuse_shared_client_ids();
         if pipelines.is_empty() && self.problems.is_empty() {
             self.problems.push(Problem::at(
                 self.text,
@@ -631,6 +651,70 @@ impl Validator<'_> {
             return Err(self.problems);
         }
         Ok(Config { gateway: GatewayConfig { id: raw.gateway.id, data_dir }, state, functions, pipelines })
+    }
+
+    /// Refuses a second MQTT connection to one broker under a client id already in use: the
+    /// broker keeps one session per id and drops the older connection when another one
+    /// connects, so the two would take the session from each other for as long as they run.
+    /// Brokers are the same when their URLs name the same host (ignoring case) and port.
+    fn refuse_shared_client_ids(&mut self) {
+        let mut clients = std::mem::take(&mut self.mqtt_clients);
+        clients.sort_by_key(|client| client.span.start);
+        let mut first_users: HashMap<(String, u16, &str), &MqttClient> = HashMap::new();
+        for client in &clients {
+            let key = (client.broker.host.to_ascii_lowercase(), client.broker.port, client.client_id.as_str());
+            let Some(first) = first_users.get(&key) else {
+                first_users.insert(key, client);
+                continue;
+            };
+            let line = self.text[..first.span.start.min(self.text.len())].matches('\n').count() + 1;
+            let default = |c: &MqttClient| if c.derived { " (the default)" } else { "" };
+            self.problems.push(Problem::at(
+                self.text,
+                Some(client.span.clone()),
+                client.field.clone(),
+                format!(
+                    "client id {:?}{} is already used on broker {} by `{}`{} (line {line}); the broker keeps \
+                     one session per client id, so the two connections would take it from each other: \
+                     give each its own `client_id`",
+                    client.client_id.as_str(),
+                    default(client),
+                    client.broker,
+                    first.field,
+                    default(first),
+                ),
+            ));
+        }
+    }
+
+    /// Notes an MQTT connection for [`Self::refuse_shared_client_ids`]; returns its client id.
+    fn mqtt_client(
+        &mut self,
+        broker: Option<&BrokerConfig>,
+        explicit: Option<Spanned<MqttClientId>>,
+        broker_span: Range<usize>,
+        field: String,
+        default: impl FnOnce() -> String,
+    ) -> MqttClientId {
+        let (client_id, span, derived) = match explicit {
+            Some(id) => (id.get_ref().clone(), id.span(), false),
+            None => (
+                MqttClientId::try_from(default())
+                    .expect("a gateway id and a pipeline name always make a valid client id"),
+                broker_span,
+                true,
+            ),
+        };
+        if let Some(broker) = broker {
+            self.mqtt_clients.push(MqttClient {
+                broker: broker.url.clone(),
+                client_id: client_id.clone(),
+                field,
+                span,
+                derived,
+            });
+        }
+        client_id
     }
 
     fn resolve_in(&self, dir: &Path, path: &Path) -> PathBuf {
@@ -748,7 +832,13 @@ impl Validator<'_> {
                 if mqtt.topics.is_empty() {
                     self.problem(&mqtt.broker, at("source.mqtt.topics"), "subscribe to at least one topic");
                 }
-                let client_id = mqtt.client_id.unwrap_or_else(|| format!("weir-{gateway}-{name}"));
+                let client_id = self.mqtt_client(
+                    broker.as_ref(),
+                    mqtt.client_id,
+                    mqtt.broker.span(),
+                    at("source.mqtt.client_id"),
+                    || format!("weir-{gateway}-{name}"),
+                );
                 let max_inflight = mqtt.max_inflight.map_or(defaults::MQTT_INFLIGHT, types::CountIn::as_usize);
                 let max_message_size = mqtt.max_message_size.map_or(defaults::MAX_MESSAGE_SIZE, types::SizeIn::get);
                 broker.map(|broker| SourceConfig::Mqtt {
@@ -864,28 +954,35 @@ impl Validator<'_> {
             queue: raw.batch.queue.map_or(defaults::QUEUE, types::CountIn::as_usize),
         };
 
-        let sink =
-            match raw.sink.into_inner() {
-                RawSink::Jetstream(js) => self
-                    .broker_ref(&js.broker, &at("sink.jetstream.broker"), Protocol::Nats, brokers)
-                    .map(|broker| SinkConfig::JetStream {
-                        broker,
-                        subject: js.subject,
-                        max_in_flight: js.max_in_flight.map_or(defaults::MAX_IN_FLIGHT, types::CountIn::as_usize),
-                        ack_timeout: js.ack_timeout.map_or(defaults::ACK_TIMEOUT, types::DurationIn::get),
-                    }),
-                RawSink::Mqtt(mqtt) => self
-                    .broker_ref(&mqtt.broker, &at("sink.mqtt.broker"), Protocol::Mqtt, brokers)
-                    .map(|broker| SinkConfig::Mqtt {
-                        broker,
-                        topic: mqtt.topic,
-                        client_id: mqtt.client_id.unwrap_or_else(|| format!("weir-{gateway}-{name}-out")),
-                        max_in_flight: mqtt.max_in_flight.map_or(defaults::MAX_IN_FLIGHT, types::CountIn::as_usize),
-                    }),
-                RawSink::Console(console) => Some(SinkConfig::Console {
-                    series_shown: console.series_shown.map_or(defaults::SERIES_SHOWN, types::CountIn::as_usize),
+        let sink = match raw.sink.into_inner() {
+            RawSink::Jetstream(js) => self
+                .broker_ref(&js.broker, &at("sink.jetstream.broker"), Protocol::Nats, brokers)
+                .map(|broker| SinkConfig::JetStream {
+                    broker,
+                    subject: js.subject,
+                    max_in_flight: js.max_in_flight.map_or(defaults::MAX_IN_FLIGHT, types::CountIn::as_usize),
+                    ack_timeout: js.ack_timeout.map_or(defaults::ACK_TIMEOUT, types::DurationIn::get),
                 }),
-            };
+            RawSink::Mqtt(mqtt) => {
+                let broker = self.broker_ref(&mqtt.broker, &at("sink.mqtt.broker"), Protocol::Mqtt, brokers);
+                let client_id = self.mqtt_client(
+                    broker.as_ref(),
+                    mqtt.client_id,
+                    mqtt.broker.span(),
+                    at("sink.mqtt.client_id"),
+                    || format!("weir-{gateway}-{name}-out"),
+                );
+                broker.map(|broker| SinkConfig::Mqtt {
+                    broker,
+                    topic: mqtt.topic,
+                    client_id,
+                    max_in_flight: mqtt.max_in_flight.map_or(defaults::MAX_IN_FLIGHT, types::CountIn::as_usize),
+                })
+            }
+            RawSink::Console(console) => Some(SinkConfig::Console {
+                series_shown: console.series_shown.map_or(defaults::SERIES_SHOWN, types::CountIn::as_usize),
+            }),
+        };
 
         let outbox = self.outbox(raw.outbox.map(Spanned::into_inner).unwrap_or_default(), &at("outbox"));
         // `None` when the table is wrong (its problems are recorded), else whether there is one.
@@ -1086,12 +1183,7 @@ impl Validator<'_> {
         OutboxConfig { max_bytes, when_full: raw.when_full.unwrap_or_default(), drain }
     }
 
-    fn field_mapping(
-        &mut self,
-        raw: RawFieldMapping,
-        span: std::ops::Range<usize>,
-        field: &str,
-    ) -> Option<FieldMapping> {
+    fn field_mapping(&mut self, raw: RawFieldMapping, span: Range<usize>, field: &str) -> Option<FieldMapping> {
         let values = match (raw.value, raw.values) {
             (Some(one), None) => ValueFields::One(one),
             (None, Some(many)) if !many.is_empty() => {

@@ -15,7 +15,7 @@ use toml::Spanned;
 
 use super::types::{
     BrokerUrl, ByteRate, CountIn, DAY, DurationIn, FunctionId, GIB, GatewayId, HOUR, JsonPointer, KIB, MIB, MINUTE,
-    MqttTopic, Name, NatsSubject, NatsSubjectFilter, SECOND, SizeIn, TIB, TopicFilter,
+    MqttClientId, MqttTopic, Name, NatsSubject, NatsSubjectFilter, SECOND, SizeIn, TIB, TopicFilter,
 };
 
 // Every duration, size and count has bounds (see docs/configuration.md, "Limits"): the upper ones
@@ -325,8 +325,9 @@ pub struct RawMqttSource {
     #[serde(default = "default_qos")]
     pub qos: Spanned<u8>,
     /// `client_id = "gw07-boiler"` — default `weir-<gateway>-<pipeline>`; keep it stable, the broker
-    /// keeps the persistent session under it.
-    pub client_id: Option<String>,
+    /// keeps the persistent session under it. Refused when another MQTT source or sink of this
+    /// configuration uses the same id on the same broker.
+    pub client_id: Option<Spanned<MqttClientId>>,
     /// `max_inflight = 20` — the broker's in-flight window for QoS 1 messages to this client
     /// (mosquitto `max_inflight_messages`, default 20). The broker sends no more until some are
     /// acknowledged, so a batch closes once it holds this many; raise both together for throughput
@@ -578,8 +579,8 @@ pub struct RawJetStreamSink {
     /// `max_in_flight = 64` — publishes awaiting their ack at once (1 to 10 000).
     pub max_in_flight: Option<CountIn<1, 10_000>>,
     /// `ack_timeout = "5s"` — how long a publish waits for the stream's ack before it counts as
-    /// failed (and is sent again, after asking what the stream stored; 1ms to 10m).
-    pub ack_timeout: Option<DurationIn<1, { 10 * MINUTE }>>,
+    /// failed (and is sent again, after asking what the stream stored; 1ms to 1h).
+    pub ack_timeout: Option<DurationIn<1, HOUR>>,
 }
 
 /// `[pipelines.<name>.sink.mqtt]`
@@ -590,8 +591,9 @@ pub struct RawMqttSink {
     pub broker: Spanned<Name>,
     /// `topic = "weir/plant1/boiler"`
     pub topic: MqttTopic,
-    /// `client_id = "gw07-boiler-out"` — default `weir-<gateway>-<pipeline>-out`.
-    pub client_id: Option<String>,
+    /// `client_id = "gw07-boiler-out"` — default `weir-<gateway>-<pipeline>-out`. Refused when
+    /// another MQTT source or sink of this configuration uses the same id on the same broker.
+    pub client_id: Option<Spanned<MqttClientId>>,
     /// `max_in_flight = 64` — publishes awaiting their PUBACK at once (1 to 10 000).
     pub max_in_flight: Option<CountIn<1, 10_000>>,
 }

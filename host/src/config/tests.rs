@@ -181,7 +181,9 @@ fn a_full_configuration_is_accepted_and_resolved() {
         "outbox defaults"
     );
     assert!(matches!(&press.decode, DecodeConfig::Function(used) if used.name.as_str() == "decoder-frame-decoder"));
-    assert!(matches!(&press.sink, SinkConfig::Mqtt { client_id, .. } if client_id == "weir-plant1-gw07-press-out"));
+    assert!(
+        matches!(&press.sink, SinkConfig::Mqtt { client_id, .. } if client_id.as_str() == "weir-plant1-gw07-press-out")
+    );
 }
 
 #[test]
@@ -477,4 +479,48 @@ fn refuses_a_config_without_pipelines() {
 fn reports_unreadable_files_with_their_path() {
     let error = load(Path::new("/nonexistent/weir.toml"), &Overrides::default()).expect_err("no such file");
     assert!(error.to_string().starts_with("cannot read config file /nonexistent/weir.toml"), "{error}");
+}
+
+#[test]
+fn refuses_two_mqtt_connections_with_one_client_id_on_one_broker() {
+    // A source's id written out equals the default of a later sink on the same broker.
+    insta::assert_snapshot!(invalid(&valid_but("qos = 1", "qos = 1\nclient_id = \"weir-plant1-gw07-press-out\"")));
+    // A sink's id written out equals the default of an earlier source.
+    insta::assert_snapshot!(invalid(&valid_but(
+        "topic = \"weir/press\"",
+        "topic = \"weir/press\"\nclient_id = \"weir-plant1-gw07-boiler\""
+    )));
+    // Two broker names for one broker (the port defaults to 1883) are one broker.
+    let same_broker =
+        valid_but("[brokers.central]", "[brokers.plant-again]\nurl = \"mqtt://10.0.0.5\"\n\n[brokers.central]")
+            .replacen(
+                "broker = \"plant\"\ntopic = \"weir/press\"",
+                "broker = \"plant-again\"\ntopic = \"weir/press\"\nclient_id = \"weir-plant1-gw07-boiler\"",
+                1,
+            );
+    insta::assert_snapshot!(invalid(&same_broker));
+}
+
+#[test]
+fn one_client_id_on_two_brokers_is_accepted() {
+    let functions = functions_dir();
+    let text = valid_but("[brokers.central]", "[brokers.other-plant]\nurl = \"mqtt://10.0.0.6\"\n\n[brokers.central]")
+        .replacen(
+            "broker = \"plant\"\ntopic = \"weir/press\"",
+            "broker = \"other-plant\"\ntopic = \"weir/press\"\nclient_id = \"weir-plant1-gw07-boiler\"",
+            1,
+        );
+    let config = parse_with(&text, functions.path()).expect("valid");
+    let press = config.pipelines.iter().find(|p| p.name.as_str() == "press").expect("press pipeline");
+    assert!(
+        matches!(&press.sink, SinkConfig::Mqtt { client_id, .. } if client_id.as_str() == "weir-plant1-gw07-boiler")
+    );
+}
+
+#[test]
+fn refuses_client_ids_mqtt_cannot_carry() {
+    let too_long = "x".repeat(MqttClientId::MAX_BYTES + 1);
+    insta::assert_snapshot!(invalid(&valid_but("qos = 1", &format!("qos = 1\nclient_id = \"{too_long}\""))));
+    insta::assert_snapshot!(invalid(&valid_but("qos = 1", "qos = 1\nclient_id = \"gw07\\u0000boiler\"")));
+    insta::assert_snapshot!(invalid(&valid_but("qos = 1", "qos = 1\nclient_id = \"\"")));
 }

@@ -246,6 +246,59 @@ impl TryFrom<String> for MqttTopic {
     }
 }
 
+/// An MQTT client id: the key under which the broker keeps a client's session.
+///
+/// MQTT 3.1.1 (§1.5.3, §3.1.3.1) makes it a UTF-8 string of at most 65 535 bytes that must not
+/// contain U+0000 and should not contain control characters or Unicode noncharacters (brokers
+/// such as mosquitto refuse those as malformed). A connection with an id outside these rules is
+/// refused on every attempt, so it is refused here instead. An empty id is refused too: a
+/// persistent session needs a name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
+pub struct MqttClientId(String);
+
+impl MqttClientId {
+    /// Longest client id MQTT can carry, in bytes of UTF-8.
+    pub const MAX_BYTES: usize = u16::MAX as usize;
+
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for MqttClientId {
+    type Error = String;
+
+    fn try_from(id: String) -> Result<Self, String> {
+        if id.is_empty() || id.len() > Self::MAX_BYTES {
+            let shown: String = id.chars().take(32).collect();
+            let ellipsis = if shown.len() < id.len() { "…" } else { "" };
+            return Err(format!(
+                "client id {shown:?}{ellipsis} is {} bytes long: MQTT allows 1 to {} bytes",
+                id.len(),
+                Self::MAX_BYTES
+            ));
+        }
+        let noncharacter = |c: char| matches!(u32::from(c), 0xFDD0..=0xFDEF) || u32::from(c) & 0xFFFE == 0xFFFE;
+        if let Some(bad) = id.chars().find(|&c| c.is_control() || noncharacter(c)) {
+            return Err(format!(
+                "client id {id:?} contains {:?} (U+{:04X}): MQTT client ids must not contain NUL, control \
+                 characters or Unicode noncharacters",
+                bad,
+                u32::from(bad)
+            ));
+        }
+        Ok(Self(id))
+    }
+}
+
+impl fmt::Display for MqttClientId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 fn check_nats_subject(subject: &str, wildcards_allowed: bool) -> Result<(), String> {
     let tokens: Vec<&str> = subject.split('.').collect();
     if subject.is_empty() || subject.chars().any(char::is_whitespace) {
@@ -553,6 +606,19 @@ mod tests {
         assert!(Name::from_str("boiler-1_a").is_ok());
         for bad in ["", "Boiler", "-x", "a b", "a.b", &"x".repeat(65)] {
             assert!(Name::from_str(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn mqtt_client_ids_follow_mqtt_string_rules() {
+        let longest = "é".repeat(MqttClientId::MAX_BYTES / 2) + "x";
+        assert_eq!(longest.len(), MqttClientId::MAX_BYTES);
+        for good in ["gw07-boiler", "Gateway 7 / Kessel", "ü", longest.as_str()] {
+            assert!(MqttClientId::try_from(good.to_owned()).is_ok(), "{good:?}");
+        }
+        let too_long = longest.clone() + "x";
+        for bad in ["", "a\0b", "tab\there", "del\u{7f}", "c1\u{85}", "non\u{fdd0}char", "\u{1fffe}", &too_long] {
+            assert!(MqttClientId::try_from(bad.to_owned()).is_err(), "{:?}", &bad[..bad.len().min(20)]);
         }
     }
 

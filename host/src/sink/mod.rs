@@ -29,8 +29,13 @@
 //! not also in the outbox. A record the broker can never accept (too large for it) is moved to
 //! the dead letters with the broker's reason, in the same commit that removes it from the outbox.
 //!
-//! Stopping: no new publishes; in-flight ones get a grace period to be confirmed; unconfirmed
-//! records stay in the outbox for the next start.
+//! Stopping: no new publishes; in-flight ones get a grace period ([`STOP_GRACE`]) to be
+//! confirmed; unconfirmed records stay in the outbox for the next start.
+//!
+//! **Invariant (bounded stop):** a sink ends within [`STOP_GRACE`] (plus [`CLOSE_GRACE`] for an
+//! MQTT connection to close) of being told to stop, whatever `ack_timeout` is and whether the
+//! broker answers: every wait on the broker — connecting, reconciling, handing a record over,
+//! awaiting a confirmation — is raced against the stop token or ends at the stop deadline.
 
 mod console;
 mod jetstream;
@@ -58,6 +63,8 @@ const DELETE_GROUP: usize = 256;
 const DELETE_LINGER: Duration = Duration::from_millis(50);
 /// How long a stopping sink waits for in-flight confirmations (in all).
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long the MQTT sink's connection gets to close once the drain loop has ended.
+const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// Longest wait for one confirmation; past it the record is sent again (a broker that lost a
 /// PUBACK on a live connection would otherwise stall the stream).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
@@ -212,7 +219,12 @@ impl Sink {
     pub async fn run(self, committed: watch::Receiver<u64>, stop: CancellationToken) {
         match &self.config {
             SinkConfig::JetStream { broker, subject, max_in_flight, ack_timeout } => {
-                match jetstream::JetStreamPublisher::connect(broker, subject, *ack_timeout, &self.stream).await {
+                let connecting = jetstream::JetStreamPublisher::connect(broker, subject, *ack_timeout, &self.stream);
+                let connected = tokio::select! {
+                    connected = connecting => connected,
+                    () = stop.cancelled() => return,
+                };
+                match connected {
                     Ok(p) => {
                         let publisher = Publisher::JetStream(Box::new(p));
                         Drain::new(&self, publisher, *max_in_flight, broker.reconnect).run(committed, stop).await;
@@ -224,9 +236,21 @@ impl Sink {
             }
             SinkConfig::Mqtt { broker, topic, client_id, max_in_flight } => {
                 let (publisher, connection) =
-                    mqtt::MqttPublisher::new(broker, topic, client_id, *max_in_flight, &self.stream);
+                    mqtt::MqttPublisher::new(broker, topic, client_id.as_str(), *max_in_flight, &self.stream);
                 let drain = Drain::new(&self, Publisher::Mqtt(publisher), *max_in_flight, broker.reconnect);
-                tokio::join!(drain.run(committed, stop.clone()), connection.run(stop));
+                let mut drain = std::pin::pin!(drain.run(committed, stop.clone()));
+                let mut connection = std::pin::pin!(connection.run(stop));
+                tokio::select! {
+                    // The drain loop ended (told to stop): the connection ends too, once its
+                    // requests are closed, or is cut off after a short grace (a broker that does
+                    // not answer the DISCONNECT, a connection attempt that hangs).
+                    () = &mut drain => {
+                        if tokio::time::timeout(CLOSE_GRACE, connection).await.is_err() {
+                            tracing::debug!(stage = "sink", pipeline = %self.stream, "MQTT sink connection cut off at shutdown");
+                        }
+                    }
+                    () = &mut connection => drain.await,
+                }
             }
             SinkConfig::Console { series_shown } => {
                 let publisher = Publisher::Console(console::ConsolePublisher::new(&self.stream, *series_shown));
@@ -391,9 +415,13 @@ impl<'a> Drain<'a> {
                 Some(deadline) => tokio::time::timeout_at(deadline, confirmation)
                     .await
                     .unwrap_or_else(|_| Err(PublishError::transient("no confirmation before shutdown"))),
-                None => tokio::time::timeout(CONFIRM_TIMEOUT, confirmation).await.unwrap_or_else(|_| {
-                    Err(PublishError::transient(format!("no confirmation within {}s", CONFIRM_TIMEOUT.as_secs())))
-                }),
+                None => tokio::select! {
+                    outcome = tokio::time::timeout(CONFIRM_TIMEOUT, confirmation) => outcome.unwrap_or_else(|_| {
+                        Err(PublishError::transient(format!("no confirmation within {}s", CONFIRM_TIMEOUT.as_secs())))
+                    }),
+                    // Told to stop while waiting: wait on, but only until the stop deadline.
+                    () = stop.cancelled() => continue,
+                },
             };
             self.in_flight.pop_front();
             match outcome {
@@ -427,7 +455,12 @@ impl<'a> Drain<'a> {
     /// backoff) when the broker could not be asked.
     async fn reconcile(&mut self, stop: &CancellationToken) -> bool {
         let stream = &self.sink.stream;
-        match self.publisher.stored_since(&self.sink.gateway, stream, self.position).await {
+        let asked = tokio::select! {
+            asked = self.publisher.stored_since(&self.sink.gateway, stream, self.position) => asked,
+            // Stopping: nothing will be sent, so nothing needs to be known.
+            () = stop.cancelled() => return false,
+        };
+        match asked {
             Ok(found) => {
                 self.must_reconcile = false;
                 if !found.records.is_empty() {
@@ -549,7 +582,13 @@ impl<'a> Drain<'a> {
             // Confirmed, found stored or refused; its deletion is waiting to be committed.
             return true;
         }
-        match self.publisher.publish(record).await {
+        let handed_over = tokio::select! {
+            handed_over = self.publisher.publish(record) => handed_over,
+            // A client that buffers while disconnected can make this wait; stopping wins. The
+            // record stays in the outbox.
+            () = stop.cancelled() => return false,
+        };
+        match handed_over {
             Ok(confirmation) => {
                 self.unsaved.published += 1;
                 self.in_flight.push_back((record.seq, confirmation));

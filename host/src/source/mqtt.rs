@@ -50,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Ack, AckError, AckKind, CommittedRecently, Delivery, DeliveryRecord, MAX_MESSAGE_BYTES, Oversized};
 use crate::backoff::Retry;
 use crate::batch::Message;
-use crate::config::{BrokerConfig, Qos, TopicFilter};
+use crate::config::{BrokerConfig, MqttClientId, Qos, TopicFilter};
 use crate::state::StateStore;
 
 /// Messages, and payload bytes, held locally (not yet taken by the pipeline) before the source
@@ -246,7 +246,7 @@ pub(super) struct MqttSource {
     pub(super) broker: BrokerConfig,
     pub(super) topics: Vec<TopicFilter>,
     pub(super) qos: Qos,
-    pub(super) client_id: String,
+    pub(super) client_id: MqttClientId,
     /// The broker's in-flight window for QoS 1 messages to this client.
     pub(super) max_inflight: usize,
     /// Larger messages are dead-lettered (a prefix) instead of decoded.
@@ -282,7 +282,7 @@ impl MqttSource {
         intake: CancellationToken,
         close: CancellationToken,
     ) {
-        let mut options = options(&self.broker, &self.client_id, false);
+        let mut options = options(&self.broker, self.client_id.as_str(), false);
         options.set_manual_acks(true);
         let owed_acks = (2 * self.max_inflight).max(MIN_OWED_ACKS);
         let (client, eventloop) = AsyncClient::new(options, owed_acks + REQUEST_SLACK);

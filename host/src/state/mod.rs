@@ -35,10 +35,12 @@
 //! | `recoveries`           | id                     | report of a recovery from a damaged file, JSON (see `salvage`) |
 //!
 //! The outbox's accounting, reservations and full-outbox policies live in `outbox`; opening a
-//! damaged file in `salvage`; what `weir outbox stats` reads in `stats`.
+//! damaged file in `salvage`; what `weir outbox stats` reads in `stats`; reading the file from
+//! another process without changing it (also after a crash) in `inspect`.
 
 mod counter;
 mod dead_letter;
+pub mod inspect;
 mod outbox;
 mod salvage;
 pub mod stats;
@@ -631,15 +633,7 @@ impl StateStore {
 
     /// The newest `limit` dead letters, oldest first, with their ids.
     pub fn dead_letters(&self, limit: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
-        let txn = self.db.get()?.begin_read().or_store("read dead letters")?;
-        let table = txn.open_table(DEAD_LETTERS).or_store("read dead letters")?;
-        let mut newest = Vec::new();
-        for entry in table.iter().or_store("read dead letters")?.rev().take(limit) {
-            let (id, bytes) = entry.or_store("read dead letters")?;
-            newest.push((id.value(), DeadLetter::from_bytes(bytes.value())?));
-        }
-        newest.reverse();
-        Ok(newest)
+        newest_dead_letters(&self.db.get()?.begin_read().or_store("read dead letters")?, limit)
     }
 
     /// The central broker's position of `stream`'s last confirmed record (0: none known).
@@ -670,12 +664,28 @@ impl StateStore {
 
     /// Number of dead letters kept, and number evicted to respect the capacity.
     pub fn dead_letter_counts(&self) -> Result<(u64, u64), StoreError> {
-        let txn = self.db.get()?.begin_read().or_store("read dead letters")?;
-        let kept = txn.open_table(DEAD_LETTERS).or_store("read dead letters")?.len().or_store("read dead letters")?;
-        let counters = txn.open_table(COUNTERS).or_store("read counters")?;
-        let evicted = counters.get(DEAD_LETTERS_EVICTED).or_store("read counters")?.map_or(0, |v| v.value());
-        Ok((kept, evicted))
+        dead_letter_counts(&self.db.get()?.begin_read().or_store("read dead letters")?)
     }
+}
+
+/// The newest `limit` dead letters with their ids, oldest first.
+fn newest_dead_letters(txn: &redb::ReadTransaction, limit: usize) -> Result<Vec<(u64, DeadLetter)>, StoreError> {
+    let table = txn.open_table(DEAD_LETTERS).or_store("read dead letters")?;
+    let mut newest = Vec::new();
+    for entry in table.iter().or_store("read dead letters")?.rev().take(limit) {
+        let (id, bytes) = entry.or_store("read dead letters")?;
+        newest.push((id.value(), DeadLetter::from_bytes(bytes.value())?));
+    }
+    newest.reverse();
+    Ok(newest)
+}
+
+/// Dead letters kept and evicted.
+fn dead_letter_counts(txn: &redb::ReadTransaction) -> Result<(u64, u64), StoreError> {
+    let kept = txn.open_table(DEAD_LETTERS).or_store("read dead letters")?.len().or_store("read dead letters")?;
+    let counters = txn.open_table(COUNTERS).or_store("read counters")?;
+    let evicted = counters.get(DEAD_LETTERS_EVICTED).or_store("read counters")?.map_or(0, |v| v.value());
+    Ok((kept, evicted))
 }
 
 /// The committer thread's state.

@@ -134,12 +134,12 @@ pub(super) fn reopen(path: &Path) -> Result<Database, StoreError> {
 /// before any other thread of the process runs, so no other panic is hidden.
 type PanicHook = Box<dyn Fn(&std::panic::PanicHookInfo<'_>) + Sync + Send + 'static>;
 
-struct QuietPanics {
+pub(super) struct QuietPanics {
     previous: Option<PanicHook>,
 }
 
 impl QuietPanics {
-    fn install() -> Self {
+    pub(super) fn install() -> Self {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(
             |info| tracing::debug!(stage = "state", panic = %info, "caught while reading the database"),
@@ -196,7 +196,7 @@ fn is_damage(error: &redb::Error) -> bool {
     }
 }
 
-fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
+pub(super) fn panic_message(panic: &Box<dyn std::any::Any + Send>) -> String {
     panic
         .downcast_ref::<&str>()
         .map(|s| (*s).to_owned())

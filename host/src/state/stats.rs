@@ -3,7 +3,8 @@
 //! and, from a running gateway, how its functions are doing (faults, quarantines).
 //!
 //! Two ways to get them, one shape ([`Stats`]):
-//! - from the database, opened read-only ([`read`]) — only when no gateway holds it;
+//! - from the database ([`super::inspect::stats`]) — only when no gateway holds it; a file left
+//!   by a crash is read through an in-memory repair;
 //! - from `<data_dir>/stats.json`, which a running gateway rewrites every few seconds
 //!   ([`write_snapshot`], atomically: a temporary file renamed over the old one).
 //!
@@ -12,7 +13,7 @@
 use std::collections::BTreeSet;
 use std::path::Path;
 
-use redb::{ReadTransaction, ReadableDatabase, ReadableTable, ReadableTableMetadata};
+use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
 use serde::{Deserialize, Serialize};
 
 use super::outbox::{OUTBOX, OUTBOX_USAGE, STREAM_COUNTERS};
@@ -85,18 +86,6 @@ pub struct StreamStats {
     pub sink_position: u64,
     /// Every counter of [`Counter::ALL`], by name, in that order.
     pub counters: Vec<(String, u64)>,
-}
-
-/// Stats from a data dir no gateway is using (read-only).
-pub fn read(data_dir: &Path) -> Result<Stats, StoreError> {
-    let path = data_dir.join(super::DATABASE_FILE);
-    let db = match redb::Builder::new().open_read_only(&path) {
-        Ok(db) => db,
-        Err(redb::DatabaseError::DatabaseAlreadyOpen) => return Err(StoreError::InUse { path }),
-        Err(e) => return Err(StoreError::Database { operation: "open read-only", source: Box::new(e.into()) }),
-    };
-    let txn = db.begin_read().or_store("read stats")?;
-    collect(&txn)
 }
 
 /// Stats from a read transaction.
