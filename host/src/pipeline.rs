@@ -529,7 +529,7 @@ async fn run_processor(
             (Counter::AckedIn, acks.len()),
             (Counter::ReadingsIn, processed.readings_in),
             (Counter::DeadLettered, dead_letters),
-            (Counter::RecordsCommitted, usize::from(processed.seq.is_some())),
+            (Counter::RecordsCommitted, processed.changes.records.len()),
             (Counter::ReadingsCommitted, processed.readings_out),
             (Counter::BytesCommitted, processed.changes.records.iter().map(|r| r.body.len()).sum()),
             (Counter::WindowsEmitted, processed.windows_emitted),

@@ -490,6 +490,9 @@ impl<'a> Drain<'a> {
     /// the store so that records made before the next connection are sized by it too.
     async fn learn_record_limit(&mut self) {
         let Some(max_payload) = self.publisher.max_payload() else {
+            // A broker that announces nothing: this sink's own limit (a limit kept from an
+            // earlier sink of this stream does not apply).
+            self.sink.record_limit.set(default_record_limit(&self.sink.config));
             self.knows_record_limit = true;
             return;
         };

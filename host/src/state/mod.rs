@@ -258,28 +258,42 @@ pub type Entries = Vec<(Vec<u8>, Vec<u8>)>;
 
 /// The open database, shared by readers and the committer. The committer replaces it when it
 /// reopens the file after a failed commit (redb refuses every transaction after an I/O error
-/// until the database is closed and opened again); meanwhile reads fail with
-/// [`StoreError::Reopening`] and are retried by their callers.
-#[derive(Debug)]
-struct DatabaseSlot(std::sync::RwLock<Option<Arc<Database>>>);
+/// until the database is closed and opened again); meanwhile a read waits up to
+/// [`REOPEN_WAIT`] for it and then fails with [`StoreError::Reopening`], which its caller retries.
+#[derive(Debug, Default)]
+struct DatabaseSlot {
+    db: std::sync::Mutex<Option<Arc<Database>>>,
+    reopened: std::sync::Condvar,
+}
 
 impl DatabaseSlot {
     fn new(db: Database) -> Self {
-        Self(std::sync::RwLock::new(Some(Arc::new(db))))
+        Self { db: std::sync::Mutex::new(Some(Arc::new(db))), reopened: std::sync::Condvar::new() }
     }
 
-    /// The database, unless it is being reopened.
+    /// The database, waiting a while if it is being reopened.
     fn get(&self) -> Result<Arc<Database>, StoreError> {
-        self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone().ok_or(StoreError::Reopening)
+        let slot = self.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let (slot, _) = self
+            .reopened
+            .wait_timeout_while(slot, REOPEN_WAIT, |db| db.is_none())
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        slot.clone().ok_or(StoreError::Reopening)
     }
 
-    /// Takes the database out (readers see [`StoreError::Reopening`] from now on).
+    /// The database as it is now, without waiting.
+    fn current(&self) -> Option<Arc<Database>> {
+        self.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone()
+    }
+
+    /// Takes the database out (readers wait from now on).
     fn take(&self) -> Option<Arc<Database>> {
-        self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner).take()
+        self.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner).take()
     }
 
     fn put(&self, db: Database) {
-        *self.0.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(db));
+        *self.db.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(Arc::new(db));
+        self.reopened.notify_all();
     }
 }
 
@@ -823,7 +837,7 @@ impl Writer {
     /// their outbox: those are left out entirely, and their refusal is returned in their place.
     /// Returns the number of the group (write transaction) that applied them.
     fn apply(&mut self, changes: &[ChangeSet], durable: bool) -> Result<(u64, Vec<Option<Refusal>>), StoreError> {
-        let db = self.db.get()?;
+        let db = self.db.current().ok_or(StoreError::Reopening)?;
         let mut txn = db.begin_write().or_store("begin commit")?;
         txn.set_durability(if durable { RedbDurability::Immediate } else { RedbDurability::None })
             .or_store("begin commit")?;
