@@ -1,5 +1,6 @@
-//! Bad input and misbehaving functions: dead-lettered with a reason, nothing else disturbed. A
-//! central broker that never answers does not keep weir from stopping.
+//! Bad input, misbehaving functions and damaged compiled functions: dead-lettered with a reason
+//! or compiled again, nothing else disturbed. A central broker that never answers does not keep
+//! weir from stopping.
 
 use std::time::{Duration, Instant};
 
@@ -309,4 +310,86 @@ async fn sigterm_stops_weir_in_time_while_the_mqtt_sink_broker_hangs_after_conne
     let central = MuteMqttBroker::start()?;
     let sink = "[pipelines.readings.sink.mqtt]\nbroker = \"central\"\ntopic = \"central/readings\"\nmax_in_flight = 1";
     stops_in_time_while_the_central_broker_is_silent(&central.url(), sink).await
+}
+
+/// No broker: simulated boiler temperatures converted to °F by a function, printed.
+const CONVERTING: &str = r#"
+[gateway]
+id = "gw"
+data_dir = "{data_dir}"
+functions_dir = "{functions_dir}"
+
+[functions.unit-convert]
+component = "weir_fn_unit_convert.wasm"
+
+[pipelines.boiler.source.simulated]
+payload = "json"
+devices = 2
+interval = "100ms"
+topic_prefix = "plant1/boiler"
+seed = 1
+sensors = ["temperature"]
+
+[pipelines.boiler.decode.json]
+series = "/sensor"
+time = "/ts"
+time_unit = "ms"
+value = "/value"
+unit_field = "/unit"
+
+[[pipelines.boiler.operators]]
+function = "unit-convert"
+params = { series = "plant1/boiler/+/temperature", conversion = "celsius_to_fahrenheit" }
+
+[pipelines.boiler.batch]
+linger = "200ms"
+
+[pipelines.boiler.sink.console]
+"#;
+
+/// Where the native code starts in a cached artifact: the `.text` section of the ELF object
+/// wasmtime serialises, found past whatever header weir puts before it.
+fn native_code_offset(artifact: &[u8]) -> usize {
+    let start = artifact.windows(4).position(|w| w == b"\x7fELF").expect("wasmtime artifacts are ELF objects");
+    let elf = &artifact[start..];
+    let field = |offset: usize, len: usize| {
+        let mut bytes = [0; 8];
+        bytes[..len].copy_from_slice(&elf[offset..offset + len]);
+        usize::try_from(u64::from_le_bytes(bytes)).expect("offsets fit in usize")
+    };
+    let (table, entry, count, names) = (field(0x28, 8), field(0x3a, 2), field(0x3c, 2), field(0x3e, 2));
+    let header = |index: usize| table + index * entry;
+    let names = field(header(names) + 0x18, 8);
+    let text = (0..count)
+        .find(|&index| elf[names + field(header(index), 4)..].starts_with(b".text\0"))
+        .expect("a .text section");
+    start + field(header(text) + 0x18, 8)
+}
+
+#[tokio::test]
+async fn a_damaged_compiled_function_is_compiled_again_instead_of_crashing_the_gateway() -> Result<()> {
+    let mut weir = Weir::start(CONVERTING)?;
+    weir.wait_for_stdout("[degF]", 1).await?;
+    assert_eq!(weir.terminate()?, 0);
+    let artifacts: Vec<_> = std::fs::read_dir(weir.data_dir().join("compiled"))?
+        .map(|entry| entry.map(|e| e.path()))
+        .filter(|path| path.as_ref().map_or(true, |p| p.extension().is_some_and(|e| e == "cwasm")))
+        .collect::<Result<_, _>>()?;
+    assert_eq!(artifacts.len(), 1, "{artifacts:?}");
+    // 16 bytes of native code flipped: run as they are, they crash the process (SIGSEGV).
+    let mut bytes = std::fs::read(&artifacts[0])?;
+    let code = native_code_offset(&bytes);
+    for byte in &mut bytes[code..code + 16] {
+        *byte = !*byte;
+    }
+    std::fs::write(&artifacts[0], &bytes)?;
+
+    let printed = weir.stdout().matches("[degF]").count();
+    weir.start_again()?;
+    weir.wait_for_stdout("[degF]", printed + 1).await?;
+    let log = weir.log();
+    assert!(log.contains("compiled function rejected, compiling again"), "{log}");
+    assert_eq!(weir.terminate()?, 0);
+    assert_ne!(std::fs::read(&artifacts[0])?, bytes, "the damaged artifact is replaced");
+    Ok(())
 }

@@ -416,6 +416,22 @@ impl Weir {
         bail!("weir never logged {text:?} {count} time(s); its log:\n{}", self.log())
     }
 
+    /// Waits until weir has printed `text` on stdout `count` times; fails at once if it exits
+    /// (or crashes) meanwhile.
+    pub async fn wait_for_stdout(&mut self, text: &str, count: usize) -> Result<()> {
+        let started = Instant::now();
+        while started.elapsed() < PATIENCE {
+            if self.stdout().matches(text).count() >= count {
+                return Ok(());
+            }
+            if let Some(status) = self.child.try_wait()? {
+                bail!("weir exited ({status}) before printing {text:?} {count} time(s); its log:\n{}", self.log());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        bail!("weir never printed {text:?} {count} time(s); its log:\n{}", self.log())
+    }
+
     /// Sends SIGTERM, waits for an orderly exit and returns its status code; the data directory
     /// stays for [`Self::start_again`].
     pub fn terminate(&mut self) -> Result<i32> {

@@ -27,10 +27,11 @@ pub struct Run {
     pub start_to_ready: Duration,
     /// Resident set size once idle, bytes.
     pub idle_rss: u64,
-    /// Of which anonymous memory (heap, stacks, instances): what only this process holds.
+    /// Of which anonymous memory (heap, stacks, instances, the compiled functions copied from
+    /// the cache once verified): what only this process holds.
     pub idle_rss_anon: u64,
-    /// Of which file-backed pages (this binary's code, the compiled functions mapped from the
-    /// cache): clean pages the kernel can drop and read again.
+    /// Of which file-backed pages (this binary's code): clean pages the kernel can drop and read
+    /// again.
     pub idle_rss_file: u64,
 }
 

@@ -15,15 +15,18 @@
 //! stays.
 //!
 //! Compiled artifacts are cached in `<data_dir>/compiled/` under the SHA-256 of the component
-//! bytes and the engine's compatibility hash. **Invariant:** only this process writes that
-//! directory, from bytes it compiled itself; `Component::deserialize` on bytes of any other origin
-//! would be arbitrary code execution.
+//! bytes and the engine's compatibility hash, each tagged with an HMAC under a key only this
+//! gateway holds (see [`cache`]). `Component::deserialize` on bytes of any other origin would be
+//! arbitrary code execution, so **Invariant:** it only ever sees bytes whose tag verified for the
+//! very component being loaded; anything else in that directory is removed and the component
+//! compiled again.
 //!
 //! Replacing the running version of a function is a first-class operation:
 //! [`FunctionInstance::replace`] instantiates the new version with the same parameters and
 //! namespace, so state carries over.
 
 mod bindings;
+mod cache;
 mod handle;
 mod host;
 mod instance;
@@ -36,6 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use cache::ArtifactCache;
 use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
@@ -199,7 +203,7 @@ impl SandboxOptions {
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<InstanceState>,
-    cache_dir: PathBuf,
+    cache: ArtifactCache,
     store: StateStore,
     state_limits: StateLimits,
     fuel: bool,
@@ -207,7 +211,7 @@ pub struct Sandbox {
 
 impl fmt::Debug for Sandbox {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Sandbox").field("cache_dir", &self.cache_dir).finish_non_exhaustive()
+        f.debug_struct("Sandbox").field("cache", &self.cache).finish_non_exhaustive()
     }
 }
 
@@ -265,16 +269,9 @@ impl Sandbox {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
         bindings::operator::Operator::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s)
             .map_err(engine_error)?;
-        std::fs::create_dir_all(cache_dir)
+        let cache = ArtifactCache::open(cache_dir)
             .map_err(|source| SandboxError::Read { path: cache_dir.to_owned(), source })?;
-        Ok(Self {
-            engine,
-            linker,
-            cache_dir: cache_dir.to_owned(),
-            store,
-            state_limits: options.state_limits,
-            fuel: options.fuel,
-        })
+        Ok(Self { engine, linker, cache, store, state_limits: options.state_limits, fuel: options.fuel })
     }
 
     /// Compiles (or loads from the cache) the function's component and checks its world.
@@ -311,15 +308,21 @@ impl Sandbox {
     fn compile_cached(&self, version: &FunctionVersion, path: &Path, bytes: &[u8]) -> Result<Component, SandboxError> {
         let mut hasher = DefaultHasher::new();
         self.engine.precompile_compatibility_hash().hash(&mut hasher);
-        let cached = self.cache_dir.join(format!("{}-{:016x}.cwasm", version.digest_hex(), hasher.finish()));
-        if cached.is_file() {
-            // SAFETY: files in the cache directory are written only by `store_in_cache` below, from
-            // a component this process compiled from bytes whose digest names the file.
+        let name = format!("{}-{:016x}", version.digest_hex(), hasher.finish());
+        if let Some(artifact) = self.cache.load(&name) {
+            // SAFETY: `artifact` is the very buffer whose HMAC verified, under a key only this
+            // gateway holds, for `name`: the digest of the component being loaded and this
+            // engine's compatibility hash. Only `ArtifactCache::store` below makes such tags, over
+            // what this engine's `Component::serialize` returned for a component it compiled from
+            // bytes with that digest. The file is not read again, so it cannot be swapped between
+            // the check and this call.
             #[allow(unsafe_code)]
-            match unsafe { Component::deserialize_file(&self.engine, &cached) } {
+            match unsafe { Component::deserialize(&self.engine, &artifact) } {
                 Ok(component) => return Ok(component),
                 Err(e) => {
-                    tracing::warn!(stage = "sandbox", file = %cached.display(), error = %format!("{e:#}"), "cached function unusable, compiling again");
+                    let file = self.cache.path(&name);
+                    tracing::warn!(stage = "sandbox", file = %file.display(), error = %format!("{e:#}"), "cached function unusable, compiling again");
+                    self.cache.remove(&file);
                 }
             }
         }
@@ -328,8 +331,12 @@ impl Sandbox {
             path: path.to_owned(),
             reason: format!("{e:#}"),
         })?;
-        if let Err(e) = store_in_cache(&component, &cached) {
-            tracing::warn!(stage = "sandbox", file = %cached.display(), error = %e, "could not cache the compiled function");
+        let stored = component
+            .serialize()
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|artifact| self.cache.store(&name, &artifact).map_err(|e| e.to_string()));
+        if let Err(error) = stored {
+            tracing::warn!(stage = "sandbox", file = %self.cache.path(&name).display(), %error, "could not cache the compiled function");
         }
         Ok(component)
     }
@@ -422,14 +429,6 @@ impl Sandbox {
 pub fn component_digest(path: &Path) -> Result<[u8; 32], SandboxError> {
     let bytes = std::fs::read(path).map_err(|source| SandboxError::Read { path: path.to_owned(), source })?;
     Ok(Sha256::digest(&bytes).into())
-}
-
-fn store_in_cache(component: &Component, path: &Path) -> Result<(), String> {
-    let serialized = component.serialize().map_err(|e| format!("{e:#}"))?;
-    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
-    std::fs::write(&temporary, serialized).map_err(|e| e.to_string())?;
-    // Rename is atomic: a concurrent reader sees either no file or the whole file.
-    std::fs::rename(&temporary, path).map_err(|e| e.to_string())
 }
 
 /// Advances the engine's epoch every [`EPOCH_TICK`] until the engine is dropped. Without it no

@@ -119,6 +119,38 @@ fn components_are_checked_against_the_world_they_are_used_as() {
     assert!(matches!(err, SandboxError::WorldMismatch { .. }), "{err}");
 }
 
+/// The cache file of a loaded function version, in the fixture's `compiled/` directory.
+fn cached_artifact(fixture: &Fixture, version: &FunctionVersion) -> PathBuf {
+    let prefix = version.digest_hex();
+    let mut files = std::fs::read_dir(fixture._dir.path().join("compiled"))
+        .expect("cache directory")
+        .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)));
+    let file = files.next().expect("the version is cached");
+    assert!(files.next().is_none(), "one file per version");
+    file
+}
+
+#[test]
+fn an_artifact_planted_under_a_functions_name_is_not_run_but_compiled_again() {
+    let fixture = fixture();
+    let convert = function("unit-convert", "weir_fn_unit_convert.wasm", LIMITS);
+    let a = fixture.sandbox.load(&convert).expect("loads");
+    let b = fixture.sandbox.load(&function("identity", "weir_fixture_identity.wasm", LIMITS)).expect("loads");
+    let (a_file, b_file) = (cached_artifact(&fixture, a.version()), cached_artifact(&fixture, b.version()));
+    let planted = std::fs::read(&b_file).expect("reads");
+    std::fs::write(&a_file, &planted).expect("plants identity's artifact under unit-convert's name");
+
+    let a = fixture.sandbox.load(&convert).expect("loads");
+    let mut op = fixture
+        .sandbox
+        .operator(&a, "p", "convert", r#"{"conversion": "celsius_to_fahrenheit"}"#)
+        .expect("unit-convert's own code accepts its params");
+    let out = op.process(batch(&[0.0, 100.0]), &CTX).expect("converts");
+    assert_eq!(out.values(), [32.0, 212.0], "unit-convert runs, not the planted identity");
+    assert_ne!(std::fs::read(&a_file).expect("cached again"), planted, "the planted file is replaced");
+}
+
 #[test]
 fn decoder_component_decodes_frames_and_refuses_corrupt_ones() {
     let fixture = fixture();
@@ -233,10 +265,16 @@ fn replacing_the_version_keeps_uncommitted_state() {
 fn compiled_components_are_cached_and_reused() {
     let fixture = fixture();
     let config = function("threshold-alert", "weir_fn_threshold_alert.wasm", LIMITS);
-    fixture.sandbox.load(&config).expect("compiles");
-    let cached: Vec<_> = std::fs::read_dir(&fixture.sandbox.cache_dir).expect("cache dir").collect();
-    assert_eq!(cached.len(), 1, "one artifact per component and engine");
+    let compiled = fixture.sandbox.load(&config).expect("compiles");
+    let artifacts = std::fs::read_dir(fixture._dir.path().join("compiled"))
+        .expect("cache dir")
+        .filter(|entry| entry.as_ref().expect("entry").path().extension().is_some_and(|e| e == "cwasm"))
+        .count();
+    assert_eq!(artifacts, 1, "one artifact per component and engine");
+    let file = cached_artifact(&fixture, compiled.version());
+    let modified = std::fs::metadata(&file).and_then(|m| m.modified()).expect("mtime");
     fixture.sandbox.load(&config).expect("loads from the cache");
+    assert_eq!(std::fs::metadata(&file).and_then(|m| m.modified()).expect("mtime"), modified, "not written again");
 }
 
 #[test]
