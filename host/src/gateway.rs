@@ -1,9 +1,11 @@
-//! The gateway process: opens the state store, loads the functions, starts every pipeline, and
-//! stops them in order when asked.
+//! The gateway process: opens the state store, starts every pipeline with the functions the
+//! configuration's check loaded (see `preflight`, which refuses components that do not load,
+//! uses of the wrong world, params `init` refuses and an unusable data directory before anything
+//! starts), and stops them in order when asked.
 //!
-//! A pipeline that cannot start (a function whose `init` refuses its parameters, a component
-//! that does not load) is reported and left out; the others run. The gateway fails only when no
-//! pipeline can start, or the data directory cannot be used.
+//! A pipeline that passed the check but cannot start with its stored state (a function whose
+//! `init` refuses what it finds there) is reported and left out; the others run. The gateway
+//! fails only when no pipeline can start, or the state store cannot be opened.
 //!
 //! Function updates: on SIGHUP the gateway reads every function's component file again; a file
 //! whose bytes changed is compiled, checked against its world and staged in every use of the
@@ -27,7 +29,8 @@ use crate::config::{Config, DecodeConfig, FunctionConfig, FunctionId, OnQuaranti
 use crate::decode::{self, Decode};
 use crate::operator::{Chain, Operator};
 use crate::pipeline::{self, PipelineParts, Shared};
-use crate::sandbox::{CompiledFunction, Sandbox, SandboxError, SandboxOptions, StateLimits, UseHandle};
+use crate::preflight::Prepared;
+use crate::sandbox::{CompiledFunction, Sandbox, UseHandle};
 use crate::shutdown::{Hangups, Tasks};
 use crate::state::stats::FunctionStatus;
 use crate::state::{self, OutboxLimits, StateStore, StoreError, StoreOptions};
@@ -42,9 +45,6 @@ pub enum GatewayError {
     /// The state store could not be opened.
     #[error(transparent)]
     Store(#[from] StoreError),
-    /// The WebAssembly runtime could not start.
-    #[error(transparent)]
-    Sandbox(#[from] SandboxError),
     /// Every pipeline failed to start.
     #[error("no pipeline could start:\n  {}", .0.join("\n  "))]
     NoPipeline(Vec<String>),
@@ -54,8 +54,14 @@ pub enum GatewayError {
 }
 
 /// Runs the gateway until `shutdown` is cancelled and everything has stopped; `hangups` ask for
-/// the functions to be read again (see the module docs).
-pub async fn run(config: Config, shutdown: CancellationToken, hangups: Hangups) -> Result<(), GatewayError> {
+/// the functions to be read again (see the module docs). `prepared` is what the configuration's
+/// check (`preflight::check` in [`preflight::Mode::Run`](crate::preflight::Mode::Run)) returned.
+pub async fn run(
+    config: Config,
+    prepared: Prepared,
+    shutdown: CancellationToken,
+    hangups: Hangups,
+) -> Result<(), GatewayError> {
     let data_dir = config.gateway.data_dir.clone();
     let outboxes = config
         .pipelines
@@ -75,21 +81,18 @@ pub async fn run(config: Config, shutdown: CancellationToken, hangups: Hangups) 
     let (store, committer, committer_thread) = state::open(&data_dir, options)?;
     tracing::info!(stage = "state", path = %store.path().display(), durability = ?config.state.durability, "state store open");
 
-    let uses = config.pipelines.iter().map(|p| p.function_uses().count()).sum::<usize>();
-    let state_limits = StateLimits { max_key: config.state.max_key, max_value: config.state.max_value };
-    let sandbox_options = SandboxOptions::for_functions(config.functions.values(), uses, state_limits);
-    let sandbox = Arc::new(Sandbox::new(sandbox_options, &data_dir.join("compiled"), store.clone())?);
+    // The engine and the functions the check loaded, now with the state store.
+    let sandbox = Arc::new(prepared.sandbox.with_store(store.clone()));
+    let running: BTreeMap<FunctionId, [u8; 32]> =
+        prepared.functions.iter().map(|(id, f)| (id.clone(), f.version().digest)).collect();
 
-    // Compiling and instantiating run guest code and take a while: off the async threads.
+    // Instantiating runs guest code (`init`): off the async threads.
     let builder = Arc::clone(&sandbox);
-    let functions = config.functions.clone();
     let pipelines = config.pipelines.clone();
-    let (built, running) = tokio::task::spawn_blocking(move || {
+    let built = tokio::task::spawn_blocking(move || {
         let compiled: BTreeMap<FunctionId, Result<Arc<CompiledFunction>, String>> =
-            functions.iter().map(|(id, f)| (id.clone(), builder.load(f).map_err(|e| e.to_string()))).collect();
-        let running: BTreeMap<FunctionId, [u8; 32]> =
-            compiled.iter().filter_map(|(id, f)| f.as_ref().ok().map(|f| (id.clone(), f.version().digest))).collect();
-        (pipelines.into_iter().map(|p| build(&builder, &compiled, p)).collect::<Vec<_>>(), running)
+            prepared.functions.into_iter().map(|(id, f)| (id, Ok(f))).collect();
+        pipelines.into_iter().map(|p| build(&builder, &compiled, p)).collect::<Vec<_>>()
     })
     .await
     .expect("building pipelines does not panic");

@@ -14,6 +14,7 @@ pub mod encode;
 pub mod gateway;
 pub mod operator;
 pub mod pipeline;
+pub mod preflight;
 pub mod sandbox;
 pub mod shutdown;
 pub mod sink;

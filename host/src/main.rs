@@ -10,6 +10,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use weir_host::config::{self, Config, ConfigError, Overrides};
+use weir_host::preflight::{self, PreflightError, Prepared};
 use weir_host::state::inspect::{self, DeadLetters, Inspected};
 use weir_host::state::{self, Counter, DeadLetterContent, stats};
 use weir_host::{bench, encode, gateway, shutdown, telemetry};
@@ -42,11 +43,15 @@ enum Command {
         #[arg(long, env = "WEIR_FUNCTIONS_DIR")]
         functions_dir: Option<PathBuf>,
     },
-    /// Validate a configuration file without running anything.
+    /// Check a configuration file without running anything: everything `run` would refuse
+    /// before it contacts a broker (the file, the data directory, every function and its params).
     Check {
         /// Configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
+        /// Overrides `gateway.data_dir`.
+        #[arg(long, env = "WEIR_DATA_DIR")]
+        data_dir: Option<PathBuf>,
         /// Overrides `gateway.functions_dir`.
         #[arg(long, env = "WEIR_FUNCTIONS_DIR")]
         functions_dir: Option<PathBuf>,
@@ -176,7 +181,7 @@ fn main() -> ExitCode {
         Command::Run { config, data_dir, functions_dir } => {
             run(config.as_ref(), &Overrides { data_dir, functions_dir })
         }
-        Command::Check { config, functions_dir } => check(&config, &Overrides { data_dir: None, functions_dir }),
+        Command::Check { config, data_dir, functions_dir } => check(&config, &Overrides { data_dir, functions_dir }),
         Command::DeadLetters { data_dir, limit, json } => dead_letters(&data_dir, limit, json),
         Command::Outbox { command: OutboxCommand::Stats { data_dir, json } } => outbox_stats(&data_dir, json),
         Command::Bench { command: BenchCommand::Commit { dir, seconds, readings } } => {
@@ -217,6 +222,27 @@ fn closed_pipe(error: &anyhow::Error) -> bool {
         .any(|cause| cause.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe))
 }
 
+/// Loads a configuration and checks everything that can be known without brokers (see
+/// `preflight`), printing a refusal the way compilers print errors.
+fn load_checked(
+    path: Option<&PathBuf>,
+    overrides: &Overrides,
+    mode: preflight::Mode,
+) -> anyhow::Result<Result<(Config, Prepared), ExitCode>> {
+    let config = match load(path, overrides) {
+        Ok(config) => config,
+        Err(code) => return Ok(Err(code)),
+    };
+    match preflight::check(&config, mode) {
+        Ok(prepared) => Ok(Ok((config, prepared))),
+        Err(PreflightError::Refused(error)) => {
+            eprint!("{error}");
+            Ok(Err(ExitCode::from(CONFIG_REFUSED)))
+        }
+        Err(other) => Err(other.into()),
+    }
+}
+
 /// Loads a configuration, printing a refusal the way compilers print errors.
 fn load(path: Option<&PathBuf>, overrides: &Overrides) -> Result<Config, ExitCode> {
     let loaded = match path {
@@ -249,15 +275,21 @@ fn run(path: Option<&PathBuf>, overrides: &Overrides) -> anyhow::Result<ExitCode
         let _inside = runtime.enter();
         shutdown::Signals::install().context("cannot listen for signals")?
     };
-    let config = match load(path, overrides) {
-        Ok(config) => config,
+    // Nothing starts unless the whole check passes. It runs guest code (`init`): on the blocking
+    // pool, like every WebAssembly call.
+    let (path, overrides) = (path.cloned(), overrides.clone());
+    let checked = runtime
+        .block_on(runtime.spawn_blocking(move || load_checked(path.as_ref(), &overrides, preflight::Mode::Run)))
+        .context("checking the configuration panicked")??;
+    let (config, prepared) = match checked {
+        Ok(checked) => checked,
         Err(code) => return Ok(code),
     };
     runtime.block_on(async {
         tracing::info!(stage = "gateway", gateway = %config.gateway.id, pipelines = config.pipelines.len(),
             data_dir = %config.gateway.data_dir.display(), version = env!("CARGO_PKG_VERSION"), "weir starting");
         let token = tokio_util::sync::CancellationToken::new();
-        let gateway = gateway::run(config, token.clone(), signals.hangups);
+        let gateway = gateway::run(config, prepared, token.clone(), signals.hangups);
         shutdown::run_until_signalled(gateway, token, signals.stop).await
     })?;
     Ok(ExitCode::SUCCESS)
@@ -265,8 +297,8 @@ fn run(path: Option<&PathBuf>, overrides: &Overrides) -> anyhow::Result<ExitCode
 
 fn check(path: &PathBuf, overrides: &Overrides) -> anyhow::Result<ExitCode> {
     let mut out = std::io::stdout().lock();
-    let config = match load(Some(path), overrides) {
-        Ok(config) => config,
+    let config = match load_checked(Some(path), overrides, preflight::Mode::Check)? {
+        Ok((config, _)) => config,
         Err(code) => return Ok(code),
     };
     writeln!(

@@ -88,6 +88,182 @@ fn check_refuses_a_duration_that_would_overflow_with_file_line_and_field() -> Re
     Ok(())
 }
 
+/// A gateway of one simulated pipeline whose operators are `operators` (TOML), using the
+/// functions `functions` (TOML), its state in `data_dir`.
+fn config_with(data_dir: &str, functions: &str, operators: &str) -> String {
+    format!(
+        r#"[gateway]
+id = "gw"
+data_dir = "{data_dir}"
+functions_dir = "{}"
+{functions}
+[pipelines.sim]
+decode = "senml_json"
+
+[pipelines.sim.source.simulated]
+payload = "senml_json"
+devices = 1
+interval = "1s"
+topic_prefix = "sim"
+{operators}
+[pipelines.sim.sink.console]
+"#,
+        functions_dir().display()
+    )
+}
+
+/// `weir check` and `weir run` of the file at `path` both refuse it (status 2) and print every
+/// one of `expected`; `check` creates no data directory, `run` starts no pipeline and creates no
+/// database. Returns check's stderr.
+fn check_and_run_refuse(path: &std::path::Path, data_dir: &std::path::Path, expected: &[String]) -> Result<String> {
+    let path = path.to_str().expect("UTF-8 path");
+    let existed = data_dir.exists();
+    let output = weir(&["check", "--config", path])?;
+    let stderr = String::from_utf8(output.stderr)?;
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for wanted in expected {
+        assert!(stderr.contains(wanted.as_str()), "check does not say {wanted:?}:\n{stderr}");
+    }
+    assert_eq!(data_dir.exists(), existed, "check created the data directory");
+    let output = Command::new(weir_bin()).args(["run", "--config", path]).env("RUST_LOG", "info").output()?;
+    let run_stderr = String::from_utf8(output.stderr)?;
+    assert_eq!(output.status.code(), Some(2), "{run_stderr}");
+    for wanted in expected {
+        assert!(run_stderr.contains(wanted.as_str()), "run does not say {wanted:?}:\n{run_stderr}");
+    }
+    assert!(!run_stderr.contains("pipeline running"), "{run_stderr}");
+    assert!(!data_dir.join("weir.redb").exists(), "run created the database");
+    Ok(stderr)
+}
+
+#[test]
+fn check_and_run_refuse_components_that_cannot_run_with_file_line_and_field() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let (text, empty) = (dir.path().join("text.wasm"), dir.path().join("empty.wasm"));
+    std::fs::write(&text, "this is not WebAssembly\n")?;
+    std::fs::write(&empty, "")?;
+    let data_dir = dir.path().join("data");
+    let functions = format!(
+        r#"
+[functions.text]
+component = "{}"
+
+[functions.empty]
+component = "{}"
+
+[functions.frame-decoder]
+component = "weir_fn_frame_decoder.wasm"
+
+[functions.threshold-alert]
+component = "weir_fn_threshold_alert.wasm"
+"#,
+        text.display(),
+        empty.display()
+    );
+    let operators = r#"
+[[pipelines.sim.operators]]
+function = "text"
+
+[[pipelines.sim.operators]]
+function = "empty"
+
+[[pipelines.sim.operators]]
+function = "frame-decoder"
+
+[[pipelines.sim.operators]]
+function = "threshold-alert"
+params = { hysteresis = 2.0 }
+"#;
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, config_with(data_dir.to_str().expect("UTF-8 path"), &functions, operators))?;
+    let file = path.display();
+    let stderr = check_and_run_refuse(
+        &path,
+        &data_dir,
+        &[
+            format!(
+                "error: {file}:7:13: field `functions.text.component`: {} is not a loadable WebAssembly component: not a WebAssembly binary",
+                text.display()
+            ),
+            format!(
+                "error: {file}:10:13: field `functions.empty.component`: {} is not a loadable WebAssembly component: the file is empty",
+                empty.display()
+            ),
+            format!(
+                "error: {file}:34:12: field `pipelines.sim.operators[2].function`: function \"frame-decoder\" is a decoder (its component implements weir:stream/decoder), but an operator is needed here"
+            ),
+            format!("error: {file}:38:10: field `pipelines.sim.operators[3].params`: threshold-alert@"),
+            "does not start with these params: init refused: invalid params: set `above`, `below` or both".to_owned(),
+        ],
+    )?;
+    // All of them at once, and the quoted line shows what to fix.
+    assert_eq!(stderr.matches("error: ").count(), 4, "{stderr}");
+    assert!(stderr.contains("38 | params = { hysteresis = 2.0 }"), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn check_and_run_refuse_a_data_dir_that_cannot_hold_state_naming_the_field() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let file_in_the_way = dir.path().join("file");
+    std::fs::write(&file_in_the_way, "x")?;
+    let path = dir.path().join("weir.toml");
+    let file = path.display();
+    let cases = [
+        (file_in_the_way.clone(), format!("{} is not a directory", file_in_the_way.display())),
+        (
+            file_in_the_way.join("data"),
+            format!("{0}/data cannot be created: {0} is not a directory", file_in_the_way.display()),
+        ),
+        // Nobody, root included, creates files in /proc.
+        (std::path::PathBuf::from("/proc"), "cannot write in /proc:".to_owned()),
+    ];
+    for (data_dir, message) in cases {
+        std::fs::write(&path, config_with(data_dir.to_str().expect("UTF-8 path"), "", ""))?;
+        check_and_run_refuse(&path, &data_dir, &[format!("error: {file}:3:12: field `gateway.data_dir`: {message}")])?;
+        assert_eq!(std::fs::read_to_string(&file_in_the_way)?, "x");
+    }
+
+    // Given on the command line, the data directory is named as the option.
+    std::fs::write(&path, config_with(dir.path().join("data").to_str().expect("UTF-8 path"), "", ""))?;
+    let output = weir(&["check", "--config", path.to_str().expect("UTF-8 path"), "--data-dir", "/proc"])?;
+    let stderr = String::from_utf8(output.stderr)?;
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.starts_with(&format!("error: {file}: field `--data-dir`: cannot write in /proc:")), "{stderr}");
+    Ok(())
+}
+
+#[test]
+fn check_and_run_refuse_an_engine_the_address_space_cannot_hold_naming_what_sizes_it() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("data");
+    let functions = "\n[functions.threshold-alert]\ncomponent = \"weir_fn_threshold_alert.wasm\"\n";
+    let operators = "\n[[pipelines.sim.operators]]\nfunction = \"threshold-alert\"\nparams = { above = 80.0 }\n";
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, config_with(data_dir.to_str().expect("UTF-8 path"), functions, operators))?;
+    // The pooling allocator reserves 4 GiB of address space per memory slot: 8 GB holds too few.
+    for command in ["check", "run"] {
+        let output = Command::new("sh")
+            .args(["-c", "ulimit -v 8000000 && exec \"$0\" \"$@\""])
+            .arg(weir_bin())
+            .args([command, "--config", path.to_str().expect("UTF-8 path")])
+            .env("RUST_LOG", "info")
+            .output()?;
+        let stderr = String::from_utf8(output.stderr)?;
+        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains(&format!(
+                "error: {}: field `pipelines`: 1 use(s) of functions need room for 6 instances (every use twice, plus 4), and the WebAssembly engine cannot reserve it",
+                path.display()
+            )),
+            "{command}: {stderr}"
+        );
+        assert!(!stderr.contains("pipeline running"), "{stderr}");
+    }
+    assert!(!data_dir.join("weir.redb").exists(), "run created the database");
+    Ok(())
+}
+
 #[test]
 fn the_built_in_configuration_runs_without_any_broker_and_stops_cleanly() -> Result<()> {
     let dir = tempfile::tempdir()?;

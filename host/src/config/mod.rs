@@ -10,6 +10,7 @@
 //! code.
 
 mod error;
+mod locations;
 pub mod raw;
 pub mod types;
 
@@ -21,6 +22,8 @@ use std::time::Duration;
 use toml::Spanned;
 
 pub use error::{ConfigError, Problem, redact_credentials};
+pub use locations::Locations;
+use locations::{FunctionLocation, UseLocation};
 pub use raw::{
     Durability, Encoding, NumberEncoding, OnQuarantine, SimulatedPayload, SimulatedSensor, TimeUnit, WhenFull,
 };
@@ -44,6 +47,8 @@ pub struct Config {
     pub functions: BTreeMap<FunctionId, FunctionConfig>,
     /// The pipelines, in name order.
     pub pipelines: Vec<PipelineConfig>,
+    /// Where its parts were written, for problems found after validation.
+    pub locations: Locations,
 }
 
 /// `[gateway]`
@@ -533,7 +538,9 @@ pub fn parse(file: &str, text: &str, base_dir: &Path, overrides: &Overrides) -> 
         let inner = e.into_inner();
         invalid(vec![Problem::at(text, inner.span(), field, inner.message())])
     })?;
-    Validator { text, base_dir, problems: Vec::new(), mqtt_clients: Vec::new() }
+    let data_dir_span = overrides.data_dir.is_none().then(|| raw.gateway.data_dir.span());
+    let locations = Locations::new(file, text, data_dir_span);
+    Validator { text, base_dir, problems: Vec::new(), mqtt_clients: Vec::new(), locations }
         .validate(raw, overrides)
         .map_err(invalid)
 }
@@ -545,6 +552,8 @@ struct Validator<'a> {
     problems: Vec<Problem>,
     /// Every MQTT connection the pipelines open, to refuse two with one client id on one broker.
     mqtt_clients: Vec<MqttClient>,
+    /// Where functions and their uses were written.
+    locations: Locations,
 }
 
 /// One MQTT connection of a pipeline (its source or its sink).
@@ -606,9 +615,16 @@ impl Validator<'_> {
                 );
             }
             let raw_function = function.get_ref();
+            self.locations.add_function(
+                id.clone(),
+                FunctionLocation {
+                    component: raw_function.component.span(),
+                    memory: raw_function.memory.as_ref().map(Spanned::span),
+                },
+            );
             // Each value was checked against its bounds when it was read (see `raw`).
             let limits = FunctionLimits {
-                memory_bytes: raw_function.memory.map_or(defaults::MEMORY, types::SizeIn::get),
+                memory_bytes: raw_function.memory.as_ref().map_or(defaults::MEMORY, |m| m.get_ref().get()),
                 timeout: raw_function.timeout.map_or(defaults::TIMEOUT, types::DurationIn::get),
                 fuel: raw_function.fuel.map(types::CountIn::get),
                 table_elements: raw_function.table_elements.map_or(defaults::TABLE_ELEMENTS, types::CountIn::as_u32),
@@ -650,7 +666,13 @@ impl Validator<'_> {
             self.problems.sort_by_key(|p| (p.line, p.column));
             return Err(self.problems);
         }
-        Ok(Config { gateway: GatewayConfig { id: raw.gateway.id, data_dir }, state, functions, pipelines })
+        Ok(Config {
+            gateway: GatewayConfig { id: raw.gateway.id, data_dir },
+            state,
+            functions,
+            pipelines,
+            locations: self.locations,
+        })
     }
 
     /// Refuses a second MQTT connection to one broker under a client id already in use: the
@@ -903,11 +925,21 @@ impl Validator<'_> {
             }),
             RawDecode::Function(used) => {
                 let known = self.function_ref(&used.function, &at("decode.function.function"), functions);
+                let function_span = used.function.span();
                 let id = used.function.into_inner();
-                let params_json = params_to_json(&used.params);
+                let params_json = params_to_json(used.params.as_ref());
                 let use_name = Name::try_from(format!("decoder-{id}")).ok();
                 match (known, use_name) {
                     (true, Some(use_name)) => {
+                        self.locations.add_use(
+                            name.clone(),
+                            use_name.clone(),
+                            UseLocation {
+                                field: at("decode.function"),
+                                function: function_span,
+                                params: used.params.as_ref().map(Spanned::span),
+                            },
+                        );
                         Some(DecodeConfig::Function(FunctionUse { name: use_name, function: id, params_json }))
                     }
                     _ => None,
@@ -939,10 +971,19 @@ impl Validator<'_> {
                 ));
             }
             if known {
+                self.locations.add_use(
+                    name.clone(),
+                    op_name.clone(),
+                    UseLocation {
+                        field,
+                        function: operator.function.span(),
+                        params: operator.params.as_ref().map(Spanned::span),
+                    },
+                );
                 operators.push(FunctionUse {
                     name: op_name,
                     function: operator.function.into_inner(),
-                    params_json: params_to_json(&operator.params),
+                    params_json: params_to_json(operator.params.as_ref()),
                 });
             }
         }
@@ -987,7 +1028,7 @@ impl Validator<'_> {
         let outbox = self.outbox(raw.outbox.map(Spanned::into_inner).unwrap_or_default(), &at("outbox"));
         // `None` when the table is wrong (its problems are recorded), else whether there is one.
         let window = match raw.window {
-            Some(window) => self.window(&window, &at("window"), functions).map(Some),
+            Some(window) => self.window(&name, &window, &at("window"), functions).map(Some),
             None => Some(None),
         };
         let downsample = match raw.downsample {
@@ -1086,6 +1127,7 @@ impl Validator<'_> {
 
     fn window(
         &mut self,
+        pipeline: &Name,
         raw: &Spanned<raw::RawWindow>,
         field: &str,
         functions: &BTreeMap<FunctionId, FunctionConfig>,
@@ -1143,10 +1185,21 @@ impl Validator<'_> {
         let aggregate = window.aggregate.as_ref().map(|used| FunctionUse {
             name: Name::try_from("window-aggregate".to_owned()).expect("a valid name"),
             function: used.function.get_ref().clone(),
-            params_json: params_to_json(&used.params),
+            params_json: params_to_json(used.params.as_ref()),
         });
         if let Some(used) = &window.aggregate {
             failed |= !self.function_ref(&used.function, &format!("{field}.aggregate.function"), functions);
+        }
+        if let (Some(used), Some(aggregate)) = (&window.aggregate, &aggregate) {
+            self.locations.add_use(
+                pipeline.clone(),
+                aggregate.name.clone(),
+                UseLocation {
+                    field: format!("{field}.aggregate"),
+                    function: used.function.span(),
+                    params: used.params.as_ref().map(Spanned::span),
+                },
+            );
         }
         if failed {
             return None;
@@ -1225,8 +1278,9 @@ fn nanos(duration: Duration) -> u64 {
     u64::try_from(duration.as_nanos()).expect("configured durations are bounded far below 584 years")
 }
 
-fn params_to_json(params: &toml::Table) -> String {
-    serde_json::to_string(params).expect("a TOML table always serializes to JSON")
+fn params_to_json(params: Option<&Spanned<toml::Table>>) -> String {
+    let params = params.map_or_else(toml::Table::new, |p| p.get_ref().clone());
+    serde_json::to_string(&params).expect("a TOML table always serializes to JSON")
 }
 
 fn list(names: &[&str]) -> String {

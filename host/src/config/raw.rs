@@ -109,7 +109,7 @@ pub struct RawFunction {
     pub component: Spanned<PathBuf>,
     /// `memory = "32MiB"` — linear memory cap; growing beyond it traps (1MiB, 16 pages, to
     /// 4GiB, all a 32-bit WebAssembly memory can address).
-    pub memory: Option<SizeIn<MIB, { 4 * GIB }>>,
+    pub memory: Option<Spanned<SizeIn<MIB, { 4 * GIB }>>>,
     /// `timeout = "100ms"` — wall time per call before it is interrupted (1ms to 1m).
     pub timeout: Option<DurationIn<1, MINUTE>>,
     /// `fuel = 50_000_000` — units of work (about one per WebAssembly instruction) per call
@@ -513,8 +513,7 @@ pub struct RawFunctionUse {
     /// `function = "threshold-alert"`
     pub function: Spanned<FunctionId>,
     /// `params = { above = 80.0 }` — passed to the function's `init` as a JSON object.
-    #[serde(default)]
-    pub params: toml::Table,
+    pub params: Option<Spanned<toml::Table>>,
 }
 
 /// `[[pipelines.<name>.operators]]`
@@ -527,8 +526,7 @@ pub struct RawOperator {
     /// Required when a function appears twice in one pipeline.
     pub name: Option<Spanned<Name>>,
     /// `params = { above = 80.0 }`
-    #[serde(default)]
-    pub params: toml::Table,
+    pub params: Option<Spanned<toml::Table>>,
 }
 
 /// `[pipelines.<name>.batch]`

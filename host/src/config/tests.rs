@@ -524,3 +524,56 @@ fn refuses_client_ids_mqtt_cannot_carry() {
     insta::assert_snapshot!(invalid(&valid_but("qos = 1", "qos = 1\nclient_id = \"gw07\\u0000boiler\"")));
     insta::assert_snapshot!(invalid(&valid_but("qos = 1", "qos = 1\nclient_id = \"\"")));
 }
+
+#[test]
+fn problems_found_after_validation_point_at_the_field_they_are_about() {
+    let functions = functions_dir();
+    let with_aggregate = VALID.replacen(
+        "allowed_lateness = \"10s\"\n",
+        "allowed_lateness = \"10s\"\n\n[pipelines.boiler.window.aggregate]\nfunction = \"unit-convert\"\n",
+        1,
+    );
+    let config = parse_with(&with_aggregate, functions.path()).expect("valid");
+    let locations = &config.locations;
+    let name = |n: &str| Name::try_from(n.to_owned()).expect("valid name");
+    let id = |n: &str| n.parse::<FunctionId>().expect("valid id");
+    let line_of =
+        |needle: &str| with_aggregate[..with_aggregate.find(needle).expect("in the text")].matches('\n').count() + 1;
+    let at = |p: Problem| (p.field, p.line);
+
+    assert_eq!(at(locations.data_dir("x")), ("gateway.data_dir".to_owned(), line_of("data_dir = ")));
+    assert_eq!(
+        at(locations.component(&id("frame-decoder"), "x")),
+        ("functions.frame-decoder.component".to_owned(), line_of("component = \"frames.wasm\""))
+    );
+    // Written memory is pointed at; the default at the function's component.
+    assert_eq!(
+        at(locations.memory(&id("threshold-alert"), "x")),
+        ("functions.threshold-alert.memory".to_owned(), line_of("memory = "))
+    );
+    assert_eq!(
+        at(locations.memory(&id("frame-decoder"), "x")),
+        ("functions.frame-decoder.memory".to_owned(), line_of("component = \"frames.wasm\""))
+    );
+    assert_eq!(
+        at(locations.use_params(&name("boiler"), &name("threshold-alert"), "x")),
+        ("pipelines.boiler.operators[0].params".to_owned(), line_of("params = { above"))
+    );
+    assert_eq!(
+        at(locations.use_params(&name("press"), &name("decoder-frame-decoder"), "x")),
+        ("pipelines.press.decode.function.params".to_owned(), line_of("params = { series_prefix"))
+    );
+    assert_eq!(
+        at(locations.use_function(&name("press"), &name("decoder-frame-decoder"), "x")),
+        ("pipelines.press.decode.function.function".to_owned(), line_of("function = \"frame-decoder\""))
+    );
+    // Without params, a params problem points at the use's function.
+    assert_eq!(
+        at(locations.use_params(&name("boiler"), &name("window-aggregate"), "x")),
+        ("pipelines.boiler.window.aggregate.params".to_owned(), line_of("aggregate]\nfunction") + 1)
+    );
+
+    let overridden = Overrides { data_dir: Some("/srv/weir".into()), functions_dir: Some(functions.path().to_owned()) };
+    let config = parse("weir.toml", VALID, Path::new("/etc/weir"), &overridden).expect("valid");
+    assert_eq!(at(config.locations.data_dir("x")), ("--data-dir".to_owned(), 0));
+}

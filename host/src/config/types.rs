@@ -555,7 +555,7 @@ impl<'de, const MIN: u64, const MAX: u64> Deserialize<'de> for SizeIn<MIN, MAX> 
 }
 
 /// `bytes` in the largest binary unit that divides it (`"4GiB"`, `"64KiB"`, `"1B"`).
-fn show_size(bytes: u64) -> String {
+pub fn show_size(bytes: u64) -> String {
     let units = [(TIB, "TiB"), (GIB, "GiB"), (MIB, "MiB"), (KIB, "KiB")];
     match units.iter().find(|(unit, _)| bytes >= *unit && bytes.is_multiple_of(*unit)) {
         Some((unit, name)) => format!("{}{name}", bytes / unit),

@@ -133,11 +133,13 @@ impl fmt::Debug for CacheKey {
 }
 
 /// `<data_dir>/compiled/`: artifacts tagged under this gateway's key.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct ArtifactCache {
     dir: PathBuf,
     /// `None` when no key could be read or made: nothing is read from or written to the cache.
     key: Option<CacheKey>,
+    /// Whether artifacts are added (and rejected ones removed); `weir check` only reads.
+    writable: bool,
 }
 
 impl ArtifactCache {
@@ -160,7 +162,18 @@ impl ArtifactCache {
                 tracing::warn!(stage = "sandbox", error = %e, "no compiled-function cache key: every function is compiled at every start");
             })
             .ok();
-        Ok(Self { dir: dir.to_owned(), key })
+        Ok(Self { dir: dir.to_owned(), key, writable: true })
+    }
+
+    /// The cache in `dir` for reading only: its key if there is a usable one (none is made or
+    /// replaced), nothing written or removed.
+    pub fn open_read_only(dir: &Path) -> Self {
+        Self { dir: dir.to_owned(), key: read_key(&dir.join(KEY_FILE)).ok(), writable: false }
+    }
+
+    /// No cache: every function is compiled.
+    pub fn off() -> Self {
+        Self { dir: PathBuf::new(), key: None, writable: false }
     }
 
     /// The file that holds the artifact named `name`.
@@ -188,7 +201,9 @@ impl ArtifactCache {
             }
             Err(rejection) => {
                 tracing::warn!(stage = "sandbox", file = %path.display(), reason = %rejection, "compiled function rejected, compiling again");
-                self.remove(&path);
+                if self.writable {
+                    self.remove(&path);
+                }
                 None
             }
         }
@@ -196,6 +211,9 @@ impl ArtifactCache {
 
     /// Removes the artifact file `path` (one that failed verification or deserialisation).
     pub fn remove(&self, path: &Path) {
+        if !self.writable {
+            return;
+        }
         if let Err(e) = std::fs::remove_file(path)
             && e.kind() != ErrorKind::NotFound
         {
@@ -206,7 +224,7 @@ impl ArtifactCache {
     /// Caches `artifact` as `name`, tagged; does nothing when the cache is off (no key). The file
     /// appears whole or not at all (temporary file, then rename).
     pub fn store(&self, name: &str, artifact: &[u8]) -> Result<(), CacheWriteError> {
-        let Some(key) = self.key.as_ref() else { return Ok(()) };
+        let Some(key) = self.key.as_ref().filter(|_| self.writable) else { return Ok(()) };
         let path = self.path(name);
         let tag = key.tag(name, artifact).finalize().into_bytes();
         let temporary = path.with_extension(format!("tmp-{}", std::process::id()));

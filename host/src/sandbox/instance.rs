@@ -11,7 +11,7 @@ use super::bindings::{accumulator, decoder, operator, types};
 use super::handle::UseHandle;
 use super::host::{InstanceLabels, InstanceState, LimitHit, StateLimits, Writes};
 use super::quarantine::{Admission, FaultRecord};
-use super::{CompiledFunction, SandboxError, WorldKind, deadline_ticks};
+use super::{CompiledFunction, SandboxError, StartPhase, WorldKind, deadline_ticks};
 use crate::batch::{Batch, CallContext, Message, Series};
 use crate::config::FunctionLimits;
 use crate::decode::{Decode, DecodeError};
@@ -133,12 +133,17 @@ impl FunctionInstance {
             handle,
         };
         let now = crate::telemetry::now_nanos();
-        instance.live = Some(instance.instantiate(now).map_err(|reason| instance.start_error(reason))?);
+        instance.live = Some(instance.instantiate(now).map_err(|failure| instance.start_error(failure))?);
         Ok(instance)
     }
 
-    fn start_error(&self, reason: String) -> SandboxError {
-        SandboxError::Start { function: self.labels.function.clone(), use_name: self.labels.operator.clone(), reason }
+    fn start_error(&self, (phase, reason): (StartPhase, String)) -> SandboxError {
+        SandboxError::Start {
+            function: self.labels.function.clone(),
+            use_name: self.labels.operator.clone(),
+            phase,
+            reason,
+        }
     }
 
     /// The function version running.
@@ -185,17 +190,17 @@ impl FunctionInstance {
                 self.handle.with_record(|record| record.new_version(self.labels.function.clone()));
                 Ok(())
             }
-            Err(reason) => {
+            Err(failure) => {
                 self.function = previous;
                 self.labels = previous_labels;
                 self.carried.clear();
-                Err(self.start_error(reason))
+                Err(self.start_error(failure))
             }
         }
     }
 
-    /// Creates a store and instance, and runs `init`.
-    fn instantiate(&mut self, processing_time: i64) -> Result<Live, String> {
+    /// Creates a store and instance, and runs `init`; on failure, where and why.
+    fn instantiate(&mut self, processing_time: i64) -> Result<Live, (StartPhase, String)> {
         let limits = self.function.limits;
         let state = InstanceState::new(
             Arc::clone(&self.labels),
@@ -219,7 +224,8 @@ impl FunctionInstance {
             Err(e) => {
                 let tail = store.data_mut().end_call(false);
                 self.carried = store.data_mut().take_pending();
-                return Err(format!("instantiation failed: {}", describe_fault(&e, store.data(), &tail, &limits)));
+                let reason = format!("instantiation failed: {}", describe_fault(&e, store.data(), &tail, &limits));
+                return Err((StartPhase::Instantiate, reason));
             }
         };
         let init = match &exports {
@@ -235,7 +241,7 @@ impl FunctionInstance {
             Err(e) => format!("init faulted: {}", describe_fault(&e, store.data(), &tail, &limits)),
         };
         self.carried = store.data_mut().take_pending();
-        Err(failure)
+        Err((StartPhase::Init, failure))
     }
 
     /// Starts a call on the live instance (instantiating one if the last faulted). The call stays
@@ -255,7 +261,7 @@ impl FunctionInstance {
         if self.live.is_none() {
             match self.instantiate(ctx.processing_time) {
                 Ok(live) => self.live = Some(live),
-                Err(reason) => {
+                Err((_, reason)) => {
                     self.record_fault(&reason);
                     return Err(CallFailure::Fault(reason));
                 }

@@ -54,6 +54,9 @@ pub use quarantine::FaultRecord;
 use crate::config::{FunctionConfig, FunctionId, FunctionLimits, QuarantineConfig};
 use crate::state::StateStore;
 
+/// The first bytes of every WebAssembly binary, module or component.
+const WASM_MAGIC: &[u8] = b"\0asm";
+
 /// How often the epoch advances; call time limits are enforced to within one tick.
 pub const EPOCH_TICK: Duration = Duration::from_millis(5);
 
@@ -154,9 +157,33 @@ pub enum SandboxError {
         function: String,
         /// The use.
         use_name: String,
+        /// Whether instantiating or `init` failed.
+        phase: StartPhase,
         /// Why.
         reason: String,
     },
+}
+
+/// Where starting an instance failed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StartPhase {
+    /// Creating the instance (the component needs more than the engine offers, or its start
+    /// function trapped): a problem of the component.
+    Instantiate,
+    /// `init`, which refused or faulted on the use's parameters.
+    Init,
+}
+
+/// What a sandbox does with its cache of compiled functions.
+#[derive(Clone, Copy, Debug)]
+pub enum CompiledCache<'a> {
+    /// Reads it and adds what it compiles (creating the directory).
+    ReadWrite(&'a Path),
+    /// Reads it if it exists, never writes (`weir check`, which leaves the data directory as it
+    /// found it).
+    ReadOnly(&'a Path),
+    /// Compiles everything.
+    None,
 }
 
 /// Sizing of the engine.
@@ -203,6 +230,7 @@ impl SandboxOptions {
 pub struct Sandbox {
     engine: Engine,
     linker: Linker<InstanceState>,
+    /// Where compiled functions are cached (and whether new ones are added), if anywhere.
     cache: ArtifactCache,
     store: StateStore,
     state_limits: StateLimits,
@@ -247,31 +275,44 @@ impl CompiledFunction {
 impl Sandbox {
     /// Creates the engine (and its epoch ticker). Compiled artifacts are cached in `cache_dir`.
     pub fn new(options: SandboxOptions, cache_dir: &Path, store: StateStore) -> Result<Self, SandboxError> {
+        Self::with_cache(options, CompiledCache::ReadWrite(cache_dir), store)
+    }
+
+    /// Creates the engine (and its epoch ticker), using the compiled cache as `cache` says.
+    pub fn with_cache(
+        options: SandboxOptions,
+        cache: CompiledCache<'_>,
+        store: StateStore,
+    ) -> Result<Self, SandboxError> {
         let engine_error = |e: wasmtime::Error| SandboxError::Engine { reason: format!("{e:#}") };
-        let instances = options.max_instances.max(1);
-        let core_instances = options.max_core_instances.clamp(1, 1000);
-        let mut pool = PoolingAllocationConfig::new();
-        pool.total_component_instances(instances)
-            .total_core_instances(instances.saturating_mul(core_instances.min(8)))
-            .max_core_instances_per_component(core_instances)
-            .total_memories(instances * 2)
-            .total_tables(instances * 8)
-            .max_memory_size(usize::try_from(options.max_memory_bytes).unwrap_or(usize::MAX));
-        let mut config = Config::new();
-        config
-            .epoch_interruption(true)
-            .consume_fuel(options.fuel)
-            .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(engine_error)?;
+        let engine = engine(&options)?;
         start_epoch_ticker(&engine)?;
 
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker).map_err(engine_error)?;
         bindings::operator::Operator::add_to_linker::<InstanceState, HasSelf<InstanceState>>(&mut linker, |s| s)
             .map_err(engine_error)?;
-        let cache = ArtifactCache::open(cache_dir)
-            .map_err(|source| SandboxError::Read { path: cache_dir.to_owned(), source })?;
+        let cache = match cache {
+            CompiledCache::ReadWrite(dir) => {
+                ArtifactCache::open(dir).map_err(|source| SandboxError::Read { path: dir.to_owned(), source })?
+            }
+            CompiledCache::ReadOnly(dir) => ArtifactCache::open_read_only(dir),
+            CompiledCache::None => ArtifactCache::off(),
+        };
         Ok(Self { engine, linker, cache, store, state_limits: options.state_limits, fuel: options.fuel })
+    }
+
+    /// The same engine, linker and cache, serving instances whose state is in `store`: functions
+    /// loaded by either sandbox start in both.
+    pub fn with_store(&self, store: StateStore) -> Self {
+        Self {
+            engine: self.engine.clone(),
+            linker: self.linker.clone(),
+            cache: self.cache.clone(),
+            store,
+            state_limits: self.state_limits,
+            fuel: self.fuel,
+        }
     }
 
     /// Compiles (or loads from the cache) the function's component and checks its world.
@@ -285,6 +326,22 @@ impl Sandbox {
             });
         }
         let bytes = std::fs::read(path).map_err(|source| SandboxError::Read { path: path.clone(), source })?;
+        if bytes.is_empty() {
+            return Err(SandboxError::Compile {
+                function: function.id.clone(),
+                path: path.clone(),
+                reason: "the file is empty".into(),
+            });
+        }
+        // The engine takes binaries only (no text format): anything else is refused in plain words
+        // rather than with the parser's dump of the first bytes.
+        if !bytes.starts_with(WASM_MAGIC) {
+            return Err(SandboxError::Compile {
+                function: function.id.clone(),
+                path: path.clone(),
+                reason: "not a WebAssembly binary (it does not start with \\0asm)".into(),
+            });
+        }
         let version = FunctionVersion { id: function.id.clone(), digest: Sha256::digest(&bytes).into() };
         let component = self.compile_cached(&version, path, &bytes)?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| SandboxError::Compile {
@@ -387,6 +444,7 @@ impl Sandbox {
         instance::time_instantiations(&self.runtime(), function, runs).map_err(|reason| SandboxError::Start {
             function: function.version.to_string(),
             use_name: "bench".into(),
+            phase: StartPhase::Instantiate,
             reason,
         })
     }
@@ -423,6 +481,36 @@ impl Sandbox {
         };
         FunctionInstance::start(self.runtime(), Arc::clone(function), labels, params_json.to_owned())
     }
+}
+
+/// The engine for `options`: pooling allocator sized from them, epoch interruption, fuel when
+/// asked. Creating it reserves the address space of every memory slot; that can fail where the
+/// address space is limited (`ulimit -v`, 32-bit machines).
+fn engine(options: &SandboxOptions) -> Result<Engine, SandboxError> {
+    let instances = options.max_instances.max(1);
+    let core_instances = options.max_core_instances.clamp(1, 1000);
+    let mut pool = PoolingAllocationConfig::new();
+    pool.total_component_instances(instances)
+        .total_core_instances(instances.saturating_mul(core_instances.min(8)))
+        .max_core_instances_per_component(core_instances)
+        .total_memories(instances.saturating_mul(2))
+        .total_tables(instances.saturating_mul(8))
+        .max_memory_size(usize::try_from(options.max_memory_bytes).unwrap_or(usize::MAX));
+    let mut config = Config::new();
+    config
+        .epoch_interruption(true)
+        .consume_fuel(options.fuel)
+        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    Engine::new(&config).map_err(|e| SandboxError::Engine { reason: format!("{e:#}") })
+}
+
+/// Whether an engine for `options` can be created on this machine; the reason when not. (For
+/// finding which setting makes [`Sandbox::new`] fail.)
+pub fn engine_fits(options: &SandboxOptions) -> Result<(), String> {
+    engine(options).map(drop).map_err(|e| match e {
+        SandboxError::Engine { reason } => reason,
+        other => other.to_string(),
+    })
 }
 
 /// The SHA-256 of a component file: the digest that names its version.

@@ -278,6 +278,41 @@ fn compiled_components_are_cached_and_reused() {
 }
 
 #[test]
+fn a_read_only_cache_is_read_and_never_written() {
+    let fixture = fixture();
+    let cache_dir = fixture._dir.path().join("compiled");
+    let config = function("threshold-alert", "weir_fn_threshold_alert.wasm", LIMITS);
+    let options = SandboxOptions::for_functions([&config], 1, StateLimits { max_key: 1024, max_value: 1024 });
+    let store = StateStore::in_memory().expect("in-memory store");
+    let before: Vec<_> = std::fs::read_dir(&cache_dir).expect("cache dir").map(|e| e.expect("entry").path()).collect();
+    let reader = Sandbox::with_cache(options, CompiledCache::ReadOnly(&cache_dir), store).expect("sandbox");
+    reader.load(&config).expect("compiles");
+    let after: Vec<_> = std::fs::read_dir(&cache_dir).expect("cache dir").map(|e| e.expect("entry").path()).collect();
+    assert_eq!(before, after, "nothing written");
+}
+
+#[test]
+fn files_that_are_not_webassembly_are_refused_in_plain_words() {
+    let fixture = fixture();
+    let dir = tempfile::tempdir().expect("temp dir");
+    for (bytes, reason) in [(&b""[..], "the file is empty"), (b"hello\n", "not a WebAssembly binary")] {
+        let path = dir.path().join("f.wasm");
+        std::fs::write(&path, bytes).expect("written");
+        let config = FunctionConfig { component: path, ..function("f", "weir_fn_threshold_alert.wasm", LIMITS) };
+        let err = fixture.sandbox.load(&config).expect_err("not a component");
+        assert!(matches!(&err, SandboxError::Compile { reason: r, .. } if r.starts_with(reason)), "{err}");
+    }
+}
+
+#[test]
+fn a_failed_start_says_whether_init_or_instantiation_failed() {
+    let fixture = fixture();
+    let compiled = fixture.sandbox.load(&function("unit-convert", "weir_fn_unit_convert.wasm", LIMITS)).expect("loads");
+    let err = fixture.sandbox.operator(&compiled, "p", "c", r#"{"conversion": "furlongs"}"#).expect_err("refused");
+    assert!(matches!(err, SandboxError::Start { phase: StartPhase::Init, .. }), "{err}");
+}
+
+#[test]
 fn accumulator_component_creates_adds_merges_and_finishes() {
     use crate::window::accumulator::Accumulator;
     let fixture = fixture();

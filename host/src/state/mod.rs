@@ -519,6 +519,17 @@ pub fn state_entry_bytes(key: &[u8], value: &[u8]) -> u64 {
 }
 
 impl StateStore {
+    /// An empty store held in memory, with no committer: for starting function instances where
+    /// no data directory may be touched (`weir check` calls every use's `init` with it). Nothing
+    /// is ever written to it.
+    pub fn in_memory() -> Result<Self, StoreError> {
+        let db = Database::builder()
+            .create_with_backend(redb::backends::InMemoryBackend::new())
+            .or_store("create an in-memory store")?;
+        create_tables(&db)?;
+        Ok(Self { db: Arc::new(DatabaseSlot::new(db)), path: PathBuf::from("<memory>"), groups: Arc::default() })
+    }
+
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
