@@ -974,6 +974,9 @@ mod damaged {
         }
     }
 
+    /// Changes a file's bytes; returns the byte ranges changed (or cut off).
+    type Damage = Box<dyn FnOnce(&mut Vec<u8>) -> Vec<std::ops::Range<usize>>>;
+
     fn flip_bytes(seed: u64) -> impl FnOnce(&mut Vec<u8>) -> Vec<std::ops::Range<usize>> {
         move |bytes| {
             let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -999,7 +1002,7 @@ mod damaged {
     /// did not come back.
     #[test]
     fn salvage_recovers_every_intact_record() {
-        let mut patterns: Vec<(String, Box<dyn FnOnce(&mut Vec<u8>) -> Vec<std::ops::Range<usize>>>)> = Vec::new();
+        let mut patterns: Vec<(String, Damage)> = Vec::new();
         for seed in 1..=6 {
             patterns.push((format!("64 bytes flipped, seed {seed}"), Box::new(flip_bytes(seed))));
         }
@@ -1010,7 +1013,7 @@ mod damaged {
                     let at = (bytes.len() * tenth / 10) & !4095;
                     let end = (at + 4096).min(bytes.len());
                     bytes[at..end].fill(0);
-                    vec![at..end]
+                    std::iter::once(at..end).collect()
                 }),
             ));
         }
@@ -1021,7 +1024,7 @@ mod damaged {
                     let keep = bytes.len() * quarter / 4;
                     let end = bytes.len();
                     bytes.truncate(keep);
-                    vec![keep..end]
+                    std::iter::once(keep..end).collect()
                 }),
             ));
         }
@@ -1033,6 +1036,7 @@ mod damaged {
             assert!(outcome.missed as u64 <= outcome.conflicting, "{label}: every intact record is recovered");
             if !flips {
                 assert_eq!((outcome.missed, outcome.corrupt), (0, 0), "{label}: exactly the intact records");
+                assert_eq!(outcome.recovered, outcome.intact, "{label}: exactly the intact records");
             }
             if outcome.loss_known {
                 assert_eq!(outcome.lost, outcome.unrecovered, "{label}: the loss is counted exactly");
@@ -1058,6 +1062,28 @@ mod damaged {
         }
         let kept = std::fs::read_dir(dir.path().join(DAMAGED_DIR)).expect("damaged dir").count();
         assert_eq!(kept, DAMAGED_KEPT);
+    }
+}
+
+/// The outbox floor is the first record's seq until confirmations raise it to the lowest seq
+/// still held (past the last seq when nothing is held); confirming out of order does not raise
+/// it past a record still held.
+#[tokio::test]
+async fn the_outbox_floor_follows_the_lowest_seq_held() {
+    let (_dir, store, committer, _thread) = store(10);
+    let floor = || {
+        let txn = store.db.get().expect("open").begin_read().expect("read");
+        let counters = txn.open_table(COUNTERS).expect("counters");
+        counters.get(outbox_floor_key("s").as_str()).expect("read").map(|v| v.value())
+    };
+    assert_eq!(floor(), None);
+    let records = (4..=8).map(|seq| readings_record(seq, 2)).collect();
+    committer.commit(ChangeSet { records, ..ChangeSet::default() }).await.expect("commit");
+    assert_eq!(floor(), Some(4), "the first record's seq");
+    for (confirmed, expected) in [(vec![4, 6], 5), (vec![5], 7), (vec![7, 8], 9)] {
+        let confirmed = confirmed.into_iter().map(|seq| ("s".to_owned(), seq)).collect();
+        committer.commit(ChangeSet { confirmed, ..ChangeSet::default() }).await.expect("confirm");
+        assert_eq!(floor(), Some(expected));
     }
 }
 

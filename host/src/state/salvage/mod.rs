@@ -99,10 +99,10 @@ pub struct Recovery {
     pub reason: String,
     /// Per table: entries copied, and whether the table read back to its end.
     pub tables: Vec<TableSalvage>,
-    /// Per stream: outbox records held before the damage that could not be recovered (from
-    /// the outbox's own accounting; absent when that could not be read).
+    /// Per stream: original records (seqs) held before the damage that were not recovered, as
+    /// [`StreamSalvage::lost`] counts them (or, without a floor, from the outbox's accounting).
     pub outbox_records_lost: Vec<(String, u64)>,
-    /// Whether the outbox accounting was readable (else records lost are unknown).
+    /// Whether that loss is known for every stream (see [`StreamSalvage::loss_basis`]).
     pub outbox_loss_known: bool,
     /// The seq floor set because stream positions were lost.
     pub seq_floor: Option<u64>,
