@@ -315,9 +315,10 @@ fn salvage(damaged: &Path, db: &Database, reason: String) -> Result<Recovery, St
 
     // Even when redb reads the whole outbox table, it does not verify the pages it reads: a
     // record it returns may be a damaged copy of one that lies intact elsewhere in the file.
-    let scanned = scan::scan(damaged).unwrap_or_else(|e| {
+    let stale = |stream: &str, seq: u64| salvaged.stale_below(stream).is_some_and(|below| seq < below);
+    let scanned = scan::scan(damaged, stale).unwrap_or_else(|e| {
         tracing::error!(stage = "state", error = %e, "the damaged file's bytes cannot be read for outbox records");
-        Scanned::new()
+        Scanned::default()
     });
     let streams = salvaged.outbox_streams(scanned);
 
@@ -474,6 +475,15 @@ impl Salvaged {
         self.counters.iter().find(|(name, _)| *name == key).map(|(_, v)| *v)
     }
 
+    /// Copies of the stream's seqs below this are stale: its outbox floor, or else — when redb
+    /// read the whole outbox table — the lowest seq redb read (nothing below it was held).
+    fn stale_below(&self, stream: &str) -> Option<u64> {
+        self.outbox_floor(stream).or_else(|| {
+            let lowest = self.outbox_keys.range((stream.to_owned(), 0)..).next().filter(|(s, _)| s == stream);
+            self.complete(OUTBOX.name()).then(|| lowest.map(|(_, seq)| *seq)).flatten()
+        })
+    }
+
     /// Decides, per stream, which records to restore — those redb read back, then those the
     /// raw scan found — and what was lost (see the module doc).
     fn outbox_streams(&self, scanned: Scanned) -> Vec<StreamOutbox> {
@@ -483,7 +493,7 @@ impl Salvaged {
             // The scan finds this copy too, where redb read it: counted there, not twice.
             copies.push((body.clone(), record.clone(), true, 0));
         }
-        for ((stream, seq), found) in scanned {
+        for ((stream, seq), found) in scanned.records {
             let copies = candidates.entry(stream).or_default().entry(seq).or_default();
             for found in found {
                 match copies.iter_mut().find(|c| c.0 == found.body) {
@@ -501,16 +511,14 @@ impl Salvaged {
         let usage: Option<BTreeMap<&str, u64>> =
             self.usage.as_ref().map(|u| u.iter().map(|(s, n)| (s.as_str(), *n)).collect());
         let mut names: std::collections::BTreeSet<String> = candidates.keys().cloned().collect();
+        names.extend(scanned.stale.keys().cloned());
         names.extend(usage.iter().flat_map(|u| u.keys().map(|s| (*s).to_owned())));
         names.extend(self.stream_seq.iter().map(|(s, _)| s.clone()));
         let mut streams = Vec::new();
         for name in names {
             let by_seq = candidates.remove(&name).unwrap_or_default();
             let floor = self.outbox_floor(&name);
-            // Without a floor, when redb read the whole outbox table, nothing below the lowest
-            // seq it held is held: copies below it are stale.
-            let lowest_held = || self.outbox_keys.range((name.clone(), 0)..).next().filter(|(s, _)| *s == name);
-            let stale_below = floor.or_else(|| table_complete.then(|| lowest_held().map(|(_, seq)| *seq)).flatten());
+            let stale_below = self.stale_below(&name);
             let last_seq = self
                 .stream_seq
                 .iter()
@@ -518,7 +526,10 @@ impl Salvaged {
                 .map(|(_, seq)| *seq)
                 .or_else(|| positions_complete.then_some(0));
             let bounds = Bounds { floor, stale_below, last_seq };
-            streams.push(choose(name, by_seq, bounds, table_complete, usage.as_ref()));
+            let stale = scanned.stale.get(&name).copied().unwrap_or(0);
+            let mut stream = choose(name, by_seq, bounds, table_complete, usage.as_ref());
+            stream.report.stale += stale;
+            streams.push(stream);
         }
         streams
     }

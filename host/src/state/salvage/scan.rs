@@ -10,14 +10,16 @@
 //! that names a stream and a seq (and, for a summary, a span starting at that seq).
 //!
 //! What it finds includes stale copies: redb is copy-on-write, so freed pages can still hold
-//! records that were confirmed and deleted, or older versions of a summary. Sorting them out is
-//! the caller's job (see `salvage`). A flipped bit inside a float keeps a record decodable: the
+//! records that were confirmed and deleted, or older versions of a summary. Copies the caller
+//! already knows to be stale (below a stream's outbox floor) are only counted; sorting out the
+//! rest is the caller's job (see `salvage`). A flipped bit inside a float keeps a record decodable: the
 //! record format has no checksum, so such a record is taken as it reads, like any record redb
 //! itself returns without verifying its page.
 //!
 //! Bounds: the file is read in chunks of [`CHUNK`] bytes plus [`MAX_RECORD`] bytes of overlap,
-//! so memory stays below their sum whatever the file's size; a record longer than
-//! [`MAX_RECORD`] is not found.
+//! so reading takes no more than their sum whatever the file's size; what is kept is one copy
+//! of each distinct record that is not known to be stale (about the outbox's size, plus stale
+//! copies when no floor is known). A record longer than [`MAX_RECORD`] is not found.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
@@ -37,28 +39,36 @@ pub(super) struct Found {
     pub(super) copies: u32,
 }
 
-/// Every distinct record body found, by (stream, seq). Identical copies are counted once.
-pub(super) type Scanned = BTreeMap<(String, u64), Vec<Found>>;
+/// What the scan found.
+#[derive(Default)]
+pub(super) struct Scanned {
+    /// Every distinct record body found, by (stream, seq); identical copies are counted once.
+    pub(super) records: BTreeMap<(String, u64), Vec<Found>>,
+    /// Per stream: copies found of stale records, not kept.
+    pub(super) stale: BTreeMap<String, u64>,
+}
 
 /// Scans the file at `path` for outbox records.
-pub(super) fn scan(path: &Path) -> std::io::Result<Scanned> {
+/// Copies of records `stale(stream, seq)` names are counted, not kept (memory stays in
+/// proportion to the outbox, not to the file's history).
+pub(super) fn scan(path: &Path, stale: impl Fn(&str, u64) -> bool) -> std::io::Result<Scanned> {
     let mut file = std::fs::File::open(path)?;
     let length = file.metadata()?.len();
-    let mut found = Scanned::new();
+    let mut found = Scanned::default();
     let mut buffer = Vec::new();
     let mut start = 0u64;
     while start < length {
         buffer.clear();
         file.seek(SeekFrom::Start(start))?;
         (&mut file).take((CHUNK + MAX_RECORD) as u64).read_to_end(&mut buffer)?;
-        scan_bytes(&buffer, CHUNK.min(buffer.len()), &mut found);
+        scan_bytes(&buffer, CHUNK.min(buffer.len()), &stale, &mut found);
         start += CHUNK as u64;
     }
     Ok(found)
 }
 
 /// Scans the records that start in `bytes[..starts]` (and may end anywhere in `bytes`).
-pub(super) fn scan_bytes(bytes: &[u8], starts: usize, found: &mut Scanned) {
+pub(super) fn scan_bytes(bytes: &[u8], starts: usize, stale: &impl Fn(&str, u64) -> bool, found: &mut Scanned) {
     for at in 0..starts {
         if !envelope_starts(&bytes[at..]) {
             continue;
@@ -69,7 +79,11 @@ pub(super) fn scan_bytes(bytes: &[u8], starts: usize, found: &mut Scanned) {
             continue;
         }
         let body = &window[..length];
-        let copies = found.entry((record.header.stream.clone(), record.header.seq)).or_default();
+        if stale(&record.header.stream, record.header.seq) {
+            *found.stale.entry(record.header.stream).or_default() += 1;
+            continue;
+        }
+        let copies = found.records.entry((record.header.stream.clone(), record.header.seq)).or_default();
         match copies.iter_mut().find(|f| f.body == body) {
             Some(same) => same.copies += 1,
             None => copies.push(Found { body: body.to_vec(), record, copies: 1 }),
@@ -124,12 +138,19 @@ mod tests {
         let end = broken.len();
         broken[end - 16..].fill(0xff); // a break code inside the readings
         bytes.extend_from_slice(&broken);
-        let mut found = Scanned::new();
-        scan_bytes(&bytes, bytes.len(), &mut found);
-        let keys: Vec<(&str, u64, u32)> =
-            found.iter().flat_map(|((s, seq), f)| f.iter().map(move |f| (s.as_str(), *seq, f.copies))).collect();
+        let mut found = Scanned::default();
+        scan_bytes(&bytes, bytes.len(), &|_: &str, _| false, &mut found);
+        let keys: Vec<(&str, u64, u32)> = found
+            .records
+            .iter()
+            .flat_map(|((s, seq), f)| f.iter().map(move |f| (s.as_str(), *seq, f.copies)))
+            .collect();
         assert_eq!(keys, vec![("a", 1, 2), ("a", 2, 1)]);
-        assert_eq!(found[&("a".to_owned(), 2)][0].body, a2);
+        assert_eq!(found.records[&("a".to_owned(), 2)][0].body, a2);
+        let mut without_stale = Scanned::default();
+        scan_bytes(&bytes, bytes.len(), &|stream: &str, seq| stream == "a" && seq < 2, &mut without_stale);
+        assert_eq!(without_stale.records.keys().collect::<Vec<_>>(), vec![&("a".to_owned(), 2)]);
+        assert_eq!(without_stale.stale, BTreeMap::from([("a".to_owned(), 2)]), "both copies of a1, as stale");
     }
 
     /// A record is found by the chunk it starts in, even when it ends in the next.
@@ -138,10 +159,11 @@ mod tests {
         let record = body("a", 3);
         let mut bytes = vec![0u8; 10];
         bytes.extend_from_slice(&record);
-        let mut found = Scanned::new();
-        scan_bytes(&bytes, 10, &mut found);
-        assert!(found.is_empty(), "starts after the first chunk");
-        scan_bytes(&bytes, 11, &mut found);
-        assert_eq!(found[&("a".to_owned(), 3)][0].copies, 1);
+        let mut found = Scanned::default();
+        let keep_all = |_: &str, _: u64| false;
+        scan_bytes(&bytes, 10, &keep_all, &mut found);
+        assert!(found.records.is_empty(), "starts after the first chunk");
+        scan_bytes(&bytes, 11, &keep_all, &mut found);
+        assert_eq!(found.records[&("a".to_owned(), 3)][0].copies, 1);
     }
 }
