@@ -469,6 +469,33 @@ fn outbox_stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCo
                 if table.complete { "" } else { " (read back only in part)" }
             )?;
         }
+        let ranges = |ranges: &[(u64, u64)]| {
+            if ranges.is_empty() {
+                return "none".to_owned();
+            }
+            let text: Vec<String> =
+                ranges.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
+            text.join(",")
+        };
+        for stream in &recovery.outbox {
+            let lost = stream.lost.as_deref().map_or_else(
+                || "unknown".to_owned(),
+                |lost| format!("{} ({} seqs)", ranges(lost), lost.iter().map(|(a, b)| b - a + 1).sum::<u64>()),
+            );
+            writeln!(
+                out,
+                "    outbox {}: {} records restored ({} from the raw bytes), seqs {}; lost: {}; {} stale copies \
+                 dropped; {} restored from conflicting copies; loss basis: {}",
+                stream.stream,
+                stream.records,
+                stream.from_raw_bytes,
+                ranges(&stream.recovered),
+                lost,
+                stream.stale,
+                stream.conflicting,
+                stream.loss_basis
+            )?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

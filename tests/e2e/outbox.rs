@@ -319,6 +319,16 @@ async fn a_damaged_data_file_is_moved_aside_reported_and_ingest_goes_on() -> Res
         let stats = weir.outbox_stats()?;
         let recoveries = stats["recoveries"].as_array().map_or(0, Vec::len);
         ensure!(recoveries >= 1, "{damage}: weir outbox stats reports the recovery");
+        let streams = stats["recoveries"][recoveries - 1]["outbox"].as_array().cloned().unwrap_or_default();
+        ensure!(
+            streams.iter().all(|s| s["stream"] == "load" && s["loss_basis"].is_string()),
+            "{damage}: the report says what came back of each stream's outbox: {stats:#}"
+        );
+        if !streams.is_empty() {
+            let data_dir = weir.data_dir().to_str().expect("UTF-8 path").to_owned();
+            let text = String::from_utf8(weir_e2e::weir(&["outbox", "stats", "--data-dir", &data_dir])?.stdout)?;
+            ensure!(text.contains("outbox load: ") && text.contains("loss basis: "), "{damage}: {text}");
+        }
     }
     let damaged = std::fs::read_dir(weir.data_dir().join("damaged"))?.count();
     ensure!(damaged == 2, "the newest two damaged files are kept, found {damaged}");

@@ -753,8 +753,20 @@ pub fn decode(bytes: &[u8]) -> Result<Record, RecordDecodeError> {
             dropped: record.dropped,
         }
     } else {
-        decode_cbor(bytes)?
+        decode_cbor(bytes)?.0
     };
+    record_of(parts)
+}
+
+/// Decodes the CBOR record that starts at `bytes[0]` and ignores what follows it; returns the
+/// record and its length. For reading records out of raw bytes (a damaged data file): it
+/// allocates at most in proportion to `bytes.len()` and rejects any malformed item.
+pub fn decode_cbor_prefix(bytes: &[u8]) -> Result<(Record, usize), RecordDecodeError> {
+    let (parts, length) = decode_cbor(bytes)?;
+    Ok((record_of(parts)?, length))
+}
+
+fn record_of(parts: Parts) -> Result<Record, RecordDecodeError> {
     let mut builder = BatchBuilder::new();
     for block in parts.blocks {
         if block.values.is_empty() || block.dt.len() + 1 != block.values.len() || block.tick <= 0 {
@@ -900,7 +912,8 @@ fn check_version(version: u64) -> Result<(), RecordDecodeError> {
     }
 }
 
-fn decode_cbor(bytes: &[u8]) -> Result<Parts, RecordDecodeError> {
+/// The parts of the CBOR record at the start of `bytes`, and its length.
+fn decode_cbor(bytes: &[u8]) -> Result<(Parts, usize), RecordDecodeError> {
     let syntax = |e: minicbor::decode::Error| RecordDecodeError::Syntax { syntax: "CBOR", reason: e.to_string() };
     let format = |reason: &str| RecordDecodeError::Format { reason: reason.to_owned() };
     let mut d = Decoder::new(bytes);
@@ -935,7 +948,7 @@ fn decode_cbor(bytes: &[u8]) -> Result<Parts, RecordDecodeError> {
         encoded_at: encoded_at.ok_or_else(|| format("encoded-at (key 4) is missing"))?,
     };
     let blocks = blocks.ok_or_else(|| format("series (key 5) is missing"))?;
-    Ok(Parts { header, blocks, aggregates, windows, coarsened, dropped })
+    Ok((Parts { header, blocks, aggregates, windows, coarsened, dropped }, d.position()))
 }
 
 fn definite(len: Option<u64>) -> Result<u64, minicbor::decode::Error> {

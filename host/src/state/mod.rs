@@ -29,7 +29,7 @@
 //! | `stream_seq`           | stream                 | highest seq ever assigned                    |
 //! | `stream_counters`      | (stream, counter)      | u64 (see [`Counter`])                        |
 //! | `dead_letters`         | id (monotonic)         | [`DeadLetter`] as CBOR; bounded by count and bytes, payloads over 64 KiB kept as a prefix |
-//! | `counters`             | name                   | u64 (gateway-wide bookkeeping: dead-letter ids, bytes and evictions, delivery order, sink record limits) |
+//! | `counters`             | name                   | u64 (gateway-wide bookkeeping: dead-letter ids, bytes and evictions, delivery order, sink record limits, outbox floors) |
 //! | `recent_deliveries`    | (source, commit order) | identity of a committed delivery (see [`DeliveryRecord`]) |
 //! | `sink_positions`       | stream                 | the central broker's position of the stream's last confirmed record |
 //! | `recoveries`           | id                     | report of a recovery from a damaged file, JSON (see `salvage`) |
@@ -491,6 +491,14 @@ fn sink_record_limit_key(stream: &str) -> String {
     format!("sink_record_limit/{stream}")
 }
 
+/// Counter key: the stream's *outbox floor*, the lowest seq its outbox may still hold. Every
+/// seq below it has left the outbox (confirmed); set when the stream's first record is
+/// appended and raised after confirmations. Salvage uses it to tell stale copies of confirmed
+/// records from lost ones.
+fn outbox_floor_key(stream: &str) -> String {
+    format!("outbox_floor/{stream}")
+}
+
 /// Adds `by` to a gateway-wide counter.
 fn add_to_counter(counters: &mut redb::Table<'_, &str, u64>, name: &str, by: u64) -> Result<(), StoreError> {
     let value = counters.get(name).or_store("write counters")?.map_or(0, |v| v.value());
@@ -901,6 +909,12 @@ impl Writer {
                     if record.seq > previous {
                         stream_seq.insert(record.stream.as_str(), record.seq).or_store("write stream position")?;
                     }
+                    if previous == 0 {
+                        let floor = outbox_floor_key(&record.stream);
+                        if counters.get(floor.as_str()).or_store("read counters")?.is_none() {
+                            counters.insert(floor.as_str(), record.seq).or_store("write counters")?;
+                        }
+                    }
                 }
                 let mut confirmed_streams: Vec<&str> = Vec::new();
                 for (stream, seq) in &change.confirmed {
@@ -912,6 +926,12 @@ impl Writer {
                 for stream in confirmed_streams {
                     let last_seq = stream_seq.get(stream).or_store("read stream position")?.map_or(0, |v| v.value());
                     outbox.prune_reservations(stream, last_seq)?;
+                    let floor = outbox_floor_key(stream);
+                    let previous = counters.get(floor.as_str()).or_store("read counters")?.map_or(0, |v| v.value());
+                    let held_from = outbox.first_seq(stream)?.unwrap_or(last_seq + 1);
+                    if held_from > previous {
+                        counters.insert(floor.as_str(), held_from).or_store("write counters")?;
+                    }
                 }
                 for (stream, position) in &change.sink_positions {
                     let previous =

@@ -279,6 +279,14 @@ impl<'txn> Outbox<'txn> {
         Ok(removed)
     }
 
+    /// The lowest seq the stream's outbox holds.
+    pub(super) fn first_seq(&self, stream: &str) -> Result<Option<u64>, StoreError> {
+        match self.records.range((stream, 0)..=(stream, u64::MAX)).or_store("read outbox")?.next() {
+            Some(entry) => Ok(Some(entry.or_store("read outbox")?.0.value().1)),
+            None => Ok(None),
+        }
+    }
+
     /// Adds `by` to a stream's counter.
     pub(super) fn count(&mut self, stream: &str, counter: Counter, by: u64) -> Result<(), StoreError> {
         if by == 0 {

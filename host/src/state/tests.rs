@@ -745,6 +745,8 @@ mod model {
 // --- damaged files ------------------------------------------------------------------------------
 
 mod damaged {
+    use std::collections::BTreeMap;
+
     use super::*;
 
     const RECORDS: u64 = 300;
@@ -870,6 +872,179 @@ mod damaged {
         assert!(damage(label, |bytes| bytes.truncate(bytes.len() / 2)), "{label}: detected");
     }
 
+    const STREAMS: [&str; 3] = ["a", "b", "c"];
+    const PER_STREAM: u64 = 120;
+    const CONFIRMED_PER_STREAM: u64 = 15;
+
+    /// A data dir holding `PER_STREAM` records in each of `STREAMS` (the first
+    /// `CONFIRMED_PER_STREAM` of each confirmed), closed cleanly; and the bodies still held.
+    fn populated_streams() -> (tempfile::TempDir, BTreeMap<(String, u64), Vec<u8>>) {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let runtime = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+        let (_store, committer, thread) = open(dir.path(), StoreOptions::default()).expect("open");
+        let mut held = BTreeMap::new();
+        runtime.block_on(async {
+            for seq in 1..=PER_STREAM {
+                let records: Vec<OutboxRecord> =
+                    STREAMS.iter().map(|s| stream_record(s, seq, 4 + (seq % 9) as usize)).collect();
+                for record in &records {
+                    held.insert((record.stream.clone(), record.seq), record.body.clone());
+                }
+                committer.commit(ChangeSet { records, ..ChangeSet::default() }).await.expect("commit");
+            }
+            let confirmed: Vec<(String, u64)> =
+                STREAMS.iter().flat_map(|s| (1..=CONFIRMED_PER_STREAM).map(|seq| ((*s).to_owned(), seq))).collect();
+            for key in &confirmed {
+                held.remove(key);
+            }
+            committer.commit(ChangeSet { confirmed, ..ChangeSet::default() }).await.expect("confirm");
+        });
+        drop(committer);
+        thread.join().expect("committer");
+        (dir, held)
+    }
+
+    /// What reopening after one damage pattern gave back.
+    #[derive(Debug)]
+    struct Outcome {
+        /// Records held before whose bytes lie somewhere in the file entirely undamaged.
+        intact: usize,
+        /// Records held after the recovery that equal one held before.
+        recovered: usize,
+        /// Intact records not recovered.
+        missed: usize,
+        /// Seqs the report says were restored from equally likely differing copies.
+        conflicting: u64,
+        /// Records held after the recovery that differ from every record held before.
+        corrupt: usize,
+        /// Records held before with no record at their seq after.
+        unrecovered: u64,
+        /// Records confirmed before the damage that came back.
+        stale_restored: usize,
+        loss_known: bool,
+        lost: u64,
+        recovered_any: bool,
+    }
+
+    /// Damages the file of a populated data dir (`damaged` lists the byte positions changed, or
+    /// the length kept), reopens it, and compares what it holds with what it held.
+    fn outcome(change: impl FnOnce(&mut Vec<u8>) -> Vec<std::ops::Range<usize>>) -> Outcome {
+        let (dir, before) = populated_streams();
+        let original = std::fs::read(database(&dir)).expect("read file");
+        let mut bytes = original.clone();
+        let damaged = change(&mut bytes);
+        std::fs::write(database(&dir), &bytes).expect("write file");
+        let undamaged = |at: usize, len: usize| {
+            at + len <= bytes.len() && damaged.iter().all(|r| r.end <= at || r.start >= at + len)
+        };
+        let intact: Vec<&(String, u64)> = before
+            .iter()
+            .filter(|(_, body)| {
+                original
+                    .windows(body.len())
+                    .enumerate()
+                    .any(|(at, w)| w == body.as_slice() && undamaged(at, body.len()))
+            })
+            .map(|(key, _)| key)
+            .collect();
+        let (store, _committer, _thread) = open(dir.path(), StoreOptions::default()).expect("recovers");
+        let mut after = BTreeMap::new();
+        for stream in STREAMS {
+            for (seq, body) in store.outbox_after(stream, 0, usize::MAX).expect("read") {
+                after.insert((stream.to_owned(), seq), body);
+            }
+        }
+        let recovered = after.iter().filter(|(key, body)| before.get(*key) == Some(*body)).count();
+        let corrupt = after.iter().filter(|(key, body)| before.get(*key).is_some_and(|b| b != *body)).count()
+            + after.keys().filter(|key| !before.contains_key(*key) && key.1 > CONFIRMED_PER_STREAM).count();
+        let missed = intact.iter().filter(|key| after.get(**key) != before.get(**key)).count();
+        let recoveries = store.recoveries().expect("read");
+        let recovery = recoveries.last();
+        Outcome {
+            intact: intact.len(),
+            recovered,
+            missed,
+            corrupt,
+            conflicting: recovery.map_or(0, |r| r.outbox.iter().map(|s| s.conflicting).sum()),
+            unrecovered: before.keys().filter(|key| !after.contains_key(*key)).count() as u64,
+            stale_restored: after.keys().filter(|key| key.1 <= CONFIRMED_PER_STREAM).count(),
+            loss_known: recovery.is_some_and(|r| r.outbox_loss_known),
+            lost: recovery.map_or(0, |r| r.outbox_records_lost.iter().map(|(_, n)| n).sum()),
+            recovered_any: recovery.is_some(),
+        }
+    }
+
+    /// Changes a file's bytes; returns the byte ranges changed (or cut off).
+    type Damage = Box<dyn FnOnce(&mut Vec<u8>) -> Vec<std::ops::Range<usize>>>;
+
+    fn flip_bytes(seed: u64) -> impl FnOnce(&mut Vec<u8>) -> Vec<std::ops::Range<usize>> {
+        move |bytes| {
+            let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+            let mut next = move || {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                state
+            };
+            (0..64)
+                .map(|_| {
+                    let at = (next() % bytes.len() as u64) as usize;
+                    bytes[at] ^= (next() % 255 + 1) as u8;
+                    at..at + 1
+                })
+                .collect()
+        }
+    }
+
+    /// Every record with an intact copy somewhere in the file comes back exactly (unless the
+    /// report names its seq as restored from conflicting copies), nothing already confirmed
+    /// comes back once the floor is known, and a known loss counts exactly the records that
+    /// did not come back.
+    #[test]
+    fn salvage_recovers_every_intact_record() {
+        let mut patterns: Vec<(String, Damage)> = Vec::new();
+        for seed in 1..=6 {
+            patterns.push((format!("64 bytes flipped, seed {seed}"), Box::new(flip_bytes(seed))));
+        }
+        for tenth in [3, 5, 7] {
+            patterns.push((
+                format!("page zeroed at {tenth}/10"),
+                Box::new(move |bytes: &mut Vec<u8>| {
+                    let at = (bytes.len() * tenth / 10) & !4095;
+                    let end = (at + 4096).min(bytes.len());
+                    bytes[at..end].fill(0);
+                    std::iter::once(at..end).collect()
+                }),
+            ));
+        }
+        for quarter in [1, 2, 3] {
+            patterns.push((
+                format!("truncated at {quarter}/4"),
+                Box::new(move |bytes: &mut Vec<u8>| {
+                    let keep = bytes.len() * quarter / 4;
+                    let end = bytes.len();
+                    bytes.truncate(keep);
+                    std::iter::once(keep..end).collect()
+                }),
+            ));
+        }
+        for (label, change) in patterns {
+            let flips = label.contains("flipped");
+            let outcome = outcome(change);
+            eprintln!("{label}: {outcome:?}");
+            assert!(outcome.recovered_any || outcome.missed == 0, "{label}: undetected damage changed nothing");
+            assert!(outcome.missed as u64 <= outcome.conflicting, "{label}: every intact record is recovered");
+            if !flips {
+                assert_eq!((outcome.missed, outcome.corrupt), (0, 0), "{label}: exactly the intact records");
+                assert_eq!(outcome.recovered, outcome.intact, "{label}: exactly the intact records");
+            }
+            if outcome.loss_known {
+                assert_eq!(outcome.lost, outcome.unrecovered, "{label}: the loss is counted exactly");
+                assert_eq!(outcome.stale_restored, 0, "{label}: confirmed records stay confirmed");
+            }
+        }
+    }
+
     #[test]
     fn only_the_newest_damaged_files_are_kept() {
         let dir = populated();
@@ -887,6 +1062,28 @@ mod damaged {
         }
         let kept = std::fs::read_dir(dir.path().join(DAMAGED_DIR)).expect("damaged dir").count();
         assert_eq!(kept, DAMAGED_KEPT);
+    }
+}
+
+/// The outbox floor is the first record's seq until confirmations raise it to the lowest seq
+/// still held (past the last seq when nothing is held); confirming out of order does not raise
+/// it past a record still held.
+#[tokio::test]
+async fn the_outbox_floor_follows_the_lowest_seq_held() {
+    let (_dir, store, committer, _thread) = store(10);
+    let floor = || {
+        let txn = store.db.get().expect("open").begin_read().expect("read");
+        let counters = txn.open_table(COUNTERS).expect("counters");
+        counters.get(outbox_floor_key("s").as_str()).expect("read").map(|v| v.value())
+    };
+    assert_eq!(floor(), None);
+    let records = (4..=8).map(|seq| readings_record(seq, 2)).collect();
+    committer.commit(ChangeSet { records, ..ChangeSet::default() }).await.expect("commit");
+    assert_eq!(floor(), Some(4), "the first record's seq");
+    for (confirmed, expected) in [(vec![4, 6], 5), (vec![5], 7), (vec![7, 8], 9)] {
+        let confirmed = confirmed.into_iter().map(|seq| ("s".to_owned(), seq)).collect();
+        committer.commit(ChangeSet { confirmed, ..ChangeSet::default() }).await.expect("confirm");
+        assert_eq!(floor(), Some(expected));
     }
 }
 

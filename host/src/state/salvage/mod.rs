@@ -8,18 +8,52 @@
 //! A [`Recovery`] report records what happened and what was lost; the host logs it, keeps it in
 //! the `recoveries` table and `weir outbox stats` shows it.
 //!
+//! **Outbox records come back from the raw bytes too.** redb refuses a whole tree when one page
+//! on its path is damaged, so besides the table-by-table copy, `scan` reads the damaged file's
+//! bytes for record envelopes and decodes every one it finds, wherever redb's tree above it
+//! went — also when redb reads the whole outbox table, since redb verifies no page it reads and
+//! the copy it returns may be damaged where an intact one lies elsewhere. The candidates (redb's
+//! and the scan's) are sorted out per stream in [`choose`]:
+//! - a copy of a record below the stream's *outbox floor* (the lowest seq its outbox may still
+//!   hold, kept in `counters`) is *stale* — copy-on-write leaves confirmed records in freed
+//!   pages — and is not restored. Without a floor (a file written before weir kept one, or a
+//!   damaged `counters` table) but with the whole outbox table read by redb, copies below the
+//!   lowest seq redb read are stale; with neither, stale copies are restored and sent again:
+//!   the JetStream sink finds them by `Nats-Msg-Id` in the central stream, MQTT consumers by
+//!   the record id, so a resent stale record is a recognisable duplicate, never a loss;
+//! - of differing copies of one seq, the widest span wins (a summary grows in place), then the
+//!   copy seen most often (copy-on-write leaves several intact copies of most records; a damaged
+//!   one is unique), then redb's, then the newest; seqs where equally likely copies differ are
+//!   reported as *conflicting*;
+//! - a summary (coarsened record or drop marker) supersedes every record its span covers.
+//!
+//! **The loss report is exact where it can be.** Per stream it lists the seqs restored (as
+//! ranges) and, when the stream's outbox floor and last seq were both read back, the seqs
+//! between them that no restored record covers: those are lost (counted in
+//! `records_unrecovered`, one per original record). Otherwise, if redb read the whole outbox
+//! table, the loss is what the outbox accounting held and did not come back; else it is
+//! unknown, and the report says why.
+//!
 //! **Invariants:**
 //! - *never reuse a seq*: if the stream positions could not all be read back, a gateway-wide
 //!   *seq floor* (the current time in microseconds since the Unix epoch) is stored; new seqs of
 //!   every stream start above it, so no new record takes the id of one the central broker may
-//!   already hold.
-//! - *only whole records*: a salvaged outbox record is kept only if it decodes and names the
-//!   stream and seq it is stored under; the others count as lost.
+//!   already hold. Every stream's position is at least the last seq of any record restored.
+//! - *only whole records*: an outbox record is restored only if it decodes completely, names
+//!   the stream and seq it is stored under, its span starts at that seq and ends at or below
+//!   the stream's last seq (when known). The record format has no checksum and redb verifies no
+//!   page it reads outside its integrity check, so a bit flipped inside a value that keeps the
+//!   record decodable goes unnoticed when no intact copy outvotes it.
 //! - *errors that are not damage are not treated as such*: a file another process holds, or one
 //!   the OS refuses to read, is reported, never moved.
 
+mod scan;
+
+use std::collections::BTreeMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
+
+use rangemap::RangeInclusiveSet;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHandle};
 use serde::{Deserialize, Serialize};
@@ -27,9 +61,10 @@ use serde::{Deserialize, Serialize};
 use super::outbox::{OUTBOX, OUTBOX_USAGE, Outbox, PUBLISH_RESERVATIONS, STREAM_COUNTERS};
 use super::{
     CACHE_BYTES, COUNTERS, Counter, DEAD_LETTERS, FUNCTION_STATE, OrStore, RECENT_DELIVERIES, SINK_POSITIONS,
-    STREAM_SEQ, StoreError, create_tables, recount_function_state_usage,
+    STREAM_SEQ, StoreError, create_tables, recount_dead_letter_bytes, recount_function_state_usage,
 };
 use crate::encode;
+use scan::Scanned;
 
 /// Damaged files kept in `<data_dir>/damaged`, newest first; older ones are deleted.
 pub const DAMAGED_KEPT: usize = 2;
@@ -64,13 +99,40 @@ pub struct Recovery {
     pub reason: String,
     /// Per table: entries copied, and whether the table read back to its end.
     pub tables: Vec<TableSalvage>,
-    /// Per stream: outbox records held before the damage that could not be recovered (from
-    /// the outbox's own accounting; absent when that could not be read).
+    /// Per stream: original records (seqs) held before the damage that were not recovered, as
+    /// [`StreamSalvage::lost`] counts them (or, without a floor, from the outbox's accounting).
     pub outbox_records_lost: Vec<(String, u64)>,
-    /// Whether the outbox accounting was readable (else records lost are unknown).
+    /// Whether that loss is known for every stream (see [`StreamSalvage::loss_basis`]).
     pub outbox_loss_known: bool,
     /// The seq floor set because stream positions were lost.
     pub seq_floor: Option<u64>,
+    /// Per stream: what its outbox came back with, and which seqs were lost.
+    #[serde(default)]
+    pub outbox: Vec<StreamSalvage>,
+}
+
+/// What one stream's outbox came back with.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamSalvage {
+    /// The stream.
+    pub stream: String,
+    /// Records restored to the outbox.
+    pub records: u64,
+    /// Of these, records read from the damaged file's raw bytes (redb could not reach them).
+    pub from_raw_bytes: u64,
+    /// Seqs the restored records stand for (their spans), as inclusive ranges.
+    pub recovered: Vec<(u64, u64)>,
+    /// Copies found of records already confirmed (below the outbox floor), not restored.
+    pub stale: u64,
+    /// Seqs restored although differing copies of them were found, equally often: at most one
+    /// was intact, and the record restored may be the damaged one.
+    #[serde(default)]
+    pub conflicting: u64,
+    /// Seqs the outbox held before the damage and that were not recovered, as inclusive
+    /// ranges; absent when unknown.
+    pub lost: Option<Vec<(u64, u64)>>,
+    /// How `lost` was determined (or why it is unknown).
+    pub loss_basis: String,
 }
 
 /// What one table yielded.
@@ -251,6 +313,15 @@ fn salvage(damaged: &Path, db: &Database, reason: String) -> Result<Recovery, St
         }
     }
 
+    // Even when redb reads the whole outbox table, it does not verify the pages it reads: a
+    // record it returns may be a damaged copy of one that lies intact elsewhere in the file.
+    let stale = |stream: &str, seq: u64| salvaged.stale_below(stream).is_some_and(|below| seq < below);
+    let scanned = scan::scan(damaged, stale).unwrap_or_else(|e| {
+        tracing::error!(stage = "state", error = %e, "the damaged file's bytes cannot be read for outbox records");
+        Scanned::default()
+    });
+    let streams = salvaged.outbox_streams(scanned);
+
     let txn = db.begin_write().or_store("write recovered state")?;
     let mut recovery = Recovery {
         at: now,
@@ -258,8 +329,10 @@ fn salvage(damaged: &Path, db: &Database, reason: String) -> Result<Recovery, St
         reason,
         tables: salvaged.tables.clone(),
         outbox_records_lost: Vec::new(),
-        outbox_loss_known: salvaged.usage.is_some(),
+        // Which streams held records is known only from their positions or the accounting.
+        outbox_loss_known: salvaged.complete(STREAM_SEQ.name()) || salvaged.usage.is_some(),
         seq_floor: None,
+        outbox: Vec::new(),
     };
     {
         let mut state = txn.open_table(FUNCTION_STATE).or_store("write recovered state")?;
@@ -269,13 +342,14 @@ fn salvage(damaged: &Path, db: &Database, reason: String) -> Result<Recovery, St
         drop(state);
         recount_function_state_usage(&txn)?;
         let mut outbox = Outbox::open(&txn)?;
-        let mut highest: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
-        let mut held: std::collections::BTreeMap<&str, u64> = std::collections::BTreeMap::new();
-        for ((stream, seq), body, record) in &salvaged.outbox {
-            outbox.restore(stream, *seq, body, record)?;
-            let last = record.span().last_seq;
-            highest.entry(stream).and_modify(|h| *h = (*h).max(last)).or_insert(last);
-            *held.entry(stream).or_default() += 1;
+        let mut highest: BTreeMap<String, u64> = BTreeMap::new();
+        for stream in &streams {
+            for (seq, body, record) in &stream.records {
+                outbox.restore(&stream.report.stream, *seq, body, record)?;
+            }
+            if let Some(last) = stream.report.recovered.last() {
+                highest.insert(stream.report.stream.clone(), last.1);
+            }
         }
         for ((stream, from), through) in &salvaged.reservations {
             outbox.reserve(stream, *from..=*through)?;
@@ -285,19 +359,26 @@ fn salvage(damaged: &Path, db: &Database, reason: String) -> Result<Recovery, St
                 outbox.count(stream, *counter, *value)?;
             }
         }
-        if let Some(usage) = &salvaged.usage {
-            for (stream, records) in usage {
-                let lost = records.saturating_sub(held.get(stream.as_str()).copied().unwrap_or(0));
-                if lost > 0 {
-                    outbox.count(stream, Counter::RecordsUnrecovered, lost)?;
-                    recovery.outbox_records_lost.push((stream.clone(), lost));
+        for stream in streams {
+            let name = stream.report.stream.clone();
+            match stream.lost_records {
+                Some(lost) if lost > 0 => {
+                    outbox.count(&name, Counter::RecordsUnrecovered, lost)?;
+                    recovery.outbox_records_lost.push((name, lost));
                 }
+                Some(_) => {}
+                None => recovery.outbox_loss_known = false,
             }
+            recovery.outbox.push(stream.report);
         }
         let mut seqs = txn.open_table(STREAM_SEQ).or_store("write recovered state")?;
+        let mut positions = highest;
         for (stream, seq) in &salvaged.stream_seq {
-            let seq = (*seq).max(highest.get(stream.as_str()).copied().unwrap_or(0));
-            seqs.insert(stream.as_str(), seq).or_store("write recovered state")?;
+            let seq = positions.get(stream.as_str()).copied().unwrap_or(0).max(*seq);
+            positions.insert(stream.clone(), seq);
+        }
+        for (stream, seq) in &positions {
+            seqs.insert(stream.as_str(), *seq).or_store("write recovered state")?;
         }
         let mut counters = txn.open_table(COUNTERS).or_store("write recovered state")?;
         for (name, value) in &salvaged.counters {
@@ -329,6 +410,8 @@ fn salvage(damaged: &Path, db: &Database, reason: String) -> Result<Recovery, St
         let report = serde_json::to_vec(&recovery).expect("a recovery report serialises");
         recoveries.insert(id, report.as_slice()).or_store("write recovered state")?;
     }
+    // The byte count copied with `counters` may include letters that were not recovered.
+    recount_dead_letter_bytes(&txn)?;
     txn.commit().or_store("write recovered state")?;
     tracing::error!(stage = "state", damaged_file = %recovery.damaged_file.display(),
         salvaged = ?recovery.tables.iter().map(|t| (t.table.as_str(), t.salvaged, t.complete)).collect::<Vec<_>>(),
@@ -340,12 +423,38 @@ fn salvage(damaged: &Path, db: &Database, reason: String) -> Result<Recovery, St
 /// (namespace, key) of a function state entry.
 type StateKey = (String, Vec<u8>);
 
+/// One stream's outbox as it will be restored.
+struct StreamOutbox {
+    /// (seq, body, record), in seq order.
+    records: Vec<(u64, Vec<u8>, encode::Record)>,
+    /// Records (counted in seqs: original records) lost, when known.
+    lost_records: Option<u64>,
+    report: StreamSalvage,
+}
+
+/// What is known of one stream's seqs.
+#[derive(Clone, Copy)]
+struct Bounds {
+    /// Its outbox floor, as kept.
+    floor: Option<u64>,
+    /// Copies of seqs below this are stale: the floor, or else the lowest seq redb read in a
+    /// whole outbox table.
+    stale_below: Option<u64>,
+    /// Its last seq.
+    last_seq: Option<u64>,
+}
+
+/// A candidate outbox record: (body, record, read through redb, identical copies found).
+type Candidate = (Vec<u8>, encode::Record, bool, u32);
+
 /// Entries read back from a damaged file.
 #[derive(Default)]
 struct Salvaged {
     tables: Vec<TableSalvage>,
     function_state: Vec<(StateKey, Vec<u8>)>,
     outbox: Vec<((String, u64), Vec<u8>, encode::Record)>,
+    /// Every key redb read in the outbox table, its record kept or not.
+    outbox_keys: std::collections::BTreeSet<(String, u64)>,
     usage: Option<Vec<(String, u64)>>,
     reservations: Vec<((String, u64), u64)>,
     stream_counters: Vec<((String, String), u64)>,
@@ -360,6 +469,71 @@ struct Salvaged {
 impl Salvaged {
     fn complete(&self, table: &str) -> bool {
         self.tables.iter().any(|t| t.table == table && t.complete)
+    }
+
+    /// The stream's outbox floor (see `outbox_floor_key`), when known.
+    fn outbox_floor(&self, stream: &str) -> Option<u64> {
+        let key = super::outbox_floor_key(stream);
+        self.counters.iter().find(|(name, _)| *name == key).map(|(_, v)| *v)
+    }
+
+    /// Copies of the stream's seqs below this are stale: its outbox floor, or else — when redb
+    /// read the whole outbox table — the lowest seq redb read (nothing below it was held).
+    fn stale_below(&self, stream: &str) -> Option<u64> {
+        self.outbox_floor(stream).or_else(|| {
+            let lowest = self.outbox_keys.range((stream.to_owned(), 0)..).next().filter(|(s, _)| s == stream);
+            self.complete(OUTBOX.name()).then(|| lowest.map(|(_, seq)| *seq)).flatten()
+        })
+    }
+
+    /// Decides, per stream, which records to restore — those redb read back, then those the
+    /// raw scan found — and what was lost (see the module doc).
+    fn outbox_streams(&self, scanned: Scanned) -> Vec<StreamOutbox> {
+        let mut candidates: BTreeMap<String, BTreeMap<u64, Vec<Candidate>>> = BTreeMap::new();
+        for ((stream, seq), body, record) in &self.outbox {
+            let copies = candidates.entry(stream.clone()).or_default().entry(*seq).or_default();
+            // The scan finds this copy too, where redb read it: counted there, not twice.
+            copies.push((body.clone(), record.clone(), true, 0));
+        }
+        for ((stream, seq), found) in scanned.records {
+            let copies = candidates.entry(stream).or_default().entry(seq).or_default();
+            for found in found {
+                match copies.iter_mut().find(|c| c.0 == found.body) {
+                    Some(same) => same.3 += found.copies,
+                    None => copies.push((found.body, found.record, false, found.copies)),
+                }
+            }
+        }
+        for copy in candidates.values_mut().flat_map(|seqs| seqs.values_mut()).flatten() {
+            copy.3 = copy.3.max(1);
+        }
+        let table_complete = self.complete(OUTBOX.name());
+
+        let positions_complete = self.complete(STREAM_SEQ.name());
+        let usage: Option<BTreeMap<&str, u64>> =
+            self.usage.as_ref().map(|u| u.iter().map(|(s, n)| (s.as_str(), *n)).collect());
+        let mut names: std::collections::BTreeSet<String> = candidates.keys().cloned().collect();
+        names.extend(scanned.stale.keys().cloned());
+        names.extend(usage.iter().flat_map(|u| u.keys().map(|s| (*s).to_owned())));
+        names.extend(self.stream_seq.iter().map(|(s, _)| s.clone()));
+        let mut streams = Vec::new();
+        for name in names {
+            let by_seq = candidates.remove(&name).unwrap_or_default();
+            let floor = self.outbox_floor(&name);
+            let stale_below = self.stale_below(&name);
+            let last_seq = self
+                .stream_seq
+                .iter()
+                .find(|(s, _)| *s == name)
+                .map(|(_, seq)| *seq)
+                .or_else(|| positions_complete.then_some(0));
+            let bounds = Bounds { floor, stale_below, last_seq };
+            let stale = scanned.stale.get(&name).copied().unwrap_or(0);
+            let mut stream = choose(name, by_seq, bounds, table_complete, usage.as_ref());
+            stream.report.stale += stale;
+            streams.push(stream);
+        }
+        streams
     }
 
     /// Lets redb repair a copy of the damaged file (the original stays as it was) and reads that.
@@ -386,11 +560,14 @@ impl Salvaged {
         self.function_state = self.table(source, FUNCTION_STATE, |(namespace, key), value| {
             Some(((namespace.to_owned(), key.to_vec()), value.to_vec()))
         });
+        let keys = std::cell::RefCell::new(std::collections::BTreeSet::new());
         self.outbox = self.table(source, OUTBOX, |(stream, seq), body| {
+            keys.borrow_mut().insert((stream.to_owned(), seq));
             let record = encode::decode(body).ok()?;
             (record.header.stream == stream && record.header.seq == seq)
                 .then(|| ((stream.to_owned(), seq), body.to_vec(), record))
         });
+        self.outbox_keys = keys.into_inner();
         let usage = self.table(source, OUTBOX_USAGE, |stream, (records, _bytes)| Some((stream.to_owned(), records)));
         self.usage = self.complete(OUTBOX_USAGE.name()).then_some(usage);
         self.reservations = self
@@ -462,5 +639,159 @@ impl Salvaged {
             complete,
         });
         kept
+    }
+}
+
+/// Picks one stream's records among the candidates and works out what was lost.
+///
+/// - A copy whose span reaches beyond the stream's last seq (when known) is not whole.
+/// - Per seq, one copy: the widest span (a summary is rewritten in place as it grows, so older,
+///   narrower copies of it linger in freed pages); then the one seen most often (a record of
+///   readings never changes, so copies that differ were damaged, and copy-on-write leaves
+///   several intact copies of most records); then the one redb read back; then the newest.
+/// - Copies below the outbox floor are stale (already confirmed): not restored. Without a floor,
+///   when redb read the whole outbox table, copies below the lowest seq it held are stale.
+/// - A record whose span overlaps a wider (or, equally wide, newer) kept record is superseded by
+///   it: the summary stands for it.
+/// - Lost: with the floor and the stream's last seq known, the seqs between them that no restored
+///   span covers; else, when redb read the whole outbox table, the records its accounting held
+///   that did not come back; else unknown.
+fn choose(
+    stream: String,
+    by_seq: BTreeMap<u64, Vec<Candidate>>,
+    bounds: Bounds,
+    table_complete: bool,
+    usage: Option<&BTreeMap<&str, u64>>,
+) -> StreamOutbox {
+    let Bounds { floor, stale_below, last_seq } = bounds;
+    let mut stale = 0;
+    let mut conflicting = 0;
+    let mut chosen: Vec<(u64, Candidate)> = Vec::new();
+    for (seq, mut copies) in by_seq {
+        if stale_below.is_some_and(|below| seq < below) {
+            stale += 1;
+            continue;
+        }
+        copies.retain(|(_, record, _, _)| last_seq.is_none_or(|last| record.span().last_seq <= last));
+        copies.sort_by_key(|(_, record, through_redb, copies)| {
+            let span = record.span();
+            std::cmp::Reverse((span.last_seq, *copies, *through_redb, record.header.encoded_at))
+        });
+        let mut copies = copies.into_iter();
+        if let Some(best) = copies.next() {
+            let rival =
+                |(_, record, _, n): &Candidate| record.span().last_seq == best.1.span().last_seq && *n == best.3;
+            conflicting += u64::from(copies.any(|c| rival(&c)));
+            chosen.push((seq, best));
+        }
+    }
+    chosen.sort_by_key(|(_, (_, record, _, _))| {
+        let span = record.span();
+        std::cmp::Reverse((span.last_seq - span.first_seq, record.header.encoded_at))
+    });
+    let mut covered = RangeInclusiveSet::new();
+    let mut records = Vec::new();
+    let mut from_raw_bytes = 0;
+    for (seq, (body, record, through_redb, _)) in chosen {
+        let span = record.span();
+        if covered.overlaps(&(span.first_seq..=span.last_seq)) {
+            continue;
+        }
+        covered.insert(span.first_seq..=span.last_seq);
+        from_raw_bytes += u64::from(!through_redb);
+        records.push((seq, body, record));
+    }
+    records.sort_by_key(|(seq, _, _)| *seq);
+    let (lost, basis) = match (floor, last_seq) {
+        (Some(floor), Some(last)) if floor <= last => {
+            let lost: Vec<(u64, u64)> = covered.gaps(&(floor..=last)).map(|r| (*r.start(), *r.end())).collect();
+            (Some(lost), format!("seqs {floor}..={last} (outbox floor to last seq) not covered by a restored record"))
+        }
+        (Some(_), Some(_)) => (Some(Vec::new()), "the outbox held nothing (floor above the last seq)".to_owned()),
+        _ if table_complete => (None, "redb read the whole outbox table".to_owned()),
+        (None, _) => (None, "unknown: the stream's outbox floor was not read back".to_owned()),
+        (_, None) => (None, "unknown: the stream's last seq was not read back".to_owned()),
+    };
+    let lost_records = match &lost {
+        Some(ranges) => Some(ranges.iter().map(|(from, to)| to - from + 1).sum()),
+        None if table_complete => {
+            usage.map(|u| u.get(stream.as_str()).copied().unwrap_or(0).saturating_sub(records.len() as u64))
+        }
+        None => None,
+    };
+    let basis = match (&lost, lost_records, table_complete) {
+        (None, Some(_), true) => "records counted by the outbox accounting that redb did not read back".to_owned(),
+        (None, None, true) => "unknown: the outbox accounting was not read back".to_owned(),
+        _ => basis,
+    };
+    StreamOutbox {
+        lost_records,
+        report: StreamSalvage {
+            stream,
+            records: records.len() as u64,
+            from_raw_bytes,
+            recovered: covered.iter().map(|r| (*r.start(), *r.end())).collect(),
+            stale,
+            conflicting,
+            lost,
+            loss_basis: basis,
+        },
+        records,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Batch;
+    use crate::encode::{Record, RecordHeader, Span};
+
+    fn record(seq: u64, dropped_through: Option<u64>, encoded_at: i64) -> Record {
+        let header = RecordHeader { gateway: "gw".into(), stream: "s".into(), seq, encoded_at };
+        let dropped = dropped_through.map(|last| {
+            let mut span = Span::of_record(seq, 1, None, 0);
+            span.merge(&Span::of_record(last, 1, None, 0));
+            span
+        });
+        Record { header, batch: Batch::new(), aggregates: Vec::new(), windows: Vec::new(), coarsened: None, dropped }
+    }
+
+    fn candidate(record: Record, copies: u32) -> Candidate {
+        (format!("{record:?}").into_bytes(), record, false, copies)
+    }
+
+    /// Stale copies below the floor are not restored, the newest, widest drop marker supersedes
+    /// its older copy and the records it covers, a differing copy seen more often wins, and the
+    /// loss is the seqs from the floor to the last seq that nothing covers.
+    #[test]
+    fn stale_superseded_and_lost_records_are_told_apart() {
+        let mut by_seq: BTreeMap<u64, Vec<Candidate>> = BTreeMap::new();
+        by_seq.insert(3, vec![candidate(record(3, None, 3), 1)]);
+        by_seq.insert(5, vec![candidate(record(5, Some(6), 9), 1), candidate(record(5, Some(7), 10), 1)]);
+        by_seq.insert(6, vec![candidate(record(6, None, 6), 2)]);
+        by_seq.insert(8, vec![candidate(record(8, None, 8), 1), candidate(record(8, None, 99), 3)]);
+        by_seq.insert(11, vec![candidate(record(11, None, 11), 1)]);
+        by_seq.insert(14, vec![candidate(record(14, None, 14), 1)]);
+        let bounds = Bounds { floor: Some(4), stale_below: Some(4), last_seq: Some(12) };
+        let outbox = choose("s".into(), by_seq, bounds, false, None);
+        let restored: Vec<(u64, i64)> = outbox.records.iter().map(|(seq, _, r)| (*seq, r.header.encoded_at)).collect();
+        assert_eq!(restored, vec![(5, 10), (8, 99), (11, 11)]);
+        assert_eq!(outbox.report.stale, 1);
+        assert_eq!(outbox.report.conflicting, 0);
+        assert_eq!(outbox.report.recovered, vec![(5, 8), (11, 11)]);
+        assert_eq!(outbox.report.lost, Some(vec![(4, 4), (9, 10), (12, 12)]));
+        assert_eq!(outbox.lost_records, Some(4));
+    }
+
+    /// Without a floor, nothing is stale and the loss is unknown.
+    #[test]
+    fn without_a_floor_the_loss_is_unknown() {
+        let mut by_seq: BTreeMap<u64, Vec<Candidate>> = BTreeMap::new();
+        by_seq.insert(3, vec![candidate(record(3, None, 3), 1), candidate(record(3, None, 4), 1)]);
+        let bounds = Bounds { floor: None, stale_below: None, last_seq: Some(12) };
+        let outbox = choose("s".into(), by_seq, bounds, false, None);
+        assert_eq!(outbox.records.len(), 1);
+        assert_eq!(outbox.report.conflicting, 1, "equally likely copies differ");
+        assert_eq!((outbox.report.lost, outbox.lost_records), (None, None));
     }
 }
