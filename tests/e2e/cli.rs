@@ -396,25 +396,7 @@ async fn crashed_gateway() -> Result<Weir> {
     let mqtt = Mosquitto::start()?;
     let central = format!("nats://127.0.0.1:{}", free_port());
     let config = format!(
-        r#"
-{header}
-
-[pipelines.readings.source.mqtt]
-broker = "plant"
-topics = ["plant/readings"]
-
-[pipelines.readings.decode.json]
-series = "/sensor"
-time = "/ts"
-value = "/value"
-
-[pipelines.readings.batch]
-max_messages = 1
-
-[pipelines.readings.sink.jetstream]
-broker = "central"
-subject = "central.readings"
-"#,
+        "{header}{READINGS_PIPELINE}\n[pipelines.readings.sink.jetstream]\nbroker = \"central\"\nsubject = \"central.readings\"\n",
         header = gateway_with_brokers(&mqtt.url(), &central)
     );
     let mut weir = Weir::start(&config)?;

@@ -248,26 +248,7 @@ const STOP_BOUND: Duration = Duration::from_secs(15);
 /// with every record still in the outbox.
 async fn stops_in_time_while_the_central_broker_is_silent(central: &str, sink: &str) -> Result<()> {
     let mqtt = Mosquitto::start()?;
-    let config = format!(
-        r#"
-{header}
-
-[pipelines.readings.source.mqtt]
-broker = "plant"
-topics = ["plant/readings"]
-
-[pipelines.readings.decode.json]
-series = "/sensor"
-time = "/ts"
-value = "/value"
-
-[pipelines.readings.batch]
-max_messages = 1
-
-{sink}
-"#,
-        header = gateway_with_brokers(&mqtt.url(), central)
-    );
+    let config = format!("{header}{READINGS_PIPELINE}\n{sink}\n", header = gateway_with_brokers(&mqtt.url(), central));
     let mut weir = Weir::start(&config)?;
     weir.wait_for_log("subscribed", 1).await?;
     let plant = MqttClient::connect(&mqtt, "plant").await?;

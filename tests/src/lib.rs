@@ -497,6 +497,22 @@ pub fn gateway_with_quick_central(plant: &str, central: &str) -> String {
     gateway_with_brokers(plant, central) + "reconnect_min = \"20ms\"\nreconnect_max = \"250ms\"\n"
 }
 
+/// The `readings` pipeline of many tests: MQTT `plant/readings` from broker `plant`, JSON
+/// `{"sensor", "ts", "value"}`, one message per batch; its sink table comes after it.
+pub const READINGS_PIPELINE: &str = r#"
+[pipelines.readings.source.mqtt]
+broker = "plant"
+topics = ["plant/readings"]
+
+[pipelines.readings.decode.json]
+series = "/sensor"
+time = "/ts"
+value = "/value"
+
+[pipelines.readings.batch]
+max_messages = 1
+"#;
+
 /// Runs the weir binary with `args` to completion.
 pub fn weir(args: &[&str]) -> Result<Output> {
     Ok(Command::new(weir_bin()).args(args).env("RUST_LOG", "warn").output()?)
