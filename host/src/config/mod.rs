@@ -1234,4 +1234,4 @@ fn list(names: &[&str]) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;
