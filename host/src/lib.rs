@@ -22,3 +22,6 @@ pub mod source;
 pub mod state;
 pub mod telemetry;
 pub mod window;
+
+#[cfg(test)]
+mod fuzz_tests;

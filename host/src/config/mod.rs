@@ -1288,4 +1288,4 @@ fn list(names: &[&str]) -> String {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

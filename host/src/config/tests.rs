@@ -20,8 +20,9 @@ fn parse_with(text: &str, functions: &Path) -> Result<Config, ConfigError> {
     parse("weir.toml", text, Path::new("/etc/weir"), &overrides)
 }
 
-/// A valid configuration with two brokers, three functions and two pipelines.
-const VALID: &str = r#"
+/// A valid configuration with two brokers, three functions and two pipelines (also a seed of the
+/// configuration fuzzing, `crate::fuzz_tests`).
+pub(crate) const VALID: &str = r#"
 [gateway]
 id = "plant1-gw07"
 data_dir = "/var/lib/weir"

@@ -3,10 +3,11 @@
 //!
 //! Mapping: integers and floats → numbers (integers beyond ±2⁶⁴ become floats), text → string,
 //! byte strings → lowercase hex string, map keys → strings (integers written in decimal), tags are
-//! dropped (their content kept), `undefined` → null. Nesting is limited to [`MAX_DEPTH`] so a
-//! hostile payload cannot exhaust the stack; trailing bytes after the item are an error. A float
-//! that is NaN or ±infinity is refused wherever it is ([`DecodeError::NotFinite`], with its byte
-//! offset): JSON has no such numbers, and they are not readings.
+//! dropped (their content kept), `undefined` → null. Nesting — arrays, maps and tags, each a
+//! level — is limited to [`MAX_DEPTH`] so a hostile payload cannot exhaust the stack; trailing
+//! bytes after the item are an error. A float that is NaN or ±infinity is refused wherever it is
+//! ([`DecodeError::NotFinite`], with its byte offset): JSON has no such numbers, and they are not
+//! readings.
 
 use minicbor::Decoder;
 use minicbor::data::Type;
@@ -14,7 +15,7 @@ use serde_json::{Map, Number, Value};
 
 use super::{DecodeError, finite};
 
-/// Deepest nesting of arrays and maps accepted.
+/// Deepest nesting of arrays, maps and tags accepted.
 pub const MAX_DEPTH: usize = 32;
 
 /// Decodes `payload`, which must hold exactly one CBOR item.
@@ -138,7 +139,8 @@ fn read_item(d: &mut Decoder<'_>, depth: usize) -> Result<Value, DecodeError> {
         }
         Type::Tag => {
             d.tag().map_err(|e| fail(d, e))?;
-            read_item(d, depth)?
+            // A tag nests its content like an array of one: tags around tags are bounded too.
+            read_item(d, depth + 1)?
         }
         Type::Simple | Type::Break | Type::Unknown(_) => {
             return Err(DecodeError::Cbor {
@@ -207,5 +209,18 @@ mod tests {
         let deep = vec![0x81; MAX_DEPTH + 2];
         let err = read(&deep).expect_err("too deep");
         assert!(err.to_string().contains("nested deeper"), "{err}");
+    }
+
+    #[test]
+    fn tags_count_as_nesting_so_a_run_of_tags_cannot_exhaust_the_stack() {
+        // 64 KiB of one-byte tags (0xc6) around a zero: each tag was read by one more recursion
+        // at the same depth, and the thread overflowed its stack.
+        let mut tagged = vec![0xc6; 64 * 1024];
+        tagged.push(0x00);
+        let err = read(&tagged).expect_err("too deep");
+        assert!(err.to_string().contains("nested deeper than 32 levels"), "{err}");
+        // A few tags, around items and inside them, are read through as before.
+        let shallow = [0xc6, 0xa1, 0x61, b'v', 0xc1, 0xc2, 0x81, 0x07];
+        assert_eq!(read(&shallow).expect("shallow tags"), json!({"v": [7]}));
     }
 }
