@@ -42,9 +42,17 @@ impl Problem {
             let before = redact_credentials(&text[line_start..span.start]);
             let marked = redact_credentials(&text[span.start..span.end.min(line_end)]);
             let after = redact_credentials(&text[span.end.min(line_end)..line_end]);
-            problem.column = before.chars().count() + 1;
-            let width = marked.chars().count().max(1);
-            let line = format!("{before}{marked}{after}");
+            let pieces = format!("{before}{marked}{after}");
+            let whole = redact_credentials(&text[line_start..line_end]);
+            let (line, column, width) = if pieces == whole {
+                (pieces, before.chars().count() + 1, marked.chars().count().max(1))
+            } else {
+                // The span cuts through a URL's credentials, so no piece showed them whole
+                // enough to be recognised: quote the line redacted as one, pointing at the URL.
+                let column = whole.find("://").map_or(0, |i| whole[..i + 3].chars().count()) + 1;
+                (whole.into_owned(), column, 1)
+            };
+            problem.column = column;
             let line = line.trim_end_matches('\r');
             // A very long line (a 64 KiB value, say) is quoted up to a little past the problem.
             let shown = problem.column - 1 + EXCERPT_AFTER_COLUMN;

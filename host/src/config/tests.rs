@@ -275,6 +275,15 @@ fn refuses_credentials_in_broker_urls_without_printing_the_password() {
 }
 
 #[test]
+fn a_refusal_inside_a_urls_credentials_does_not_print_them() {
+    // An invalid escape in the password: TOML refuses the string at a position inside it.
+    let refusal =
+        invalid(&valid_but("url = \"mqtt://10.0.0.5:1883\"", "url = \"mqtt://user:pa\\ssword@10.0.0.5:1883\""));
+    assert!(!refusal.contains("ssword"), "{refusal}");
+    assert!(refusal.contains("mqtt://user:***@10.0.0.5:1883"), "{refusal}");
+}
+
+#[test]
 fn credentials_are_hidden_wherever_a_refusal_quotes_a_url() {
     assert_eq!(
         redact_credentials("url = \"mqtt://u:p@h:1\" # nats://tok@x"),
