@@ -18,19 +18,7 @@ fn config(mqtt: &Mosquitto, nats: &NatsServer) -> String {
 [functions.faulty]
 component = "weir_fixture_faulty.wasm"
 timeout = "200ms"
-
-[pipelines.readings.source.mqtt]
-broker = "plant"
-topics = ["plant/readings"]
-
-[pipelines.readings.decode.json]
-series = "/sensor"
-time = "/ts"
-value = "/value"
-
-[pipelines.readings.batch]
-max_messages = 1
-
+{READINGS_PIPELINE}
 [pipelines.readings.sink.jetstream]
 broker = "central"
 subject = "central.readings"
