@@ -268,9 +268,10 @@ fn function_status(health: &UseHandle) -> FunctionStatus {
         function: record.function.clone(),
         consecutive_faults: record.consecutive_faults,
         faults: record.faults,
+        faults_by_kind: record.faults_by_kind.iter().map(|(kind, n)| (kind.name().to_owned(), *n)).collect(),
         quarantines: record.quarantines,
         quarantined_for_seconds: health.quarantined_for().map(|left| left.as_secs_f64()),
-        last_fault: record.last_fault,
+        last_fault: record.last_fault.as_ref().map(ToString::to_string),
     }
 }
 

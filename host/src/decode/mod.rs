@@ -121,12 +121,12 @@ pub enum DecodeError {
         reason: String,
     },
     /// A decoder function faulted (trap, timeout, memory limit, malformed output).
-    #[error("decoder function {function} faulted: {reason}")]
+    #[error("decoder function {function} faulted: {fault}")]
     Fault {
         /// The function's id.
         function: String,
         /// What happened.
-        reason: String,
+        fault: crate::sandbox::Fault,
     },
     /// A decoder function is quarantined after faulting too often in a row; it was not called.
     #[error("decoder function {function} is quarantined for another {}", humantime::format_duration(crate::sandbox::round_to_millis(*.remaining)))]

@@ -23,10 +23,10 @@ pub enum OperatorFailure {
         reason: String,
     },
     /// The function trapped, ran out of time or memory, or returned a malformed batch.
-    #[error("faulted: {reason}")]
+    #[error("faulted: {fault}")]
     Fault {
         /// What happened.
-        reason: String,
+        fault: crate::sandbox::Fault,
     },
     /// The function is quarantined after faulting too often in a row; it was not called.
     #[error("quarantined for another {}", humantime::format_duration(crate::sandbox::round_to_millis(*.remaining)))]

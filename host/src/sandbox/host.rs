@@ -1,5 +1,6 @@
 //! What one function instance can reach: the capabilities of `weir:stream` (log, clock, state),
-//! a deny-by-default WASI context, and its resource limits. This is the `Store` data.
+//! a deny-by-default WASI context, its state-write budget and quota, its resource limiter
+//! ([`super::limiter`]) and its output ([`super::output`]). This is the `Store` data.
 //!
 //! Invariants:
 //! - State writes of the call in progress sit in `call_writes`; they move to `pending` (writes
@@ -15,26 +16,19 @@
 
 use std::collections::BTreeMap;
 use std::ops::Bound;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use wasmtime::component::ResourceTable;
-use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
-use wasmtime_wasi::p2::{OutputStream, Pollable, StreamResult};
 use wasmtime_wasi::{HostMonotonicClock, HostWallClock, WasiCtx, WasiCtxBuilder, WasiCtxView, WasiView};
 
 use super::bindings::{clock, log, state, types};
+use super::limiter::{LimitHit, Limiter};
+use super::output::{Output, Stream};
 use crate::config::FunctionLimits;
 use crate::state::{StateStore, state_entry_bytes};
 
-/// Lines a function may log (imports and stdout/stderr together) per call before the rest are
-/// dropped and counted.
-pub const LOG_LINES_PER_CALL: u32 = 100;
-/// Bytes of stderr kept to explain a fault (a panic message, typically).
-const STDERR_TAIL_BYTES: usize = 2048;
-/// Longest log line kept; longer lines are cut.
-const MAX_LINE_BYTES: usize = 4096;
 /// Most random bytes one `wasi:random` call may ask for; a larger request traps instead of making
 /// the host allocate it.
 const MAX_RANDOM_BYTES: u64 = 64 * 1024;
@@ -96,267 +90,6 @@ impl HostMonotonicClock for CallClock {
     }
 }
 
-/// Log output of an instance: line splitting, the per-call budget, the stderr tail.
-#[derive(Debug, Default)]
-pub struct OutputCapture {
-    stdout_partial: Vec<u8>,
-    stderr_partial: Vec<u8>,
-    stderr_tail: Vec<u8>,
-    lines_this_call: u32,
-    dropped_this_call: u32,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Stream {
-    Stdout,
-    Stderr,
-}
-
-/// Shared between the instance state and the WASI output streams.
-#[derive(Clone, Debug)]
-pub struct Output {
-    capture: Arc<Mutex<OutputCapture>>,
-    labels: Arc<InstanceLabels>,
-}
-
-impl Output {
-    fn new(labels: Arc<InstanceLabels>) -> Self {
-        Self { capture: Arc::default(), labels }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, OutputCapture> {
-        // A poisoned lock only means a log line was lost mid-write; the buffers stay usable.
-        self.capture.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
-    }
-
-    /// Emits one line if the call's budget allows.
-    fn emit(&self, level: tracing::Level, line: &str) {
-        let mut capture = self.lock();
-        if capture.lines_this_call >= LOG_LINES_PER_CALL {
-            capture.dropped_this_call += 1;
-            return;
-        }
-        capture.lines_this_call += 1;
-        drop(capture);
-        let line = truncate(line, MAX_LINE_BYTES);
-        let l = &self.labels;
-        match level {
-            tracing::Level::ERROR => {
-                tracing::error!(stage = "function", function = %l.function, pipeline = %l.pipeline, operator = %l.operator, "{line}");
-            }
-            tracing::Level::WARN => {
-                tracing::warn!(stage = "function", function = %l.function, pipeline = %l.pipeline, operator = %l.operator, "{line}");
-            }
-            tracing::Level::INFO => {
-                tracing::info!(stage = "function", function = %l.function, pipeline = %l.pipeline, operator = %l.operator, "{line}");
-            }
-            tracing::Level::DEBUG => {
-                tracing::debug!(stage = "function", function = %l.function, pipeline = %l.pipeline, operator = %l.operator, "{line}");
-            }
-            tracing::Level::TRACE => {
-                tracing::trace!(stage = "function", function = %l.function, pipeline = %l.pipeline, operator = %l.operator, "{line}");
-            }
-        }
-    }
-
-    fn write(&self, stream: Stream, bytes: &[u8]) {
-        let mut lines = Vec::new();
-        {
-            let mut capture = self.lock();
-            if stream == Stream::Stderr {
-                capture.stderr_tail.extend_from_slice(bytes);
-                let excess = capture.stderr_tail.len().saturating_sub(STDERR_TAIL_BYTES);
-                capture.stderr_tail.drain(..excess);
-            }
-            let partial = match stream {
-                Stream::Stdout => &mut capture.stdout_partial,
-                Stream::Stderr => &mut capture.stderr_partial,
-            };
-            partial.extend_from_slice(bytes);
-            while let Some(end) = partial.iter().position(|&b| b == b'\n') {
-                let line: Vec<u8> = partial.drain(..=end).collect();
-                lines.push(String::from_utf8_lossy(&line[..end]).into_owned());
-            }
-            if partial.len() > MAX_LINE_BYTES {
-                lines.push(String::from_utf8_lossy(partial).into_owned());
-                partial.clear();
-            }
-        }
-        let level = if stream == Stream::Stderr { tracing::Level::WARN } else { tracing::Level::INFO };
-        for line in lines {
-            self.emit(level, &line);
-        }
-    }
-
-    /// Starts a new call: resets the budget and the stderr tail.
-    fn begin_call(&self) {
-        let mut capture = self.lock();
-        capture.lines_this_call = 0;
-        capture.dropped_this_call = 0;
-        capture.stderr_tail.clear();
-    }
-
-    /// Ends a call: reports dropped lines, returns the stderr written during the call.
-    fn end_call(&self) -> String {
-        let mut capture = self.lock();
-        let dropped = std::mem::take(&mut capture.dropped_this_call);
-        let tail = String::from_utf8_lossy(&capture.stderr_tail).into_owned();
-        drop(capture);
-        if dropped > 0 {
-            let l = &self.labels;
-            tracing::warn!(stage = "function", function = %l.function, pipeline = %l.pipeline, operator = %l.operator,
-                dropped, "log lines over the budget of {LOG_LINES_PER_CALL} per call were dropped");
-        }
-        tail
-    }
-}
-
-fn truncate(line: &str, max: usize) -> &str {
-    if line.len() <= max {
-        return line;
-    }
-    let mut cut = max;
-    while !line.is_char_boundary(cut) {
-        cut -= 1;
-    }
-    &line[..cut]
-}
-
-/// One WASI output stream (stdout or stderr) of an instance.
-#[derive(Clone, Debug)]
-struct GuestStream {
-    output: Output,
-    stream: Stream,
-}
-
-impl IsTerminal for GuestStream {
-    fn is_terminal(&self) -> bool {
-        false
-    }
-}
-
-impl StdoutStream for GuestStream {
-    fn p2_stream(&self) -> Box<dyn OutputStream> {
-        Box::new(self.clone())
-    }
-
-    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
-        Box::new(self.clone())
-    }
-}
-
-#[wasmtime_wasi::async_trait]
-impl Pollable for GuestStream {
-    async fn ready(&mut self) {}
-}
-
-impl OutputStream for GuestStream {
-    fn write(&mut self, bytes: bytes::Bytes) -> StreamResult<()> {
-        self.output.write(self.stream, &bytes);
-        Ok(())
-    }
-
-    fn flush(&mut self) -> StreamResult<()> {
-        Ok(())
-    }
-
-    fn check_write(&mut self) -> StreamResult<usize> {
-        Ok(64 * 1024)
-    }
-}
-
-impl tokio::io::AsyncWrite for GuestStream {
-    fn poll_write(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        self.output.write(self.stream, buf);
-        std::task::Poll::Ready(Ok(buf.len()))
-    }
-
-    fn poll_flush(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn poll_shutdown(
-        self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-}
-
-/// Which limit stopped a call, recorded by the limiter so faults can be told apart.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum LimitHit {
-    /// Linear memory would have grown beyond the cap.
-    Memory {
-        /// Bytes asked for.
-        desired: usize,
-        /// The cap.
-        limit: usize,
-    },
-    /// A table would have grown beyond the cap.
-    Table {
-        /// Elements asked for.
-        desired: usize,
-        /// The cap.
-        limit: usize,
-    },
-    /// Uncommitted state writes (host memory) would have grown beyond the cap.
-    StateWrites {
-        /// Bytes they would have held.
-        desired: u64,
-        /// The cap.
-        limit: u64,
-    },
-}
-
-/// Resource limits of one instance.
-#[derive(Debug)]
-pub struct Limiter {
-    memory_bytes: usize,
-    table_elements: usize,
-    instances: usize,
-    /// Set when a limit refused a grow; read when classifying the fault.
-    pub hit: Option<LimitHit>,
-}
-
-impl wasmtime::ResourceLimiter for Limiter {
-    fn memory_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.memory_bytes {
-            self.hit = Some(LimitHit::Memory { desired, limit: self.memory_bytes });
-            wasmtime::bail!("memory limit of {} bytes reached (growing to {desired} bytes)", self.memory_bytes);
-        }
-        Ok(true)
-    }
-
-    fn table_growing(&mut self, _current: usize, desired: usize, _maximum: Option<usize>) -> wasmtime::Result<bool> {
-        if desired > self.table_elements {
-            self.hit = Some(LimitHit::Table { desired, limit: self.table_elements });
-            wasmtime::bail!("table limit of {} elements reached (growing to {desired})", self.table_elements);
-        }
-        Ok(true)
-    }
-
-    // A component is several core instances (module, adapters, shims).
-    fn instances(&self) -> usize {
-        self.instances
-    }
-
-    fn tables(&self) -> usize {
-        32
-    }
-
-    fn memories(&self) -> usize {
-        8
-    }
-}
-
 /// Why a host capability could not serve the guest (traps the call).
 #[derive(Debug, thiserror::Error)]
 #[error("state store failed during a guest call: {0}")]
@@ -415,8 +148,8 @@ impl InstanceState {
         let output = Output::new(labels);
         let clock = CallClock::default();
         let wasi = WasiCtxBuilder::new()
-            .stdout(GuestStream { output: output.clone(), stream: Stream::Stdout })
-            .stderr(GuestStream { output: output.clone(), stream: Stream::Stderr })
+            .stdout(output.stream(Stream::Stdout))
+            .stderr(output.stream(Stream::Stderr))
             .wall_clock(clock.clone())
             .monotonic_clock(clock.clone())
             .allow_tcp(false)
@@ -428,12 +161,7 @@ impl InstanceState {
         Self {
             wasi,
             table: ResourceTable::new(),
-            limiter: Limiter {
-                memory_bytes: usize::try_from(limits.memory_bytes).unwrap_or(usize::MAX),
-                table_elements: limits.table_elements as usize,
-                instances: limits.instances as usize,
-                hit: None,
-            },
+            limiter: Limiter::new(limits),
             output,
             clock,
             watermark: 0,

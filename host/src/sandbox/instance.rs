@@ -1,57 +1,24 @@
 //! Warm instances: one per use of a function in a pipeline, reused across calls, replaced after a
 //! fault or on a version change.
+//!
+//! **Invariant:** state writes of successful calls that the pipeline has not taken yet survive a
+//! fault and a version change — they move from the discarded store into the next one. Every
+//! fault is counted in the use's fault record ([`super::quarantine`]) by its [`Fault`] value.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use wasmtime::component::InstancePre;
-use wasmtime::{Engine, Store, Trap};
+use wasmtime::{Engine, Store};
 
-use super::bindings::{accumulator, decoder, operator, types};
+use super::fault::{self, Aftermath, Fault, StartFailure};
 use super::handle::UseHandle;
-use super::host::{InstanceLabels, InstanceState, LimitHit, StateLimits, Writes};
+use super::host::{InstanceLabels, InstanceState, StateLimits, Writes};
 use super::quarantine::{Admission, FaultRecord};
-use super::{CompiledFunction, SandboxError, StartPhase, WorldKind, deadline_ticks};
-use crate::batch::{Batch, CallContext, Message, Series};
+use super::world::{Exports, Pre, describe_error};
+use super::{CompiledFunction, SandboxError, deadline_ticks};
+use crate::batch::CallContext;
 use crate::config::FunctionLimits;
-use crate::decode::{Decode, DecodeError};
-use crate::operator::{Operator, OperatorFailure};
 use crate::state::{StateStore, StateWrite};
-use crate::window::accumulator::Accumulator;
-
-/// A linked component, checked against one world.
-pub(super) enum Pre {
-    Operator(operator::OperatorPre<InstanceState>),
-    Decoder(decoder::DecoderPre<InstanceState>),
-    Accumulator(accumulator::AccumulatorPre<InstanceState>),
-}
-
-impl Pre {
-    /// Checks the component's exports against every world; the error gives each world's reason
-    /// (operator, decoder, accumulator).
-    pub(super) fn new(instance_pre: InstancePre<InstanceState>) -> Result<Self, [String; 3]> {
-        let operator_error = match operator::OperatorPre::new(instance_pre.clone()) {
-            Ok(pre) => return Ok(Self::Operator(pre)),
-            Err(e) => format!("{e:#}"),
-        };
-        let decoder_error = match decoder::DecoderPre::new(instance_pre.clone()) {
-            Ok(pre) => return Ok(Self::Decoder(pre)),
-            Err(e) => format!("{e:#}"),
-        };
-        match accumulator::AccumulatorPre::new(instance_pre) {
-            Ok(pre) => Ok(Self::Accumulator(pre)),
-            Err(e) => Err([operator_error, decoder_error, format!("{e:#}")]),
-        }
-    }
-
-    pub(super) fn world(&self) -> WorldKind {
-        match self {
-            Self::Operator(_) => WorldKind::Operator,
-            Self::Decoder(_) => WorldKind::Decoder,
-            Self::Accumulator(_) => WorldKind::Accumulator,
-        }
-    }
-}
 
 /// What every instance needs from the sandbox.
 pub(super) struct Runtime {
@@ -62,12 +29,6 @@ pub(super) struct Runtime {
     pub(super) fuel_metering: bool,
 }
 
-enum Exports {
-    Operator(operator::Operator),
-    Decoder(decoder::Decoder),
-    Accumulator(accumulator::Accumulator),
-}
-
 struct Live {
     store: Store<InstanceState>,
     exports: Exports,
@@ -76,8 +37,8 @@ struct Live {
 /// Why a call produced no result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) enum CallFailure {
-    /// The function trapped, ran out of a limit, or could not be instantiated; the reason.
-    Fault(String),
+    /// The function trapped, ran out of a limit, or could not be instantiated.
+    Fault(Fault),
     /// The use is quarantined for this much longer; the function was not called.
     Quarantined(Duration),
 }
@@ -90,7 +51,7 @@ pub(super) enum CallFailure {
 pub struct FunctionInstance {
     runtime: Runtime,
     function: Arc<CompiledFunction>,
-    labels: Arc<InstanceLabels>,
+    pub(super) labels: Arc<InstanceLabels>,
     namespace: String,
     params_json: String,
     live: Option<Live>,
@@ -133,16 +94,16 @@ impl FunctionInstance {
             handle,
         };
         let now = crate::telemetry::now_nanos();
-        instance.live = Some(instance.instantiate(now).map_err(|failure| instance.start_error(failure))?);
+        instance.live = Some(instance.instantiate(now).map_err(|failure| instance.start_error(&failure))?);
         Ok(instance)
     }
 
-    fn start_error(&self, (phase, reason): (StartPhase, String)) -> SandboxError {
+    fn start_error(&self, failure: &StartFailure) -> SandboxError {
         SandboxError::Start {
             function: self.labels.function.clone(),
             use_name: self.labels.operator.clone(),
-            phase,
-            reason,
+            phase: failure.phase(),
+            reason: failure.to_string(),
         }
     }
 
@@ -194,13 +155,13 @@ impl FunctionInstance {
                 self.function = previous;
                 self.labels = previous_labels;
                 self.carried.clear();
-                Err(self.start_error(failure))
+                Err(self.start_error(&failure))
             }
         }
     }
 
     /// Creates a store and instance, and runs `init`; on failure, where and why.
-    fn instantiate(&mut self, processing_time: i64) -> Result<Live, (StartPhase, String)> {
+    fn instantiate(&mut self, processing_time: i64) -> Result<Live, StartFailure> {
         let limits = self.function.limits;
         let state = InstanceState::new(
             Arc::clone(&self.labels),
@@ -224,8 +185,7 @@ impl FunctionInstance {
             Err(e) => {
                 let tail = store.data_mut().end_call(false);
                 self.carried = store.data_mut().take_pending();
-                let reason = format!("instantiation failed: {}", describe_fault(&e, store.data(), &tail, &limits));
-                return Err((StartPhase::Instantiate, reason));
+                return Err(StartFailure::Instantiate(classify(&e, store.data(), &tail, &limits)));
             }
         };
         let init = match &exports {
@@ -237,17 +197,17 @@ impl FunctionInstance {
         let tail = store.data_mut().end_call(succeeded);
         let failure = match init {
             Ok(Ok(())) => return Ok(Live { store, exports }),
-            Ok(Err(error)) => format!("init refused: {}", describe_error(&error)),
-            Err(e) => format!("init faulted: {}", describe_fault(&e, store.data(), &tail, &limits)),
+            Ok(Err(error)) => StartFailure::InitRefused { reason: describe_error(&error) },
+            Err(e) => StartFailure::InitFaulted(classify(&e, store.data(), &tail, &limits)),
         };
         self.carried = store.data_mut().take_pending();
-        Err((StartPhase::Init, failure))
+        Err(failure)
     }
 
     /// Starts a call on the live instance (instantiating one if the last faulted). The call stays
     /// open until [`Self::complete`] or [`Self::fault`]; a trap closes it here and returns the
-    /// reason. A quarantined use is not called at all.
-    fn call<R>(
+    /// fault. A quarantined use is not called at all.
+    pub(super) fn call<R>(
         &mut self,
         ctx: &CallContext,
         invoke: impl FnOnce(&Exports, &mut Store<InstanceState>) -> wasmtime::Result<R>,
@@ -261,9 +221,10 @@ impl FunctionInstance {
         if self.live.is_none() {
             match self.instantiate(ctx.processing_time) {
                 Ok(live) => self.live = Some(live),
-                Err((_, reason)) => {
-                    self.record_fault(&reason);
-                    return Err(CallFailure::Fault(reason));
+                Err(failure) => {
+                    let fault = Fault::NotStarted { failure: Box::new(failure) };
+                    self.record_fault(&fault);
+                    return Err(CallFailure::Fault(fault));
                 }
             }
         }
@@ -275,18 +236,19 @@ impl FunctionInstance {
             Ok(result) => Ok(result),
             Err(e) => {
                 let tail = live.store.data_mut().end_call(false);
-                let reason = describe_fault(&e, live.store.data(), &tail, &limits);
+                let fault = classify(&e, live.store.data(), &tail, &limits);
                 tracing::warn!(stage = "sandbox", function = %self.labels.function, pipeline = %self.labels.pipeline,
-                    operator = %self.labels.operator, reason = %reason, details = ?e, "function faulted; its instance is replaced");
-                self.retire(&reason);
-                Err(CallFailure::Fault(reason))
+                    operator = %self.labels.operator, kind = %fault.kind(), reason = %fault, details = ?e,
+                    "function faulted; its instance is replaced");
+                self.retire(&fault);
+                Err(CallFailure::Fault(fault))
             }
         }
     }
 
     /// Closes the open call: its state writes count when `succeeded`. A refusal (`false`) is not a
     /// fault, nor a success that would end a fault streak.
-    fn complete(&mut self, succeeded: bool) {
+    pub(super) fn complete(&mut self, succeeded: bool) {
         if let Some(live) = &mut self.live {
             live.store.data_mut().end_call(succeeded);
         }
@@ -296,31 +258,31 @@ impl FunctionInstance {
     }
 
     /// Closes the open call as a fault found by the host (a malformed result): the instance goes.
-    fn fault(&mut self, reason: &str) {
+    pub(super) fn fault(&mut self, fault: &Fault) {
         if let Some(live) = &mut self.live {
             live.store.data_mut().end_call(false);
         }
         tracing::warn!(stage = "sandbox", function = %self.labels.function, pipeline = %self.labels.pipeline,
-            operator = %self.labels.operator, reason, "function faulted; its instance is replaced");
-        self.retire(reason);
+            operator = %self.labels.operator, kind = %fault.kind(), reason = %fault, "function faulted; its instance is replaced");
+        self.retire(fault);
     }
 
     /// Drops the live instance, keeping its uncommitted writes for the next one.
-    fn retire(&mut self, reason: &str) {
+    fn retire(&mut self, fault: &Fault) {
         if let Some(mut live) = self.live.take() {
             self.carried = live.store.data_mut().take_pending();
         }
-        self.record_fault(reason);
+        self.record_fault(fault);
     }
 
     /// Counts a fault; reports the quarantine it starts, if it starts one.
-    fn record_fault(&mut self, reason: &str) {
+    fn record_fault(&mut self, fault: &Fault) {
         let labels = &self.labels;
         self.handle.with_record(|record| {
-            if let Some(period) = record.fault(Instant::now(), reason) {
+            if let Some(period) = record.fault(Instant::now(), fault) {
                 tracing::error!(stage = "sandbox", function = %labels.function, pipeline = %labels.pipeline,
                     operator = %labels.operator, consecutive_faults = record.consecutive_faults, quarantines = record.quarantines,
-                    period = ?period, last_fault = %reason, "function quarantined: it faulted too often in a row");
+                    period = ?period, last_fault = %fault, "function quarantined: it faulted too often in a row");
             }
         });
     }
@@ -357,15 +319,6 @@ impl FunctionInstance {
 /// `d` without its sub-millisecond part (for messages).
 pub(crate) fn round_to_millis(d: Duration) -> Duration {
     Duration::from_millis(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-}
-
-/// Words for a domain error.
-fn describe_error(error: &types::Error) -> String {
-    match error {
-        types::Error::InvalidParams(reason) => format!("invalid params: {reason}"),
-        types::Error::InvalidInput(reason) => format!("invalid input: {reason}"),
-        types::Error::Failed(reason) => reason.clone(),
-    }
 }
 
 /// Creates a store and instantiates `function` in it `runs` times, without `init`; how long each
@@ -416,288 +369,9 @@ fn arm_limits(store: &mut Store<InstanceState>, limits: &FunctionLimits, fuel_me
     }
 }
 
-/// Words for a fault: which limit or trap, with the panic message when the guest panicked.
-fn describe_fault(error: &wasmtime::Error, state: &InstanceState, stderr: &str, limits: &FunctionLimits) -> String {
-    if let Some(hit) = state.limiter.hit {
-        return match hit {
-            LimitHit::Memory { desired, limit } => {
-                format!("memory limit: tried to grow linear memory to {desired} bytes, the limit is {limit} bytes")
-            }
-            LimitHit::Table { desired, limit } => {
-                format!("table limit: tried to grow a table to {desired} elements, the limit is {limit}")
-            }
-            LimitHit::StateWrites { desired, limit } => format!(
-                "state write limit: tried to hold {desired} bytes of uncommitted state writes, the limit is {limit} bytes"
-            ),
-        };
-    }
-    if let Some(failure) = &state.host_failure {
-        return format!("host failure: {failure}");
-    }
-    if let Some(exit) = error.downcast_ref::<wasmtime_wasi::I32Exit>() {
-        return format!("the function called exit (status {}; WASI 0.2 only tells success from failure)", exit.0);
-    }
-    match error.downcast_ref::<Trap>() {
-        Some(Trap::Interrupt) => {
-            format!("timed out: the call ran longer than its limit of {:?}", limits.timeout)
-        }
-        Some(Trap::OutOfFuel) => {
-            format!("fuel exhausted: the call used all of its {} units", limits.fuel.unwrap_or_default())
-        }
-        Some(Trap::StackOverflow) => "stack overflow".to_owned(),
-        // Rust and C guests keep most stack frames in linear memory, below their data; recursing
-        // too deep runs that stack off the bottom of memory, which is this trap.
-        Some(Trap::MemoryOutOfBounds) => {
-            "trap: out of bounds memory access (for a Rust or C function, usually its stack overflowing)".to_owned()
-        }
-        Some(Trap::UnreachableCodeReached) => match panic_message(stderr) {
-            Some(message) => format!("panicked: {message}"),
-            None => "trap: unreachable code reached (an abort or panic)".to_owned(),
-        },
-        Some(trap) => format!("trap: {trap}"),
-        None => format!("error: {}", error.root_cause()),
-    }
-}
-
-/// The message of a Rust panic as std prints it on stderr:
-/// `thread '…' panicked at src/lib.rs:10:5:\n<message>\nnote: …`.
-fn panic_message(stderr: &str) -> Option<String> {
-    let start = stderr.rfind("panicked at ")? + "panicked at ".len();
-    let rest = &stderr[start..];
-    let rest = rest.split("\nnote: ").next().unwrap_or(rest);
-    let message = rest.trim().replace('\n', " ");
-    (!message.is_empty()).then_some(message)
-}
-
-fn to_wit_batch(batch: Batch) -> types::Batch {
-    let (series, series_idx, ts, value) = batch.into_columns();
-    types::Batch {
-        series: series.into_iter().map(|s| types::Series { name: s.name, unit: s.unit, tags: s.tags }).collect(),
-        series_idx,
-        ts,
-        value,
-    }
-}
-
-fn from_wit_batch(batch: types::Batch) -> Result<Batch, crate::batch::InvalidBatch> {
-    let series = batch.series.into_iter().map(|s| Series { name: s.name, unit: s.unit, tags: s.tags }).collect();
-    Batch::from_columns(series, batch.series_idx, batch.ts, batch.value)
-}
-
-/// An operator use backed by a function instance.
-#[derive(Debug)]
-pub struct FunctionOperator {
-    instance: FunctionInstance,
-}
-
-impl FunctionOperator {
-    pub(super) fn new(instance: FunctionInstance) -> Self {
-        Self { instance }
-    }
-
-    /// The instance behind this operator (for version replacement and fault counts).
-    pub fn instance_mut(&mut self) -> &mut FunctionInstance {
-        &mut self.instance
-    }
-}
-
-impl Operator for FunctionOperator {
-    fn name(&self) -> &str {
-        &self.instance.labels.operator
-    }
-
-    fn function(&self) -> Option<&str> {
-        Some(&self.instance.labels.function)
-    }
-
-    fn process(&mut self, batch: Batch, ctx: &CallContext) -> Result<Batch, (Batch, OperatorFailure)> {
-        let input = to_wit_batch(batch);
-        let restore = |input: types::Batch| {
-            from_wit_batch(input).expect("the input was a valid batch before the call borrowed it")
-        };
-        let outcome = self.instance.call(ctx, |exports, store| match exports {
-            Exports::Operator(operator) => operator.call_process(store, &input),
-            Exports::Decoder(_) | Exports::Accumulator(_) => {
-                unreachable!("Sandbox::operator only wraps operator-world components")
-            }
-        });
-        match outcome {
-            Err(CallFailure::Fault(reason)) => Err((restore(input), OperatorFailure::Fault { reason })),
-            Err(CallFailure::Quarantined(remaining)) => {
-                Err((restore(input), OperatorFailure::Quarantined { remaining }))
-            }
-            Ok(Err(error)) => {
-                self.instance.complete(false);
-                Err((restore(input), OperatorFailure::Refused { reason: describe_error(&error) }))
-            }
-            Ok(Ok(output)) => match from_wit_batch(output) {
-                Ok(output) => {
-                    self.instance.complete(true);
-                    Ok(output)
-                }
-                Err(invalid) => {
-                    let reason = format!("returned a malformed batch: {invalid}");
-                    self.instance.fault(&reason);
-                    Err((restore(input), OperatorFailure::Fault { reason }))
-                }
-            },
-        }
-    }
-
-    fn take_state_writes(&mut self) -> Vec<StateWrite> {
-        self.instance.take_state_writes()
-    }
-}
-
-/// A decoder backed by a function instance.
-#[derive(Debug)]
-pub struct FunctionDecoder {
-    instance: FunctionInstance,
-}
-
-impl FunctionDecoder {
-    pub(super) fn new(instance: FunctionInstance) -> Self {
-        Self { instance }
-    }
-
-    /// The instance behind this decoder (for version replacement and fault counts).
-    pub fn instance_mut(&mut self) -> &mut FunctionInstance {
-        &mut self.instance
-    }
-}
-
-impl Decode for FunctionDecoder {
-    fn decode(&mut self, message: &Message, ctx: &CallContext) -> Result<Batch, DecodeError> {
-        let function = self.instance.labels.function.clone();
-        let input = types::Message {
-            topic: message.topic.clone(),
-            payload: message.payload.to_vec(),
-            received_at: message.received_at,
-        };
-        let outcome = self.instance.call(ctx, |exports, store| match exports {
-            Exports::Decoder(decoder) => decoder.call_decode(store, &input),
-            Exports::Operator(_) | Exports::Accumulator(_) => {
-                unreachable!("Sandbox::decoder only wraps decoder-world components")
-            }
-        });
-        match outcome {
-            Err(CallFailure::Fault(reason)) => Err(DecodeError::Fault { function, reason }),
-            Err(CallFailure::Quarantined(remaining)) => Err(DecodeError::Quarantined { function, remaining }),
-            Ok(Err(error)) => {
-                self.instance.complete(false);
-                Err(DecodeError::Refused { function, reason: describe_error(&error) })
-            }
-            Ok(Ok(output)) => match from_wit_batch(output) {
-                Ok(batch) => {
-                    self.instance.complete(true);
-                    // NaN and infinity are not readings, whichever decoder made them.
-                    for (i, value) in batch.values().iter().enumerate() {
-                        crate::decode::finite(*value, || format!("reading {i} of decoder function {function}"))?;
-                    }
-                    Ok(batch)
-                }
-                Err(invalid) => {
-                    let reason = format!("returned a malformed batch: {invalid}");
-                    self.instance.fault(&reason);
-                    Err(DecodeError::Fault { function, reason })
-                }
-            },
-        }
-    }
-
-    fn take_state_writes(&mut self) -> Vec<StateWrite> {
-        self.instance.take_state_writes()
-    }
-}
-
-/// Accumulator calls see no processing time (WASI clocks read zero) and no watermark: a custom
-/// aggregate depends on its arguments only, so replaying a batch after a crash gives the same
-/// partials.
-const ACCUMULATOR_CALL: CallContext = CallContext { processing_time: 0, watermark: 0 };
-
-/// A window's custom aggregate backed by a function instance.
-#[derive(Debug)]
-pub struct FunctionAccumulator {
-    instance: FunctionInstance,
-}
-
-impl FunctionAccumulator {
-    pub(super) fn new(instance: FunctionInstance) -> Self {
-        Self { instance }
-    }
-
-    /// The instance behind this accumulator (for version replacement and fault counts).
-    pub fn instance_mut(&mut self) -> &mut FunctionInstance {
-        &mut self.instance
-    }
-
-    /// Runs one export; a refusal or fault comes back as its reason (the instance is replaced
-    /// after a fault).
-    fn run<R>(
-        &mut self,
-        invoke: impl FnOnce(
-            &accumulator::Accumulator,
-            &mut Store<InstanceState>,
-        ) -> wasmtime::Result<Result<R, types::Error>>,
-    ) -> Result<R, String> {
-        let outcome = self.instance.call(&ACCUMULATOR_CALL, |exports, store| match exports {
-            Exports::Accumulator(accumulator) => invoke(accumulator, store),
-            Exports::Operator(_) | Exports::Decoder(_) => {
-                unreachable!("Sandbox::accumulator only wraps accumulator-world components")
-            }
-        });
-        match outcome {
-            Err(CallFailure::Fault(reason)) => Err(format!("{} faulted: {reason}", self.instance.labels.function)),
-            Err(CallFailure::Quarantined(remaining)) => Err(format!(
-                "{} is quarantined for another {}",
-                self.instance.labels.function,
-                humantime::format_duration(round_to_millis(remaining))
-            )),
-            Ok(Err(error)) => {
-                self.instance.complete(false);
-                Err(format!("{} refused: {}", self.instance.labels.function, describe_error(&error)))
-            }
-            Ok(Ok(value)) => {
-                self.instance.complete(true);
-                Ok(value)
-            }
-        }
-    }
-}
-
-impl Accumulator for FunctionAccumulator {
-    fn create(&mut self) -> Result<Vec<u8>, String> {
-        self.run(|accumulator, store| accumulator.call_create(store))
-    }
-
-    fn add(&mut self, partial: &[u8], ts: &[i64], values: &[f64]) -> Result<Vec<u8>, String> {
-        self.run(|accumulator, store| accumulator.call_add(store, partial, ts, values))
-    }
-
-    fn merge(&mut self, first: &[u8], second: &[u8]) -> Result<Vec<u8>, String> {
-        self.run(|accumulator, store| accumulator.call_merge(store, first, second))
-    }
-
-    fn finish(&mut self, partial: &[u8], start: i64, end: i64) -> Result<Vec<(String, f64)>, String> {
-        let values = self.run(|accumulator, store| accumulator.call_finish(store, partial, start, end))?;
-        let mut names = std::collections::BTreeSet::new();
-        if let Some((name, _)) = values.iter().find(|(name, _)| name.is_empty() || !names.insert(name.as_str())) {
-            let reason = format!("finish returned the name {name:?} twice or empty; names must be unique");
-            self.instance.fault(&reason);
-            return Err(format!("{} faulted: {reason}", self.instance.labels.function));
-        }
-        Ok(values)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::panic_message;
-
-    #[test]
-    fn extracts_the_panic_message_from_std_output() {
-        let stderr = "\nthread '<unnamed>' panicked at src/lib.rs:10:5:\nvalue 666 is cursed\nnote: run with `RUST_BACKTRACE=1` environment variable to display a backtrace\n";
-        assert_eq!(panic_message(stderr).as_deref(), Some("src/lib.rs:10:5: value 666 is cursed"));
-        assert_eq!(panic_message("nothing here"), None);
-    }
+/// The fault behind `error`, with what the failed call left in `state` and on stderr.
+fn classify(error: &wasmtime::Error, state: &InstanceState, stderr: &str, limits: &FunctionLimits) -> Fault {
+    let aftermath =
+        Aftermath { limit_hit: state.limiter.hit, host_failure: state.host_failure.as_deref(), stderr, limits };
+    fault::classify(error, &aftermath)
 }

@@ -9,7 +9,7 @@
 //! that serve one use in one pipeline, reused across batches.
 //!
 //! Faults are values. A trap, an interrupted call (time limit), a refused memory grow, a host
-//! failure or a malformed returned batch becomes a `Fault` description; the instance is
+//! failure or a malformed returned batch becomes a [`Fault`] (see [`fault`]); the instance is
 //! discarded (a trap poisons its store) and re-created for the next call, carrying over the state
 //! writes of its earlier successful calls. A function's domain error is not a fault: the instance
 //! stays.
@@ -27,10 +27,14 @@
 
 mod bindings;
 mod cache;
+mod fault;
 mod handle;
 mod host;
 mod instance;
+mod limiter;
+mod output;
 mod quarantine;
+mod world;
 
 use std::collections::hash_map::DefaultHasher;
 use std::fmt;
@@ -44,12 +48,14 @@ use sha2::{Digest, Sha256};
 use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub use fault::{Fault, FaultKind, Malformed, StartFailure};
 pub use handle::UseHandle;
 use host::InstanceState;
 pub use host::{InstanceLabels, StateLimits};
+pub use instance::FunctionInstance;
 pub(crate) use instance::round_to_millis;
-pub use instance::{FunctionAccumulator, FunctionDecoder, FunctionInstance, FunctionOperator};
 pub use quarantine::FaultRecord;
+pub use world::{FunctionAccumulator, FunctionDecoder, FunctionOperator};
 
 use crate::config::{FunctionConfig, FunctionId, FunctionLimits, QuarantineConfig};
 use crate::state::StateStore;
@@ -248,7 +254,7 @@ pub struct CompiledFunction {
     version: FunctionVersion,
     limits: FunctionLimits,
     quarantine: QuarantineConfig,
-    pre: instance::Pre,
+    pre: world::Pre,
 }
 
 impl fmt::Debug for CompiledFunction {
@@ -349,15 +355,14 @@ impl Sandbox {
             path: path.clone(),
             reason: format!("imports cannot be satisfied (only weir:stream@0.1.0 and wasi:* 0.2 are offered): {e:#}"),
         })?;
-        let pre =
-            instance::Pre::new(instance_pre).map_err(|[operator_reason, decoder_reason, accumulator_reason]| {
-                SandboxError::WrongWorld {
-                    function: function.id.clone(),
-                    operator_reason,
-                    decoder_reason,
-                    accumulator_reason,
-                }
-            })?;
+        let pre = world::Pre::new(instance_pre).map_err(|[operator_reason, decoder_reason, accumulator_reason]| {
+            SandboxError::WrongWorld {
+                function: function.id.clone(),
+                operator_reason,
+                decoder_reason,
+                accumulator_reason,
+            }
+        })?;
         tracing::info!(stage = "sandbox", function = %version, world = ?pre.world(), "function loaded");
         Ok(Arc::new(CompiledFunction { version, limits: function.limits, quarantine: function.quarantine, pre }))
     }

@@ -9,9 +9,15 @@
 //!
 //! The record is shared through the use's [`super::UseHandle`], so the pipeline can see a
 //! quarantine before it takes input (the `hold` policy) and the gateway can report it.
+//!
+//! Faults are recorded as [`Fault`] values: counted by [`FaultKind`], and whether one counts
+//! toward quarantine is [`Fault::counts_toward_quarantine`]'s decision — the record never reads a
+//! fault's words.
 
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use super::fault::{Fault, FaultKind};
 use crate::config::QuarantineConfig;
 
 /// May a call go ahead?
@@ -29,18 +35,20 @@ pub struct FaultRecord {
     config: QuarantineConfig,
     /// The version running, `<id>@<digest prefix>`.
     pub function: String,
-    /// Faults in a row (reset by a success).
+    /// Faults in a row that count toward quarantine (reset by a success).
     pub consecutive_faults: u32,
     /// Faults since the process started.
     pub faults: u64,
+    /// Those faults by kind.
+    pub faults_by_kind: BTreeMap<FaultKind, u64>,
     /// Quarantines since the process started.
     pub quarantines: u64,
     /// Quarantines in a row without a success between them.
     streak: u32,
     /// End of the current quarantine.
     until: Option<Instant>,
-    /// The last fault's reason.
-    pub last_fault: Option<String>,
+    /// The last fault.
+    pub last_fault: Option<Fault>,
 }
 
 impl FaultRecord {
@@ -51,6 +59,7 @@ impl FaultRecord {
             function,
             consecutive_faults: 0,
             faults: 0,
+            faults_by_kind: BTreeMap::new(),
             quarantines: 0,
             streak: 0,
             until: None,
@@ -82,10 +91,14 @@ impl FaultRecord {
     }
 
     /// Records a fault at `now`. Returns the quarantine period when this fault starts one.
-    pub fn fault(&mut self, now: Instant, reason: &str) -> Option<Duration> {
+    pub fn fault(&mut self, now: Instant, fault: &Fault) -> Option<Duration> {
         self.faults += 1;
+        *self.faults_by_kind.entry(fault.kind()).or_default() += 1;
+        self.last_fault = Some(fault.clone());
+        if !fault.counts_toward_quarantine() {
+            return None;
+        }
         self.consecutive_faults = self.consecutive_faults.saturating_add(1);
-        self.last_fault = Some(reason.to_owned());
         if self.consecutive_faults < self.config.after {
             return None;
         }
@@ -109,24 +122,47 @@ mod tests {
 
     const CONFIG: QuarantineConfig = QuarantineConfig { after: 3, first: Duration::from_secs(10) };
 
+    fn panic(message: &str) -> Fault {
+        Fault::Panic { message: message.to_owned() }
+    }
+
+    const TIMEOUT: Fault = Fault::Timeout { limit: Duration::from_millis(100) };
+
     #[test]
     fn quarantines_after_consecutive_faults_and_doubles_on_a_failed_trial() {
         let t0 = Instant::now();
         let mut record = FaultRecord::new("f@1".into(), CONFIG);
-        assert_eq!(record.fault(t0, "a"), None);
-        assert_eq!(record.fault(t0, "b"), None);
-        assert_eq!(record.fault(t0, "c"), Some(Duration::from_secs(10)));
+        assert_eq!(record.fault(t0, &panic("a")), None);
+        assert_eq!(record.fault(t0, &TIMEOUT), None);
+        assert_eq!(record.fault(t0, &panic("c")), Some(Duration::from_secs(10)));
         assert_eq!(record.admit(t0 + Duration::from_secs(4)), Admission::Quarantined(Duration::from_secs(6)));
         // The trial after the period faults: quarantined again at once, for twice as long.
         let trial = t0 + Duration::from_secs(10);
         assert_eq!(record.admit(trial), Admission::Admitted);
-        assert_eq!(record.fault(trial, "d"), Some(Duration::from_secs(20)));
-        assert_eq!((record.faults, record.quarantines, record.last_fault.as_deref()), (4, 2, Some("d")));
+        assert_eq!(record.fault(trial, &panic("d")), Some(Duration::from_secs(20)));
+        assert_eq!((record.faults, record.quarantines, record.last_fault.clone()), (4, 2, Some(panic("d"))));
         // A successful trial ends it all.
         let later = trial + Duration::from_secs(20);
         record.success();
         assert_eq!(record.admit(later), Admission::Admitted);
-        assert_eq!(record.fault(later, "e"), None, "the streak starts again from zero");
+        assert_eq!(record.fault(later, &panic("e")), None, "the streak starts again from zero");
+    }
+
+    #[test]
+    fn faults_of_every_kind_make_one_streak_and_are_counted_by_kind() {
+        let t0 = Instant::now();
+        let mut record = FaultRecord::new("f@1".into(), CONFIG);
+        let host = Fault::Host { description: "state store failed during a guest call: disk".into() };
+        let malformed = Fault::MalformedResult { what: super::super::Malformed::AggregateName { name: String::new() } };
+        assert_eq!(record.fault(t0, &TIMEOUT), None);
+        assert_eq!(record.fault(t0, &host), None);
+        assert_eq!(record.fault(t0, &malformed), Some(Duration::from_secs(10)), "three kinds, one streak");
+        let trial = t0 + Duration::from_secs(10);
+        assert_eq!(record.fault(trial, &TIMEOUT), Some(Duration::from_secs(20)), "a failed trial, of any kind");
+        let by_kind: Vec<(FaultKind, u64)> = record.faults_by_kind.iter().map(|(k, n)| (*k, *n)).collect();
+        assert_eq!(by_kind, [(FaultKind::Timeout, 2), (FaultKind::Host, 1), (FaultKind::MalformedResult, 1)]);
+        assert_eq!((record.faults, record.quarantines), (4, 2));
+        assert_eq!(record.last_fault.as_ref().map(Fault::kind), Some(FaultKind::Timeout));
     }
 
     #[test]
@@ -134,18 +170,19 @@ mod tests {
         let t0 = Instant::now();
         let mut record = FaultRecord::new("f@1".into(), CONFIG);
         for _ in 0..10 {
-            assert_eq!(record.fault(t0, "x"), None);
-            assert_eq!(record.fault(t0, "x"), None);
+            assert_eq!(record.fault(t0, &panic("x")), None);
+            assert_eq!(record.fault(t0, &TIMEOUT), None);
             record.success();
         }
         assert_eq!(record.quarantines, 0);
+        assert_eq!(record.faults, 20, "the totals stay");
     }
 
     #[test]
     fn a_new_version_lifts_the_quarantine() {
         let t0 = Instant::now();
         let mut record = FaultRecord::new("f@1".into(), QuarantineConfig { after: 1, ..CONFIG });
-        assert!(record.fault(t0, "x").is_some());
+        assert!(record.fault(t0, &panic("x")).is_some());
         record.new_version("f@2".into());
         assert_eq!(record.admit(t0), Admission::Admitted);
         assert_eq!(record.function, "f@2");

@@ -178,7 +178,7 @@ fn panic_is_a_fault_with_its_message_and_the_next_call_gets_a_fresh_instance() {
     let (input, failure) = op.process(batch(&[3.0, 666.0]), &CTX).expect_err("trigger");
     assert_eq!(input.values(), [3.0, 666.0], "the input comes back for the dead letter");
     assert!(
-        matches!(&failure, OperatorFailure::Fault { reason } if reason.contains("panicked") && reason.contains("value 666 is cursed")),
+        matches!(&failure, OperatorFailure::Fault { fault: Fault::Panic { message } } if message.contains("value 666 is cursed")),
         "{failure}"
     );
     assert_eq!(op.instance_mut().consecutive_faults(), 1);
@@ -194,7 +194,8 @@ fn endless_loop_is_interrupted_at_the_time_limit() {
     let mut op = faulty(&fixture, "spin");
     let started = std::time::Instant::now();
     let (_, failure) = op.process(batch(&[666.0]), &CTX).expect_err("spins");
-    assert!(matches!(&failure, OperatorFailure::Fault { reason } if reason.contains("timed out")), "{failure}");
+    assert_eq!(fault(&failure), &Fault::Timeout { limit: LIMITS.timeout });
+    assert_eq!(failure.to_string(), "faulted: timed out: the call ran longer than its limit of 200ms");
     assert!(started.elapsed() < Duration::from_secs(10), "interrupted, not left running");
     op.process(batch(&[1.0]), &CTX).expect("recovers");
 }
@@ -204,7 +205,11 @@ fn unbounded_allocation_stops_at_the_memory_limit() {
     let fixture = fixture();
     let mut op = faulty(&fixture, "allocate");
     let (_, failure) = op.process(batch(&[666.0]), &CTX).expect_err("allocates");
-    assert!(matches!(&failure, OperatorFailure::Fault { reason } if reason.contains("memory limit")), "{failure}");
+    assert!(
+        matches!(fault(&failure), Fault::Memory { desired, limit } if *desired > *limit && *limit == 16 << 20),
+        "{failure}"
+    );
+    assert!(failure.to_string().starts_with("faulted: memory limit: tried to grow linear memory to "), "{failure}");
     op.process(batch(&[1.0]), &CTX).expect("recovers");
 }
 
@@ -213,10 +218,8 @@ fn exit_is_a_fault_and_domain_errors_keep_the_instance() {
     let fixture = fixture();
     let mut op = faulty(&fixture, "exit");
     let (_, failure) = op.process(batch(&[666.0]), &CTX).expect_err("exits");
-    assert!(
-        matches!(&failure, OperatorFailure::Fault { reason } if reason.contains("called exit (status 1")),
-        "{failure}"
-    );
+    assert_eq!(fault(&failure), &Fault::Exit { code: 1 });
+    assert!(failure.to_string().contains("called exit (status 1"), "{failure}");
 
     let mut op = faulty(&fixture, "refuse");
     let (_, failure) = op.process(batch(&[666.0]), &CTX).expect_err("refuses");
@@ -348,11 +351,15 @@ fn faulty_with(fixture: &Fixture, mode: &str, config: &FunctionConfig) -> Functi
         .expect("starts")
 }
 
-fn fault_reason(failure: &OperatorFailure) -> &str {
+fn fault(failure: &OperatorFailure) -> &Fault {
     match failure {
-        OperatorFailure::Fault { reason } => reason,
+        OperatorFailure::Fault { fault } => fault,
         other => panic!("expected a fault, got {other}"),
     }
+}
+
+fn fault_reason(failure: &OperatorFailure) -> String {
+    fault(failure).to_string()
 }
 
 #[test]
@@ -376,6 +383,7 @@ fn unbounded_state_writes_through_the_import_stop_at_the_state_write_limit() {
     let mut op = faulty_with(&fixture, "flood_state", &function("faulty", "weir_fixture_faulty.wasm", limits));
     op.process(batch(&[1.0, 2.0]), &CTX).expect("no trigger");
     let (_, failure) = op.process(batch(&[666.0]), &CTX).expect_err("floods");
+    assert!(matches!(fault(&failure), Fault::StateWrites { limit: 1_048_576, .. }), "{failure}");
     let reason = fault_reason(&failure);
     assert!(reason.starts_with("state write limit: tried to hold"), "{reason}");
     assert!(reason.ends_with("the limit is 1048576 bytes"), "{reason}");
@@ -440,6 +448,7 @@ fn a_huge_allocation_request_through_wasi_random_is_refused_not_served() {
     let fixture = fixture();
     let mut op = faulty(&fixture, "huge_random");
     let (_, failure) = op.process(batch(&[666.0]), &CTX).expect_err("asks for 2^62 bytes");
+    assert_eq!(fault(&failure).kind(), FaultKind::Runtime);
     let reason = fault_reason(&failure);
     assert_eq!(reason, "error: requested len 4611686018427387904 exceeds limit 65536");
     op.process(batch(&[1.0]), &CTX).expect("recovers");
@@ -451,6 +460,7 @@ fn a_malformed_returned_batch_is_a_fault() {
     let mut op = faulty(&fixture, "malformed");
     let (input, failure) = op.process(batch(&[1.0, 666.0]), &CTX).expect_err("malformed output");
     assert_eq!(input.values(), [1.0, 666.0]);
+    assert!(matches!(fault(&failure), Fault::MalformedResult { what: Malformed::Batch { .. } }), "{failure}");
     let reason = fault_reason(&failure);
     assert!(reason.starts_with("returned a malformed batch"), "{reason}");
     assert_eq!(op.process(batch(&[5.0]), &CTX).expect("recovers").values(), [5.0]);
@@ -463,6 +473,7 @@ fn fuel_stops_an_endless_loop_before_the_time_limit() {
     let mut op = faulty_with(&fixture, "spin", &function("faulty", "weir_fixture_faulty.wasm", limits));
     op.process(batch(&[1.0; 100]), &CTX).expect("an ordinary batch fits in the fuel");
     let (_, failure) = op.process(batch(&[666.0]), &CTX).expect_err("spins");
+    assert_eq!(fault(&failure), &Fault::FuelExhausted { fuel: 5_000_000 });
     assert_eq!(fault_reason(&failure), "fuel exhausted: the call used all of its 5000000 units");
     op.process(batch(&[1.0]), &CTX).expect("each call gets its fuel afresh");
 }
@@ -529,28 +540,29 @@ fn ten_thousand_hostile_calls_are_each_stopped_with_a_typed_fault_and_nothing_le
     // Never quarantined: every call must reach the function.
     let quarantine = QuarantineConfig { after: u32::MAX, first: Duration::from_secs(1) };
     let config = FunctionConfig { quarantine, ..function("faulty", "weir_fixture_faulty.wasm", limits) };
-    // (mode, what its fault says)
+    // (mode, its fault's kind, what its fault says)
     let hostile = [
-        ("panic", "panicked: "),
-        ("spin", "fuel exhausted"),
-        ("allocate", "memory limit"),
-        ("recurse", "stack overflowing"),
-        ("flood_state", "state write limit"),
-        ("malformed", "returned a malformed batch"),
-        ("huge_random", "exceeds limit 65536"),
-        ("exit", "the function called exit"),
+        ("panic", FaultKind::Panic, "panicked: "),
+        ("spin", FaultKind::FuelExhausted, "fuel exhausted"),
+        ("allocate", FaultKind::Memory, "memory limit"),
+        ("recurse", FaultKind::Trap, "stack overflowing"),
+        ("flood_state", FaultKind::StateWrites, "state write limit"),
+        ("malformed", FaultKind::MalformedResult, "returned a malformed batch"),
+        ("huge_random", FaultKind::Runtime, "exceeds limit 65536"),
+        ("exit", FaultKind::Exit, "the function called exit"),
     ];
-    let mut operators: Vec<(FunctionOperator, &str)> =
-        hostile.iter().map(|(mode, expected)| (faulty_with(&fixture, mode, &config), *expected)).collect();
+    let mut operators: Vec<(FunctionOperator, FaultKind, &str)> =
+        hostile.iter().map(|(mode, kind, expected)| (faulty_with(&fixture, mode, &config), *kind, *expected)).collect();
     let mut healthy = faulty_with(&fixture, "panic", &config);
 
     let calls = hostile_calls();
     let mut resident_after_warm_up = 0;
     let mut passed_by_healthy = 0_u64;
     for call in 0..calls {
-        let (op, expected) = &mut operators[call % hostile.len()];
+        let (op, kind, expected) = &mut operators[call % hostile.len()];
         let (input, failure) = op.process(batch(&[1.0, 666.0]), &CTX).expect_err("every hostile call faults");
         assert_eq!(input.len(), 2, "call {call}: the input comes back whole");
+        assert_eq!(fault(&failure).kind(), *kind, "call {call}: {failure}");
         let reason = fault_reason(&failure);
         assert!(reason.contains(*expected), "call {call}: {reason}");
         op.take_state_writes();
@@ -565,9 +577,10 @@ fn ten_thousand_hostile_calls_are_each_stopped_with_a_typed_fault_and_nothing_le
         }
     }
     assert_eq!(passed_counter(&healthy.take_state_writes()), Some(passed_by_healthy));
-    for (op, _) in &mut operators {
-        let faults = op.instance_mut().handle().snapshot().faults;
-        assert!(faults >= (calls / hostile.len()) as u64, "{faults}");
+    for (op, kind, _) in &mut operators {
+        let record = op.instance_mut().handle().snapshot();
+        assert!(record.faults >= (calls / hostile.len()) as u64, "{}", record.faults);
+        assert_eq!(record.faults_by_kind.get(kind), Some(&record.faults), "every fault of one kind");
     }
     // Every fault discards an instance; none may leak. The pool bounds memories, so growth would
     // mean host-side leaks (stores, state writes, log buffers).

@@ -10,7 +10,7 @@
 //!
 //! **Invariant:** reading stats never writes to the database and never repairs it.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use redb::{ReadTransaction, ReadableTable, ReadableTableMetadata};
@@ -56,6 +56,9 @@ pub struct FunctionStatus {
     pub consecutive_faults: u32,
     /// Faults since the gateway started.
     pub faults: u64,
+    /// Those faults by kind (`timeout`, `memory`, `panic`, …); absent when there were none.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub faults_by_kind: BTreeMap<String, u64>,
     /// Quarantines since the gateway started.
     pub quarantines: u64,
     /// Time left in the current quarantine, seconds.
