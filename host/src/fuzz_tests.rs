@@ -934,7 +934,7 @@ mod records {
         self, AggregateSeries, Coarsened, CustomWindow, Record, RecordHeader, Span, TimedValue, Window, WindowSeries,
         WindowValue,
     };
-    use crate::state::{DeadLetter, DeadLetterContent};
+    use crate::state::{DeadLetter, DeadLetterContent, DeadLetterStage};
 
     /// Readings per series in order, NaN payloads aside and, for JSON, any non-finite value as
     /// NaN — what a record promises to keep.
@@ -1249,7 +1249,7 @@ mod records {
         ];
         (
             "[a-z]{1,8}",
-            "decode|encode|operator [a-z]{1,8}",
+            "decode|encode|source|window|window aggregate|sink [a-z]{1,8}|operator [a-z]{1,8}|[a-z ]{0,12}",
             cbor::text(),
             any::<i64>(),
             content,
@@ -1257,7 +1257,7 @@ mod records {
         )
             .prop_map(|(pipeline, stage, reason, at, content, function)| DeadLetter {
                 pipeline,
-                stage,
+                stage: DeadLetterStage::from_text(&stage),
                 reason,
                 at,
                 content,

@@ -43,7 +43,8 @@ use crate::shutdown::Tasks;
 use crate::sink::{RecordLimit, Sink};
 use crate::source::{self, Delivery};
 use crate::state::{
-    Applied, ChangeSet, Committer, Counter, DeadLetter, DeadLetterContent, OutboxRecord, StateStore, StoreError,
+    Applied, ChangeSet, Committer, Counter, DeadLetter, DeadLetterContent, DeadLetterStage, OutboxRecord, StateStore,
+    StoreError,
 };
 use crate::window::{DownsampleStage, WindowAccumulator, WindowStage};
 
@@ -321,8 +322,8 @@ impl Processor {
             match outcome {
                 Ok(output) => output,
                 Err(failure) => {
-                    let stage = format!("operator {}", failure.operator);
-                    let mut letter = self.dead_batch(&stage, &failure.failure.to_string(), &failure.input, now);
+                    let stage = DeadLetterStage::Operator { name: failure.operator };
+                    let mut letter = self.dead_batch(stage, &failure.failure.to_string(), &failure.input, now);
                     letter.function = failure.function;
                     processed.changes.dead_letters.push(letter);
                     return processed;
@@ -342,10 +343,11 @@ impl Processor {
                     "{} readings arrived after every window they belong to had closed (beyond the allowed lateness)",
                     out.too_late.len()
                 );
-                processed.changes.dead_letters.push(self.dead_batch("window", &reason, &out.too_late, now));
+                let letter = self.dead_batch(DeadLetterStage::Window, &reason, &out.too_late, now);
+                processed.changes.dead_letters.push(letter);
             }
             for failure in &out.aggregate_failures {
-                let letter = self.dead_batch("window aggregate", &failure.reason, &failure.readings, now);
+                let letter = self.dead_batch(DeadLetterStage::WindowAggregate, &failure.reason, &failure.readings, now);
                 processed.changes.dead_letters.push(letter);
             }
             processed.changes.state_writes.extend(out.checkpoint);
@@ -382,7 +384,7 @@ impl Processor {
             });
         }
         for unfit in fitted.unfit {
-            let mut letter = self.dead_batch("encode", &unfit.reason, &unfit.batch, now);
+            let mut letter = self.dead_batch(DeadLetterStage::Encode, &unfit.reason, &unfit.batch, now);
             if unfit.windows > 0 {
                 letter.reason = format!("{} ({} window emission(s))", letter.reason, unfit.windows);
             }
@@ -394,7 +396,7 @@ impl Processor {
     fn dead_message(&self, message: &Message, reason: &str, function: Option<&str>, now: Nanos) -> DeadLetter {
         DeadLetter {
             pipeline: self.pipeline.clone(),
-            stage: "decode".to_owned(),
+            stage: DeadLetterStage::Decode,
             reason: reason.to_owned(),
             function: function.map(str::to_owned),
             at: now,
@@ -412,7 +414,7 @@ impl Processor {
         let message = &oversized.prefix;
         DeadLetter {
             pipeline: self.pipeline.clone(),
-            stage: "source".to_owned(),
+            stage: DeadLetterStage::Source,
             reason: format!(
                 "message of {} bytes is larger than max_message_size ({} bytes); its first {} bytes are kept",
                 oversized.size,
@@ -425,14 +427,14 @@ impl Processor {
         }
     }
 
-    fn dead_batch(&self, stage: &str, reason: &str, batch: &Batch, now: Nanos) -> DeadLetter {
+    fn dead_batch(&self, stage: DeadLetterStage, reason: &str, batch: &Batch, now: Nanos) -> DeadLetter {
         let header =
             RecordHeader { gateway: self.gateway.clone(), stream: self.pipeline.clone(), seq: 0, encoded_at: now };
         // CBOR can only fail on time spans the JSON form cannot hold either; keep the reason then.
         let record = encode::encode(Encoding::Cbor, &header, batch).unwrap_or_default();
         DeadLetter {
             pipeline: self.pipeline.clone(),
-            stage: stage.to_owned(),
+            stage,
             reason: reason.to_owned(),
             function: None,
             at: now,
@@ -844,7 +846,7 @@ mod tests {
         assert_eq!(decoded.batch.values(), [1.5, 2.5]);
         assert_eq!(decoded.header.record_id(), "gw.p.42");
         let [letter] = processed.changes.dead_letters.as_slice() else { panic!("one dead letter") };
-        assert_eq!(letter.stage, "decode");
+        assert_eq!(letter.stage, DeadLetterStage::Decode);
         assert!(letter.reason.contains("\"hot\" is not a decimal number"), "{}", letter.reason);
         assert_eq!(processed.changes.state_writes.len(), 1, "operator state writes travel with the batch");
         assert_eq!(core.last_seq, 41, "seq advances only after the commit");
@@ -857,10 +859,9 @@ mod tests {
         assert_eq!(processed.seq, None);
         assert!(processed.changes.records.is_empty());
         let [letter] = processed.changes.dead_letters.as_slice() else { panic!("one dead letter") };
-        assert_eq!(
-            (letter.stage.as_str(), letter.reason.as_str()),
-            ("operator refuse-negative", "refused the batch: negative")
-        );
+        assert_eq!(letter.stage, DeadLetterStage::Operator { name: "refuse-negative".into() });
+        assert_eq!(letter.stage.to_string(), "operator refuse-negative");
+        assert_eq!(letter.reason, "refused the batch: negative");
         let DeadLetterContent::Batch { record, readings } = &letter.content else { panic!("a batch dead letter") };
         assert_eq!(*readings, 2);
         assert_eq!(encode::decode(record).expect("a valid record").batch.values(), [1.0, -1.0]);

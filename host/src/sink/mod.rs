@@ -55,7 +55,7 @@ use crate::backoff::Retry;
 use rangemap::RangeInclusiveSet;
 
 use crate::config::{Backoff, Drain as DrainPolicy, SinkConfig};
-use crate::state::{ChangeSet, Committer, Counter, DeadLetter, DeadLetterContent, StateStore};
+use crate::state::{ChangeSet, Committer, Counter, DeadLetter, DeadLetterContent, DeadLetterStage, StateStore};
 
 /// Confirmed records deleted per commit at most.
 const DELETE_GROUP: usize = 256;
@@ -680,7 +680,7 @@ impl<'a> Drain<'a> {
             let readings = crate::encode::decode(&body).map_or(0, |record| record.span().readings);
             changes.dead_letters.push(DeadLetter {
                 pipeline: stream.clone(),
-                stage: format!("sink {}", self.sink.config.kind()),
+                stage: DeadLetterStage::Sink { kind: self.sink.config.kind().to_owned() },
                 reason: format!("the broker refused record {seq}: {reason}"),
                 at: now,
                 content: DeadLetterContent::Batch { readings, record: body },

@@ -58,7 +58,7 @@ use redb::{
 use tokio::sync::{oneshot, watch};
 
 pub use counter::Counter;
-pub use dead_letter::{DeadLetter, DeadLetterContent, PAYLOAD_PREFIX as DEAD_LETTER_PAYLOAD_PREFIX};
+pub use dead_letter::{DeadLetter, DeadLetterContent, DeadLetterStage, PAYLOAD_PREFIX as DEAD_LETTER_PAYLOAD_PREFIX};
 pub use outbox::{OutboxLimits, Usage};
 pub use salvage::{DAMAGED_DIR, DAMAGED_KEPT, Recovery, TableSalvage};
 

@@ -24,7 +24,7 @@ fn write(namespace: &str, key: &str, value: Option<&str>) -> StateWrite {
 fn letter(reason: &str) -> DeadLetter {
     DeadLetter {
         pipeline: "p".into(),
-        stage: "decode".into(),
+        stage: DeadLetterStage::Decode,
         reason: reason.into(),
         at: 1,
         content: DeadLetterContent::message("t", &[0xff], 1, 1),
