@@ -3,6 +3,7 @@
 //! its values here.
 
 mod brokers;
+mod decode;
 mod downsample;
 mod functions;
 mod operators;

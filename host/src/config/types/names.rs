@@ -33,6 +33,9 @@ macro_rules! identifier {
         pub struct $name(String);
 
         impl $name {
+            /// Longest identifier accepted, in bytes.
+            pub const MAX_LEN: usize = MAX_IDENT_LEN;
+
             /// The identifier as text.
             pub fn as_str(&self) -> &str {
                 &self.0

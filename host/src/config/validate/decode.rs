@@ -1,5 +1,5 @@
 //! `decode = "<kind>"` or `[pipelines.<name>.decode.<kind>]`: a field mapping that says where the
-//! reading is, or a decoder function that is defined (its use named `decoder-<id>`).
+//! reading is, or a decoder function that is defined and whose use can be named `decoder-<id>`.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
@@ -9,6 +9,9 @@ use toml::Spanned;
 use super::Validator;
 use crate::config::raw::{RawDecode, RawFieldMapping};
 use crate::config::{DecodeConfig, FieldMapping, FunctionConfig, FunctionId, Name, ValueFields};
+
+/// What the name of a decoder function's use starts with; its function id follows.
+const DECODER_USE: &str = "decoder-";
 
 impl Validator<'_> {
     /// The decoder of `pipeline`, or `None` when it is wrong; `field` is
@@ -37,17 +40,28 @@ impl Validator<'_> {
             }),
             RawDecode::Function(used) => {
                 let known = self.function_ref(&used.function, &format!("{field}.function.function"), functions);
-                let use_name = Name::try_from(format!("decoder-{}", used.function.get_ref())).ok();
-                match (known, use_name) {
-                    (true, Some(use_name)) => Some(DecodeConfig::Function(self.function_use(
+                let id = used.function.get_ref();
+                let Ok(use_name) = Name::try_from(format!("{DECODER_USE}{id}")) else {
+                    let message = format!(
+                        "function id {:?} is too long for a decoder: its use is named `{DECODER_USE}<id>`, at most {} \
+                         characters, so a decoder's id has at most {}",
+                        id.as_str(),
+                        Name::MAX_LEN,
+                        Name::MAX_LEN - DECODER_USE.len()
+                    );
+                    self.problem(Some(used.function.span()), format!("{field}.function.function"), message);
+                    return None;
+                };
+                known.then(|| {
+                    let field = format!("{field}.function");
+                    DecodeConfig::Function(self.function_use(
                         pipeline,
                         use_name,
-                        format!("{field}.function"),
+                        field,
                         &used.function,
                         used.params.as_ref(),
-                    ))),
-                    _ => None,
-                }
+                    ))
+                })
             }
         }
     }
