@@ -1,6 +1,11 @@
 //! Configuration errors that point at the file, line, column and field, with the offending line
 //! quoted — the way compilers report errors, because operators fix configs the same way.
 //!
+//! Every problem is made one way, by [`ConfigFile::problem`]: whether the parser, a table's
+//! validator or a check after validation (`locations.rs`) finds it, it carries file, line,
+//! column, field and a message saying what is allowed; and every refusal is made by
+//! [`ConfigFile::refusal`], its problems in file order.
+//!
 //! Nothing secret is printed: credentials written into a URL (`mqtt://user:password@host`) are
 //! hidden in the message and in the quoted line ([`redact_credentials`]).
 
@@ -8,6 +13,7 @@ use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 /// Characters of the offending line quoted from the problem's column on; the rest is cut.
 const EXCERPT_AFTER_COLUMN: usize = 100;
@@ -27,9 +33,51 @@ pub struct Problem {
     excerpt: Option<(String, usize)>,
 }
 
+/// A configuration's text and the name it was read under: what every [`Problem`] points into.
+#[derive(Clone, Debug)]
+pub(crate) struct ConfigFile {
+    /// The file name as given by the user (or `<built-in default>`).
+    name: String,
+    text: Arc<str>,
+}
+
+impl ConfigFile {
+    /// `text`, read from the file called `name`.
+    pub(crate) fn new(name: &str, text: &str) -> Self {
+        Self { name: name.to_owned(), text: Arc::from(text) }
+    }
+
+    /// The text.
+    pub(crate) fn text(&self) -> &str {
+        &self.text
+    }
+
+    /// A problem with `field` (its dotted path) at the byte span `span` of the text, or without a
+    /// position (`None`); `message` says what is wrong and what is allowed.
+    pub(crate) fn problem(
+        &self,
+        span: Option<Range<usize>>,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Problem {
+        Problem::at(&self.text, span, field, message)
+    }
+
+    /// The 1-based line the byte `offset` of the text is on.
+    pub(crate) fn line_of(&self, offset: usize) -> usize {
+        self.text[..offset.min(self.text.len())].matches('\n').count() + 1
+    }
+
+    /// The refusal of this file for `problems`, in file order.
+    pub(crate) fn refusal(&self, mut problems: Vec<Problem>) -> ConfigError {
+        problems.sort_by_key(|p| (p.line, p.column));
+        ConfigError::Invalid { file: self.name.clone(), problems }
+    }
+}
+
 impl Problem {
     /// A problem located by a byte span of `text` (None when the span is unknown or empty).
-    pub fn at(text: &str, span: Option<Range<usize>>, field: impl Into<String>, message: impl Into<String>) -> Self {
+    fn at(text: &str, span: Option<Range<usize>>, field: impl Into<String>, message: impl Into<String>) -> Self {
         let message = redact_credentials(&message.into()).into_owned();
         let mut problem = Self { field: field.into(), line: 0, column: 0, message, excerpt: None };
         // A zero-width span (an error at a position, like an unclosed bracket) still has a place.

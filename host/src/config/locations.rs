@@ -1,21 +1,19 @@
 //! Where the parts of a validated configuration were written: the file, its text and the spans of
 //! the fields that checks made after validation report on (loading and starting the functions,
-//! probing the data directory — see `preflight`). Their problems then carry file, line, column and
-//! field like the validator's.
+//! probing the data directory — see `preflight`). Their problems are made the one way the
+//! validator's are ([`ConfigFile::problem`]), so they carry file, line, column and field alike.
 
 use std::collections::BTreeMap;
 use std::ops::Range;
-use std::sync::Arc;
 
-use super::error::{ConfigError, Problem};
+use super::error::{ConfigError, ConfigFile, Problem};
 use super::types::{FunctionId, Name};
 
 /// Where a configuration's functions, their uses and its data directory were written.
 #[derive(Clone, Debug)]
 pub struct Locations {
-    /// The file name as given by the user (or `<built-in default>`).
-    file: String,
-    text: Arc<str>,
+    /// The file and its text.
+    file: ConfigFile,
     /// The `data_dir` value; `None` when `--data-dir` (or `WEIR_DATA_DIR`) overrides it.
     data_dir: Option<Range<usize>>,
     functions: BTreeMap<FunctionId, FunctionLocation>,
@@ -44,15 +42,9 @@ pub(super) struct UseLocation {
 }
 
 impl Locations {
-    /// Locations in `text`, read from `file`; filled in by the validator.
-    pub(super) fn new(file: &str, text: &str, data_dir: Option<Range<usize>>) -> Self {
-        Self {
-            file: file.to_owned(),
-            text: Arc::from(text),
-            data_dir,
-            functions: BTreeMap::new(),
-            uses: BTreeMap::new(),
-        }
+    /// Locations in `file`; filled in by the validator.
+    pub(super) fn new(file: ConfigFile, data_dir: Option<Range<usize>>) -> Self {
+        Self { file, data_dir, functions: BTreeMap::new(), uses: BTreeMap::new() }
     }
 
     pub(super) fn add_function(&mut self, id: FunctionId, location: FunctionLocation) {
@@ -64,7 +56,7 @@ impl Locations {
     }
 
     fn at(&self, span: Option<Range<usize>>, field: String, message: String) -> Problem {
-        Problem::at(&self.text, span, field, message)
+        self.file.problem(span, field, message)
     }
 
     /// A problem with the data directory: at `gateway.data_dir`, or `--data-dir` when the command
@@ -115,8 +107,7 @@ impl Locations {
     }
 
     /// The refusal of this file for `problems`, in file order.
-    pub fn refusal(&self, mut problems: Vec<Problem>) -> ConfigError {
-        problems.sort_by_key(|p| (p.line, p.column));
-        ConfigError::Invalid { file: self.file.clone(), problems }
+    pub fn refusal(&self, problems: Vec<Problem>) -> ConfigError {
+        self.file.refusal(problems)
     }
 }

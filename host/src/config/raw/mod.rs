@@ -1,0 +1,188 @@
+//! The configuration file as written: serde types mirroring the TOML, one struct per table, one
+//! module per pipeline table (`source.rs`, `decode.rs`, `window.rs`, `downsample.rs`, `outbox.rs`,
+//! `sink.rs`) and for functions and their uses (`functions.rs`); the top-level tables here.
+//!
+//! Everything a single field can check on its own is checked here, during deserialization, so the
+//! error carries the field's position (identifier syntax, URLs, topic filters, durations, sizes).
+//! Checks that relate fields to each other (a pipeline naming an undefined broker) happen in
+//! `validate/`, which uses the [`Spanned`] positions kept here.
+//!
+//! Each field's doc comment shows the TOML line it parses.
+//!
+//! Every duration, size and count has bounds (see docs/configuration.md, "Limits"): the upper ones
+//! keep each use of the value (`Instant + Duration`, timers, allocation, doubling) far from
+//! overflow and far above anything a deployment needs; the lower ones refuse zero where it means
+//! nothing. A value outside is refused with its file, line, field and the range allowed.
+
+mod decode;
+mod downsample;
+mod functions;
+mod outbox;
+mod sink;
+mod source;
+mod window;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::types::{BrokerUrl, CountIn, DurationIn, FunctionId, GIB, GatewayId, HOUR, KIB, MIB, Name, SECOND, SizeIn};
+
+pub use decode::{NumberEncoding, RawDecode, RawFieldMapping, RawNumber, TimeUnit};
+pub use downsample::{DownsampleMethodName, RawDownsample};
+pub use functions::{RawFunction, RawFunctionUse, RawOperator};
+pub use outbox::{DrainOrder, RawOutbox, WhenFull};
+pub use sink::{RawConsoleSink, RawJetStreamSink, RawMqttSink, RawSink};
+pub use source::{
+    RawJetStreamSource, RawMqttSource, RawNatsSource, RawSimulatedSource, RawSource, SimulatedPayload, SimulatedSensor,
+};
+pub use window::{RawWindow, WindowKindName, WindowLength};
+
+/// The whole file.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    /// `[gateway]`
+    pub gateway: RawGateway,
+    /// `[state]`
+    #[serde(default)]
+    pub state: RawState,
+    /// `[brokers.<name>]`
+    #[serde(default)]
+    pub brokers: BTreeMap<Name, Spanned<RawBroker>>,
+    /// `[functions.<id>]`
+    #[serde(default)]
+    pub functions: BTreeMap<FunctionId, Spanned<RawFunction>>,
+    /// `[pipelines.<name>]`
+    #[serde(default)]
+    pub pipelines: BTreeMap<Name, Spanned<RawPipeline>>,
+}
+
+/// `[gateway]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawGateway {
+    /// `id = "plant1-gw07"` — names this gateway in client ids and record ids.
+    pub id: GatewayId,
+    /// `data_dir = "/var/lib/weir"` — state, dead letters, outbox and compiled functions.
+    pub data_dir: Spanned<PathBuf>,
+    /// `functions_dir = "/usr/lib/weir/functions"` — where relative component paths point
+    /// (default: the directory of this file).
+    pub functions_dir: Option<Spanned<PathBuf>>,
+}
+
+/// `[state]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawState {
+    /// `durability = "sync"` — `sync` (fsync every commit) or `relaxed`.
+    pub durability: Option<Durability>,
+    /// `max_key = "1KiB"` — longest state key a function may write (1B to 64KiB).
+    pub max_key: Option<SizeIn<1, { 64 * KIB }>>,
+    /// `max_value = "256KiB"` — longest state value a function may write (1B to 64MiB).
+    pub max_value: Option<SizeIn<1, { 64 * MIB }>>,
+    /// `dead_letter_capacity = 10000` — dead letters kept; the oldest go first (1 to 10 000 000).
+    pub dead_letter_capacity: Option<CountIn<1, 10_000_000>>,
+    /// `dead_letter_max_bytes = "32MiB"` — bytes the kept dead letters may take; the oldest go
+    /// first (1MiB to 64GiB).
+    pub dead_letter_max_bytes: Option<SizeIn<{ MIB }, { 64 * GIB }>>,
+}
+
+/// How a commit reaches the disk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// Every commit is flushed to stable storage before it is acknowledged.
+    Sync,
+    /// Commits are visible at once but reach the disk later; a power loss may undo the last ones.
+    Relaxed,
+}
+
+/// `[brokers.<name>]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBroker {
+    /// `url = "mqtt://10.0.0.5:1883"` or `"nats://central:4222"`.
+    pub url: BrokerUrl,
+    /// `username = "gw07"`
+    pub username: Option<String>,
+    /// `password_file = "/etc/weir/plant.pass"` — read at start; keeps secrets out of this file.
+    pub password_file: Option<Spanned<PathBuf>>,
+    /// `keep_alive = "30s"` (MQTT only; 1s to 65535s, the protocol's 16-bit field)
+    pub keep_alive: Option<DurationIn<SECOND, { 65_535 * SECOND }>>,
+    /// `reconnect_min = "100ms"` — first delay after a lost connection (1ms to 1h).
+    pub reconnect_min: Option<DurationIn<1, HOUR>>,
+    /// `reconnect_max = "30s"` — the delay doubles per failure up to this (1ms to 1h).
+    pub reconnect_max: Option<DurationIn<1, HOUR>>,
+}
+
+/// What a pipeline does while one of its functions is quarantined.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnQuarantine {
+    /// Take no input until the quarantine ends: input stays unacknowledged with the broker.
+    #[default]
+    Hold,
+    /// Go on without the function: an operator passes batches through unchanged (counted as
+    /// `readings_skipped`); a decoder's messages and a window aggregate's readings are
+    /// dead-lettered.
+    Skip,
+}
+
+/// `[pipelines.<name>]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPipeline {
+    /// `[pipelines.<name>.source.<kind>]`
+    pub source: Spanned<RawSource>,
+    /// `decode = "senml_json"` or `[pipelines.<name>.decode.json]` ...
+    pub decode: Spanned<RawDecode>,
+    /// `[[pipelines.<name>.operators]]`
+    #[serde(default)]
+    pub operators: Vec<Spanned<RawOperator>>,
+    /// `[pipelines.<name>.batch]`
+    #[serde(default)]
+    pub batch: RawBatch,
+    /// `encoding = "cbor"` — `cbor` (compact, see docs/batch-format.md) or `json`.
+    #[serde(default)]
+    pub encoding: Encoding,
+    /// `[pipelines.<name>.sink.<kind>]`
+    pub sink: Spanned<RawSink>,
+    /// `[pipelines.<name>.outbox]`
+    pub outbox: Option<Spanned<RawOutbox>>,
+    /// `[pipelines.<name>.window]`
+    pub window: Option<Spanned<RawWindow>>,
+    /// `[pipelines.<name>.downsample]`
+    pub downsample: Option<Spanned<RawDownsample>>,
+    /// `on_quarantine = "hold"` — `hold` or `skip`: what the pipeline does while one of its
+    /// functions is quarantined.
+    #[serde(default)]
+    pub on_quarantine: OnQuarantine,
+}
+
+/// `[pipelines.<name>.batch]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBatch {
+    /// `max_messages = 1000` — messages per batch (1 to 100 000).
+    pub max_messages: Option<CountIn<1, 100_000>>,
+    /// `max_bytes = "1MiB"` — payload bytes per batch (1B to 256MiB).
+    pub max_bytes: Option<SizeIn<1, { 256 * MIB }>>,
+    /// `linger = "200ms"` — how long a partial batch waits for more messages (0s to 1h).
+    pub linger: Option<DurationIn<0, HOUR>>,
+    /// `queue = 4096` — messages buffered between the source and the batcher (1 to 1 000 000).
+    pub queue: Option<CountIn<1, 1_000_000>>,
+}
+
+/// How records are encoded.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Encoding {
+    /// Compact CBOR, schema in docs/batch-format.md.
+    #[default]
+    Cbor,
+    /// JSON with the same structure, for debugging and simple consumers.
+    Json,
+}
