@@ -369,7 +369,7 @@ fn describe_error(error: &types::Error) -> String {
 }
 
 /// Creates a store and instantiates `function` in it `runs` times, without `init`; how long each
-/// took (for `weir bench sandbox`).
+/// took (for `weir-bench sandbox`).
 pub(super) fn time_instantiations(
     runtime: &Runtime,
     function: &CompiledFunction,
