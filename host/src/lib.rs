@@ -6,7 +6,6 @@
 
 pub mod backoff;
 pub mod batch;
-pub mod bench;
 pub mod coarsen;
 pub mod config;
 pub mod decode;

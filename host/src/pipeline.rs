@@ -572,7 +572,7 @@ async fn run_processor(
 }
 
 /// The processor core alone — decode → operators → window → encode, no source, batcher or sink —
-/// for `weir bench engine`.
+/// for `weir-bench engine`.
 pub struct Engine(Processor);
 
 impl std::fmt::Debug for Engine {

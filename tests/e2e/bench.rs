@@ -1,19 +1,32 @@
-//! Every `weir bench` command, run in a short mode: proof that the harness works, not figures
+//! Every `weir-bench` command, run in a short mode: proof that the benchmarks work, not figures
 //! (those come from release builds and go to docs/BENCHMARKS.md; tests never time anything).
 
-use anyhow::{Result, ensure};
+use std::path::PathBuf;
+use std::process::Command;
+
+use anyhow::{Context, Result, ensure};
 use weir_e2e::*;
 
-/// Runs `weir bench <args>` and returns its standard output, which must hold every header.
+/// The `weir-bench` binary under test (`WEIR_BENCH_BIN`, else `target/debug/weir-bench`).
+fn weir_bench_bin() -> PathBuf {
+    let bin =
+        std::env::var_os("WEIR_BENCH_BIN").map_or_else(|| workspace().join("target/debug/weir-bench"), PathBuf::from);
+    assert!(bin.is_file(), "no weir-bench binary at {}: run the tests with `cargo xtask test`", bin.display());
+    bin
+}
+
+/// Runs `weir-bench <args>` and returns its standard output, which must hold every header.
 fn bench(args: &[&str], headers: &[&str]) -> Result<String> {
-    let mut all = vec!["bench"];
-    all.extend_from_slice(args);
-    let output = weir(&all)?;
+    let output = Command::new(weir_bench_bin())
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .context("cannot start weir-bench")?;
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     let stderr = String::from_utf8_lossy(&output.stderr);
-    ensure!(output.status.success(), "weir {all:?} failed:\n{stdout}\n{stderr}");
+    ensure!(output.status.success(), "weir-bench {args:?} failed:\n{stdout}\n{stderr}");
     for header in headers {
-        ensure!(stdout.contains(header), "weir {all:?} printed no {header:?}:\n{stdout}");
+        ensure!(stdout.contains(header), "weir-bench {args:?} printed no {header:?}:\n{stdout}");
     }
     Ok(stdout)
 }
@@ -66,8 +79,17 @@ async fn drain_bench_empties_an_outbox_into_jetstream() -> Result<()> {
 #[test]
 fn footprint_bench_starts_the_gateway_with_precompiled_functions() -> Result<()> {
     let dir = functions_dir();
+    let weir = weir_bin();
     let stdout = bench(
-        &["footprint", "--functions-dir", dir.to_str().unwrap_or_default(), "--functions", "2"],
+        &[
+            "footprint",
+            "--functions-dir",
+            dir.to_str().unwrap_or_default(),
+            "--functions",
+            "2",
+            "--weir",
+            weir.to_str().unwrap_or_default(),
+        ],
         &["| functions |", "RSS per extra function", "binary:"],
     )?;
     assert_eq!(table_row(&stdout, "functions")[0], "2");

@@ -1,5 +1,6 @@
 //! The command line: config refusals, the built-in demo, signals while starting, the dead-letter
-//! viewer, inspecting what a crash left, and printing into a pipe that closes early.
+//! viewer, inspecting what a crash left, printing into a pipe that closes early, and the logs
+//! (no colour codes off a terminal; `--log-format json`).
 
 use std::io::BufRead;
 use std::process::{Command, Stdio};
@@ -473,5 +474,69 @@ async fn dead_letters_into_a_pipe_closed_early_ends_quietly() -> Result<()> {
     let stderr = String::from_utf8(output.stderr)?;
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert_eq!(output.status.code(), Some(0), "a closed pipe ends the listing quietly: {stderr}");
+    Ok(())
+}
+
+/// Runs `weir <global_args> run` on a gateway of one simulated pipeline, its stderr into a file
+/// (as under systemd with a log file, or a collector reading a pipe), until it logs that the
+/// pipeline runs; stops it with SIGTERM and returns everything it logged.
+fn log_of_a_short_run(global_args: &[&str]) -> Result<String> {
+    let dir = tempfile::tempdir()?;
+    let config = dir.path().join("weir.toml");
+    std::fs::write(&config, config_with(dir.path().join("data").to_str().expect("UTF-8 path"), "", ""))?;
+    let stderr_path = dir.path().join("stderr");
+    let mut child = Command::new(weir_bin())
+        .args(global_args)
+        .args(["run", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info")
+        .env_remove("NO_COLOR")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&stderr_path)?)
+        .stdin(Stdio::null())
+        .spawn()?;
+    let started = Instant::now();
+    let log = || std::fs::read_to_string(&stderr_path).unwrap_or_default();
+    while !log().contains("pipeline running") {
+        assert!(started.elapsed() < PATIENCE, "no pipeline started:\n{}", log());
+        assert!(child.try_wait()?.is_none(), "weir exited:\n{}", log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Command::new("kill").args(["-TERM", &child.id().to_string()]).status()?;
+    let status = child.wait()?;
+    assert!(status.success(), "{status}: {}", log());
+    Ok(log())
+}
+
+#[test]
+fn logs_into_a_file_carry_no_colour_codes() -> Result<()> {
+    let log = log_of_a_short_run(&[])?;
+    assert!(log.contains("pipeline running") && log.contains("stopped"), "{log}");
+    assert!(!log.contains("\x1b["), "escape codes in a log that is no terminal:\n{log:?}");
+    Ok(())
+}
+
+#[test]
+fn log_format_json_writes_one_object_per_line_with_level_message_fields_and_target() -> Result<()> {
+    let log = log_of_a_short_run(&["--log-format", "json"])?;
+    assert!(!log.contains("\x1b["), "{log:?}");
+    let events = log
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).map_err(|e| anyhow::anyhow!("{e}: {line:?}")))
+        .collect::<Result<Vec<_>>>()?;
+    for event in &events {
+        assert!(event["timestamp"].is_string(), "{event}");
+        assert!(["TRACE", "DEBUG", "INFO", "WARN", "ERROR"].contains(&event["level"].as_str().unwrap_or_default()));
+        assert!(event["fields"]["message"].is_string(), "{event}");
+        assert!(event["target"].as_str().is_some_and(|t| !t.is_empty()), "{event}");
+    }
+    let running = events
+        .iter()
+        .find(|e| e["fields"]["message"] == "pipeline running")
+        .unwrap_or_else(|| panic!("no `pipeline running` event:\n{log}"));
+    assert_eq!(running["level"], "INFO", "{running}");
+    assert_eq!(running["fields"]["stage"], "pipeline", "{running}");
+    assert_eq!(running["fields"]["pipeline"], "sim", "{running}");
+    assert!(events.iter().any(|e| e["fields"]["message"] == "stopped"), "{log}");
     Ok(())
 }

@@ -5,9 +5,9 @@
 //!   `target/functions/`.
 //! - `run [weir args…]` — `build-functions`, then `weir run` with the built-in configuration
 //!   (or the arguments given), against `target/functions/`.
-//! - `test` — `build-functions`, builds the `weir` binary, then runs the whole test suite: doc
-//!   tests, then every other test with cargo-nextest when installed (plain `cargo test`
-//!   otherwise). The last line printed is the runner's summary.
+//! - `test` — `build-functions`, builds the `weir` and `weir-bench` binaries, then runs the whole
+//!   test suite: doc tests, then every other test with cargo-nextest when installed (plain
+//!   `cargo test` otherwise). The last line printed is the runner's summary.
 //!
 //! Toolchain: first `rustup target add wasm32-wasip2`; if that fails, Debian's `rustc-web` with
 //! `-Zbuild-std`, installed with apt when missing. It says which path it took.
@@ -193,11 +193,18 @@ fn run(root: &Path, weir_args: &[String]) -> Result<()> {
 
 fn test(root: &Path, runner_args: &[String]) -> Result<()> {
     let functions = build_functions(root)?;
-    if !status(cargo(root).args(["build", "--package", "weir-host", "--bin", "weir"]))? {
-        bail!("building the weir binary failed");
+    let binaries =
+        ["build", "--package", "weir-host", "--bin", "weir", "--package", "weir-bench", "--bin", "weir-bench"];
+    if !status(cargo(root).args(binaries))? {
+        bail!("building the weir and weir-bench binaries failed");
     }
     let weir_bin = root.join("target/debug/weir");
-    let env = [("WEIR_FUNCTIONS_DIR", functions.as_path()), ("WEIR_BIN", weir_bin.as_path())];
+    let weir_bench_bin = root.join("target/debug/weir-bench");
+    let env = [
+        ("WEIR_FUNCTIONS_DIR", functions.as_path()),
+        ("WEIR_BIN", weir_bin.as_path()),
+        ("WEIR_BENCH_BIN", weir_bench_bin.as_path()),
+    ];
     if !status(cargo(root).args(["test", "--workspace", "--doc"]).envs(env))? {
         bail!("doc tests failed");
     }

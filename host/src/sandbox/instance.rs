@@ -322,7 +322,7 @@ pub(crate) fn round_to_millis(d: Duration) -> Duration {
 }
 
 /// Creates a store and instantiates `function` in it `runs` times, without `init`; how long each
-/// took (for `weir bench sandbox`).
+/// took (for `weir-bench sandbox`).
 pub(super) fn time_instantiations(
     runtime: &Runtime,
     function: &CompiledFunction,

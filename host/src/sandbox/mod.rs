@@ -440,7 +440,7 @@ impl Sandbox {
     }
 
     /// How long creating a store and instantiating `function` in it takes, `runs` times, without
-    /// running `init` (for `weir bench sandbox`).
+    /// running `init` (for `weir-bench sandbox`).
     pub fn instantiation_times(
         &self,
         function: &Arc<CompiledFunction>,

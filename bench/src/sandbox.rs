@@ -1,4 +1,4 @@
-//! `weir bench sandbox`: what running an operator as WebAssembly costs.
+//! `weir-bench sandbox`: what running an operator as WebAssembly costs.
 //!
 //! - **WASM vs native:** `unit-convert` (°C → °F over every reading) called through the sandbox,
 //!   against the same crate compiled into the host and called through the SDK's native test host,
@@ -13,18 +13,97 @@
 //!
 //! Owns a temporary data directory (state store, compiled-artifact cache), removed at the end.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use crate::batch::{Batch, BatchBuilder, CallContext, Series};
-use crate::config::{FunctionConfig, FunctionLimits, QuarantineConfig};
-use crate::operator::Operator;
-use crate::sandbox::{CompiledFunction, FunctionOperator, Sandbox, SandboxOptions, StateLimits};
-use crate::state::{self, StoreOptions};
+use weir_host::batch::{Batch, BatchBuilder, CallContext, Series};
+use weir_host::config::{FunctionConfig, FunctionLimits, QuarantineConfig};
+use weir_host::operator::Operator;
+use weir_host::sandbox::{CompiledFunction, FunctionOperator, Sandbox, SandboxOptions, StateLimits};
+use weir_host::state::{self, StoreOptions};
+
+use crate::report::{print_machine, verdict};
 
 const CTX: CallContext = CallContext { processing_time: 1_700_000_000_000_000_000, watermark: 0 };
 const CONVERT_PARAMS: &str = r#"{"conversion": "celsius_to_fahrenheit"}"#;
+
+/// A WebAssembly operator against the same code native, per batch size; the cost of crossing
+/// the boundary; instantiation and hot-swap times.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where the built components are.
+    #[arg(long, default_value = "target/functions")]
+    functions_dir: PathBuf,
+    /// Readings per measurement round.
+    #[arg(long, default_value_t = 2_000_000)]
+    readings: usize,
+}
+
+impl Args {
+    /// Measures and prints the batch-size table, the neighbour line and the instance table.
+    pub fn execute(self) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        print_machine(&mut out)?;
+        let shapes = [(1, 1), (64, 16), (1024, 16), (16384, 16), (1024, 1), (1024, 100)];
+        let result = run(&self.functions_dir, &shapes, self.readings)?;
+        writeln!(
+            out,
+            "| batch | series | native ns/reading | WASM ns/reading | native/WASM (target ≥ 0.5) | boundary ns/reading |"
+        )?;
+        writeln!(
+            out,
+            "|------:|-------:|------------------:|----------------:|---------------------------:|--------------------:|"
+        )?;
+        for row in &result.batches {
+            writeln!(
+                out,
+                "| {} | {} | {:.2} | {:.2} | {:.2} ({}) | {:.2}{} |",
+                row.batch,
+                row.series,
+                row.native_ns,
+                row.wasm_ns,
+                row.speed_ratio(),
+                verdict(row.speed_ratio() >= 0.5),
+                row.identity_ns,
+                if row.batch == 1024 && row.series == 16 {
+                    format!(" (target ≤ 15: {})", verdict(row.identity_ns <= 15.0))
+                } else {
+                    String::new()
+                }
+            )?;
+        }
+        let (alone, beside) = result.neighbour;
+        writeln!(out)?;
+        writeln!(
+            out,
+            "unit-convert at 1024 readings per batch: {alone:.2} ns/reading alone, {beside:.2} ns/reading while a \
+             neighbour faulted {} times at its 10 ms time limit ({:+.0} %)",
+            result.neighbour_faults,
+            (beside / alone - 1.0) * 100.0
+        )?;
+        let i = result.instances;
+        writeln!(out)?;
+        writeln!(out, "| instances | median | target |")?;
+        writeln!(out, "|-----------|-------:|--------|")?;
+        writeln!(
+            out,
+            "| store and instance of a loaded function | {:.1} µs | ≤ 10 µs ({}) |",
+            i.instantiate_us,
+            verdict(i.instantiate_us <= 10.0)
+        )?;
+        writeln!(out, "| the same, ready for calls (`init` parses the parameters) | {:.1} µs | — |", i.start_us)?;
+        writeln!(
+            out,
+            "| hot swap (replace the running version) | {:.1} µs | ≤ 5 ms ({}) |",
+            i.hot_swap_us,
+            verdict(i.hot_swap_us <= 5000.0)
+        )?;
+        writeln!(out, "| load a function from the compiled cache | {:.1} µs | — |", i.load_cached_us)?;
+        Ok(())
+    }
+}
 
 /// Why the bench could not run.
 #[derive(Debug, thiserror::Error)]
@@ -74,7 +153,7 @@ pub struct InstanceCost {
     pub load_cached_us: f64,
 }
 
-/// Everything `weir bench sandbox` measures.
+/// Everything `weir-bench sandbox` measures.
 #[derive(Clone, Debug)]
 pub struct SandboxBench {
     /// Per batch size.

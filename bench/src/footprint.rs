@@ -1,22 +1,97 @@
-//! `weir bench footprint`: what the gateway process costs to start and to keep.
+//! `weir-bench footprint`: what the gateway process costs to start and to keep.
 //!
-//! - **Start to ready:** this binary run as `weir run` on a configuration with N distinct
+//! - **Start to ready:** the `weir` binary (`--weir`, by default the one beside this executable)
+//!   run as `weir run` on a configuration with N distinct
 //!   functions (copies of `unit-convert`, each with its own custom section, so N versions and N
 //!   compiled artifacts) in one pipeline, whose compiled artifacts are already cached (a first run
 //!   warms the cache); from spawning the process until it logs that the pipeline runs.
 //! - **Memory:** its resident set size once idle, with N and with 2N functions; the difference
 //!   over N is what one more function costs.
-//! - **Binary size:** this executable, and a stripped copy of it (`strip`, when installed).
+//! - **Binary size:** that `weir` binary, and a stripped copy of it (`strip`, when installed).
 //!
 //! Owns a temporary directory (components, configuration, data), removed at the end, and the
 //! processes it spawns, which it stops.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+
+use crate::report::{print_machine, verdict};
+
+/// Start-to-ready and idle memory of `weir run` with N and 2N precompiled functions; the
+/// binary's size.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where the built components are.
+    #[arg(long, default_value = "target/functions")]
+    functions_dir: PathBuf,
+    /// N.
+    #[arg(long, default_value_t = 10)]
+    functions: usize,
+    /// The `weir` binary to measure [default: `weir` beside this executable].
+    #[arg(long, env = "WEIR_BIN")]
+    weir: Option<PathBuf>,
+}
+
+impl Args {
+    /// Measures and prints the table of both runs, the cost per function and the binary's size.
+    pub fn execute(self) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        print_machine(&mut out)?;
+        let weir = match self.weir {
+            Some(weir) => weir,
+            None => std::env::current_exe()
+                .context("cannot find this executable")?
+                .with_file_name(format!("weir{}", std::env::consts::EXE_SUFFIX)),
+        };
+        let result = run(&weir, &self.functions_dir, self.functions)?;
+        let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+        writeln!(
+            out,
+            "| functions | start to ready (target ≤ 200 ms) | idle RSS (target ≤ 15 MiB at 10) | of which anonymous | of which file-backed |"
+        )?;
+        writeln!(
+            out,
+            "|----------:|--------------------------------:|---------------------------------:|-------------------:|---------------------:|"
+        )?;
+        for run in result.runs {
+            let ms = run.start_to_ready.as_secs_f64() * 1e3;
+            writeln!(
+                out,
+                "| {} | {ms:.1} ms ({}) | {:.1} MiB{} | {:.1} MiB | {:.1} MiB |",
+                run.functions,
+                verdict(ms <= 200.0),
+                mib(run.idle_rss),
+                if run.functions == 10 { format!(" ({})", verdict(mib(run.idle_rss) <= 15.0)) } else { String::new() },
+                mib(run.idle_rss_anon),
+                mib(run.idle_rss_file)
+            )?;
+        }
+        let [all, anon, file] = result.rss_per_function();
+        writeln!(out)?;
+        writeln!(
+            out,
+            "RSS per extra function: {:.0} KiB (target ≤ 200 KiB: {}); anonymous {:.0} KiB, file-backed {:.0} KiB",
+            all / 1024.0,
+            verdict(all <= 200.0 * 1024.0),
+            anon / 1024.0,
+            file / 1024.0
+        )?;
+        writeln!(
+            out,
+            "binary: {:.1} MiB; stripped: {} (target ≤ 12 MiB)",
+            mib(result.binary),
+            result.stripped.map_or_else(
+                || "strip not installed".to_owned(),
+                |s| format!("{:.1} MiB ({})", mib(s), verdict(mib(s) <= 12.0))
+            )
+        )?;
+        Ok(())
+    }
+}
 
 /// One gateway run.
 #[derive(Clone, Copy, Debug)]
@@ -35,12 +110,12 @@ pub struct Run {
     pub idle_rss_file: u64,
 }
 
-/// What `weir bench footprint` measured.
+/// What was measured.
 #[derive(Clone, Debug)]
 pub struct Footprint {
     /// With N functions, then 2N.
     pub runs: [Run; 2],
-    /// Size of this executable, bytes.
+    /// Size of the `weir` binary, bytes.
     pub binary: u64,
     /// Size of a stripped copy, when `strip` is installed.
     pub stripped: Option<u64>,
@@ -56,20 +131,21 @@ impl Footprint {
     }
 }
 
-/// Measures with `functions` and `2 × functions` functions, components from `functions_dir`.
-pub fn run(functions_dir: &Path, functions: usize) -> anyhow::Result<Footprint> {
-    let exe = std::env::current_exe().context("cannot find this executable")?;
+/// Measures the `weir` binary at `exe` with `functions` and `2 × functions` functions,
+/// components from `functions_dir`.
+pub fn run(exe: &Path, functions_dir: &Path, functions: usize) -> anyhow::Result<Footprint> {
+    anyhow::ensure!(exe.is_file(), "no weir binary at {} (give it with --weir)", exe.display());
     let dir = tempfile::tempdir()?;
     let component = std::fs::read(functions_dir.join("weir_fn_unit_convert.wasm"))
         .with_context(|| format!("no unit-convert component in {}", functions_dir.display()))?;
-    let small = measure(&exe, dir.path(), &component, functions)?;
-    let large = measure(&exe, dir.path(), &component, functions * 2)?;
-    let binary = std::fs::metadata(&exe)?.len();
+    let small = measure(exe, dir.path(), &component, functions)?;
+    let large = measure(exe, dir.path(), &component, functions * 2)?;
+    let binary = std::fs::metadata(exe)?.len();
     let stripped_path = dir.path().join("weir-stripped");
     let stripped = Command::new("strip")
         .arg("-o")
         .arg(&stripped_path)
-        .arg(&exe)
+        .arg(exe)
         .status()
         .ok()
         .filter(std::process::ExitStatus::success)

@@ -1,4 +1,4 @@
-//! `weir bench engine`: one pipeline's core end to end, from recorded messages to the outbox —
+//! `weir-bench engine`: one pipeline's core end to end, from recorded messages to the outbox —
 //! SenML JSON decode → `threshold-alert` (WebAssembly, passes the readings of series in alarm)
 //! → 1 s tumbling event-time windows → CBOR → outbox, one `sync` commit per batch, as a pipeline
 //! does before acknowledging. No broker: messages are generated up front (the "recording") and
@@ -6,16 +6,62 @@
 //!
 //! Owns a temporary data directory, removed at the end.
 
-use std::path::Path;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio::runtime::Runtime;
+use weir_host::batch::Message;
+use weir_host::config::{self, Overrides};
+use weir_host::pipeline::Engine;
+use weir_host::sandbox::{Sandbox, SandboxOptions, StateLimits};
+use weir_host::state::{self, StoreOptions};
+use weir_host::{gateway, telemetry};
 
-use crate::batch::Message;
-use crate::config::{self, Overrides};
-use crate::pipeline::Engine;
-use crate::sandbox::{Sandbox, SandboxOptions, StateLimits};
-use crate::state::{self, StoreOptions};
+use crate::report::{print_machine, verdict};
+
+/// One pipeline's core from recorded SenML: decode → WebAssembly filter → 1 s windows → CBOR →
+/// outbox, one durable commit per batch.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where the built components are.
+    #[arg(long, default_value = "target/functions")]
+    functions_dir: PathBuf,
+    /// Readings in the recording.
+    #[arg(long, default_value_t = 2_000_000)]
+    readings: usize,
+}
+
+impl Args {
+    /// Runs the recording on `runtime` and prints its one-row table.
+    pub fn execute(self, runtime: &Runtime) -> anyhow::Result<()> {
+        let mut out = std::io::stdout().lock();
+        print_machine(&mut out)?;
+        let result = runtime.block_on(run(&self.functions_dir, self.readings, 100, 100))?;
+        let rate = result.readings_per_second();
+        writeln!(
+            out,
+            "| readings | messages | records | windows | bytes | seconds | readings/s (target ≥ 1 000 000) |"
+        )?;
+        writeln!(
+            out,
+            "|---------:|---------:|--------:|--------:|------:|--------:|--------------------------------:|"
+        )?;
+        writeln!(
+            out,
+            "| {} | {} | {} | {} | {} | {:.3} | {rate:.0} ({}) |",
+            result.readings,
+            result.messages,
+            result.records,
+            result.windows,
+            result.bytes,
+            result.elapsed.as_secs_f64(),
+            verdict(rate >= 1e6)
+        )?;
+        Ok(())
+    }
+}
 
 /// First event time of the recording, ms since the epoch.
 const START_MS: i64 = 1_700_000_000_000;
@@ -116,7 +162,7 @@ pub async fn run(
 ) -> anyhow::Result<EngineResult> {
     let dir = tempfile::tempdir()?;
     let overrides = Overrides { data_dir: Some(dir.path().to_owned()), functions_dir: Some(functions_dir.to_owned()) };
-    let config = config::parse("weir bench engine", CONFIG, dir.path(), &overrides)?;
+    let config = config::parse("weir-bench engine", CONFIG, dir.path(), &overrides)?;
     let options = StoreOptions { durability: config::Durability::Sync, ..StoreOptions::default() };
     let (store, committer, thread) = state::open(dir.path(), options)?;
     let sandbox_options = SandboxOptions::for_functions(
@@ -128,7 +174,7 @@ pub async fn run(
     let compiled =
         config.functions.iter().map(|(id, f)| (id.clone(), sandbox.load(f).map_err(|e| e.to_string()))).collect();
     let pipeline = config.pipelines.into_iter().next().expect("the bench config has one pipeline");
-    let parts = crate::gateway::build(&sandbox, &compiled, pipeline).map_err(anyhow::Error::msg)?;
+    let parts = gateway::build(&sandbox, &compiled, pipeline).map_err(anyhow::Error::msg)?;
     let mut engine = Engine::new(parts, "bench", &store)?;
 
     let messages = recording(total, per_message);
@@ -136,7 +182,7 @@ pub async fn run(
         EngineResult { readings: 0, messages: 0, records: 0, windows: 0, bytes: 0, elapsed: Duration::ZERO };
     let started = Instant::now();
     for batch in messages.chunks(messages_per_batch) {
-        let now = crate::telemetry::now_nanos();
+        let now = telemetry::now_nanos();
         let (changes, readings_in, windows) = engine.process(batch, now);
         result.readings += readings_in as u64;
         result.windows += windows as u64;

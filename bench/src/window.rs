@@ -1,4 +1,4 @@
-//! `weir bench window`: the window stage alone, and what windows and downsampling make of a
+//! `weir-bench window`: the window stage alone, and what windows and downsampling make of a
 //! realistic signal.
 //!
 //! - **Throughput:** `WindowStage::process` over batches of readings of many series, some out of
@@ -10,18 +10,74 @@
 //!
 //! Pure computation in memory; owns nothing.
 
+use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::batch::{Batch, BatchBuilder, Nanos, Series};
-use crate::config::{Encoding, WindowConfig};
-use crate::encode::{self, Record, RecordHeader, WindowSeries, WindowValue};
-use crate::window::WindowStage;
-use crate::window::downsample::{Band, Deadband, Point, SwingingDoor, lttb};
-use crate::window::event_time::{WindowKind, WindowSpec, Windows};
+use weir_host::batch::{Batch, BatchBuilder, Nanos, Series};
+use weir_host::config::{Encoding, WindowConfig};
+use weir_host::encode::{self, Record, RecordHeader, WindowSeries, WindowValue};
+use weir_host::window::WindowStage;
+use weir_host::window::downsample::{Band, Deadband, Point, SwingingDoor, lttb};
+use weir_host::window::event_time::{WindowKind, WindowSpec, Windows};
 
 const SECOND: Nanos = 1_000_000_000;
 /// First event time of the generated signals, s.
 const EPOCH_S: i64 = 1_700_000_000;
+
+/// The window stage alone (readings/s for each kind of window), and what windows and
+/// downsampling make of a day of a realistic signal (points in/out, bytes per reading).
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Readings per window kind.
+    #[arg(long, default_value_t = 2_000_000)]
+    readings: usize,
+    /// Series the readings are spread over.
+    #[arg(long, default_value_t = 100)]
+    series: usize,
+    /// Readings per batch.
+    #[arg(long, default_value_t = 1000)]
+    batch: usize,
+}
+
+impl Args {
+    /// Measures each window kind, then the compression of a day's signal, and prints a table of each.
+    pub fn execute(self) -> anyhow::Result<()> {
+        let Self { readings, series, batch } = self;
+        let mut out = std::io::stdout().lock();
+        let second = SECOND as u64;
+        writeln!(
+            out,
+            "Window stage alone: {readings} readings of {series} series, 1 s apart, batches of {batch}, 1 in 10 late by 3 s"
+        )?;
+        writeln!(out)?;
+        writeln!(out, "| window | readings/s | emissions | state checkpoint |")?;
+        writeln!(out, "|--------|------------|-----------|------------------|")?;
+        for (name, kind) in [
+            ("tumbling 10 s", WindowKind::Tumbling { width: 10 * second }),
+            ("sliding 60 s every 10 s", WindowKind::Sliding { width: 60 * second, slide: 10 * second }),
+            // Readings 1 s apart: every reading is a session of its own, the most windows per reading.
+            ("session, gap 0.9 s", WindowKind::Session { gap: 9 * second / 10 }),
+        ] {
+            let result = throughput(kind, series, batch, readings);
+            writeln!(
+                out,
+                "| {name} | {:.0} | {} | {} B |",
+                result.readings_per_second(),
+                result.emissions,
+                result.checkpoint_bytes
+            )?;
+        }
+        writeln!(out)?;
+        writeln!(out, "One day at 1 Hz of a temperature-like signal, 10 series, in records of 10 minutes:")?;
+        writeln!(out)?;
+        writeln!(out, "| sent as | points in | points out | bytes/reading |")?;
+        writeln!(out, "|---------|-----------|------------|---------------|")?;
+        for c in compression(10) {
+            writeln!(out, "| {} | {} | {} | {:.3} |", c.method, c.points_in, c.points_out, c.bytes_per_reading)?;
+        }
+        Ok(())
+    }
+}
 
 /// One throughput measurement.
 #[derive(Clone, Debug)]
