@@ -15,8 +15,8 @@ use std::time::{Duration, Instant};
 
 use crate::batch::{BatchBuilder, Series};
 use crate::config::{Durability, Encoding};
-use crate::encode::{self, RecordHeader};
 use crate::state::{self, ChangeSet, OutboxRecord, StoreError, StoreOptions};
+use weir_record::RecordHeader;
 
 /// What to measure.
 #[derive(Clone, Copy, Debug)]
@@ -114,7 +114,7 @@ fn record(stream: &str, seq: u64, readings: usize) -> Vec<u8> {
         batch.push(series[i % series.len()], base + i as i64 * 1_000_000, 20.0 + (i % 50) as f64 * 0.1);
     }
     let header = RecordHeader { gateway: "bench".into(), stream: stream.to_owned(), seq, encoded_at: base };
-    encode::encode(Encoding::Cbor, &header, &batch.finish()).expect("bench readings encode")
+    weir_record::write_readings(Encoding::Cbor, &header, &batch.finish()).expect("bench readings encode")
 }
 
 /// What `weir bench drain` measured.

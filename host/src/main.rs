@@ -13,7 +13,7 @@ use weir_host::config::{self, Config, ConfigError, Overrides};
 use weir_host::preflight::{self, PreflightError, Prepared};
 use weir_host::state::inspect::{self, DeadLetters, Inspected};
 use weir_host::state::{self, Counter, DeadLetterContent, stats};
-use weir_host::{bench, encode, gateway, shutdown, telemetry};
+use weir_host::{bench, gateway, shutdown, telemetry};
 
 /// Exit status for a configuration that was refused.
 const CONFIG_REFUSED: u8 = 2;
@@ -345,7 +345,7 @@ fn dead_letters(data_dir: &std::path::Path, limit: usize, json: bool) -> anyhow:
             }
             DeadLetterContent::Batch { record, readings } => {
                 entry["readings"] = (*readings).into();
-                if let Ok(decoded) = encode::decode(record) {
+                if let Ok(decoded) = weir_record::read(record) {
                     let samples: Vec<_> = decoded
                         .batch
                         .iter()

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 
 use crate::batch::{Batch, BatchBuilder, Nanos, Series};
 use crate::config::{Encoding, WindowConfig};
-use crate::encode::{self, Record, RecordHeader, WindowSeries, WindowValue};
 use crate::window::WindowStage;
 use crate::window::downsample::{Band, Deadband, Point, SwingingDoor, lttb};
 use crate::window::event_time::{WindowKind, WindowSpec, Windows};
+use weir_record::{Record, RecordHeader, WindowSeries, WindowValue};
 
 const SECOND: Nanos = 1_000_000_000;
 /// First event time of the generated signals, s.
@@ -142,7 +142,9 @@ fn readings_bytes(kept: &[Vec<Point>]) -> usize {
             if batch.is_empty() {
                 0
             } else {
-                encode::encode(Encoding::Cbor, &header(r as u64 + 1), &batch).expect("bench readings encode").len()
+                weir_record::write_readings(Encoding::Cbor, &header(r as u64 + 1), &batch)
+                    .expect("bench readings encode")
+                    .len()
             }
         })
         .sum()
@@ -208,7 +210,7 @@ fn windowed(points: &[Vec<Point>]) -> (usize, usize) {
             coarsened: None,
             dropped: None,
         };
-        bytes += encode::encode_record(Encoding::Cbor, &record).expect("bench windows encode").len();
+        bytes += weir_record::write(Encoding::Cbor, &record).expect("bench windows encode").len();
     }
     (count, bytes)
 }

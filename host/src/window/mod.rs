@@ -27,10 +27,10 @@ pub use downsampling::DownsampleStage;
 
 use crate::batch::{Batch, BatchBuilder, Nanos, Series};
 use crate::config::WindowConfig;
-use crate::encode::{CustomWindow, WindowSeries, WindowValue};
 use crate::state::{StateStore, StateWrite, StoreError};
 use accumulator::{Accumulator, CustomPartial};
 use event_time::Windows;
+use weir_record::{CustomWindow, WindowSeries, WindowValue};
 
 /// The state key of a pipeline's windows.
 const STATE_KEY: &[u8] = b"windows";
