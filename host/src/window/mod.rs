@@ -1,6 +1,6 @@
 //! Window: the stage between the operators and the encoder that sends less than it receives.
 //! Its pure parts — event-time windows, mergeable aggregates, downsampling — are the
-//! `weir-window` crate (`host/window/`), shared with the guest SDK and re-exported here; this
+//! `weir-window` crate (`window/`), shared with the guest SDK and re-exported here; this
 //! module is the pipeline's stage around them.
 //!
 //! [`WindowStage`] owns one pipeline's window state. Per batch it adds the operators' output,
