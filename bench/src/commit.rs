@@ -13,8 +13,8 @@ use std::time::{Duration, Instant};
 use tokio::runtime::Runtime;
 use weir_host::batch::{BatchBuilder, Series};
 use weir_host::config::{Durability, Encoding};
-use weir_host::encode::{self, RecordHeader};
 use weir_host::state::{self, ChangeSet, OutboxRecord, StoreError, StoreOptions};
+use weir_record::RecordHeader;
 
 /// Group commits per second of the state store, and the readings they carry, in `sync` and
 /// `relaxed` durability, with 1 and 8 producers shaped like pipelines.
@@ -158,5 +158,5 @@ pub fn record(stream: &str, seq: u64, readings: usize) -> Vec<u8> {
         batch.push(series[i % series.len()], base + i as i64 * 1_000_000, 20.0 + (i % 50) as f64 * 0.1);
     }
     let header = RecordHeader { gateway: "bench".into(), stream: stream.to_owned(), seq, encoded_at: base };
-    encode::encode(Encoding::Cbor, &header, &batch.finish()).expect("bench readings encode")
+    weir_record::write_readings(Encoding::Cbor, &header, &batch.finish()).expect("bench readings encode")
 }

@@ -15,10 +15,10 @@ use std::time::{Duration, Instant};
 
 use weir_host::batch::{Batch, BatchBuilder, Nanos, Series};
 use weir_host::config::{Encoding, WindowConfig};
-use weir_host::encode::{self, Record, RecordHeader, WindowSeries, WindowValue};
 use weir_host::window::WindowStage;
 use weir_host::window::downsample::{Band, Deadband, Point, SwingingDoor, lttb};
 use weir_host::window::event_time::{WindowKind, WindowSpec, Windows};
+use weir_record::{Record, RecordHeader, WindowSeries, WindowValue};
 
 const SECOND: Nanos = 1_000_000_000;
 /// First event time of the generated signals, s.
@@ -198,7 +198,9 @@ fn readings_bytes(kept: &[Vec<Point>]) -> usize {
             if batch.is_empty() {
                 0
             } else {
-                encode::encode(Encoding::Cbor, &header(r as u64 + 1), &batch).expect("bench readings encode").len()
+                weir_record::write_readings(Encoding::Cbor, &header(r as u64 + 1), &batch)
+                    .expect("bench readings encode")
+                    .len()
             }
         })
         .sum()
@@ -264,7 +266,7 @@ fn windowed(points: &[Vec<Point>]) -> (usize, usize) {
             coarsened: None,
             dropped: None,
         };
-        bytes += encode::encode_record(Encoding::Cbor, &record).expect("bench windows encode").len();
+        bytes += weir_record::write(Encoding::Cbor, &record).expect("bench windows encode").len();
     }
     (count, bytes)
 }

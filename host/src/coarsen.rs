@@ -13,9 +13,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use crate::batch::{Nanos, Series};
 use crate::config::Encoding;
-use crate::encode::{
-    self, AggregateSeries, Coarsened, Record, RecordHeader, RecordKind, Span, Window, WindowSeries, WindowValue,
-    window_start,
+use weir_record::{
+    AggregateSeries, Coarsened, Record, RecordHeader, RecordKind, Span, Window, WindowSeries, WindowValue, window_start,
 };
 
 const SECOND: u64 = 1_000_000_000;
@@ -57,7 +56,7 @@ pub fn coarsen(inputs: &[Record], input_bytes: usize, encoding: Encoding, now: N
     let mut best: Option<Coarsening> = None;
     for width in WIDTHS.into_iter().filter(|&w| w >= finest) {
         let record = merge(inputs, width, now);
-        let Ok(body) = encode::encode_record(encoding, &record) else { continue };
+        let Ok(body) = weir_record::write(encoding, &record) else { continue };
         let good_enough = body.len() <= input_bytes / 2;
         best = Some(Coarsening { record, body });
         if good_enough {
@@ -210,16 +209,16 @@ mod tests {
         let readings: Vec<(&str, Nanos, f64)> =
             (0..600).map(|i| ("plant/boiler/temp", i * SECOND as i64, 20.0 + (i % 7) as f64 * 0.5)).collect();
         let input = raw(1, &readings);
-        let bytes = encode::encode_record(Encoding::Cbor, &input).expect("encodable").len();
+        let bytes = weir_record::write(Encoding::Cbor, &input).expect("encodable").len();
         let coarsening = coarsen(std::slice::from_ref(&input), bytes, Encoding::Cbor, 0).expect("shrinks");
         assert!(coarsening.body.len() <= bytes / 2, "{} of {bytes}", coarsening.body.len());
         let width = coarsening.record.coarsened.as_ref().expect("coarsened").width;
         assert!(width > SECOND, "1 s windows do not shrink one reading a second");
-        let decoded = encode::decode(&coarsening.body).expect("decodable");
+        let decoded = weir_record::read(&coarsening.body).expect("decodable");
         assert_eq!(decoded, coarsening.record);
         // A lone reading cannot shrink: an aggregate window is larger than the reading.
         let tiny = raw(2, &[("t", 0, 1.0)]);
-        let tiny_bytes = encode::encode_record(Encoding::Cbor, &tiny).expect("encodable").len();
+        let tiny_bytes = weir_record::write(Encoding::Cbor, &tiny).expect("encodable").len();
         assert!(coarsen(&[tiny], tiny_bytes, Encoding::Cbor, 0).is_none());
     }
 
@@ -273,5 +272,40 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A record of window emissions as the window stage makes them: a window, its correction,
+    /// and a retracted session.
+    fn windowed() -> Record {
+        use weir_window::event_time::{WindowKind, WindowSpec, Windows};
+        let second = SECOND as i64;
+        let spec = WindowSpec {
+            kind: WindowKind::Session { gap: 5 * SECOND },
+            allowed_lateness: 60 * SECOND,
+            idle_timeout: u64::MAX,
+            custom_aggregate: false,
+        };
+        let mut windows = Windows::default();
+        for ts in [0, 8, 20] {
+            windows.add(&spec, "s", ts * second, ts as f64 + 0.5, 0).expect("in time");
+        }
+        let mut results = windows.flush(&spec, 0);
+        windows.add(&spec, "s", 4 * second, 4.0, 1).expect("within the lateness");
+        results.extend(windows.flush(&spec, 1));
+        Record {
+            windows: vec![WindowSeries {
+                series: Series::named("s"),
+                windows: results.iter().map(WindowValue::of).collect(),
+            }],
+            ..raw(5, &[])
+        }
+    }
+
+    #[test]
+    fn coarsening_keeps_the_latest_revision_of_each_window() {
+        let record = windowed();
+        let merged = merge(&[record.clone(), record], 60 * SECOND, 7);
+        let keys: Vec<(Nanos, u32)> = merged.windows[0].windows.iter().map(|w| (w.key, w.revision)).collect();
+        assert_eq!(keys, [(0, 1), (8_000_000_000, 1)], "the session still open is not emitted yet");
     }
 }

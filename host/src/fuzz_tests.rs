@@ -1,5 +1,5 @@
 //! Fuzzing of everything that reads bytes or text from outside: the built-in decoders (message
-//! payloads from brokers), the record reader (`encode::decode`: outbox entries, consumers' input),
+//! payloads from brokers), the record reader (`weir_record::read`: outbox entries, consumers' input),
 //! the dead-letter reader (`state::DeadLetter::from_bytes`) and the configuration parser
 //! (`config::parse`).
 //!
@@ -930,11 +930,11 @@ mod records {
     use super::*;
     use crate::batch::{Batch, BatchBuilder, Nanos, Series};
     use crate::config::Encoding;
-    use crate::encode::{
-        self, AggregateSeries, Coarsened, CustomWindow, Record, RecordHeader, Span, TimedValue, Window, WindowSeries,
+    use crate::state::{DeadLetter, DeadLetterContent, DeadLetterStage};
+    use weir_record::{
+        AggregateSeries, Coarsened, CustomWindow, Record, RecordHeader, Sketch, Span, TimedValue, Window, WindowSeries,
         WindowValue,
     };
-    use crate::state::{DeadLetter, DeadLetterContent, DeadLetterStage};
 
     /// Readings per series in order, NaN payloads aside and, for JSON, any non-finite value as
     /// NaN — what a record promises to keep.
@@ -959,7 +959,7 @@ mod records {
     /// Reads `bytes` as a record and checks the answer: a well-formed record that re-encodes (in
     /// both encodings) and reads back the same, or a typed refusal.
     fn reads_or_refuses(bytes: &[u8]) -> TestCaseResult {
-        let record = match bounded(bytes.len(), || encode::decode(bytes))? {
+        let record = match bounded(bytes.len(), || weir_record::read(bytes))? {
             Ok(record) => record,
             Err(refusal) => {
                 prop_assert!(!refusal.to_string().is_empty());
@@ -972,10 +972,10 @@ mod records {
         }
         // Two series blocks of one name merge into one series, whose consecutive readings may
         // then be further apart than the encoder can write: a typed refusal, nothing else.
-        let Ok(cbor) = encode::encode_record(Encoding::Cbor, &record) else {
+        let Ok(cbor) = weir_record::write(Encoding::Cbor, &record) else {
             return Ok(());
         };
-        let again = encode::decode(&cbor).map_err(|e| TestCaseError::fail(format!("re-encoded record: {e}")))?;
+        let again = weir_record::read(&cbor).map_err(|e| TestCaseError::fail(format!("re-encoded record: {e}")))?;
         prop_assert_eq!(&again.header, &record.header);
         prop_assert_eq!(again.batch.series(), record.batch.series());
         prop_assert_eq!(per_series(&again.batch, false), per_series(&record.batch, false));
@@ -984,15 +984,15 @@ mod records {
         prop_assert_eq!(&again.dropped, &record.dropped);
         // Window statistics of empty windows are not written, so the windows read back are the
         // fixed point: another round trip keeps them.
-        let third = encode::encode_record(Encoding::Cbor, &again)
+        let third = weir_record::write(Encoding::Cbor, &again)
             .map_err(|e| TestCaseError::fail(format!("a record read back cannot be encoded: {e}")))?;
-        let third = encode::decode(&third).map_err(|e| TestCaseError::fail(format!("third round: {e}")))?;
+        let third = weir_record::read(&third).map_err(|e| TestCaseError::fail(format!("third round: {e}")))?;
         prop_assert!(same(&third.windows, &again.windows), "windows not stable across round trips");
         prop_assert_eq!(again.windows.len(), record.windows.len());
 
-        let json = encode::encode_record(Encoding::Json, &record)
+        let json = weir_record::write(Encoding::Json, &record)
             .map_err(|e| TestCaseError::fail(format!("encodes as CBOR but not JSON: {e}")))?;
-        let from_json = encode::decode(&json).map_err(|e| TestCaseError::fail(format!("JSON read back: {e}")))?;
+        let from_json = weir_record::read(&json).map_err(|e| TestCaseError::fail(format!("JSON read back: {e}")))?;
         prop_assert_eq!(&from_json.header, &record.header);
         prop_assert_eq!(per_series(&from_json.batch, true), per_series(&record.batch, true));
         prop_assert_eq!(&from_json.coarsened, &record.coarsened);
@@ -1076,7 +1076,12 @@ mod records {
             )
                 .prop_map(|(values, partial, missing)| CustomWindow { values, partial, missing }),
         );
-        (nanos(), nanos(), any::<u32>(), timed(), timed(), prop::collection::vec(any::<u8>(), 0..8), custom)
+        let sketch = prop_oneof![
+            Just(Sketch::None),
+            prop::collection::vec(any::<u8>(), 1..8).prop_map(Sketch::Protobuf),
+            prop::collection::vec(any::<u8>(), 1..8).prop_map(Sketch::JavaBinary),
+        ];
+        (nanos(), nanos(), any::<u32>(), timed(), timed(), sketch, custom)
             .prop_flat_map(|(key, start, revision, first, last, sketch, custom)| {
                 (stats(start), Just((key, start, revision, first, last, sketch, custom)))
             })
@@ -1203,7 +1208,7 @@ mod records {
 
     fn encoded(encoding: Encoding) -> impl Strategy<Value = Vec<u8>> {
         record().prop_map(move |record| {
-            encode::encode_record(encoding, &record).expect("generated times are within ±4e18 ns of each other")
+            weir_record::write(encoding, &record).expect("generated times are within ±4e18 ns of each other")
         })
     }
 

@@ -36,7 +36,7 @@ use tokio_util::sync::CancellationToken;
 use crate::batch::{Batch, BatchBuilder, CallContext, Message, Nanos};
 use crate::config::{BatchConfig, Encoding, OnQuarantine, PipelineConfig};
 use crate::decode::Decode;
-use crate::encode::{self, Record, RecordHeader};
+use crate::encode;
 use crate::operator::Chain;
 use crate::sandbox::UseHandle;
 use crate::shutdown::Tasks;
@@ -47,6 +47,7 @@ use crate::state::{
     StoreError,
 };
 use crate::window::{DownsampleStage, WindowAccumulator, WindowStage};
+use weir_record::{Record, RecordHeader};
 
 /// Delays between attempts to commit a batch the store refused.
 const COMMIT_RETRY: crate::config::Backoff =
@@ -431,7 +432,7 @@ impl Processor {
         let header =
             RecordHeader { gateway: self.gateway.clone(), stream: self.pipeline.clone(), seq: 0, encoded_at: now };
         // CBOR can only fail on time spans the JSON form cannot hold either; keep the reason then.
-        let record = encode::encode(Encoding::Cbor, &header, batch).unwrap_or_default();
+        let record = weir_record::write_readings(Encoding::Cbor, &header, batch).unwrap_or_default();
         DeadLetter {
             pipeline: self.pipeline.clone(),
             stage,
@@ -842,7 +843,7 @@ mod tests {
         assert_eq!((processed.readings_in, processed.readings_out), (2, 2));
         let record = &processed.changes.records[0];
         assert_eq!((record.stream.as_str(), record.seq), ("p", 42));
-        let decoded = encode::decode(&record.body).expect("a valid record");
+        let decoded = weir_record::read(&record.body).expect("a valid record");
         assert_eq!(decoded.batch.values(), [1.5, 2.5]);
         assert_eq!(decoded.header.record_id(), "gw.p.42");
         let [letter] = processed.changes.dead_letters.as_slice() else { panic!("one dead letter") };
@@ -864,7 +865,7 @@ mod tests {
         assert_eq!(letter.reason, "refused the batch: negative");
         let DeadLetterContent::Batch { record, readings } = &letter.content else { panic!("a batch dead letter") };
         assert_eq!(*readings, 2);
-        assert_eq!(encode::decode(record).expect("a valid record").batch.values(), [1.0, -1.0]);
+        assert_eq!(weir_record::read(record).expect("a valid record").batch.values(), [1.0, -1.0]);
     }
 
     #[test]

@@ -247,7 +247,7 @@ topic = "central/weir/hall"
     while got.len() < 3 {
         let publish = tokio::time::timeout(PATIENCE, central.received.recv()).await?.expect("the poller runs");
         assert_eq!(publish.topic, "central/weir/hall");
-        let record = weir_host::encode::decode(&publish.payload)?;
+        let record = weir_record::read(&publish.payload)?;
         assert_eq!(
             (record.header.gateway.as_str(), record.header.stream.as_str()),
             ("gw-e2e", "hall"),
@@ -430,7 +430,7 @@ async fn subscribers_see_records_as_they_are_confirmed() -> Result<()> {
     let mut live = central.subscribe("central.json").await?;
     plant.publish("plant/json/x", json!({"sensor": "boiler/z/level", "ts": BASE_MS, "value": 3.5}).to_string()).await?;
     let message = tokio::time::timeout(PATIENCE, live.next()).await?.expect("subscription open");
-    let record = weir_host::encode::decode(&message.payload)?;
+    let record = weir_record::read(&message.payload)?;
     assert_eq!(readings(&record)[0].value, 3.5);
     assert_eq!(stream.clone().info().await?.state.messages, 1);
     drop(weir);

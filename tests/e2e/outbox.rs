@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Result, bail, ensure};
 use weir_e2e::*;
-use weir_host::encode::RecordKind;
+use weir_record::RecordKind;
 
 /// The smallest outbox the config accepts.
 const CAP: u64 = 64 << 10;

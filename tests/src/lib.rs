@@ -6,6 +6,7 @@
 //! cannot.
 
 pub mod proxy;
+pub mod python;
 
 use std::fs::File;
 use std::net::{TcpListener, TcpStream};
@@ -15,7 +16,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use async_nats::jetstream;
-use weir_host::encode::{self, Record};
+use weir_record::Record;
 
 /// Longest wait for anything in these tests (a slow CI machine still gets there).
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -667,7 +668,7 @@ pub async fn collect_stream(
             Ok(message) => {
                 let message_id =
                     message.headers.get(async_nats::header::NATS_MESSAGE_ID).map(|v| v.as_str().to_owned());
-                let record = encode::decode(&message.payload).context("a central record that does not decode")?;
+                let record = weir_record::read(&message.payload).context("a central record that does not decode")?;
                 records.push(CentralRecord { message_id, record, payload_len: message.payload.len() });
                 next += 1;
                 last_progress = Instant::now();

@@ -103,20 +103,23 @@ fn ensure_toolchain() -> Result<Toolchain> {
 /// Debian's rustc-web toolchain, installed with apt when missing (as root).
 fn debian_toolchain() -> Result<Toolchain> {
     if !Path::new("/usr/bin/wasm-ld-22").exists() || !Path::new("/usr/lib/rustlib/src/rust").exists() {
-        let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
-        if !is_root {
-            bail!(
-                "no WebAssembly toolchain: run `sudo apt-get install -y {}` and try again",
-                DEBIAN_PACKAGES.join(" ")
-            );
-        }
-        if !status(Command::new("apt-get").arg("update"))?
-            || !status(Command::new("apt-get").args(["install", "-y"]).args(DEBIAN_PACKAGES))?
-        {
-            bail!("installing the fallback toolchain ({}) failed", DEBIAN_PACKAGES.join(" "));
-        }
+        apt_install(&DEBIAN_PACKAGES).context("installing the fallback WebAssembly toolchain")?;
     }
     Ok(Toolchain::DebianBuildStd)
+}
+
+/// Installs Debian packages with apt (as root; otherwise says which command to run).
+fn apt_install(packages: &[&str]) -> Result<()> {
+    let is_root = Command::new("id").arg("-u").output().is_ok_and(|o| o.stdout.starts_with(b"0"));
+    if !is_root {
+        bail!("missing packages: run `sudo apt-get install -y {}` and try again", packages.join(" "));
+    }
+    if !status(Command::new("apt-get").arg("update"))?
+        || !status(Command::new("apt-get").args(["install", "-y"]).args(packages))?
+    {
+        bail!("installing {} with apt failed", packages.join(" "));
+    }
+    Ok(())
 }
 
 fn build_functions(root: &Path) -> Result<PathBuf> {
@@ -191,6 +194,39 @@ fn run(root: &Path, weir_args: &[String]) -> Result<()> {
     Ok(())
 }
 
+/// Python packages the tests read records with, as central consumers in Python would: DataDog's
+/// DDSketch library and what it needs to read protobuf.
+const PYTHON_PACKAGES: [&str; 3] = ["ddsketch==3.0.1", "protobuf==7.36.2", "six==1.17.0"];
+
+/// A virtual environment in `target/python` with [`PYTHON_PACKAGES`] (from PyPI), made once;
+/// returns its interpreter. Installs Debian's `python3-venv` when `venv` is missing.
+fn python_environment(root: &Path) -> Result<PathBuf> {
+    let dir = root.join("target/python");
+    let python = dir.join("bin/python3");
+    let marker = dir.join(format!("weir-packages-{}", PYTHON_PACKAGES.join("+")));
+    if marker.is_file() {
+        return Ok(python);
+    }
+    let make = || Command::new("python3").args(["-m", "venv", "--clear"]).arg(&dir).status();
+    if !make().is_ok_and(|s| s.success()) {
+        eprintln!("xtask: python3 -m venv failed; installing python3-venv with apt");
+        apt_install(&["python3", "python3-venv"])?;
+        if !make().is_ok_and(|s| s.success()) {
+            bail!("cannot make a Python virtual environment in {}", dir.display());
+        }
+    }
+    let pip = Command::new(&python)
+        .args(["-m", "pip", "install", "--quiet", "--disable-pip-version-check"])
+        .args(PYTHON_PACKAGES)
+        .status();
+    if !pip.is_ok_and(|s| s.success()) {
+        bail!("pip could not install {} into {}", PYTHON_PACKAGES.join(" "), dir.display());
+    }
+    std::fs::write(&marker, "")?;
+    eprintln!("xtask: Python test environment in {}", dir.display());
+    Ok(python)
+}
+
 fn test(root: &Path, runner_args: &[String]) -> Result<()> {
     let functions = build_functions(root)?;
     let binaries =
@@ -200,10 +236,12 @@ fn test(root: &Path, runner_args: &[String]) -> Result<()> {
     }
     let weir_bin = root.join("target/debug/weir");
     let weir_bench_bin = root.join("target/debug/weir-bench");
+    let python = python_environment(root)?;
     let env = [
         ("WEIR_FUNCTIONS_DIR", functions.as_path()),
         ("WEIR_BIN", weir_bin.as_path()),
         ("WEIR_BENCH_BIN", weir_bench_bin.as_path()),
+        ("WEIR_PYTHON", python.as_path()),
     ];
     if !status(cargo(root).args(["test", "--workspace", "--doc"]).envs(env))? {
         bail!("doc tests failed");

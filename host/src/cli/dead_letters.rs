@@ -5,8 +5,6 @@
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-
-use weir_host::encode;
 use weir_host::state::inspect::{self, DeadLetters};
 use weir_host::state::{self, DeadLetterContent};
 
@@ -56,7 +54,7 @@ impl Args {
                 }
                 DeadLetterContent::Batch { record, readings } => {
                     entry["readings"] = (*readings).into();
-                    if let Ok(decoded) = encode::decode(record) {
+                    if let Ok(decoded) = weir_record::read(record) {
                         let samples: Vec<_> = decoded
                             .batch
                             .iter()

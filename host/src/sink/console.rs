@@ -8,7 +8,7 @@
 use std::io::Write;
 use std::time::{Duration, Instant};
 
-use crate::encode::RecordKind;
+use weir_record::RecordKind;
 
 use super::{Confirmation, Confirmed, OutgoingRecord, PublishError};
 
@@ -35,7 +35,7 @@ impl ConsolePublisher {
     }
 
     pub(super) fn publish(&mut self, record: &OutgoingRecord) -> Result<Confirmation, PublishError> {
-        let text = match crate::encode::decode(&record.body) {
+        let text = match weir_record::read(&record.body) {
             Ok(decoded) => self.describe(record, &decoded),
             Err(e) => format!("{} #{}: unreadable record ({e})\n", self.stream, record.seq),
         };
@@ -44,7 +44,7 @@ impl ConsolePublisher {
         Ok(Box::pin(async { Ok(Confirmed::default()) }))
     }
 
-    fn describe(&mut self, record: &OutgoingRecord, decoded: &crate::encode::Record) -> String {
+    fn describe(&mut self, record: &OutgoingRecord, decoded: &weir_record::Record) -> String {
         use std::fmt::Write as _;
         let span = decoded.span();
         let mut text = String::new();

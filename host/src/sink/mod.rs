@@ -677,7 +677,7 @@ impl<'a> Drain<'a> {
                 .and_then(|r| r.into_iter().next())
                 .map(|(_, b)| b);
             let body = body.unwrap_or_default();
-            let readings = crate::encode::decode(&body).map_or(0, |record| record.span().readings);
+            let readings = weir_record::read(&body).map_or(0, |record| record.span().readings);
             changes.dead_letters.push(DeadLetter {
                 pipeline: stream.clone(),
                 stage: DeadLetterStage::Sink { kind: self.sink.config.kind().to_owned() },

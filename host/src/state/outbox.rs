@@ -28,7 +28,7 @@ use super::{OrStore, StoreError};
 use crate::batch::Nanos;
 use crate::coarsen::{self, WIDTHS};
 use crate::config::{Encoding, WhenFull};
-use crate::encode::{self, Record, RecordHeader, RecordKind, Span};
+use weir_record::{Record, RecordHeader, RecordKind, Span};
 
 pub(super) const OUTBOX: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("outbox");
 /// (stream, seq) → (kind, window width, bytes, last seq of the span) of coarsened records and
@@ -519,7 +519,7 @@ impl<'txn> Outbox<'txn> {
     ) -> Result<bool, StoreError> {
         let mut records = Vec::with_capacity(run.len());
         for (seq, body) in run {
-            match encode::decode(body) {
+            match weir_record::read(body) {
                 Ok(record) => records.push(record),
                 Err(e) => {
                     tracing::error!(stage = "state", stream, seq, error = %e, "an outbox record does not decode; it is not coarsened");
@@ -601,7 +601,7 @@ impl<'txn> Outbox<'txn> {
         now: Nanos,
     ) -> Result<(), StoreError> {
         let body = self.remove(stream, victim)?.unwrap_or_default();
-        let (header, span) = match encode::decode(&body) {
+        let (header, span) = match weir_record::read(&body) {
             Ok(record) => (record.header.clone(), record.span()),
             Err(e) => {
                 tracing::error!(stage = "state", stream, seq = victim, error = %e,
@@ -614,7 +614,7 @@ impl<'txn> Outbox<'txn> {
         self.count(stream, Counter::RecordsDropped, span.records)?;
         self.count(stream, Counter::ReadingsDropped, span.readings)?;
         let marker = match previous_marker.map(|seq| self.read(stream, seq)).transpose()?.flatten() {
-            Some(marker_body) => match encode::decode(&marker_body) {
+            Some(marker_body) => match weir_record::read(&marker_body) {
                 Ok(mut marker) => {
                     if let Some(dropped) = &mut marker.dropped {
                         dropped.merge(&span);
@@ -626,7 +626,7 @@ impl<'txn> Outbox<'txn> {
             },
             None => new_marker(header, span, now),
         };
-        let body = encode::encode_record(encoding, &marker).expect("a marker holds no readings to refuse");
+        let body = weir_record::write(encoding, &marker).expect("a marker holds no readings to refuse");
         let summary = Summary::of(&marker, body.len());
         tracing::debug!(stage = "state", stream, seq = victim, marker = marker.header.seq, "dropped an outbox record");
         self.put(stream, marker.header.seq, &body, summary)

@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use super::outbox::{OUTBOX, OUTBOX_USAGE, STREAM_COUNTERS};
 use super::salvage::{self, Recovery};
 use super::{COUNTERS, Counter, DEAD_LETTERS, DEAD_LETTERS_EVICTED, OrStore, SINK_POSITIONS, STREAM_SEQ, StoreError};
-use crate::encode;
 
 /// File name of the snapshot a running gateway keeps in its data dir.
 pub const SNAPSHOT_FILE: &str = "stats.json";
@@ -118,7 +117,7 @@ pub(super) fn collect(txn: &ReadTransaction) -> Result<Stats, StoreError> {
         let (oldest_seq, oldest_encoded_at) = match oldest {
             Some(entry) => {
                 let (key, body) = entry.or_store("read stats")?;
-                let encoded_at = encode::decode(body.value()).ok().map(|record| record.span().first_encoded_at);
+                let encoded_at = weir_record::read(body.value()).ok().map(|record| record.span().first_encoded_at);
                 (Some(key.value().1), encoded_at)
             }
             None => (None, None),

@@ -252,7 +252,7 @@ async fn recent_deliveries_keep_the_newest_window_per_source() {
 
 use crate::batch::{BatchBuilder, Series};
 use crate::config::{Encoding, WhenFull};
-use crate::encode::{self, Record, RecordHeader, RecordKind};
+use weir_record::{Record, RecordHeader, RecordKind};
 
 const SECOND: i64 = 1_000_000_000;
 
@@ -289,7 +289,7 @@ fn stream_record(stream: &str, seq: u64, readings: usize) -> OutboxRecord {
     OutboxRecord {
         stream: stream.into(),
         seq,
-        body: encode::encode(Encoding::Cbor, &header, &batch.finish()).expect("encode"),
+        body: weir_record::write_readings(Encoding::Cbor, &header, &batch.finish()).expect("encode"),
     }
 }
 
@@ -300,7 +300,7 @@ fn outbox_records(store: &StateStore) -> Vec<(u64, Vec<u8>, Record)> {
         .expect("read")
         .into_iter()
         .map(|(seq, body)| {
-            let record = encode::decode(&body).expect("every outbox record decodes");
+            let record = weir_record::read(&body).expect("every outbox record decodes");
             (seq, body, record)
         })
         .collect()
@@ -526,7 +526,7 @@ async fn records_reserved_for_publishing_are_never_coarsened_or_dropped() {
         }
         let held = store.outbox_after("s", 0, 10).expect("read");
         assert_eq!(held, originals, "{when_full:?}: reserved records are untouched");
-        let eleventh = encode::decode(&store.outbox_after("s", 10, 1).expect("read")[0].1).expect("decodes");
+        let eleventh = weir_record::read(&store.outbox_after("s", 10, 1).expect("read")[0].1).expect("decodes");
         assert_ne!(eleventh.kind(), RecordKind::Readings, "{when_full:?}: the oldest unreserved record was summarised");
         assert_eq!(eleventh.span().first_seq, 11, "{when_full:?}: summaries start after the reservation");
         committer
@@ -654,7 +654,7 @@ mod model {
                         continue;
                     }
                     let record =
-                        encode::decode(&store.outbox_after("s", seq - 1, 1).expect("read")[0].1).expect("decodes");
+                        weir_record::read(&store.outbox_after("s", seq - 1, 1).expect("read")[0].1).expect("decodes");
                     let span = record.span();
                     reference.confirmed.extend(span.first_seq..=span.last_seq);
                     reference.confirmed_readings += span.readings;

@@ -1,6 +1,6 @@
 //! Window: the stage between the operators and the encoder that sends less than it receives.
 //! Its pure parts — event-time windows, mergeable aggregates, downsampling — are the
-//! `weir-window` crate (`host/window/`), shared with the guest SDK and re-exported here; this
+//! `weir-window` crate (`window/`), shared with the guest SDK and re-exported here; this
 //! module is the pipeline's stage around them.
 //!
 //! [`WindowStage`] owns one pipeline's window state. Per batch it adds the operators' output,
@@ -27,10 +27,10 @@ pub use downsampling::DownsampleStage;
 
 use crate::batch::{Batch, BatchBuilder, Nanos, Series};
 use crate::config::WindowConfig;
-use crate::encode::{CustomWindow, WindowSeries, WindowValue};
 use crate::state::{StateStore, StateWrite, StoreError};
 use accumulator::{Accumulator, CustomPartial};
 use event_time::Windows;
+use weir_record::{CustomWindow, WindowSeries, WindowValue};
 
 /// The state key of a pipeline's windows.
 const STATE_KEY: &[u8] = b"windows";

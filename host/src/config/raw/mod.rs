@@ -176,13 +176,5 @@ pub struct RawBatch {
     pub queue: Option<CountIn<1, 1_000_000>>,
 }
 
-/// How records are encoded.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Encoding {
-    /// Compact CBOR, schema in docs/batch-format.md.
-    #[default]
-    Cbor,
-    /// JSON with the same structure, for debugging and simple consumers.
-    Json,
-}
+/// How records are encoded: the record format's encodings.
+pub use weir_record::Encoding;

@@ -63,7 +63,6 @@ use super::{
     CACHE_BYTES, COUNTERS, Counter, DEAD_LETTERS, FUNCTION_STATE, OrStore, RECENT_DELIVERIES, SINK_POSITIONS,
     STREAM_SEQ, StoreError, create_tables, recount_dead_letter_bytes, recount_function_state_usage,
 };
-use crate::encode;
 use scan::Scanned;
 
 /// Damaged files kept in `<data_dir>/damaged`, newest first; older ones are deleted.
@@ -426,7 +425,7 @@ type StateKey = (String, Vec<u8>);
 /// One stream's outbox as it will be restored.
 struct StreamOutbox {
     /// (seq, body, record), in seq order.
-    records: Vec<(u64, Vec<u8>, encode::Record)>,
+    records: Vec<(u64, Vec<u8>, weir_record::Record)>,
     /// Records (counted in seqs: original records) lost, when known.
     lost_records: Option<u64>,
     report: StreamSalvage,
@@ -445,14 +444,14 @@ struct Bounds {
 }
 
 /// A candidate outbox record: (body, record, read through redb, identical copies found).
-type Candidate = (Vec<u8>, encode::Record, bool, u32);
+type Candidate = (Vec<u8>, weir_record::Record, bool, u32);
 
 /// Entries read back from a damaged file.
 #[derive(Default)]
 struct Salvaged {
     tables: Vec<TableSalvage>,
     function_state: Vec<(StateKey, Vec<u8>)>,
-    outbox: Vec<((String, u64), Vec<u8>, encode::Record)>,
+    outbox: Vec<((String, u64), Vec<u8>, weir_record::Record)>,
     /// Every key redb read in the outbox table, its record kept or not.
     outbox_keys: std::collections::BTreeSet<(String, u64)>,
     usage: Option<Vec<(String, u64)>>,
@@ -563,7 +562,7 @@ impl Salvaged {
         let keys = std::cell::RefCell::new(std::collections::BTreeSet::new());
         self.outbox = self.table(source, OUTBOX, |(stream, seq), body| {
             keys.borrow_mut().insert((stream.to_owned(), seq));
-            let record = encode::decode(body).ok()?;
+            let record = weir_record::read(body).ok()?;
             (record.header.stream == stream && record.header.seq == seq)
                 .then(|| ((stream.to_owned(), seq), body.to_vec(), record))
         });
@@ -744,7 +743,7 @@ fn choose(
 mod tests {
     use super::*;
     use crate::batch::Batch;
-    use crate::encode::{Record, RecordHeader, Span};
+    use weir_record::{Record, RecordHeader, Span};
 
     fn record(seq: u64, dropped_through: Option<u64>, encoded_at: i64) -> Record {
         let header = RecordHeader { gateway: "gw".into(), stream: "s".into(), seq, encoded_at };

@@ -5,7 +5,7 @@
 //! contiguous pages, when it is larger than one page). So at every offset where a CBOR record
 //! envelope can start — a map of 6 to 10 entries, then key 0 with format version 1, then key 1
 //! with a text string (the gateway) — the scan decodes one CBOR item with
-//! [`encode::decode_cbor_prefix`] (which stops after the item, rejects anything malformed and
+//! [`weir_record::read_cbor_prefix`] (which stops after the item, rejects anything malformed and
 //! allocates in proportion to the bytes it is given) and keeps it if it decodes as a record
 //! that names a stream and a seq (and, for a summary, a span starting at that seq).
 //!
@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
-use crate::encode::{self, FORMAT_VERSION, Record};
+use weir_record::{FORMAT_VERSION, OLDEST_FORMAT_VERSION, Record};
 
 /// Bytes of the file scanned per read.
 const CHUNK: usize = 8 << 20;
@@ -74,7 +74,7 @@ pub(super) fn scan_bytes(bytes: &[u8], starts: usize, stale: &impl Fn(&str, u64)
             continue;
         }
         let window = &bytes[at..bytes.len().min(at + MAX_RECORD)];
-        let Ok((record, length)) = encode::decode_cbor_prefix(window) else { continue };
+        let Ok((record, length)) = weir_record::read_cbor_prefix(window) else { continue };
         if !plausible(&record) {
             continue;
         }
@@ -91,9 +91,10 @@ pub(super) fn scan_bytes(bytes: &[u8], starts: usize, stale: &impl Fn(&str, u64)
     }
 }
 
-/// A CBOR map of 6..=10 entries, key 0 = version 1, key 1 = a text string.
+/// A CBOR map of 6..=10 entries, key 0 = a version the reader takes, key 1 = a text string.
 fn envelope_starts(bytes: &[u8]) -> bool {
-    matches!(bytes, [0xa6..=0xaa, 0x00, version, 0x01, 0x60..=0x7b, ..] if u64::from(*version) == FORMAT_VERSION)
+    matches!(bytes, [0xa6..=0xaa, 0x00, version, 0x01, 0x60..=0x7b, ..]
+        if (OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&u64::from(*version)))
 }
 
 /// Names a stream and a seq, and a summary's span starts at that seq.
@@ -108,7 +109,7 @@ mod tests {
     use super::*;
     use crate::batch::{BatchBuilder, Series};
     use crate::config::Encoding;
-    use crate::encode::RecordHeader;
+    use weir_record::RecordHeader;
 
     fn body(stream: &str, seq: u64) -> Vec<u8> {
         let mut batch = BatchBuilder::new();
@@ -117,7 +118,7 @@ mod tests {
             batch.push(series, i * 1_000_000_000, 20.5 + i as f64);
         }
         let header = RecordHeader { gateway: "gw".into(), stream: stream.into(), seq, encoded_at: 7 };
-        encode::encode(Encoding::Cbor, &header, &batch.finish()).expect("encode")
+        weir_record::write_readings(Encoding::Cbor, &header, &batch.finish()).expect("encode")
     }
 
     /// Whole records are found wherever they lie, counted per identical copy; a cut-off one,
@@ -132,7 +133,7 @@ mod tests {
         bytes.extend_from_slice(&a1);
         bytes.extend_from_slice(&b9[..b9.len() - 3]);
         let mut broken = body("b", 10);
-        broken[2] = 2; // format version 2
+        broken[2] = 3; // format version 3
         bytes.extend_from_slice(&broken);
         let mut broken = body("b", 11);
         let end = broken.len();

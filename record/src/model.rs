@@ -1,6 +1,10 @@
-//! The parts of a record that summarise other records: aggregate windows (what a coarsened
-//! record carries instead of readings) and spans (which original records a coarsened record or
-//! a drop marker stands for).
+//! The model of a record: what a gateway forwards, independent of its encoding.
+//!
+//! A [`Record`] carries readings (a [`Batch`]), or summarises other records, or both: a
+//! *coarsened* record carries aggregate windows ([`AggregateSeries`]) and the [`Span`] of original
+//! records it replaced; a *drop marker* carries only the span of records dropped. A pipeline with
+//! a window stage adds its emissions ([`WindowSeries`]: one [`WindowValue`] per emission, with its
+//! quantile [`Sketch`]).
 //!
 //! **Invariant (mergeable):** every statistic of a [`Window`] (from `weir-window`'s `moments`)
 //! merges exactly, in any order and grouping, up to floating-point rounding of sums — so windows
@@ -12,7 +16,98 @@ use serde::{Deserialize, Serialize};
 pub use weir_window::aggregate::TimedValue;
 pub use weir_window::moments::{Window, window_start};
 
-use crate::batch::{Nanos, Series};
+use crate::batch::{Batch, Nanos, Series};
+use crate::sketch::Sketch;
+
+/// Identity and metadata of a record.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// Gateway that produced it.
+    pub gateway: String,
+    /// Stream (pipeline) within the gateway.
+    pub stream: String,
+    /// Position in the stream: starts at 1, increases by one per record.
+    pub seq: u64,
+    /// Processing time at which the record was encoded.
+    pub encoded_at: Nanos,
+}
+
+impl RecordHeader {
+    /// The end-to-end id `<gateway>.<stream>.<seq>`, used as `Nats-Msg-Id` and for dedup.
+    pub fn record_id(&self) -> String {
+        format!("{}.{}.{}", self.gateway, self.stream, self.seq)
+    }
+}
+
+/// A record: readings, or a summary of other records, or both.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Record {
+    /// Its header.
+    pub header: RecordHeader,
+    /// Its readings.
+    pub batch: Batch,
+    /// Aggregate windows (coarsened records).
+    pub aggregates: Vec<AggregateSeries>,
+    /// Event-time window emissions (pipelines with a window stage).
+    pub windows: Vec<WindowSeries>,
+    /// Set on a coarsened record: the original records it replaces and the window width.
+    pub coarsened: Option<Coarsened>,
+    /// Set on a drop marker: the original records that were dropped.
+    pub dropped: Option<Span>,
+}
+
+/// What a coarsened record replaced, and how.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Coarsened {
+    /// The original records it stands for.
+    pub span: Span,
+    /// Width of its aggregate windows, ns.
+    pub width: u64,
+}
+
+/// What a record is, as far as the outbox is concerned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RecordKind {
+    /// Readings as processed.
+    Readings,
+    /// Aggregates replacing original records, in windows of this width (ns).
+    Coarsened {
+        /// The window width, ns.
+        width: u64,
+    },
+    /// A marker for dropped records.
+    Dropped,
+}
+
+impl Record {
+    /// A record of readings.
+    pub fn of_readings(header: RecordHeader, batch: Batch) -> Self {
+        Self { header, batch, aggregates: Vec::new(), windows: Vec::new(), coarsened: None, dropped: None }
+    }
+
+    /// What the record is.
+    pub fn kind(&self) -> RecordKind {
+        match (&self.coarsened, &self.dropped) {
+            (Some(coarsened), _) => RecordKind::Coarsened { width: coarsened.width },
+            (None, Some(_)) => RecordKind::Dropped,
+            (None, None) => RecordKind::Readings,
+        }
+    }
+
+    /// The original records this record stands for: its span when it summarises, else itself.
+    pub fn span(&self) -> Span {
+        if let Some(coarsened) = &self.coarsened {
+            return coarsened.span.clone();
+        }
+        if let Some(dropped) = &self.dropped {
+            return dropped.clone();
+        }
+        let times = self.batch.timestamps().iter().fold(None, |range: Option<(Nanos, Nanos)>, &ts| {
+            Some(range.map_or((ts, ts), |(lo, hi)| (lo.min(ts), hi.max(ts))))
+        });
+        Span::of_record(self.header.seq, self.batch.len() as u64, times, self.header.encoded_at)
+    }
+}
 
 /// Which original records a coarsened record or a drop marker stands for, exactly.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -96,8 +191,8 @@ pub struct WindowValue {
     pub first: Option<TimedValue>,
     /// The latest reading.
     pub last: Option<TimedValue>,
-    /// The quantile sketch in DDSketch's standard binary encoding (empty when the count is 0).
-    pub sketch: Vec<u8>,
+    /// The quantile sketch (none when the count is 0).
+    pub sketch: Sketch,
     /// The custom aggregate, in pipelines whose window has one.
     pub custom: Option<CustomWindow>,
 }
@@ -139,7 +234,7 @@ impl WindowValue {
             stats,
             first: aggregate.first(),
             last: aggregate.last(),
-            sketch: if counted { aggregate.sketch_bytes() } else { Vec::new() },
+            sketch: if counted { Sketch::of(aggregate) } else { Sketch::None },
             custom: None,
         }
     }

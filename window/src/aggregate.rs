@@ -210,10 +210,9 @@ impl Aggregate {
         self.sketch.quantile(q.clamp(0.0, 1.0)).ok().flatten()
     }
 
-    /// The sketch in DataDog's standard binary encoding (readable by DDSketch libraries in other
-    /// languages, and mergeable there).
-    pub fn sketch_bytes(&self) -> Vec<u8> {
-        self.sketch.to_java_bytes()
+    /// The quantile sketch itself (the record format publishes its bins; see `weir-record`).
+    pub fn sketch(&self) -> &DDSketch {
+        &self.sketch
     }
 }
 

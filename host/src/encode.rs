@@ -1,14 +1,14 @@
-//! Sizing records to what the sink can publish: a record whose body would exceed the sink's
-//! limit is split into several records (readings apart from window emissions, then halves), each
+//! Encode: the stage that turns what a batch produced (readings, window emissions) into record
+//! bodies in the record format (`weir-record`), sized to what the sink can publish: a record
+//! whose body would exceed the sink's limit is split into several records (readings apart from window emissions, then halves), each
 //! with its own seq; only a single reading or window emission that is too large by itself cannot
 //! be sent, and it is handed back alone so the caller dead-letters exactly that.
 //!
 //! Pure: no I/O, no clock.
 
-use crate::batch::{Batch, BatchBuilder};
-use crate::config::Encoding;
+use weir_record::{Encoding, Record, RecordHeader, WindowSeries, WriteError};
 
-use super::{EncodeError, Record, RecordHeader, WindowSeries, encode_record};
+use crate::batch::{Batch, BatchBuilder};
 
 /// An encoded record body and its seq.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -47,7 +47,7 @@ pub fn fit(encoding: Encoding, record: Record, max_bytes: u64) -> FitOutcome {
     let first_seq = record.header.seq;
     let mut outcome = FitOutcome::default();
     // The common case: one encoding, with the real seq.
-    match encode_record(encoding, &record) {
+    match weir_record::write(encoding, &record) {
         Ok(body) if body.len() as u64 <= max_bytes => {
             let readings = record.batch.len();
             outcome.records.push(Fitted { seq: first_seq, body, readings });
@@ -63,7 +63,7 @@ pub fn fit(encoding: Encoding, record: Record, max_bytes: u64) -> FitOutcome {
     for piece in pieces {
         let record = Record { header: RecordHeader { seq, ..header.clone() }, ..piece };
         // A piece fitted with the largest seq, so with its own it fits too.
-        match encode_record(encoding, &record) {
+        match weir_record::write(encoding, &record) {
             Ok(body) => {
                 outcome.records.push(Fitted { seq, body, readings: record.batch.len() });
                 seq += 1;
@@ -74,7 +74,7 @@ pub fn fit(encoding: Encoding, record: Record, max_bytes: u64) -> FitOutcome {
     outcome
 }
 
-fn unfit_whole(record: Record, error: &EncodeError) -> FitOutcome {
+fn unfit_whole(record: Record, error: &WriteError) -> FitOutcome {
     let windows = record.windows.iter().map(|series| series.windows.len()).sum();
     FitOutcome { records: Vec::new(), unfit: vec![Unfit { batch: record.batch, windows, reason: error.to_string() }] }
 }
@@ -89,7 +89,7 @@ fn split_until_fit(
     unfit: &mut Vec<Unfit>,
 ) {
     let probe = Record { header: RecordHeader { seq: u64::MAX, ..record.header.clone() }, ..record };
-    let size = match encode_record(encoding, &probe) {
+    let size = match weir_record::write(encoding, &probe) {
         Ok(body) => body.len() as u64,
         Err(error) => {
             unfit.extend(unfit_whole(probe, &error).unfit);
@@ -182,7 +182,6 @@ fn split_batch(batch: &Batch) -> (Batch, Batch) {
 mod tests {
     use super::*;
     use crate::batch::Series;
-    use crate::encode::decode;
 
     fn record(readings: &[(&str, f64)]) -> Record {
         let mut batch = BatchBuilder::new();
@@ -219,7 +218,7 @@ mod tests {
         for (i, fitted) in outcome.records.iter().enumerate() {
             assert!(fitted.body.len() <= 512, "record {i}: {} bytes", fitted.body.len());
             assert_eq!(fitted.seq, 7 + i as u64);
-            let decoded = decode(&fitted.body).expect("decodes");
+            let decoded = weir_record::read(&fitted.body).expect("decodes");
             assert_eq!(decoded.header.seq, fitted.seq);
             assert_eq!(decoded.batch.len(), fitted.readings);
             values.extend(decoded.batch.iter().map(|s| s.value));
@@ -237,8 +236,11 @@ mod tests {
         assert_eq!(unfit.batch.len(), 1);
         assert_eq!(unfit.batch.values(), [2.0]);
         assert!(unfit.reason.contains("one reading alone"), "{}", unfit.reason);
-        let sent: Vec<f64> =
-            outcome.records.iter().flat_map(|r| decode(&r.body).expect("decodes").batch.values().to_vec()).collect();
+        let sent: Vec<f64> = outcome
+            .records
+            .iter()
+            .flat_map(|r| weir_record::read(&r.body).expect("decodes").batch.values().to_vec())
+            .collect();
         assert_eq!(sent, [1.0, 3.0]);
         let seqs: Vec<u64> = outcome.records.iter().map(|r| r.seq).collect();
         assert_eq!(seqs, (7..7 + seqs.len() as u64).collect::<Vec<_>>(), "seqs stay consecutive");

@@ -1,5 +1,6 @@
 //! The record format: round trips (also as a property), the published CDDL, compactness, refusals.
 
+use minicbor::Encoder;
 use proptest::prelude::*;
 
 use super::*;
@@ -33,8 +34,8 @@ fn per_series(batch: &Batch) -> Vec<(String, Vec<(Nanos, u64)>)> {
 #[test]
 fn cbor_round_trip_keeps_every_reading_and_header() {
     let input = batch(&[("a", 1_000, 1.5), ("b", 2_000, -0.1), ("a", 3_500, 1e300), ("a", 2_000, f64::NAN)]);
-    let bytes = encode(Encoding::Cbor, &header(7), &input).expect("encodable");
-    let decoded = decode(&bytes).expect("decodable");
+    let bytes = write_readings(Encoding::Cbor, &header(7), &input).expect("encodable");
+    let decoded = read(&bytes).expect("decodable");
     assert_eq!(decoded.header, header(7));
     assert_eq!(per_series(&decoded.batch), per_series(&input));
     assert_eq!(decoded.batch.series()[0].unit.as_deref(), Some("Cel"));
@@ -43,17 +44,17 @@ fn cbor_round_trip_keeps_every_reading_and_header() {
 #[test]
 fn json_round_trip_turns_non_finite_values_into_nan() {
     let input = batch(&[("a", 1, 2.5), ("a", 2, f64::INFINITY)]);
-    let bytes = encode(Encoding::Json, &header(1), &input).expect("encodable");
+    let bytes = write_readings(Encoding::Json, &header(1), &input).expect("encodable");
     let text = std::str::from_utf8(&bytes).expect("JSON is UTF-8");
     assert!(text.contains("\"values\":[2.5,null]"), "{text}");
-    let decoded = decode(&bytes).expect("decodable");
+    let decoded = read(&bytes).expect("decodable");
     assert_eq!(decoded.batch.values()[0], 2.5);
     assert!(decoded.batch.values()[1].is_nan());
 }
 
 #[test]
 fn encoded_record_matches_the_documented_cddl() {
-    let schema = include_str!("../../../docs/batch.cddl");
+    let schema = include_str!("../../docs/batch.cddl");
     let mut input = batch(&[("plant1/boiler/temp", 1_700_000_000_000_000_000, 21.5), ("p", 5, 1013.25)]);
     let mut builder = BatchBuilder::new();
     builder.extend(&input);
@@ -62,7 +63,7 @@ fn encoded_record_matches_the_documented_cddl() {
     builder.push(index, 10, 0.1);
     builder.push(index, 20, 0.2);
     input = builder.finish();
-    let bytes = encode(Encoding::Cbor, &header(3), &input).expect("encodable");
+    let bytes = write_readings(Encoding::Cbor, &header(3), &input).expect("encodable");
     cddl::validate_cbor_from_slice(schema, &bytes, None).expect("the encoder's output follows docs/batch.cddl");
 }
 
@@ -118,10 +119,10 @@ fn same_record(a: &Record, b: &Record) -> bool {
 fn coarsened_records_and_drop_markers_round_trip_in_both_encodings() {
     let (coarsened, marker) = summaries();
     for record in [&coarsened, &marker] {
-        let cbor = encode_record(Encoding::Cbor, record).expect("encodable");
-        assert!(same_record(&decode(&cbor).expect("decodable CBOR"), record), "CBOR round trip of {record:?}");
-        let json = encode_record(Encoding::Json, record).expect("encodable");
-        let from_json = decode(&json).expect("decodable JSON");
+        let cbor = write(Encoding::Cbor, record).expect("encodable");
+        assert!(same_record(&read(&cbor).expect("decodable CBOR"), record), "CBOR round trip of {record:?}");
+        let json = write(Encoding::Json, record).expect("encodable");
+        let from_json = read(&json).expect("decodable JSON");
         assert_eq!(from_json.coarsened, record.coarsened);
         assert_eq!(from_json.dropped, record.dropped);
         assert_eq!(from_json.aggregates.len(), record.aggregates.len());
@@ -133,10 +134,10 @@ fn coarsened_records_and_drop_markers_round_trip_in_both_encodings() {
 
 #[test]
 fn coarsened_records_and_drop_markers_match_the_documented_cddl() {
-    let schema = include_str!("../../../docs/batch.cddl");
+    let schema = include_str!("../../docs/batch.cddl");
     let (coarsened, marker) = summaries();
     for record in [coarsened, marker] {
-        let bytes = encode_record(Encoding::Cbor, &record).expect("encodable");
+        let bytes = write(Encoding::Cbor, &record).expect("encodable");
         cddl::validate_cbor_from_slice(schema, &bytes, None)
             .unwrap_or_else(|e| panic!("{:?} does not follow docs/batch.cddl: {e}", record.kind()));
     }
@@ -154,7 +155,7 @@ fn regular_series_encode_in_a_few_bytes_per_reading() {
             )
         })
         .collect();
-    let bytes = encode(Encoding::Cbor, &header(1), &batch(&readings)).expect("encodable");
+    let bytes = write_readings(Encoding::Cbor, &header(1), &batch(&readings)).expect("encodable");
     let per_reading = bytes.len() as f64 / readings.len() as f64;
     // dt = 1 tick of 1 s (1 byte) + a half float (3 bytes) per reading, plus the envelope.
     assert!(per_reading < 4.2, "{per_reading} bytes per reading ({} bytes)", bytes.len());
@@ -164,19 +165,19 @@ fn regular_series_encode_in_a_few_bytes_per_reading() {
 fn refuses_other_versions_and_broken_input() {
     let mut other_version = Vec::new();
     let mut e = Encoder::new(&mut other_version);
-    e.map(1).and_then(|e| e.u8(0)?.u8(2)).expect("encoding to a Vec");
-    let err = decode(&other_version).expect_err("version 2");
-    assert!(err.to_string().contains("version 2 is not supported"), "{err}");
+    e.map(1).and_then(|e| e.u8(0)?.u8(3)).expect("encoding to a Vec");
+    let err = read(&other_version).expect_err("version 3");
+    assert!(err.to_string().contains("version 3 is not supported"), "{err}");
 
-    let good = encode(Encoding::Cbor, &header(1), &batch(&[("a", 1, 1.0)])).expect("encodable");
-    assert!(matches!(decode(&good[..good.len() - 1]), Err(RecordDecodeError::Syntax { .. })));
+    let good = write_readings(Encoding::Cbor, &header(1), &batch(&[("a", 1, 1.0)])).expect("encodable");
+    assert!(matches!(read(&good[..good.len() - 1]), Err(ReadError::Syntax { .. })));
 }
 
 #[test]
 fn time_spans_beyond_i64_are_refused_not_panicked() {
-    let err = encode(Encoding::Cbor, &header(1), &batch(&[("a", i64::MIN, 1.0), ("a", i64::MAX, 2.0)]))
+    let err = write_readings(Encoding::Cbor, &header(1), &batch(&[("a", i64::MIN, 1.0), ("a", i64::MAX, 2.0)]))
         .expect_err("the delta does not fit in i64 nanoseconds");
-    assert!(matches!(err, EncodeError::TimeSpan { .. }));
+    assert!(matches!(err, WriteError::TimeSpan { .. }));
 }
 
 fn arbitrary_batch() -> impl Strategy<Value = Batch> {
@@ -191,7 +192,7 @@ fn arbitrary_batch() -> impl Strategy<Value = Batch> {
 proptest! {
     #[test]
     fn any_batch_round_trips_through_cbor(input in arbitrary_batch(), seq in 1u64..u64::MAX) {
-        let decoded = decode(&encode(Encoding::Cbor, &header(seq), &input).expect("timestamps within ±4e18 ns")).expect("decodable");
+        let decoded = read(&write_readings(Encoding::Cbor, &header(seq), &input).expect("timestamps within ±4e18 ns")).expect("decodable");
         prop_assert_eq!(decoded.header.seq, seq);
         prop_assert_eq!(per_series(&decoded.batch), per_series(&input));
     }
@@ -232,18 +233,18 @@ fn windowed() -> Record {
 #[test]
 fn window_emissions_round_trip_in_both_encodings_and_match_the_cddl() {
     let record = windowed();
-    let cbor = encode_record(Encoding::Cbor, &record).expect("encodable");
-    assert!(same_record(&decode(&cbor).expect("decodable CBOR"), &record), "CBOR round trip");
-    let schema = include_str!("../../../docs/batch.cddl");
+    let cbor = write(Encoding::Cbor, &record).expect("encodable");
+    assert!(same_record(&read(&cbor).expect("decodable CBOR"), &record), "CBOR round trip");
+    let schema = include_str!("../../docs/batch.cddl");
     cddl::validate_cbor_from_slice(schema, &cbor, None).expect("window blocks follow docs/batch.cddl");
-    let json = encode_record(Encoding::Json, &record).expect("encodable");
-    let from_json = decode(&json).expect("decodable JSON");
-    let counted = |r: &Record| -> Vec<(Nanos, u32, u64, Vec<u8>)> {
+    let json = write(Encoding::Json, &record).expect("encodable");
+    let from_json = read(&json).expect("decodable JSON");
+    let counted = |r: &Record| -> Vec<(Nanos, u32, u64, Sketch)> {
         r.windows[0].windows.iter().map(|w| (w.key, w.revision, w.stats.count, w.sketch.clone())).collect()
     };
     assert_eq!(counted(&from_json), counted(&record));
     let retracted = record.windows[0].windows.iter().find(|w| w.stats.count == 0).expect("a retracted session");
-    assert!(retracted.first.is_none() && retracted.sketch.is_empty() && retracted.revision == 1);
+    assert!(retracted.first.is_none() && retracted.sketch.is_none() && retracted.revision == 1);
 }
 
 #[test]
@@ -261,22 +262,86 @@ fn custom_aggregates_round_trip_in_both_encodings_and_match_the_cddl() {
         });
     }
     assert!(record.windows[0].windows.iter().any(|w| w.custom.as_ref().is_some_and(|c| c.values.is_none())));
-    let cbor = encode_record(Encoding::Cbor, &record).expect("encodable");
-    assert!(same_record(&decode(&cbor).expect("decodable CBOR"), &record), "CBOR round trip");
-    let schema = include_str!("../../../docs/batch.cddl");
+    let cbor = write(Encoding::Cbor, &record).expect("encodable");
+    assert!(same_record(&read(&cbor).expect("decodable CBOR"), &record), "CBOR round trip");
+    let schema = include_str!("../../docs/batch.cddl");
     cddl::validate_cbor_from_slice(schema, &cbor, None).expect("custom columns follow docs/batch.cddl");
-    let json = encode_record(Encoding::Json, &record).expect("encodable");
+    let json = write(Encoding::Json, &record).expect("encodable");
     let custom =
         |r: &Record| -> Vec<Option<CustomWindow>> { r.windows[0].windows.iter().map(|w| w.custom.clone()).collect() };
-    assert_eq!(custom(&decode(&json).expect("decodable JSON")), custom(&record));
-    let without = encode_record(Encoding::Cbor, &windowed()).expect("encodable");
-    assert!(decode(&without).expect("decodable").windows[0].windows.iter().all(|w| w.custom.is_none()));
+    assert_eq!(custom(&read(&json).expect("decodable JSON")), custom(&record));
+    let without = write(Encoding::Cbor, &windowed()).expect("encodable");
+    assert!(read(&without).expect("decodable").windows[0].windows.iter().all(|w| w.custom.is_none()));
+}
+
+/// `record` with every sketch replaced by one in DataDog's Java binary encoding, as format
+/// version 1 carried them.
+fn with_java_sketches(mut record: Record) -> Record {
+    for window in &mut record.windows[0].windows {
+        if window.sketch.is_none() {
+            continue;
+        }
+        let mut sketch = sketches_ddsketch::DDSketch::new(sketches_ddsketch::Config::new(0.01, 2048, 1e-9));
+        sketch.add(window.stats.max);
+        window.sketch = Sketch::JavaBinary(sketch.to_java_bytes());
+    }
+    record
 }
 
 #[test]
-fn coarsening_keeps_the_latest_revision_of_each_window() {
-    let record = windowed();
-    let merged = crate::coarsen::merge(&[record.clone(), record], 60_000_000_000, 7);
-    let keys: Vec<(Nanos, u32)> = merged.windows[0].windows.iter().map(|w| (w.key, w.revision)).collect();
-    assert_eq!(keys, [(0, 1), (8_000_000_000, 1)], "the session still open is not emitted yet");
+fn sketches_of_version_1_records_keep_their_column_when_written_again() {
+    // A version 1 record in its JSON form: the sketch under "sketch", Java binary, as hex.
+    let v1 = with_java_sketches(windowed());
+    let mut json: serde_json::Value =
+        serde_json::from_slice(&write(Encoding::Json, &v1).expect("encodable")).expect("JSON");
+    json["version"] = 1.into();
+    json["windows"][0].as_object_mut().expect("a window block").remove("sketch_proto");
+    let read_v1 = read(&serde_json::to_vec(&json).expect("JSON")).expect("a version 1 record reads");
+    assert!(same_record(&read_v1, &v1));
+    assert!(read_v1.windows[0].windows.iter().any(|w| matches!(w.sketch, Sketch::JavaBinary(_))));
+
+    // Written again (a coarsened record carries windows over), in a block with a new window.
+    let mut mixed = read_v1;
+    let new = windowed().windows[0].windows[0].clone();
+    assert!(matches!(new.sketch, Sketch::Protobuf(_)));
+    mixed.windows[0].windows.push(new);
+    let cbor = write(Encoding::Cbor, &mixed).expect("encodable");
+    let schema = include_str!("../../docs/batch.cddl");
+    cddl::validate_cbor_from_slice(schema, &cbor, None).expect("both sketch columns follow docs/batch.cddl");
+    let again = read(&cbor).expect("decodable");
+    let sketches = |r: &Record| -> Vec<Sketch> { r.windows[0].windows.iter().map(|w| w.sketch.clone()).collect() };
+    assert_eq!(sketches(&again), sketches(&mixed));
+    assert_eq!(sketches(&read(&write(Encoding::Json, &mixed).expect("encodable")).expect("JSON")), sketches(&mixed));
+}
+
+#[test]
+fn a_window_record_s_sketch_gives_quantiles_within_one_percent() {
+    let readings: Vec<f64> = (0..2000).map(|i| 20.0 + f64::from(i % 97) * 0.31 - f64::from(i % 13)).collect();
+    let mut aggregate = weir_window::aggregate::Aggregate::default();
+    for (ts, value) in readings.iter().enumerate() {
+        aggregate.add(ts as i64, *value);
+    }
+    let value = WindowValue {
+        key: 0,
+        start: 0,
+        end: 60_000_000_000,
+        revision: 0,
+        stats: Window { start: 0, ..aggregate.moments().expect("readings") },
+        first: aggregate.first(),
+        last: aggregate.last(),
+        sketch: Sketch::of(&aggregate),
+        custom: None,
+    };
+    let record = Record {
+        windows: vec![WindowSeries { series: Series::named("t"), windows: vec![value] }],
+        ..Record::of_readings(header(1), Batch::new())
+    };
+    let read_back = read(&write(Encoding::Cbor, &record).expect("encodable")).expect("decodable");
+    let mut sorted = readings;
+    sorted.sort_by(f64::total_cmp);
+    for q in [0.05, 0.5, 0.9, 0.99] {
+        let exact = sorted[(q * (sorted.len() - 1) as f64) as usize];
+        let estimate = read_back.windows[0].windows[0].sketch.quantile(q).expect("reads").expect("not empty");
+        assert!((estimate - exact).abs() <= 0.01 * exact.abs(), "q {q}: {estimate} vs {exact}");
+    }
 }
