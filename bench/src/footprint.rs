@@ -41,12 +41,7 @@ impl Args {
     pub fn execute(self) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         print_machine(&mut out)?;
-        let weir = match self.weir {
-            Some(weir) => weir,
-            None => std::env::current_exe()
-                .context("cannot find this executable")?
-                .with_file_name(format!("weir{}", std::env::consts::EXE_SUFFIX)),
-        };
+        let weir = crate::weir_binary(self.weir)?;
         let result = run(&weir, &self.functions_dir, self.functions)?;
         let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
         writeln!(

@@ -6,7 +6,7 @@
 //!
 //! One module per benchmark, each a clap `Args` struct with an `execute` that measures and
 //! prints markdown tables ([`report`] holds what every report shares). Adding a benchmark
-//! (`mqtt-ingest` is the next one planned) is adding a module and one variant to [`Command`];
+//! is adding a module and one variant to [`Command`];
 //! one that runs async code is handed the runtime the dispatch in `main` builds, as `commit` is.
 //!
 //! A reader that goes away (`weir-bench window | head`) ends the command quietly with status 0.
@@ -15,6 +15,7 @@ mod commit;
 mod drain;
 mod engine;
 mod footprint;
+mod mqtt_ingest;
 mod report;
 mod sandbox;
 mod window;
@@ -58,8 +59,9 @@ enum Command {
     /// Start-to-ready and idle memory of `weir run` with N and 2N precompiled functions; the
     /// binary's size.
     Footprint(footprint::Args),
-    // Next: `MqttIngest(mqtt_ingest::Args)`, readings/s from a local MQTT broker through a
-    // pipeline's source (module `mqtt_ingest`, section "MQTT ingest" in docs/BENCHMARKS.md).
+    /// The `weir` binary ingesting JSON readings from a mosquitto of its own (started from
+    /// PATH) into the outbox, QoS 0 and 1: readings/s and CPU time per reading.
+    MqttIngest(mqtt_ingest::Args),
 }
 
 fn main() -> ExitCode {
@@ -72,6 +74,7 @@ fn main() -> ExitCode {
         Command::Engine(args) => runtime().and_then(|runtime| args.execute(&runtime)),
         Command::Drain(args) => runtime().and_then(|runtime| args.execute(&runtime)),
         Command::Footprint(args) => args.execute(),
+        Command::MqttIngest(args) => args.execute(),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -86,6 +89,16 @@ fn main() -> ExitCode {
 /// The process's async runtime, built here only, for the benchmarks that run async code.
 fn runtime() -> anyhow::Result<Runtime> {
     tokio::runtime::Builder::new_multi_thread().enable_all().build().context("cannot start the async runtime")
+}
+
+/// The `weir` binary a benchmark runs: `explicit`, else the one beside this executable.
+fn weir_binary(explicit: Option<std::path::PathBuf>) -> anyhow::Result<std::path::PathBuf> {
+    match explicit {
+        Some(weir) => Ok(weir),
+        None => Ok(std::env::current_exe()
+            .context("cannot find this executable")?
+            .with_file_name(format!("weir{}", std::env::consts::EXE_SUFFIX))),
+    }
 }
 
 /// Whether `error` is a write to a pipe whose reader has gone.
