@@ -2,10 +2,11 @@
 //! wasmtime included, once instead of once per area). Run one area with a name filter:
 //! `cargo nextest run --workspace -E 'test(/^durability::/)'`.
 //!
-//! Every module runs real brokers and the real `weir` binary through the harness (`weir_e2e`,
-//! `tests/src/lib.rs`).
+//! Every module but `boundaries` runs real brokers and the real `weir` binary through the
+//! harness (`weir_e2e`, `tests/src/lib.rs`); `boundaries` reads the workspace's sources.
 
 mod bench;
+mod boundaries;
 mod cli;
 mod durability;
 mod failures;
