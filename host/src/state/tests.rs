@@ -1,6 +1,12 @@
 //! The state store against a real redb file: namespaces, outbox order and reopen, dead-letter
 //! capacity, the single-open rule, relaxed durability.
 
+use std::ops::RangeInclusive;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use redb::{ReadableDatabase, ReadableTableMetadata};
+
 use super::*;
 
 fn store(capacity: u64) -> (tempfile::TempDir, StateStore, Committer, JoinHandle<()>) {
