@@ -24,7 +24,7 @@
 //! the broker keeps sending it) and it is acknowledged after that commit. One whose identity is
 //! still on its way (in the pipeline) is dropped by JetStream — the original will be
 //! acknowledged — and goes through without its message, behind the original, for MQTT, whose
-//! acknowledgements must follow each connection's order (see `mqtt`).
+//! acknowledgements must follow each connection's order (see `mqtt::admission`).
 //!
 //! Lifecycle: the source reads until `intake` is cancelled, then drops its sender (the pipeline
 //! drains the channel) but keeps its connection so the pipeline's last acknowledgements reach the
@@ -251,13 +251,6 @@ impl CommittedRecently {
     /// Forget the cache: a new connection may redeliver anything committed before it.
     fn reset(&mut self) {
         self.loaded = None;
-    }
-
-    /// A delivery committed after the cache was loaded, whose redelivery is still to come.
-    fn remember(&mut self, identity: Vec<u8>) {
-        if let Some(loaded) = &mut self.loaded {
-            loaded.insert(identity);
-        }
     }
 
     fn contains(&mut self, store: &StateStore, identity: &[u8]) -> bool {
