@@ -79,7 +79,7 @@ pub struct Mosquitto {
 }
 
 impl Mosquitto {
-    /// Starts one with an in-memory session store and mosquitto's default in-flight window.
+    /// Starts one with an in-memory session store and mosquitto's default in-flight limit.
     pub fn start() -> Result<Self> {
         Self::start_with("")
     }

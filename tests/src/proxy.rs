@@ -6,7 +6,7 @@
 //! - right before forwarding a JetStream publish ack (the server stored it; the ack is lost).
 //!
 //! After a cut it can refuse connections for a while — an outage of chosen length, for example
-//! longer than the stream's duplicate window. It stops cutting after `max_cuts`.
+//! longer than the stream's duplicate-detection period (`duplicate_window`). It stops cutting after `max_cuts`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -1,5 +1,5 @@
 //! The batcher: groups a pipeline's deliveries into batches. A batch closes at `max_messages`
-//! deliveries (capped by the broker's in-flight window, which sends nothing more until acks
+//! deliveries (capped by the broker's in-flight limit, which sends nothing more until acks
 //! flow), at `max_bytes` of payload, or `linger` after its first delivery.
 //!
 //! Backpressure: its channel to the processor holds one batch; while the processor is busy the
@@ -21,8 +21,8 @@ pub(super) struct BatchLimits {
 }
 
 impl BatchLimits {
-    pub(super) fn new(config: BatchConfig, ack_window: Option<usize>) -> Self {
-        let max_messages = ack_window.map_or(config.max_messages, |window| config.max_messages.min(window));
+    pub(super) fn new(config: BatchConfig, in_flight_limit: Option<usize>) -> Self {
+        let max_messages = in_flight_limit.map_or(config.max_messages, |limit| config.max_messages.min(limit));
         Self { max_messages, max_bytes: config.max_bytes, linger: config.linger }
     }
 }

@@ -117,7 +117,7 @@ pub fn spawn(
 
     // deliveries → batches of deliveries
     let (batch_tx, batch_rx) = mpsc::channel::<Vec<Delivery>>(1);
-    let limits = BatchLimits::new(config.batch, source::ack_window(&config.source));
+    let limits = BatchLimits::new(config.batch, source::in_flight_limit(&config.source));
     tasks.spawn(format!("{name} batcher"), run_batcher(delivery_rx, batch_tx, limits));
 
     // batches (and window ticks) → decode → operators → window → encode → commit → acknowledge,

@@ -18,9 +18,9 @@ const RATE_EVERY: Duration = Duration::from_secs(10);
 pub(super) struct ConsolePublisher {
     stream: String,
     series_shown: usize,
-    window_started: Instant,
-    readings_in_window: u64,
-    records_in_window: u64,
+    interval_started: Instant,
+    readings_in_interval: u64,
+    records_in_interval: u64,
 }
 
 impl ConsolePublisher {
@@ -28,9 +28,9 @@ impl ConsolePublisher {
         Self {
             stream: stream.to_owned(),
             series_shown,
-            window_started: Instant::now(),
-            readings_in_window: 0,
-            records_in_window: 0,
+            interval_started: Instant::now(),
+            readings_in_interval: 0,
+            records_in_interval: 0,
         }
     }
 
@@ -117,21 +117,21 @@ impl ConsolePublisher {
     /// Counts a record and adds the throughput line when one is due.
     fn count(&mut self, readings: usize, text: &mut String) {
         use std::fmt::Write as _;
-        self.readings_in_window += readings as u64;
-        self.records_in_window += 1;
-        let elapsed = self.window_started.elapsed();
+        self.readings_in_interval += readings as u64;
+        self.records_in_interval += 1;
+        let elapsed = self.interval_started.elapsed();
         if elapsed >= RATE_EVERY {
             let seconds = elapsed.as_secs_f64();
             let _ = writeln!(
                 text,
                 "{}: {:.1} readings/s, {:.2} records/s over the last {seconds:.0} s",
                 self.stream,
-                self.readings_in_window as f64 / seconds,
-                self.records_in_window as f64 / seconds
+                self.readings_in_interval as f64 / seconds,
+                self.records_in_interval as f64 / seconds
             );
-            self.window_started = Instant::now();
-            self.readings_in_window = 0;
-            self.records_in_window = 0;
+            self.interval_started = Instant::now();
+            self.readings_in_interval = 0;
+            self.records_in_interval = 0;
         }
     }
 }

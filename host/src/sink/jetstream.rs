@@ -1,8 +1,8 @@
 //! JetStream sink: publishes each record with `Nats-Msg-Id = <gateway>.<stream>.<seq>` and
-//! awaits the stream's ack. The server drops a repeated id inside the stream's duplicate window
+//! awaits the stream's ack. The server drops a repeated id inside the stream's duplicate-detection period (`duplicate_window`)
 //! (acking it as a duplicate), so resending after a lost ack does not store the record twice.
 //!
-//! Beyond that window (an outage longer than it, a crash between a publish and its ack), the
+//! Beyond that period (an outage longer than it, a crash between a publish and its ack), the
 //! sink asks before resending: [`JetStreamPublisher::stored_since`] walks the subject forward
 //! from the stream sequence of the last confirmed record and collects every message whose
 //! `Nats-Msg-Id` names this gateway and stream. Walking (rather than reading only the last

@@ -13,7 +13,7 @@
 //! arrived after its position (JetStream: walking the subject forward and reading each message's
 //! `Nats-Msg-Id`). Those are confirmed without being sent again; everything else still in the
 //! outbox is sent again, with the same end-to-end id `<gateway>.<stream>.<seq>`. So a record is
-//! not stored twice even when the outage outlasted JetStream's duplicate window, and a record
+//! not stored twice even when the outage outlasted JetStream's duplicate-detection period (`duplicate_window`), and a record
 //! lost on a dying connection is sent again even if later ones made it (a reconnecting client
 //! resends what it had buffered). The sink also reconciles when it starts: the previous run may
 //! have died between a publish and its confirmation. MQTT brokers cannot be asked; MQTT
@@ -68,7 +68,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(3);
 /// Longest wait for one confirmation; past it the record is sent again (a broker that lost a
 /// PUBACK on a live connection would otherwise stall the stream).
 const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
-/// Reservations reach this many windows (`max_in_flight`) past the last record read, so most
+/// Reservations reach this many in-flight sets (`max_in_flight`) past the last record read, so most
 /// reads need no reservation commit.
 const RESERVE_AHEAD: u64 = 4;
 /// Retry policy of the console sink (which cannot fail) and of outbox read errors.
@@ -383,7 +383,7 @@ impl<'a> Drain<'a> {
             if self.must_reconcile && !stopping && self.in_flight.is_empty() && !self.reconcile(&stop).await {
                 continue;
             }
-            // Refill once half the window is confirmed, so the outbox is read (and reserved) in
+            // Refill once half the in-flight set is confirmed, so the outbox is read (and reserved) in
             // runs of records rather than one read per confirmation.
             if !stopping && self.in_flight.len() <= self.max_in_flight / 2 {
                 self.fill(&stop).await;
@@ -539,7 +539,7 @@ impl<'a> Drain<'a> {
             Some(Backlog { cursor: 0, end, next_send_at: Instant::now(), bytes_per_second: backlog_bytes_per_second });
     }
 
-    /// Sends outbox records until the window is full or the outbox is drained: the live lane
+    /// Sends outbox records until the in-flight set is full or the outbox is drained: the live lane
     /// first, then the backlog as far as its byte budget allows.
     async fn fill(&mut self, stop: &CancellationToken) {
         let want = self.max_in_flight - self.in_flight.len();

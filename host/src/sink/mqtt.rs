@@ -99,7 +99,7 @@ impl Pending {
     }
 
     /// Forgets publishes the sink stopped waiting for (it timed out and will send them again),
-    /// so they do not hold window slots. Queued ones keep their place: their packet ids are
+    /// so they do not hold in-flight slots. Queued ones keep their place: their packet ids are
     /// still to come, in order.
     fn forget_abandoned(&mut self) {
         self.by_pkid.retain(|_, done| !done.is_closed());
@@ -115,7 +115,7 @@ impl Pending {
 impl Connection {
     pub(super) async fn run(mut self, stop: CancellationToken) {
         let mut options = mqtt_options(&self.broker, &self.client_id, true);
-        // One more than our window: with in-order PUBACKs a packet id is never still in use.
+        // One more than our in-flight set: with in-order PUBACKs a packet id is never still in use.
         options.set_inflight(u16::try_from(self.max_in_flight + 1).unwrap_or(u16::MAX));
         let (client, eventloop) = AsyncClient::new(options, self.max_in_flight.max(1));
         let mut events = mqtt_events(eventloop);

@@ -155,7 +155,7 @@ pub async fn acknowledge(acks: Vec<Ack>) -> Result<(), AckError> {
 
 /// Most deliveries with owed acknowledgements the broker lets out at once, if it limits them: a
 /// batch must close when it holds that many, since no more will arrive before they are acked.
-pub fn ack_window(config: &SourceConfig) -> Option<usize> {
+pub fn in_flight_limit(config: &SourceConfig) -> Option<usize> {
     match config {
         SourceConfig::Mqtt { qos: crate::config::Qos::AtLeastOnce, max_inflight, .. } => Some(*max_inflight),
         SourceConfig::JetStream { .. } => Some(nats::MAX_ACK_PENDING as usize),

@@ -171,7 +171,7 @@ impl JetStreamSource {
         let record = DeliveryRecord {
             source: committed.source.clone(),
             identity: identity.clone(),
-            window: u32::try_from(MAX_ACK_PENDING).unwrap_or(u32::MAX),
+            dedup_horizon: u32::try_from(MAX_ACK_PENDING).unwrap_or(u32::MAX),
         };
         let ack = JetStreamAck { acker, identity, in_pipeline: in_pipeline.clone() };
         Delivery { message, ack: Ack(AckKind::JetStream(Box::new(ack))), record: Some(record), oversized: None }

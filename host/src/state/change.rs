@@ -59,9 +59,9 @@ pub struct ChangeSet {
 ///
 /// After a crash between a commit and the acknowledgements that follow it, the broker delivers
 /// the same messages again; the source recognises them by these identities and acknowledges them
-/// without processing them twice. Only the newest `window` identities per source are kept: what
+/// without processing them twice. Only the newest `dedup_horizon` identities per source are kept: what
 /// comes back is what was committed but not acknowledged — the acknowledgements queued or in the
-/// connection when it failed — so the sources choose a window well above that (MQTT: at least
+/// connection when it failed — so the sources choose a horizon well above that (MQTT: at least
 /// 32 768, see `source::mqtt`). An MQTT identity includes a digest of topic and payload, so a
 /// recycled packet id is not mistaken for an older delivery.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,7 +71,7 @@ pub struct DeliveryRecord {
     /// Protocol-specific identity bytes.
     pub identity: Vec<u8>,
     /// How many of the newest identities of this source to keep.
-    pub window: u32,
+    pub dedup_horizon: u32,
 }
 
 impl ChangeSet {

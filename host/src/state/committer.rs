@@ -354,7 +354,7 @@ impl Writer {
                     counters.insert(counter.as_str(), order).or_store("write counters")?;
                     let source = delivery.source.as_str();
                     recent.insert((source, order), delivery.identity.as_slice()).or_store("write recent deliveries")?;
-                    if let Some(oldest_dropped) = order.checked_sub(u64::from(delivery.window)) {
+                    if let Some(oldest_dropped) = order.checked_sub(u64::from(delivery.dedup_horizon)) {
                         recent
                             .retain_in((source, 0)..=(source, oldest_dropped), |_, _| false)
                             .or_store("write recent deliveries")?;

@@ -241,7 +241,7 @@ async fn applied_commits_are_durable_at_once_under_sync_and_after_a_flush_under_
 #[tokio::test]
 async fn recent_deliveries_keep_the_newest_window_per_source() {
     let (_dir, store, committer, _thread) = store(10);
-    let record = |source: &str, id: u8| DeliveryRecord { source: source.into(), identity: vec![id], window: 3 };
+    let record = |source: &str, id: u8| DeliveryRecord { source: source.into(), identity: vec![id], dedup_horizon: 3 };
     for id in 1..=5 {
         committer
             .commit(ChangeSet { deliveries: vec![record("a", id), record("b", id + 100)], ..ChangeSet::default() })

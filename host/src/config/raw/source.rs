@@ -34,7 +34,7 @@ pub struct RawMqttSource {
     /// keeps the persistent session under it. Refused when another MQTT source or sink of this
     /// configuration uses the same id on the same broker.
     pub client_id: Option<Spanned<MqttClientId>>,
-    /// `max_inflight = 20` — the broker's in-flight window for QoS 1 messages to this client
+    /// `max_inflight = 20` — the broker's in-flight limit for QoS 1 messages to this client
     /// (mosquitto `max_inflight_messages`, default 20). The broker sends no more until some are
     /// acknowledged, so a batch closes once it holds this many; raise both together for throughput
     /// (1 to 65535, MQTT's packet identifiers).

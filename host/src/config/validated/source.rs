@@ -23,7 +23,7 @@ pub enum SourceConfig {
         /// on the broker; no other MQTT source or sink of the configuration uses it on the same
         /// broker.
         client_id: MqttClientId,
-        /// `max_inflight = 20` — the broker's in-flight window for QoS 1 messages to this
+        /// `max_inflight = 20` — the broker's in-flight limit for QoS 1 messages to this
         /// client.
         max_inflight: usize,
         /// `max_message_size = "4MiB"` — larger messages are dead-lettered instead of decoded.

@@ -31,16 +31,16 @@
 //!   acknowledged after that commit, in its own connection's order. An identity is the packet id
 //!   and a digest of topic and payload ([`identity`]), so a recycled packet id is not taken for
 //!   an older message; two messages alike in all three within the horizon are taken for one.
-//! - *The dedup horizon.* The store keeps the newest [`Limits::dedup_window`] committed
+//! - *The dedup horizon.* The store keeps the newest [`Limits::dedup_horizon`] committed
 //!   identities of the source. It must cover every committed delivery the broker may still send
 //!   again — those whose PUBACK is waiting in the pipeline's batches, in the queue to the source,
 //!   in the client, or was written but never read by a broker that lost the connection — so it
-//!   is [`horizon`] of those bounds, and at least [`MIN_DEDUP_WINDOW`]. The recent identities
+//!   is [`horizon`] of those bounds, and at least [`MIN_DEDUP_HORIZON`]. The recent identities
 //!   are loaded once per connection, at the first copy that is not in the pipeline
 //!   ([`Action::LoadRecent`]), and grow by every delivery settled without a PUBACK.
 //! - *Shedding.* Messages wait in a held queue until the pipeline has room. When it reaches
 //!   [`Limits::held_messages`] or [`Limits::held_bytes`] (only a broker that ignores its in-flight
-//!   window gets there), the source disconnects ([`Action::Shed`], behind the PUBACKs already
+//!   limit gets there), the source disconnects ([`Action::Shed`], behind the PUBACKs already
 //!   queued), discards what it held and ignores what else arrives on that connection; the broker
 //!   keeps all of it (persistent session) and sends it again.
 //! - *Bounded memory.* The held queue stays below its limits and never outlives its connection;
@@ -70,12 +70,12 @@ mod tests;
 const HELD_MESSAGES: usize = 100_000;
 const HELD_BYTES: u64 = 64 * 1024 * 1024;
 /// Fewest PUBACKs that may wait in each of the two queues (to the source, in the client) before
-/// the pipeline waits; the bound is twice the broker's in-flight window when that is larger.
+/// the pipeline waits; the bound is twice the broker's in-flight limit when that is larger.
 const MIN_OWED_ACKS: usize = 256;
 /// Fewest recent committed deliveries kept per source to recognise redeliveries: besides the
 /// queues and the pipeline's batches, a broker that loses the connection discards the PUBACKs
 /// it had not read yet, and the socket buffers can hold thousands.
-pub(crate) const MIN_DEDUP_WINDOW: usize = 32_768;
+pub(crate) const MIN_DEDUP_HORIZON: usize = 32_768;
 
 /// The bounds the machine keeps.
 #[derive(Clone, Copy, Debug)]
@@ -90,7 +90,7 @@ pub(crate) struct Limits {
     /// Larger messages are dead-lettered (a prefix) instead of decoded.
     pub(crate) max_message_size: u64,
     /// Committed identities the store keeps for this source.
-    pub(crate) dedup_window: u32,
+    pub(crate) dedup_horizon: u32,
 }
 
 impl Limits {
@@ -98,13 +98,13 @@ impl Limits {
     /// whose pipeline holds at most `held_by_pipeline` deliveries (its queue and batches).
     pub(crate) fn new(max_inflight: usize, held_by_pipeline: usize, max_message_size: u64) -> Self {
         let owed_acks = (2 * max_inflight).max(MIN_OWED_ACKS);
-        let window = horizon(owed_acks, held_by_pipeline).max(MIN_DEDUP_WINDOW);
+        let dedup_horizon = horizon(owed_acks, held_by_pipeline).max(MIN_DEDUP_HORIZON);
         Self {
             held_messages: HELD_MESSAGES,
             held_bytes: HELD_BYTES,
             owed_acks,
             max_message_size,
-            dedup_window: u32::try_from(window).unwrap_or(u32::MAX),
+            dedup_horizon: u32::try_from(dedup_horizon).unwrap_or(u32::MAX),
         }
     }
 }

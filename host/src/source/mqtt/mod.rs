@@ -71,7 +71,7 @@ pub(super) struct MqttSource {
     pub(super) topics: Vec<TopicFilter>,
     pub(super) qos: Qos,
     pub(super) client_id: MqttClientId,
-    /// The broker's in-flight window for QoS 1 messages to this client.
+    /// The broker's in-flight limit for QoS 1 messages to this client.
     pub(super) max_inflight: usize,
     /// Larger messages are dead-lettered (a prefix) instead of decoded.
     pub(super) max_message_size: u64,
@@ -237,7 +237,7 @@ impl Shell {
                 }
                 Action::Shed { held } => {
                     tracing::warn!(stage = "source", pipeline, broker = %self.broker, held,
-                        "the broker sends faster than its in-flight window allows; reconnecting so it holds the backlog");
+                        "the broker sends faster than its in-flight limit allows; reconnecting so it holds the backlog");
                     // Queued behind the acknowledgements already owed, so those go out first.
                     if let Err(e) = self.client.disconnect().await {
                         tracing::warn!(stage = "source", pipeline, error = %e, "cannot disconnect");
@@ -310,7 +310,7 @@ impl Shell {
         };
         let ack = MqttAck { to_source: self.to_source.clone(), ticket: owed.ticket };
         let record =
-            DeliveryRecord { source: self.source.clone(), identity: owed.identity, window: self.limits.dedup_window };
+            DeliveryRecord { source: self.source.clone(), identity: owed.identity, dedup_horizon: self.limits.dedup_horizon };
         Delivery { message, ack: Ack(AckKind::Mqtt(ack)), record: Some(record), oversized }
     }
 

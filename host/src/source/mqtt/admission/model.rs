@@ -14,7 +14,7 @@
 //! - the pipeline: a bounded queue of deliveries; it commits a prefix at a time and gives the
 //!   tickets back through a bounded queue, in order (as weir's does) or backwards.
 //! - the store: how often each message's content was committed (processed or dead-lettered),
-//!   and the newest `dedup_window` identity commits.
+//!   and the newest `dedup_horizon` identity commits.
 //! - the process: it crashes (everything in memory gone) or stops in order (the pipeline
 //!   commits part of what it holds, the source sends the last PUBACKs, then DISCONNECT).
 //!
@@ -57,7 +57,7 @@ struct Params {
     /// The source's `max_inflight`, which its limits follow.
     max_inflight: usize,
     /// What the broker keeps in flight.
-    broker_window: usize,
+    broker_in_flight_limit: usize,
     /// Packet ids are 1..=pkids.
     pkids: u16,
     unique_pkids: bool,
@@ -79,7 +79,7 @@ impl Params {
             held_bytes: self.held_bytes,
             owed_acks,
             max_message_size: MAX_MESSAGE_SIZE,
-            dedup_window: u32::try_from(horizon(owed_acks, self.pipeline_capacity)).expect("small numbers"),
+            dedup_horizon: u32::try_from(horizon(owed_acks, self.pipeline_capacity)).expect("small numbers"),
         }
     }
 }
@@ -100,13 +100,13 @@ fn params() -> impl Strategy<Value = Params> {
                 (max_inflight, over, unique_pkids, spare),
                 (pipeline_capacity, held_messages, held_bytes, min_owed_acks, ordered_acks),
             )| {
-                let broker_window = max_inflight + over;
-                let window = u16::try_from(broker_window).expect("small numbers");
+                let broker_in_flight_limit = max_inflight + over;
+                let limit = u16::try_from(broker_in_flight_limit).expect("small numbers");
                 // Cyclic ids: fewer than the messages in flight, so they repeat.
-                let pkids = if unique_pkids { window + spare } else { 1 + spare };
+                let pkids = if unique_pkids { limit + spare } else { 1 + spare };
                 Params {
                     max_inflight,
-                    broker_window,
+                    broker_in_flight_limit,
                     pkids,
                     unique_pkids,
                     pipeline_capacity,
@@ -126,7 +126,7 @@ enum Step {
     /// The broker sends a QoS 0 message at once.
     PublishAtMostOnce,
     /// The broker sends the next message: one in flight not yet sent on this connection, else
-    /// a new one if its window allows.
+    /// a new one if its in-flight limit allows.
     BrokerSend,
     /// The source reads the next PUBLISH.
     Read,
@@ -324,14 +324,14 @@ impl World {
             self.wire.push_back((again.msg, PublishQos::AtLeastOnce { pkid: again.pkid, dup: true }, again.large));
             return;
         }
-        if session.in_flight.len() >= self.params.broker_window {
+        if session.in_flight.len() >= self.params.broker_in_flight_limit {
             return;
         }
         let Some((msg, large)) = session.queue.pop_front() else { return };
         let pkid = if self.params.unique_pkids {
             (1..=self.params.pkids)
                 .find(|p| session.in_flight.iter().all(|m| m.pkid != *p))
-                .expect("more ids than the window")
+                .expect("more ids than the in-flight limit")
         } else {
             session.last_pkid = session.last_pkid % self.params.pkids + 1;
             session.last_pkid
@@ -383,7 +383,7 @@ impl World {
             }
             if let Some((ticket, identity)) = item.owed {
                 self.recent.push_back(identity);
-                if self.recent.len() > self.limits.dedup_window as usize {
+                if self.recent.len() > self.limits.dedup_horizon as usize {
                     self.seen.evictions += 1;
                     self.recent.pop_front();
                 }
@@ -718,7 +718,7 @@ fn the_scripts_reach_every_situation() {
         ("sessions lost", sessions_lost),
         ("crashes", crashes),
         ("shutdowns", shutdowns),
-        ("identities beyond the window", evictions),
+        ("identities beyond the dedup horizon", evictions),
     ] {
         assert!(count >= 20, "{situation}: seen {count} times");
     }
@@ -729,11 +729,11 @@ mod scenarios {
     use super::*;
 
     fn params(max_inflight: usize, unique_pkids: bool, pipeline_capacity: usize, held_messages: usize) -> Params {
-        let window = u16::try_from(max_inflight).expect("small numbers");
+        let limit = u16::try_from(max_inflight).expect("small numbers");
         Params {
             max_inflight,
-            broker_window: max_inflight,
-            pkids: if unique_pkids { window } else { 1 },
+            broker_in_flight_limit: max_inflight,
+            pkids: if unique_pkids { limit } else { 1 },
             unique_pkids,
             pipeline_capacity,
             held_messages,

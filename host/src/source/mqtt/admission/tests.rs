@@ -3,7 +3,7 @@
 use super::*;
 
 const LIMITS: Limits =
-    Limits { held_messages: 4, held_bytes: 1_000, owed_acks: 2, max_message_size: 16, dedup_window: 100 };
+    Limits { held_messages: 4, held_bytes: 1_000, owed_acks: 2, max_message_size: 16, dedup_horizon: 100 };
 
 fn publish(pkid: u16, payload: &str, dup: bool) -> Publish {
     Publish {
@@ -228,8 +228,8 @@ fn a_closed_pipeline_takes_nothing_more_but_its_acknowledgements_still_go_out() 
 
 #[test]
 fn the_dedup_window_covers_both_queues_and_the_pipeline_and_never_falls_below_its_floor() {
-    assert_eq!(Limits::new(20, 100, 1).dedup_window, MIN_DEDUP_WINDOW as u32);
+    assert_eq!(Limits::new(20, 100, 1).dedup_horizon, MIN_DEDUP_HORIZON as u32);
     let large = Limits::new(10_000, 5_000, 1);
     assert_eq!(large.owed_acks, 20_000);
-    assert_eq!(large.dedup_window, 45_000);
+    assert_eq!(large.dedup_horizon, 45_000);
 }
