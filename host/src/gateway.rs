@@ -33,7 +33,7 @@ use crate::preflight::Prepared;
 use crate::sandbox::{CompiledFunction, Sandbox, UseHandle};
 use crate::shutdown::{Hangups, Tasks};
 use crate::state::stats::FunctionStatus;
-use crate::state::{self, OutboxLimits, StateStore, StoreError, StoreOptions};
+use crate::state::{self, Committer, OutboxLimits, StateStore, StoreError, StoreOptions};
 use crate::window::WindowAccumulator;
 
 /// How often a running gateway rewrites `<data_dir>/stats.json`.
@@ -63,23 +63,7 @@ pub async fn run(
     hangups: Hangups,
 ) -> Result<(), GatewayError> {
     let data_dir = config.gateway.data_dir.clone();
-    let outboxes = config
-        .pipelines
-        .iter()
-        .map(|p| {
-            let limits =
-                OutboxLimits { max_bytes: p.outbox.max_bytes, when_full: p.outbox.when_full, encoding: p.encoding };
-            (p.name.to_string(), limits)
-        })
-        .collect();
-    let options = StoreOptions {
-        durability: config.state.durability,
-        dead_letter_capacity: config.state.dead_letter_capacity,
-        dead_letter_max_bytes: config.state.dead_letter_max_bytes,
-        outboxes,
-    };
-    let (store, committer, committer_thread) = state::open(&data_dir, options)?;
-    tracing::info!(stage = "state", path = %store.path().display(), durability = ?config.state.durability, "state store open");
+    let (store, committer, committer_thread) = open_store(&config)?;
 
     // The engine and the functions the check loaded, now with the state store.
     let sandbox = Arc::new(prepared.sandbox.with_store(store.clone()));
@@ -99,27 +83,7 @@ pub async fn run(
 
     let shared = Shared { gateway: config.gateway.id.to_string(), store: store.clone(), committer };
     let tasks = Tasks::new(shutdown.clone());
-    let mut failures = Vec::new();
-    let mut functions: Vec<UseHandle> = Vec::new();
-    for result in built {
-        match result {
-            Ok(parts) => {
-                functions.extend(parts.functions.iter().cloned());
-                let name = parts.config.name.to_string();
-                let summary = format!(
-                    "{} → [{}] → {}",
-                    source_kind(&parts.config),
-                    parts.chain.names().join(", "),
-                    parts.config.sink.kind()
-                );
-                match pipeline::spawn(parts, &shared, &shutdown, &tasks) {
-                    Ok(()) => tracing::info!(stage = "pipeline", pipeline = %name, flow = %summary, "pipeline running"),
-                    Err(e) => failures.push(format!("{name}: {e}")),
-                }
-            }
-            Err(failure) => failures.push(failure),
-        }
-    }
+    let (functions, failures) = start_pipelines(built, &shared, &shutdown, &tasks);
     for failure in &failures {
         tracing::error!(stage = "pipeline", "pipeline not started: {failure}");
     }
@@ -165,6 +129,60 @@ pub async fn run(
     }
     tracing::info!(stage = "shutdown", "stopped");
     Ok(())
+}
+
+/// Opens the state store with each pipeline's outbox limits.
+fn open_store(config: &Config) -> Result<(StateStore, Committer, std::thread::JoinHandle<()>), GatewayError> {
+    let outboxes = config
+        .pipelines
+        .iter()
+        .map(|p| {
+            let limits =
+                OutboxLimits { max_bytes: p.outbox.max_bytes, when_full: p.outbox.when_full, encoding: p.encoding };
+            (p.name.to_string(), limits)
+        })
+        .collect();
+    let options = StoreOptions {
+        durability: config.state.durability,
+        dead_letter_capacity: config.state.dead_letter_capacity,
+        dead_letter_max_bytes: config.state.dead_letter_max_bytes,
+        outboxes,
+    };
+    let (store, committer, committer_thread) = state::open(&config.gateway.data_dir, options)?;
+    tracing::info!(stage = "state", path = %store.path().display(), durability = ?config.state.durability, "state store open");
+    Ok((store, committer, committer_thread))
+}
+
+/// Spawns every pipeline that was built; returns the handles of their function uses and why
+/// the others did not start.
+fn start_pipelines(
+    built: Vec<Result<PipelineParts, String>>,
+    shared: &Shared,
+    shutdown: &CancellationToken,
+    tasks: &Tasks,
+) -> (Vec<UseHandle>, Vec<String>) {
+    let mut failures = Vec::new();
+    let mut functions: Vec<UseHandle> = Vec::new();
+    for result in built {
+        match result {
+            Ok(parts) => {
+                functions.extend(parts.functions.iter().cloned());
+                let name = parts.config.name.to_string();
+                let summary = format!(
+                    "{} → [{}] → {}",
+                    source_kind(&parts.config),
+                    parts.chain.names().join(", "),
+                    parts.config.sink.kind()
+                );
+                match pipeline::spawn(parts, shared, shutdown, tasks) {
+                    Ok(()) => tracing::info!(stage = "pipeline", pipeline = %name, flow = %summary, "pipeline running"),
+                    Err(e) => failures.push(format!("{name}: {e}")),
+                }
+            }
+            Err(failure) => failures.push(failure),
+        }
+    }
+    (functions, failures)
 }
 
 /// Keeps `<data_dir>/stats.json` current for `weir outbox stats` (which cannot open the
