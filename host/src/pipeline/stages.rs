@@ -10,7 +10,6 @@
 use crate::batch::{Batch, BatchBuilder, CallContext, Message, Nanos};
 use crate::config::{Encoding, OnQuarantine};
 use crate::decode::Decode;
-use weir_record::{Record, RecordHeader};
 use crate::encode;
 use crate::operator::Chain;
 use crate::sandbox::UseHandle;
@@ -20,6 +19,7 @@ use crate::state::{
     ChangeSet, Counter, DeadLetter, DeadLetterContent, DeadLetterStage, OutboxRecord, StateStore, StoreError,
 };
 use crate::window::{DownsampleStage, WindowStage};
+use weir_record::{Record, RecordHeader};
 
 use super::PipelineParts;
 

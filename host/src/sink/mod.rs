@@ -4,9 +4,9 @@
 //! **Boundary:** with `source`, the only module that imports broker clients.
 //!
 //! One task per pipeline reads its stream's records from the outbox in seq order, keeps up to
-//! `max_in_flight` publishes awaiting confirmation, and handles confirmations in seq order. Each
-//! confirmed record is deleted from the outbox (deletions are grouped into one commit, together
-//! with the sink's *position*: where the central broker stored the last confirmed record).
+//! `max_in_flight` publishes awaiting confirmation, and deletes each confirmed record from the
+//! outbox (deletions are grouped into one commit, together with the sink's *position*: where
+//! the central broker stored the last confirmed record).
 //!
 //! On any failure — refused publish, lost connection, missing ack — the sink waits a backoff,
 //! then *reconciles* before sending anything again: it asks the broker which of its records
@@ -23,54 +23,50 @@
 //! committed from then on first and the ones already waiting behind them, at most
 //! `backlog_rate` bytes per second. Before reading records to publish, the sink commits a
 //! *reservation* of their seqs, so a full outbox's policy never coarsens or drops a record that
-//! may be on its way (`state::outbox`).
+//! may be on its way (`state::outbox`). Only records the pipeline made durable are published.
 //!
 //! The outbox, not the broker client, is the source of truth: nothing here keeps a record that is
 //! not also in the outbox. A record the broker can never accept (too large for it) is moved to
 //! the dead letters with the broker's reason, in the same commit that removes it from the outbox.
 //!
-//! Stopping: no new publishes; in-flight ones get a grace period ([`STOP_GRACE`]) to be
+//! Stopping: no new publishes; in-flight ones get a grace period ([`drain::STOP_GRACE`]) to be
 //! confirmed; unconfirmed records stay in the outbox for the next start.
 //!
-//! **Invariant (bounded stop):** a sink ends within [`STOP_GRACE`] (plus [`CLOSE_GRACE`] for an
-//! MQTT connection to close) of being told to stop, whatever `ack_timeout` is and whether the
-//! broker answers: every wait on the broker — connecting, reconciling, handing a record over,
+//! **Invariant (bounded stop):** a sink ends within [`drain::STOP_GRACE`] (plus [`CLOSE_GRACE`]
+//! for an MQTT connection to close) of being told to stop, whatever `ack_timeout` is and whether
+//! the broker answers: every wait on the broker — connecting, reconciling, handing a record over,
 //! awaiting a confirmation — is raced against the stop token or ends at the stop deadline.
+//!
+//! The parts: every decision of the drain — cursors, reservations, lanes and the backlog's
+//! budget, the in-flight set, confirmations, reconciling, the stop — is made by the I/O-free state
+//! machine in `drain.rs`, tested against a model outbox and a scripted broker. This file is its
+//! shell ([`Shell`]): it carries out each action (outbox reads, commits, publishes, questions to
+//! the broker, waits) and feeds the outcome back as an event. `jetstream.rs`, `mqtt.rs` and
+//! `console.rs` are the broker clients.
 
 mod console;
+mod drain;
 mod jetstream;
 mod mqtt;
 
-use std::collections::{BTreeSet, VecDeque};
 use std::future::Future;
+use std::ops::RangeInclusive;
 use std::pin::Pin;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures::FutureExt;
+use futures::StreamExt;
+use futures::stream::FuturesUnordered;
 use tokio::sync::watch;
-use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
-
-use crate::backoff::Retry;
-use rangemap::RangeInclusiveSet;
 
 use crate::config::{Backoff, Drain as DrainPolicy, SinkConfig};
 use crate::state::{ChangeSet, Committer, Counter, DeadLetter, DeadLetterContent, DeadLetterStage, StateStore};
+use drain::{Action, Drain, Event, Save, Settings, Start, Ticket};
 
-/// Confirmed records deleted per commit at most.
-const DELETE_GROUP: usize = 256;
-/// Longest wait before confirmed records are deleted.
-const DELETE_LINGER: Duration = Duration::from_millis(50);
-/// How long a stopping sink waits for in-flight confirmations (in all).
-const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long the MQTT sink's connection gets to close once the drain loop has ended.
 const CLOSE_GRACE: Duration = Duration::from_secs(3);
-/// Longest wait for one confirmation; past it the record is sent again (a broker that lost a
-/// PUBACK on a live connection would otherwise stall the stream).
-const CONFIRM_TIMEOUT: Duration = Duration::from_secs(30);
-/// Reservations reach this many in-flight sets (`max_in_flight`) past the last record read, so most
-/// reads need no reservation commit.
-const RESERVE_AHEAD: u64 = 4;
 /// Retry policy of the console sink (which cannot fail) and of outbox read errors.
 const LOCAL_RETRY: Backoff = Backoff { min: Duration::from_millis(100), max: Duration::from_secs(5) };
 
@@ -215,7 +211,7 @@ pub struct Sink {
 
 impl Sink {
     /// Drains the outbox until `stop` is cancelled. `committed` changes whenever the pipeline
-    /// committed new records.
+    /// made new records durable.
     pub async fn run(self, committed: watch::Receiver<u64>, stop: CancellationToken) {
         match &self.config {
             SinkConfig::JetStream { broker, subject, max_in_flight, ack_timeout } => {
@@ -227,7 +223,8 @@ impl Sink {
                 match connected {
                     Ok(p) => {
                         let publisher = Publisher::JetStream(Box::new(p));
-                        Drain::new(&self, publisher, *max_in_flight, broker.reconnect).run(committed, stop).await;
+                        let settings = self.settings(*max_in_flight, broker.reconnect);
+                        Shell::new(&self, publisher).run(settings, committed, stop).await;
                     }
                     Err(e) => {
                         tracing::error!(stage = "sink", pipeline = %self.stream, error = %e, "cannot set up the JetStream sink");
@@ -237,8 +234,9 @@ impl Sink {
             SinkConfig::Mqtt { broker, topic, client_id, max_in_flight } => {
                 let (publisher, connection) =
                     mqtt::MqttPublisher::new(broker, topic, client_id.as_str(), *max_in_flight, &self.stream);
-                let drain = Drain::new(&self, Publisher::Mqtt(publisher), *max_in_flight, broker.reconnect);
-                let mut drain = std::pin::pin!(drain.run(committed, stop.clone()));
+                let settings = self.settings(*max_in_flight, broker.reconnect);
+                let drain = Shell::new(&self, Publisher::Mqtt(publisher)).run(settings, committed, stop.clone());
+                let mut drain = std::pin::pin!(drain);
                 let mut connection = std::pin::pin!(connection.run(stop));
                 tokio::select! {
                     // The drain loop ended (told to stop): the connection ends too, once its
@@ -254,236 +252,213 @@ impl Sink {
             }
             SinkConfig::Console { series_shown } => {
                 let publisher = Publisher::Console(console::ConsolePublisher::new(&self.stream, *series_shown));
-                Drain::new(&self, publisher, 64, LOCAL_RETRY).run(committed, stop).await;
+                Shell::new(&self, publisher).run(self.settings(64, LOCAL_RETRY), committed, stop).await;
             }
         }
     }
-}
 
-/// Confirmations and refusals not yet committed.
-#[derive(Default)]
-struct Unsaved {
-    confirmed: Vec<u64>,
-    dead: Vec<(u64, String)>,
-    /// The position to save, if it moved.
-    position: Option<u64>,
-    /// Publishes handed to the broker (first sends and resends).
-    published: u64,
-    since: Option<Instant>,
-}
-
-impl Unsaved {
-    fn is_empty(&self) -> bool {
-        self.confirmed.is_empty() && self.dead.is_empty() && self.position.is_none() && self.published == 0
-    }
-
-    fn note(&mut self) {
-        self.since.get_or_insert_with(Instant::now);
-    }
-
-    fn due(&self) -> bool {
-        !self.dead.is_empty()
-            || self.confirmed.len() >= DELETE_GROUP
-            || self.since.is_some_and(|since| since.elapsed() >= DELETE_LINGER)
+    fn settings(&self, max_in_flight: usize, retry: Backoff) -> Settings {
+        Settings { stream: self.stream.clone(), kind: self.config.kind(), max_in_flight, order: self.order, retry }
     }
 }
 
-/// Under `drain = "live_first"`: the records that were already in the outbox at the last
-/// (re)connection, sent behind fresher ones at a capped byte rate.
-#[derive(Debug)]
-struct Backlog {
-    /// Highest backlog seq handed to the broker in this connection.
-    cursor: u64,
-    /// The stream's last seq at the (re)connection: the backlog's end.
-    end: u64,
-    /// When the byte budget allows the next backlog record.
-    next_send_at: Instant,
-    bytes_per_second: u64,
-}
-
-impl Backlog {
-    /// Spends the budget for `bytes` just sent.
-    fn charge(&mut self, bytes: usize) {
-        let cost = Duration::from_secs_f64(bytes as f64 / self.bytes_per_second as f64);
-        self.next_send_at = self.next_send_at.max(Instant::now()) + cost;
-    }
-}
-
-/// The drain loop of one sink: its cursors, what is in flight, what waits to be saved.
-///
-/// **Invariant (publish only what is reserved):** a record is read for publishing only after a
-/// committed reservation covers its seq, so the full-outbox policy can never coarsen or drop
-/// it while the broker may hold it (see `state::outbox`).
-struct Drain<'a> {
-    sink: &'a Sink,
-    publisher: Publisher,
-    max_in_flight: usize,
-    retry: Retry,
-    in_flight: VecDeque<(u64, Confirmation)>,
-    /// Highest seq handed to the broker (or found stored) in this connection, live lane.
-    cursor: u64,
-    /// The rate-capped backlog, under `live_first` after a (re)connection found one.
-    backlog: Option<Backlog>,
-    /// The broker's position of the last confirmed record.
-    position: u64,
-    /// Seqs covered by committed reservations (a superset of the store's: the store forgets
-    /// ranges whose records are all gone, and such seqs never hold a record again).
-    reserved: RangeInclusiveSet<u64>,
-    /// Records confirmed, found stored by reconciling, or refused for good, whose deletion is not
-    /// committed yet: never sent again.
-    settled: BTreeSet<u64>,
-    unsaved: Unsaved,
-    /// Ask the broker what it has before sending anything (again).
-    must_reconcile: bool,
-    /// The broker's record limit was read since the last (re)connection.
-    knows_record_limit: bool,
-    /// The highest seq the pipeline made durable: records above it may still be undone by a
-    /// crash (`durability = "relaxed"`), so they are not read for publishing yet.
-    publishable: u64,
-}
-
-impl<'a> Drain<'a> {
-    fn new(sink: &'a Sink, publisher: Publisher, max_in_flight: usize, retry: Backoff) -> Self {
-        let position = sink.store.sink_position(&sink.stream).unwrap_or_else(|e| {
-            tracing::warn!(stage = "sink", pipeline = %sink.stream, error = %e, "cannot read the sink position; asking the broker from the start");
+/// The sink's own store operations, for its shell.
+impl Sink {
+    /// What the store says when the sink starts.
+    fn start(&self, publishable: u64) -> Start {
+        let position = self.store.sink_position(&self.stream).unwrap_or_else(|e| {
+            tracing::warn!(stage = "sink", pipeline = %self.stream, error = %e, "cannot read the sink position; asking the broker from the start");
             0
         });
         // Unreadable reservations only mean reserving again before publishing.
-        let reserved = sink.store.reservations(&sink.stream).unwrap_or_default().into_iter().collect();
+        let reserved = self.store.reservations(&self.stream).unwrap_or_default();
+        Start { position, reserved, publishable, seed: rand::random() }
+    }
+
+    /// Counts the records waiting and reads the stream's last seq, for `live_first`.
+    fn measure_backlog(&self) -> Event {
+        let stream = &self.stream;
+        let records = self.store.outbox_usage(stream).map(|usage| usage.records).unwrap_or(0);
+        let last_seq = match self.store.last_seq(stream) {
+            Ok(last_seq) => Some(last_seq),
+            Err(e) => {
+                tracing::warn!(stage = "sink", pipeline = %stream, error = %e, "cannot read the stream position; draining in seq order");
+                None
+            }
+        };
+        Event::Backlog { records, last_seq }
+    }
+
+    /// Commits a reservation of `seqs`.
+    async fn reserve(&self, seqs: RangeInclusive<u64>) -> Result<(), String> {
+        let changes = ChangeSet { reservations: vec![(self.stream.clone(), seqs)], ..ChangeSet::default() };
+        self.committer.commit(changes).await.map_err(|e| e.error.to_string())
+    }
+
+    /// Commits the deletion of confirmed records (with the position and the counters) and moves
+    /// refused ones to the dead letters.
+    async fn save(&self, save: Save) -> Result<(), String> {
+        let stream = &self.stream;
+        let now = crate::telemetry::now_nanos();
+        let mut changes = ChangeSet::default();
+        for (seq, reason) in &save.dead {
+            let body = self.store.outbox_after(stream, seq - 1, 1).ok().and_then(|r| r.into_iter().next());
+            let body = body.map(|(_, body)| body).unwrap_or_default();
+            let readings = weir_record::read(&body).map_or(0, |record| record.span().readings);
+            changes.dead_letters.push(DeadLetter {
+                pipeline: stream.clone(),
+                stage: DeadLetterStage::Sink { kind: self.config.kind().to_owned() },
+                reason: format!("the broker refused record {seq}: {reason}"),
+                at: now,
+                content: DeadLetterContent::Batch { readings, record: body },
+                function: None,
+            });
+            tracing::error!(stage = "sink", pipeline = %stream, seq, reason = %reason, "record refused for good; moved to the dead letters");
+        }
+        let settled = save.confirmed.iter().chain(save.dead.iter().map(|(seq, _)| seq));
+        changes.confirmed = settled.map(|&seq| (stream.clone(), seq)).collect();
+        changes.sink_positions.extend(save.position.map(|p| (stream.clone(), p)));
+        changes.counts = vec![
+            (stream.clone(), Counter::Published, save.published),
+            (stream.clone(), Counter::Confirmed, save.confirmed.len() as u64),
+        ];
+        self.committer.commit(changes).await.map_err(|e| e.to_string())
+    }
+}
+
+/// A publish's confirmation, with the ticket the drain gave it.
+type TicketedConfirmation = Pin<Box<dyn Future<Output = (Ticket, Result<Confirmed, PublishError>)> + Send>>;
+
+/// The I/O side of one sink's drain: carries out the [`Action`]s of its [`Drain`] one at a time
+/// and feeds back what came of them, waiting in between for confirmations, new records and
+/// the stop.
+struct Shell<'a> {
+    sink: &'a Sink,
+    publisher: Publisher,
+    /// The confirmations of the publishes in flight.
+    confirmations: FuturesUnordered<TicketedConfirmation>,
+    /// The broker's record limit was read since the last (re)connection.
+    knows_record_limit: bool,
+    /// The drain was told to stop (the stop token is not raced any more).
+    stopping: bool,
+    /// The pipeline still runs (it may make more records durable).
+    pipeline_open: bool,
+}
+
+impl<'a> Shell<'a> {
+    fn new(sink: &'a Sink, publisher: Publisher) -> Self {
         Self {
             sink,
             publisher,
-            max_in_flight,
-            retry: Retry::new(retry),
-            in_flight: VecDeque::new(),
-            cursor: 0,
-            backlog: None,
-            position,
-            reserved,
-            settled: BTreeSet::new(),
-            unsaved: Unsaved::default(),
-            must_reconcile: true,
+            confirmations: FuturesUnordered::new(),
             knows_record_limit: false,
-            publishable: 0,
+            stopping: false,
+            pipeline_open: true,
         }
     }
 
-    async fn run(mut self, mut committed: watch::Receiver<u64>, stop: CancellationToken) {
-        let stream = self.sink.stream.clone();
-        let mut stop_deadline: Option<Instant> = None;
+    async fn run(mut self, settings: Settings, mut committed: watch::Receiver<u64>, stop: CancellationToken) {
+        let start = self.sink.start(*committed.borrow_and_update());
+        let mut drain = Drain::new(settings, start);
+        let mut action = drain.step(now(), Event::Tick);
         loop {
-            self.publishable = *committed.borrow_and_update();
             if !self.knows_record_limit {
                 self.learn_record_limit().await;
             }
-            let stopping = stop.is_cancelled();
-            if stopping {
-                stop_deadline.get_or_insert_with(|| Instant::now() + STOP_GRACE);
+            if committed.has_changed().unwrap_or(false) {
+                drain.durable(*committed.borrow_and_update());
             }
-            if self.must_reconcile && !stopping && self.in_flight.is_empty() && !self.reconcile(&stop).await {
-                continue;
-            }
-            // Refill once half the in-flight set is confirmed, so the outbox is read (and reserved) in
-            // runs of records rather than one read per confirmation.
-            if !stopping && self.in_flight.len() <= self.max_in_flight / 2 {
-                self.fill(&stop).await;
-            }
-            if self.unsaved.due() || (self.in_flight.is_empty() && !self.unsaved.is_empty()) {
-                self.save().await;
-            }
-
-            let Some((seq, confirmation)) = self.in_flight.front_mut() else {
-                if stopping {
-                    break;
-                }
-                // Nothing in flight: wait for new records, for the backlog's budget, or look again
-                // in a while (in case a notification was missed while records were re-sent).
-                let backlog_due = self.backlog.as_ref().map(|b| b.next_send_at);
-                tokio::select! {
-                    () = stop.cancelled() => {}
-                    changed = committed.changed() => if changed.is_err() {
-                        // The pipeline is gone: nothing new will come; finish when told to stop.
-                        stop.cancelled().await;
-                    },
-                    () = sleep_until_some(backlog_due) => {}
-                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
-                }
-                continue;
-            };
-            let seq = *seq;
-            let outcome = match stop_deadline {
-                Some(deadline) => tokio::time::timeout_at(deadline, confirmation)
-                    .await
-                    .unwrap_or_else(|_| Err(PublishError::transient("no confirmation before shutdown"))),
-                None => tokio::select! {
-                    outcome = tokio::time::timeout(CONFIRM_TIMEOUT, confirmation) => outcome.unwrap_or_else(|_| {
-                        Err(PublishError::transient(format!("no confirmation within {}s", CONFIRM_TIMEOUT.as_secs())))
-                    }),
-                    // Told to stop while waiting: wait on, but only until the stop deadline.
-                    () = stop.cancelled() => continue,
-                },
-            };
-            self.in_flight.pop_front();
-            match outcome {
-                Ok(confirmed) => {
-                    self.retry.reset();
-                    self.unsaved.confirmed.push(seq);
-                    self.settled.insert(seq);
-                    if let Some(position) = confirmed.position.filter(|&p| p > self.position) {
-                        self.position = position;
-                        self.unsaved.position = Some(position);
+            let event = if stop.is_cancelled() && !self.stopping {
+                // Told to stop before the action: it is not carried out.
+                self.stopping = true;
+                Event::StopRequested
+            } else {
+                match action {
+                    Action::Finish => break,
+                    Action::AskStored { position } => self.ask_stored(position, &stop).await,
+                    Action::MeasureBacklog => self.sink.measure_backlog(),
+                    Action::Read { after, limit } => Event::Read(read_outbox(self.sink, after, limit).await),
+                    Action::Reserve(seqs) => Event::Reserved(self.sink.reserve(seqs).await),
+                    Action::Publish(ticket, record) => self.publish(ticket, &record, &stop).await,
+                    Action::Save(save) => Event::Saved(self.sink.save(save).await),
+                    Action::Backoff { until } => {
+                        // What is in flight is sent again after reconciling.
+                        self.confirmations = FuturesUnordered::new();
+                        self.knows_record_limit = false;
+                        self.sleep_until(until, &stop).await
                     }
-                    self.unsaved.note();
+                    Action::Wait { until } => self.wait(until, &mut committed, &stop).await,
                 }
-                Err(e) if e.permanent => {
-                    self.unsaved.dead.push((seq, e.reason));
-                    self.settled.insert(seq);
-                }
-                Err(e) if stopping => {
-                    tracing::info!(stage = "sink", pipeline = %stream, seq, error = %e, "unconfirmed at shutdown; stays in the outbox");
-                    self.in_flight.clear();
-                }
-                Err(e) => self.failed(seq, &e, &stop).await,
-            }
+            };
+            action = drain.step(now(), event);
         }
-        self.save().await;
-        tracing::debug!(stage = "sink", pipeline = %stream, "sink stopped");
+        tracing::debug!(stage = "sink", pipeline = %self.sink.stream, "sink stopped");
     }
 
-    /// Asks the broker which records it stored after the sink's position, then starts the
-    /// cursors over: everything unsettled in the outbox is sent (again). Returns false (after a
-    /// backoff) when the broker could not be asked.
-    async fn reconcile(&mut self, stop: &CancellationToken) -> bool {
-        let stream = &self.sink.stream;
-        let asked = tokio::select! {
-            asked = self.publisher.stored_since(&self.sink.gateway, stream, self.position) => asked,
-            // Stopping: nothing will be sent, so nothing needs to be known.
-            () = stop.cancelled() => return false,
-        };
-        match asked {
-            Ok(found) => {
-                self.must_reconcile = false;
-                if !found.records.is_empty() {
-                    tracing::info!(stage = "sink", pipeline = %stream, records = found.records.len(), first = found.records[0],
-                        "records already stored centrally; not sending them again");
-                    self.settled.extend(&found.records);
-                    self.unsaved.confirmed.extend(found.records);
-                    if found.position > self.position {
-                        self.position = found.position;
-                        self.unsaved.position = Some(found.position);
-                    }
-                    self.save().await;
-                }
-                self.start_cursors();
-                true
+    /// Waits for whatever comes first: a confirmation, new durable records, the stop, `until`.
+    async fn wait(
+        &mut self,
+        until: std::time::Instant,
+        committed: &mut watch::Receiver<u64>,
+        stop: &CancellationToken,
+    ) -> Event {
+        tokio::select! {
+            Some((ticket, outcome)) = self.confirmations.next() => match outcome {
+                Ok(confirmed) => Event::Confirmed(ticket, confirmed),
+                Err(error) => Event::Failed(ticket, error),
+            },
+            () = stop.cancelled(), if !self.stopping => {
+                self.stopping = true;
+                Event::StopRequested
             }
-            Err(e) => {
-                let delay = self.retry.next_delay(&mut rand::rng());
-                tracing::warn!(stage = "sink", pipeline = %stream, error = %e, retry_in = ?delay, "cannot ask the broker what it stored");
-                sleep_or_stop(delay, stop).await;
-                false
+            changed = committed.changed(), if self.pipeline_open => match changed {
+                Ok(()) => Event::Durable(*committed.borrow_and_update()),
+                Err(_) => {
+                    // The pipeline is gone: nothing new will come; finish when told to stop.
+                    self.pipeline_open = false;
+                    Event::Tick
+                }
+            },
+            () = tokio::time::sleep_until(until.into()) => Event::Tick,
+        }
+    }
+
+    async fn sleep_until(&mut self, until: std::time::Instant, stop: &CancellationToken) -> Event {
+        tokio::select! {
+            () = stop.cancelled(), if !self.stopping => {
+                self.stopping = true;
+                Event::StopRequested
+            }
+            () = tokio::time::sleep_until(until.into()) => Event::Tick,
+        }
+    }
+
+    /// Asks the broker which records it stored after `position`.
+    async fn ask_stored(&mut self, position: u64, stop: &CancellationToken) -> Event {
+        tokio::select! {
+            asked = self.publisher.stored_since(&self.sink.gateway, &self.sink.stream, position) => Event::Stored(asked),
+            // Stopping: nothing will be sent, so nothing needs to be known.
+            () = stop.cancelled() => {
+                self.stopping = true;
+                Event::StopRequested
             }
         }
+    }
+
+    /// Hands `record` to the broker; its confirmation joins those in flight.
+    async fn publish(&mut self, ticket: Ticket, record: &OutgoingRecord, stop: &CancellationToken) -> Event {
+        let handed_over = tokio::select! {
+            handed_over = self.publisher.publish(record) => handed_over,
+            // A client that buffers while disconnected can make this wait; stopping wins. The
+            // record stays in the outbox.
+            () = stop.cancelled() => {
+                self.stopping = true;
+                return Event::StopRequested;
+            }
+        };
+        Event::Sent(handed_over.map(|confirmation| {
+            self.confirmations.push(Box::pin(confirmation.map(move |outcome| (ticket, outcome))));
+        }))
     }
 
     /// Takes up the record limit the broker announced (after each connection), and keeps it in
@@ -513,210 +488,11 @@ impl<'a> Drain<'a> {
             tracing::warn!(stage = "sink", pipeline = %self.sink.stream, error = %e.error, "cannot keep the record limit");
         }
     }
-
-    /// After a (re)connection: `fifo` starts from the oldest record; `live_first` sends records
-    /// committed from now on first and the ones already waiting as a rate-capped backlog.
-    fn start_cursors(&mut self) {
-        self.cursor = 0;
-        self.backlog = None;
-        let DrainPolicy::LiveFirst { backlog_bytes_per_second } = self.sink.order else { return };
-        let stream = &self.sink.stream;
-        let waiting = self.sink.store.outbox_usage(stream).map(|usage| usage.records).unwrap_or(0);
-        let end = match self.sink.store.last_seq(stream) {
-            Ok(end) => end.min(self.publishable),
-            Err(e) => {
-                tracing::warn!(stage = "sink", pipeline = %stream, error = %e, "cannot read the stream position; draining in seq order");
-                return;
-            }
-        };
-        if waiting == 0 {
-            return;
-        }
-        tracing::info!(stage = "sink", pipeline = %stream, records = waiting, through_seq = end, backlog_bytes_per_second,
-            "backlog waiting; fresh records go first");
-        self.cursor = end;
-        self.backlog =
-            Some(Backlog { cursor: 0, end, next_send_at: Instant::now(), bytes_per_second: backlog_bytes_per_second });
-    }
-
-    /// Sends outbox records until the in-flight set is full or the outbox is drained: the live lane
-    /// first, then the backlog as far as its byte budget allows.
-    async fn fill(&mut self, stop: &CancellationToken) {
-        let want = self.max_in_flight - self.in_flight.len();
-        let records = match self.reserved_records(self.cursor, self.publishable, want).await {
-            Ok(records) => records,
-            Err(e) => return self.read_failed(&e, stop).await,
-        };
-        for record in records {
-            self.cursor = record.seq;
-            if !self.send(&record, stop).await {
-                return;
-            }
-        }
-        while let Some(backlog) = &self.backlog
-            && self.in_flight.len() < self.max_in_flight
-            && backlog.next_send_at <= Instant::now()
-        {
-            let (after, end) = (backlog.cursor, backlog.end);
-            let records = match self.reserved_records(after, end, 1).await {
-                Ok(records) => records,
-                Err(e) => return self.read_failed(&e, stop).await,
-            };
-            let Some(record) = records.into_iter().next() else {
-                tracing::info!(stage = "sink", pipeline = %self.sink.stream, through_seq = end, "backlog sent");
-                self.backlog = None;
-                break;
-            };
-            if let Some(backlog) = &mut self.backlog {
-                backlog.cursor = record.seq;
-                if !self.settled.contains(&record.seq) {
-                    backlog.charge(record.body.len());
-                }
-            }
-            if !self.send(&record, stop).await {
-                return;
-            }
-        }
-    }
-
-    /// Hands one record to the broker unless it is settled. Returns false after a failure.
-    async fn send(&mut self, record: &OutgoingRecord, stop: &CancellationToken) -> bool {
-        if self.settled.contains(&record.seq) {
-            // Confirmed, found stored or refused; its deletion is waiting to be committed.
-            return true;
-        }
-        let handed_over = tokio::select! {
-            handed_over = self.publisher.publish(record) => handed_over,
-            // A client that buffers while disconnected can make this wait; stopping wins. The
-            // record stays in the outbox.
-            () = stop.cancelled() => return false,
-        };
-        match handed_over {
-            Ok(confirmation) => {
-                self.unsaved.published += 1;
-                self.in_flight.push_back((record.seq, confirmation));
-            }
-            Err(e) if e.permanent => {
-                self.unsaved.dead.push((record.seq, e.reason));
-                self.settled.insert(record.seq);
-            }
-            Err(e) => {
-                self.failed(record.seq, &e, stop).await;
-                return false;
-            }
-        }
-        true
-    }
-
-    /// Up to `limit` records after seq `after` and at most `through`, each covered by a
-    /// committed reservation: reads, and when what it read is not reserved yet, commits a
-    /// reservation (with room for the next reads) and reads again.
-    async fn reserved_records(
-        &mut self,
-        after: u64,
-        through: u64,
-        limit: usize,
-    ) -> Result<Vec<OutgoingRecord>, String> {
-        loop {
-            let mut records = read_outbox(self.sink, after, limit).await?;
-            records.retain(|record| record.seq <= through);
-            let Some(last) = records.last().map(|record| record.seq) else { return Ok(records) };
-            let reserved = records.iter().take_while(|record| self.reserved.contains(&record.seq)).count();
-            if reserved > 0 {
-                records.truncate(reserved);
-                return Ok(records);
-            }
-            let ahead = (self.max_in_flight as u64).saturating_mul(RESERVE_AHEAD);
-            let seqs = after + 1..=last.saturating_add(ahead).min(through);
-            let changes =
-                ChangeSet { reservations: vec![(self.sink.stream.clone(), seqs.clone())], ..ChangeSet::default() };
-            self.sink
-                .committer
-                .commit(changes)
-                .await
-                .map_err(|e| format!("cannot reserve records to publish: {}", e.error))?;
-            self.reserved.insert(seqs);
-        }
-    }
-
-    async fn read_failed(&mut self, error: &str, stop: &CancellationToken) {
-        tracing::error!(stage = "sink", pipeline = %self.sink.stream, error, "cannot read the outbox");
-        let delay = self.retry.next_delay(&mut rand::rng());
-        sleep_or_stop(delay, stop).await;
-    }
-
-    /// After a failure: forgets what is in flight, waits a backoff, and reconciles (which starts
-    /// the cursors over, so every unconfirmed record is sent again).
-    async fn failed(&mut self, failed_seq: u64, error: &PublishError, stop: &CancellationToken) {
-        let first_unconfirmed = self.in_flight.front().map_or(failed_seq, |(seq, _)| (*seq).min(failed_seq));
-        self.in_flight.clear();
-        let delay = self.retry.next_delay(&mut rand::rng());
-        tracing::warn!(stage = "sink", pipeline = %self.sink.stream, kind = self.sink.config.kind(), error = %error,
-            seq = first_unconfirmed, retry_in = ?delay, failures = self.retry.failures(),
-            "publish failed; unconfirmed records will be sent again");
-        sleep_or_stop(delay, stop).await;
-        self.must_reconcile = true;
-        self.knows_record_limit = false;
-    }
-
-    /// Commits the deletion of confirmed records (with the position and the counters) and moves
-    /// refused ones to the dead letters. On failure everything stays to be saved next time.
-    async fn save(&mut self) {
-        if self.unsaved.is_empty() {
-            return;
-        }
-        let stream = self.sink.stream.clone();
-        let mut changes = ChangeSet::default();
-        let now = crate::telemetry::now_nanos();
-        for (seq, reason) in &self.unsaved.dead {
-            let body = self
-                .sink
-                .store
-                .outbox_after(&stream, seq - 1, 1)
-                .ok()
-                .and_then(|r| r.into_iter().next())
-                .map(|(_, b)| b);
-            let body = body.unwrap_or_default();
-            let readings = weir_record::read(&body).map_or(0, |record| record.span().readings);
-            changes.dead_letters.push(DeadLetter {
-                pipeline: stream.clone(),
-                stage: DeadLetterStage::Sink { kind: self.sink.config.kind().to_owned() },
-                reason: format!("the broker refused record {seq}: {reason}"),
-                at: now,
-                content: DeadLetterContent::Batch { readings, record: body },
-                function: None,
-            });
-            tracing::error!(stage = "sink", pipeline = %stream, seq, reason = %reason, "record refused for good; moved to the dead letters");
-        }
-        let settled: Vec<u64> =
-            self.unsaved.confirmed.iter().chain(self.unsaved.dead.iter().map(|(seq, _)| seq)).copied().collect();
-        changes.confirmed = settled.iter().map(|&seq| (stream.clone(), seq)).collect();
-        changes.sink_positions.extend(self.unsaved.position.map(|p| (stream.clone(), p)));
-        changes.counts = vec![
-            (stream.clone(), Counter::Published, self.unsaved.published),
-            (stream.clone(), Counter::Confirmed, self.unsaved.confirmed.len() as u64),
-        ];
-        match self.sink.committer.commit(changes).await {
-            Ok(()) => {
-                for seq in settled {
-                    self.settled.remove(&seq);
-                }
-                self.unsaved = Unsaved::default();
-            }
-            // Everything stays in `unsaved` and is committed with the next save.
-            Err(e) => {
-                tracing::error!(stage = "sink", pipeline = %stream, error = %e, "cannot delete confirmed records yet");
-            }
-        }
-    }
 }
 
-/// Sleeps until `at`, or forever when there is no `at`.
-async fn sleep_until_some(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
+/// The drain's clock: tokio's, so that tests with paused time see it too.
+fn now() -> std::time::Instant {
+    tokio::time::Instant::now().into_std()
 }
 
 /// Up to `limit` records of the sink's stream after seq `after`, read off the async threads.
@@ -735,11 +511,4 @@ async fn read_outbox(sink: &Sink, after: u64, limit: usize) -> Result<Vec<Outgoi
             body: Bytes::from(body),
         })
         .collect())
-}
-
-async fn sleep_or_stop(delay: Duration, stop: &CancellationToken) {
-    tokio::select! {
-        () = stop.cancelled() => {}
-        () = tokio::time::sleep(delay) => {}
-    }
 }

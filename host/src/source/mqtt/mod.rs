@@ -309,8 +309,11 @@ impl Shell {
             return Delivery { message, ack: Ack::none(), record: None, oversized };
         };
         let ack = MqttAck { to_source: self.to_source.clone(), ticket: owed.ticket };
-        let record =
-            DeliveryRecord { source: self.source.clone(), identity: owed.identity, dedup_horizon: self.limits.dedup_horizon };
+        let record = DeliveryRecord {
+            source: self.source.clone(),
+            identity: owed.identity,
+            dedup_horizon: self.limits.dedup_horizon,
+        };
         Delivery { message, ack: Ack(AckKind::Mqtt(ack)), record: Some(record), oversized }
     }
 

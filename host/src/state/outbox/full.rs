@@ -15,8 +15,8 @@ use super::{Outbox, OutboxLimits, Summary, Usage, disk_bytes};
 use crate::batch::Nanos;
 use crate::coarsen::{self, WIDTHS};
 use crate::config::{Encoding, WhenFull};
-use weir_record::{Record, RecordHeader, RecordKind, Span};
 use crate::state::{Counter, OrStore, StoreError};
+use weir_record::{Record, RecordHeader, RecordKind, Span};
 
 /// Coarsening candidates that did not shrink, tried per step at most before dropping instead.
 const MAX_FRUITLESS_TRIES: usize = 8;
