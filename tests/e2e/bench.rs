@@ -97,6 +97,19 @@ fn footprint_bench_starts_the_gateway_with_precompiled_functions() -> Result<()>
 }
 
 #[test]
+fn mqtt_ingest_bench_commits_every_qos_1_reading_through_a_real_mosquitto() -> Result<()> {
+    let weir = weir_bin();
+    let stdout = bench(
+        &["mqtt-ingest", "--readings", "2000", "--sensors", "10", "--weir", weir.to_str().unwrap_or_default()],
+        &["| QoS |", "CPU µs/reading"],
+    )?;
+    let qos_1 = stdout.lines().find(|l| l.starts_with("| 1 |")).context("a QoS 1 row")?;
+    let columns: Vec<&str> = qos_1.trim_matches('|').split('|').map(str::trim).collect();
+    assert_eq!((columns[1], columns[2]), ("2000", "2000"), "published and committed, each once: {qos_1}");
+    Ok(())
+}
+
+#[test]
 fn commit_and_window_benches_run() -> Result<()> {
     let dir = tempfile::tempdir()?;
     bench(&["commit", "--dir", dir.path().to_str().unwrap_or_default(), "--seconds", "1"], &["| durability |"])?;
