@@ -274,38 +274,33 @@ mod tests {
         }
     }
 
-    /// A record of window emissions as the window stage makes them: a window, its correction,
-    /// and a retracted session.
-    fn windowed() -> Record {
-        use weir_window::event_time::{WindowKind, WindowSpec, Windows};
-        let second = SECOND as i64;
-        let spec = WindowSpec {
-            kind: WindowKind::Session { gap: 5 * SECOND },
-            allowed_lateness: 60 * SECOND,
-            idle_timeout: u64::MAX,
-            custom_aggregate: false,
-        };
-        let mut windows = Windows::default();
-        for ts in [0, 8, 20] {
-            windows.add(&spec, "s", ts * second, ts as f64 + 0.5, 0).expect("in time");
+    /// One emission of a window of series `s` holding one reading.
+    fn emission(key: Nanos, revision: u32) -> WindowValue {
+        WindowValue {
+            key,
+            start: key,
+            end: key + 5 * SECOND as i64,
+            revision,
+            stats: Window { start: key, count: 1, sum: 1.0, min: 1.0, max: 1.0, m2: 0.0 },
+            first: None,
+            last: None,
+            sketch: weir_record::Sketch::None,
+            custom: None,
         }
-        let mut results = windows.flush(&spec, 0);
-        windows.add(&spec, "s", 4 * second, 4.0, 1).expect("within the lateness");
-        results.extend(windows.flush(&spec, 1));
-        Record {
-            windows: vec![WindowSeries {
-                series: Series::named("s"),
-                windows: results.iter().map(WindowValue::of).collect(),
-            }],
-            ..raw(5, &[])
-        }
+    }
+
+    /// A record of window emissions of series `s`.
+    fn emitted(seq: u64, emissions: &[(Nanos, u32)]) -> Record {
+        let windows = emissions.iter().map(|&(key, revision)| emission(key, revision)).collect();
+        Record { windows: vec![WindowSeries { series: Series::named("s"), windows }], ..raw(seq, &[]) }
     }
 
     #[test]
     fn coarsening_keeps_the_latest_revision_of_each_window() {
-        let record = windowed();
-        let merged = merge(&[record.clone(), record], 60 * SECOND, 7);
+        let eight = 8 * SECOND as i64;
+        let inputs = [emitted(5, &[(0, 0), (eight, 0)]), emitted(6, &[(0, 1)]), emitted(7, &[(eight, 2), (0, 1)])];
+        let merged = merge(&inputs, 60 * SECOND, 7);
         let keys: Vec<(Nanos, u32)> = merged.windows[0].windows.iter().map(|w| (w.key, w.revision)).collect();
-        assert_eq!(keys, [(0, 1), (8_000_000_000, 1)], "the session still open is not emitted yet");
+        assert_eq!(keys, [(0, 1), (eight, 2)]);
     }
 }
