@@ -39,6 +39,10 @@ pub struct Args {
     /// Sensors the readings are spread over (one topic each).
     #[arg(long, default_value_t = 100)]
     sensors: usize,
+    /// The broker's in-flight limit for QoS 1 messages to weir (mosquitto's
+    /// `max_inflight_messages`, and weir's `max_inflight` to match) [default: mosquitto's, 20].
+    #[arg(long)]
+    broker_inflight: Option<usize>,
     /// The `weir` binary to measure [default: `weir` beside this executable].
     #[arg(long, env = "WEIR_BIN")]
     weir: Option<PathBuf>,
@@ -56,27 +60,33 @@ impl Args {
             weir: crate::weir_binary(self.weir)?,
             readings: self.readings,
             sensors: self.sensors,
+            broker_inflight: self.broker_inflight,
             qos: vec![0, 1],
         };
         let figures = run(&options)?;
         writeln!(out, "weir: {}", options.weir.display())?;
+        match options.broker_inflight {
+            Some(limit) => writeln!(out, "broker in-flight limit: {limit}")?,
+            None => writeln!(out, "broker in-flight limit: mosquitto's default (20)")?,
+        }
         writeln!(out)?;
         writeln!(
             out,
-            "| QoS | published | committed | seconds | readings/s | weir CPU s | CPU µs/reading (target ≤ {TARGET_CPU_MICROS_PER_READING}) |"
+            "| QoS | published | committed | sheds | seconds | readings/s | weir CPU s | CPU µs/reading (target ≤ {TARGET_CPU_MICROS_PER_READING}) |"
         )?;
         writeln!(
             out,
-            "|----:|----------:|----------:|--------:|-----------:|-----------:|------------------------------:|"
+            "|----:|----------:|----------:|------:|--------:|-----------:|-----------:|------------------------------:|"
         )?;
         for figure in &figures {
             let micros = figure.cpu_micros_per_reading();
             writeln!(
                 out,
-                "| {} | {} | {} | {:.2} | {:.0} | {:.2} | {micros:.2} ({}) |",
+                "| {} | {} | {} | {} | {:.2} | {:.0} | {:.2} | {micros:.2} ({}) |",
                 figure.qos,
                 figure.published,
                 figure.readings,
+                figure.sheds,
                 figure.elapsed.as_secs_f64(),
                 figure.readings_per_second(),
                 figure.cpu_seconds,
@@ -87,6 +97,8 @@ impl Args {
     }
 }
 
+/// What weir logs when it sheds a broker's surplus by reconnecting.
+const SHED_LOG: &str = "reconnecting so it holds the backlog";
 /// How long a run may go without progress before it is given up.
 const STALL: Duration = Duration::from_secs(30);
 /// At QoS 0: how long after the last progress, once everything is published, a run is over.
@@ -105,6 +117,8 @@ pub struct Options {
     pub readings: usize,
     /// Sensors the readings are spread over (one topic each).
     pub sensors: usize,
+    /// The broker's in-flight limit (and weir's `max_inflight`); `None`: mosquitto's default.
+    pub broker_inflight: Option<usize>,
     /// The QoS levels to measure.
     pub qos: Vec<u8>,
 }
@@ -122,6 +136,9 @@ pub struct IngestFigure {
     pub elapsed: Duration,
     /// CPU time of the weir process over that span, seconds.
     pub cpu_seconds: f64,
+    /// Times weir shed the broker's surplus by reconnecting (a broker sending past its in-flight
+    /// limit).
+    pub sheds: usize,
 }
 
 impl IngestFigure {
@@ -145,11 +162,15 @@ pub fn run(options: &Options) -> Result<Vec<IngestFigure>> {
 
 fn run_one(options: &Options, qos: u8) -> Result<IngestFigure> {
     ensure!(qos <= 1, "QoS {qos}: weir ingests QoS 0 and 1");
-    let broker = Mosquitto::start().context("starting mosquitto (apt-get install mosquitto)")?;
+    let broker = match options.broker_inflight {
+        Some(limit) => Mosquitto::start_with(&format!("max_inflight_messages {limit}")),
+        None => Mosquitto::start(),
+    }
+    .context("starting mosquitto (apt-get install mosquitto)")?;
     let dir = tempfile::tempdir()?;
     let data_dir = dir.path().join("data");
     let config = dir.path().join("weir.toml");
-    std::fs::write(&config, gateway_config(&broker.url(), &data_dir, qos))?;
+    std::fs::write(&config, gateway_config(&broker.url(), &data_dir, qos, options.broker_inflight))?;
     let log = dir.path().join("weir.log");
     let mut weir = Gateway::start(&options.weir, &config, &log)?;
     weir.wait_for_log("subscribed", &log)?;
@@ -176,8 +197,10 @@ fn run_one(options: &Options, qos: u8) -> Result<IngestFigure> {
         counter("dead_lettered"),
         std::fs::read_to_string(&log).unwrap_or_default()
     );
+    let sheds = std::fs::read_to_string(&log)?.matches(SHED_LOG).count();
     Ok(IngestFigure {
         qos,
+        sheds,
         published: options.readings as u64,
         readings: progress.committed,
         elapsed: progress.at - started,
@@ -187,7 +210,7 @@ fn run_one(options: &Options, qos: u8) -> Result<IngestFigure> {
 
 /// One pipeline, as the configuration guide's first example: MQTT in, JSON fields decoded,
 /// default batching; the sink's broker is a port nobody listens on.
-fn gateway_config(plant: &str, data_dir: &Path, qos: u8) -> String {
+fn gateway_config(plant: &str, data_dir: &Path, qos: u8, broker_inflight: Option<usize>) -> String {
     let nowhere = std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_or(1, |a| a.port());
     format!(
         r#"[gateway]
@@ -204,7 +227,7 @@ url = "nats://127.0.0.1:{nowhere}"
 broker = "plant"
 topics = ["plant/+/temperature"]
 qos = {qos}
-
+{max_inflight}
 [pipelines.readings.decode.json]
 series = "/sensor"
 time = "/ts"
@@ -215,7 +238,8 @@ value = "/value"
 broker = "central"
 subject = "central.readings"
 "#,
-        data_dir = data_dir.display()
+        data_dir = data_dir.display(),
+        max_inflight = broker_inflight.map(|limit| format!("max_inflight = {limit}\n")).unwrap_or_default(),
     )
 }
 

@@ -363,6 +363,28 @@ async fn a_backlog_larger_than_the_local_queue_drains_exactly_once() -> Result<(
     Ok(())
 }
 
+/// The same broker flaw while weir ingests: a publisher faster than weir builds a queue at the
+/// broker, which lets it into flight. weir processes what it holds, ignores the rest and then
+/// reconnects, as often as the queue keeps growing — every reading arrives once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backlog_that_builds_up_while_weir_ingests_drains_exactly_once() -> Result<()> {
+    let readings = env_or("WEIR_BACKLOG_READINGS", 130_000);
+    let mqtt = Mosquitto::start_with("max_inflight_messages 100")?;
+    let nats = NatsServer::start()?;
+    let central = nats.client().await?;
+    let stream = create_stream(&central, "CENTRAL", &["central.>"]).await?;
+    let weir = Weir::start(&load_config(&mqtt.url(), &nats.url()))?;
+    weir.wait_for_log("subscribed", 1).await?;
+
+    let _plant = publish_load(&mqtt, readings).await?;
+    let expected = expected(readings);
+    let records = collect_all_or_explain(&stream, &expected, &weir).await?;
+    verify(&records, &expected)?;
+    ensure!(weir.log().contains("reconnecting so it holds the backlog"), "the local queue overflowed");
+    assert_eq!(weir.stop()?.0, 0);
+    Ok(())
+}
+
 /// A data disk that fills up: commits fail (ENOSPC), nothing more is acknowledged, and the plant
 /// broker keeps the input. redb refuses every transaction after an I/O error until the database
 /// is reopened; weir reopens it itself and, once space returns, goes on — with records committed

@@ -348,18 +348,7 @@ impl Writer {
                 for (stream, counter, by) in &change.counts {
                     outbox.count(stream, *counter, *by)?;
                 }
-                for delivery in &change.deliveries {
-                    let counter = format!("delivery_order/{}", delivery.source);
-                    let order = counters.get(counter.as_str()).or_store("write counters")?.map_or(0, |v| v.value()) + 1;
-                    counters.insert(counter.as_str(), order).or_store("write counters")?;
-                    let source = delivery.source.as_str();
-                    recent.insert((source, order), delivery.identity.as_slice()).or_store("write recent deliveries")?;
-                    if let Some(oldest_dropped) = order.checked_sub(u64::from(delivery.dedup_horizon)) {
-                        recent
-                            .retain_in((source, 0)..=(source, oldest_dropped), |_, _| false)
-                            .or_store("write recent deliveries")?;
-                    }
-                }
+                remember_deliveries(&mut counters, &mut recent, &change.deliveries)?;
                 for letter in &change.dead_letters {
                     let id = counters.get(DEAD_LETTERS_NEXT_ID).or_store("write counters")?.map_or(0, |v| v.value());
                     let bytes = letter.to_bytes();
@@ -426,4 +415,36 @@ impl Writer {
         }
         Ok(None)
     }
+}
+
+/// Adds committed deliveries' identities to their sources' recent deliveries, in order, and drops
+/// those beyond each source's horizon: one order counter update and one trim per source, however
+/// many deliveries the change set holds.
+fn remember_deliveries(
+    counters: &mut redb::Table<'_, &str, u64>,
+    recent: &mut redb::Table<'_, (&str, u64), &[u8]>,
+    deliveries: &[super::DeliveryRecord],
+) -> Result<(), StoreError> {
+    let mut rest = deliveries;
+    while let Some(first) = rest.first() {
+        let source = first.source.as_str();
+        let run = rest.iter().take_while(|d| d.source == source).count();
+        let (same_source, after) = rest.split_at(run);
+        rest = after;
+        let counter = format!("delivery_order/{source}");
+        let mut order = counters.get(counter.as_str()).or_store("write counters")?.map_or(0, |v| v.value());
+        let mut oldest_dropped = None;
+        for delivery in same_source {
+            order += 1;
+            recent.insert((source, order), delivery.identity.as_slice()).or_store("write recent deliveries")?;
+            oldest_dropped = oldest_dropped.max(order.checked_sub(u64::from(delivery.dedup_horizon)));
+        }
+        counters.insert(counter.as_str(), order).or_store("write counters")?;
+        if let Some(oldest_dropped) = oldest_dropped {
+            recent
+                .retain_in((source, 0)..=(source, oldest_dropped), |_, _| false)
+                .or_store("write recent deliveries")?;
+        }
+    }
+    Ok(())
 }

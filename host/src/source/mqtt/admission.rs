@@ -38,12 +38,20 @@
 //!   is [`horizon`] of those bounds, and at least [`MIN_DEDUP_HORIZON`]. The recent identities
 //!   are loaded once per connection, at the first copy that is not in the pipeline
 //!   ([`Action::LoadRecent`]), and grow by every delivery settled without a PUBACK.
-//! - *Shedding.* Messages wait in a held queue until the pipeline has room. When it reaches
-//!   [`Limits::held_messages`] or [`Limits::held_bytes`] (only a broker that ignores its in-flight
-//!   limit gets there), the source disconnects ([`Action::Shed`], behind the PUBACKs already
-//!   queued), discards what it held and ignores what else arrives on that connection; the broker
-//!   keeps all of it (persistent session) and sends it again.
-//! - *Bounded memory.* The held queue stays below its limits and never outlives its connection;
+//! - *Shedding.* Messages wait in a held queue until the pipeline has room. Only a broker that
+//!   ignores its in-flight limit fills it (mosquitto before 2.0.13 lets a whole queue into
+//!   flight). When a message would take it beyond [`Limits::held_messages`] or
+//!   [`Limits::held_bytes`] (one message always fits), the source is *saturated*: that message
+//!   and what else arrives on that connection are ignored — neither held nor
+//!   acknowledged — while everything held is processed and acknowledged on the connection it came
+//!   on. When the last of it is settled, the source disconnects ([`Action::Shed`], behind those
+//!   PUBACKs) if it ignored a QoS 1 message, so that the broker sends the ignored ones again
+//!   (persistent session); else it takes messages again. Each round thus commits a whole held
+//!   queue, and leaves no delivery owed on the lost connection to be recognised as a copy later.
+//!   Ignored messages are never older than an acknowledged one of their connection, so a PUBACK
+//!   for a recycled packet id still names the oldest message in flight with it.
+//! - *Bounded memory.* The held queue stays within its limits (or holds one message) and never
+//!   outlives its connection;
 //!   at most [`Limits::owed_acks`] PUBACKs wait in the client ([`Admission::takes_acks`] is how
 //!   the shell stops taking acknowledgements from the pipeline, which then waits); deliveries
 //!   owed an acknowledgement are at most what the pipeline holds plus what it acknowledged and
@@ -65,8 +73,8 @@ mod model;
 #[cfg(test)]
 mod tests;
 
-/// Messages, and payload bytes, held (not yet taken by the pipeline) before the source sheds
-/// them by dropping the connection.
+/// Messages, and payload bytes, held (not yet taken by the pipeline) at which the source is
+/// saturated: it ignores what else arrives until it has settled them, then reconnects.
 const HELD_MESSAGES: usize = 100_000;
 const HELD_BYTES: u64 = 64 * 1024 * 1024;
 /// Fewest PUBACKs that may wait in each of the two queues (to the source, in the client) before
@@ -80,9 +88,9 @@ pub(crate) const MIN_DEDUP_HORIZON: usize = 32_768;
 /// The bounds the machine keeps.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Limits {
-    /// Held messages at which the source sheds load.
+    /// Held messages at which the source is saturated.
     pub(crate) held_messages: usize,
-    /// Held payload bytes at which the source sheds load.
+    /// Held payload bytes at which the source is saturated.
     pub(crate) held_bytes: u64,
     /// Most PUBACKs waiting in the client; also the capacity of the queue of acknowledgements
     /// from the pipeline.
@@ -211,9 +219,9 @@ pub(crate) enum Action {
     Deliver(Handover),
     /// Send a PUBACK on the current connection.
     PubAck { pkid: u16 },
-    /// Disconnect (behind the PUBACKs already queued) to make the broker hold the backlog;
-    /// `held` messages were discarded.
-    Shed { held: usize },
+    /// Disconnect (behind the PUBACKs already queued) so that the broker sends again the
+    /// `ignored` messages (of which some QoS 1) that arrived while the held queue was full.
+    Shed { ignored: usize },
     /// Disconnect, closing the source.
     Disconnect,
 }
@@ -238,6 +246,14 @@ struct InPipeline {
     acknowledged: bool,
 }
 
+/// Messages ignored on a saturated connection.
+#[derive(Clone, Copy, Debug, Default)]
+struct Ignored {
+    all: usize,
+    /// QoS 1 ones: the broker sends those again after a reconnect.
+    owed: usize,
+}
+
 /// The recent committed identities, as far as this connection knows them.
 #[derive(Debug)]
 enum Recent {
@@ -258,6 +274,9 @@ pub(crate) struct Admission {
     connected: bool,
     /// False once the pipeline takes no more.
     admitting: bool,
+    /// Saturation on this connection: `Some(ignored)` once the held queue was full, counting
+    /// the messages ignored since.
+    saturated: Option<Ignored>,
     /// Set by [`Action::Shed`] until the next connection.
     shedding: bool,
     held: VecDeque<Held>,
@@ -280,6 +299,7 @@ impl Admission {
             connection: 0,
             connected: false,
             admitting: true,
+            saturated: None,
             shedding: false,
             held: VecDeque::new(),
             held_bytes: 0,
@@ -352,6 +372,12 @@ impl Admission {
         self.shedding
     }
 
+    /// True while the held queue was full on this connection: what arrives is ignored.
+    #[cfg(test)]
+    fn is_saturated(&self) -> bool {
+        self.saturated.is_some()
+    }
+
     /// Messages held, their payload bytes, deliveries owed an acknowledgement, and PUBACKs in
     /// the client.
     #[cfg(test)]
@@ -362,6 +388,7 @@ impl Admission {
     fn connected(&mut self, session_present: bool) {
         self.connection += 1;
         self.connected = true;
+        self.saturated = None;
         self.shedding = false;
         // A new connection may send again anything committed before it.
         self.recent = Recent::Unknown;
@@ -373,6 +400,11 @@ impl Admission {
     fn publish(&mut self, publish: Publish) {
         if !self.admitting || self.shedding || !self.connected {
             // Not acknowledged: the broker sends it again.
+            return;
+        }
+        if let Some(ignored) = &mut self.saturated {
+            ignored.all += 1;
+            ignored.owed += usize::from(publish.qos != PublishQos::AtMostOnce);
             return;
         }
         let owed = match publish.qos {
@@ -415,13 +447,13 @@ impl Admission {
             Content::Oversized(oversized) => oversized.prefix.payload.len() as u64,
             Content::Copy => 0,
         };
+        let full = self.held.len() >= self.limits.held_messages || self.held_bytes + bytes > self.limits.held_bytes;
+        if full && !self.held.is_empty() {
+            self.saturated = Some(Ignored { all: 1, owed: usize::from(owed.is_some()) });
+            return;
+        }
         self.held.push_back(Held { content, owed: owed.map(|(pkid, identity, _)| (pkid, identity)), bytes });
         self.held_bytes += bytes;
-        if self.held.len() >= self.limits.held_messages || self.held_bytes >= self.limits.held_bytes {
-            self.actions.push_back(Action::Shed { held: self.held.len() });
-            self.discard_held();
-            self.shedding = true;
-        }
     }
 
     fn hand_over(&mut self) {
@@ -437,6 +469,22 @@ impl Admission {
             Owed { ticket, identity }
         });
         self.actions.push_back(Action::Deliver(Handover { content: held.content, owed }));
+        self.end_saturation();
+    }
+
+    /// Ends a saturation once everything held on the connection is settled: a disconnect if the
+    /// broker is to send ignored messages again, else taking messages again.
+    fn end_saturation(&mut self) {
+        let Some(ignored) = self.saturated else { return };
+        let owed_here = self.in_pipeline.values().any(|d| d.connection == self.connection);
+        if !self.held.is_empty() || owed_here {
+            return;
+        }
+        self.saturated = None;
+        if ignored.owed > 0 {
+            self.actions.push_back(Action::Shed { ignored: ignored.all });
+            self.shedding = true;
+        }
     }
 
     /// Settles acknowledged deliveries from the oldest on, while the oldest is acknowledged and
@@ -462,6 +510,9 @@ impl Admission {
                 // Committed; the broker sends it again on this connection.
                 identities.insert(delivery.identity);
             }
+        }
+        if self.connected {
+            self.end_saturation();
         }
     }
 

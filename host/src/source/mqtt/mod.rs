@@ -235,9 +235,9 @@ impl Shell {
                         self.core.handle(admission::Event::PubAckWritten);
                     }
                 }
-                Action::Shed { held } => {
-                    tracing::warn!(stage = "source", pipeline, broker = %self.broker, held,
-                        "the broker sends faster than its in-flight limit allows; reconnecting so it holds the backlog");
+                Action::Shed { ignored } => {
+                    tracing::warn!(stage = "source", pipeline, broker = %self.broker, ignored,
+                        "the broker sent past its in-flight limit; what it held is processed, reconnecting so it holds the backlog");
                     // Queued behind the acknowledgements already owed, so those go out first.
                     if let Err(e) = self.client.disconnect().await {
                         tracing::warn!(stage = "source", pipeline, error = %e, "cannot disconnect");

@@ -28,14 +28,7 @@ fn actions(core: &mut Admission) -> Vec<Action> {
 /// Receives `publish` and hands it to the pipeline: its ticket, `None` at most once.
 fn deliver(core: &mut Admission, publish: Publish) -> (Content, Option<Ticket>) {
     core.handle(Event::Publish(publish));
-    core.handle(Event::PipelineReady);
-    match actions(core).as_mut_slice() {
-        [Action::Deliver(handover)] => {
-            let content = std::mem::replace(&mut handover.content, Content::Copy);
-            (content, handover.owed.as_ref().map(|owed| owed.ticket))
-        }
-        other => panic!("expected one delivery, got {other:?}"),
-    }
+    take(core)
 }
 
 fn pubacks(actions: &[Action]) -> Vec<u16> {
@@ -185,23 +178,73 @@ fn at_most_once_messages_owe_nothing() {
     assert_eq!(ticket, None);
 }
 
+/// Hands the oldest held message to the pipeline: its content and ticket.
+fn take(core: &mut Admission) -> (Content, Option<Ticket>) {
+    core.handle(Event::PipelineReady);
+    match actions(core).as_mut_slice() {
+        [Action::Deliver(handover)] => {
+            let content = std::mem::replace(&mut handover.content, Content::Copy);
+            (content, handover.owed.as_ref().map(|owed| owed.ticket))
+        }
+        other => panic!("expected one delivery, got {other:?}"),
+    }
+}
+
 #[test]
-fn a_full_held_queue_sheds_the_connection_and_what_else_it_brings() {
+fn a_full_held_queue_ignores_what_else_comes_and_reconnects_once_what_it_held_is_acknowledged() {
     let mut core = connected(true);
-    for pkid in 1..=3 {
+    for pkid in 1..=6 {
         core.handle(Event::Publish(publish(pkid, "x", false)));
     }
     assert!(actions(&mut core).is_empty());
-    assert_eq!(core.footprint(), (3, 3, 0, 0));
-    core.handle(Event::Publish(publish(4, "x", false)));
-    assert!(matches!(actions(&mut core).as_slice(), [Action::Shed { held: 4 }]));
-    assert_eq!(core.footprint(), (0, 0, 0, 0));
-    core.handle(Event::Publish(publish(5, "x", false)));
+    assert_eq!(core.footprint(), (4, 4, 0, 0), "the first four are kept, the fifth and sixth ignored");
+    let tickets: Vec<Ticket> = (0..4).filter_map(|_| take(&mut core).1).collect();
+    for ticket in tickets {
+        core.handle(Event::Acknowledged(ticket));
+    }
+    assert_eq!(pubacks(&actions(&mut core)), [1, 2], "as many as the client holds");
+    core.handle(Event::PubAckWritten);
+    core.handle(Event::PubAckWritten);
+    let rest = actions(&mut core);
+    assert!(
+        matches!(
+            rest.as_slice(),
+            [Action::PubAck { pkid: 3 }, Action::PubAck { pkid: 4 }, Action::Shed { ignored: 2 }]
+        ),
+        "PUBACKs for everything held, then the reconnect behind them: {rest:?}"
+    );
+    core.handle(Event::Publish(publish(7, "x", false)));
     assert!(!core.has_held(), "ignored until the next connection");
     core.handle(Event::ConnectionLost);
     core.handle(Event::Connected { session_present: true });
-    core.handle(Event::Publish(publish(5, "x", false)));
-    assert!(core.has_held());
+    core.handle(Event::Publish(publish(5, "x", true)));
+    assert!(matches!(actions(&mut core).as_slice(), [Action::LoadRecent(_)]), "taken again on the next connection");
+}
+
+#[test]
+fn a_saturation_by_at_most_once_messages_ends_without_a_reconnect() {
+    let mut core = connected(true);
+    let at_most_once = |n: u16| Publish { qos: PublishQos::AtMostOnce, ..publish(n, "y", false) };
+    for n in 1..=5 {
+        core.handle(Event::Publish(at_most_once(n)));
+    }
+    assert_eq!(core.footprint().0, 4);
+    for _ in 0..4 {
+        take(&mut core);
+    }
+    assert!(actions(&mut core).is_empty(), "nothing to send again: no reconnect");
+    core.handle(Event::Publish(at_most_once(6)));
+    assert!(core.has_held(), "taking messages again");
+}
+
+#[test]
+fn one_message_larger_than_the_held_bytes_is_still_held() {
+    let mut core = Admission::new(Limits { held_bytes: 8, ..LIMITS });
+    core.handle(Event::Connected { session_present: true });
+    core.handle(Event::Publish(Publish { payload: Bytes::from(vec![b'z'; 12]), ..publish(1, "", false) }));
+    assert_eq!(core.footprint().0, 1, "alone, it fits");
+    core.handle(Event::Publish(publish(2, "z", false)));
+    assert_eq!(core.footprint().0, 1, "the next one does not");
 }
 
 #[test]
