@@ -235,14 +235,14 @@ fn check_and_run_refuse_a_data_dir_that_cannot_hold_state_naming_the_field() -> 
 }
 
 #[test]
-fn check_and_run_refuse_an_engine_the_address_space_cannot_hold_naming_what_sizes_it() -> Result<()> {
+fn check_and_run_refuse_memory_limits_the_address_space_cannot_hold_naming_them() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let data_dir = dir.path().join("data");
-    let functions = "\n[functions.threshold-alert]\ncomponent = \"weir_fn_threshold_alert.wasm\"\n";
+    let functions = "\n[functions.threshold-alert]\ncomponent = \"weir_fn_threshold_alert.wasm\"\nmemory = \"4GiB\"\n";
     let operators = "\n[[pipelines.sim.operators]]\nfunction = \"threshold-alert\"\nparams = { above = 80.0 }\n";
     let path = dir.path().join("weir.toml");
     std::fs::write(&path, config_with(data_dir.to_str().expect("UTF-8 path"), functions, operators))?;
-    // The pooling allocator reserves 4 GiB of address space per memory slot: 8 GB holds too few.
+    // One use: 6 instances, 12 memories of up to 4 GiB each; 8 GB holds too few.
     for command in ["check", "run"] {
         let output = Command::new("sh")
             .args(["-c", "ulimit -v 8000000 && exec \"$0\" \"$@\""])
@@ -254,7 +254,7 @@ fn check_and_run_refuse_an_engine_the_address_space_cannot_hold_naming_what_size
         assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
         assert!(
             stderr.contains(&format!(
-                "error: {}: field `pipelines`: 1 use(s) of functions need room for 6 instances (every use twice, plus 4), and the WebAssembly engine cannot reserve it",
+                "error: {}:8:10: field `functions.threshold-alert.memory`: the WebAssembly engine cannot give instances 4GiB of memory on this machine",
                 path.display()
             )),
             "{command}: {stderr}"

@@ -5,6 +5,7 @@
 //! Every module but `boundaries` runs real brokers and the real `weir` binary through the
 //! harness (`weir_e2e`, `tests/src/lib.rs`); `boundaries` reads the workspace's sources.
 
+mod address_space;
 mod bench;
 mod boundaries;
 mod cli;

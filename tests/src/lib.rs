@@ -315,24 +315,44 @@ pub struct Weir {
     dir: tempfile::TempDir,
     /// Runs so far (1 + restarts).
     runs: u32,
+    /// The address-space limit (`ulimit -v`, KiB) every run gets, if any.
+    address_space_kib: Option<u64>,
 }
 
 impl Weir {
     /// Writes `config` (with `{data_dir}` and `{functions_dir}` filled in) and runs it.
     pub fn start(config: &str) -> Result<Self> {
+        Self::start_with_address_space(config, None)
+    }
+
+    /// [`Self::start`] under an address-space limit of `kib` KiB (`ulimit -v`), as on a board
+    /// with a small address space.
+    pub fn start_limited(config: &str, kib: u64) -> Result<Self> {
+        Self::start_with_address_space(config, Some(kib))
+    }
+
+    fn start_with_address_space(config: &str, address_space_kib: Option<u64>) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let data_dir = dir.path().join("data");
         let config = config
             .replace("{data_dir}", data_dir.to_str().context("UTF-8 temp path")?)
             .replace("{functions_dir}", functions_dir().to_str().context("UTF-8 path")?);
         std::fs::write(dir.path().join("weir.toml"), config)?;
-        let child = Self::spawn(dir.path())?;
-        Ok(Self { child, dir, runs: 1 })
+        let child = Self::spawn(dir.path(), address_space_kib)?;
+        Ok(Self { child, dir, runs: 1, address_space_kib })
     }
 
-    fn spawn(dir: &Path) -> Result<Child> {
+    fn spawn(dir: &Path, address_space_kib: Option<u64>) -> Result<Child> {
         let log = |name: &str| File::options().create(true).append(true).open(dir.join(name));
-        Command::new(weir_bin())
+        let mut command = match address_space_kib {
+            None => Command::new(weir_bin()),
+            Some(kib) => {
+                let mut shell = Command::new("sh");
+                shell.args(["-c", r#"ulimit -v "$1" && shift && exec "$0" "$@""#]).arg(weir_bin()).arg(kib.to_string());
+                shell
+            }
+        };
+        command
             .args(["run", "--config"])
             .arg(dir.join("weir.toml"))
             // WEIR_E2E_RUST_LOG=debug (say) shows more of what weir does in a failing test.
@@ -348,7 +368,7 @@ impl Weir {
     pub fn kill_and_restart(&mut self) -> Result<()> {
         Command::new("kill").args(["-KILL", &self.child.id().to_string()]).status()?;
         self.child.wait()?;
-        self.child = Self::spawn(self.dir.path())?;
+        self.child = Self::spawn(self.dir.path(), self.address_space_kib)?;
         self.runs += 1;
         Ok(())
     }
@@ -451,7 +471,7 @@ impl Weir {
 
     /// Starts weir again on the same configuration and data directory (after [`Self::terminate`]).
     pub fn start_again(&mut self) -> Result<()> {
-        self.child = Self::spawn(self.dir.path())?;
+        self.child = Self::spawn(self.dir.path(), self.address_space_kib)?;
         self.runs += 1;
         Ok(())
     }

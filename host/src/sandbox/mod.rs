@@ -27,6 +27,7 @@
 
 mod bindings;
 mod cache;
+mod engine;
 mod fault;
 mod handle;
 mod host;
@@ -45,9 +46,10 @@ use std::time::Duration;
 
 use cache::ArtifactCache;
 use sha2::{Digest, Sha256};
+use wasmtime::Engine;
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
+pub use engine::MemoryLayout;
 pub use fault::{Fault, FaultKind, Malformed, StartFailure};
 pub use handle::UseHandle;
 use host::InstanceState;
@@ -291,7 +293,14 @@ impl Sandbox {
         store: StateStore,
     ) -> Result<Self, SandboxError> {
         let engine_error = |e: wasmtime::Error| SandboxError::Engine { reason: format!("{e:#}") };
-        let engine = engine(&options)?;
+        let (engine, layout) = engine::engine(&options)?;
+        tracing::info!(
+            stage = "sandbox",
+            ?layout,
+            memories = options.max_instances.max(1).saturating_mul(2),
+            reserved_mib = layout.reserved_bytes(&options) >> 20,
+            "WebAssembly memory pool reserved"
+        );
         start_epoch_ticker(&engine)?;
 
         let mut linker = Linker::new(&engine);
@@ -488,31 +497,10 @@ impl Sandbox {
     }
 }
 
-/// The engine for `options`: pooling allocator sized from them, epoch interruption, fuel when
-/// asked. Creating it reserves the address space of every memory slot; that can fail where the
-/// address space is limited (`ulimit -v`, 32-bit machines).
-fn engine(options: &SandboxOptions) -> Result<Engine, SandboxError> {
-    let instances = options.max_instances.max(1);
-    let core_instances = options.max_core_instances.clamp(1, 1000);
-    let mut pool = PoolingAllocationConfig::new();
-    pool.total_component_instances(instances)
-        .total_core_instances(instances.saturating_mul(core_instances.min(8)))
-        .max_core_instances_per_component(core_instances)
-        .total_memories(instances.saturating_mul(2))
-        .total_tables(instances.saturating_mul(8))
-        .max_memory_size(usize::try_from(options.max_memory_bytes).unwrap_or(usize::MAX));
-    let mut config = Config::new();
-    config
-        .epoch_interruption(true)
-        .consume_fuel(options.fuel)
-        .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-    Engine::new(&config).map_err(|e| SandboxError::Engine { reason: format!("{e:#}") })
-}
-
 /// Whether an engine for `options` can be created on this machine; the reason when not. (For
 /// finding which setting makes [`Sandbox::new`] fail.)
 pub fn engine_fits(options: &SandboxOptions) -> Result<(), String> {
-    engine(options).map(drop).map_err(|e| match e {
+    engine::engine(options).map(drop).map_err(|e| match e {
         SandboxError::Engine { reason } => reason,
         other => other.to_string(),
     })
