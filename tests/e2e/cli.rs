@@ -266,6 +266,37 @@ fn check_and_run_refuse_memory_limits_the_address_space_cannot_hold_naming_them(
 }
 
 #[test]
+fn check_refuses_uses_that_not_even_the_smallest_memories_fit_naming_the_pipelines() -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data_dir = dir.path().join("data");
+    let functions = "\n[functions.threshold-alert]\ncomponent = \"weir_fn_threshold_alert.wasm\"\n";
+    let operators: String = (0..60)
+        .map(|n| {
+            format!(
+                "\n[[pipelines.sim.operators]]\nname = \"alert-{n}\"\nfunction = \"threshold-alert\"\nparams = {{ above = 80.0 }}\n"
+            )
+        })
+        .collect();
+    let path = dir.path().join("weir.toml");
+    std::fs::write(&path, config_with(data_dir.to_str().expect("UTF-8 path"), functions, &operators))?;
+    // 60 uses: 124 instances, whose smallest pool (1 MiB memories, stacks, tables) needs more
+    // than 400 MB; weir itself runs in far less.
+    let output = Command::new("sh")
+        .args(["-c", "ulimit -v 400000 && exec \"$0\" \"$@\""])
+        .arg(weir_bin())
+        .args(["check", "--config", path.to_str().expect("UTF-8 path")])
+        .output()?;
+    let stderr = String::from_utf8(output.stderr)?;
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let expected = format!(
+        "error: {}: field `pipelines`: 60 use(s) of functions need room for 124 instances (every use twice, plus 4), and the WebAssembly engine cannot reserve it",
+        path.display()
+    );
+    assert!(stderr.contains(&expected), "{stderr}");
+    Ok(())
+}
+
+#[test]
 fn the_built_in_configuration_runs_without_any_broker_and_stops_cleanly() -> Result<()> {
     let dir = tempfile::tempdir()?;
     let stdout_path = dir.path().join("stdout");
