@@ -246,11 +246,17 @@ async fn publish_load(mqtt: &Mosquitto, readings: usize) -> Result<MqttClient> {
 
 /// Publishes `readings` (see [`payload`]) and waits for the broker to accept them all.
 async fn publish_readings(plant: &MqttClient, readings: usize) -> Result<()> {
-    for i in 0..readings {
+    publish_range(plant, 0..readings).await?;
+    plant.wait_for_pubacks(readings).await
+}
+
+/// Publishes readings `range` (see [`payload`]), without waiting for the broker's PUBACKs.
+async fn publish_range(plant: &MqttClient, range: std::ops::Range<usize>) -> Result<()> {
+    for i in range {
         let (series, body) = payload(i);
         plant.publish(&series, body).await?;
     }
-    plant.wait_for_pubacks(readings).await
+    Ok(())
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -315,17 +321,11 @@ async fn central_broker_stopped_and_restarted_loses_nothing_and_duplicates_nothi
     let weir = Weir::start(&tuned_config(&mqtt.url(), &nats.url(), 100, "ack_timeout = \"1s\""))?;
     weir.wait_for_log("subscribed", 1).await?;
     let plant = MqttClient::connect(&mqtt, "load-publisher").await?;
-    for i in 0..readings / 2 {
-        let (series, body) = payload(i);
-        plant.publish(&series, body).await?;
-    }
+    publish_range(&plant, 0..readings / 2).await?;
     // Central goes away abruptly while records are in flight, stays away, comes back.
     tokio::time::sleep(Duration::from_millis(500)).await;
     nats.stop(true)?;
-    for i in readings / 2..readings {
-        let (series, body) = payload(i);
-        plant.publish(&series, body).await?;
-    }
+    publish_range(&plant, readings / 2..readings).await?;
     plant.wait_for_pubacks(readings).await?;
     tokio::time::sleep(Duration::from_secs(3)).await;
     nats.start_again()?;
@@ -379,19 +379,9 @@ async fn a_backlog_that_builds_up_while_weir_ingests_drains_exactly_once() -> Re
     // A tenth while weir keeps up; then weir is paused (as a busy gateway would be, whatever
     // its speed), so that the broker's queue grows, and resumed.
     let plant = MqttClient::connect(&mqtt, "load-publisher").await?;
-    let publish = |range: std::ops::Range<usize>| {
-        let plant = &plant;
-        async move {
-            for i in range {
-                let (series, body) = payload(i);
-                plant.publish(&series, body).await?;
-            }
-            anyhow::Ok(())
-        }
-    };
-    publish(0..readings / 10).await?;
+    publish_range(&plant, 0..readings / 10).await?;
     weir.signal("STOP")?;
-    let resumed = publish(readings / 10..readings).await.and(plant.wait_for_pubacks(readings).await);
+    let resumed = publish_range(&plant, readings / 10..readings).await.and(plant.wait_for_pubacks(readings).await);
     weir.signal("CONT")?;
     resumed?;
     let expected = expected(readings);
@@ -422,22 +412,12 @@ async fn a_full_data_disk_stalls_ingest_and_weir_resumes_by_itself_when_space_re
     let weir = Weir::start(&config)?;
     weir.wait_for_log("subscribed", 1).await?;
     let plant = MqttClient::connect(&mqtt, "load-publisher").await?;
-    let publish = |range: std::ops::Range<usize>| {
-        let plant = &plant;
-        async move {
-            for i in range {
-                let (series, body) = payload(i);
-                plant.publish(&series, body).await?;
-            }
-            anyhow::Ok(())
-        }
-    };
-    publish(0..readings / 4).await?;
+    publish_range(&plant, 0..readings / 4).await?;
     plant.wait_for_pubacks(readings / 4).await?;
     // Central goes away, so the outbox has to grow; the disk fills up.
     nats.stop(false)?;
     disk.fill()?;
-    publish(readings / 4..readings).await?;
+    publish_range(&plant, readings / 4..readings).await?;
     plant.wait_for_pubacks(readings).await?;
     weir.wait_for_log("commit failed", 1).await?;
     tokio::time::sleep(Duration::from_secs(2)).await;

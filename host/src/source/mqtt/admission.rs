@@ -476,7 +476,13 @@ impl Admission {
     /// broker is to send ignored messages again, else taking messages again.
     fn end_saturation(&mut self) {
         let Some(ignored) = self.saturated else { return };
-        let owed_here = self.in_pipeline.values().any(|d| d.connection == self.connection);
+        if !self.admitting {
+            // Closing: nothing is taken again, so nothing to reconnect for.
+            self.saturated = None;
+            return;
+        }
+        // Tickets grow with connections: this connection's deliveries are the newest.
+        let owed_here = self.in_pipeline.last_key_value().is_some_and(|(_, d)| d.connection == self.connection);
         if !self.held.is_empty() || owed_here {
             return;
         }

@@ -702,7 +702,7 @@ fn the_scripts_reach_every_situation() {
     let mut runner = proptest::test_runner::TestRunner::deterministic();
     let strategy = (params(), vec(step(), 1..400));
     let mut total = Seen::default();
-    for _ in 0..300 {
+    for _ in 0..400 {
         let (params, steps) = strategy.new_tree(&mut runner).expect("a script").current();
         let seen = run(params, &steps).expect("the properties hold");
         total.deliveries += seen.deliveries;
