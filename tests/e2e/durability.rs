@@ -344,23 +344,12 @@ async fn central_broker_stopped_and_restarted_loses_nothing_and_duplicates_nothi
 /// right message — every reading arrives once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_larger_than_the_local_queue_drains_exactly_once() -> Result<()> {
-    let readings = env_or("WEIR_BACKLOG_READINGS", 130_000);
-    let mqtt = Mosquitto::start_with("max_inflight_messages 100")?;
-    let nats = NatsServer::start()?;
-    let central = nats.client().await?;
-    let stream = create_stream(&central, "CENTRAL", &["central.>"]).await?;
-    let mut weir = Weir::start(&load_config(&mqtt.url(), &nats.url()))?;
-    weir.wait_for_log("subscribed", 1).await?;
+    let Backlog { readings, mqtt, nats: _nats, stream, mut weir } = Backlog::start().await?;
     ensure!(weir.terminate()? == 0, "weir stops cleanly, leaving its session with the broker");
 
     let _plant = publish_load(&mqtt, readings).await?;
     weir.start_again()?;
-    let expected = expected(readings);
-    let records = collect_all_or_explain(&stream, &expected, &weir).await?;
-    verify(&records, &expected)?;
-    ensure!(weir.log().contains("reconnecting so it holds the backlog"), "the local queue overflowed");
-    assert_eq!(weir.stop()?.0, 0);
-    Ok(())
+    drains_once_after_shedding(readings, &stream, weir).await
 }
 
 /// The same broker flaw while weir ingests: a queue builds at the broker while weir is busy,
@@ -368,13 +357,7 @@ async fn a_backlog_larger_than_the_local_queue_drains_exactly_once() -> Result<(
 /// the rest and then reconnects, as often as needed — every reading arrives once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_backlog_that_builds_up_while_weir_ingests_drains_exactly_once() -> Result<()> {
-    let readings = env_or("WEIR_BACKLOG_READINGS", 130_000);
-    let mqtt = Mosquitto::start_with("max_inflight_messages 100")?;
-    let nats = NatsServer::start()?;
-    let central = nats.client().await?;
-    let stream = create_stream(&central, "CENTRAL", &["central.>"]).await?;
-    let weir = Weir::start(&load_config(&mqtt.url(), &nats.url()))?;
-    weir.wait_for_log("subscribed", 1).await?;
+    let Backlog { readings, mqtt, nats: _nats, stream, weir } = Backlog::start().await?;
 
     // A tenth while weir keeps up; then weir is paused (as a busy gateway would be, whatever
     // its speed), so that the broker's queue grows, and resumed.
@@ -384,8 +367,40 @@ async fn a_backlog_that_builds_up_while_weir_ingests_drains_exactly_once() -> Re
     let resumed = publish_range(&plant, readings / 10..readings).await.and(plant.wait_for_pubacks(readings).await);
     weir.signal("CONT")?;
     resumed?;
+    drains_once_after_shedding(readings, &stream, weir).await
+}
+
+/// The backlog tests' world: a plant broker that keeps 100 messages in flight, a central
+/// JetStream stream, and weir subscribed.
+struct Backlog {
+    readings: usize,
+    mqtt: Mosquitto,
+    nats: NatsServer,
+    stream: async_nats::jetstream::stream::Stream,
+    weir: Weir,
+}
+
+impl Backlog {
+    async fn start() -> Result<Self> {
+        let readings = env_or("WEIR_BACKLOG_READINGS", 130_000);
+        let mqtt = Mosquitto::start_with("max_inflight_messages 100")?;
+        let nats = NatsServer::start()?;
+        let central = nats.client().await?;
+        let stream = create_stream(&central, "CENTRAL", &["central.>"]).await?;
+        let weir = Weir::start(&load_config(&mqtt.url(), &nats.url()))?;
+        weir.wait_for_log("subscribed", 1).await?;
+        Ok(Self { readings, mqtt, nats, stream, weir })
+    }
+}
+
+/// Every one of `readings` arrives once, weir shed load on the way, and it stops cleanly.
+async fn drains_once_after_shedding(
+    readings: usize,
+    stream: &async_nats::jetstream::stream::Stream,
+    weir: Weir,
+) -> Result<()> {
     let expected = expected(readings);
-    let records = collect_all_or_explain(&stream, &expected, &weir).await?;
+    let records = collect_all_or_explain(stream, &expected, &weir).await?;
     verify(&records, &expected)?;
     ensure!(weir.log().contains("reconnecting so it holds the backlog"), "the local queue overflowed");
     assert_eq!(weir.stop()?.0, 0);
