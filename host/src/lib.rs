@@ -20,6 +20,7 @@ pub mod sink;
 pub mod source;
 pub mod state;
 pub mod telemetry;
+pub mod tls;
 pub mod window;
 
 #[cfg(test)]

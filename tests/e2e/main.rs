@@ -14,4 +14,5 @@ mod failures;
 mod flows;
 mod governance;
 mod outbox;
+mod tls;
 mod windows;

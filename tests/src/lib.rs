@@ -7,6 +7,7 @@
 
 pub mod proxy;
 pub mod python;
+pub mod tls;
 
 use std::fs::File;
 use std::net::{TcpListener, TcpStream};
@@ -182,7 +183,9 @@ impl NatsServer {
             .stderr(log)
             .spawn()
             .context("starting nats-server (apt-get install nats-server)")?;
-        wait_for_port(port, &mut child, "nats-server")?;
+        wait_for_port(port, &mut child, "nats-server").with_context(|| {
+            format!("nats-server's log:\n{}", std::fs::read_to_string(dir.join("nats.log")).unwrap_or_default())
+        })?;
         Ok(child)
     }
 

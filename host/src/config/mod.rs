@@ -33,13 +33,13 @@ pub use raw::{
 };
 pub use types::{
     BrokerUrl, FunctionId, GatewayId, JsonPointer, MqttClientId, MqttTopic, Name, NatsSubject, NatsSubjectFilter,
-    Protocol, TopicFilter,
+    Protocol, Secret, TopicFilter,
 };
 pub use validated::{
-    Backoff, BatchConfig, BrokerConfig, Config, DecodeConfig, DownsampleConfig, DownsampleMethod, Drain, FieldMapping,
-    FunctionConfig, FunctionLimits, FunctionUse, GatewayConfig, MQTT_MAX_PAYLOAD, OperatorConfig, OutboxConfig,
-    PipelineConfig, Qos, QuarantineConfig, SimulatedConfig, SinkConfig, SourceConfig, StateConfig, ValueFields,
-    WindowConfig,
+    Backoff, BatchConfig, BrokerConfig, ClientIdentity, Config, DecodeConfig, DownsampleConfig, DownsampleMethod,
+    Drain, FieldMapping, FunctionConfig, FunctionLimits, FunctionUse, GatewayConfig, MQTT_MAX_PAYLOAD, NatsCredentials,
+    OperatorConfig, OutboxConfig, PemFile, PipelineConfig, Qos, QuarantineConfig, SimulatedConfig, SinkConfig,
+    SourceConfig, StateConfig, TlsConfig, ValueFields, WindowConfig,
 };
 
 /// The built-in configuration: simulated sensors, the bundled functions, a console sink.

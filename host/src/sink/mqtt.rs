@@ -114,7 +114,13 @@ impl Pending {
 
 impl Connection {
     pub(super) async fn run(mut self, stop: CancellationToken) {
-        let mut options = mqtt_options(&self.broker, &self.client_id, true);
+        let mut options = match mqtt_options(&self.broker, &self.client_id, true) {
+            Ok(options) => options,
+            Err(e) => {
+                tracing::error!(stage = "sink", pipeline = self.pipeline, broker = %self.broker.url, error = %e, "cannot connect to MQTT");
+                return;
+            }
+        };
         // One more than our in-flight set: with in-order PUBACKs a packet id is never still in use.
         options.set_inflight(u16::try_from(self.max_in_flight + 1).unwrap_or(u16::MAX));
         let (client, eventloop) = AsyncClient::new(options, self.max_in_flight.max(1));

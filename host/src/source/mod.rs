@@ -35,7 +35,7 @@ mod nats;
 pub mod simulated;
 
 pub(crate) use mqtt::{disconnect as mqtt_disconnect, events as mqtt_events, options as mqtt_options};
-pub(crate) use nats::connect as nats_connect;
+pub(crate) use nats::{check_nats_credentials, connect as nats_connect};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;

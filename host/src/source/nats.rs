@@ -5,6 +5,7 @@
 //! JetStream source re-creates its consumer stream after errors with capped exponential backoff.
 
 use async_nats::jetstream::{self, consumer::AckPolicy, consumer::pull};
+use async_nats::rustls::ClientConfig;
 use futures::StreamExt;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -12,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Ack, AckError, AckKind, CommittedRecently, Delivery, DeliveryRecord, InPipeline};
 use crate::backoff::Retry;
 use crate::batch::Message;
-use crate::config::{BrokerConfig, NatsSubjectFilter};
+use crate::config::{BrokerConfig, NatsCredentials, NatsSubjectFilter};
 use crate::state::StateStore;
 
 /// Unacknowledged JetStream messages the consumer may have out at once.
@@ -21,18 +22,57 @@ pub(super) const MAX_ACK_PENDING: i64 = 20_000;
 const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Connects to a NATS server (in the background: the call returns at once and the client
-/// connects and reconnects by itself).
+/// connects and reconnects by itself). With a `tls://` URL every connection is TLS, verified
+/// by [`crate::tls::client_config`], or is not made.
 pub(crate) async fn connect(broker: &BrokerConfig, name: &str) -> Result<async_nats::Client, String> {
     let mut options = async_nats::ConnectOptions::new().name(name).retry_on_initial_connect();
     if let Some(username) = &broker.username {
-        options = options.user_and_password(username.clone(), broker.password.clone().unwrap_or_default());
+        let password = broker.password.as_ref().map(|p| p.expose().clone()).unwrap_or_default();
+        options = options.user_and_password(username.clone(), password);
+    }
+    match &broker.nats_credentials {
+        None => {}
+        Some(NatsCredentials::File(creds)) => {
+            options = options.credentials(creds.expose()).map_err(|e| format!("credentials_file: {e}"))?;
+        }
+        Some(NatsCredentials::Nkey(seed)) => options = options.nkey(seed.expose().clone()),
+    }
+    if let Some(tls) = &broker.tls {
+        let config = crate::tls::client_config(tls, &broker.url.to_string()).map_err(|problem| problem.to_string())?;
+        options = options.tls_client_config(ClientConfig::clone(&config)).require_tls(true);
     }
     let reconnect = broker.reconnect;
     options = options.reconnect_delay_callback(move |attempts| {
         let exponent = u32::try_from(attempts.min(20)).unwrap_or(20);
         reconnect.min.saturating_mul(1 << exponent).min(reconnect.max)
     });
+    // The client connects in the background; what goes wrong there reaches the log this way
+    // (a refused certificate is logged in more detail by `crate::tls`).
+    let (url, client) = (broker.url.to_string(), name.to_owned());
+    options = options.event_callback(move |event| {
+        match event {
+            async_nats::Event::ClientError(e) => {
+                tracing::warn!(broker = url, client, error = %e, "NATS connection failed, retrying");
+            }
+            async_nats::Event::ServerError(e) => tracing::warn!(broker = url, client, error = %e, "NATS server error"),
+            _ => {}
+        }
+        std::future::ready(())
+    });
     options.connect(broker.url.authority()).await.map_err(|e| e.to_string())
+}
+
+/// Whether the NATS client accepts `credentials` (a credentials file's user JWT and nkey seed,
+/// or an nkey seed), without showing any of it in the reason.
+pub(crate) fn check_nats_credentials(credentials: &NatsCredentials) -> Result<(), String> {
+    match credentials {
+        NatsCredentials::File(creds) => {
+            async_nats::ConnectOptions::new().credentials(creds.expose()).map(drop).map_err(|e| e.to_string())
+        }
+        NatsCredentials::Nkey(seed) => nkeys::KeyPair::from_seed(seed.expose())
+            .map(drop)
+            .map_err(|_| "not an nkey seed (a line starting with `S`, as `nk -gen user` writes)".to_owned()),
+    }
 }
 
 /// The source's client; `None` (logged) when the options cannot even be used.

@@ -110,12 +110,32 @@ pub struct RawBroker {
     pub username: Option<String>,
     /// `password_file = "/etc/weir/plant.pass"` — read at start; keeps secrets out of this file.
     pub password_file: Option<Spanned<PathBuf>>,
+    /// `credentials_file = "/etc/weir/gw07.creds"` (NATS only) — a user JWT and nkey seed.
+    pub credentials_file: Option<Spanned<PathBuf>>,
+    /// `nkey_file = "/etc/weir/gw07.nk"` (NATS only) — an nkey seed.
+    pub nkey_file: Option<Spanned<PathBuf>>,
+    /// `[brokers.<name>.tls]` (with a `mqtts://` or `tls://` URL only)
+    pub tls: Option<Spanned<RawTls>>,
     /// `keep_alive = "30s"` (MQTT only; 1s to 65535s, the protocol's 16-bit field)
     pub keep_alive: Option<DurationIn<SECOND, { 65_535 * SECOND }>>,
     /// `reconnect_min = "100ms"` — first delay after a lost connection (1ms to 1h).
     pub reconnect_min: Option<DurationIn<1, HOUR>>,
     /// `reconnect_max = "30s"` — the delay doubles per failure up to this (1ms to 1h).
     pub reconnect_max: Option<DurationIn<1, HOUR>>,
+}
+
+/// `[brokers.<name>.tls]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// `ca_file = "/etc/weir/central-ca.pem"` — CA certificates (PEM); default: the system's.
+    pub ca_file: Option<Spanned<PathBuf>>,
+    /// `cert_file = "/etc/weir/gw07.pem"` — client certificate chain (PEM), with `key_file`.
+    pub cert_file: Option<Spanned<PathBuf>>,
+    /// `key_file = "/etc/weir/gw07.key"` — the client certificate's private key (PEM).
+    pub key_file: Option<Spanned<PathBuf>>,
+    /// `server_name = "central.example.com"` — verify the server's certificate for this name.
+    pub server_name: Option<Spanned<String>>,
 }
 
 /// What a pipeline does while one of its functions is quarantined.

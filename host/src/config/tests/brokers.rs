@@ -1,5 +1,7 @@
 //! `[brokers.<name>]` and the references to a broker: unknown names, wrong protocols, URLs
-//! refused (TLS, credentials, which are never printed), one MQTT client id on one broker.
+//! refused (credentials, which are never printed), TLS settings and NATS credentials where
+//! they do not apply, one MQTT client id on one broker. TLS files themselves (certificates made
+//! for the test) are checked end to end, in `tests/e2e/tls.rs`.
 
 use super::*;
 
@@ -19,8 +21,81 @@ fn refuses_a_broker_of_the_wrong_protocol() {
 }
 
 #[test]
-fn refuses_tls_urls_for_now_saying_so() {
-    insta::assert_snapshot!(invalid(&valid_but("url = \"mqtt://10.0.0.5:1883\"", "url = \"mqtts://10.0.0.5:8883\"")));
+fn tls_urls_take_their_protocols_default_ports() {
+    let functions = functions_dir();
+    let text = valid_but("url = \"mqtt://10.0.0.5:1883\"", "url = \"mqtts://10.0.0.5\"")
+        .replace("url = \"nats://central.example:4222\"", "url = \"tls://central.example\"");
+    let config = parse_with(&text, functions.path()).expect("valid");
+    let (plant, central) = boiler_brokers(&config);
+    assert_eq!(
+        (plant.url.to_string(), central.url.to_string()),
+        ("mqtts://10.0.0.5:8883".into(), "tls://central.example:4222".into())
+    );
+    assert!(plant.tls.is_some() && central.tls.is_some(), "a TLS url always gets TLS settings");
+}
+
+/// The brokers of the `boiler` pipeline: its source's and its sink's.
+fn boiler_brokers(config: &Config) -> (&BrokerConfig, &BrokerConfig) {
+    let boiler = config.pipelines.iter().find(|p| p.name.as_str() == "boiler").expect("boiler pipeline");
+    let SourceConfig::Mqtt { broker: plant, .. } = &boiler.source else { panic!("boiler reads MQTT") };
+    let SinkConfig::JetStream { broker: central, .. } = &boiler.sink else { panic!("boiler writes to JetStream") };
+    (plant, central)
+}
+
+#[test]
+fn refuses_tls_settings_on_a_plain_url_naming_the_tls_url() {
+    insta::assert_snapshot!(invalid(&valid_but(
+        "keep_alive = \"20s\"\n",
+        "keep_alive = \"20s\"\ntls.ca_file = \"/etc/weir/ca.pem\"\n"
+    )));
+}
+
+#[test]
+fn refuses_a_client_certificate_without_its_key() {
+    insta::assert_snapshot!(invalid(&valid_but(
+        "url = \"mqtt://10.0.0.5:1883\"",
+        "url = \"mqtts://10.0.0.5:8883\"\ntls.cert_file = \"gw07.pem\""
+    )));
+}
+
+#[test]
+fn refuses_nats_credentials_on_mqtt_brokers_and_two_kinds_at_once() {
+    let on_mqtt = invalid(&valid_but("keep_alive = \"20s\"\n", "keep_alive = \"20s\"\nnkey_file = \"gw07.nk\"\n"));
+    let both = invalid(&valid_but(
+        "reconnect_max = \"1m\"\n",
+        "reconnect_max = \"1m\"\ncredentials_file = \"gw07.creds\"\nnkey_file = \"gw07.nk\"\n",
+    ));
+    insta::assert_snapshot!(format!("{on_mqtt}\n{both}"));
+}
+
+#[test]
+fn refuses_an_nkey_seed_that_is_not_one_without_printing_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let seed = dir.path().join("gw07.nk");
+    std::fs::write(&seed, "SUNOTAREALSEEDBUTSECRETANYWAY\n").expect("write seed");
+    let refusal = invalid(&valid_but(
+        "reconnect_max = \"1m\"\n",
+        &format!("reconnect_max = \"1m\"\nnkey_file = {:?}\n", seed.display().to_string()),
+    ));
+    assert!(refusal.contains("brokers.central.nkey_file") && refusal.contains("not an nkey seed"), "{refusal}");
+    assert!(!refusal.contains("SECRET"), "{refusal}");
+}
+
+#[test]
+fn a_configuration_printed_shows_no_secret() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let password = dir.path().join("plant.pass");
+    std::fs::write(&password, "hunter2\n").expect("write password");
+    let functions = functions_dir();
+    let text = valid_but(
+        "keep_alive = \"20s\"\n",
+        &format!("keep_alive = \"20s\"\nusername = \"gw07\"\npassword_file = {:?}\n", password.display().to_string()),
+    );
+    let config = parse_with(&text, functions.path()).expect("valid");
+    let (plant, _) = boiler_brokers(&config);
+    assert_eq!(plant.password.as_ref().map(|p| p.expose().as_str()), Some("hunter2"));
+    let printed = format!("{config:?}");
+    assert!(!printed.contains("hunter2") && printed.contains("Secret(***)"), "{printed}");
 }
 
 #[test]

@@ -1,5 +1,5 @@
 //! Identifiers and addresses: names of brokers, pipelines, uses, functions and the gateway;
-//! broker URLs, MQTT topics, filters and client ids, NATS subjects, JSON pointers. Each follows
+//! broker URLs (plain or TLS), MQTT topics, filters and client ids, NATS subjects, JSON pointers. Each follows
 //! its protocol's rules, so one that exists can be used as it is.
 
 use std::fmt;
@@ -101,12 +101,16 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// `mqtt://host:port` or `nats://host:port`.
+/// `mqtt://host:port` or `nats://host:port`, or over TLS `mqtts://host:port` or
+/// `tls://host:port` (NATS's own scheme for TLS).
 #[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
 #[serde(try_from = "String")]
 pub struct BrokerUrl {
     /// Which protocol the scheme names.
     pub protocol: Protocol,
+    /// Whether the scheme asks for TLS (`mqtts`, `ssl`, `tls`): then the connection is TLS or
+    /// none at all, never plaintext.
+    pub tls: bool,
     /// Host name or address (IPv6 without brackets).
     pub host: String,
     /// TCP port (scheme default when omitted).
@@ -126,7 +130,13 @@ impl BrokerUrl {
 
 impl fmt::Display for BrokerUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}://{}", self.protocol, self.authority())
+        let scheme = match (self.protocol, self.tls) {
+            (Protocol::Mqtt, false) => "mqtt",
+            (Protocol::Mqtt, true) => "mqtts",
+            (Protocol::Nats, false) => "nats",
+            (Protocol::Nats, true) => "tls",
+        };
+        write!(f, "{scheme}://{}", self.authority())
     }
 }
 
@@ -139,17 +149,16 @@ impl TryFrom<String> for BrokerUrl {
         let (scheme, rest) = url
             .split_once("://")
             .ok_or_else(|| format!("broker url {shown:?} has no scheme: write mqtt://host:port or nats://host:port"))?;
-        let (protocol, default_port) = match scheme {
-            "mqtt" | "tcp" => (Protocol::Mqtt, 1883),
-            "nats" => (Protocol::Nats, 4222),
-            "mqtts" | "ssl" | "tls" => {
-                return Err(format!(
-                    "broker url {shown:?}: TLS connections are not supported by this version of weir; \
-                     use mqtt:// or nats:// (for example through a local TLS tunnel)"
-                ));
-            }
+        let (protocol, tls, default_port) = match scheme {
+            "mqtt" | "tcp" => (Protocol::Mqtt, false, 1883),
+            "mqtts" | "ssl" => (Protocol::Mqtt, true, 8883),
+            "nats" => (Protocol::Nats, false, 4222),
+            "tls" => (Protocol::Nats, true, 4222),
             other => {
-                return Err(format!("broker url {shown:?}: unknown scheme {other:?}, expected mqtt or nats"));
+                return Err(format!(
+                    "broker url {shown:?}: unknown scheme {other:?}, expected mqtt or mqtts (MQTT), \
+                     nats or tls (NATS)"
+                ));
             }
         };
         if let Some((userinfo, _)) = rest.rsplit_once('@') {
@@ -188,7 +197,7 @@ impl TryFrom<String> for BrokerUrl {
         if port == 0 {
             return Err(format!("broker url {shown:?}: port 0 is not usable"));
         }
-        Ok(Self { protocol, host: host.to_owned(), port })
+        Ok(Self { protocol, tls, host: host.to_owned(), port })
     }
 }
 
@@ -425,8 +434,15 @@ mod tests {
         assert_eq!((url.protocol, url.host.as_str(), url.port), (Protocol::Mqtt, "10.0.0.5", 1883));
         let url = BrokerUrl::try_from("nats://[::1]:4333".to_owned()).expect("valid");
         assert_eq!((url.host.as_str(), url.port, url.authority()), ("::1", 4333, "[::1]:4333".to_owned()));
-        for bad in
-            ["localhost:1883", "http://x", "mqtt://", "mqtt://h:0", "mqtt://h:99999", "mqtt://u:p@h", "mqtts://h"]
+        for (tls_url, protocol, port, shown) in [
+            ("mqtts://h", Protocol::Mqtt, 8883, "mqtts://h:8883"),
+            ("ssl://h:1", Protocol::Mqtt, 1, "mqtts://h:1"),
+            ("tls://h", Protocol::Nats, 4222, "tls://h:4222"),
+        ] {
+            let url = BrokerUrl::try_from(tls_url.to_owned()).expect("valid");
+            assert_eq!((url.protocol, url.tls, url.port, url.to_string()), (protocol, true, port, shown.to_owned()));
+        }
+        for bad in ["localhost:1883", "http://x", "mqtt://", "mqtt://h:0", "mqtt://h:99999", "mqtt://u:p@h", "wss://h"]
         {
             assert!(BrokerUrl::try_from(bad.to_owned()).is_err(), "{bad}");
         }

@@ -1,6 +1,7 @@
-//! `[brokers.<name>]`: each broker's settings and password file; a source's or sink's reference
-//! to a broker (defined, and speaking the protocol it needs); and the MQTT client ids used on
-//! each broker.
+//! `[brokers.<name>]`: each broker's settings and the files they name — password, TLS
+//! certificates and key (built into a TLS configuration here, so a bad one is refused before
+//! anything connects), NATS credentials; a source's or sink's reference to a broker (defined,
+//! and speaking the protocol it needs); and the MQTT client ids used on each broker.
 //!
 //! **Invariant:** no two MQTT connections of a configuration use one client id on one broker
 //! (the same host, ignoring case, and port): the broker keeps one session per id and drops the
@@ -9,14 +10,19 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
+use std::path::PathBuf;
 
 use toml::Spanned;
 
 use super::{Validator, list};
 use crate::config::defaults;
-use crate::config::raw::RawBroker;
+use crate::config::raw::{RawBroker, RawTls};
 use crate::config::types::DurationIn;
-use crate::config::{Backoff, BrokerConfig, BrokerUrl, MqttClientId, Name, Protocol};
+use crate::config::{
+    Backoff, BrokerConfig, BrokerUrl, ClientIdentity, MqttClientId, Name, NatsCredentials, PemFile, Protocol, Secret,
+    TlsConfig,
+};
+use crate::tls::TlsField;
 
 /// One MQTT connection of a pipeline (its source or its sink).
 pub(super) struct MqttClient {
@@ -38,20 +44,10 @@ impl Validator<'_> {
 
     fn broker(&mut self, name: Name, raw: &Spanned<RawBroker>) -> BrokerConfig {
         let broker = raw.get_ref();
-        let password = match &broker.password_file {
-            None => None,
-            Some(file) => match std::fs::read_to_string(self.resolve(file.get_ref())) {
-                Ok(password) => Some(password.trim_end_matches(['\r', '\n']).to_owned()),
-                Err(e) => {
-                    self.problem(
-                        Some(file.span()),
-                        format!("brokers.{name}.password_file"),
-                        format!("cannot read {}: {e}", file.get_ref().display()),
-                    );
-                    None
-                }
-            },
-        };
+        let password = broker.password_file.as_ref().and_then(|file| {
+            let password = self.read_text(file, &format!("brokers.{name}.password_file"))?;
+            Some(Secret::new(password.trim_end_matches(['\r', '\n']).to_owned()))
+        });
         let reconnect = Backoff {
             min: broker.reconnect_min.map_or(defaults::RECONNECT_MIN, DurationIn::get),
             max: broker.reconnect_max.map_or(defaults::RECONNECT_MAX, DurationIn::get),
@@ -66,14 +62,146 @@ impl Validator<'_> {
                 "keep_alive applies to MQTT brokers only",
             );
         }
+        let tls = self.tls(&name, &broker.url, broker.tls.as_ref());
         BrokerConfig {
+            nats_credentials: self.nats_credentials(&name, broker),
             name,
             url: broker.url.clone(),
+            tls,
             username: broker.username.clone(),
             password,
             keep_alive: broker.keep_alive.map_or(defaults::KEEP_ALIVE, DurationIn::get),
             reconnect,
         }
+    }
+
+    /// `[brokers.<name>.tls]`: allowed with a TLS URL only; with one, the table's files read and
+    /// the whole TLS configuration built once, each failure pinned to its setting.
+    fn tls(&mut self, name: &Name, url: &BrokerUrl, raw: Option<&Spanned<RawTls>>) -> Option<TlsConfig> {
+        let field = format!("brokers.{name}.tls");
+        if !url.tls {
+            if let Some(table) = raw {
+                let scheme = if url.protocol == Protocol::Mqtt { "mqtts" } else { "tls" };
+                self.problem(
+                    Some(table.span()),
+                    field,
+                    format!("TLS settings need a TLS url: write `url = \"{scheme}://{}\"`", url.authority()),
+                );
+            }
+            return None;
+        }
+        let empty = RawTls::default();
+        let table = raw.map_or(&empty, Spanned::get_ref);
+        let problems_before = self.problems.len();
+        let ca = table.ca_file.as_ref().and_then(|file| self.read_pem(file, &format!("{field}.ca_file")));
+        let client_identity = match (&table.cert_file, &table.key_file) {
+            (None, None) => None,
+            (Some(cert), Some(key)) => {
+                let certificates = self.read_pem(cert, &format!("{field}.cert_file"));
+                let key_pem = self.read_bytes(key, &format!("{field}.key_file"));
+                certificates.zip(key_pem).map(|(certificates, key_pem)| ClientIdentity {
+                    certificates,
+                    key_path: self.resolve(key.get_ref()),
+                    key: Secret::new(key_pem),
+                })
+            }
+            (Some(given), None) | (None, Some(given)) => {
+                self.problem(
+                    Some(given.span()),
+                    field.clone(),
+                    "a client certificate needs both `cert_file` and `key_file`",
+                );
+                None
+            }
+        };
+        let config = TlsConfig {
+            ca,
+            client_identity,
+            server_name: table.server_name.as_ref().map(|name| name.get_ref().clone()),
+        };
+        // Built only from files that were read, so each problem names its own cause.
+        let files_read = self.problems.len() == problems_before;
+        if let Some(problem) = crate::tls::client_config(&config, name.as_str()).err().filter(|_| files_read) {
+            let (setting, span) = match problem.field {
+                TlsField::Ca => ("ca_file", table.ca_file.as_ref().map(Spanned::span)),
+                TlsField::Certificate => ("cert_file", table.cert_file.as_ref().map(Spanned::span)),
+                TlsField::Key => ("key_file", table.key_file.as_ref().map(Spanned::span)),
+                TlsField::ServerName => ("server_name", table.server_name.as_ref().map(Spanned::span)),
+            };
+            let span = span.or_else(|| raw.map(Spanned::span));
+            self.problem(span, format!("{field}.{setting}"), problem.message);
+        }
+        Some(config)
+    }
+
+    /// `credentials_file` or `nkey_file`: NATS only, one of them, instead of a username; the
+    /// file's contents checked as the NATS client will read them.
+    fn nats_credentials(&mut self, name: &Name, broker: &RawBroker) -> Option<NatsCredentials> {
+        let given: Vec<(&str, &Spanned<PathBuf>)> =
+            [("credentials_file", &broker.credentials_file), ("nkey_file", &broker.nkey_file)]
+                .into_iter()
+                .filter_map(|(setting, file)| file.as_ref().map(|file| (setting, file)))
+                .collect();
+        let &[(setting, file)] = given.as_slice() else {
+            if let [_, (_, second)] = given.as_slice() {
+                self.problem(
+                    Some(second.span()),
+                    format!("brokers.{name}"),
+                    "write `credentials_file` or `nkey_file`, not both",
+                );
+            }
+            return None;
+        };
+        let field = format!("brokers.{name}.{setting}");
+        if broker.url.protocol != Protocol::Nats {
+            self.problem(Some(file.span()), field, format!("{setting} applies to NATS brokers only"));
+            return None;
+        }
+        if broker.username.is_some() {
+            self.problem(
+                Some(file.span()),
+                field,
+                format!("{setting} names the user itself: leave out `username` and `password_file`"),
+            );
+            return None;
+        }
+        let text = self.read_text(file, &field)?;
+        let credentials = if setting == "nkey_file" {
+            NatsCredentials::Nkey(Secret::new(text.trim().to_owned()))
+        } else {
+            NatsCredentials::File(Secret::new(text))
+        };
+        if let Err(reason) = crate::source::check_nats_credentials(&credentials) {
+            self.problem(Some(file.span()), field, format!("{}: {reason}", file.get_ref().display()));
+            return None;
+        }
+        Some(credentials)
+    }
+
+    fn read_bytes(&mut self, file: &Spanned<PathBuf>, field: &str) -> Option<Vec<u8>> {
+        match std::fs::read(self.resolve(file.get_ref())) {
+            Ok(bytes) => Some(bytes),
+            Err(e) => {
+                self.problem(Some(file.span()), field, format!("cannot read {}: {e}", file.get_ref().display()));
+                None
+            }
+        }
+    }
+
+    fn read_text(&mut self, file: &Spanned<PathBuf>, field: &str) -> Option<String> {
+        let bytes = self.read_bytes(file, field)?;
+        String::from_utf8(bytes).map_or_else(
+            |_| {
+                self.problem(Some(file.span()), field, format!("{} is not UTF-8 text", file.get_ref().display()));
+                None
+            },
+            Some,
+        )
+    }
+
+    fn read_pem(&mut self, file: &Spanned<PathBuf>, field: &str) -> Option<PemFile> {
+        let pem = self.read_bytes(file, field)?;
+        Some(PemFile { path: self.resolve(file.get_ref()), pem })
     }
 
     /// The broker called `name`, checked to speak `protocol`.

@@ -25,7 +25,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use brokers::{Backoff, BrokerConfig};
+pub use brokers::{Backoff, BrokerConfig, ClientIdentity, NatsCredentials, PemFile, TlsConfig};
 pub use decode::{DecodeConfig, FieldMapping, ValueFields};
 pub use downsample::{DownsampleConfig, DownsampleMethod};
 pub use functions::{FunctionConfig, FunctionLimits, FunctionUse, OperatorConfig, QuarantineConfig};

@@ -32,6 +32,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use rumqttc::{
     AsyncClient, ConnectionError, Event, MqttOptions, Outgoing, Packet, QoS, SubscribeFilter, SubscribeReasonCode,
+    TlsConfiguration, Transport,
 };
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -81,8 +82,10 @@ pub(super) struct MqttSource {
     pub(super) store: StateStore,
 }
 
-/// rumqttc options for a broker and client id.
-pub(crate) fn options(broker: &BrokerConfig, client_id: &str, clean_session: bool) -> MqttOptions {
+/// rumqttc options for a broker and client id. With a `mqtts://` URL the transport is TLS,
+/// verified by [`crate::tls::client_config`] (the only failure: that configuration cannot be
+/// made, which `weir check` has already ruled out unless the system's roots changed since).
+pub(crate) fn options(broker: &BrokerConfig, client_id: &str, clean_session: bool) -> Result<MqttOptions, String> {
     let mut options = MqttOptions::new(client_id, broker.url.host.clone(), broker.url.port);
     options
         .set_clean_session(clean_session)
@@ -94,9 +97,14 @@ pub(crate) fn options(broker: &BrokerConfig, client_id: &str, clean_session: boo
         // largest record the MQTT sink publishes.
         .set_max_packet_size(MQTT_MAX_PACKET, MAX_MESSAGE_BYTES);
     if let Some(username) = &broker.username {
-        options.set_credentials(username.clone(), broker.password.clone().unwrap_or_default());
+        let password = broker.password.as_ref().map(|p| p.expose().clone()).unwrap_or_default();
+        options.set_credentials(username.clone(), password);
     }
-    options
+    if let Some(tls) = &broker.tls {
+        let config = crate::tls::client_config(tls, &broker.url.to_string()).map_err(|problem| problem.to_string())?;
+        options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
+    }
+    Ok(options)
 }
 
 impl MqttSource {
@@ -106,7 +114,7 @@ impl MqttSource {
         intake: CancellationToken,
         close: CancellationToken,
     ) {
-        let (mut shell, mut acks) = Shell::new(self);
+        let Some((mut shell, mut acks)) = Shell::new(self) else { return };
         let mut deliveries = Some(deliveries);
         loop {
             // A handle for this round's `reserve`, so the branches below may replace `deliveries`.
@@ -172,10 +180,17 @@ struct Shell {
 }
 
 impl Shell {
-    /// The shell and the receiving end of the acknowledgements from the pipeline.
-    fn new(source: MqttSource) -> (Self, mpsc::Receiver<Ticket>) {
+    /// The shell and the receiving end of the acknowledgements from the pipeline; `None`
+    /// (logged) when the broker's options cannot be made.
+    fn new(source: MqttSource) -> Option<(Self, mpsc::Receiver<Ticket>)> {
         let limits = Limits::new(source.max_inflight, source.held_by_pipeline, source.max_message_size);
-        let mut options = options(&source.broker, source.client_id.as_str(), false);
+        let mut options = match options(&source.broker, source.client_id.as_str(), false) {
+            Ok(options) => options,
+            Err(e) => {
+                tracing::error!(stage = "source", pipeline = source.pipeline, broker = %source.broker.url, error = %e, "cannot connect to MQTT");
+                return None;
+            }
+        };
         options.set_manual_acks(true);
         let (client, eventloop) = AsyncClient::new(options, limits.owed_acks + REQUEST_SLACK);
         let (to_source, acks) = mpsc::channel(limits.owed_acks);
@@ -198,7 +213,7 @@ impl Shell {
             pipeline: source.pipeline,
             broker: source.broker.url.to_string(),
         };
-        (shell, acks)
+        Some((shell, acks))
     }
 
     /// Hands `event` to the machine and carries out what it asks for; `permit` is the room in
