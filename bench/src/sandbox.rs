@@ -183,6 +183,7 @@ impl Harness {
             max_core_instances: FunctionLimits::DEFAULT.instances,
             fuel: false,
             state_limits: StateLimits { max_key: 1024, max_value: 1 << 20 },
+            execution: weir_host::config::WasmExecution::default_here(),
         };
         let sandbox = Sandbox::new(options, &dir.path().join("compiled"), store).map_err(setup)?;
         Ok(Self { _dir: dir, sandbox, functions_dir: functions_dir.to_owned() })

@@ -31,6 +31,7 @@ use crate::operator::{Chain, Operator};
 use crate::pipeline::{self, PipelineParts, Shared};
 use crate::preflight::Prepared;
 use crate::sandbox::{CompiledFunction, Sandbox, UseHandle};
+use crate::service;
 use crate::shutdown::{Hangups, Tasks};
 use crate::state::stats::FunctionStatus;
 use crate::state::{self, Committer, OutboxLimits, StateStore, StoreError, StoreOptions};
@@ -81,7 +82,7 @@ pub async fn run(
     .await
     .expect("building pipelines does not panic");
 
-    let shared = Shared { gateway: config.gateway.id.to_string(), store: store.clone(), committer };
+    let shared = Shared { gateway: config.gateway.id.to_string(), store: store.clone(), committer: committer.clone() };
     let tasks = Tasks::new(shutdown.clone());
     let (functions, failures) = start_pipelines(built, &shared, &shutdown, &tasks);
     for failure in &failures {
@@ -95,6 +96,7 @@ pub async fn run(
     let functions = Arc::new(functions);
     // The pipelines' companions run until shutdown, watched for panics like the pipelines.
     let companions = Tasks::sharing_panics(&tasks);
+    companions.spawn("service manager", service::watch(committer, shutdown.clone()));
     companions.spawn(
         "stats snapshots",
         write_stats_snapshots(store.clone(), data_dir.clone(), Arc::clone(&functions), shutdown.clone()),
@@ -111,6 +113,8 @@ pub async fn run(
         ),
     );
     companions.close();
+    let started = config.pipelines.len() - failures.len();
+    service::ready(&format!("{started} of {} pipelines running", config.pipelines.len()));
     tasks.wait().await;
     // Every pipeline has ended (also when they ended on their own): stop the companions.
     shutdown.cancel();
@@ -228,6 +232,7 @@ async fn reload_on_hangup(
             received = hangups.recv() => if received.is_none() { return },
         }
         tracing::info!(stage = "sandbox", "SIGHUP: reading the function components again");
+        service::reloading();
         let (sandbox, functions, uses, before) =
             (Arc::clone(&sandbox), functions.clone(), Arc::clone(&uses), running.clone());
         let reloaded =
@@ -236,6 +241,7 @@ async fn reload_on_hangup(
             Ok(now_running) => running = now_running,
             Err(e) => tracing::error!(stage = "sandbox", error = %e, "reloading the functions panicked"),
         }
+        service::ready("functions reloaded");
     }
 }
 

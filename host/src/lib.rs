@@ -15,6 +15,7 @@ pub mod operator;
 pub mod pipeline;
 pub mod preflight;
 pub mod sandbox;
+pub mod service;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

@@ -84,7 +84,10 @@ pub fn check(config: &Config, mode: Mode) -> Result<Prepared, PreflightError> {
 
     let uses = config.pipelines.iter().map(|p| p.function_uses().count()).sum::<usize>();
     let state_limits = StateLimits { max_key: config.state.max_key, max_value: config.state.max_value };
-    let options = SandboxOptions::for_functions(config.functions.values(), uses, state_limits);
+    let options = SandboxOptions {
+        execution: config.gateway.wasm_execution,
+        ..SandboxOptions::for_functions(config.functions.values(), uses, state_limits)
+    };
     let sandbox = match Sandbox::with_cache(options, cache, StateStore::in_memory()?) {
         Ok(sandbox) => sandbox,
         Err(SandboxError::Engine { reason }) => {

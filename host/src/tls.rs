@@ -82,15 +82,18 @@ pub fn client_config(tls: &TlsConfig, broker: &str) -> Result<Arc<ClientConfig>,
             let key = PrivateKeyDer::from_pem_slice(identity.key.expose()).map_err(|e| {
                 TlsProblem::new(TlsField::Key, format!("no usable private key in {}: {e}", identity.key_path.display()))
             })?;
-            builder.with_client_auth_cert(chain, key).map_err(|e| {
-                TlsProblem::new(
+            let (key_path, certificate_path) = (identity.key_path.display(), identity.certificates.path.display());
+            builder.with_client_auth_cert(chain, key).map_err(|e| match e {
+                rustls::Error::InconsistentKeys(_) => TlsProblem::new(
                     TlsField::Key,
-                    format!(
-                        "the key in {} does not fit the certificate in {}: {e}",
-                        identity.key_path.display(),
-                        identity.certificates.path.display()
-                    ),
-                )
+                    format!("the key in {key_path} does not fit the certificate in {certificate_path}"),
+                ),
+                // An X.509 v1 certificate (`openssl x509 -req` without extensions makes one),
+                // a key type rustls does not sign with, …
+                other => TlsProblem::new(
+                    TlsField::Certificate,
+                    format!("cannot use the certificate in {certificate_path} with the key in {key_path}: {other}"),
+                ),
             })?
         }
     };

@@ -14,5 +14,6 @@ mod failures;
 mod flows;
 mod governance;
 mod outbox;
+mod service;
 mod tls;
 mod windows;

@@ -318,36 +318,54 @@ pub struct Weir {
     dir: tempfile::TempDir,
     /// Runs so far (1 + restarts).
     runs: u32,
-    /// The address-space limit (`ulimit -v`, KiB) every run gets, if any.
-    address_space_kib: Option<u64>,
+    /// How every run is started.
+    launch: Launch,
+}
+
+/// How every run of a [`Weir`] is started, beyond its configuration.
+#[derive(Clone, Debug, Default)]
+pub struct Launch {
+    /// An address-space limit (`ulimit -v`, KiB), as on a board with a small address space.
+    pub address_space_kib: Option<u64>,
+    /// More environment variables (`NOTIFY_SOCKET`, say).
+    pub env: Vec<(String, String)>,
+    /// A program (and its arguments) that runs weir: it gets the weir binary and weir's
+    /// arguments after its own.
+    pub wrapper: Vec<String>,
 }
 
 impl Weir {
     /// Writes `config` (with `{data_dir}` and `{functions_dir}` filled in) and runs it.
     pub fn start(config: &str) -> Result<Self> {
-        Self::start_with_address_space(config, None)
+        Self::start_launched(config, Launch::default())
     }
 
     /// [`Self::start`] under an address-space limit of `kib` KiB (`ulimit -v`), as on a board
     /// with a small address space.
     pub fn start_limited(config: &str, kib: u64) -> Result<Self> {
-        Self::start_with_address_space(config, Some(kib))
+        Self::start_launched(config, Launch { address_space_kib: Some(kib), ..Launch::default() })
     }
 
-    fn start_with_address_space(config: &str, address_space_kib: Option<u64>) -> Result<Self> {
+    /// [`Self::start`], every run started as `launch` says.
+    pub fn start_launched(config: &str, launch: Launch) -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let data_dir = dir.path().join("data");
         let config = config
             .replace("{data_dir}", data_dir.to_str().context("UTF-8 temp path")?)
             .replace("{functions_dir}", functions_dir().to_str().context("UTF-8 path")?);
         std::fs::write(dir.path().join("weir.toml"), config)?;
-        let child = Self::spawn(dir.path(), address_space_kib)?;
-        Ok(Self { child, dir, runs: 1, address_space_kib })
+        let child = Self::spawn(dir.path(), &launch)?;
+        Ok(Self { child, dir, runs: 1, launch })
     }
 
-    fn spawn(dir: &Path, address_space_kib: Option<u64>) -> Result<Child> {
+    fn spawn(dir: &Path, launch: &Launch) -> Result<Child> {
         let log = |name: &str| File::options().create(true).append(true).open(dir.join(name));
-        let mut command = match address_space_kib {
+        let mut command = match launch.address_space_kib {
+            None if !launch.wrapper.is_empty() => {
+                let mut wrapper = Command::new(&launch.wrapper[0]);
+                wrapper.args(&launch.wrapper[1..]).arg(weir_bin());
+                wrapper
+            }
             None => Command::new(weir_bin()),
             Some(kib) => {
                 let mut shell = Command::new("sh");
@@ -360,6 +378,7 @@ impl Weir {
             .arg(dir.join("weir.toml"))
             // WEIR_E2E_RUST_LOG=debug (say) shows more of what weir does in a failing test.
             .env("RUST_LOG", std::env::var("WEIR_E2E_RUST_LOG").unwrap_or_else(|_| "info,async_nats=warn".into()))
+            .envs(launch.env.iter().map(|(key, value)| (key, value)))
             .stdout(log("stdout.log")?)
             .stderr(log("stderr.log")?)
             .spawn()
@@ -371,7 +390,7 @@ impl Weir {
     pub fn kill_and_restart(&mut self) -> Result<()> {
         Command::new("kill").args(["-KILL", &self.child.id().to_string()]).status()?;
         self.child.wait()?;
-        self.child = Self::spawn(self.dir.path(), self.address_space_kib)?;
+        self.child = Self::spawn(self.dir.path(), &self.launch)?;
         self.runs += 1;
         Ok(())
     }
@@ -474,7 +493,7 @@ impl Weir {
 
     /// Starts weir again on the same configuration and data directory (after [`Self::terminate`]).
     pub fn start_again(&mut self) -> Result<()> {
-        self.child = Self::spawn(self.dir.path(), self.address_space_kib)?;
+        self.child = Self::spawn(self.dir.path(), &self.launch)?;
         self.runs += 1;
         Ok(())
     }

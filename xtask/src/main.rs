@@ -5,9 +5,17 @@
 //!   `target/functions/`.
 //! - `run [weir args…]` — `build-functions`, then `weir run` with the built-in configuration
 //!   (or the arguments given), against `target/functions/`.
-//! - `test` — `build-functions`, builds the `weir` and `weir-bench` binaries, then runs the whole
-//!   test suite: doc tests, then every other test with cargo-nextest when installed (plain
-//!   `cargo test` otherwise). The last line printed is the runner's summary.
+//! - `test` — `build-functions`, builds the `weir` and `weir-bench` binaries, then: builds and
+//!   checks the three Debian packages (`package`); for each ARM gateway target, what
+//!   `cross-test` runs; the sandbox tests on the interpreter (Pulley); the doc tests; and last
+//!   the whole suite with cargo-nextest when installed (plain `cargo test` otherwise), whose
+//!   summary is the last line printed. It fails at the end if any part failed.
+//! - `package [amd64 | arm64 | armhf …]` — the Debian packages (all three by default), each
+//!   checked; see `package.rs`.
+//! - `cross-test <target>` — for `aarch64-unknown-linux-gnu` or `armv7-unknown-linux-gnueabihf`:
+//!   installs Debian's cross compiler and qemu-user when missing and the Rust target, cross-builds
+//!   `weir` and the host's tests, runs the sandbox tests under qemu, then end-to-end flows against
+//!   brokers on this machine with the ARM `weir` under qemu.
 //!
 //! Toolchain: first `rustup target add wasm32-wasip2`; if that fails, Debian's `rustc-web` with
 //! `-Zbuild-std`, installed with apt when missing. It says which path it took.
@@ -17,6 +25,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
+
+mod cross;
+mod package;
+
+use cross::{CROSS_TARGETS, cross_test};
 
 const WASM_TARGET: &str = "wasm32-wasip2";
 const WASM_PROFILE: &str = "wasm";
@@ -32,8 +45,28 @@ fn main() -> Result<()> {
         "build-functions" => build_functions(&root).map(drop),
         "run" => run(&root, &rest),
         "test" => test(&root, &rest),
+        "cross-test" => {
+            let triple = rest.first().map_or("", String::as_str);
+            let target = CROSS_TARGETS.iter().find(|t| t.triple == triple).with_context(|| {
+                let known: Vec<&str> = CROSS_TARGETS.iter().map(|t| t.triple).collect();
+                format!("cross-test needs one of {}", known.join(", "))
+            })?;
+            let functions = build_functions(&root)?;
+            let python = python_environment(&root)?;
+            cross_test(&root, target, &functions, &python)
+        }
+        "package" => {
+            let functions = build_functions(&root)?;
+            for arch in package::DEBIAN_ARCHES.iter().filter(|a| rest.is_empty() || rest.iter().any(|r| r == a.name)) {
+                package::package(&root, arch, &functions)?;
+            }
+            Ok(())
+        }
         _ => {
-            eprintln!("usage: cargo xtask <build-functions | run [weir args...] | test [runner args...]>");
+            eprintln!(
+                "usage: cargo xtask <build-functions | run [weir args...] | test [runner args...] | cross-test <target> \
+                 | package [amd64 | arm64 | armhf ...]>"
+            );
             std::process::exit(2);
         }
     }
@@ -46,8 +79,17 @@ fn workspace_root() -> Result<PathBuf> {
 
 /// Every crate whose component is built: `functions/*` and `tests/fixtures/*`.
 fn function_packages(root: &Path) -> Result<Vec<String>> {
+    packages_in(root, &["functions", "tests/fixtures"])
+}
+
+/// The example functions (`functions/*`), which the Debian package ships.
+fn example_functions(root: &Path) -> Result<Vec<String>> {
+    packages_in(root, &["functions"])
+}
+
+fn packages_in(root: &Path, dirs: &[&str]) -> Result<Vec<String>> {
     let mut packages = Vec::new();
-    for dir in ["functions", "tests/fixtures"] {
+    for dir in dirs {
         let Ok(entries) = std::fs::read_dir(root.join(dir)) else {
             continue;
         };
@@ -243,8 +285,26 @@ fn test(root: &Path, runner_args: &[String]) -> Result<()> {
         ("WEIR_BENCH_BIN", weir_bench_bin.as_path()),
         ("WEIR_PYTHON", python.as_path()),
     ];
+    // Every part runs even when one fails; the whole suite comes last, so its summary is the
+    // last line printed.
+    let mut failed = Vec::new();
+    for arch in &package::DEBIAN_ARCHES {
+        if let Err(e) = package::package(root, arch, &functions) {
+            failed.push(format!("the {} package: {e:#}", arch.name));
+        }
+    }
+    for target in &CROSS_TARGETS {
+        if let Err(e) = cross_test(root, target, &functions, &python) {
+            failed.push(format!("{}: {e:#}", target.triple));
+        }
+    }
+    eprintln!("xtask: the sandbox tests on the interpreter");
+    let sandbox = ["nextest", "run", "--package", "weir-host", "-E", SANDBOX_TESTS];
+    if !status(cargo(root).args(sandbox).envs(env).env("WEIR_TEST_WASM_EXECUTION", "interpreted"))? {
+        failed.push("the sandbox tests on the interpreter".to_owned());
+    }
     if !status(cargo(root).args(["test", "--workspace", "--doc"]).envs(env))? {
-        bail!("doc tests failed");
+        failed.push("the doc tests".to_owned());
     }
     let nextest = cargo(root).args(["nextest", "--version"]).output().is_ok_and(|o| o.status.success());
     let mut runner = cargo(root);
@@ -255,7 +315,13 @@ fn test(root: &Path, runner_args: &[String]) -> Result<()> {
     }
     runner.args(runner_args).envs(env);
     if !status(&mut runner)? {
-        bail!("tests failed");
+        failed.push("the test suite".to_owned());
+    }
+    if !failed.is_empty() {
+        bail!("failed: {}", failed.join("; "));
     }
     Ok(())
 }
+
+/// The host's tests of the sandbox, run against the real components.
+const SANDBOX_TESTS: &str = "test(/^sandbox::/)";

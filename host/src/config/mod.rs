@@ -29,7 +29,8 @@ use std::path::{Path, PathBuf};
 pub use error::{ConfigError, Problem, redact_credentials};
 pub use locations::Locations;
 pub use raw::{
-    Durability, Encoding, NumberEncoding, OnQuarantine, SimulatedPayload, SimulatedSensor, TimeUnit, WhenFull,
+    Durability, Encoding, NumberEncoding, OnQuarantine, SimulatedPayload, SimulatedSensor, TimeUnit, WasmExecution,
+    WhenFull,
 };
 pub use types::{
     BrokerUrl, FunctionId, GatewayId, JsonPointer, MqttClientId, MqttTopic, Name, NatsSubject, NatsSubjectFilter,

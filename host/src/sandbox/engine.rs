@@ -18,10 +18,16 @@
 //! compact. Where even the compact pool does not fit, making the engine fails with wasmtime's
 //! reason, and the gateway refuses to start naming the setting to change (see `preflight`).
 //! Compiled artifacts carry the engine's compatibility hash, so a change of layout recompiles.
+//!
+//! Functions run as machine code compiled by Cranelift, or — with
+//! [`WasmExecution::Interpreted`], and always where Cranelift has no backend (32-bit ARM) — as
+//! Pulley bytecode run by wasmtime's interpreter, which never maps memory executable. The
+//! artifacts of the two differ (the compatibility hash includes the target).
 
 use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 use super::{SandboxError, SandboxOptions};
+use crate::config::WasmExecution;
 
 /// A WebAssembly page.
 const WASM_PAGE: u64 = 64 * 1024;
@@ -84,6 +90,10 @@ fn engine_with(options: &SandboxOptions, layout: MemoryLayout) -> Result<Engine,
         .total_stacks(instances)
         .max_memory_size(usize::try_from(options.max_memory_bytes).unwrap_or(usize::MAX));
     let mut config = Config::new();
+    if options.execution == WasmExecution::Interpreted {
+        let pulley = if cfg!(target_pointer_width = "64") { "pulley64" } else { "pulley32" };
+        config.target(pulley).map_err(|e| SandboxError::Engine { reason: format!("{e:#}") })?;
+    }
     config
         .epoch_interruption(true)
         .consume_fuel(options.fuel)
@@ -123,6 +133,7 @@ mod tests {
             max_core_instances: 1,
             fuel: false,
             state_limits: StateLimits { max_key: 64, max_value: 64 },
+            execution: WasmExecution::default_here(),
         }
     }
 

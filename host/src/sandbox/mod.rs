@@ -59,7 +59,7 @@ pub(crate) use instance::round_to_millis;
 pub use quarantine::FaultRecord;
 pub use world::{FunctionAccumulator, FunctionDecoder, FunctionOperator};
 
-use crate::config::{FunctionConfig, FunctionId, FunctionLimits, QuarantineConfig};
+use crate::config::{FunctionConfig, FunctionId, FunctionLimits, QuarantineConfig, WasmExecution};
 use crate::state::StateStore;
 
 /// The first bytes of every WebAssembly binary, module or component.
@@ -208,6 +208,8 @@ pub struct SandboxOptions {
     pub fuel: bool,
     /// Per-key/value limits of function state.
     pub state_limits: StateLimits,
+    /// Compiled to machine code, or interpreted.
+    pub execution: WasmExecution,
 }
 
 impl SandboxOptions {
@@ -224,6 +226,7 @@ impl SandboxOptions {
             max_core_instances: 1,
             fuel: false,
             state_limits,
+            execution: WasmExecution::default_here(),
         };
         for function in functions {
             options.max_memory_bytes = options.max_memory_bytes.max(function.limits.memory_bytes);
@@ -296,6 +299,7 @@ impl Sandbox {
         let (engine, layout) = engine::engine(&options)?;
         tracing::info!(
             stage = "sandbox",
+            execution = ?options.execution,
             ?layout,
             memories = options.max_instances.max(1).saturating_mul(2),
             reserved_mib = layout.reserved_bytes(&options) >> 20,

@@ -1,11 +1,13 @@
-//! Tests against the real components built by `cargo xtask build-functions`.
+//! Tests against the real components built by `cargo xtask build-functions`, run compiled or —
+//! with `WEIR_TEST_WASM_EXECUTION=interpreted`, as CI runs them a second time — on the
+//! interpreter.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::*;
 use crate::batch::{Batch, BatchBuilder, CallContext, Message};
-use crate::config::{Durability, FunctionConfig, FunctionLimits, QuarantineConfig};
+use crate::config::{Durability, FunctionConfig, FunctionLimits, QuarantineConfig, WasmExecution};
 use crate::decode::{Decode, DecodeError};
 use crate::operator::{Operator, OperatorFailure};
 use crate::state::{self, StoreOptions};
@@ -20,6 +22,17 @@ fn functions_dir() -> PathBuf {
         dir.display()
     );
     dir
+}
+
+/// How these tests run functions: this machine's default unless `WEIR_TEST_WASM_EXECUTION` says
+/// `compiled` or `interpreted`.
+fn execution() -> WasmExecution {
+    match std::env::var("WEIR_TEST_WASM_EXECUTION").as_deref() {
+        Ok("interpreted") => WasmExecution::Interpreted,
+        Ok("compiled") => WasmExecution::Compiled,
+        Ok(other) => panic!("WEIR_TEST_WASM_EXECUTION={other:?}: expected compiled or interpreted"),
+        Err(_) => WasmExecution::default_here(),
+    }
 }
 
 struct Fixture {
@@ -42,6 +55,7 @@ fn fixture() -> Fixture {
         max_core_instances: 32,
         fuel: true,
         state_limits: StateLimits { max_key: 1024, max_value: 64 * 1024 },
+        execution: execution(),
     };
     let sandbox = Sandbox::new(options, &dir.path().join("compiled"), store.clone()).expect("sandbox");
     Fixture { _dir: dir, sandbox, store, committer }
@@ -285,7 +299,10 @@ fn a_read_only_cache_is_read_and_never_written() {
     let fixture = fixture();
     let cache_dir = fixture._dir.path().join("compiled");
     let config = function("threshold-alert", "weir_fn_threshold_alert.wasm", LIMITS);
-    let options = SandboxOptions::for_functions([&config], 1, StateLimits { max_key: 1024, max_value: 1024 });
+    let options = SandboxOptions {
+        execution: execution(),
+        ..SandboxOptions::for_functions([&config], 1, StateLimits { max_key: 1024, max_value: 1024 })
+    };
     let store = StateStore::in_memory().expect("in-memory store");
     let before: Vec<_> = std::fs::read_dir(&cache_dir).expect("cache dir").map(|e| e.expect("entry").path()).collect();
     let reader = Sandbox::with_cache(options, CompiledCache::ReadOnly(&cache_dir), store).expect("sandbox");

@@ -82,11 +82,15 @@ impl JetStreamPublisher {
         if let Some(handle) = &self.stream {
             return Ok(handle.clone());
         }
-        let name = self
-            .context
-            .stream_by_subject(self.subject.clone())
-            .await
-            .map_err(|e| PublishError::transient(format!("no JetStream stream captures {}: {e}", self.subject)))?;
+        let name = self.context.stream_by_subject(self.subject.clone()).await.map_err(|e| {
+            // Without a connection the question times out, which says nothing about streams.
+            let connected = self.client.connection_state() == async_nats::connection::State::Connected;
+            PublishError::transient(if connected {
+                format!("no JetStream stream captures {}: {e}", self.subject)
+            } else {
+                format!("not connected to the broker: {e}")
+            })
+        })?;
         let handle = self.context.get_stream(name).await.map_err(|e| PublishError::transient(e.to_string()))?;
         Ok(self.stream.insert(handle).clone())
     }

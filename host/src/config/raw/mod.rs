@@ -71,6 +71,32 @@ pub struct RawGateway {
     /// `functions_dir = "/usr/lib/weir/functions"` — where relative component paths point
     /// (default: the directory of this file).
     pub functions_dir: Option<Spanned<PathBuf>>,
+    /// `wasm_execution = "interpreted"` — how functions run (default: compiled where this
+    /// machine has a WebAssembly compiler).
+    pub wasm_execution: Option<Spanned<WasmExecution>>,
+}
+
+/// How WebAssembly functions run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WasmExecution {
+    /// Compiled to machine code (Cranelift) on this gateway: fast; the process maps memory
+    /// executable, so `MemoryDenyWriteExecute` cannot apply.
+    Compiled,
+    /// Compiled to portable bytecode run by an interpreter (Pulley): several times slower, no
+    /// executable memory is ever made, and it runs where there is no compiler (32-bit ARM).
+    Interpreted,
+}
+
+impl WasmExecution {
+    /// Whether this machine has a WebAssembly compiler (Cranelift's backends).
+    pub const COMPILER_HERE: bool =
+        cfg!(any(target_arch = "x86_64", target_arch = "aarch64", target_arch = "riscv64", target_arch = "s390x"));
+
+    /// The default: compiled where a compiler exists, interpreted elsewhere.
+    pub const fn default_here() -> Self {
+        if Self::COMPILER_HERE { Self::Compiled } else { Self::Interpreted }
+    }
 }
 
 /// `[state]`

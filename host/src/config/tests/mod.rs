@@ -201,6 +201,27 @@ fn a_full_configuration_is_accepted_and_resolved() {
 }
 
 #[test]
+fn functions_run_compiled_where_a_compiler_exists_unless_told_to_interpret() {
+    let functions = functions_dir();
+    let default = parse_with(VALID, functions.path()).expect("valid");
+    assert_eq!(default.gateway.wasm_execution, WasmExecution::default_here());
+    assert_eq!(WasmExecution::default_here() == WasmExecution::Compiled, WasmExecution::COMPILER_HERE);
+    let text =
+        valid_but("data_dir = \"/var/lib/weir\"\n", "data_dir = \"/var/lib/weir\"\nwasm_execution = \"interpreted\"\n");
+    let interpreted = parse_with(&text, functions.path()).expect("valid");
+    assert_eq!(interpreted.gateway.wasm_execution, WasmExecution::Interpreted);
+    let compiled =
+        valid_but("data_dir = \"/var/lib/weir\"\n", "data_dir = \"/var/lib/weir\"\nwasm_execution = \"compiled\"\n");
+    match (parse_with(&compiled, functions.path()), WasmExecution::COMPILER_HERE) {
+        (Ok(config), true) => assert_eq!(config.gateway.wasm_execution, WasmExecution::Compiled),
+        (Err(refusal), false) => {
+            assert!(refusal.to_string().contains("field `gateway.wasm_execution`: there is no WebAssembly compiler"));
+        }
+        (result, compiler_here) => panic!("a compiler here: {compiler_here}, yet {result:?}"),
+    }
+}
+
+#[test]
 fn the_built_in_default_is_valid() {
     let dir = tempfile::tempdir().expect("temp dir");
     for name in ["threshold_alert", "unit_convert", "moving_average", "frame_decoder"] {

@@ -34,7 +34,7 @@ pub use sink::SinkConfig;
 pub use source::{MQTT_MAX_PAYLOAD, Qos, SimulatedConfig, SourceConfig};
 pub use window::WindowConfig;
 
-use super::{Durability, Encoding, FunctionId, GatewayId, Locations, Name, OnQuarantine};
+use super::{Durability, Encoding, FunctionId, GatewayId, Locations, Name, OnQuarantine, WasmExecution};
 
 /// A validated configuration.
 #[derive(Clone, Debug)]
@@ -59,6 +59,8 @@ pub struct GatewayConfig {
     /// `data_dir = "/var/lib/weir"` — where state, dead letters, the outbox and compiled
     /// functions live; relative to the file's directory; `--data-dir` takes precedence.
     pub data_dir: PathBuf,
+    /// `wasm_execution = "interpreted"` — how functions run.
+    pub wasm_execution: WasmExecution,
 }
 
 /// `[state]`
