@@ -82,6 +82,15 @@ fn refuses_an_nkey_seed_that_is_not_one_without_printing_it() {
 }
 
 #[test]
+fn refuses_a_tls_file_that_never_ends_instead_of_reading_it() {
+    let refusal = invalid(&valid_but(
+        "url = \"mqtt://10.0.0.5:1883\"",
+        "url = \"mqtts://10.0.0.5:8883\"\ntls.ca_file = \"/dev/zero\"",
+    ));
+    assert!(refusal.contains("field `brokers.plant.tls.ca_file`: /dev/zero is larger than 16 MiB"), "{refusal}");
+}
+
+#[test]
 fn a_configuration_printed_shows_no_secret() {
     let dir = tempfile::tempdir().expect("temp dir");
     let password = dir.path().join("plant.pass");

@@ -24,6 +24,9 @@ use crate::config::{
 };
 use crate::tls::TlsField;
 
+/// Largest password, certificate, key or credentials file read (CA bundles are well under 1 MiB).
+const MAX_SECRET_FILE: usize = 16 << 20;
+
 /// One MQTT connection of a pipeline (its source or its sink).
 pub(super) struct MqttClient {
     broker: BrokerUrl,
@@ -178,11 +181,27 @@ impl Validator<'_> {
         Some(credentials)
     }
 
+    /// The file's contents, up to [`MAX_SECRET_FILE`] bytes (a path to `/dev/zero` or a log
+    /// file by mistake is refused instead of read without end).
     fn read_bytes(&mut self, file: &Spanned<PathBuf>, field: &str) -> Option<Vec<u8>> {
-        match std::fs::read(self.resolve(file.get_ref())) {
-            Ok(bytes) => Some(bytes),
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        let read = std::fs::File::open(self.resolve(file.get_ref()))
+            .and_then(|f| f.take(u64::try_from(MAX_SECRET_FILE + 1).unwrap_or(u64::MAX)).read_to_end(&mut bytes));
+        let shown = file.get_ref().display();
+        match read {
+            Ok(_) if bytes.len() > MAX_SECRET_FILE => {
+                let limit = MAX_SECRET_FILE >> 20;
+                self.problem(
+                    Some(file.span()),
+                    field,
+                    format!("{shown} is larger than {limit} MiB: not a key, certificate or credentials file"),
+                );
+                None
+            }
+            Ok(_) => Some(bytes),
             Err(e) => {
-                self.problem(Some(file.span()), field, format!("cannot read {}: {e}", file.get_ref().display()));
+                self.problem(Some(file.span()), field, format!("cannot read {shown}: {e}"));
                 None
             }
         }
