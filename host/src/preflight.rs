@@ -11,6 +11,10 @@
 //!   created (its pooling allocator reserves address space for every memory slot, which a
 //!   `ulimit -v` or a 32-bit machine may not have), the memory limit or the number of uses that
 //!   makes it fail is named.
+//! - every broker's TLS configuration, built from its `[tls]` files as the clients will use it
+//!   (certificates that parse, a key that fits its certificate, system roots present when no
+//!   `ca_file` is given, a usable `server_name`), and its NATS credentials or nkey seed parsed
+//!   as the NATS client parses them; a problem names the setting, never a secret.
 //! - every function: its component file is read (not empty), compiled with that engine and
 //!   checked to implement one of the worlds; each use must use it as that world (a decoder is not
 //!   an operator), and is started — instantiated, and `init` called with the use's `params` —
@@ -32,6 +36,35 @@ use crate::sandbox::{
     self, CompiledCache, CompiledFunction, Sandbox, SandboxError, SandboxOptions, StartPhase, StateLimits, WorldKind,
 };
 use crate::state::{self, StateStore, StoreError};
+use crate::tls::TlsField;
+
+/// The problems of each broker's TLS configuration and NATS credentials (see the module docs).
+fn broker_problems(config: &Config) -> Vec<Problem> {
+    let mut problems = Vec::new();
+    for (name, broker) in &config.brokers {
+        if let Some(tls) = &broker.tls
+            && let Err(problem) = crate::tls::client_config(tls, name.as_str())
+        {
+            let setting = match problem.field {
+                TlsField::Ca => "tls.ca_file",
+                TlsField::Certificate => "tls.cert_file",
+                TlsField::Key => "tls.key_file",
+                TlsField::ServerName => "tls.server_name",
+            };
+            problems.push(config.locations.broker_setting(name, setting, problem.message));
+        }
+        if let Some(credentials) = &broker.nats_credentials
+            && let Err(reason) = crate::source::check_nats_credentials(credentials)
+        {
+            let setting = match credentials {
+                crate::config::NatsCredentials::File(_) => "credentials_file",
+                crate::config::NatsCredentials::Nkey(_) => "nkey_file",
+            };
+            problems.push(config.locations.broker_setting(name, setting, reason));
+        }
+    }
+    problems
+}
 
 /// Name of the compiled-function cache inside the data directory.
 pub const COMPILED_DIR: &str = "compiled";
@@ -69,7 +102,7 @@ pub struct Prepared {
 /// Runs every check (see the module docs) and reports all problems found together.
 pub fn check(config: &Config, mode: Mode) -> Result<Prepared, PreflightError> {
     let locations = &config.locations;
-    let mut problems = Vec::new();
+    let mut problems = broker_problems(config);
     let data_dir = &config.gateway.data_dir;
     let cache_dir = data_dir.join(COMPILED_DIR);
     let cache = match usable_data_dir(data_dir, mode) {

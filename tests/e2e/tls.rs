@@ -171,12 +171,15 @@ async fn a_broker_requiring_client_certificates_refuses_one_from_another_ca() ->
 }
 
 #[test]
-fn check_refuses_unusable_tls_files_naming_the_field_and_never_a_key() -> Result<()> {
+fn check_refuses_unusable_tls_and_credential_files_naming_the_field_and_never_a_secret() -> Result<()> {
     let pki = Pki::new()?;
     let dir = tempfile::tempdir()?;
     let path = dir.path().join("weir.toml");
     let path_text = path.to_str().expect("UTF-8 path");
     let shown = |p: std::path::PathBuf| format!("{:?}", p.display().to_string());
+    let seed = dir.path().join("gw.nk");
+    std::fs::write(&seed, "SUNOTAREALSEEDBUTSECRETANYWAY\n")?;
+    // (the plant broker's extra lines, the central broker's, what the refusal says)
     let cases = [
         // A key that belongs to another certificate.
         (
@@ -186,10 +189,11 @@ fn check_refuses_unusable_tls_files_naming_the_field_and_never_a_key() -> Result
                 shown(pki.cert("client")),
                 shown(pki.key("foreign-client"))
             ),
+            String::new(),
             "field `brokers.plant.tls.key_file`: the key in",
         ),
         // A CA file holding no certificate (a key, by mistake).
-        (format!("tls.ca_file = {}\n", shown(pki.key("client"))), "field `brokers.plant.tls.ca_file`"),
+        (format!("tls.ca_file = {}\n", shown(pki.key("client"))), String::new(), "field `brokers.plant.tls.ca_file`"),
         // A certificate file that is not there.
         (
             format!(
@@ -197,18 +201,27 @@ fn check_refuses_unusable_tls_files_naming_the_field_and_never_a_key() -> Result
                 shown(pki.dir().join("nope.pem")),
                 shown(pki.key("client"))
             ),
+            String::new(),
             "field `brokers.plant.tls.cert_file`: cannot read",
         ),
+        // A server name that is no name.
+        ("tls.server_name = \"not a name!\"\n".to_owned(), String::new(), "field `brokers.plant.tls.server_name`"),
+        // An nkey seed that is not one.
+        (
+            String::new(),
+            format!("nkey_file = {}\n", shown(seed.clone())),
+            "field `brokers.central.nkey_file`: not an nkey seed",
+        ),
     ];
-    for (tls_lines, expected) in cases {
-        let config = gateway("mqtts://127.0.0.1:8883", &tls_lines, "nats://127.0.0.1:4222", "")
+    for (plant_lines, central_lines, expected) in cases {
+        let config = gateway("mqtts://127.0.0.1:8883", &plant_lines, "nats://127.0.0.1:4222", &central_lines)
             .replace("{data_dir}", dir.path().join("data").to_str().expect("UTF-8 path"));
         std::fs::write(&path, config)?;
         let output = weir(&["check", "--config", path_text])?;
         let stderr = String::from_utf8(output.stderr)?;
         assert_eq!(output.status.code(), Some(2), "{stderr}");
         assert!(stderr.contains(&format!("{path_text}:")) && stderr.contains(expected), "{expected}:\n{stderr}");
-        assert!(!stderr.contains("PRIVATE KEY"), "a key's contents were printed:\n{stderr}");
+        assert!(!stderr.contains("PRIVATE KEY") && !stderr.contains("SECRET"), "a secret was printed:\n{stderr}");
     }
     Ok(())
 }

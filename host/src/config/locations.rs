@@ -1,6 +1,7 @@
 //! Where the parts of a validated configuration were written: the file, its text and the spans of
 //! the fields that checks made after validation report on (loading and starting the functions,
-//! probing the data directory — see `preflight`). Their problems are made the one way the
+//! probing the data directory, building each broker's TLS configuration and reading its NATS
+//! credentials — see `preflight`). Their problems are made the one way the
 //! validator's are ([`ConfigFile::problem`]), so they carry file, line, column and field alike.
 
 use std::collections::BTreeMap;
@@ -19,6 +20,8 @@ pub struct Locations {
     functions: BTreeMap<FunctionId, FunctionLocation>,
     /// By pipeline and use name.
     uses: BTreeMap<(Name, Name), UseLocation>,
+    /// By broker and setting (`tls.key_file`, `nkey_file`; `""` for the broker's table).
+    broker_settings: BTreeMap<(Name, &'static str), Range<usize>>,
 }
 
 /// Where a `[functions.<id>]` table's fields were written.
@@ -44,7 +47,12 @@ pub(super) struct UseLocation {
 impl Locations {
     /// Locations in `file`; filled in by the validator.
     pub(super) fn new(file: ConfigFile, data_dir: Option<Range<usize>>) -> Self {
-        Self { file, data_dir, functions: BTreeMap::new(), uses: BTreeMap::new() }
+        Self { file, data_dir, functions: BTreeMap::new(), uses: BTreeMap::new(), broker_settings: BTreeMap::new() }
+    }
+
+    /// Notes where `setting` of broker `broker` was written (`""`: the broker's table).
+    pub(super) fn add_broker_setting(&mut self, broker: Name, setting: &'static str, span: Range<usize>) {
+        self.broker_settings.insert((broker, setting), span);
     }
 
     pub(super) fn add_function(&mut self, id: FunctionId, location: FunctionLocation) {
@@ -99,6 +107,17 @@ impl Locations {
             }
             None => self.at(None, format!("pipelines.{pipeline}"), message.into()),
         }
+    }
+
+    /// A problem with a broker's `setting` (`tls.ca_file`, `credentials_file`), at its value — or
+    /// at the broker's table when the setting was left to its default.
+    pub fn broker_setting(&self, broker: &Name, setting: &'static str, message: impl Into<String>) -> Problem {
+        let span = self
+            .broker_settings
+            .get(&(broker.clone(), setting))
+            .or_else(|| self.broker_settings.get(&(broker.clone(), "")))
+            .cloned();
+        self.at(span, format!("brokers.{broker}.{setting}"), message.into())
     }
 
     /// A problem of the configuration as a whole, at `field` without a position.

@@ -69,19 +69,6 @@ fn refuses_nats_credentials_on_mqtt_brokers_and_two_kinds_at_once() {
 }
 
 #[test]
-fn refuses_an_nkey_seed_that_is_not_one_without_printing_it() {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let seed = dir.path().join("gw07.nk");
-    std::fs::write(&seed, "SUNOTAREALSEEDBUTSECRETANYWAY\n").expect("write seed");
-    let refusal = invalid(&valid_but(
-        "reconnect_max = \"1m\"\n",
-        &format!("reconnect_max = \"1m\"\nnkey_file = {:?}\n", seed.display().to_string()),
-    ));
-    assert!(refusal.contains("brokers.central.nkey_file") && refusal.contains("not an nkey seed"), "{refusal}");
-    assert!(!refusal.contains("SECRET"), "{refusal}");
-}
-
-#[test]
 fn refuses_a_tls_file_that_never_ends_instead_of_reading_it() {
     let refusal = invalid(&valid_but(
         "url = \"mqtt://10.0.0.5:1883\"",

@@ -1,7 +1,8 @@
 //! `[brokers.<name>]`: each broker's settings and the files they name — password, TLS
-//! certificates and key (built into a TLS configuration here, so a bad one is refused before
-//! anything connects), NATS credentials; a source's or sink's reference to a broker (defined,
-//! and speaking the protocol it needs); and the MQTT client ids used on each broker.
+//! certificates and key, NATS credentials — read here (whether they are usable is checked by
+//! `preflight`, which builds the TLS configuration, at the places noted in `Locations`); a
+//! source's or sink's reference to a broker (defined, and speaking the protocol it needs); and
+//! the MQTT client ids used on each broker.
 //!
 //! **Invariant:** no two MQTT connections of a configuration use one client id on one broker
 //! (the same host, ignoring case, and port): the broker keeps one session per id and drops the
@@ -22,7 +23,6 @@ use crate::config::{
     Backoff, BrokerConfig, BrokerUrl, ClientIdentity, MqttClientId, Name, NatsCredentials, PemFile, Protocol, Secret,
     TlsConfig,
 };
-use crate::tls::TlsField;
 
 /// Largest password, certificate, key or credentials file read (CA bundles are well under 1 MiB).
 const MAX_SECRET_FILE: usize = 16 << 20;
@@ -65,6 +65,7 @@ impl Validator<'_> {
                 "keep_alive applies to MQTT brokers only",
             );
         }
+        self.locations.add_broker_setting(name.clone(), "", raw.span());
         let tls = self.tls(&name, &broker.url, broker.tls.as_ref());
         BrokerConfig {
             nats_credentials: self.nats_credentials(&name, broker),
@@ -79,7 +80,7 @@ impl Validator<'_> {
     }
 
     /// `[brokers.<name>.tls]`: allowed with a TLS URL only; with one, the table's files read and
-    /// the whole TLS configuration built once, each failure pinned to its setting.
+    /// where each setting was written noted.
     fn tls(&mut self, name: &Name, url: &BrokerUrl, raw: Option<&Spanned<RawTls>>) -> Option<TlsConfig> {
         let field = format!("brokers.{name}.tls");
         if !url.tls {
@@ -95,7 +96,16 @@ impl Validator<'_> {
         }
         let empty = RawTls::default();
         let table = raw.map_or(&empty, Spanned::get_ref);
-        let problems_before = self.problems.len();
+        for (setting, span) in [
+            ("tls.ca_file", table.ca_file.as_ref().map(Spanned::span)),
+            ("tls.cert_file", table.cert_file.as_ref().map(Spanned::span)),
+            ("tls.key_file", table.key_file.as_ref().map(Spanned::span)),
+            ("tls.server_name", table.server_name.as_ref().map(Spanned::span)),
+        ] {
+            if let Some(span) = span.or_else(|| raw.map(Spanned::span)) {
+                self.locations.add_broker_setting(name.clone(), setting, span);
+            }
+        }
         let ca = table.ca_file.as_ref().and_then(|file| self.read_pem(file, &format!("{field}.ca_file")));
         let client_identity = match (&table.cert_file, &table.key_file) {
             (None, None) => None,
@@ -117,28 +127,15 @@ impl Validator<'_> {
                 None
             }
         };
-        let config = TlsConfig {
+        Some(TlsConfig {
             ca,
             client_identity,
             server_name: table.server_name.as_ref().map(|name| name.get_ref().clone()),
-        };
-        // Built only from files that were read, so each problem names its own cause.
-        let files_read = self.problems.len() == problems_before;
-        if let Some(problem) = crate::tls::client_config(&config, name.as_str()).err().filter(|_| files_read) {
-            let (setting, span) = match problem.field {
-                TlsField::Ca => ("ca_file", table.ca_file.as_ref().map(Spanned::span)),
-                TlsField::Certificate => ("cert_file", table.cert_file.as_ref().map(Spanned::span)),
-                TlsField::Key => ("key_file", table.key_file.as_ref().map(Spanned::span)),
-                TlsField::ServerName => ("server_name", table.server_name.as_ref().map(Spanned::span)),
-            };
-            let span = span.or_else(|| raw.map(Spanned::span));
-            self.problem(span, format!("{field}.{setting}"), problem.message);
-        }
-        Some(config)
+        })
     }
 
     /// `credentials_file` or `nkey_file`: NATS only, one of them, instead of a username; the
-    /// file's contents checked as the NATS client will read them.
+    /// file read (`preflight` checks it as the NATS client reads it).
     fn nats_credentials(&mut self, name: &Name, broker: &RawBroker) -> Option<NatsCredentials> {
         let given: Vec<(&str, &Spanned<PathBuf>)> =
             [("credentials_file", &broker.credentials_file), ("nkey_file", &broker.nkey_file)]
@@ -169,15 +166,12 @@ impl Validator<'_> {
             return None;
         }
         let text = self.read_text(file, &field)?;
-        let credentials = if setting == "nkey_file" {
-            NatsCredentials::Nkey(Secret::new(text.trim().to_owned()))
+        let (setting, credentials) = if setting == "nkey_file" {
+            ("nkey_file", NatsCredentials::Nkey(Secret::new(text.trim().to_owned())))
         } else {
-            NatsCredentials::File(Secret::new(text))
+            ("credentials_file", NatsCredentials::File(Secret::new(text)))
         };
-        if let Err(reason) = crate::source::check_nats_credentials(&credentials) {
-            self.problem(Some(file.span()), field, format!("{}: {reason}", file.get_ref().display()));
-            return None;
-        }
+        self.locations.add_broker_setting(name.clone(), setting, file.span());
         Some(credentials)
     }
 

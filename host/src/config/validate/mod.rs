@@ -118,7 +118,7 @@ impl Validator<'_> {
         if !self.problems.is_empty() {
             return Err(self.file.refusal(self.problems));
         }
-        Ok(Config { gateway, state, functions, pipelines, locations: self.locations })
+        Ok(Config { gateway, state, brokers, functions, pipelines, locations: self.locations })
     }
 
     /// `[pipelines.<name>]`: each of its tables, and the pipeline when every one passed.

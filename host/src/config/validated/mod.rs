@@ -43,6 +43,8 @@ pub struct Config {
     pub gateway: GatewayConfig,
     /// `[state]` — the state store.
     pub state: StateConfig,
+    /// `[brokers.<name>]` — every broker, by name (sources and sinks carry the one they use).
+    pub brokers: BTreeMap<Name, BrokerConfig>,
     /// `[functions.<id>]` — every function a pipeline uses, by id (the others are not loaded).
     pub functions: BTreeMap<FunctionId, FunctionConfig>,
     /// `[pipelines.<name>]` — the pipelines, in name order.
