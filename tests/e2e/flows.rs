@@ -41,11 +41,15 @@ fn two_pipeline_config(mqtt: &Mosquitto, nats: &NatsServer) -> String {
         r#"
 {header}
 
+# Generous time limits: this flow also runs with an ARM weir under qemu, where the emulator
+# translates each function's code on its first calls.
 [functions.threshold-alert]
 component = "weir_fn_threshold_alert.wasm"
+timeout = "5s"
 
 [functions.unit-convert]
 component = "weir_fn_unit_convert.wasm"
+timeout = "5s"
 
 [pipelines.json.source.mqtt]
 broker = "plant"

@@ -47,8 +47,11 @@ value = "/v"
 fn config(plant: &str, central: &str) -> String {
     format!(
         r#"{header}
+# A generous time limit: this flow also runs with an ARM weir under qemu, where the emulator
+# translates the function's code on its first calls.
 [functions.band-histogram]
 component = "weir_fn_band_histogram.wasm"
+timeout = "5s"
 
 {pipeline}
 [pipelines.win.batch]
