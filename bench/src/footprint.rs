@@ -46,11 +46,11 @@ impl Args {
         let mib = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
         writeln!(
             out,
-            "| functions | start to ready (target ≤ 200 ms) | idle RSS (target ≤ 15 MiB at 10) | of which anonymous | of which file-backed |"
+            "| functions | start to ready (target ≤ 200 ms) | idle RSS (target ≤ 15 MiB at 10) | of which anonymous | of which file-backed or shared |"
         )?;
         writeln!(
             out,
-            "|----------:|--------------------------------:|---------------------------------:|-------------------:|---------------------:|"
+            "|----------:|--------------------------------:|---------------------------------:|-------------------:|-------------------------------:|"
         )?;
         for run in result.runs {
             let ms = run.start_to_ready.as_secs_f64() * 1e3;
@@ -69,7 +69,7 @@ impl Args {
         writeln!(out)?;
         writeln!(
             out,
-            "RSS per extra function: {:.0} KiB (target ≤ 200 KiB: {}); anonymous {:.0} KiB, file-backed {:.0} KiB",
+            "RSS per extra function: {:.0} KiB (target ≤ 200 KiB: {}); anonymous {:.0} KiB, file-backed or shared {:.0} KiB",
             all / 1024.0,
             verdict(all <= 200.0 * 1024.0),
             anon / 1024.0,
@@ -97,11 +97,12 @@ pub struct Run {
     pub start_to_ready: Duration,
     /// Resident set size once idle, bytes.
     pub idle_rss: u64,
-    /// Of which anonymous memory (heap, stacks, instances, the compiled functions copied from
-    /// the cache once verified): what only this process holds.
+    /// Of which anonymous memory (heap, stacks, instances, compiled functions copied from the
+    /// cache where they cannot be used in place): what only this process holds.
     pub idle_rss_anon: u64,
-    /// Of which file-backed pages (this binary's code): clean pages the kernel can drop and read
-    /// again.
+    /// Of which file-backed or shared pages (this binary's code, compiled functions mapped from
+    /// the cache; on a memory file system these count as shared): clean pages the kernel can
+    /// drop and read again from a disk.
     pub idle_rss_file: u64,
 }
 
@@ -239,7 +240,8 @@ fn stop(child: &mut Child) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `VmRSS`, `RssAnon` and `RssFile` of process `pid`, bytes (Linux).
+/// `VmRSS`, `RssAnon`, and `RssFile` plus `RssShmem` of process `pid`, bytes (Linux). Files on
+/// a memory file system (an initramfs, tmpfs) are counted as shared memory, not as files.
 fn resident_bytes(pid: u32) -> anyhow::Result<[u64; 3]> {
     let status = std::fs::read_to_string(PathBuf::from(format!("/proc/{pid}/status")))?;
     let field = |name: &str| -> anyhow::Result<u64> {
@@ -250,5 +252,5 @@ fn resident_bytes(pid: u32) -> anyhow::Result<[u64; 3]> {
             .with_context(|| format!("no {name} in /proc/<pid>/status"))?;
         Ok(kib * 1024)
     };
-    Ok([field("VmRSS:")?, field("RssAnon:")?, field("RssFile:")?])
+    Ok([field("VmRSS:")?, field("RssAnon:")?, field("RssFile:")? + field("RssShmem:")?])
 }

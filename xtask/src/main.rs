@@ -28,6 +28,7 @@ use anyhow::{Context, Result, bail};
 
 mod cross;
 mod package;
+mod vm;
 
 use cross::{CROSS_TARGETS, cross_test};
 
@@ -62,10 +63,14 @@ fn main() -> Result<()> {
             }
             Ok(())
         }
+        "footprint-vm" => {
+            let functions = build_functions(&root)?;
+            vm::footprint_vm(&root, rest.first().map_or("", String::as_str), &functions)
+        }
         _ => {
             eprintln!(
                 "usage: cargo xtask <build-functions | run [weir args...] | test [runner args...] | cross-test <target> \
-                 | package [amd64 | arm64 | armhf ...]>"
+                 | package [amd64 | arm64 | armhf ...] | footprint-vm <arm64 | armhf>>"
             );
             std::process::exit(2);
         }

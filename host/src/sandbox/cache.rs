@@ -3,34 +3,44 @@
 //!
 //! Deserialising an artifact runs its native code with no further checks, so a file in the
 //! cache directory is used only if it proves it was written by this gateway, for this name.
-//! Each artifact file is
+//! Each artifact is two files named after it (`<SHA-256 of the component>-<engine compatibility
+//! hash>`):
 //!
 //! ```text
-//! "weir-compiled-v1"   16 bytes, the format
-//! tag                  32 bytes, HMAC-SHA256 under the cache key of
-//!                      u64 LE length of the name ‖ the name ‖ the artifact
-//! artifact             what wasmtime's `Component::serialize` returned
+//! <name>.cwasm         what wasmtime's `Component::serialize` returned, as it returned it
+//! <name>.tag           "weir-compiled-v2" (16 bytes) ‖ HMAC-SHA256 (32 bytes) under the
+//!                      cache key of  u64 LE length of the name ‖ the name ‖ the artifact
 //! ```
 //!
-//! and the name (`<SHA-256 of the component>-<engine compatibility hash>`) is the file's stem.
 //! The key is 32 bytes from the operating system's random source, kept in
 //! `<data_dir>/compiled/cache.key`, created on first use with mode 0600 and published with a
 //! hard link, so a concurrent start reads either no key or the whole key.
 //!
-//! **Invariant:** [`ArtifactCache::load`] returns only bytes whose tag verified (in constant
-//! time) under the key for the name asked for; the caller deserialises those bytes, never the
-//! file again, so the file cannot be swapped between the check and the use. A file that does not
-//! verify — planted, copied from another gateway, written under another name, truncated,
-//! damaged, in the format of an older weir — is reported as a warning and removed, and the
+//! **Used in place, or copied.** A verified artifact is mapped from its file by wasmtime, so
+//! only the pages a function runs take memory, and they are clean pages the kernel may drop —
+//! but only when nobody but this user can change the file between the check and the use: the
+//! artifact is a regular file opened without following links, with one link, owned by the user
+//! weir runs as and writable by nobody else, in a directory with the same two properties; its
+//! tag is checked over the bytes read through that open file, and wasmtime maps that very file
+//! (`/proc/self/fd/<n>`), not the path again. Whoever could still change it — this user or root
+//! — can read the key and forge an artifact anyway. Otherwise (another owner, group- or
+//! world-writable, no `/proc`) the verified bytes are read into memory and wasmtime copies them.
+//!
+//! **Invariant:** [`ArtifactCache::load`] returns only an artifact whose tag verified (in
+//! constant time) under the key for the name asked for: as bytes in memory, or as the open file
+//! they were read from when only this user can change it. A file that does not verify —
+//! planted, copied from another gateway, written under another name, truncated, damaged, in the
+//! format of an older weir, a link — is reported as a warning and removed with its tag, and the
 //! caller compiles the component again. A key file that is not a regular 32-byte file readable
-//! by its owner alone is replaced by a new key (every artifact is then compiled once more).
-//! If no key can be read or written, nothing is cached: every start compiles every function.
+//! by its owner alone is replaced by a new key (every artifact is then compiled once more). If no
+//! key can be read or written, nothing is cached: every start compiles every function.
 //!
 //! Whoever can read the key can forge artifacts; the key is as private as the user weir runs as.
 
 use std::fmt;
-use std::fs::{File, OpenOptions};
+use std::fs::{File, Metadata, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -38,8 +48,8 @@ use hmac::{Hmac, Mac};
 use rand::TryRngCore;
 use sha2::Sha256;
 
-/// The first bytes of every artifact file.
-const MAGIC: &[u8; 16] = b"weir-compiled-v1";
+/// The first bytes of every tag file.
+const MAGIC: &[u8; 16] = b"weir-compiled-v2";
 /// Length of an HMAC-SHA256 tag.
 const TAG_LEN: usize = 32;
 /// Length of the cache key.
@@ -101,15 +111,34 @@ pub enum CacheWriteError {
     },
 }
 
-/// Why an artifact file was not used.
+/// Why an artifact was not used.
 #[derive(Debug, thiserror::Error)]
 enum Rejection {
-    #[error("it is shorter than the header")]
-    Truncated,
-    #[error("it does not start with the weir artifact header")]
-    NoHeader,
+    #[error("its tag file is not a weir artifact tag")]
+    NoTag,
+    #[error("it is not a regular file")]
+    NotAFile,
     #[error("its tag does not verify: not written by this gateway for this component, or damaged")]
     BadTag,
+    #[error("it cannot be read: {0}")]
+    Unreadable(std::io::Error),
+}
+
+/// A verified artifact, ready to deserialise.
+#[derive(Debug)]
+pub enum Artifact {
+    /// The open file whose bytes verified, which only this user can change: deserialise the
+    /// file [`Artifact::path_in_place`] names, never the cache's path again.
+    InPlace(File),
+    /// The verified bytes, read into memory (others could change the file).
+    Copied(Vec<u8>),
+}
+
+impl Artifact {
+    /// A path that opens the very file `file` (`/proc/self/fd/<n>`), valid while it is open.
+    pub fn path_in_place(file: &File) -> PathBuf {
+        PathBuf::from(format!("/proc/self/fd/{}", file.as_raw_fd()))
+    }
 }
 
 /// The secret the artifacts' tags are made with.
@@ -181,75 +210,119 @@ impl ArtifactCache {
         self.dir.join(format!("{name}.cwasm"))
     }
 
-    /// The artifact cached as `name`, if there is one and its tag verifies. A file that does not
-    /// verify is removed, with a warning.
-    pub fn load(&self, name: &str) -> Option<Vec<u8>> {
+    /// The file that holds the tag of the artifact named `name`.
+    fn tag_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.tag"))
+    }
+
+    /// The artifact cached as `name`, if there is one and its tag verifies; in place when only
+    /// this user can change its file. A file that does not verify is removed, with a warning.
+    pub fn load(&self, name: &str) -> Option<Artifact> {
         let key = self.key.as_ref()?;
         let path = self.path(name);
-        let mut bytes = match std::fs::read(&path) {
-            Ok(bytes) => bytes,
+        let tag = match std::fs::read(self.tag_path(name)) {
+            Ok(tag) => tag,
             Err(e) if e.kind() == ErrorKind::NotFound => return None,
             Err(e) => {
-                tracing::warn!(stage = "sandbox", file = %path.display(), error = %e, "cannot read the compiled function, compiling again");
+                tracing::warn!(stage = "sandbox", file = %path.display(), error = %e, "cannot read the compiled function's tag, compiling again");
                 return None;
             }
         };
-        match verify(key, name, &bytes) {
-            Ok(()) => {
-                bytes.drain(..MAGIC.len() + TAG_LEN);
-                Some(bytes)
-            }
+        match self.verified(key, name, &path, &tag) {
+            Ok(artifact) => Some(artifact),
+            Err(Rejection::Unreadable(e)) if e.kind() == ErrorKind::NotFound => None,
             Err(rejection) => {
                 tracing::warn!(stage = "sandbox", file = %path.display(), reason = %rejection, "compiled function rejected, compiling again");
-                if self.writable {
-                    self.remove(&path);
-                }
+                self.remove(&path);
                 None
             }
         }
     }
 
-    /// Removes the artifact file `path` (one that failed verification or deserialisation).
+    /// Opens the artifact without following links, checks its tag over the bytes read through
+    /// that open file, and keeps the file when only this user can change it.
+    fn verified(&self, key: &CacheKey, name: &str, path: &Path, tag: &[u8]) -> Result<Artifact, Rejection> {
+        let tag = tag.strip_prefix(MAGIC.as_slice()).filter(|t| t.len() == TAG_LEN).ok_or(Rejection::NoTag)?;
+        let mut file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(|e| {
+            if e.raw_os_error() == Some(libc::ELOOP) { Rejection::NotAFile } else { Rejection::Unreadable(e) }
+        })?;
+        let metadata = file.metadata().map_err(Rejection::Unreadable)?;
+        if !metadata.is_file() {
+            return Err(Rejection::NotAFile);
+        }
+        let in_place = self.only_this_user_can_change(&metadata);
+        let mut mac = key.tag(name, &[]);
+        let mut copy = Vec::new();
+        let mut chunk = vec![0; 64 << 10];
+        loop {
+            let read = file.read(&mut chunk).map_err(Rejection::Unreadable)?;
+            if read == 0 {
+                break;
+            }
+            mac.update(&chunk[..read]);
+            if !in_place {
+                copy.extend_from_slice(&chunk[..read]);
+            }
+        }
+        mac.verify_slice(tag).map_err(|_| Rejection::BadTag)?;
+        Ok(if in_place { Artifact::InPlace(file) } else { Artifact::Copied(copy) })
+    }
+
+    /// Whether the artifact file (`metadata`, of the open file) and the cache directory can be
+    /// changed by nobody but the user weir runs as (and root), and an open file can be named
+    /// through `/proc/self/fd`.
+    fn only_this_user_can_change(&self, metadata: &Metadata) -> bool {
+        let Ok(me) = std::fs::metadata("/proc/self").map(|m| m.uid()) else { return false };
+        let private = |m: &Metadata| m.uid() == me && m.mode() & 0o022 == 0;
+        let directory = std::fs::symlink_metadata(&self.dir).is_ok_and(|d| d.is_dir() && private(&d));
+        directory && private(metadata) && metadata.nlink() == 1
+    }
+
+    /// Removes the artifact file `path` and its tag (one that failed verification or
+    /// deserialisation).
     pub fn remove(&self, path: &Path) {
         if !self.writable {
             return;
         }
-        if let Err(e) = std::fs::remove_file(path)
-            && e.kind() != ErrorKind::NotFound
-        {
-            tracing::warn!(stage = "sandbox", file = %path.display(), error = %e, "cannot remove the rejected compiled function");
+        for file in [path.to_owned(), path.with_extension("tag")] {
+            if let Err(e) = std::fs::remove_file(&file)
+                && e.kind() != ErrorKind::NotFound
+            {
+                tracing::warn!(stage = "sandbox", file = %file.display(), error = %e, "cannot remove the rejected compiled function");
+            }
         }
     }
 
-    /// Caches `artifact` as `name`, tagged; does nothing when the cache is off (no key). The file
-    /// appears whole or not at all (temporary file, then rename).
+    /// Caches `artifact` as `name`, tagged; does nothing when the cache is off (no key). Each
+    /// file appears whole or not at all (temporary file, then rename); the tag goes first and
+    /// comes back last, so a crash in between leaves an artifact without a tag (or with a tag
+    /// for other bytes), which is compiled again.
     pub fn store(&self, name: &str, artifact: &[u8]) -> Result<(), CacheWriteError> {
         let Some(key) = self.key.as_ref().filter(|_| self.writable) else { return Ok(()) };
-        let path = self.path(name);
         let tag = key.tag(name, artifact).finalize().into_bytes();
-        let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
-        let io = |source| CacheWriteError::Io { path: temporary.clone(), source };
-        let mut file = create_private(&temporary).map_err(io)?;
-        file.write_all(MAGIC)
-            .and_then(|()| file.write_all(&tag))
-            .and_then(|()| file.write_all(artifact))
-            .map_err(io)?;
-        drop(file);
-        // Rename is atomic: a concurrent reader sees either no file or the whole file.
-        std::fs::rename(&temporary, &path).map_err(|source| CacheWriteError::Io { path, source })
+        let tag_path = self.tag_path(name);
+        match std::fs::remove_file(&tag_path) {
+            Err(source) if source.kind() != ErrorKind::NotFound => {
+                return Err(CacheWriteError::Io { path: tag_path, source });
+            }
+            _ => {}
+        }
+        write_whole(&self.path(name), &[artifact])?;
+        write_whole(&tag_path, &[MAGIC.as_slice(), tag.as_slice()])
     }
 }
 
-fn verify(key: &CacheKey, name: &str, bytes: &[u8]) -> Result<(), Rejection> {
-    if bytes.len() < MAGIC.len() + TAG_LEN {
-        return Err(Rejection::Truncated);
+/// Writes `parts` to `path` through a private temporary file renamed into place.
+fn write_whole(path: &Path, parts: &[&[u8]]) -> Result<(), CacheWriteError> {
+    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+    let io = |source| CacheWriteError::Io { path: temporary.clone(), source };
+    let mut file = create_private(&temporary).map_err(io)?;
+    for part in parts {
+        file.write_all(part).map_err(io)?;
     }
-    let (magic, rest) = bytes.split_at(MAGIC.len());
-    if magic != MAGIC {
-        return Err(Rejection::NoHeader);
-    }
-    let (tag, artifact) = rest.split_at(TAG_LEN);
-    key.tag(name, artifact).verify_slice(tag).map_err(|_| Rejection::BadTag)
+    drop(file);
+    // Rename is atomic: a concurrent reader sees either no file or the whole file.
+    std::fs::rename(&temporary, path).map_err(|source| CacheWriteError::Io { path: path.to_owned(), source })
 }
 
 /// Creates `path` anew (removing what was there, never following a link) with mode 0600.
@@ -322,6 +395,7 @@ fn replace_key(path: &Path) -> Result<CacheKey, CacheKeyError> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Seek, SeekFrom};
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;
@@ -335,15 +409,51 @@ mod tests {
         cache
     }
 
+    /// The bytes a loaded artifact holds, and whether it is used in place.
+    fn loaded(cache: &ArtifactCache, name: &str) -> Option<(Vec<u8>, bool)> {
+        Some(match cache.load(name)? {
+            Artifact::Copied(bytes) => (bytes, false),
+            Artifact::InPlace(mut file) => {
+                let mut bytes = Vec::new();
+                file.seek(SeekFrom::Start(0)).expect("seeks");
+                file.read_to_end(&mut bytes).expect("reads");
+                (bytes, true)
+            }
+        })
+    }
+
+    fn load(cache: &ArtifactCache, name: &str) -> Option<Vec<u8>> {
+        loaded(cache, name).map(|(bytes, _)| bytes)
+    }
+
     #[test]
-    fn a_stored_artifact_loads_back_as_it_was() {
+    fn a_stored_artifact_loads_back_as_it_was_from_its_own_file() {
         let dir = tempfile::tempdir().expect("temp dir");
         let cache = cache(dir.path());
-        assert_eq!(cache.load(NAME), None, "nothing cached yet");
+        assert_eq!(load(&cache, NAME), None, "nothing cached yet");
         cache.store(NAME, ARTIFACT).expect("stores");
-        assert_eq!(cache.load(NAME).as_deref(), Some(ARTIFACT));
+        assert_eq!(loaded(&cache, NAME), Some((ARTIFACT.to_vec(), true)));
+        // The path handed to the deserialiser opens the very file that verified.
+        let Some(Artifact::InPlace(file)) = cache.load(NAME) else { panic!("in place") };
+        assert_eq!(std::fs::read(Artifact::path_in_place(&file)).expect("reads through /proc"), ARTIFACT);
         // The key persists: a second open (the next start) trusts the same file.
-        assert_eq!(ArtifactCache::open(dir.path()).expect("opens").load(NAME).as_deref(), Some(ARTIFACT));
+        assert_eq!(load(&ArtifactCache::open(dir.path()).expect("opens"), NAME).as_deref(), Some(ARTIFACT));
+    }
+
+    #[test]
+    fn an_artifact_others_could_change_is_copied_not_used_in_place() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cache = cache(dir.path());
+        cache.store(NAME, ARTIFACT).expect("stores");
+        let set_mode = |path: &Path, mode| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
+        set_mode(&cache.path(NAME), 0o620).expect("chmod");
+        assert_eq!(loaded(&cache, NAME), Some((ARTIFACT.to_vec(), false)), "a group-writable file");
+        set_mode(&cache.path(NAME), 0o600).expect("chmod");
+        set_mode(dir.path(), 0o777).expect("chmod");
+        assert_eq!(loaded(&cache, NAME), Some((ARTIFACT.to_vec(), false)), "a world-writable directory");
+        set_mode(dir.path(), 0o700).expect("chmod");
+        std::fs::hard_link(cache.path(NAME), dir.path().join("second-link")).expect("links");
+        assert_eq!(loaded(&cache, NAME), Some((ARTIFACT.to_vec(), false)), "a file with two links");
     }
 
     #[test]
@@ -355,38 +465,53 @@ mod tests {
         assert_eq!(mode(&dir.path().join("compiled")), 0o700);
         assert_eq!(mode(&dir.path().join("compiled").join(KEY_FILE)), 0o600);
         assert_eq!(mode(&cache.path(NAME)), 0o600);
+        assert_eq!(mode(&cache.tag_path(NAME)), 0o600);
         assert_eq!(std::fs::metadata(dir.path().join("compiled").join(KEY_FILE)).expect("exists").len(), 32);
     }
 
     #[test]
-    fn damaged_artifacts_are_rejected_and_removed() {
+    fn damaged_artifacts_and_tags_are_rejected_and_removed() {
         let dir = tempfile::tempdir().expect("temp dir");
         let cache = cache(dir.path());
         cache.store(NAME, ARTIFACT).expect("stores");
-        let good = std::fs::read(cache.path(NAME)).expect("reads");
-        let mut flipped = good.clone();
-        flipped[MAGIC.len() + TAG_LEN + 3] ^= 0x01;
-        let mut bad_tag = good.clone();
-        bad_tag[MAGIC.len()] ^= 0x80;
-        let mut bad_magic = good.clone();
-        bad_magic[0] = b'W';
-        let mut longer = good.clone();
-        longer.push(0);
-        for damaged in [
-            flipped,
-            bad_tag,
-            bad_magic,
-            longer,
-            good[..good.len() - 1].to_vec(),
-            good[..MAGIC.len() + TAG_LEN - 1].to_vec(),
-            Vec::new(),
-            // A raw wasmtime artifact, as older weir wrote them.
-            ARTIFACT.to_vec(),
+        let (artifact, tag) = (ARTIFACT.to_vec(), std::fs::read(cache.tag_path(NAME)).expect("reads"));
+        let changed = |bytes: &[u8], at: usize, bit: u8| {
+            let mut bytes = bytes.to_vec();
+            bytes[at] ^= bit;
+            bytes
+        };
+        let longer = [ARTIFACT, b"\0"].concat();
+        // A file as older weir wrote them: header, tag and artifact in one.
+        let version_one = [b"weir-compiled-v1".as_slice(), &tag[MAGIC.len()..], ARTIFACT].concat();
+        for (what, damaged_artifact, damaged_tag) in [
+            ("a flipped artifact bit", changed(&artifact, 3, 0x01), tag.clone()),
+            ("a flipped tag bit", artifact.clone(), changed(&tag, MAGIC.len() + 5, 0x80)),
+            ("another tag header", artifact.clone(), changed(&tag, 0, 0x20)),
+            ("a longer artifact", longer, tag.clone()),
+            ("a shorter artifact", artifact[..artifact.len() - 1].to_vec(), tag.clone()),
+            ("a short tag", artifact.clone(), tag[..tag.len() - 1].to_vec()),
+            ("an empty artifact", Vec::new(), tag.clone()),
+            ("the first format", version_one, tag.clone()),
         ] {
-            std::fs::write(cache.path(NAME), &damaged).expect("writes");
-            assert_eq!(cache.load(NAME), None, "{damaged:?}");
-            assert!(!cache.path(NAME).exists(), "a rejected file is removed");
+            std::fs::write(cache.path(NAME), &damaged_artifact).expect("writes");
+            std::fs::write(cache.tag_path(NAME), &damaged_tag).expect("writes");
+            assert_eq!(load(&cache, NAME), None, "{what}");
+            assert!(!cache.path(NAME).exists() && !cache.tag_path(NAME).exists(), "{what}: both files are removed");
         }
+    }
+
+    #[test]
+    fn a_link_in_the_artifacts_place_is_never_followed() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let cache = cache(dir.path());
+        cache.store(NAME, ARTIFACT).expect("stores");
+        // The same verified bytes elsewhere, linked into place.
+        let elsewhere = dir.path().join("elsewhere");
+        std::fs::rename(cache.path(NAME), &elsewhere).expect("moves");
+        std::os::unix::fs::symlink(&elsewhere, cache.path(NAME)).expect("links");
+        assert_eq!(load(&cache, NAME), None);
+        assert!(std::fs::symlink_metadata(cache.path(NAME)).is_err(), "the link is removed");
+        assert!(elsewhere.exists(), "what it pointed at is left alone");
     }
 
     #[test]
@@ -395,8 +520,9 @@ mod tests {
         let cache = cache(dir.path());
         cache.store("bb11-0011", b"other function").expect("stores");
         std::fs::copy(cache.path("bb11-0011"), cache.path(NAME)).expect("copies");
-        assert_eq!(cache.load(NAME), None);
-        assert_eq!(cache.load("bb11-0011").as_deref(), Some(&b"other function"[..]));
+        std::fs::copy(cache.tag_path("bb11-0011"), cache.tag_path(NAME)).expect("copies");
+        assert_eq!(load(&cache, NAME), None);
+        assert_eq!(load(&cache, "bb11-0011").as_deref(), Some(&b"other function"[..]));
     }
 
     #[test]
@@ -405,7 +531,8 @@ mod tests {
         let (here_cache, there_cache) = (cache(here.path()), cache(there.path()));
         there_cache.store(NAME, ARTIFACT).expect("stores");
         std::fs::copy(there_cache.path(NAME), here_cache.path(NAME)).expect("copies");
-        assert_eq!(here_cache.load(NAME), None);
+        std::fs::copy(there_cache.tag_path(NAME), here_cache.tag_path(NAME)).expect("copies");
+        assert_eq!(load(&here_cache, NAME), None);
     }
 
     #[test]
@@ -425,10 +552,10 @@ mod tests {
             cache(dir.path()).store(NAME, ARTIFACT).expect("stores");
             spoil(&key_path);
             let reopened = cache(dir.path());
-            assert_eq!(reopened.load(NAME), None, "{what}: the old key's artifacts do not verify");
+            assert_eq!(load(&reopened, NAME), None, "{what}: the old key's artifacts do not verify");
             assert_eq!(std::fs::metadata(&key_path).expect("a new key").len(), 32, "{what}");
             reopened.store(NAME, ARTIFACT).expect("stores");
-            assert_eq!(cache(dir.path()).load(NAME).as_deref(), Some(ARTIFACT), "{what}: the new key persists");
+            assert_eq!(load(&cache(dir.path()), NAME).as_deref(), Some(ARTIFACT), "{what}: the new key persists");
         }
     }
 
@@ -443,7 +570,7 @@ mod tests {
         std::fs::write(key_path.join("x"), b"keeps the directory non-empty").expect("writes");
         let cache = ArtifactCache::open(dir.path()).expect("opens");
         assert!(cache.key.is_none());
-        assert_eq!(cache.load(NAME), None);
+        assert!(cache.load(NAME).is_none());
         let before = std::fs::read(cache.path(NAME)).expect("the old artifact stays");
         cache.store(NAME, b"new").expect("does nothing");
         assert_eq!(std::fs::read(cache.path(NAME)).expect("reads"), before, "nothing written");

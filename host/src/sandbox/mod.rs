@@ -16,10 +16,11 @@
 //!
 //! Compiled artifacts are cached in `<data_dir>/compiled/` under the SHA-256 of the component
 //! bytes and the engine's compatibility hash, each tagged with an HMAC under a key only this
-//! gateway holds (see [`cache`]). `Component::deserialize` on bytes of any other origin would be
-//! arbitrary code execution, so **Invariant:** it only ever sees bytes whose tag verified for the
-//! very component being loaded; anything else in that directory is removed and the component
-//! compiled again.
+//! gateway holds (see [`cache`]). Deserialising bytes of any other origin would be arbitrary code
+//! execution, so **Invariant:** wasmtime only ever deserialises bytes whose tag verified for the
+//! very component being loaded — copied into memory, or mapped from the open file they were
+//! checked through when nobody else can change it; anything else in that directory is removed
+//! and the component compiled again.
 //!
 //! Replacing the running version of a function is a first-class operation:
 //! [`FunctionInstance::replace`] instantiates the new version with the same parameters and
@@ -44,7 +45,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use cache::ArtifactCache;
+use cache::{Artifact, ArtifactCache};
 use sha2::{Digest, Sha256};
 use wasmtime::Engine;
 use wasmtime::component::{Component, HasSelf, Linker};
@@ -385,14 +386,22 @@ impl Sandbox {
         self.engine.precompile_compatibility_hash().hash(&mut hasher);
         let name = format!("{}-{:016x}", version.digest_hex(), hasher.finish());
         if let Some(artifact) = self.cache.load(&name) {
-            // SAFETY: `artifact` is the very buffer whose HMAC verified, under a key only this
+            // SAFETY: `artifact` holds the very bytes whose HMAC verified, under a key only this
             // gateway holds, for `name`: the digest of the component being loaded and this
             // engine's compatibility hash. Only `ArtifactCache::store` below makes such tags, over
             // what this engine's `Component::serialize` returned for a component it compiled from
-            // bytes with that digest. The file is not read again, so it cannot be swapped between
-            // the check and this call.
+            // bytes with that digest. Copied bytes are not read from the file again; a file used
+            // in place is the open file the tag was checked through (named by its descriptor, not
+            // its path), which nobody but this user — who can read the key — can change while
+            // the component lives.
             #[allow(unsafe_code)]
-            match unsafe { Component::deserialize(&self.engine, &artifact) } {
+            let deserialized = match &artifact {
+                Artifact::InPlace(file) => unsafe {
+                    Component::deserialize_file(&self.engine, Artifact::path_in_place(file))
+                },
+                Artifact::Copied(bytes) => unsafe { Component::deserialize(&self.engine, bytes) },
+            };
+            match deserialized {
                 Ok(component) => return Ok(component),
                 Err(e) => {
                     let file = self.cache.path(&name);

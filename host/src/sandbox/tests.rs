@@ -133,12 +133,14 @@ fn components_are_checked_against_the_world_they_are_used_as() {
     assert!(matches!(err, SandboxError::WorldMismatch { .. }), "{err}");
 }
 
-/// The cache file of a loaded function version, in the fixture's `compiled/` directory.
+/// The cached artifact of a loaded function version (not its tag), in the fixture's `compiled/`
+/// directory.
 fn cached_artifact(fixture: &Fixture, version: &FunctionVersion) -> PathBuf {
     let prefix = version.digest_hex();
     let mut files = std::fs::read_dir(fixture._dir.path().join("compiled"))
         .expect("cache directory")
         .map(|entry| entry.expect("entry").path())
+        .filter(|path| path.extension().is_some_and(|e| e == "cwasm"))
         .filter(|path| path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with(&prefix)));
     let file = files.next().expect("the version is cached");
     assert!(files.next().is_none(), "one file per version");

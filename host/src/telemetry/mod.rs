@@ -11,7 +11,10 @@
 use std::io::IsTerminal;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::Layer;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
 
 /// Log filter when `RUST_LOG` is not set.
 const DEFAULT_FILTER: &str = "info,async_nats=warn,rumqttc=warn";
@@ -34,18 +37,72 @@ pub enum LogFormat {
 }
 
 /// Installs the global log subscriber writing `format` to stderr, filtered by `RUST_LOG`
-/// (default: `info`, with the broker client libraries' own chatter at `warn`). Calling it twice
-/// keeps the first subscriber.
+/// (default: `info`, with the broker client libraries' own chatter at `warn`). The filter is a
+/// list of `target=level` directives (`weir_host::sink=debug,info`); a `RUST_LOG` that does not
+/// parse is reported on stderr and the default is used. Calling it twice keeps the first
+/// subscriber.
 pub fn init_logging(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.with_ansi(colour_on_stderr()).with_target(false).try_init(),
-        LogFormat::Json => builder.json().with_ansi(false).try_init(),
+    let (filter, refused) = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let installed = match format {
+        LogFormat::Text => tracing_subscriber::registry()
+            .with(layer.with_ansi(colour_on_stderr()).with_target(false).with_filter(filter))
+            .try_init(),
+        LogFormat::Json => {
+            tracing_subscriber::registry().with(layer.json().with_ansi(false).with_filter(filter)).try_init()
+        }
     };
+    if let (Ok(()), Some(problem)) = (installed, refused) {
+        tracing::warn!(stage = "pipeline", "RUST_LOG is not a log filter ({problem}); logging at the default levels");
+    }
+}
+
+/// The log filter `RUST_LOG` asks for, or the default one and why `RUST_LOG` was refused.
+fn log_filter(rust_log: Option<&str>) -> (Targets, Option<String>) {
+    let default = || DEFAULT_FILTER.parse::<Targets>().unwrap_or_default();
+    match rust_log.map(str::trim).filter(|value| !value.is_empty()) {
+        None => (default(), None),
+        Some(value) => match value.parse::<Targets>() {
+            Ok(filter) => (filter, None),
+            Err(error) => (default(), Some(error.to_string())),
+        },
+    }
 }
 
 /// Whether text logs may be coloured: stderr is a terminal and `NO_COLOR` is unset or empty.
 fn colour_on_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use tracing::Level;
+
+    use super::*;
+
+    #[test]
+    fn the_default_filter_quiets_the_broker_clients() {
+        let (filter, refused) = log_filter(None);
+        assert!(refused.is_none());
+        assert!(filter.would_enable("weir_host::sink", &Level::INFO));
+        assert!(!filter.would_enable("weir_host::sink", &Level::DEBUG));
+        assert!(!filter.would_enable("rumqttc::state", &Level::INFO));
+        assert!(filter.would_enable("async_nats", &Level::WARN));
+    }
+
+    #[test]
+    fn rust_log_directives_choose_levels_per_module() {
+        let (filter, refused) = log_filter(Some("weir_host::sink=debug,warn"));
+        assert!(refused.is_none());
+        assert!(filter.would_enable("weir_host::sink::nats", &Level::DEBUG));
+        assert!(!filter.would_enable("weir_host::source", &Level::INFO));
+        assert!(filter.would_enable("weir_host::source", &Level::WARN));
+    }
+
+    #[test]
+    fn a_rust_log_that_does_not_parse_is_refused_with_its_reason() {
+        let (filter, refused) = log_filter(Some("weir_host=loud"));
+        assert!(refused.is_some_and(|reason| !reason.is_empty()));
+        assert!(filter.would_enable("weir_host", &Level::INFO));
+    }
 }
