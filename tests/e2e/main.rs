@@ -11,6 +11,7 @@ mod boundaries;
 mod cli;
 mod durability;
 mod failures;
+mod fleet;
 mod flows;
 mod governance;
 mod outbox;

@@ -7,6 +7,7 @@
 
 mod check;
 mod dead_letters;
+mod fleet;
 mod outbox;
 mod run;
 
@@ -31,6 +32,8 @@ pub enum Command {
     DeadLetters(dead_letters::Args),
     /// Inspect the outbox of a data directory.
     Outbox(outbox::Args),
+    /// Fleet management: keys, signed roots, targets and desired documents.
+    Fleet(fleet::Args),
 }
 
 impl Command {
@@ -41,6 +44,7 @@ impl Command {
             Self::Check(args) => args.execute(),
             Self::DeadLetters(args) => args.execute(),
             Self::Outbox(args) => args.execute(),
+            Self::Fleet(args) => args.execute(),
         }
     }
 }

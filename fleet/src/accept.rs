@@ -1,0 +1,176 @@
+//! The rules a gateway accepts a verified desired document and its targets by.
+//!
+//! [`check_desired`] takes a desired document whose signatures already verified
+//! ([`crate::Signed::verify`]) and what the gateway knows: who it is, the document it holds for
+//! that scope, its anti-rollback floors and its clock. [`check_target`] pairs a verified target
+//! with the desired document's entry for it.
+//!
+//! **Clocks.** Gateways often boot without a real-time clock. Until the clock is synced
+//! ([`Clock::NotSynced`]) expiry cannot be checked, so a gateway keeps running the document it
+//! holds and accepts no newer revision ([`Refusal::ClockNotSynced`], which clears by itself once
+//! the clock is synced); it never refuses what it already runs for that reason.
+//!
+//! **Floors.** A function's floor is the highest security counter of a version this gateway has
+//! committed (or a desired document's `floors` asked for, once committed). It is raised only at
+//! commit, never when a version is installed, so an automatic rollback to the last committed
+//! version is never refused by the gateway's own floor.
+
+use std::collections::BTreeMap;
+
+use crate::document::{Desired, FunctionTarget, Root, Scope, Target};
+use crate::refusal::Refusal;
+
+/// Who the gateway is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GatewayIdentity {
+    /// Its `[gateway] id`.
+    pub id: String,
+    /// The groups it is in (`[fleet] groups`).
+    pub groups: Vec<String>,
+}
+
+impl GatewayIdentity {
+    /// Whether a document for `scope` is for this gateway.
+    pub fn is_in(&self, scope: &Scope) -> bool {
+        match scope {
+            Scope::Gateway(id) => *id == self.id,
+            Scope::Group(group) => self.groups.iter().any(|g| g == group),
+        }
+    }
+}
+
+/// The gateway's wall clock as far as it can be trusted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Clock {
+    /// Synced (NTP or a real-time clock): seconds since the Unix epoch.
+    Synced(u64),
+    /// Not synced since boot: its time says nothing.
+    NotSynced,
+}
+
+/// The gateway's anti-rollback floors: per function, the lowest security counter it accepts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Floors(pub BTreeMap<String, u64>);
+
+impl Floors {
+    /// The floor for `function` (0 when none was ever raised).
+    pub fn of(&self, function: &str) -> u64 {
+        self.0.get(function).copied().unwrap_or(0)
+    }
+
+    /// Raises floors on commit: each function's to at least the committed version's counter and
+    /// to what the document's `floors` ask. Never lowers one.
+    pub fn raise_on_commit(&mut self, committed: &Desired) {
+        let asked = committed
+            .functions
+            .iter()
+            .map(|(name, entry)| (name, entry.counter))
+            .chain(committed.floors.iter().map(|(n, c)| (n, *c)));
+        for (function, counter) in asked {
+            let floor = self.0.entry(function.clone()).or_insert(0);
+            *floor = (*floor).max(counter);
+        }
+    }
+}
+
+/// What accepting a document means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// A newer revision: fetch, verify and stage what it asks for.
+    Newer,
+    /// The revision the gateway already holds: nothing to do.
+    Held,
+}
+
+/// Whether the gateway `me`, holding `held` for the document's scope (if any), with `floors` and
+/// `clock`, under the trusted `root`, accepts `document`.
+pub fn check_desired(
+    document: &Desired,
+    me: &GatewayIdentity,
+    held: Option<&Desired>,
+    floors: &Floors,
+    clock: Clock,
+    root: &Root,
+) -> Result<Verdict, Refusal> {
+    if !me.is_in(&document.scope) {
+        return Err(Refusal::NotForThisGateway { scope: document.scope.clone() });
+    }
+    if let Some(held) = held {
+        if document.revision < held.revision {
+            return Err(Refusal::RevisionWentBack {
+                scope: document.scope.clone(),
+                revision: document.revision,
+                current: held.revision,
+            });
+        }
+        if document.revision == held.revision {
+            return if document == held {
+                Ok(Verdict::Held)
+            } else {
+                Err(Refusal::RevisionReused { scope: document.scope.clone(), revision: document.revision })
+            };
+        }
+    }
+    match clock {
+        Clock::NotSynced => return Err(Refusal::ClockNotSynced { revision: document.revision }),
+        Clock::Synced(now) if root.expires <= now => {
+            return Err(Refusal::RootExpired { version: root.version, expires: root.expires });
+        }
+        Clock::Synced(now) if document.expires <= now => {
+            return Err(Refusal::Expired { revision: document.revision, expires: document.expires, now });
+        }
+        Clock::Synced(_) => {}
+    }
+    for (function, entry) in &document.functions {
+        let floor = floors.of(function);
+        if entry.counter < floor {
+            return Err(Refusal::BelowFloor {
+                function: function.clone(),
+                version: entry.version.clone(),
+                counter: entry.counter,
+                floor,
+            });
+        }
+    }
+    Ok(Verdict::Newer)
+}
+
+/// Whether the verified `target` is the one the desired document's `entry` for `function` names,
+/// and runs on weir `running`.
+pub fn check_target(
+    function: &str,
+    entry: &FunctionTarget,
+    target: &Target,
+    running: &semver::Version,
+) -> Result<(), Refusal> {
+    let mismatch = |field| Err(Refusal::TargetMismatch { function: function.to_owned(), field });
+    if target.function != function {
+        return mismatch("function");
+    }
+    let theirs = target.entry();
+    let differing = [
+        ("version", theirs.version != entry.version),
+        ("sha256", theirs.sha256 != entry.sha256),
+        ("length", theirs.length != entry.length),
+        ("world", theirs.world != entry.world),
+        ("counter", theirs.counter != entry.counter),
+    ];
+    if let Some((field, _)) = differing.into_iter().find(|(_, differs)| *differs) {
+        return mismatch(field);
+    }
+    let needs = semver::Version::parse(&target.min_weir)
+        .map_err(|error| Refusal::Malformed { what: "target's min_weir", detail: error.to_string() })?;
+    if needs > *running {
+        return Err(Refusal::NeedsNewerWeir {
+            function: function.to_owned(),
+            version: target.version.clone(),
+            needs: needs.to_string(),
+            running: running.to_string(),
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "accept/tests.rs"]
+mod tests;
