@@ -17,7 +17,8 @@
 
 use std::collections::BTreeMap;
 
-use crate::document::{Desired, FunctionTarget, Root, Scope, Target};
+use crate::document::{Desired, FunctionTarget, Scope, Target};
+use crate::envelope::{TrustedRoot, canonical};
 use crate::refusal::Refusal;
 
 /// Who the gateway is.
@@ -90,11 +91,13 @@ pub fn check_desired(
     held: Option<&Desired>,
     floors: &Floors,
     clock: Clock,
-    root: &Root,
+    root: &TrustedRoot,
 ) -> Result<Verdict, Refusal> {
+    let root = root.root();
     if !me.is_in(&document.scope) {
         return Err(Refusal::NotForThisGateway { scope: document.scope.clone() });
     }
+    well_formed(document)?;
     if let Some(held) = held {
         if document.revision < held.revision {
             return Err(Refusal::RevisionWentBack {
@@ -104,7 +107,8 @@ pub fn check_desired(
             });
         }
         if document.revision == held.revision {
-            return if document == held {
+            // Compared as signed bytes: two documents are the same only if they were signed the same.
+            return if canonical(document) == canonical(held) {
                 Ok(Verdict::Held)
             } else {
                 Err(Refusal::RevisionReused { scope: document.scope.clone(), revision: document.revision })
@@ -133,6 +137,33 @@ pub fn check_desired(
         }
     }
     Ok(Verdict::Newer)
+}
+
+/// Refuses settings that cannot hold: a floor above the document's own version of that function
+/// (it would be below its own floor once committed), a tolerance that is not a finite
+/// non-negative number, a share above one million parts per million.
+fn well_formed(document: &Desired) -> Result<(), Refusal> {
+    let problem = |problem: String| Err(Refusal::IllFormed { problem });
+    for (function, floor) in &document.floors {
+        if let Some(entry) = document.functions.get(function)
+            && entry.counter < *floor
+        {
+            return problem(format!(
+                "floor {floor} for {function} is above its own version's counter {}",
+                entry.counter
+            ));
+        }
+    }
+    let health = &document.health;
+    if !health.tolerance.is_finite() || health.tolerance < 0.0 {
+        return problem(format!("tolerance {} is not a finite non-negative number", health.tolerance));
+    }
+    for (name, ppm) in [("max_faulted_ppm", health.max_faulted_ppm), ("max_divergent_ppm", health.max_divergent_ppm)] {
+        if ppm > 1_000_000 {
+            return problem(format!("{name} {ppm} is more than a million parts per million"));
+        }
+    }
+    Ok(())
 }
 
 /// Whether the verified `target` is the one the desired document's `entry` for `function` names,

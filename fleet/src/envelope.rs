@@ -4,10 +4,18 @@
 //! What a key signs is `weir-fleet/1`, a zero byte, the kind's name, a zero byte, then the body:
 //! a signature over a target can never count for a desired document or a root.
 //!
-//! Verification ([`Signed::verify`]) checks, in this order, before a single byte of the body is
-//! decoded: the envelope's size, the kind, then each signature by a key the role lists
-//! (`verify_strict`, each key counted once) against the role's threshold. Only then is the body
-//! decoded, and refused unless it re-encodes to the same bytes.
+//! Verification against a trusted root ([`Signed::verify`]) checks, in this order, before a
+//! single byte of the body is decoded: the kind, the number of signatures (no more than the
+//! root has keys: a flood of copies costs nothing), then each signature by a key the role lists
+//! (`verify_strict`, each key verified and counted once, stopping at the threshold). Only then
+//! is the body decoded, and refused unless it re-encodes to the same bytes. The envelope's size
+//! is checked where its bytes are read ([`Signed::from_bytes`]).
+//!
+//! A root is the one document decoded before its signatures are checked: the first root is
+//! installed by the operator and verified by its own keys ([`TrustedRoot::install`]), and a
+//! newer root is checked against the current root's keys first, then against its own
+//! ([`TrustedRoot::update`]). Only a [`TrustedRoot`] verifies other documents, so no root that
+//! skipped those checks can.
 
 use std::collections::BTreeSet;
 
@@ -110,9 +118,13 @@ impl Signed {
             .map_err(|error| Refusal::Malformed { what: "signed envelope", detail: error.to_string() })
     }
 
-    /// The document, once its signatures satisfy `D`'s role in `root` and its body is
-    /// canonical. Nothing of the body is decoded before the signatures are checked.
-    pub fn verify<D: Document>(&self, root: &Root) -> Result<D, Refusal> {
+    /// The document, once its signatures satisfy `D`'s role in the trusted `root` and its body
+    /// is canonical. Nothing of the body is decoded before the signatures are checked.
+    pub fn verify<D: Document>(&self, root: &TrustedRoot) -> Result<D, Refusal> {
+        self.verify_under(root.root())
+    }
+
+    fn verify_under<D: Document>(&self, root: &Root) -> Result<D, Refusal> {
         if self.kind != D::KIND {
             return Err(Refusal::WrongKind { expected: D::KIND, found: self.kind });
         }
@@ -123,10 +135,21 @@ impl Signed {
     /// Counts the distinct keys of `role` with a valid signature; refuses fewer than its
     /// threshold.
     fn check_signatures(&self, root: &Root, role: &RoleKeys, kind: Kind) -> Result<(), Refusal> {
+        if self.signatures.len() > root.keys.len() {
+            return Err(Refusal::TooManySignatures { kind, signatures: self.signatures.len(), keys: root.keys.len() });
+        }
+        let threshold = role.threshold.max(1);
         let message = signed_message(self.kind, &self.body);
-        let mut valid = BTreeSet::new();
+        let (mut seen, mut valid) = (BTreeSet::new(), BTreeSet::new());
         let (mut unknown, mut invalid) = (0, 0);
         for signature in &self.signatures {
+            if valid.len() as u64 >= u64::from(threshold) {
+                break;
+            }
+            // Each key is verified once: a copy of a signature costs nothing and counts nothing.
+            if !seen.insert(signature.key) {
+                continue;
+            }
             let key = role.keys.contains(&signature.key).then(|| root.keys.get(&signature.key)).flatten();
             match key {
                 None => unknown += 1,
@@ -136,7 +159,6 @@ impl Signed {
                 Some(_) => invalid += 1,
             }
         }
-        let threshold = role.threshold.max(1);
         if (valid.len() as u64) < u64::from(threshold) {
             return Err(Refusal::TooFewSignatures { kind, valid: valid.len(), threshold, unknown, invalid });
         }
@@ -156,13 +178,15 @@ impl TrustedRoot {
         Ok(TrustedRoot(root))
     }
 
-    /// The root a stored one becomes: refused unless it is newer, signed by the current root
-    /// role's threshold and by its own.
+    /// The root the trusted one becomes: refused unless its version is the next one (as in TUF:
+    /// a gateway walks every root in between, so no rotation is skipped and no version can be
+    /// pushed out of reach), and it is signed by the current root role's threshold and by its
+    /// own.
     pub fn update(&self, signed: &Signed) -> Result<TrustedRoot, Refusal> {
-        signed.verify::<Root>(&self.0)?;
+        signed.verify_under::<Root>(&self.0)?;
         let next = self_signed_root(signed)?;
-        if next.version <= self.0.version {
-            return Err(Refusal::RootNotNewer { version: next.version, current: self.0.version });
+        if Some(next.version) != self.0.version.checked_add(1) {
+            return Err(Refusal::RootNotNext { version: next.version, current: self.0.version });
         }
         Ok(TrustedRoot(next))
     }

@@ -16,8 +16,10 @@
 //! tested without a broker and the `weir fleet` command applies the same ones before it
 //! publishes. A refusal is a [`Refusal`], whose text is what a fleet manager reads in status.
 //!
-//! **Invariants:** signatures are checked (`verify_strict`) before a document's body is decoded;
-//! a body is accepted only in its canonical encoding (the one [`Signed::sign`] writes), so no two
+//! **Invariants:** only a [`TrustedRoot`] (installed by the operator, or its checked successor)
+//! verifies documents; signatures are checked (`verify_strict`) before a document's body is
+//! decoded — but for a root being installed or rotated to, which is decoded to learn its own
+//! keys (see `envelope`); a body is accepted only in its canonical encoding (the one [`Signed::sign`] writes), so no two
 //! byte strings carry the same document; the signed message names the document's kind, so a
 //! signature over one kind never counts for another. No I/O and no clock: time comes in as a
 //! [`Clock`].

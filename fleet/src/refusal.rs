@@ -24,12 +24,15 @@ pub enum Refusal {
          ({unknown} by keys the role does not list, {invalid} that do not verify)"
     )]
     TooFewSignatures { kind: Kind, valid: usize, threshold: u32, unknown: usize, invalid: usize },
+    /// More signatures than the root has keys: refused before any is verified.
+    #[error("the {kind} document carries {signatures} signatures, more than the root's {keys} keys")]
+    TooManySignatures { kind: Kind, signatures: usize, keys: usize },
     /// A root's role can never be satisfied, or names a key it does not list.
     #[error("the root's {role} role is unusable: threshold {threshold} with {keys} key(s), each listed in the root")]
     BadRole { role: &'static str, threshold: u32, keys: usize },
-    /// A root no newer than the trusted one.
-    #[error("root version {version} is not newer than the trusted root's {current}")]
-    RootNotNewer { version: u64, current: u64 },
+    /// A root that is not the trusted root's successor.
+    #[error("root version {version} does not follow the trusted root's version {current}")]
+    RootNotNext { version: u64, current: u64 },
     /// A desired document for another gateway or a group this gateway is not in.
     #[error("the document is for {scope}, not for this gateway or its groups")]
     NotForThisGateway { scope: Scope },
@@ -48,6 +51,10 @@ pub enum Refusal {
     /// The root itself has expired by the synced clock.
     #[error("the trusted root (version {version}) expired at {expires}; a newer root is needed")]
     RootExpired { version: u64, expires: u64 },
+    /// A desired document whose settings cannot hold (a floor above its own version, a
+    /// tolerance that is not a finite non-negative number, a share above a million ppm).
+    #[error("the desired document is not well formed: {problem}")]
+    IllFormed { problem: String },
     /// A function version below the gateway's anti-rollback floor.
     #[error("{function} {version} has security counter {counter}, below this gateway's floor {floor}")]
     BelowFloor { function: String, version: String, counter: u64, floor: u64 },
@@ -79,7 +86,8 @@ impl Refusal {
             Refusal::WrongKind { .. } => "wrong-kind",
             Refusal::TooFewSignatures { .. } => "signatures",
             Refusal::BadRole { .. } => "bad-role",
-            Refusal::RootNotNewer { .. } => "root-not-newer",
+            Refusal::RootNotNext { .. } => "root-not-next",
+            Refusal::TooManySignatures { .. } => "too-many-signatures",
             Refusal::NotForThisGateway { .. } => "not-for-this-gateway",
             Refusal::RevisionWentBack { .. } => "revision-went-back",
             Refusal::RevisionReused { .. } => "revision-reused",
@@ -87,6 +95,7 @@ impl Refusal {
             Refusal::ClockNotSynced { .. } => "clock-not-synced",
             Refusal::RootExpired { .. } => "root-expired",
             Refusal::BelowFloor { .. } => "below-floor",
+            Refusal::IllFormed { .. } => "ill-formed",
             Refusal::TargetMismatch { .. } => "target-mismatch",
             Refusal::NeedsNewerWeir { .. } => "needs-newer-weir",
             Refusal::ArtifactTooLong { .. } => "artifact-too-long",

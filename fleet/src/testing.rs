@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use sha2::{Digest, Sha256};
 
 use crate::document::{Desired, FunctionTarget, HealthGates, RoleKeys, Root, Scope, Target, World};
+use crate::envelope::{Signed, TrustedRoot};
 use crate::keys::SigningKey;
 
 pub struct TestFleet {
@@ -41,6 +42,12 @@ impl TestFleet {
             desired: role(&[&desired_key], 1),
         };
         TestFleet { root_keys, target_keys, desired_key, root }
+    }
+
+    /// The fleet's root as a gateway holds it: installed, signed by both root keys.
+    pub fn trusted(&self) -> TrustedRoot {
+        TrustedRoot::install(&Signed::sign(&self.root, &[&self.root_keys[0], &self.root_keys[1]]))
+            .expect("the test root is well formed and signed")
     }
 
     pub fn target(&self, function: &str, version: &str, bytes: &[u8], counter: u64) -> Target {

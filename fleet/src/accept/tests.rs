@@ -22,11 +22,11 @@ fn a_document_for_this_gateway_or_one_of_its_groups_is_accepted() {
     let clock = Clock::Synced(NOW);
     for scope in [Scope::Gateway("gw-1".into()), Scope::Group("pumps".into())] {
         let desired = fleet.desired(scope, 1, &[]);
-        assert_eq!(code(check_desired(&desired, &me(), None, &Floors::default(), clock, &fleet.root)), "newer");
+        assert_eq!(code(check_desired(&desired, &me(), None, &Floors::default(), clock, &fleet.trusted())), "newer");
     }
     for scope in [Scope::Gateway("gw-2".into()), Scope::Group("south".into())] {
         let desired = fleet.desired(scope, 1, &[]);
-        let refused = check_desired(&desired, &me(), None, &Floors::default(), clock, &fleet.root);
+        let refused = check_desired(&desired, &me(), None, &Floors::default(), clock, &fleet.trusted());
         assert_eq!(code(refused), "not-for-this-gateway");
     }
 }
@@ -37,7 +37,7 @@ fn revisions_only_go_up() {
     let scope = Scope::Gateway("gw-1".into());
     let held = fleet.desired(scope.clone(), 5, &[]);
     let check = |desired: &Desired| {
-        check_desired(desired, &me(), Some(&held), &Floors::default(), Clock::Synced(NOW), &fleet.root)
+        check_desired(desired, &me(), Some(&held), &Floors::default(), Clock::Synced(NOW), &fleet.trusted())
     };
     assert_eq!(code(check(&fleet.desired(scope.clone(), 4, &[]))), "revision-went-back");
     assert_eq!(code(check(&held.clone())), "held");
@@ -52,12 +52,12 @@ fn an_expired_document_is_refused_only_by_a_synced_clock() {
     let fleet = TestFleet::new();
     let scope = Scope::Gateway("gw-1".into());
     let desired = fleet.desired(scope, 3, &[]);
-    let at = |clock| code(check_desired(&desired, &me(), None, &Floors::default(), clock, &fleet.root));
+    let at = |clock| code(check_desired(&desired, &me(), None, &Floors::default(), clock, &fleet.trusted()));
     assert_eq!(at(Clock::Synced(desired.expires - 1)), "newer");
     assert_eq!(at(Clock::Synced(desired.expires)), "expired");
     assert_eq!(at(Clock::Synced(fleet.root.expires + 1)), "root-expired");
     // Without a synced clock a newer revision waits, and the refusal says it will clear.
-    let waiting = check_desired(&desired, &me(), None, &Floors::default(), Clock::NotSynced, &fleet.root);
+    let waiting = check_desired(&desired, &me(), None, &Floors::default(), Clock::NotSynced, &fleet.trusted());
     assert!(waiting.as_ref().is_err_and(Refusal::is_pending), "{waiting:?}");
 }
 
@@ -65,8 +65,46 @@ fn an_expired_document_is_refused_only_by_a_synced_clock() {
 fn without_a_synced_clock_the_held_document_is_never_refused() {
     let fleet = TestFleet::new();
     let held = fleet.desired(Scope::Group("north".into()), 3, &[]);
-    let result = check_desired(&held, &me(), Some(&held), &Floors::default(), Clock::NotSynced, &fleet.root);
+    let result = check_desired(&held, &me(), Some(&held), &Floors::default(), Clock::NotSynced, &fleet.trusted());
     assert_eq!(code(result), "held");
+}
+
+#[test]
+fn settings_that_cannot_hold_are_refused() {
+    let fleet = TestFleet::new();
+    let v2 = fleet.target("unit-convert", "2.0.0", b"v2", 2);
+    let check = |desired: &Desired| {
+        code(check_desired(desired, &me(), None, &Floors::default(), Clock::Synced(NOW), &fleet.trusted()))
+    };
+    let mut floor_above_own = fleet.desired(Scope::Gateway("gw-1".into()), 1, &[&v2]);
+    floor_above_own.floors.insert("unit-convert".into(), 3);
+    assert_eq!(check(&floor_above_own), "ill-formed");
+    for tolerance in [f64::NAN, f64::INFINITY, -1.0] {
+        let mut desired = fleet.desired(Scope::Gateway("gw-1".into()), 1, &[&v2]);
+        desired.health.tolerance = tolerance;
+        assert_eq!(check(&desired), "ill-formed", "{tolerance}");
+    }
+    let mut share = fleet.desired(Scope::Gateway("gw-1".into()), 1, &[&v2]);
+    share.health.max_divergent_ppm = 1_000_001;
+    assert_eq!(check(&share), "ill-formed");
+    let mut fine = fleet.desired(Scope::Gateway("gw-1".into()), 1, &[&v2]);
+    fine.floors.insert("unit-convert".into(), 2);
+    assert_eq!(check(&fine), "newer");
+}
+
+#[test]
+fn the_same_revision_is_held_only_when_signed_the_same() {
+    let fleet = TestFleet::new();
+    let mut held = fleet.desired(Scope::Gateway("gw-1".into()), 5, &[]);
+    held.health.tolerance = 0.0;
+    let mut negative_zero = held.clone();
+    negative_zero.health.tolerance = -0.0;
+    let check = |desired: &Desired| {
+        code(check_desired(desired, &me(), Some(&held), &Floors::default(), Clock::Synced(NOW), &fleet.trusted()))
+    };
+    assert_eq!(check(&held.clone()), "held");
+    // Equal as numbers, different as signed bytes.
+    assert_eq!(check(&negative_zero), "revision-reused");
 }
 
 #[test]
@@ -75,7 +113,7 @@ fn a_version_below_the_floor_is_refused() {
     let old = fleet.target("unit-convert", "1.0.0", b"v1", 1);
     let desired = fleet.desired(Scope::Gateway("gw-1".into()), 9, &[&old]);
     let floors = Floors([("unit-convert".to_owned(), 2)].into());
-    let refused = check_desired(&desired, &me(), None, &floors, Clock::Synced(NOW), &fleet.root);
+    let refused = check_desired(&desired, &me(), None, &floors, Clock::Synced(NOW), &fleet.trusted());
     assert_eq!(code(refused), "below-floor");
 }
 
@@ -91,16 +129,19 @@ fn the_floor_rises_at_commit_so_rolling_back_to_the_committed_version_stays_poss
     assert_eq!(floors.of("unit-convert"), 1);
     // v2 is installed and on probation: the floor has not moved, v1 is still acceptable.
     let second = fleet.desired(scope.clone(), 2, &[&v2]);
-    assert_eq!(code(check_desired(&second, &me(), Some(&first), &floors, Clock::Synced(NOW), &fleet.root)), "newer");
+    assert_eq!(
+        code(check_desired(&second, &me(), Some(&first), &floors, Clock::Synced(NOW), &fleet.trusted())),
+        "newer"
+    );
     let back_to_v1 = fleet.desired(scope.clone(), 3, &[&v1]);
     assert_eq!(
-        code(check_desired(&back_to_v1, &me(), Some(&second), &floors, Clock::Synced(NOW), &fleet.root)),
+        code(check_desired(&back_to_v1, &me(), Some(&second), &floors, Clock::Synced(NOW), &fleet.trusted())),
         "newer"
     );
     // Once v2 is committed, v1 is below the floor.
     floors.raise_on_commit(&second);
     assert_eq!(
-        code(check_desired(&back_to_v1, &me(), Some(&second), &floors, Clock::Synced(NOW), &fleet.root)),
+        code(check_desired(&back_to_v1, &me(), Some(&second), &floors, Clock::Synced(NOW), &fleet.trusted())),
         "below-floor"
     );
 }

@@ -19,7 +19,7 @@ fn a_signed_document_verifies_after_a_trip_through_its_bytes() {
     let target = fleet.target("unit-convert", "1.0.0", b"component", 1);
     let signed = Signed::sign(&target, &[&fleet.target_keys[0]]);
     let again = Signed::from_bytes(&signed.to_bytes()).expect("an envelope reads back");
-    assert_eq!(again.verify::<Target>(&fleet.root), Ok(target));
+    assert_eq!(again.verify::<Target>(&fleet.trusted()), Ok(target));
 }
 
 #[test]
@@ -28,10 +28,10 @@ fn a_signature_by_a_key_the_role_does_not_list_does_not_count() {
     let desired = fleet.desired(Scope::Gateway("gw-1".into()), 1, &[]);
     // A target key is in the root, but not in the desired role.
     let signed = Signed::sign(&desired, &[&fleet.target_keys[0]]);
-    let refusal = signed.verify::<Desired>(&fleet.root).expect_err("not the desired role");
+    let refusal = signed.verify::<Desired>(&fleet.trusted()).expect_err("not the desired role");
     assert!(matches!(refusal, Refusal::TooFewSignatures { valid: 0, unknown: 1, .. }), "{refusal}");
     let stranger = SigningKey::generate().expect("the OS gives random numbers");
-    assert_eq!(code(Signed::sign(&desired, &[&stranger]).verify::<Desired>(&fleet.root)), "signatures");
+    assert_eq!(code(Signed::sign(&desired, &[&stranger]).verify::<Desired>(&fleet.trusted())), "signatures");
 }
 
 #[test]
@@ -39,13 +39,13 @@ fn a_threshold_counts_distinct_keys() {
     let fleet = TestFleet::new();
     let root = fleet.root.clone();
     let mut signed = Signed::sign(&root, &[&fleet.root_keys[0]]);
-    assert_eq!(code(signed.verify::<Root>(&fleet.root)), "signatures");
+    assert_eq!(code(signed.verify::<Root>(&fleet.trusted())), "signatures");
     // The same key's signature twice is one signature.
     let copy = signed.signatures[0].clone();
     signed.signatures.push(copy);
-    assert_eq!(code(signed.verify::<Root>(&fleet.root)), "signatures");
+    assert_eq!(code(signed.verify::<Root>(&fleet.trusted())), "signatures");
     signed.add_signature(&fleet.root_keys[1]);
-    assert_eq!(code(signed.verify::<Root>(&fleet.root)), "accepted");
+    assert_eq!(code(signed.verify::<Root>(&fleet.trusted())), "accepted");
 }
 
 #[test]
@@ -55,7 +55,7 @@ fn a_changed_body_no_longer_verifies() {
     let mut signed = Signed::sign(&desired, &[&fleet.desired_key]);
     let last = signed.body.len() - 1;
     signed.body[last] ^= 1;
-    let refusal = signed.verify::<Desired>(&fleet.root).expect_err("tampered");
+    let refusal = signed.verify::<Desired>(&fleet.trusted()).expect_err("tampered");
     assert!(matches!(refusal, Refusal::TooFewSignatures { valid: 0, invalid: 1, .. }), "{refusal}");
 }
 
@@ -67,9 +67,9 @@ fn a_signature_over_one_kind_never_counts_for_another() {
     fleet.root.desired = role(&[shared], 1);
     let target = fleet.target("unit-convert", "1.0.0", b"component", 1);
     let mut signed = Signed::sign(&target, &[shared]);
-    assert_eq!(code(signed.verify::<Desired>(&fleet.root)), "wrong-kind");
+    assert_eq!(code(signed.verify::<Desired>(&fleet.trusted())), "wrong-kind");
     signed.kind = Kind::Desired;
-    let refusal = signed.verify::<Desired>(&fleet.root).expect_err("relabelled");
+    let refusal = signed.verify::<Desired>(&fleet.trusted()).expect_err("relabelled");
     assert!(matches!(refusal, Refusal::TooFewSignatures { valid: 0, invalid: 1, .. }), "{refusal}");
 }
 
@@ -91,7 +91,7 @@ fn a_body_in_another_encoding_of_the_same_document_is_refused() {
     assert_eq!(minicbor::decode::<Target>(&body).ok(), Some(target));
     let mut signed = Signed { kind: Kind::Target, body, signatures: Vec::new() };
     signed.add_signature(&fleet.target_keys[0]);
-    assert_eq!(code(signed.verify::<Target>(&fleet.root)), "not-canonical");
+    assert_eq!(code(signed.verify::<Target>(&fleet.trusted())), "not-canonical");
 }
 
 #[test]
@@ -139,9 +139,28 @@ fn a_new_root_needs_the_old_root_keys_and_its_own() {
     let rotated = trusted.update(&by_both).expect("signed by the old threshold and the new one");
     assert_eq!(rotated.root().version, 2);
 
-    // The old root again is not newer.
+    // The old root again is not the next one, and neither is one that skips a version.
     let old = Signed::sign(&fleet.root, &[&new_key, &fleet.root_keys[0], &fleet.root_keys[1]]);
-    assert_eq!(code(rotated.update(&old)), "root-not-newer");
+    assert_eq!(code(rotated.update(&old)), "root-not-next");
+    let mut skipping = next.clone();
+    skipping.version = 4;
+    assert_eq!(code(rotated.update(&Signed::sign(&skipping, &[&new_key]))), "root-not-next");
+    let mut third = next;
+    third.version = 3;
+    assert_eq!(rotated.update(&Signed::sign(&third, &[&new_key])).map(|r| r.root().version), Ok(3));
+}
+
+#[test]
+fn a_flood_of_signatures_is_refused_before_any_is_verified() {
+    let fleet = TestFleet::new();
+    let desired = fleet.desired(Scope::Gateway("gw-1".into()), 1, &[]);
+    let mut signed = Signed::sign(&desired, &[&fleet.desired_key]);
+    let copy = signed.signatures[0].clone();
+    // Copies up to the root's key count are harmless: one key, one vote.
+    signed.signatures.resize(fleet.root.keys.len(), copy.clone());
+    assert_eq!(code(signed.verify::<Desired>(&fleet.trusted())), "accepted");
+    signed.signatures.push(copy);
+    assert_eq!(code(signed.verify::<Desired>(&fleet.trusted())), "too-many-signatures");
 }
 
 #[test]

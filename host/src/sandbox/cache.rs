@@ -16,15 +16,24 @@
 //! `<data_dir>/compiled/cache.key`, created on first use with mode 0600 and published with a
 //! hard link, so a concurrent start reads either no key or the whole key.
 //!
+//! **The directory.** The cache is used only when its directory is owned by the user weir runs
+//! as and writable by nobody else (it is made with mode 0700): in a directory others can write,
+//! a planted key would let them forge artifacts, so such a cache is off, with a warning, and
+//! every start compiles every function. Key, tags and artifacts are opened without following
+//! links and without blocking (a FIFO in their place is refused, not waited on), the key only
+//! when it is owned by this user, a tag read to its 48 bytes at most, an artifact up to
+//! [`MAX_ARTIFACT_BYTES`].
+//!
 //! **Used in place, or copied.** A verified artifact is mapped from its file by wasmtime, so
-//! only the pages a function runs take memory, and they are clean pages the kernel may drop —
-//! but only when nobody but this user can change the file between the check and the use: the
-//! artifact is a regular file opened without following links, with one link, owned by the user
-//! weir runs as and writable by nobody else, in a directory with the same two properties; its
-//! tag is checked over the bytes read through that open file, and wasmtime maps that very file
-//! (`/proc/self/fd/<n>`), not the path again. Whoever could still change it — this user or root
-//! — can read the key and forge an artifact anyway. Otherwise (another owner, group- or
-//! world-writable, no `/proc`) the verified bytes are read into memory and wasmtime copies them.
+//! it takes page-cache pages the kernel can drop instead of private memory (pages wasmtime
+//! writes to, such as relocations, become private) — but only when nobody but this user can
+//! change the file between the check and the use: the artifact is a regular file with one link,
+//! owned by the user weir runs as and writable by nobody else, on a file system that allows
+//! executable mappings (not `noexec`); its tag is checked over the bytes read through that open
+//! file, and wasmtime maps that very file (`/proc/self/fd/<n>`), not the path again. Whoever
+//! could still change it — this user or root — can read the key and forge an artifact anyway.
+//! Otherwise (another owner, group- or world-writable, `noexec`, no `/proc`) the verified bytes
+//! are read into memory and wasmtime copies them.
 //!
 //! **Invariant:** [`ArtifactCache::load`] returns only an artifact whose tag verified (in
 //! constant time) under the key for the name asked for: as bytes in memory, or as the open file
@@ -40,9 +49,10 @@
 use std::fmt;
 use std::fs::{File, Metadata, OpenOptions};
 use std::io::{ErrorKind, Read, Write};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::{Hmac, Mac};
 use rand::TryRngCore;
@@ -56,6 +66,11 @@ const TAG_LEN: usize = 32;
 const KEY_LEN: usize = 32;
 /// The key's file name in the cache directory.
 const KEY_FILE: &str = "cache.key";
+/// The largest artifact read: compiled functions are a few MiB at most; anything larger in the
+/// cache is not one of ours.
+pub const MAX_ARTIFACT_BYTES: u64 = 256 << 20;
+/// Length of a tag file: the format, then the tag.
+const TAG_FILE_LEN: usize = MAGIC.len() + TAG_LEN;
 
 /// Why the cache key cannot be used or made.
 #[derive(Debug, thiserror::Error)]
@@ -71,6 +86,12 @@ pub enum CacheKeyError {
     /// The key file is not a regular file.
     #[error("{path} is not a regular file")]
     NotAFile {
+        /// The file.
+        path: PathBuf,
+    },
+    /// The key file belongs to another user.
+    #[error("{path} belongs to another user")]
+    NotOurs {
         /// The file.
         path: PathBuf,
     },
@@ -120,6 +141,8 @@ enum Rejection {
     NotAFile,
     #[error("its tag does not verify: not written by this gateway for this component, or damaged")]
     BadTag,
+    #[error("it is larger than any compiled function ({0} bytes)")]
+    TooLarge(u64),
     #[error("it cannot be read: {0}")]
     Unreadable(std::io::Error),
 }
@@ -177,6 +200,10 @@ impl ArtifactCache {
     /// off, with a warning.
     pub fn open(dir: &Path) -> Result<Self, std::io::Error> {
         std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir)?;
+        if let Some(problem) = directory_problem(dir) {
+            tracing::warn!(stage = "sandbox", dir = %dir.display(), %problem, "compiled-function cache not used: every function is compiled at every start");
+            return Ok(Self { dir: dir.to_owned(), key: None, writable: false });
+        }
         let path = dir.join(KEY_FILE);
         let key = match read_key(&path) {
             Ok(key) => Ok(key),
@@ -197,7 +224,8 @@ impl ArtifactCache {
     /// The cache in `dir` for reading only: its key if there is a usable one (none is made or
     /// replaced), nothing written or removed.
     pub fn open_read_only(dir: &Path) -> Self {
-        Self { dir: dir.to_owned(), key: read_key(&dir.join(KEY_FILE)).ok(), writable: false }
+        let key = if directory_problem(dir).is_none() { read_key(&dir.join(KEY_FILE)).ok() } else { None };
+        Self { dir: dir.to_owned(), key, writable: false }
     }
 
     /// No cache: every function is compiled.
@@ -220,7 +248,7 @@ impl ArtifactCache {
     pub fn load(&self, name: &str) -> Option<Artifact> {
         let key = self.key.as_ref()?;
         let path = self.path(name);
-        let tag = match std::fs::read(self.tag_path(name)) {
+        let tag = match read_tag(&self.tag_path(name)) {
             Ok(tag) => tag,
             Err(e) if e.kind() == ErrorKind::NotFound => return None,
             Err(e) => {
@@ -243,19 +271,27 @@ impl ArtifactCache {
     /// that open file, and keeps the file when only this user can change it.
     fn verified(&self, key: &CacheKey, name: &str, path: &Path, tag: &[u8]) -> Result<Artifact, Rejection> {
         let tag = tag.strip_prefix(MAGIC.as_slice()).filter(|t| t.len() == TAG_LEN).ok_or(Rejection::NoTag)?;
-        let mut file = OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW).open(path).map_err(|e| {
-            if e.raw_os_error() == Some(libc::ELOOP) { Rejection::NotAFile } else { Rejection::Unreadable(e) }
+        let mut file = open_no_follow(path).map_err(|e| {
+            if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) {
+                Rejection::NotAFile
+            } else {
+                Rejection::Unreadable(e)
+            }
         })?;
         let metadata = file.metadata().map_err(Rejection::Unreadable)?;
         if !metadata.is_file() {
             return Err(Rejection::NotAFile);
         }
-        let in_place = self.only_this_user_can_change(&metadata);
+        if metadata.len() > MAX_ARTIFACT_BYTES {
+            return Err(Rejection::TooLarge(metadata.len()));
+        }
+        let in_place = self.only_this_user_can_change(&file, &metadata);
         let mut mac = key.tag(name, &[]);
         let mut copy = Vec::new();
         let mut chunk = vec![0; 64 << 10];
+        let mut limited = (&mut file).take(MAX_ARTIFACT_BYTES);
         loop {
-            let read = file.read(&mut chunk).map_err(Rejection::Unreadable)?;
+            let read = limited.read(&mut chunk).map_err(Rejection::Unreadable)?;
             if read == 0 {
                 break;
             }
@@ -268,14 +304,14 @@ impl ArtifactCache {
         Ok(if in_place { Artifact::InPlace(file) } else { Artifact::Copied(copy) })
     }
 
-    /// Whether the artifact file (`metadata`, of the open file) and the cache directory can be
-    /// changed by nobody but the user weir runs as (and root), and an open file can be named
-    /// through `/proc/self/fd`.
-    fn only_this_user_can_change(&self, metadata: &Metadata) -> bool {
-        let Ok(me) = std::fs::metadata("/proc/self").map(|m| m.uid()) else { return false };
-        let private = |m: &Metadata| m.uid() == me && m.mode() & 0o022 == 0;
-        let directory = std::fs::symlink_metadata(&self.dir).is_ok_and(|d| d.is_dir() && private(&d));
-        directory && private(metadata) && metadata.nlink() == 1
+    /// Whether the open artifact `file` (with its `metadata`) and the cache directory can be
+    /// changed by nobody but the user weir runs as (and root), its file system allows executable
+    /// mappings, and an open file can be named through `/proc/self/fd`.
+    fn only_this_user_can_change(&self, file: &File, metadata: &Metadata) -> bool {
+        let private = metadata.uid() == effective_uid() && metadata.mode() & 0o022 == 0 && metadata.nlink() == 1;
+        let executable =
+            rustix::fs::fstatvfs(file).is_ok_and(|fs| !fs.f_flag.contains(rustix::fs::StatVfsMountFlags::NOEXEC));
+        private && executable && directory_problem(&self.dir).is_none() && Path::new("/proc/self/fd").is_dir()
     }
 
     /// Removes the artifact file `path` and its tag (one that failed verification or
@@ -312,17 +348,65 @@ impl ArtifactCache {
     }
 }
 
-/// Writes `parts` to `path` through a private temporary file renamed into place.
+/// Writes `parts` to `path` through a private temporary file renamed into place; the temporary
+/// file is removed if anything fails.
 fn write_whole(path: &Path, parts: &[&[u8]]) -> Result<(), CacheWriteError> {
-    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
-    let io = |source| CacheWriteError::Io { path: temporary.clone(), source };
-    let mut file = create_private(&temporary).map_err(io)?;
-    for part in parts {
-        file.write_all(part).map_err(io)?;
+    let temporary = temporary_path(path);
+    let written = create_private(&temporary)
+        .and_then(|mut file| parts.iter().try_for_each(|part| file.write_all(part)))
+        .map_err(|source| CacheWriteError::Io { path: temporary.clone(), source })
+        // Rename is atomic: a concurrent reader sees either no file or the whole file.
+        .and_then(|()| {
+            std::fs::rename(&temporary, path).map_err(|source| CacheWriteError::Io { path: path.to_owned(), source })
+        });
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temporary);
     }
-    drop(file);
-    // Rename is atomic: a concurrent reader sees either no file or the whole file.
-    std::fs::rename(&temporary, path).map_err(|source| CacheWriteError::Io { path: path.to_owned(), source })
+    written
+}
+
+/// A temporary name next to `path`, unique to this process and call.
+fn temporary_path(path: &Path) -> PathBuf {
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    path.with_extension(format!("tmp-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)))
+}
+
+/// The user weir runs as.
+fn effective_uid() -> u32 {
+    rustix::process::geteuid().as_raw()
+}
+
+/// Why the cache directory must not be used, if it must not: it is not a directory owned by
+/// the user weir runs as, or others may write in it.
+fn directory_problem(dir: &Path) -> Option<String> {
+    match std::fs::symlink_metadata(dir) {
+        Err(e) => Some(e.to_string()),
+        Ok(m) if !m.is_dir() => Some("not a directory".to_owned()),
+        Ok(m) if m.uid() != effective_uid() => Some(format!("owned by user {}, not by the user weir runs as", m.uid())),
+        Ok(m) if m.mode() & 0o022 != 0 => Some(format!("mode {:o}: others may write in it", m.mode() & 0o777)),
+        Ok(_) => None,
+    }
+}
+
+/// Opens `path` for reading without following a link or blocking (a FIFO is opened, not
+/// waited on; its type is checked by the caller).
+fn open_no_follow(path: &Path) -> Result<File, std::io::Error> {
+    use rustix::fs::{CWD, Mode, OFlags};
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd: OwnedFd = rustix::fs::openat(CWD, path, flags, Mode::empty())?;
+    Ok(File::from(fd))
+}
+
+/// A tag file's bytes: a regular file, read to one byte more than a tag file has (so a longer
+/// one is refused without reading it all).
+fn read_tag(path: &Path) -> Result<Vec<u8>, std::io::Error> {
+    let file = open_no_follow(path)?;
+    if !file.metadata()?.is_file() {
+        return Ok(Vec::new());
+    }
+    let mut tag = Vec::with_capacity(TAG_FILE_LEN + 1);
+    file.take(TAG_FILE_LEN as u64 + 1).read_to_end(&mut tag)?;
+    Ok(tag)
 }
 
 /// Creates `path` anew (removing what was there, never following a link) with mode 0600.
@@ -336,10 +420,13 @@ fn create_private(path: &Path) -> Result<File, std::io::Error> {
 
 fn read_key(path: &Path) -> Result<CacheKey, CacheKeyError> {
     let io = |source| CacheKeyError::Io { path: path.to_owned(), source };
-    let mut file = File::open(path).map_err(io)?;
+    let mut file = open_no_follow(path).map_err(io)?;
     let metadata = file.metadata().map_err(io)?;
     if !metadata.is_file() {
         return Err(CacheKeyError::NotAFile { path: path.to_owned() });
+    }
+    if metadata.uid() != effective_uid() {
+        return Err(CacheKeyError::NotOurs { path: path.to_owned() });
     }
     let mode = metadata.mode() & 0o777;
     if mode & 0o077 != 0 {
@@ -357,7 +444,7 @@ fn read_key(path: &Path) -> Result<CacheKey, CacheKeyError> {
 fn write_new_key(path: &Path) -> Result<(CacheKey, PathBuf), CacheKeyError> {
     let mut key = [0; KEY_LEN];
     rand::rngs::OsRng.try_fill_bytes(&mut key).map_err(|e| CacheKeyError::Random { reason: e.to_string() })?;
-    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+    let temporary = temporary_path(path);
     let io = |source| CacheKeyError::Io { path: temporary.clone(), source };
     let mut file = create_private(&temporary).map_err(io)?;
     file.write_all(&key).and_then(|()| file.sync_all()).map_err(io)?;
@@ -394,185 +481,4 @@ fn replace_key(path: &Path) -> Result<CacheKey, CacheKeyError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use std::io::{Seek, SeekFrom};
-    use std::os::unix::fs::PermissionsExt;
-
-    use super::*;
-
-    const NAME: &str = "00aa-0011";
-    const ARTIFACT: &[u8] = b"native code, or so it claims";
-
-    fn cache(dir: &Path) -> ArtifactCache {
-        let cache = ArtifactCache::open(dir).expect("opens");
-        assert!(cache.key.is_some(), "has a key");
-        cache
-    }
-
-    /// The bytes a loaded artifact holds, and whether it is used in place.
-    fn loaded(cache: &ArtifactCache, name: &str) -> Option<(Vec<u8>, bool)> {
-        Some(match cache.load(name)? {
-            Artifact::Copied(bytes) => (bytes, false),
-            Artifact::InPlace(mut file) => {
-                let mut bytes = Vec::new();
-                file.seek(SeekFrom::Start(0)).expect("seeks");
-                file.read_to_end(&mut bytes).expect("reads");
-                (bytes, true)
-            }
-        })
-    }
-
-    fn load(cache: &ArtifactCache, name: &str) -> Option<Vec<u8>> {
-        loaded(cache, name).map(|(bytes, _)| bytes)
-    }
-
-    #[test]
-    fn a_stored_artifact_loads_back_as_it_was_from_its_own_file() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let cache = cache(dir.path());
-        assert_eq!(load(&cache, NAME), None, "nothing cached yet");
-        cache.store(NAME, ARTIFACT).expect("stores");
-        assert_eq!(loaded(&cache, NAME), Some((ARTIFACT.to_vec(), true)));
-        // The path handed to the deserialiser opens the very file that verified.
-        let Some(Artifact::InPlace(file)) = cache.load(NAME) else { panic!("in place") };
-        assert_eq!(std::fs::read(Artifact::path_in_place(&file)).expect("reads through /proc"), ARTIFACT);
-        // The key persists: a second open (the next start) trusts the same file.
-        assert_eq!(load(&ArtifactCache::open(dir.path()).expect("opens"), NAME).as_deref(), Some(ARTIFACT));
-    }
-
-    #[test]
-    fn an_artifact_others_could_change_is_copied_not_used_in_place() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let cache = cache(dir.path());
-        cache.store(NAME, ARTIFACT).expect("stores");
-        let set_mode = |path: &Path, mode| std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode));
-        set_mode(&cache.path(NAME), 0o620).expect("chmod");
-        assert_eq!(loaded(&cache, NAME), Some((ARTIFACT.to_vec(), false)), "a group-writable file");
-        set_mode(&cache.path(NAME), 0o600).expect("chmod");
-        set_mode(dir.path(), 0o777).expect("chmod");
-        assert_eq!(loaded(&cache, NAME), Some((ARTIFACT.to_vec(), false)), "a world-writable directory");
-        set_mode(dir.path(), 0o700).expect("chmod");
-        std::fs::hard_link(cache.path(NAME), dir.path().join("second-link")).expect("links");
-        assert_eq!(loaded(&cache, NAME), Some((ARTIFACT.to_vec(), false)), "a file with two links");
-    }
-
-    #[test]
-    fn key_and_artifacts_are_private_to_their_owner() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let cache = cache(&dir.path().join("compiled"));
-        cache.store(NAME, ARTIFACT).expect("stores");
-        let mode = |path: &Path| std::fs::metadata(path).expect("exists").permissions().mode() & 0o777;
-        assert_eq!(mode(&dir.path().join("compiled")), 0o700);
-        assert_eq!(mode(&dir.path().join("compiled").join(KEY_FILE)), 0o600);
-        assert_eq!(mode(&cache.path(NAME)), 0o600);
-        assert_eq!(mode(&cache.tag_path(NAME)), 0o600);
-        assert_eq!(std::fs::metadata(dir.path().join("compiled").join(KEY_FILE)).expect("exists").len(), 32);
-    }
-
-    #[test]
-    fn damaged_artifacts_and_tags_are_rejected_and_removed() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let cache = cache(dir.path());
-        cache.store(NAME, ARTIFACT).expect("stores");
-        let (artifact, tag) = (ARTIFACT.to_vec(), std::fs::read(cache.tag_path(NAME)).expect("reads"));
-        let changed = |bytes: &[u8], at: usize, bit: u8| {
-            let mut bytes = bytes.to_vec();
-            bytes[at] ^= bit;
-            bytes
-        };
-        let longer = [ARTIFACT, b"\0"].concat();
-        // A file as older weir wrote them: header, tag and artifact in one.
-        let version_one = [b"weir-compiled-v1".as_slice(), &tag[MAGIC.len()..], ARTIFACT].concat();
-        for (what, damaged_artifact, damaged_tag) in [
-            ("a flipped artifact bit", changed(&artifact, 3, 0x01), tag.clone()),
-            ("a flipped tag bit", artifact.clone(), changed(&tag, MAGIC.len() + 5, 0x80)),
-            ("another tag header", artifact.clone(), changed(&tag, 0, 0x20)),
-            ("a longer artifact", longer, tag.clone()),
-            ("a shorter artifact", artifact[..artifact.len() - 1].to_vec(), tag.clone()),
-            ("a short tag", artifact.clone(), tag[..tag.len() - 1].to_vec()),
-            ("an empty artifact", Vec::new(), tag.clone()),
-            ("the first format", version_one, tag.clone()),
-        ] {
-            std::fs::write(cache.path(NAME), &damaged_artifact).expect("writes");
-            std::fs::write(cache.tag_path(NAME), &damaged_tag).expect("writes");
-            assert_eq!(load(&cache, NAME), None, "{what}");
-            assert!(!cache.path(NAME).exists() && !cache.tag_path(NAME).exists(), "{what}: both files are removed");
-        }
-    }
-
-    #[test]
-    fn a_link_in_the_artifacts_place_is_never_followed() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let cache = cache(dir.path());
-        cache.store(NAME, ARTIFACT).expect("stores");
-        // The same verified bytes elsewhere, linked into place.
-        let elsewhere = dir.path().join("elsewhere");
-        std::fs::rename(cache.path(NAME), &elsewhere).expect("moves");
-        std::os::unix::fs::symlink(&elsewhere, cache.path(NAME)).expect("links");
-        assert_eq!(load(&cache, NAME), None);
-        assert!(std::fs::symlink_metadata(cache.path(NAME)).is_err(), "the link is removed");
-        assert!(elsewhere.exists(), "what it pointed at is left alone");
-    }
-
-    #[test]
-    fn an_artifact_moved_to_another_name_is_rejected() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let cache = cache(dir.path());
-        cache.store("bb11-0011", b"other function").expect("stores");
-        std::fs::copy(cache.path("bb11-0011"), cache.path(NAME)).expect("copies");
-        std::fs::copy(cache.tag_path("bb11-0011"), cache.tag_path(NAME)).expect("copies");
-        assert_eq!(load(&cache, NAME), None);
-        assert_eq!(load(&cache, "bb11-0011").as_deref(), Some(&b"other function"[..]));
-    }
-
-    #[test]
-    fn an_artifact_from_another_gateway_is_rejected() {
-        let (here, there) = (tempfile::tempdir().expect("temp dir"), tempfile::tempdir().expect("temp dir"));
-        let (here_cache, there_cache) = (cache(here.path()), cache(there.path()));
-        there_cache.store(NAME, ARTIFACT).expect("stores");
-        std::fs::copy(there_cache.path(NAME), here_cache.path(NAME)).expect("copies");
-        std::fs::copy(there_cache.tag_path(NAME), here_cache.tag_path(NAME)).expect("copies");
-        assert_eq!(load(&here_cache, NAME), None);
-    }
-
-    #[test]
-    fn an_unusable_key_is_replaced_and_invalidates_every_artifact() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let key_path = dir.path().join(KEY_FILE);
-        type Spoil = fn(&Path);
-        let spoilers: [(&str, Spoil); 4] = [
-            ("removed", |p| std::fs::remove_file(p).expect("removes")),
-            ("too short", |p| std::fs::write(p, [7; 31]).expect("writes")),
-            ("too long", |p| std::fs::write(p, [7; 33]).expect("writes")),
-            ("readable by others", |p| {
-                std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o644)).expect("chmod");
-            }),
-        ];
-        for (what, spoil) in spoilers {
-            cache(dir.path()).store(NAME, ARTIFACT).expect("stores");
-            spoil(&key_path);
-            let reopened = cache(dir.path());
-            assert_eq!(load(&reopened, NAME), None, "{what}: the old key's artifacts do not verify");
-            assert_eq!(std::fs::metadata(&key_path).expect("a new key").len(), 32, "{what}");
-            reopened.store(NAME, ARTIFACT).expect("stores");
-            assert_eq!(load(&cache(dir.path()), NAME).as_deref(), Some(ARTIFACT), "{what}: the new key persists");
-        }
-    }
-
-    #[test]
-    fn without_a_key_nothing_is_cached() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        cache(dir.path()).store(NAME, ARTIFACT).expect("stores");
-        // A directory in the key's place cannot be renamed over: no key, so the cache is off.
-        let key_path = dir.path().join(KEY_FILE);
-        std::fs::remove_file(&key_path).expect("removes");
-        std::fs::create_dir(&key_path).expect("mkdir");
-        std::fs::write(key_path.join("x"), b"keeps the directory non-empty").expect("writes");
-        let cache = ArtifactCache::open(dir.path()).expect("opens");
-        assert!(cache.key.is_none());
-        assert!(cache.load(NAME).is_none());
-        let before = std::fs::read(cache.path(NAME)).expect("the old artifact stays");
-        cache.store(NAME, b"new").expect("does nothing");
-        assert_eq!(std::fs::read(cache.path(NAME)).expect("reads"), before, "nothing written");
-    }
-}
+mod tests;

@@ -170,8 +170,8 @@ impl ShowArgs {
                 weir_fleet::TrustedRoot::install(&signed).map(drop)
             }
             Kind::Root => root.update(&signed).map(drop),
-            Kind::Target => signed.verify::<Target>(root.root()).map(drop),
-            Kind::Desired => signed.verify::<Desired>(root.root()).map(drop),
+            Kind::Target => signed.verify::<Target>(&root).map(drop),
+            Kind::Desired => signed.verify::<Desired>(&root).map(drop),
         };
         match verdict {
             Ok(()) => {
