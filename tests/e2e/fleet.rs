@@ -3,12 +3,30 @@
 //! against the root.
 
 use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Output;
 
 use anyhow::Result;
 use weir_e2e::*;
 
-fn arg(path: &std::path::Path) -> &str {
+fn arg(path: &Path) -> &str {
     path.to_str().expect("UTF-8 temporary path")
+}
+
+/// `weir fleet root` with the named root keys and threshold, and the `targets` and `desired`
+/// keys, all in `dir`, written to `out`.
+fn make_root(dir: &Path, root_keys: &[&str], threshold: u32, out: &Path, extra: &[&str]) -> Result<Output> {
+    let public = |name: &str| dir.join(format!("{name}.pub")).to_str().expect("UTF-8 temporary path").to_owned();
+    let threshold = threshold.to_string();
+    let mut args = vec!["fleet".to_owned(), "root".to_owned()];
+    for name in root_keys {
+        args.extend(["--root-key".to_owned(), public(name)]);
+    }
+    args.extend(["--root-threshold".to_owned(), threshold]);
+    args.extend(["--targets-key".to_owned(), public("targets"), "--desired-key".to_owned(), public("desired")]);
+    args.extend(["--out".to_owned(), arg(out).to_owned()]);
+    args.extend(extra.iter().map(|e| (*e).to_owned()));
+    weir(&args.iter().map(String::as_str).collect::<Vec<_>>())
 }
 
 #[test]
@@ -27,24 +45,7 @@ fn a_root_needs_its_threshold_of_signatures_added_one_holder_at_a_time() -> Resu
     assert!(String::from_utf8_lossy(&again.stderr).contains("never overwritten"));
 
     let root = dir.path().join("root.weir");
-    let made = weir(&[
-        "fleet",
-        "root",
-        "--root-key",
-        arg(&key("alice.pub")),
-        "--root-key",
-        arg(&key("bob.pub")),
-        "--root-threshold",
-        "2",
-        "--targets-key",
-        arg(&key("targets.pub")),
-        "--desired-key",
-        arg(&key("desired.pub")),
-        "--out",
-        arg(&root),
-        "--sign",
-        arg(&key("alice.key")),
-    ])?;
+    let made = make_root(dir.path(), &["alice", "bob"], 2, &root, &["--sign", arg(&key("alice.key"))])?;
     assert!(made.status.success(), "{}", String::from_utf8_lossy(&made.stderr));
     assert!(String::from_utf8_lossy(&made.stdout).contains("1 signature(s) of the 2 its root role needs"));
 
@@ -66,20 +67,7 @@ fn a_root_needs_its_threshold_of_signatures_added_one_holder_at_a_time() -> Resu
     assert!(stdout.contains("root: 2 of [") && stdout.contains("signatures: enough under root version 1"), "{stdout}");
 
     // A threshold no set of keys can meet is refused before anything is written.
-    let impossible = weir(&[
-        "fleet",
-        "root",
-        "--root-key",
-        arg(&key("alice.pub")),
-        "--root-threshold",
-        "2",
-        "--targets-key",
-        arg(&key("targets.pub")),
-        "--desired-key",
-        arg(&key("desired.pub")),
-        "--out",
-        arg(&dir.path().join("never.weir")),
-    ])?;
+    let impossible = make_root(dir.path(), &["alice"], 2, &dir.path().join("never.weir"), &[])?;
     assert!(!impossible.status.success());
     assert!(String::from_utf8_lossy(&impossible.stderr).contains("cannot be met by 1 distinct root key(s)"));
     assert!(!dir.path().join("never.weir").exists());
