@@ -59,18 +59,20 @@ impl Floors {
         self.0.get(function).copied().unwrap_or(0)
     }
 
-    /// Raises floors on commit: each function's to at least the committed version's counter and
-    /// to what the document's `floors` ask. Never lowers one.
-    pub fn raise_on_commit(&mut self, committed: &Desired) {
-        let asked = committed
-            .functions
-            .iter()
-            .map(|(name, entry)| (name, entry.counter))
-            .chain(committed.floors.iter().map(|(n, c)| (n, *c)));
+    /// Raises floors on commit of a document's `functions`: each function's to at least the
+    /// committed version's counter and to what the document's `floors` ask. Never lowers one.
+    pub fn raise_on_commit(&mut self, functions: &BTreeMap<String, FunctionTarget>, floors: &BTreeMap<String, u64>) {
+        let asked =
+            functions.iter().map(|(name, entry)| (name, entry.counter)).chain(floors.iter().map(|(n, c)| (n, *c)));
         for (function, counter) in asked {
-            let floor = self.0.entry(function.clone()).or_insert(0);
-            *floor = (*floor).max(counter);
+            self.raise(function, counter);
         }
+    }
+
+    /// Raises `function`'s floor to at least `counter`. Never lowers it.
+    pub fn raise(&mut self, function: &str, counter: u64) {
+        let floor = self.0.entry(function.to_owned()).or_insert(0);
+        *floor = (*floor).max(counter);
     }
 }
 

@@ -8,7 +8,7 @@
 
 use sha2::{Digest, Sha256};
 
-use crate::document::Target;
+use crate::document::{FunctionTarget, Target};
 use crate::refusal::Refusal;
 
 /// The running check of one artifact.
@@ -24,10 +24,16 @@ pub struct ArtifactCheck {
 impl ArtifactCheck {
     /// A check of the artifact `target` signs for.
     pub fn new(target: &Target) -> Self {
+        Self::of_entry(&target.function, &target.entry())
+    }
+
+    /// A check of the artifact a desired document's `entry` for `function` names (the same
+    /// length and sha256 its target signs, or the pair was refused).
+    pub fn of_entry(function: &str, entry: &FunctionTarget) -> Self {
         ArtifactCheck {
-            function: target.function.clone(),
-            length: target.length,
-            sha256: target.sha256,
+            function: function.to_owned(),
+            length: entry.length,
+            sha256: entry.sha256,
             seen: 0,
             hasher: Sha256::new(),
         }
@@ -42,6 +48,12 @@ impl ArtifactCheck {
         self.seen = seen;
         self.hasher.update(chunk);
         Ok(())
+    }
+
+    /// The transport found the bytes damaged before they all arrived: refused as not the signed
+    /// ones.
+    pub fn damaged(self) -> Refusal {
+        Refusal::ArtifactDigest { function: self.function }
     }
 
     /// The stream ended: refuses an artifact shorter than signed or with another digest.

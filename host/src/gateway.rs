@@ -15,6 +15,10 @@
 //! `shutdown`) is kept, and acted on once the pipelines run: the files are read again then, so a
 //! component replaced during the start is not missed. Several count as one.
 //!
+//! With `[fleet]` configured, the fleet agent (see `fleet`) decides which versions of the
+//! functions it manages run — at start, before the pipelines are built, and through the same
+//! staging afterwards; a SIGHUP leaves those functions alone.
+//!
 //! A task that panics stops the gateway in order and makes [`run`] fail
 //! ([`GatewayError::Panicked`]), so the process exits non-zero and a supervisor restarts it.
 
@@ -27,6 +31,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::{Config, DecodeConfig, FunctionConfig, FunctionId, OnQuarantine, PipelineConfig};
 use crate::decode::{self, Decode};
+use crate::fleet;
 use crate::operator::{Chain, Operator};
 use crate::pipeline::{self, PipelineParts, Shared};
 use crate::preflight::Prepared;
@@ -68,15 +73,42 @@ pub async fn run(
 
     // The engine and the functions the check loaded, now with the state store.
     let sandbox = Arc::new(prepared.sandbox.with_store(store.clone()));
+    let mut functions = prepared.functions;
+    // The fleet's versions run in place of the configured components it manages.
+    let fleet = match &config.fleet {
+        Some(settings) => {
+            let id = &config.gateway.id;
+            match fleet::prepare(
+                settings,
+                id,
+                &data_dir,
+                &store,
+                &committer,
+                &sandbox,
+                &config.functions,
+                &mut functions,
+            )
+            .await
+            {
+                Ok(agent) => Some(agent),
+                Err(e) => {
+                    tracing::error!(stage = "fleet", error = %e, "the fleet agent cannot start; no function updates from the fleet");
+                    None
+                }
+            }
+        }
+        None => None,
+    };
+    let managed = fleet.as_ref().map(fleet::Agent::managed).unwrap_or_default();
     let running: BTreeMap<FunctionId, [u8; 32]> =
-        prepared.functions.iter().map(|(id, f)| (id.clone(), f.version().digest)).collect();
+        functions.iter().map(|(id, f)| (id.clone(), f.version().digest)).collect();
 
     // Instantiating runs guest code (`init`): off the async threads.
     let builder = Arc::clone(&sandbox);
     let pipelines = config.pipelines.clone();
     let built = tokio::task::spawn_blocking(move || {
         let compiled: BTreeMap<FunctionId, Result<Arc<CompiledFunction>, String>> =
-            prepared.functions.into_iter().map(|(id, f)| (id, Ok(f))).collect();
+            functions.into_iter().map(|(id, f)| (id, Ok(f))).collect();
         pipelines.into_iter().map(|p| build(&builder, &compiled, p)).collect::<Vec<_>>()
     })
     .await
@@ -108,10 +140,14 @@ pub async fn run(
             config.functions.clone(),
             running,
             Arc::clone(&functions),
+            managed,
             hangups,
             shutdown.clone(),
         ),
     );
+    if let Some(agent) = fleet {
+        companions.spawn("fleet agent", agent.run(Arc::clone(&functions), shutdown.clone()));
+    }
     companions.close();
     let started = config.pipelines.len() - failures.len();
     service::ready(&format!("{started} of {} pipelines running", config.pipelines.len()));
@@ -223,6 +259,7 @@ async fn reload_on_hangup(
     functions: BTreeMap<FunctionId, FunctionConfig>,
     mut running: BTreeMap<FunctionId, [u8; 32]>,
     uses: Arc<Vec<UseHandle>>,
+    managed: fleet::Managed,
     mut hangups: Hangups,
     shutdown: CancellationToken,
 ) {
@@ -233,8 +270,10 @@ async fn reload_on_hangup(
         }
         tracing::info!(stage = "sandbox", "SIGHUP: reading the function components again");
         service::reloading();
-        let (sandbox, functions, uses, before) =
-            (Arc::clone(&sandbox), functions.clone(), Arc::clone(&uses), running.clone());
+        // The fleet decides the versions of the functions it manages.
+        let functions: BTreeMap<FunctionId, FunctionConfig> =
+            functions.iter().filter(|(id, _)| !managed.contains(id)).map(|(id, f)| (id.clone(), f.clone())).collect();
+        let (sandbox, uses, before) = (Arc::clone(&sandbox), Arc::clone(&uses), running.clone());
         let reloaded =
             tokio::task::spawn_blocking(move || stage_changed_functions(&sandbox, &functions, &uses, before));
         match reloaded.await {

@@ -10,6 +10,7 @@ pub mod coarsen;
 pub mod config;
 pub mod decode;
 pub mod encode;
+pub mod fleet;
 pub mod gateway;
 pub mod operator;
 pub mod pipeline;

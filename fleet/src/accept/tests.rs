@@ -125,7 +125,7 @@ fn the_floor_rises_at_commit_so_rolling_back_to_the_committed_version_stays_poss
     let v2 = fleet.target("unit-convert", "2.0.0", b"v2", 2);
     let mut floors = Floors::default();
     let first = fleet.desired(scope.clone(), 1, &[&v1]);
-    floors.raise_on_commit(&first);
+    floors.raise_on_commit(&first.functions, &first.floors);
     assert_eq!(floors.of("unit-convert"), 1);
     // v2 is installed and on probation: the floor has not moved, v1 is still acceptable.
     let second = fleet.desired(scope.clone(), 2, &[&v2]);
@@ -139,7 +139,7 @@ fn the_floor_rises_at_commit_so_rolling_back_to_the_committed_version_stays_poss
         "newer"
     );
     // Once v2 is committed, v1 is below the floor.
-    floors.raise_on_commit(&second);
+    floors.raise_on_commit(&second.functions, &second.floors);
     assert_eq!(
         code(check_desired(&back_to_v1, &me(), Some(&second), &floors, Clock::Synced(NOW), &fleet.trusted())),
         "below-floor"
@@ -184,7 +184,7 @@ proptest! {
             let target = fleet.target("f", "v", b"x", counter);
             let mut desired = fleet.desired(Scope::Gateway("gw-1".into()), revision as u64, &[&target]);
             desired.floors.insert("f".into(), asked);
-            floors.raise_on_commit(&desired);
+            floors.raise_on_commit(&desired.functions, &desired.floors);
             highest = highest.max(counter).max(asked);
             prop_assert_eq!(floors.of("f"), highest);
         }

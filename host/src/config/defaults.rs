@@ -21,6 +21,8 @@ pub(super) const DEAD_LETTERS: u64 = 10_000;
 pub(super) const MAX_MESSAGE_SIZE: u64 = 4 * 1024 * 1024;
 /// Bytes the dead letters may take by default.
 pub(super) const DEAD_LETTER_BYTES: u64 = 32 * 1024 * 1024;
+/// How often a fleet gateway writes its status.
+pub(super) const FLEET_HEARTBEAT: Duration = Duration::from_secs(30);
 pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(30);
 pub(super) const RECONNECT_MIN: Duration = Duration::from_millis(100);
 pub(super) const RECONNECT_MAX: Duration = Duration::from_secs(30);

@@ -37,10 +37,10 @@ pub use types::{
     Protocol, Secret, TopicFilter,
 };
 pub use validated::{
-    Backoff, BatchConfig, BrokerConfig, ClientIdentity, Config, DecodeConfig, DownsampleConfig, DownsampleMethod,
-    Drain, FieldMapping, FunctionConfig, FunctionLimits, FunctionUse, GatewayConfig, MQTT_MAX_PAYLOAD, NatsCredentials,
-    OperatorConfig, OutboxConfig, PemFile, PipelineConfig, Qos, QuarantineConfig, SimulatedConfig, SinkConfig,
-    SourceConfig, StateConfig, TlsConfig, ValueFields, WindowConfig,
+    Backoff, BatchConfig, BrokerConfig, ClientIdentity, ClockSynced, Config, DecodeConfig, DownsampleConfig,
+    DownsampleMethod, Drain, FieldMapping, FleetConfig, FunctionConfig, FunctionLimits, FunctionUse, GatewayConfig,
+    MQTT_MAX_PAYLOAD, NatsCredentials, OperatorConfig, OutboxConfig, PemFile, PipelineConfig, Qos, QuarantineConfig,
+    SimulatedConfig, SinkConfig, SourceConfig, StateConfig, TlsConfig, ValueFields, WindowConfig,
 };
 
 /// The built-in configuration: simulated sensors, the bundled functions, a console sink.

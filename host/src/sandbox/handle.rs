@@ -70,6 +70,11 @@ impl UseHandle {
         self.lock().next_version = Some(function);
     }
 
+    /// Whether a staged version waits to be taken up.
+    pub fn has_staged_version(&self) -> bool {
+        self.lock().next_version.is_some()
+    }
+
     /// The staged version, if any (taken by the instance).
     pub(super) fn take_next_version(&self) -> Option<Arc<CompiledFunction>> {
         self.lock().next_version.take()

@@ -57,6 +57,8 @@ pub struct FunctionInstance {
     live: Option<Live>,
     carried: Writes,
     handle: UseHandle,
+    /// When the open call started, if one is open.
+    call_started: Option<Instant>,
 }
 
 impl std::fmt::Debug for FunctionInstance {
@@ -92,6 +94,7 @@ impl FunctionInstance {
             live: None,
             carried: Writes::new(),
             handle,
+            call_started: None,
         };
         let now = crate::telemetry::now_nanos();
         instance.live = Some(instance.instantiate(now).map_err(|failure| instance.start_error(&failure))?);
@@ -218,11 +221,13 @@ impl FunctionInstance {
         if let Admission::Quarantined(left) = self.handle.with_record(|record| record.admit(Instant::now())) {
             return Err(CallFailure::Quarantined(left));
         }
+        self.call_started = Some(Instant::now());
         if self.live.is_none() {
             match self.instantiate(ctx.processing_time) {
                 Ok(live) => self.live = Some(live),
                 Err(failure) => {
                     let fault = Fault::NotStarted { failure: Box::new(failure) };
+                    self.count_call();
                     self.record_fault(&fault);
                     return Err(CallFailure::Fault(fault));
                 }
@@ -240,6 +245,7 @@ impl FunctionInstance {
                 tracing::warn!(stage = "sandbox", function = %self.labels.function, pipeline = %self.labels.pipeline,
                     operator = %self.labels.operator, kind = %fault.kind(), reason = %fault, details = ?e,
                     "function faulted; its instance is replaced");
+                self.count_call();
                 self.retire(&fault);
                 Err(CallFailure::Fault(fault))
             }
@@ -252,6 +258,7 @@ impl FunctionInstance {
         if let Some(live) = &mut self.live {
             live.store.data_mut().end_call(succeeded);
         }
+        self.count_call();
         if succeeded {
             self.handle.with_record(FaultRecord::success);
         }
@@ -264,7 +271,16 @@ impl FunctionInstance {
         }
         tracing::warn!(stage = "sandbox", function = %self.labels.function, pipeline = %self.labels.pipeline,
             operator = %self.labels.operator, kind = %fault.kind(), reason = %fault, "function faulted; its instance is replaced");
+        self.count_call();
         self.retire(fault);
+    }
+
+    /// Counts the open call, with how long it took, in the running version's record.
+    fn count_call(&mut self) {
+        if let Some(started) = self.call_started.take() {
+            let took = started.elapsed();
+            self.handle.with_record(|record| record.called(took));
+        }
     }
 
     /// Drops the live instance, keeping its uncommitted writes for the next one.

@@ -57,7 +57,7 @@ use host::InstanceState;
 pub use host::{InstanceLabels, StateLimits};
 pub use instance::FunctionInstance;
 pub(crate) use instance::round_to_millis;
-pub use quarantine::FaultRecord;
+pub use quarantine::{FaultRecord, VersionCalls};
 pub use world::{FunctionAccumulator, FunctionDecoder, FunctionOperator};
 
 use crate::config::{FunctionConfig, FunctionId, FunctionLimits, QuarantineConfig, WasmExecution};
@@ -338,6 +338,15 @@ impl Sandbox {
     /// Compiles (or loads from the cache) the function's component and checks its world.
     pub fn load(&self, function: &FunctionConfig) -> Result<Arc<CompiledFunction>, SandboxError> {
         let path = &function.component;
+        let bytes = std::fs::read(path).map_err(|source| SandboxError::Read { path: path.clone(), source })?;
+        self.load_bytes(function, &bytes)
+    }
+
+    /// Compiles (or takes from the cache) and checks the component `bytes`, read by the caller
+    /// from `function.component` (named in messages) — the fleet's verified artifacts come this
+    /// way, so the bytes compiled are the bytes checked.
+    pub fn load_bytes(&self, function: &FunctionConfig, bytes: &[u8]) -> Result<Arc<CompiledFunction>, SandboxError> {
+        let path = &function.component;
         if function.limits.fuel.is_some() && !self.fuel {
             return Err(SandboxError::Compile {
                 function: function.id.clone(),
@@ -345,7 +354,6 @@ impl Sandbox {
                 reason: "the function is metered with fuel, but this sandbox was created without fuel metering".into(),
             });
         }
-        let bytes = std::fs::read(path).map_err(|source| SandboxError::Read { path: path.clone(), source })?;
         if bytes.is_empty() {
             return Err(SandboxError::Compile {
                 function: function.id.clone(),
@@ -362,8 +370,8 @@ impl Sandbox {
                 reason: "not a WebAssembly binary (it does not start with \\0asm)".into(),
             });
         }
-        let version = FunctionVersion { id: function.id.clone(), digest: Sha256::digest(&bytes).into() };
-        let component = self.compile_cached(&version, path, &bytes)?;
+        let version = FunctionVersion { id: function.id.clone(), digest: Sha256::digest(bytes).into() };
+        let component = self.compile_cached(&version, path, bytes)?;
         let instance_pre = self.linker.instantiate_pre(&component).map_err(|e| SandboxError::Compile {
             function: function.id.clone(),
             path: path.clone(),

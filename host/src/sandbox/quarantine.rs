@@ -49,6 +49,20 @@ pub struct FaultRecord {
     until: Option<Instant>,
     /// The last fault.
     pub last_fault: Option<Fault>,
+    /// How the running version has done since it was taken up.
+    pub version_calls: VersionCalls,
+}
+
+/// How one version of a function has done in one use since it was taken up: what the fleet's
+/// health gates read during a probation.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct VersionCalls {
+    /// Calls made (each a batch, a message or a window's fold).
+    pub calls: u64,
+    /// Those that faulted.
+    pub faults: u64,
+    /// The longest call.
+    pub slowest: Duration,
 }
 
 impl FaultRecord {
@@ -64,7 +78,14 @@ impl FaultRecord {
             streak: 0,
             until: None,
             last_fault: None,
+            version_calls: VersionCalls::default(),
         }
+    }
+
+    /// Counts a call of the running version that took `took` (faulted or not).
+    pub fn called(&mut self, took: Duration) {
+        self.version_calls.calls += 1;
+        self.version_calls.slowest = self.version_calls.slowest.max(took);
     }
 
     /// Whether a call may start at `now`.
@@ -93,6 +114,7 @@ impl FaultRecord {
     /// Records a fault at `now`. Returns the quarantine period when this fault starts one.
     pub fn fault(&mut self, now: Instant, fault: &Fault) -> Option<Duration> {
         self.faults += 1;
+        self.version_calls.faults += 1;
         *self.faults_by_kind.entry(fault.kind()).or_default() += 1;
         self.last_fault = Some(fault.clone());
         if !fault.counts_toward_quarantine() {
@@ -112,6 +134,7 @@ impl FaultRecord {
     /// A new version replaced the faulting one: its record starts clean (totals stay).
     pub fn new_version(&mut self, function: String) {
         self.function = function;
+        self.version_calls = VersionCalls::default();
         self.success();
     }
 }

@@ -50,6 +50,8 @@ pub struct ChangeSet {
     pub reservations: Vec<(String, RangeInclusive<u64>)>,
     /// Counter increments.
     pub counts: Vec<(String, Counter, u64)>,
+    /// The fleet agent's records (see `fleet`), by key: written, or removed when `None`.
+    pub fleet: Vec<(String, Option<Vec<u8>>)>,
     /// Set by the committer on a change set it hands back because an outbox was full, so that
     /// retrying it does not count as another refusal.
     pub refused_before: bool,
@@ -86,5 +88,6 @@ impl ChangeSet {
             && self.deliveries.is_empty()
             && self.reservations.is_empty()
             && self.counts.is_empty()
+            && self.fleet.is_empty()
     }
 }

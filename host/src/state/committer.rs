@@ -29,7 +29,7 @@ use tokio::sync::{oneshot, watch};
 use super::database::DatabaseSlot;
 use super::outbox::{self, Outbox};
 use super::{
-    COUNTERS, ChangeSet, Counter, DEAD_LETTERS, DEAD_LETTERS_BYTES, DEAD_LETTERS_EVICTED, DEAD_LETTERS_NEXT_ID,
+    COUNTERS, ChangeSet, Counter, DEAD_LETTERS, DEAD_LETTERS_BYTES, DEAD_LETTERS_EVICTED, DEAD_LETTERS_NEXT_ID, FLEET,
     FUNCTION_STATE, FUNCTION_STATE_USAGE, OrStore, RECENT_DELIVERIES, SINK_POSITIONS, STREAM_SEQ, StoreError,
     StoreOptions, add_to_counter, outbox_floor_key, sink_record_limit_key, state_entry_bytes,
 };
@@ -273,6 +273,7 @@ impl Writer {
             let mut counters = txn.open_table(COUNTERS).or_store("write counters")?;
             let mut recent = txn.open_table(RECENT_DELIVERIES).or_store("write recent deliveries")?;
             let mut positions = txn.open_table(SINK_POSITIONS).or_store("write sink position")?;
+            let mut fleet = txn.open_table(FLEET).or_store("write fleet records")?;
             for change in changes {
                 if let Some(refusal) = self.make_room(&mut outbox, change, now)? {
                     refused.push(Some(refusal));
@@ -347,6 +348,12 @@ impl Writer {
                 }
                 for (stream, counter, by) in &change.counts {
                     outbox.count(stream, *counter, *by)?;
+                }
+                for (key, value) in &change.fleet {
+                    match value {
+                        Some(value) => fleet.insert(key.as_str(), value.as_slice()).or_store("write fleet records")?,
+                        None => fleet.remove(key.as_str()).or_store("write fleet records")?,
+                    };
                 }
                 remember_deliveries(&mut counters, &mut recent, &change.deliveries)?;
                 for letter in &change.dead_letters {

@@ -32,6 +32,7 @@
 //! | `recent_deliveries`    | (source, commit order) | identity of a committed delivery (see [`DeliveryRecord`]) |
 //! | `sink_positions`       | stream                 | the central broker's position of the stream's last confirmed record |
 //! | `recoveries`           | id                     | report of a recovery from a damaged file, JSON (see `salvage`) |
+//! | `fleet`                | key                    | the fleet agent's records: trusted root, accepted documents, floors, the update under way (see `fleet`) |
 //!
 //! Where the parts live: change sets in `change`; the committer thread and its handle in
 //! `committer`; the shared open database and its reopening after a failed commit in `database`;
@@ -83,6 +84,8 @@ const DEAD_LETTERS: TableDefinition<'_, u64, &[u8]> = TableDefinition::new("dead
 const COUNTERS: TableDefinition<'_, &str, u64> = TableDefinition::new("counters");
 const RECENT_DELIVERIES: TableDefinition<'_, (&str, u64), &[u8]> = TableDefinition::new("recent_deliveries");
 const SINK_POSITIONS: TableDefinition<'_, &str, u64> = TableDefinition::new("sink_positions");
+/// The fleet agent's records, opaque to the store (the agent owns their format).
+const FLEET: TableDefinition<'_, &str, &[u8]> = TableDefinition::new("fleet");
 
 /// Counter: dead letters removed to respect the capacity.
 pub const DEAD_LETTERS_EVICTED: &str = "dead_letters_evicted";
@@ -154,6 +157,7 @@ fn create_tables(db: &Database) -> Result<(), StoreError> {
         txn.open_table(COUNTERS).or_store("create tables")?;
         txn.open_table(RECENT_DELIVERIES).or_store("create tables")?;
         txn.open_table(SINK_POSITIONS).or_store("create tables")?;
+        txn.open_table(FLEET).or_store("create tables")?;
         txn.open_table(salvage::RECOVERIES).or_store("create tables")?;
         let mut counters = txn.open_table(COUNTERS).or_store("create tables")?;
         outbox::recount_usage_if_stale(&txn, &mut counters)?;

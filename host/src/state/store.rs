@@ -13,8 +13,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata};
 use super::database::DatabaseSlot;
 use super::outbox::{OUTBOX, OUTBOX_USAGE, PUBLISH_RESERVATIONS, STREAM_COUNTERS};
 use super::{
-    COUNTERS, Counter, DEAD_LETTERS, DEAD_LETTERS_EVICTED, DeadLetter, FUNCTION_STATE, FUNCTION_STATE_USAGE, OrStore,
-    RECENT_DELIVERIES, Recovery, SINK_POSITIONS, STREAM_SEQ, StoreError, Usage, create_tables, salvage,
+    COUNTERS, Counter, DEAD_LETTERS, DEAD_LETTERS_EVICTED, DeadLetter, FLEET, FUNCTION_STATE, FUNCTION_STATE_USAGE,
+    OrStore, RECENT_DELIVERIES, Recovery, SINK_POSITIONS, STREAM_SEQ, StoreError, Usage, create_tables, salvage,
     sink_record_limit_key, stats,
 };
 
@@ -178,6 +178,13 @@ impl StateStore {
         let txn = self.db.get()?.begin_read().or_store("read sink position")?;
         let table = txn.open_table(SINK_POSITIONS).or_store("read sink position")?;
         Ok(table.get(stream).or_store("read sink position")?.map_or(0, |v| v.value()))
+    }
+
+    /// The fleet agent's record under `key`, if one was written.
+    pub fn fleet_record(&self, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        let txn = self.db.get()?.begin_read().or_store("read fleet records")?;
+        let table = txn.open_table(FLEET).or_store("read fleet records")?;
+        Ok(table.get(key).or_store("read fleet records")?.map(|v| v.value().to_vec()))
     }
 
     /// The largest record `stream`'s sink can publish, as its broker last announced it.

@@ -244,13 +244,13 @@ fn describe(out: &mut impl Write, signed: &Signed) -> anyhow::Result<()> {
 }
 
 /// Seconds since the epoch, `after` from now.
-fn seconds_from_now(after: Duration) -> anyhow::Result<u64> {
+pub(super) fn seconds_from_now(after: Duration) -> anyhow::Result<u64> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).context("the clock is before 1970")?;
     let Some(at) = now.checked_add(after) else { bail!("{after:?} from now is beyond any clock") };
     Ok(at.as_secs())
 }
 
 /// A time in seconds since the epoch, as RFC 3339.
-fn when(seconds: u64) -> String {
+pub(super) fn when(seconds: u64) -> String {
     humantime::format_rfc3339_seconds(UNIX_EPOCH + Duration::from_secs(seconds)).to_string()
 }

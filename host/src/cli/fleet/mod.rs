@@ -4,9 +4,12 @@
 //! other, each on their own machine), `show` prints a document and, given the root, whether its
 //! signatures satisfy its role.
 //!
+//! `publish`, `push`, `assign` and `status` talk to the fleet's NATS server.
+//!
 //! Documents are the signed envelopes of `weir-fleet`, in files of their canonical bytes.
 
 mod documents;
+mod server;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -33,6 +36,16 @@ enum Command {
     Sign(documents::SignArgs),
     /// Print a signed document; with --root, whether its signatures satisfy its role.
     Show(documents::ShowArgs),
+    /// Sign a function's component as a target and store both on the fleet's server.
+    Publish(server::Publish),
+    /// Store a signed document (and a target's component) on the fleet's server as it is.
+    Push(server::Push),
+    /// Write the next revision of a gateway's or group's desired document: which version of
+    /// each function it runs, floors, health gates.
+    Assign(server::Assign),
+    /// Each gateway's status: what it runs, its update's stage, outcomes, refusals; a gateway
+    /// not heard from within its heartbeat shows as STALE.
+    Status(server::Status),
 }
 
 impl Args {
@@ -43,6 +56,10 @@ impl Args {
             Command::Root(args) => args.execute(),
             Command::Sign(args) => args.execute(),
             Command::Show(args) => args.execute(),
+            Command::Publish(args) => args.execute(),
+            Command::Push(args) => args.execute(),
+            Command::Assign(args) => args.execute(),
+            Command::Status(args) => args.execute(),
         }
     }
 }

@@ -58,6 +58,31 @@ pub struct RawConfig {
     /// `[pipelines.<name>]`
     #[serde(default)]
     pub pipelines: BTreeMap<Name, Spanned<RawPipeline>>,
+    /// `[fleet]` — function updates from a fleet manager (none when left out).
+    pub fleet: Option<Spanned<RawFleet>>,
+}
+
+/// `[fleet]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawFleet {
+    /// `broker = "central"` — the NATS broker whose JetStream holds the fleet's documents and
+    /// artifacts.
+    pub broker: Spanned<Name>,
+    /// `root = "/etc/weir/fleet-root.weir"` — the trusted root the operator installed (signed by
+    /// its own root keys); read at start.
+    pub root: Spanned<PathBuf>,
+    /// `groups = ["plant1", "canary"]` — the groups whose desired documents this gateway takes
+    /// (its own id's document takes precedence, then the groups in this order).
+    #[serde(default)]
+    pub groups: Vec<Spanned<Name>>,
+    /// `heartbeat = "30s"` — how often the gateway writes its status (1s to 1h).
+    pub heartbeat: Option<DurationIn<SECOND, HOUR>>,
+    /// `clock_synced = "kernel"` — how the gateway knows its wall clock is right: `"kernel"`
+    /// (the kernel's NTP status, which chrony, ntpd and systemd-timesyncd set), `"always"` (a
+    /// battery-backed real-time clock), or the absolute path of a file that exists once the
+    /// clock is synced (`"/run/systemd/timesync/synchronized"`).
+    pub clock_synced: Option<Spanned<String>>,
 }
 
 /// `[gateway]`

@@ -177,7 +177,7 @@ impl Validator<'_> {
 
     /// The file's contents, up to [`MAX_SECRET_FILE`] bytes (a path to `/dev/zero` or a log
     /// file by mistake is refused instead of read without end).
-    fn read_bytes(&mut self, file: &Spanned<PathBuf>, field: &str) -> Option<Vec<u8>> {
+    pub(super) fn read_bytes(&mut self, file: &Spanned<PathBuf>, field: &str) -> Option<Vec<u8>> {
         use std::io::Read;
         let mut bytes = Vec::new();
         let read = std::fs::File::open(self.resolve(file.get_ref()))

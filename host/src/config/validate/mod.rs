@@ -2,8 +2,8 @@
 //! table checked, also against the others → [`Config`].
 //!
 //! One module per TOML table: `gateway.rs`, `state.rs`, `brokers.rs` (with the MQTT client ids
-//! used on each broker), `functions.rs` (with the uses of a function), and for each pipeline
-//! `source.rs`, `decode.rs`, `operators.rs`, `batch.rs`, `sink.rs`, `outbox.rs`, `window.rs`,
+//! used on each broker), `functions.rs` (with the uses of a function), `fleet.rs`, and for each
+//! pipeline `source.rs`, `decode.rs`, `operators.rs`, `batch.rs`, `sink.rs`, `outbox.rs`, `window.rs`,
 //! `downsample.rs`. This module runs them and collects every problem instead of stopping at the
 //! first.
 //!
@@ -16,6 +16,7 @@ mod batch;
 mod brokers;
 mod decode;
 mod downsample;
+mod fleet;
 mod functions;
 mod gateway;
 mod operators;
@@ -105,6 +106,7 @@ impl Validator<'_> {
                 self.pipeline(&gateway.id, name, pipeline.into_inner(), &brokers, &functions)
             })
             .collect();
+        let fleet = raw.fleet.and_then(|fleet| self.fleet(fleet.into_inner(), &brokers));
         self.refuse_shared_client_ids();
         if pipelines.is_empty() && self.problems.is_empty() {
             self.problem(None, "pipelines", "no pipeline is defined: add a [pipelines.<name>] table");
@@ -118,7 +120,7 @@ impl Validator<'_> {
         if !self.problems.is_empty() {
             return Err(self.file.refusal(self.problems));
         }
-        Ok(Config { gateway, state, brokers, functions, pipelines, locations: self.locations })
+        Ok(Config { gateway, state, brokers, functions, pipelines, fleet, locations: self.locations })
     }
 
     /// `[pipelines.<name>]`: each of its tables, and the pipeline when every one passed.

@@ -49,6 +49,8 @@ pub struct Config {
     pub functions: BTreeMap<FunctionId, FunctionConfig>,
     /// `[pipelines.<name>]` — the pipelines, in name order.
     pub pipelines: Vec<PipelineConfig>,
+    /// `[fleet]` — function updates from a fleet manager, if configured.
+    pub fleet: Option<FleetConfig>,
     /// Where its parts were written, for problems found after validation.
     pub locations: Locations,
 }
@@ -63,6 +65,36 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     /// `wasm_execution = "interpreted"` — how functions run.
     pub wasm_execution: WasmExecution,
+}
+
+/// `[fleet]` — function updates from a fleet manager.
+#[derive(Clone, Debug)]
+pub struct FleetConfig {
+    /// `broker = "central"` — the NATS broker holding the fleet's buckets.
+    pub broker: BrokerConfig,
+    /// `root = "/etc/weir/fleet-root.weir"` — where the trusted root was read from.
+    pub root_path: PathBuf,
+    /// The trusted root the operator installed, as signed (checked to be a root signed by its
+    /// own root keys when the file was validated).
+    pub root: weir_fleet::Signed,
+    /// `groups = ["plant1"]` — the groups whose documents this gateway takes, in precedence
+    /// order.
+    pub groups: Vec<Name>,
+    /// `heartbeat = "30s"` — how often the gateway writes its status.
+    pub heartbeat: Duration,
+    /// `clock_synced = "kernel"` — how the gateway knows its wall clock is right.
+    pub clock_synced: ClockSynced,
+}
+
+/// How a gateway knows its wall clock is right (fleet documents expire by it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ClockSynced {
+    /// `"kernel"`: the kernel says so (its NTP status, set by chrony, ntpd, systemd-timesyncd).
+    Kernel,
+    /// `"always"`: the clock is right from boot (a battery-backed real-time clock).
+    Always,
+    /// `"/run/systemd/timesync/synchronized"`: once this file exists.
+    WhenFileExists(PathBuf),
 }
 
 /// `[state]`

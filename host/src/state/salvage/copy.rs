@@ -11,8 +11,8 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition, TableHand
 use super::{RECOVERIES, Recovery, TableSalvage, panic_message};
 use crate::state::outbox::{OUTBOX, OUTBOX_USAGE, PUBLISH_RESERVATIONS, STREAM_COUNTERS};
 use crate::state::{
-    CACHE_BYTES, COUNTERS, DEAD_LETTERS, DeadLetter, FUNCTION_STATE, RECENT_DELIVERIES, SINK_POSITIONS, STREAM_SEQ,
-    outbox_floor_key,
+    CACHE_BYTES, COUNTERS, DEAD_LETTERS, DeadLetter, FLEET, FUNCTION_STATE, RECENT_DELIVERIES, SINK_POSITIONS,
+    STREAM_SEQ, outbox_floor_key,
 };
 
 /// (namespace, key) of a function state entry.
@@ -35,6 +35,7 @@ pub(super) struct Salvaged {
     pub(super) recent_deliveries: Vec<((String, u64), Vec<u8>)>,
     pub(super) dead_letters: Vec<(u64, Vec<u8>)>,
     pub(super) recoveries: Vec<(u64, Vec<u8>)>,
+    pub(super) fleet: Vec<(String, Vec<u8>)>,
 }
 
 impl Salvaged {
@@ -106,6 +107,7 @@ impl Salvaged {
         self.dead_letters = self.table(source, DEAD_LETTERS, |id, letter| {
             DeadLetter::from_bytes(letter).ok().map(|_| (id, letter.to_vec()))
         });
+        self.fleet = self.table(source, FLEET, |key, value| Some((key.to_owned(), value.to_vec())));
         self.recoveries = self.table(source, RECOVERIES, |id, report| {
             serde_json::from_slice::<Recovery>(report).ok().map(|_| (id, report.to_vec()))
         });

@@ -66,7 +66,7 @@ pub use report::{Recovery, StreamSalvage, TableSalvage};
 
 use super::outbox::Outbox;
 use super::{
-    CACHE_BYTES, COUNTERS, Counter, DEAD_LETTERS, FUNCTION_STATE, OrStore, RECENT_DELIVERIES, SINK_POSITIONS,
+    CACHE_BYTES, COUNTERS, Counter, DEAD_LETTERS, FLEET, FUNCTION_STATE, OrStore, RECENT_DELIVERIES, SINK_POSITIONS,
     STREAM_SEQ, StoreError, create_tables, recount_dead_letter_bytes, recount_function_state_usage,
 };
 use copy::Salvaged;
@@ -335,6 +335,10 @@ fn salvage(damaged: &Path, db: &Database, reason: String) -> Result<Recovery, St
         let mut letters = txn.open_table(DEAD_LETTERS).or_store("write recovered state")?;
         for (id, letter) in &salvaged.dead_letters {
             letters.insert(*id, letter.as_slice()).or_store("write recovered state")?;
+        }
+        let mut fleet = txn.open_table(FLEET).or_store("write recovered state")?;
+        for (key, value) in &salvaged.fleet {
+            fleet.insert(key.as_str(), value.as_slice()).or_store("write recovered state")?;
         }
         let mut recoveries = txn.open_table(RECOVERIES).or_store("write recovered state")?;
         for (id, report) in &salvaged.recoveries {
