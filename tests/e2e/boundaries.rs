@@ -446,7 +446,10 @@ use async_nats;
             (9, "path `redb`, which only host/src/state/ may use"),
             (10, "path `wasmtime_wasi`, which only host/src/sandbox/ may use"),
             (11, "extern crate `rumqttc`, which only host/src/source/ and host/src/sink/ may use"),
-            (12, "use of `async_nats`, which only host/src/source/ and host/src/sink/ and host/src/fleet/central.rs may use"),
+            (
+                12,
+                "use of `async_nats`, which only host/src/source/ and host/src/sink/ and host/src/fleet/central.rs may use"
+            ),
         ]
     );
     assert!(source_violations("host/src/state/mod.rs", source).iter().all(|v| !v.what.contains("`redb`")));

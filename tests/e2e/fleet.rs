@@ -1,3 +1,6 @@
+//! The fleet: signed documents made offline (below), updates carried out by a gateway (`updates`),
+//! and what a gateway refuses (`attacks`).
+//!
 //! The fleet manager's offline commands with the real binary: key pairs, a root whose root role
 //! needs two of two keys, signing one holder after the other, and `show` judging the signatures
 //! against the root.
@@ -73,3 +76,6 @@ fn a_root_needs_its_threshold_of_signatures_added_one_holder_at_a_time() -> Resu
     assert!(!dir.path().join("never.weir").exists());
     Ok(())
 }
+
+mod attacks;
+mod updates;

@@ -64,6 +64,8 @@ pub struct Agent {
     artifacts: LocalArtifacts,
     status: GatewayStatus,
     managed: Managed,
+    /// Every function use of the gateway's pipelines (set when the agent runs).
+    uses: Arc<Vec<UseHandle>>,
     /// Accepted-looking documents that wait for the clock to be synced, by key.
     waiting_for_clock: BTreeMap<String, Vec<u8>>,
     /// What the update waits for or how far it is, in words.
@@ -81,6 +83,7 @@ impl Agent {
 
     /// Runs until `shutdown`: watches the documents, drives the update, writes the heartbeat.
     pub async fn run(mut self, uses: Arc<Vec<UseHandle>>, shutdown: CancellationToken) {
+        self.uses = Arc::clone(&uses);
         let (documents, mut arrived) = mpsc::channel::<(String, Watched)>(16);
         let central = connect(self.settings.broker.clone(), self.me.id.clone(), shutdown.clone());
         tokio::pin!(central);
@@ -193,6 +196,11 @@ impl Agent {
         }
         if self.record.rolled_back(&key, document.revision) {
             return;
+        }
+        if self.record.update.as_ref().is_some_and(|u| u.stage == Stage::Shadow) {
+            for handle in self.uses.iter() {
+                handle.end_shadow();
+            }
         }
         tracing::info!(stage = "fleet", document = key, revision = document.revision, "update started");
         self.record.update = Some(super::record::Update {

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 
 use super::CompiledFunction;
 use super::quarantine::FaultRecord;
+use super::shadow::{ShadowReport, ShadowRequest};
 use crate::config::FunctionId;
 
 /// One running use of a function in a pipeline, as the rest of the gateway sees it.
@@ -31,11 +32,16 @@ pub struct UseHandle {
 struct Shared {
     record: FaultRecord,
     next_version: Option<Arc<CompiledFunction>>,
+    /// The candidate to run in shadow, if one is asked for.
+    shadow: Option<ShadowRequest>,
+    /// How the shadow has done since it was asked for.
+    shadow_report: ShadowReport,
 }
 
 impl UseHandle {
     pub(super) fn new(record: FaultRecord, function_id: FunctionId, pipeline: String, use_name: String) -> Self {
-        Self { shared: Arc::new(Mutex::new(Shared { record, next_version: None })), function_id, pipeline, use_name }
+        let shared = Shared { record, next_version: None, shadow: None, shadow_report: ShadowReport::default() };
+        Self { shared: Arc::new(Mutex::new(shared)), function_id, pipeline, use_name }
     }
 
     /// A poisoned lock only means a panic elsewhere mid-update of plain counters; the data stays
@@ -73,6 +79,37 @@ impl UseHandle {
     /// Whether a staged version waits to be taken up.
     pub fn has_staged_version(&self) -> bool {
         self.lock().next_version.is_some()
+    }
+
+    /// Asks the use to run `candidate` in shadow from its next input on, its outputs compared
+    /// with the running version's within `tolerance` (see `shadow`); the report starts over.
+    pub fn begin_shadow(&self, candidate: Arc<CompiledFunction>, tolerance: f64) {
+        let mut shared = self.lock();
+        shared.shadow = Some(ShadowRequest { candidate, tolerance });
+        shared.shadow_report = ShadowReport::default();
+    }
+
+    /// Ends the shadow run, if any: the use drops the candidate at its next input.
+    pub fn end_shadow(&self) {
+        self.lock().shadow = None;
+    }
+
+    /// How the shadow has done since it began.
+    pub fn shadow_report(&self) -> ShadowReport {
+        self.lock().shadow_report.clone()
+    }
+
+    /// The shadow asked for now (taken by the use's wrapper at each input).
+    pub(super) fn shadow_request(&self) -> Option<ShadowRequest> {
+        self.lock().shadow.clone()
+    }
+
+    /// Updates the shadow's report, if `candidate` is still the one asked for.
+    pub(super) fn report_shadow(&self, candidate: &Arc<CompiledFunction>, update: impl FnOnce(&mut ShadowReport)) {
+        let mut shared = self.lock();
+        if shared.shadow.as_ref().is_some_and(|s| Arc::ptr_eq(&s.candidate, candidate)) {
+            update(&mut shared.shadow_report);
+        }
     }
 
     /// The staged version, if any (taken by the instance).

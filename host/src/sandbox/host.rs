@@ -228,6 +228,13 @@ impl InstanceState {
         self.output.end_call()
     }
 
+    /// A shadow's writes are never committed: they stay visible to its later calls, and the
+    /// state write budget starts over with each input (as it does with each commit for the
+    /// version in service).
+    pub fn settle_scratch(&mut self) {
+        self.pending_bytes = 0;
+    }
+
     /// Hands over the writes of successful calls for the pipeline's commit.
     pub fn take_pending(&mut self) -> Writes {
         self.pending_bytes = 0;

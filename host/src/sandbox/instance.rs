@@ -21,6 +21,7 @@ use crate::config::FunctionLimits;
 use crate::state::{StateStore, StateWrite};
 
 /// What every instance needs from the sandbox.
+#[derive(Clone)]
 pub(super) struct Runtime {
     pub(super) engine: Engine,
     pub(super) store: StateStore,
@@ -59,6 +60,8 @@ pub struct FunctionInstance {
     handle: UseHandle,
     /// When the open call started, if one is open.
     call_started: Option<Instant>,
+    /// A shadow's instance: its writes are never taken for a commit (see `shadow`).
+    scratch: bool,
 }
 
 impl std::fmt::Debug for FunctionInstance {
@@ -79,6 +82,29 @@ impl FunctionInstance {
         params_json: String,
     ) -> Result<Self, SandboxError> {
         let namespace = format!("{}/{}", labels.pipeline, labels.operator);
+        Self::assemble(runtime, function, labels, params_json, namespace, false)
+    }
+
+    /// A shadow of this use running `candidate` (see `shadow`): the same params, reading this
+    /// use's state, its own writes kept to itself and never committed, its own fault record.
+    pub(super) fn shadow(&self, candidate: &Arc<CompiledFunction>) -> Result<Self, SandboxError> {
+        let labels = InstanceLabels {
+            function: candidate.version.to_string(),
+            pipeline: self.labels.pipeline.clone(),
+            operator: format!("{} (shadow)", self.labels.operator),
+        };
+        let (runtime, params, namespace) = (self.runtime.clone(), self.params_json.clone(), self.namespace.clone());
+        Self::assemble(runtime, Arc::clone(candidate), labels, params, namespace, true)
+    }
+
+    fn assemble(
+        runtime: Runtime,
+        function: Arc<CompiledFunction>,
+        labels: InstanceLabels,
+        params_json: String,
+        namespace: String,
+        scratch: bool,
+    ) -> Result<Self, SandboxError> {
         let handle = UseHandle::new(
             FaultRecord::new(labels.function.clone(), function.quarantine),
             function.version.id.clone(),
@@ -95,6 +121,7 @@ impl FunctionInstance {
             carried: Writes::new(),
             handle,
             call_started: None,
+            scratch,
         };
         let now = crate::telemetry::now_nanos();
         instance.live = Some(instance.instantiate(now).map_err(|failure| instance.start_error(&failure))?);
@@ -123,6 +150,11 @@ impl FunctionInstance {
     /// The shared handle of this use: its fault record, and where a new version is staged.
     pub fn handle(&self) -> UseHandle {
         self.handle.clone()
+    }
+
+    /// [`Self::handle`], borrowed.
+    pub(super) fn handle_ref(&self) -> &UseHandle {
+        &self.handle
     }
 
     /// The state namespace of this use.
@@ -257,6 +289,9 @@ impl FunctionInstance {
     pub(super) fn complete(&mut self, succeeded: bool) {
         if let Some(live) = &mut self.live {
             live.store.data_mut().end_call(succeeded);
+            if self.scratch {
+                live.store.data_mut().settle_scratch();
+            }
         }
         self.count_call();
         if succeeded {

@@ -36,6 +36,7 @@ mod instance;
 mod limiter;
 mod output;
 mod quarantine;
+mod shadow;
 mod world;
 
 use std::collections::hash_map::DefaultHasher;
@@ -58,6 +59,7 @@ pub use host::{InstanceLabels, StateLimits};
 pub use instance::FunctionInstance;
 pub(crate) use instance::round_to_millis;
 pub use quarantine::{FaultRecord, VersionCalls};
+pub use shadow::ShadowReport;
 pub use world::{FunctionAccumulator, FunctionDecoder, FunctionOperator};
 
 use crate::config::{FunctionConfig, FunctionId, FunctionLimits, QuarantineConfig, WasmExecution};

@@ -17,6 +17,7 @@ use super::bindings::{accumulator, decoder, operator, types};
 use super::fault::{Fault, Malformed};
 use super::host::InstanceState;
 use super::instance::{CallFailure, FunctionInstance, round_to_millis};
+use super::shadow::{self, Shadow, ShadowCall};
 use crate::batch::{Batch, CallContext, Message, Series};
 use crate::decode::{Decode, DecodeError};
 use crate::operator::{Operator, OperatorFailure};
@@ -88,20 +89,55 @@ fn from_wit_batch(batch: types::Batch) -> Result<Batch, crate::batch::InvalidBat
     Batch::from_columns(series, batch.series_idx, batch.ts, batch.value)
 }
 
-/// An operator use backed by a function instance.
+/// An operator use backed by a function instance, and the candidate running in its shadow when
+/// the fleet asks for one (see `shadow`).
 #[derive(Debug)]
 pub struct FunctionOperator {
     instance: FunctionInstance,
+    shadow: Option<Shadow>,
 }
 
 impl FunctionOperator {
     pub(super) fn new(instance: FunctionInstance) -> Self {
-        Self { instance }
+        Self { instance, shadow: None }
     }
 
     /// The instance behind this operator (for version replacement and fault counts).
     pub fn instance_mut(&mut self) -> &mut FunctionInstance {
         &mut self.instance
+    }
+}
+
+/// One `process` call, sorted into a result, a refusal or a fault.
+fn process_with(
+    instance: &mut FunctionInstance,
+    ctx: &CallContext,
+    input: &types::Batch,
+) -> Result<Batch, OperatorFailure> {
+    let outcome = instance.call(ctx, |exports, store| match exports {
+        Exports::Operator(operator) => operator.call_process(store, input),
+        Exports::Decoder(_) | Exports::Accumulator(_) => {
+            unreachable!("Sandbox::operator only wraps operator-world components")
+        }
+    });
+    match outcome {
+        Err(CallFailure::Fault(fault)) => Err(OperatorFailure::Fault { fault }),
+        Err(CallFailure::Quarantined(remaining)) => Err(OperatorFailure::Quarantined { remaining }),
+        Ok(Err(error)) => {
+            instance.complete(false);
+            Err(OperatorFailure::Refused { reason: describe_error(&error) })
+        }
+        Ok(Ok(output)) => match from_wit_batch(output) {
+            Ok(output) => {
+                instance.complete(true);
+                Ok(output)
+            }
+            Err(invalid) => {
+                let fault = Fault::MalformedResult { what: Malformed::Batch { invalid } };
+                instance.fault(&fault);
+                Err(OperatorFailure::Fault { fault })
+            }
+        },
     }
 }
 
@@ -115,37 +151,22 @@ impl Operator for FunctionOperator {
     }
 
     fn process(&mut self, batch: Batch, ctx: &CallContext) -> Result<Batch, (Batch, OperatorFailure)> {
+        let shadowing = shadow::sync(&self.instance, &mut self.shadow);
         let input = to_wit_batch(batch);
-        let restore = |input: types::Batch| {
-            from_wit_batch(input).expect("the input was a valid batch before the call borrowed it")
-        };
-        let outcome = self.instance.call(ctx, |exports, store| match exports {
-            Exports::Operator(operator) => operator.call_process(store, &input),
-            Exports::Decoder(_) | Exports::Accumulator(_) => {
-                unreachable!("Sandbox::operator only wraps operator-world components")
-            }
-        });
-        match outcome {
-            Err(CallFailure::Fault(fault)) => Err((restore(input), OperatorFailure::Fault { fault })),
-            Err(CallFailure::Quarantined(remaining)) => {
-                Err((restore(input), OperatorFailure::Quarantined { remaining }))
-            }
-            Ok(Err(error)) => {
-                self.instance.complete(false);
-                Err((restore(input), OperatorFailure::Refused { reason: describe_error(&error) }))
-            }
-            Ok(Ok(output)) => match from_wit_batch(output) {
-                Ok(output) => {
-                    self.instance.complete(true);
-                    Ok(output)
-                }
-                Err(invalid) => {
-                    let fault = Fault::MalformedResult { what: Malformed::Batch { invalid } };
-                    self.instance.fault(&fault);
-                    Err((restore(input), OperatorFailure::Fault { fault }))
-                }
-            },
+        let result = process_with(&mut self.instance, ctx, &input);
+        if let Some(shadow) = self.shadow.as_mut().filter(|_| shadowing) {
+            let (candidate, took) = shadow::timed(|| process_with(&mut shadow.instance, ctx, &input));
+            let call = match candidate {
+                Ok(output) => ShadowCall::Output(output),
+                Err(OperatorFailure::Refused { .. }) => ShadowCall::Refused,
+                Err(_) => ShadowCall::Faulted,
+            };
+            shadow.report(&self.instance, &call, took, result.as_ref().ok());
         }
+        result.map_err(|failure| {
+            let input = from_wit_batch(input).expect("the input was a valid batch before the call borrowed it");
+            (input, failure)
+        })
     }
 
     fn take_state_writes(&mut self) -> Vec<StateWrite> {
@@ -153,15 +174,17 @@ impl Operator for FunctionOperator {
     }
 }
 
-/// A decoder backed by a function instance.
+/// A decoder backed by a function instance, and the candidate running in its shadow when the
+/// fleet asks for one (see `shadow`).
 #[derive(Debug)]
 pub struct FunctionDecoder {
     instance: FunctionInstance,
+    shadow: Option<Shadow>,
 }
 
 impl FunctionDecoder {
     pub(super) fn new(instance: FunctionInstance) -> Self {
-        Self { instance }
+        Self { instance, shadow: None }
     }
 
     /// The instance behind this decoder (for version replacement and fault counts).
@@ -170,43 +193,63 @@ impl FunctionDecoder {
     }
 }
 
+/// One `decode` call, sorted into readings, a refusal or a fault.
+fn decode_with(
+    instance: &mut FunctionInstance,
+    ctx: &CallContext,
+    input: &types::Message,
+) -> Result<Batch, DecodeError> {
+    let function = instance.labels.function.clone();
+    let outcome = instance.call(ctx, |exports, store| match exports {
+        Exports::Decoder(decoder) => decoder.call_decode(store, input),
+        Exports::Operator(_) | Exports::Accumulator(_) => {
+            unreachable!("Sandbox::decoder only wraps decoder-world components")
+        }
+    });
+    match outcome {
+        Err(CallFailure::Fault(fault)) => Err(DecodeError::Fault { function, fault }),
+        Err(CallFailure::Quarantined(remaining)) => Err(DecodeError::Quarantined { function, remaining }),
+        Ok(Err(error)) => {
+            instance.complete(false);
+            Err(DecodeError::Refused { function, reason: describe_error(&error) })
+        }
+        Ok(Ok(output)) => match from_wit_batch(output) {
+            Ok(batch) => {
+                instance.complete(true);
+                // NaN and infinity are not readings, whichever decoder made them.
+                for (i, value) in batch.values().iter().enumerate() {
+                    crate::decode::finite(*value, || format!("reading {i} of decoder function {function}"))?;
+                }
+                Ok(batch)
+            }
+            Err(invalid) => {
+                let fault = Fault::MalformedResult { what: Malformed::Batch { invalid } };
+                instance.fault(&fault);
+                Err(DecodeError::Fault { function, fault })
+            }
+        },
+    }
+}
+
 impl Decode for FunctionDecoder {
     fn decode(&mut self, message: &Message, ctx: &CallContext) -> Result<Batch, DecodeError> {
-        let function = self.instance.labels.function.clone();
+        let shadowing = shadow::sync(&self.instance, &mut self.shadow);
         let input = types::Message {
             topic: message.topic.clone(),
             payload: message.payload.to_vec(),
             received_at: message.received_at,
         };
-        let outcome = self.instance.call(ctx, |exports, store| match exports {
-            Exports::Decoder(decoder) => decoder.call_decode(store, &input),
-            Exports::Operator(_) | Exports::Accumulator(_) => {
-                unreachable!("Sandbox::decoder only wraps decoder-world components")
-            }
-        });
-        match outcome {
-            Err(CallFailure::Fault(fault)) => Err(DecodeError::Fault { function, fault }),
-            Err(CallFailure::Quarantined(remaining)) => Err(DecodeError::Quarantined { function, remaining }),
-            Ok(Err(error)) => {
-                self.instance.complete(false);
-                Err(DecodeError::Refused { function, reason: describe_error(&error) })
-            }
-            Ok(Ok(output)) => match from_wit_batch(output) {
-                Ok(batch) => {
-                    self.instance.complete(true);
-                    // NaN and infinity are not readings, whichever decoder made them.
-                    for (i, value) in batch.values().iter().enumerate() {
-                        crate::decode::finite(*value, || format!("reading {i} of decoder function {function}"))?;
-                    }
-                    Ok(batch)
-                }
-                Err(invalid) => {
-                    let fault = Fault::MalformedResult { what: Malformed::Batch { invalid } };
-                    self.instance.fault(&fault);
-                    Err(DecodeError::Fault { function, fault })
-                }
-            },
+        let result = decode_with(&mut self.instance, ctx, &input);
+        if let Some(shadow) = self.shadow.as_mut().filter(|_| shadowing) {
+            let (candidate, took) = shadow::timed(|| decode_with(&mut shadow.instance, ctx, &input));
+            let call = match candidate {
+                Ok(output) => ShadowCall::Output(output),
+                Err(DecodeError::Refused { .. }) => ShadowCall::Refused,
+                Err(_) => ShadowCall::Faulted,
+            };
+            shadow.report(&self.instance, &call, took, result.as_ref().ok());
         }
+        result
     }
 
     fn take_state_writes(&mut self) -> Vec<StateWrite> {

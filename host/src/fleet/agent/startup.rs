@@ -116,6 +116,7 @@ pub async fn prepare(
         root,
         artifacts,
         managed: Managed::default(),
+        uses: Arc::default(),
         waiting_for_clock: BTreeMap::new(),
         progress: String::new(),
         retry_at: None,

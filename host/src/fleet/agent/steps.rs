@@ -10,7 +10,7 @@ use weir_fleet::{FunctionTarget, Signed, Target};
 use super::Agent;
 use crate::config::{FunctionConfig, FunctionId};
 use crate::fleet::central::{self, Central, FetchError};
-use crate::fleet::health::{self, Judgement, UseProgress};
+use crate::fleet::health::{self, Judgement, ShadowProgress, UseProgress};
 use crate::fleet::record::Stage;
 use crate::fleet::{artifacts::LocalArtifacts, clock};
 use crate::sandbox::{CompiledFunction, Sandbox, UseHandle, WorldKind};
@@ -37,7 +37,8 @@ impl Agent {
         let step = match stage {
             Stage::Fetched => self.fetch(central).await,
             Stage::Verified => self.compile().await,
-            Stage::Compiled | Stage::Shadow => self.activate(uses).await,
+            Stage::Compiled => self.begin_shadow(uses).await,
+            Stage::Shadow => self.judge_shadow(uses).await,
             Stage::Active => self.judge(uses).await,
         };
         matches!(step, Step::Changed)
@@ -99,7 +100,7 @@ impl Agent {
             self.progress = format!("fetching {function} {}", entry.version);
             match self.artifacts.fetch(central, function.as_str(), &entry).await {
                 Ok(()) => {
-                    tracing::info!(stage = "fleet", function = %function, version = entry.version, "artifact fetched and verified")
+                    tracing::info!(stage = "fleet", function = %function, version = entry.version, "artifact fetched and verified");
                 }
                 Err(FetchError::Refused(refusal)) => {
                     return self.abandon(&format!("{function} {} artifact", entry.version), &refusal).await;
@@ -148,6 +149,65 @@ impl Agent {
         self.advance(Stage::Compiled, "compiled").await
     }
 
+    /// The candidates that run in shadow: all but custom window aggregates, whose partials
+    /// cannot be compared (they are judged on probation only).
+    fn shadowed(&self) -> impl Iterator<Item = (&FunctionId, &Arc<CompiledFunction>)> {
+        self.candidates.iter().filter(|(_, candidate)| candidate.world() != WorldKind::Accumulator)
+    }
+
+    /// Starts every candidate in shadow beside the version in service, in each of its uses.
+    async fn begin_shadow(&mut self, uses: &[UseHandle]) -> Step {
+        let Some(gates) = self.record.update.as_ref().map(|u| u.health.clone()) else { return Step::Idle };
+        if gates.shadow_batches == 0 || self.shadowed().next().is_none() {
+            return self.activate(uses).await;
+        }
+        let step = self.advance(Stage::Shadow, "in shadow").await;
+        for (id, candidate) in self.shadowed() {
+            for handle in uses.iter().filter(|handle| &handle.function_id == id) {
+                handle.begin_shadow(Arc::clone(candidate), gates.tolerance);
+            }
+        }
+        step
+    }
+
+    /// Judges the shadow runs: every candidate passed → they replace the running versions; one
+    /// failed → the update ends there, nothing of it having run for real.
+    async fn judge_shadow(&mut self, uses: &[UseHandle]) -> Step {
+        let Some(gates) = self.record.update.as_ref().map(|u| u.health.clone()) else { return Step::Idle };
+        let mut waiting = Vec::new();
+        let mut failed = None;
+        for (id, _) in self.shadowed() {
+            let progress: Vec<ShadowProgress> = uses
+                .iter()
+                .filter(|handle| &handle.function_id == id)
+                .map(|handle| ShadowProgress {
+                    name: format!("{}/{}", handle.pipeline, handle.use_name),
+                    report: handle.shadow_report(),
+                })
+                .collect();
+            match health::shadow(&gates, &progress) {
+                Judgement::Passed => {}
+                Judgement::Waiting { calls, needed } => waiting.push(format!("{id}: {calls} of {needed} batches")),
+                Judgement::Failed(why) => {
+                    failed = Some((id.clone(), why));
+                    break;
+                }
+            }
+        }
+        if failed.is_some() || waiting.is_empty() {
+            for handle in uses {
+                handle.end_shadow();
+            }
+        }
+        if let Some((id, why)) = failed {
+            return self.give_up(id.as_str(), "shadow", &format!("in shadow: {why}")).await;
+        }
+        if waiting.is_empty() {
+            return self.activate(uses).await;
+        }
+        self.note_progress(format!("shadow: {}", waiting.join(", ")))
+    }
+
     /// Puts the candidates in place of the running versions, persisted first.
     async fn activate(&mut self, uses: &[UseHandle]) -> Step {
         self.previous = self
@@ -191,7 +251,10 @@ impl Agent {
         if waiting.is_empty() {
             return self.commit().await;
         }
-        let progress = format!("probation: {}", waiting.join(", "));
+        self.note_progress(format!("probation: {}", waiting.join(", ")))
+    }
+
+    fn note_progress(&mut self, progress: String) -> Step {
         if progress == self.progress {
             return Step::Idle;
         }
