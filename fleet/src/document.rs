@@ -196,7 +196,7 @@ pub struct FunctionTarget {
 
 /// What a candidate version must show before it replaces the running one, and what an active
 /// version must keep showing during its probation.
-#[derive(Clone, Debug, PartialEq, Encode, Decode)]
+#[derive(Clone, Debug, PartialEq, Encode, Decode, serde::Serialize, serde::Deserialize)]
 #[cbor(map)]
 pub struct HealthGates {
     /// Batches the candidate runs in shadow, beside the running version, before promotion.

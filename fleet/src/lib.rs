@@ -35,7 +35,7 @@ mod testing;
 
 pub use accept::{Clock, Floors, GatewayIdentity, Verdict, check_desired, check_target};
 pub use artifact::ArtifactCheck;
-pub use document::{Desired, FunctionTarget, HealthGates, Kind, RoleKeys, Root, Scope, Target, World};
+pub use document::{Desired, FunctionTarget, HealthGates, Kind, RoleKeys, RolloutTag, Root, Scope, Target, World};
 pub use envelope::{Document, Signed, TrustedRoot};
 pub use keys::{KeyError, KeyId, PublicKey, SigningKey};
 pub use refusal::Refusal;

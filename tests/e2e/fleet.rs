@@ -78,4 +78,5 @@ fn a_root_needs_its_threshold_of_signatures_added_one_holder_at_a_time() -> Resu
 }
 
 mod attacks;
+mod rollout;
 mod updates;

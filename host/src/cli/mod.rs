@@ -33,7 +33,7 @@ pub enum Command {
     /// Inspect the outbox of a data directory.
     Outbox(outbox::Args),
     /// Fleet management: keys, signed roots, targets and desired documents.
-    Fleet(fleet::Args),
+    Fleet(Box<fleet::Args>),
 }
 
 impl Command {

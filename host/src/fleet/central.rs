@@ -4,7 +4,7 @@
 //! | bucket | kind | key | value |
 //! |--------|------|-----|-------|
 //! | `weir-fleet` | key-value | `root.<version>` | a signed root (the successor of the one before) |
-//! | | | `target.<function>.<sha256 hex>` | a signed target |
+//! | | | `target.<function>.<counter>.<sha256 hex>` | a signed target |
 //! | | | `desired.gateway.<id>`, `desired.group.<name>` | a signed desired document |
 //! | | | `rollout.<id>` | a rollout's state (`weir fleet rollout`) |
 //! | `weir-fleet-status` | key-value | `<gateway id>` | the gateway's status, JSON, rewritten every heartbeat |
@@ -40,9 +40,11 @@ pub fn root_key(version: u64) -> String {
     format!("root.{version}")
 }
 
-/// The key of a target: one version of one function, by the sha256 of its component.
-pub fn target_key(function: &str, sha256: &[u8; 32]) -> String {
-    format!("target.{function}.{}", hex::encode(sha256))
+/// The key of a target: one version of one function, by its security counter and the sha256 of
+/// its component (the same component signed again with a higher counter — how a fleet goes back
+/// to an earlier release above its floors — is another target).
+pub fn target_key(function: &str, counter: u64, sha256: &[u8; 32]) -> String {
+    format!("target.{function}.{counter}.{}", hex::encode(sha256))
 }
 
 /// The key of the desired document for `scope`.
@@ -93,6 +95,27 @@ pub enum FetchError {
     /// The server, the connection or the file failed; trying again may work.
     #[error("{0}")]
     Transport(String),
+}
+
+/// The keys of `store` (the bucket `bucket`) under `prefix` (empty, or ending in `.`), sorted,
+/// each once.
+///
+/// Read from the stream's subjects (one request, paged) rather than the client's key listing,
+/// which runs a consumer over the bucket and on nats-server 2.9 was seen to repeat keys, miss
+/// them and wait forever while gateways wrote.
+async fn list_keys(store: &kv::Store, bucket: &str, prefix: &str) -> Result<Vec<String>, CentralError> {
+    let base = format!("$KV.{bucket}.");
+    let filter = format!("{base}{prefix}>");
+    let mut subjects =
+        store.stream.info_with_subjects(&filter).await.map_err(|e| transport(format!("cannot list {bucket}"))(&e))?;
+    let mut keys = std::collections::BTreeSet::new();
+    while let Some(subject) = subjects.next().await {
+        let (subject, _) = subject.map_err(|e| transport(format!("cannot list {bucket}"))(&e))?;
+        if let Some(key) = subject.strip_prefix(&base) {
+            keys.insert(key.to_owned());
+        }
+    }
+    Ok(keys.into_iter().collect())
 }
 
 /// Opens the key-value bucket `bucket`, creating it first if it does not exist.
@@ -229,18 +252,9 @@ impl Central {
         })
     }
 
-    /// Every key of the documents bucket that starts with `prefix`.
+    /// Every key of the documents bucket under `prefix` (empty, or ending in `.`).
     pub async fn document_keys(&self, prefix: &str) -> Result<Vec<String>, CentralError> {
-        let mut keys = self.documents.keys().await.map_err(|e| transport("cannot list the documents")(&e))?;
-        let mut found = Vec::new();
-        while let Some(key) = keys.next().await {
-            let key = key.map_err(|e| transport("cannot list the documents")(&e))?;
-            if key.starts_with(prefix) {
-                found.push(key);
-            }
-        }
-        found.sort();
-        Ok(found)
+        list_keys(&self.documents, DOCUMENTS_BUCKET, prefix).await
     }
 
     /// The key's value now and then each change: the current value is delivered first (a watch
@@ -324,14 +338,8 @@ impl Central {
 
     /// Every gateway's last status, by gateway id.
     pub async fn statuses(&self) -> Result<Vec<(String, Vec<u8>)>, CentralError> {
-        let mut keys = self.status.keys().await.map_err(|e| transport("cannot list the gateways' status")(&e))?;
-        let mut names = Vec::new();
-        while let Some(key) = keys.next().await {
-            names.push(key.map_err(|e| transport("cannot list the gateways' status")(&e))?);
-        }
-        names.sort();
-        let mut statuses = Vec::with_capacity(names.len());
-        for name in names {
+        let mut statuses = Vec::new();
+        for name in list_keys(&self.status, STATUS_BUCKET, "").await? {
             if let Some(value) = self
                 .status
                 .get(name.as_str())

@@ -25,6 +25,7 @@ pub mod central;
 mod clock;
 mod health;
 mod record;
+pub mod rollout;
 pub mod status;
 
 use std::collections::{BTreeMap, BTreeSet};

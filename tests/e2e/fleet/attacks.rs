@@ -76,7 +76,21 @@ async fn every_attack_is_refused_before_compiling_with_its_reason_in_status() ->
     refusal(&fleet, "expired", "revision 3 expired").await?;
 
     // A version below the floor (5, raised when revision 1 was committed).
-    let old = fleet.publish("weir_fixture_identity.wasm", "unit-convert", "1.0.0", 1)?;
+    let refused = fleet.command_line(&[
+        "publish".into(),
+        functions_dir().join("weir_fixture_identity.wasm").to_str().expect("UTF-8").into(),
+        "--function".into(),
+        "unit-convert".into(),
+        "--version".into(),
+        "1.0.0".into(),
+        "--counter".into(),
+        "1".into(),
+        "--key".into(),
+        fleet.key_file("targets.key").to_str().expect("UTF-8").into(),
+    ])?;
+    assert!(!refused.status.success(), "publish refuses a counter below one published");
+    assert!(String::from_utf8_lossy(&refused.stderr).contains("security counters only go up"));
+    let old = fleet.publish_unchecked("weir_fixture_identity.wasm", "unit-convert", "1.0.0", 1).await?;
     fleet.put(KEY, signed(&desired(GATEWAY, 3, &[&old], quick()), &[&desired_key])).await?;
     refusal(&fleet, "below-floor", "below this gateway's floor 5").await?;
 
@@ -99,10 +113,10 @@ async fn every_attack_is_refused_before_compiling_with_its_reason_in_status() ->
     // Another function's signed target, put under unit-convert's name with its artifact.
     let foreign = fleet.publish("weir_fn_threshold_alert.wasm", "threshold-alert", "9.0.0", 9)?;
     let foreign_target =
-        fleet.documents().await?.get(format!("target.threshold-alert.{}", hex::encode(foreign.sha256))).await?;
+        fleet.documents().await?.get(format!("target.threshold-alert.9.{}", hex::encode(foreign.sha256))).await?;
     let foreign_target = foreign_target.expect("published above");
     let decoded: Target = minicbor_target(&foreign_target)?;
-    fleet.put(&format!("target.unit-convert.{}", hex::encode(decoded.sha256)), foreign_target.to_vec()).await?;
+    fleet.put(&format!("target.unit-convert.9.{}", hex::encode(decoded.sha256)), foreign_target.to_vec()).await?;
     let mixed = with_function(desired(GATEWAY, 5, &[], quick()), "unit-convert", decoded.entry());
     fleet.put(KEY, signed(&mixed, &[&desired_key])).await?;
     refusal(&fleet, "target-mismatch", "function").await?;

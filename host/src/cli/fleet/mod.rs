@@ -8,7 +8,9 @@
 //!
 //! Documents are the signed envelopes of `weir-fleet`, in files of their canonical bytes.
 
+mod bucket;
 mod documents;
+mod rollout;
 mod server;
 
 use std::path::{Path, PathBuf};
@@ -44,8 +46,23 @@ enum Command {
     /// each function it runs, floors, health gates.
     Assign(server::Assign),
     /// Each gateway's status: what it runs, its update's stage, outcomes, refusals; a gateway
-    /// not heard from within its heartbeat shows as STALE.
+    /// not heard from within its heartbeat shows as STALE. Then each rollout's waves.
     Status(server::Status),
+    /// What bringing a release to gateways would change on each, and what they would refuse.
+    Plan(rollout::Plan),
+    /// Bring a release to gateways in waves (a canary first), stopping and reverting a wave
+    /// whose failures reach the threshold. Its state lives on the server.
+    Rollout(rollout::Start),
+    /// Pause a rollout (from any terminal); `resume` carries it on.
+    Pause(rollout::Pause),
+    /// Carry on a paused rollout, or one whose command died.
+    Resume(rollout::Resume),
+    /// Stop a rollout and put its current wave back on what it ran before.
+    Abort(rollout::Abort),
+    /// Bring gateways back to an earlier published version (signed again above their floors).
+    Rollback(rollout::Rollback),
+    /// Anti-rollback floors.
+    Floor(rollout::Floor),
 }
 
 impl Args {
@@ -60,6 +77,13 @@ impl Args {
             Command::Push(args) => args.execute(),
             Command::Assign(args) => args.execute(),
             Command::Status(args) => args.execute(),
+            Command::Plan(args) => args.execute(),
+            Command::Rollout(args) => args.execute(),
+            Command::Pause(args) => args.execute(),
+            Command::Resume(args) => args.execute(),
+            Command::Abort(args) => args.execute(),
+            Command::Rollback(args) => args.execute(),
+            Command::Floor(args) => args.execute(),
         }
     }
 }

@@ -1,7 +1,6 @@
 //! `weir fleet publish | push | assign | status`: the commands that talk to the fleet's NATS
 //! server (its buckets are described in `weir_host::fleet::central`).
 
-use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -14,6 +13,7 @@ use weir_host::config::FunctionId;
 use weir_host::fleet::central::{self, Central, ServerAddress};
 use weir_host::fleet::status::GatewayStatus;
 
+use super::bucket::{self, Edit};
 use super::documents::{seconds_from_now, when};
 use super::{read_signed, read_signing_key};
 
@@ -29,14 +29,14 @@ pub struct Server {
 }
 
 impl Server {
-    async fn connect(&self) -> anyhow::Result<Central> {
+    pub(super) async fn connect(&self) -> anyhow::Result<Central> {
         let address = ServerAddress { url: self.server.clone(), credentials: self.credentials.clone() };
         Ok(Central::connect(&address).await?)
     }
 }
 
 /// The async runtime these commands need.
-fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+pub(super) fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread().enable_all().build().context("cannot start the async runtime")
 }
 
@@ -93,9 +93,17 @@ impl Publish {
         };
         let keys = self.keys.iter().map(|p| read_signing_key(p)).collect::<anyhow::Result<Vec<_>>>()?;
         let signed = Signed::sign(&target, &keys.iter().collect::<Vec<_>>());
-        let key = central::target_key(&target.function, &target.sha256);
+        let key = central::target_key(&target.function, target.counter, &target.sha256);
         runtime()?.block_on(async {
             let central = self.server.connect().await?;
+            let highest = bucket::highest_counter(&central, &target.function).await?;
+            ensure!(
+                target.counter > highest,
+                "counter {} is not above {highest}, the highest published for {}: security counters only go up \
+                 (a gateway never takes a version below the highest it committed)",
+                target.counter,
+                target.function
+            );
             central.put_artifact(&target.sha256, &bytes).await?;
             central.put_document(&key, signed.to_bytes()).await?;
             anyhow::Ok(())
@@ -150,7 +158,7 @@ impl Push {
                     }
                     None => None,
                 };
-                (central::target_key(&target.function, &target.sha256), artifact)
+                (central::target_key(&target.function, target.counter, &target.sha256), artifact)
             }
             Kind::Desired => {
                 let desired: Desired =
@@ -226,7 +234,7 @@ pub struct Gates {
 }
 
 impl Gates {
-    fn health(&self) -> HealthGates {
+    pub(super) fn health(&self) -> HealthGates {
         HealthGates {
             shadow_batches: self.shadow_batches,
             max_faulted_ppm: self.max_faulted_ppm,
@@ -249,44 +257,18 @@ impl Assign {
         let key = central::desired_key(&scope);
         let written = runtime()?.block_on(async {
             let central = self.server.connect().await?;
-            let current = central.document(&key).await?;
-            let (mut functions, revision, bucket_revision) = match &current {
-                Some((bytes, bucket_revision)) => {
-                    let signed = Signed::from_bytes(bytes)?;
-                    let desired: Desired =
-                        minicbor::decode(&signed.body).context("the current document does not decode")?;
-                    (desired.functions, desired.revision, *bucket_revision)
-                }
-                None => (BTreeMap::new(), 0, 0),
-            };
+            let mut edit = Edit { health: Some(self.gates.health()), remove: self.removed.clone(), ..Edit::default() };
             for assignment in &self.functions {
                 let (function, version) = split_pair(assignment)?;
-                let target = find_target(&central, function, version).await?;
-                functions.insert(function.to_owned(), target.entry());
+                let target = bucket::find_target(&central, function, version).await?;
+                edit.set.insert(function.to_owned(), target.entry());
             }
-            for function in &self.removed {
-                ensure!(functions.remove(function).is_some(), "{function} is not in the current document");
-            }
-            let mut floors = BTreeMap::new();
             for floor in &self.floors {
                 let (function, counter) = split_pair(floor)?;
-                floors.insert(
-                    function.to_owned(),
-                    counter.parse::<u64>().with_context(|| format!("{floor}: not a counter"))?,
-                );
+                let counter = counter.parse::<u64>().with_context(|| format!("{floor}: not a counter"))?;
+                edit.floors.insert(function.to_owned(), counter);
             }
-            let desired = Desired {
-                scope: scope.clone(),
-                revision: revision + 1,
-                expires: seconds_from_now(self.expires_in)?,
-                functions,
-                floors,
-                health: self.gates.health(),
-                rollout: None,
-            };
-            let signed = Signed::sign(&desired, &keys.iter().collect::<Vec<_>>());
-            central.replace_document(&key, signed.to_bytes(), bucket_revision).await?;
-            anyhow::Ok(desired)
+            bucket::write_next(&central, &scope, &keys, seconds_from_now(self.expires_in)?, edit).await
         })?;
         let mut out = std::io::stdout().lock();
         writeln!(out, "{key}: revision {}, expires {}", written.revision, when(written.expires))?;
@@ -298,27 +280,8 @@ impl Assign {
 }
 
 /// `NAME=VALUE`.
-fn split_pair(pair: &str) -> anyhow::Result<(&str, &str)> {
+pub(super) fn split_pair(pair: &str) -> anyhow::Result<(&str, &str)> {
     pair.split_once('=').with_context(|| format!("{pair:?} is not NAME=VALUE"))
-}
-
-/// The published target of `function` labelled `version` (decoded to be found; gateways verify
-/// it).
-async fn find_target(central: &Central, function: &str, version: &str) -> anyhow::Result<Target> {
-    let mut found = Vec::new();
-    for key in central.document_keys(&format!("target.{function}.")).await? {
-        let Some((bytes, _)) = central.document(&key).await? else { continue };
-        let signed = Signed::from_bytes(&bytes)?;
-        let target: Target = minicbor::decode(&signed.body).with_context(|| format!("{key} does not decode"))?;
-        if target.version == version {
-            found.push(target);
-        }
-    }
-    match found.len() {
-        0 => bail!("no published target of {function} is labelled {version}"),
-        1 => Ok(found.remove(0)),
-        n => bail!("{n} published targets of {function} are labelled {version}; versions must be unique"),
-    }
 }
 
 /// `weir fleet status`.
@@ -350,6 +313,21 @@ impl Status {
                         Ok(status) if self.json => writeln!(out, "{}", String::from_utf8_lossy(&status.to_json()))?,
                         Ok(status) => print_status(&mut out, &status)?,
                         Err(e) => writeln!(out, "{gateway}: unreadable status ({e})")?,
+                    }
+                }
+                if !self.json {
+                    for key in central.document_keys("rollout.").await? {
+                        let Some((bytes, _)) = central.document(&key).await? else { continue };
+                        match serde_json::from_slice::<weir_host::fleet::rollout::Rollout>(&bytes) {
+                            Ok(rollout) => {
+                                writeln!(out, "rollout {}: {:?}", rollout.id, rollout.state)?;
+                                for index in 0..rollout.waves.len() {
+                                    let current = if index == rollout.current { " <" } else { "" };
+                                    writeln!(out, "  {}{current}", super::rollout::wave_bar(&rollout, index))?;
+                                }
+                            }
+                            Err(e) => writeln!(out, "{key}: unreadable ({e})")?,
+                        }
                     }
                 }
                 out.flush()?;

@@ -80,7 +80,7 @@ impl Agent {
                 self.progress = "waiting for the fleet's server".into();
                 return Step::Idle;
             };
-            let key = central::target_key(function.as_str(), &entry.sha256);
+            let key = central::target_key(function.as_str(), entry.counter, &entry.sha256);
             let signed = match central.document(&key).await {
                 Ok(Some((bytes, _))) => Signed::from_bytes(&bytes),
                 Ok(None) => return self.later(format!("waiting for the target {key} to be published")),

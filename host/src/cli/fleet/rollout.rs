@@ -1,0 +1,656 @@
+//! `weir fleet plan | rollout | pause | resume | abort | rollback | floor raise`: a release
+//! brought to many gateways, and taken back.
+//!
+//! `rollout` writes the rollout's state to the bucket (`rollout.<id>`) before anything else and
+//! drives it from there: each step re-reads the state and the gateways' statuses, writes what
+//! the step needs and saves the state only if nobody changed it meanwhile (a `pause` from
+//! another terminal wins). A rollout whose command died goes on with `resume`; a gateway whose
+//! document was written but not yet noted in the state is recognised by the rollout named in
+//! its document.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{Context, bail, ensure};
+use weir_fleet::{FunctionTarget, RolloutTag, Scope, SigningKey};
+use weir_host::fleet::central::{self, Central, CentralError};
+use weir_host::fleet::rollout::{self, Next, Part, PartOutcome, Release, Rollout, State, Threshold};
+use weir_host::fleet::status::GatewayStatus;
+
+use super::bucket::{self, Edit};
+use super::documents::seconds_from_now;
+use super::read_signing_key;
+use super::server::{Gates, Server, runtime, split_pair};
+
+/// Which gateways.
+#[derive(Debug, clap::Args)]
+pub struct Selection {
+    /// A gateway (repeat; in this order).
+    #[arg(long = "gateway", value_name = "ID")]
+    gateways: Vec<String>,
+    /// Every gateway whose status lists this group.
+    #[arg(long)]
+    group: Option<String>,
+    /// Every gateway that ever wrote a status.
+    #[arg(long)]
+    all: bool,
+}
+
+impl Selection {
+    /// The gateways selected, with the statuses of all.
+    async fn resolve(&self, central: &Central) -> anyhow::Result<(Vec<String>, BTreeMap<String, GatewayStatus>)> {
+        let statuses = statuses(central).await?;
+        let chosen: Vec<String> = match (&self.gateways[..], &self.group, self.all) {
+            (gateways, None, false) if !gateways.is_empty() => gateways.to_vec(),
+            ([], Some(group), false) => {
+                statuses.values().filter(|s| s.groups.contains(group)).map(|s| s.gateway.clone()).collect()
+            }
+            ([], None, true) => statuses.keys().cloned().collect(),
+            _ => bail!("give --gateway (repeated), --group or --all"),
+        };
+        ensure!(!chosen.is_empty(), "no gateway selected (a gateway is known once it wrote a status)");
+        Ok((chosen, statuses))
+    }
+}
+
+async fn statuses(central: &Central) -> anyhow::Result<BTreeMap<String, GatewayStatus>> {
+    Ok(central
+        .statuses()
+        .await?
+        .into_iter()
+        .filter_map(|(gateway, bytes)| Some((gateway, GatewayStatus::from_json(&bytes).ok()?)))
+        .collect())
+}
+
+/// `NAME=VERSION` pairs, resolved to their published targets.
+async fn release(central: &Central, pairs: &[String]) -> anyhow::Result<BTreeMap<String, FunctionTarget>> {
+    ensure!(!pairs.is_empty(), "give at least one --function NAME=VERSION");
+    let mut release = BTreeMap::new();
+    for pair in pairs {
+        let (function, version) = split_pair(pair)?;
+        release.insert(function.to_owned(), bucket::find_target(central, function, version).await?.entry());
+    }
+    Ok(release)
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+/// `weir fleet plan`.
+#[derive(Debug, clap::Args)]
+pub struct Plan {
+    /// A function and the published version to bring, `NAME=VERSION` (repeat).
+    #[arg(long = "function", value_name = "NAME=VERSION")]
+    functions: Vec<String>,
+    #[command(flatten)]
+    selection: Selection,
+    #[command(flatten)]
+    server: Server,
+}
+
+impl Plan {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        runtime()?.block_on(async {
+            let central = self.server.connect().await?;
+            let release = release(&central, &self.functions).await?;
+            let (gateways, statuses) = self.selection.resolve(&central).await?;
+            let mut out = std::io::stdout().lock();
+            let (mut changing, mut problems) = (0, 0);
+            for gateway in &gateways {
+                let Some(status) = statuses.get(gateway) else {
+                    writeln!(out, "{gateway}: never heard from — its document is written, it takes it when it comes")?;
+                    changing += 1;
+                    continue;
+                };
+                let mut changes = Vec::new();
+                for (function, entry) in &release {
+                    let floor = status.floors.get(function).copied().unwrap_or(0);
+                    let running = status.running.get(function);
+                    let from = running
+                        .map_or("configured component".to_owned(), |r| format!("{} (#{})", r.version, r.counter));
+                    if running.is_some_and(|r| r.sha256 == hex::encode(entry.sha256) && r.counter == entry.counter) {
+                        changes.push(format!("{function} {from}, unchanged"));
+                    } else if entry.counter < floor {
+                        problems += 1;
+                        changes.push(format!(
+                            "{function} {from} → {} REFUSED: counter {} below its floor {floor}",
+                            entry.version, entry.counter
+                        ));
+                    } else {
+                        changes.push(format!("{function} {from} → {} (#{})", entry.version, entry.counter));
+                    }
+                }
+                let stale = if status.is_stale(now()) { " [STALE: it takes the change when it is back]" } else { "" };
+                if changes.iter().any(|c| c.contains('→')) {
+                    changing += 1;
+                }
+                writeln!(out, "{gateway}{stale}: {}", changes.join("; "))?;
+            }
+            writeln!(out, "{changing} of {} gateway(s) change; {problems} refusal(s) foreseen", gateways.len())?;
+            anyhow::Ok(if problems == 0 { ExitCode::SUCCESS } else { ExitCode::FAILURE })
+        })
+    }
+}
+
+/// The keys a rollout signs with.
+#[derive(Debug, clap::Args)]
+pub struct Keys {
+    /// A desired key (repeat up to the desired role's threshold).
+    #[arg(long = "desired-key", value_name = "FILE.key", required = true)]
+    desired: Vec<PathBuf>,
+    /// A targets key (repeat up to the targets role's threshold): reverting a wave signs the
+    /// previous release again above the floors.
+    #[arg(long = "targets-key", value_name = "FILE.key", required = true)]
+    targets: Vec<PathBuf>,
+    /// How long the documents written are valid.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30days")]
+    expires_in: Duration,
+}
+
+struct Signers {
+    desired: Vec<SigningKey>,
+    targets: Vec<SigningKey>,
+    expires: u64,
+}
+
+impl Keys {
+    fn read(&self) -> anyhow::Result<Signers> {
+        let read = |paths: &[PathBuf]| paths.iter().map(|p| read_signing_key(p)).collect::<anyhow::Result<Vec<_>>>();
+        Ok(Signers {
+            desired: read(&self.desired)?,
+            targets: read(&self.targets)?,
+            expires: seconds_from_now(self.expires_in)?,
+        })
+    }
+}
+
+/// `weir fleet rollout`.
+#[derive(Debug, clap::Args)]
+pub struct Start {
+    /// The rollout's id (letters, digits, `-`, `_`).
+    #[arg(long)]
+    id: String,
+    /// A function and the published version to bring, `NAME=VERSION` (repeat).
+    #[arg(long = "function", value_name = "NAME=VERSION")]
+    functions: Vec<String>,
+    #[command(flatten)]
+    selection: Selection,
+    /// The waves' sizes, cumulative: `1,10%,100%` is one canary, then up to a tenth of all, then
+    /// the rest.
+    #[arg(long, value_delimiter = ',', value_parser = Threshold::parse, default_value = "1,10%,100%")]
+    waves: Vec<Threshold>,
+    /// Commits in a wave (a number or a share) before the next wave starts.
+    #[arg(long, value_parser = Threshold::parse, default_value = "100%")]
+    success_threshold: Threshold,
+    /// Rollbacks in a wave (a number or a share) that stop the rollout and revert the wave.
+    #[arg(long, value_parser = Threshold::parse, default_value = "1")]
+    failure_threshold: Threshold,
+    /// How long a wave may take before the rollout pauses.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30m")]
+    wave_timeout: Duration,
+    #[command(flatten)]
+    gates: Gates,
+    #[command(flatten)]
+    keys: Keys,
+    #[command(flatten)]
+    server: Server,
+}
+
+impl Start {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        ensure!(
+            !self.id.is_empty() && self.id.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_'),
+            "--id {:?}: letters, digits, `-` and `_` only",
+            self.id
+        );
+        let signers = self.keys.read()?;
+        runtime()?.block_on(async {
+            let central = self.server.connect().await?;
+            let release = release(&central, &self.functions).await?;
+            let (gateways, _) = self.selection.resolve(&central).await?;
+            let started = now();
+            let state = Rollout {
+                id: self.id.clone(),
+                started,
+                release: release.iter().map(|(f, e)| (f.clone(), Release::of(e))).collect(),
+                health: self.gates.health(),
+                waves: rollout::waves(&gateways, &self.waves),
+                success_threshold: self.success_threshold,
+                failure_threshold: self.failure_threshold,
+                wave_timeout: self.wave_timeout.as_secs(),
+                current: 0,
+                current_since: started,
+                state: State::Running,
+                parts: BTreeMap::new(),
+            };
+            let key = central::rollout_key(&self.id);
+            central.replace_document(&key, serde_json::to_vec(&state)?, 0).await.map_err(|e| match e {
+                CentralError::Conflict { .. } => {
+                    anyhow::anyhow!("rollout {} exists: `weir fleet resume {}` carries it on", self.id, self.id)
+                }
+                other => other.into(),
+            })?;
+            let waves: Vec<String> = state.waves.iter().map(|w| w.len().to_string()).collect();
+            writeln!(
+                std::io::stdout().lock(),
+                "rollout {}: {} gateway(s) in waves of {}",
+                self.id,
+                gateways.len(),
+                waves.join(", ")
+            )?;
+            drive(&central, &self.id, &signers).await
+        })
+    }
+}
+
+/// `weir fleet resume`.
+#[derive(Debug, clap::Args)]
+pub struct Resume {
+    /// The rollout.
+    id: String,
+    #[command(flatten)]
+    keys: Keys,
+    #[command(flatten)]
+    server: Server,
+}
+
+impl Resume {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let signers = self.keys.read()?;
+        runtime()?.block_on(async {
+            let central = self.server.connect().await?;
+            change_state(&central, &self.id, |r| match &r.state {
+                State::Running => Ok(()),
+                State::Paused { .. } => {
+                    r.state = State::Running;
+                    // The wave's clock starts again.
+                    r.current_since = now();
+                    Ok(())
+                }
+                other => bail!("rollout {} is {other:?}: nothing to resume", r.id),
+            })
+            .await?;
+            drive(&central, &self.id, &signers).await
+        })
+    }
+}
+
+/// `weir fleet pause`.
+#[derive(Debug, clap::Args)]
+pub struct Pause {
+    /// The rollout.
+    id: String,
+    #[command(flatten)]
+    server: Server,
+}
+
+impl Pause {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        runtime()?.block_on(async {
+            let central = self.server.connect().await?;
+            change_state(&central, &self.id, |r| {
+                ensure!(r.state == State::Running, "rollout {} is {:?}, not running", r.id, r.state);
+                r.state = State::Paused { reason: "paused by the fleet manager".into() };
+                Ok(())
+            })
+            .await?;
+            writeln!(
+                std::io::stdout().lock(),
+                "rollout {} paused; `weir fleet resume {}` carries it on",
+                self.id,
+                self.id
+            )?;
+            anyhow::Ok(ExitCode::SUCCESS)
+        })
+    }
+}
+
+/// `weir fleet abort`.
+#[derive(Debug, clap::Args)]
+pub struct Abort {
+    /// The rollout.
+    id: String,
+    #[command(flatten)]
+    keys: Keys,
+    #[command(flatten)]
+    server: Server,
+}
+
+impl Abort {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let signers = self.keys.read()?;
+        runtime()?.block_on(async {
+            let central = self.server.connect().await?;
+            let (mut state, revision) = load(&central, &self.id).await?;
+            ensure!(
+                matches!(state.state, State::Running | State::Paused { .. }),
+                "rollout {} is {:?}: nothing to abort",
+                self.id,
+                state.state
+            );
+            state.state = State::Aborted;
+            revert_wave(&central, &mut state, &signers).await?;
+            save(&central, &state, revision).await?;
+            writeln!(std::io::stdout().lock(), "rollout {} aborted; wave {} reverted", self.id, state.current + 1)?;
+            anyhow::Ok(ExitCode::SUCCESS)
+        })
+    }
+}
+
+async fn load(central: &Central, id: &str) -> anyhow::Result<(Rollout, u64)> {
+    let key = central::rollout_key(id);
+    let (bytes, revision) = central.document(&key).await?.with_context(|| format!("no rollout {id}"))?;
+    Ok((serde_json::from_slice(&bytes).with_context(|| format!("{key} does not decode"))?, revision))
+}
+
+async fn save(central: &Central, state: &Rollout, revision: u64) -> Result<u64, CentralError> {
+    let bytes = serde_json::to_vec(state).expect("a rollout serialises");
+    central.replace_document(&central::rollout_key(&state.id), bytes, revision).await
+}
+
+/// Changes a rollout's state, retried when someone else wrote it meanwhile.
+async fn change_state(
+    central: &Central,
+    id: &str,
+    mut change: impl FnMut(&mut Rollout) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    loop {
+        let (mut state, revision) = load(central, id).await?;
+        change(&mut state)?;
+        match save(central, &state, revision).await {
+            Ok(_) => return Ok(()),
+            Err(CentralError::Conflict { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// Drives the rollout until it is done, stopped or paused (see the module docs).
+async fn drive(central: &Central, id: &str, signers: &Signers) -> anyhow::Result<ExitCode> {
+    let mut shown = String::new();
+    let mut failures = 0;
+    loop {
+        // The server may be away for a moment: the state is on it, so the step is taken again.
+        let read = async { anyhow::Ok((load(central, id).await?, statuses(central).await?)) };
+        let ((mut state, revision), statuses) = match read.await {
+            Ok(read) => {
+                failures = 0;
+                read
+            }
+            Err(e) if failures < 30 => {
+                failures += 1;
+                eprintln!("rollout {id}: {e:#}; trying again");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            Err(e) => {
+                return Err(
+                    e.context(format!("rollout {id}: the server did not answer; `weir fleet resume {id}` carries on"))
+                );
+            }
+        };
+        state.observe(&statuses);
+        let step = state.next(now());
+        match &step {
+            Next::Idle => {
+                let verdict = match &state.state {
+                    State::Done => "done",
+                    State::Paused { .. } => "paused",
+                    State::Aborted => "aborted",
+                    State::Failed { .. } => "failed",
+                    State::Running => "running",
+                };
+                writeln!(std::io::stdout().lock(), "rollout {id} {verdict}: {:?}", state.state)?;
+                return Ok(if state.state == State::Done { ExitCode::SUCCESS } else { ExitCode::FAILURE });
+            }
+            Next::Assign(gateways) => {
+                for gateway in gateways {
+                    assign(central, &mut state, gateway, signers).await?;
+                }
+            }
+            Next::Wait => {}
+            Next::Advance => {
+                state.current += 1;
+                state.current_since = now();
+            }
+            Next::Finish => state.state = State::Done,
+            Next::Stop(reason) => {
+                state.state = State::Failed { reason: reason.clone() };
+                revert_wave(central, &mut state, signers).await?;
+            }
+            Next::Pause(reason) => state.state = State::Paused { reason: reason.clone() },
+        }
+        let line = progress_line(&state);
+        if line != shown {
+            writeln!(std::io::stdout().lock(), "{line}")?;
+            shown = line;
+        }
+        match save(central, &state, revision).await {
+            // Someone else changed it (a pause, say): read it again.
+            Ok(_) | Err(CentralError::Conflict { .. }) => {}
+            Err(e) => return Err(e.into()),
+        }
+        if step == Next::Wait {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// Writes the release into `gateway`'s document and notes it; a document this rollout already
+/// wrote (before a crash of the command) is adopted instead.
+async fn assign(central: &Central, state: &mut Rollout, gateway: &str, signers: &Signers) -> anyhow::Result<()> {
+    let scope = Scope::Gateway(gateway.to_owned());
+    let wave = state.current;
+    let current = bucket::current(central, &scope).await?;
+    if let Some((document, _)) = &current
+        && document.rollout.as_ref().is_some_and(|tag| tag.id == state.id)
+    {
+        let part = state.parts.entry(gateway.to_owned()).or_insert_with(|| pending(wave));
+        part.assigned = Some(document.revision);
+        return Ok(());
+    }
+    let previous = state
+        .release
+        .keys()
+        .map(|function| {
+            let entry = current.as_ref().and_then(|(d, _)| d.functions.get(function));
+            (function.clone(), entry.map(Release::of))
+        })
+        .collect();
+    let edit = Edit {
+        set: state.release.iter().filter_map(|(f, r)| Some((f.clone(), r.entry()?))).collect(),
+        health: Some(state.health.clone()),
+        rollout: Some(RolloutTag { id: state.id.clone(), wave: u32::try_from(wave).unwrap_or(u32::MAX) }),
+        ..Edit::default()
+    };
+    let written = bucket::write_next(central, &scope, &signers.desired, signers.expires, edit).await?;
+    let part = state.parts.entry(gateway.to_owned()).or_insert_with(|| pending(wave));
+    part.previous = previous;
+    part.assigned = Some(written.revision);
+    part.assigned_at = now();
+    Ok(())
+}
+
+fn pending(wave: usize) -> Part {
+    Part { wave, assigned: None, assigned_at: 0, previous: BTreeMap::new(), outcome: PartOutcome::Pending }
+}
+
+/// Puts each assigned gateway of the current wave back on what it ran before: previous fleet
+/// releases signed again above the floors the release may have raised, configured components
+/// by taking the function out of the document.
+async fn revert_wave(central: &Central, state: &mut Rollout, signers: &Signers) -> anyhow::Result<()> {
+    let mut resigned: BTreeMap<(String, String), FunctionTarget> = BTreeMap::new();
+    for gateway in state.wave().to_vec() {
+        let Some(part) = state.parts.get(&gateway).cloned() else { continue };
+        if part.assigned.is_none() {
+            continue;
+        }
+        let mut edit = Edit::default();
+        for (function, previous) in &part.previous {
+            match previous {
+                None => edit.remove.push(function.clone()),
+                Some(release) => {
+                    let key = (function.clone(), release.sha256.clone());
+                    let entry = match resigned.get(&key) {
+                        Some(entry) => entry.clone(),
+                        None => {
+                            let entry = bucket::republish(central, function, release, &signers.targets).await?;
+                            resigned.insert(key, entry.clone());
+                            entry
+                        }
+                    };
+                    edit.set.insert(function.clone(), entry);
+                }
+            }
+        }
+        bucket::write_next(central, &Scope::Gateway(gateway.clone()), &signers.desired, signers.expires, edit).await?;
+        if let Some(part) = state.parts.get_mut(&gateway)
+            && !matches!(part.outcome, PartOutcome::RolledBack { .. })
+        {
+            part.outcome = PartOutcome::Reverted;
+        }
+    }
+    Ok(())
+}
+
+/// One line of where the rollout is.
+fn progress_line(state: &Rollout) -> String {
+    let waves: Vec<String> = (0..state.waves.len()).map(|i| wave_bar(state, i)).collect();
+    format!("rollout {} {:?}: {}", state.id, state.state, waves.join("  "))
+}
+
+/// `wave 2 [####··] 4/6` with failures and reverts named.
+pub fn wave_bar(state: &Rollout, index: usize) -> String {
+    let (committed, failed, pending, reverted) = state.tally(index);
+    let total = committed + failed + pending + reverted;
+    let width = 10;
+    let filled = (committed * width).checked_div(total).unwrap_or(0);
+    let failed_cells = ((failed + reverted) * width).checked_div(total).unwrap_or(0);
+    let bar: String = "#".repeat(filled) + &"x".repeat(failed_cells) + &"·".repeat(width - filled - failed_cells);
+    let mut text = format!("wave {} [{bar}] {committed}/{total}", index + 1);
+    if failed > 0 {
+        text += &format!(", {failed} rolled back");
+    }
+    if reverted > 0 {
+        text += &format!(", {reverted} reverted");
+    }
+    text
+}
+
+/// `weir fleet rollback`.
+#[derive(Debug, clap::Args)]
+pub struct Rollback {
+    /// The function.
+    #[arg(long)]
+    function: String,
+    /// The published version to go back to; it is signed again with a counter above every one
+    /// published, so no gateway's floor refuses it.
+    #[arg(long)]
+    to: String,
+    #[command(flatten)]
+    selection: Selection,
+    #[command(flatten)]
+    keys: Keys,
+    #[command(flatten)]
+    server: Server,
+}
+
+impl Rollback {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let signers = self.keys.read()?;
+        runtime()?.block_on(async {
+            let central = self.server.connect().await?;
+            let target = bucket::find_target(&central, &self.function, &self.to).await?;
+            let entry =
+                bucket::republish(&central, &self.function, &Release::of(&target.entry()), &signers.targets).await?;
+            let (gateways, _) = self.selection.resolve(&central).await?;
+            let mut out = std::io::stdout().lock();
+            for gateway in gateways {
+                let edit = Edit { set: BTreeMap::from([(self.function.clone(), entry.clone())]), ..Edit::default() };
+                let scope = Scope::Gateway(gateway.clone());
+                let written = bucket::write_next(&central, &scope, &signers.desired, signers.expires, edit).await?;
+                writeln!(
+                    out,
+                    "{gateway}: revision {} runs {} {} (counter {})",
+                    written.revision, self.function, self.to, entry.counter
+                )?;
+            }
+            anyhow::Ok(ExitCode::SUCCESS)
+        })
+    }
+}
+
+/// `weir fleet floor`.
+#[derive(Debug, clap::Args)]
+pub struct Floor {
+    #[command(subcommand)]
+    command: FloorCommand,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum FloorCommand {
+    /// Raise a function's anti-rollback floor: once the gateways commit the document, no version
+    /// with a lower security counter is ever accepted again.
+    Raise(FloorRaise),
+}
+
+#[derive(Debug, clap::Args)]
+struct FloorRaise {
+    /// The function.
+    #[arg(long)]
+    function: String,
+    /// The lowest security counter accepted from now on.
+    #[arg(long)]
+    counter: u64,
+    #[command(flatten)]
+    selection: Selection,
+    /// A desired key (repeat up to the desired role's threshold).
+    #[arg(long = "key", value_name = "FILE.key", required = true)]
+    keys: Vec<PathBuf>,
+    /// How long the documents written are valid.
+    #[arg(long, value_parser = humantime::parse_duration, default_value = "30days")]
+    expires_in: Duration,
+    #[command(flatten)]
+    server: Server,
+}
+
+impl Floor {
+    pub fn execute(self) -> anyhow::Result<ExitCode> {
+        let FloorCommand::Raise(raise) = self.command;
+        let keys = raise.keys.iter().map(|p| read_signing_key(p)).collect::<anyhow::Result<Vec<_>>>()?;
+        runtime()?.block_on(async {
+            let central = raise.server.connect().await?;
+            let (gateways, _) = raise.selection.resolve(&central).await?;
+            let mut out = std::io::stdout().lock();
+            for gateway in gateways {
+                let scope = Scope::Gateway(gateway.clone());
+                if let Some((document, _)) = bucket::current(&central, &scope).await?
+                    && let Some(entry) = document.functions.get(&raise.function)
+                {
+                    ensure!(
+                        entry.counter >= raise.counter,
+                        "{gateway} is to run {} {} (counter {}): roll out a version with counter {} or more first",
+                        raise.function,
+                        entry.version,
+                        entry.counter,
+                        raise.counter
+                    );
+                }
+                let edit =
+                    Edit { floors: BTreeMap::from([(raise.function.clone(), raise.counter)]), ..Edit::default() };
+                let written =
+                    bucket::write_next(&central, &scope, &keys, seconds_from_now(raise.expires_in)?, edit).await?;
+                writeln!(
+                    out,
+                    "{gateway}: revision {} raises the floor of {} to {}",
+                    written.revision, raise.function, raise.counter
+                )?;
+            }
+            anyhow::Ok(ExitCode::SUCCESS)
+        })
+    }
+}
