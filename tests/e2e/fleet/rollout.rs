@@ -151,10 +151,18 @@ async fn five_gateways(release: NatsRelease) -> Result<()> {
     gateways[4].terminate()?;
     let started = Instant::now();
     // A probation long enough (some seconds) to kill gw3 in the middle of it.
-    let good_rollout = rollout(&fleet, "good", "1.3.0", &["--success-threshold", "60%", "--probation-batches", "100"]);
+    let mut good_rollout =
+        rollout(&fleet, "good", "1.3.0", &["--success-threshold", "60%", "--probation-batches", "100"]);
     let probation = |s: &GatewayStatus| s.update.as_ref().is_some_and(|u| u.stage == "active");
     // Two waves of a few seconds each come first; on a loaded machine they take longer.
-    if let Err(e) = fleet.wait_for_within("gw3", "its probation", Duration::from_secs(240), probation).await {
+    let reached = tokio::select! {
+        reached = fleet.wait_for_within("gw3", "its probation", Duration::from_secs(240), probation) => reached,
+        ended = &mut good_rollout => {
+            let (_, output) = ended??;
+            Err(anyhow::anyhow!("the rollout ended before gw3's probation: {output}"))
+        }
+    };
+    if let Err(e) = reached {
         let status = fleet.command(&["status"]).unwrap_or_else(|e| e.to_string());
         let logs: Vec<String> = gateways
             .iter()

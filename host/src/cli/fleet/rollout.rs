@@ -369,75 +369,78 @@ async fn change_state(
     }
 }
 
-/// Drives the rollout until it is done, stopped or paused (see the module docs).
+/// Drives the rollout until it is done, stopped or paused (see the module docs). A step that
+/// fails — the server away for a moment, a request timed out — is taken again from the state on
+/// the server: every step can be repeated.
 async fn drive(central: &Central, id: &str, signers: &Signers) -> anyhow::Result<ExitCode> {
     let mut shown = String::new();
     let mut failures = 0;
     loop {
-        // The server may be away for a moment: the state is on it, so the step is taken again.
-        let read = async { anyhow::Ok((load(central, id).await?, statuses(central).await?)) };
-        let ((mut state, revision), statuses) = match read.await {
-            Ok(read) => {
-                failures = 0;
-                read
-            }
+        match step(central, id, signers, &mut shown).await {
+            Ok(Some(exit)) => return Ok(exit),
+            Ok(None) => failures = 0,
             Err(e) if failures < 30 => {
                 failures += 1;
                 eprintln!("rollout {id}: {e:#}; trying again");
                 tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
             }
             Err(e) => {
                 return Err(
                     e.context(format!("rollout {id}: the server did not answer; `weir fleet resume {id}` carries on"))
                 );
             }
-        };
-        state.observe(&statuses);
-        let step = state.next(now());
-        match &step {
-            Next::Idle => {
-                let verdict = match &state.state {
-                    State::Done => "done",
-                    State::Paused { .. } => "paused",
-                    State::Aborted => "aborted",
-                    State::Failed { .. } => "failed",
-                    State::Running => "running",
-                };
-                writeln!(std::io::stdout().lock(), "rollout {id} {verdict}: {:?}", state.state)?;
-                return Ok(if state.state == State::Done { ExitCode::SUCCESS } else { ExitCode::FAILURE });
-            }
-            Next::Assign(gateways) => {
-                for gateway in gateways {
-                    assign(central, &mut state, gateway, signers).await?;
-                }
-            }
-            Next::Wait => {}
-            Next::Advance => {
-                state.current += 1;
-                state.current_since = now();
-            }
-            Next::Finish => state.state = State::Done,
-            Next::Stop(reason) => {
-                state.state = State::Failed { reason: reason.clone() };
-                revert_wave(central, &mut state, signers).await?;
-            }
-            Next::Pause(reason) => state.state = State::Paused { reason: reason.clone() },
-        }
-        let line = progress_line(&state);
-        if line != shown {
-            writeln!(std::io::stdout().lock(), "{line}")?;
-            shown = line;
-        }
-        match save(central, &state, revision).await {
-            // Someone else changed it (a pause, say): read it again.
-            Ok(_) | Err(CentralError::Conflict { .. }) => {}
-            Err(e) => return Err(e.into()),
-        }
-        if step == Next::Wait {
-            tokio::time::sleep(Duration::from_millis(500)).await;
         }
     }
+}
+
+/// One step of the rollout; `Some` when it is over (done, stopped, paused).
+async fn step(central: &Central, id: &str, signers: &Signers, shown: &mut String) -> anyhow::Result<Option<ExitCode>> {
+    let (mut state, revision) = load(central, id).await?;
+    state.observe(&statuses(central).await?);
+    let next = state.next(now());
+    match &next {
+        Next::Idle => {
+            let verdict = match &state.state {
+                State::Done => "done",
+                State::Paused { .. } => "paused",
+                State::Aborted => "aborted",
+                State::Failed { .. } => "failed",
+                State::Running => "running",
+            };
+            writeln!(std::io::stdout().lock(), "rollout {id} {verdict}: {:?}", state.state)?;
+            return Ok(Some(if state.state == State::Done { ExitCode::SUCCESS } else { ExitCode::FAILURE }));
+        }
+        Next::Assign(gateways) => {
+            for gateway in gateways {
+                assign(central, &mut state, gateway, signers).await?;
+            }
+        }
+        Next::Wait => {}
+        Next::Advance => {
+            state.current += 1;
+            state.current_since = now();
+        }
+        Next::Finish => state.state = State::Done,
+        Next::Stop(reason) => {
+            state.state = State::Failed { reason: reason.clone() };
+            revert_wave(central, &mut state, signers).await?;
+        }
+        Next::Pause(reason) => state.state = State::Paused { reason: reason.clone() },
+    }
+    let line = progress_line(&state);
+    if line != *shown {
+        writeln!(std::io::stdout().lock(), "{line}")?;
+        *shown = line;
+    }
+    match save(central, &state, revision).await {
+        // Someone else changed it (a pause, say): read it again.
+        Ok(_) | Err(CentralError::Conflict { .. }) => {}
+        Err(e) => return Err(e.into()),
+    }
+    if next == Next::Wait {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(None)
 }
 
 /// Writes the release into `gateway`'s document and notes it; a document this rollout already
