@@ -78,5 +78,6 @@ fn a_root_needs_its_threshold_of_signatures_added_one_holder_at_a_time() -> Resu
 }
 
 mod attacks;
+mod commands;
 mod rollout;
 mod updates;

@@ -17,7 +17,7 @@ const GATEWAYS: [&str; 5] = ["gw1", "gw2", "gw3", "gw4", "gw5"];
 
 /// A gateway of the group `plant`: simulated boiler temperatures → unit-convert → JetStream
 /// `central.<id>`.
-fn gateway(id: &str, nats: &NatsServer, fleet: &Fleet) -> String {
+pub(super) fn gateway(id: &str, nats: &NatsServer, fleet: &Fleet) -> String {
     format!(
         r#"[gateway]
 id = "{id}"

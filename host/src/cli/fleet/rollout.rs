@@ -325,16 +325,26 @@ impl Abort {
         let signers = self.keys.read()?;
         runtime()?.block_on(async {
             let central = self.server.connect().await?;
-            let (mut state, revision) = load(&central, &self.id).await?;
-            ensure!(
-                matches!(state.state, State::Running | State::Paused { .. }),
-                "rollout {} is {:?}: nothing to abort",
-                self.id,
-                state.state
-            );
-            state.state = State::Aborted;
+            // Stopped first (a driving command sees it at its next step), then reverted.
+            change_state(&central, &self.id, |r| {
+                ensure!(
+                    matches!(r.state, State::Running | State::Paused { .. }),
+                    "rollout {} is {:?}: nothing to abort",
+                    r.id,
+                    r.state
+                );
+                r.state = State::Aborted;
+                Ok(())
+            })
+            .await?;
+            let (mut state, _) = load(&central, &self.id).await?;
             revert_wave(&central, &mut state, &signers).await?;
-            save(&central, &state, revision).await?;
+            let parts = state.parts.clone();
+            change_state(&central, &self.id, |r| {
+                r.parts.clone_from(&parts);
+                Ok(())
+            })
+            .await?;
             writeln!(std::io::stdout().lock(), "rollout {} aborted; wave {} reverted", self.id, state.current + 1)?;
             anyhow::Ok(ExitCode::SUCCESS)
         })
