@@ -123,6 +123,9 @@ async fn every_attack_is_refused_before_compiling_with_its_reason_in_status() ->
 
     // Through all of it the committed release kept running, and nothing refused was compiled.
     let status = fleet.status(GATEWAY).await?.expect("a status");
+    for refusal in &status.refusals {
+        eprintln!("refused {} [{}]: {}", refusal.what, refusal.code, refusal.reason);
+    }
     assert_eq!(status.running["unit-convert"].version, "2.0.0");
     feeder.stop().await?;
     let (code, data_dir, _keep) = weir.stop()?;
