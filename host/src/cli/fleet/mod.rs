@@ -10,6 +10,7 @@
 
 mod bucket;
 mod documents;
+mod rollback;
 mod rollout;
 mod server;
 
@@ -60,9 +61,9 @@ enum Command {
     /// Stop a rollout and put its current wave back on what it ran before.
     Abort(rollout::Abort),
     /// Bring gateways back to an earlier published version (signed again above their floors).
-    Rollback(rollout::Rollback),
+    Rollback(rollback::Rollback),
     /// Anti-rollback floors.
-    Floor(rollout::Floor),
+    Floor(rollback::Floor),
 }
 
 impl Args {

@@ -1,5 +1,5 @@
-//! `weir fleet plan | rollout | pause | resume | abort | rollback | floor raise`: a release
-//! brought to many gateways, and taken back.
+//! `weir fleet plan | rollout | pause | resume | abort`: a release brought to many gateways in
+//! waves.
 //!
 //! `rollout` writes the rollout's state to the bucket (`rollout.<id>`) before anything else and
 //! drives it from there: each step re-reads the state and the gateways' statuses, writes what
@@ -27,7 +27,7 @@ use super::server::{Gates, Server, runtime, split_pair};
 
 /// Which gateways.
 #[derive(Debug, clap::Args)]
-pub struct Selection {
+pub(super) struct Selection {
     /// A gateway (repeat; in this order).
     #[arg(long = "gateway", value_name = "ID")]
     gateways: Vec<String>,
@@ -41,7 +41,10 @@ pub struct Selection {
 
 impl Selection {
     /// The gateways selected, with the statuses of all.
-    async fn resolve(&self, central: &Central) -> anyhow::Result<(Vec<String>, BTreeMap<String, GatewayStatus>)> {
+    pub(super) async fn resolve(
+        &self,
+        central: &Central,
+    ) -> anyhow::Result<(Vec<String>, BTreeMap<String, GatewayStatus>)> {
         let statuses = statuses(central).await?;
         let chosen: Vec<String> = match (&self.gateways[..], &self.group, self.all) {
             (gateways, None, false) if !gateways.is_empty() => gateways.to_vec(),
@@ -138,7 +141,7 @@ impl Plan {
 
 /// The keys a rollout signs with.
 #[derive(Debug, clap::Args)]
-pub struct Keys {
+pub(super) struct Keys {
     /// A desired key (repeat up to the desired role's threshold).
     #[arg(long = "desired-key", value_name = "FILE.key", required = true)]
     desired: Vec<PathBuf>,
@@ -151,14 +154,14 @@ pub struct Keys {
     expires_in: Duration,
 }
 
-struct Signers {
-    desired: Vec<SigningKey>,
-    targets: Vec<SigningKey>,
-    expires: u64,
+pub(super) struct Signers {
+    pub(super) desired: Vec<SigningKey>,
+    pub(super) targets: Vec<SigningKey>,
+    pub(super) expires: u64,
 }
 
 impl Keys {
-    fn read(&self) -> anyhow::Result<Signers> {
+    pub(super) fn read(&self) -> anyhow::Result<Signers> {
         let read = |paths: &[PathBuf]| paths.iter().map(|p| read_signing_key(p)).collect::<anyhow::Result<Vec<_>>>();
         Ok(Signers {
             desired: read(&self.desired)?,
@@ -552,118 +555,4 @@ pub fn wave_bar(state: &Rollout, index: usize) -> String {
         text += &format!(", {reverted} reverted");
     }
     text
-}
-
-/// `weir fleet rollback`.
-#[derive(Debug, clap::Args)]
-pub struct Rollback {
-    /// The function.
-    #[arg(long)]
-    function: String,
-    /// The published version to go back to; it is signed again with a counter above every one
-    /// published, so no gateway's floor refuses it.
-    #[arg(long)]
-    to: String,
-    #[command(flatten)]
-    selection: Selection,
-    #[command(flatten)]
-    keys: Keys,
-    #[command(flatten)]
-    server: Server,
-}
-
-impl Rollback {
-    pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let signers = self.keys.read()?;
-        runtime()?.block_on(async {
-            let central = self.server.connect().await?;
-            let target = bucket::find_target(&central, &self.function, &self.to).await?;
-            let entry =
-                bucket::republish(&central, &self.function, &Release::of(&target.entry()), &signers.targets).await?;
-            let (gateways, _) = self.selection.resolve(&central).await?;
-            let mut out = std::io::stdout().lock();
-            for gateway in gateways {
-                let edit = Edit { set: BTreeMap::from([(self.function.clone(), entry.clone())]), ..Edit::default() };
-                let scope = Scope::Gateway(gateway.clone());
-                let written = bucket::write_next(&central, &scope, &signers.desired, signers.expires, edit).await?;
-                writeln!(
-                    out,
-                    "{gateway}: revision {} runs {} {} (counter {})",
-                    written.revision, self.function, self.to, entry.counter
-                )?;
-            }
-            anyhow::Ok(ExitCode::SUCCESS)
-        })
-    }
-}
-
-/// `weir fleet floor`.
-#[derive(Debug, clap::Args)]
-pub struct Floor {
-    #[command(subcommand)]
-    command: FloorCommand,
-}
-
-#[derive(Debug, clap::Subcommand)]
-enum FloorCommand {
-    /// Raise a function's anti-rollback floor: once the gateways commit the document, no version
-    /// with a lower security counter is ever accepted again.
-    Raise(FloorRaise),
-}
-
-#[derive(Debug, clap::Args)]
-struct FloorRaise {
-    /// The function.
-    #[arg(long)]
-    function: String,
-    /// The lowest security counter accepted from now on.
-    #[arg(long)]
-    counter: u64,
-    #[command(flatten)]
-    selection: Selection,
-    /// A desired key (repeat up to the desired role's threshold).
-    #[arg(long = "key", value_name = "FILE.key", required = true)]
-    keys: Vec<PathBuf>,
-    /// How long the documents written are valid.
-    #[arg(long, value_parser = humantime::parse_duration, default_value = "30days")]
-    expires_in: Duration,
-    #[command(flatten)]
-    server: Server,
-}
-
-impl Floor {
-    pub fn execute(self) -> anyhow::Result<ExitCode> {
-        let FloorCommand::Raise(raise) = self.command;
-        let keys = raise.keys.iter().map(|p| read_signing_key(p)).collect::<anyhow::Result<Vec<_>>>()?;
-        runtime()?.block_on(async {
-            let central = raise.server.connect().await?;
-            let (gateways, _) = raise.selection.resolve(&central).await?;
-            let mut out = std::io::stdout().lock();
-            for gateway in gateways {
-                let scope = Scope::Gateway(gateway.clone());
-                if let Some((document, _)) = bucket::current(&central, &scope).await?
-                    && let Some(entry) = document.functions.get(&raise.function)
-                {
-                    ensure!(
-                        entry.counter >= raise.counter,
-                        "{gateway} is to run {} {} (counter {}): roll out a version with counter {} or more first",
-                        raise.function,
-                        entry.version,
-                        entry.counter,
-                        raise.counter
-                    );
-                }
-                let edit =
-                    Edit { floors: BTreeMap::from([(raise.function.clone(), raise.counter)]), ..Edit::default() };
-                let written =
-                    bucket::write_next(&central, &scope, &keys, seconds_from_now(raise.expires_in)?, edit).await?;
-                writeln!(
-                    out,
-                    "{gateway}: revision {} raises the floor of {} to {}",
-                    written.revision, raise.function, raise.counter
-                )?;
-            }
-            anyhow::Ok(ExitCode::SUCCESS)
-        })
-    }
 }
