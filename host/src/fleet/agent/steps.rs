@@ -280,17 +280,7 @@ impl Agent {
     async fn roll_back(&mut self, uses: &[UseHandle], reason: String) -> Step {
         stage_in(uses, &self.previous);
         self.loaded.extend(self.previous.iter().map(|(id, f)| (id.clone(), Arc::clone(f))));
-        let outcome = self.record.end_update(false, reason, clock::wall_seconds());
-        self.persist().await;
-        tracing::error!(
-            stage = "fleet",
-            document = outcome.scope_key,
-            revision = outcome.revision,
-            reason = outcome.reason,
-            "update rolled back"
-        );
-        self.end_update();
-        Step::Changed
+        self.fail_update(reason, "update rolled back").await
     }
 
     /// Ends an update that ran nothing, refused for `refusal` of `what`.
@@ -301,7 +291,11 @@ impl Agent {
     /// Ends an update that ran nothing: `what` was refused with `code` for `reason`.
     async fn give_up(&mut self, what: &str, code: &str, reason: &str) -> Step {
         self.status.refused(what.to_owned(), code, reason.to_owned(), clock::wall_seconds());
-        let reason = format!("{what}: {reason} [{code}]");
+        self.fail_update(format!("{what}: {reason} [{code}]"), "update refused").await
+    }
+
+    /// Ends the update as not committed for `reason`, persisted, and logs it as `what_happened`.
+    async fn fail_update(&mut self, reason: String, what_happened: &str) -> Step {
         let outcome = self.record.end_update(false, reason, clock::wall_seconds());
         self.persist().await;
         tracing::error!(
@@ -309,7 +303,7 @@ impl Agent {
             document = outcome.scope_key,
             revision = outcome.revision,
             reason = outcome.reason,
-            "update refused"
+            "{what_happened}"
         );
         self.end_update();
         Step::Changed
