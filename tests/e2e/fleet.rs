@@ -1,5 +1,6 @@
 //! The fleet: signed documents made offline (below), updates carried out by a gateway (`updates`),
-//! and what a gateway refuses (`attacks`).
+//! a gateway killed in the middle of one (`restarts`), what a gateway refuses (`attacks`), and
+//! rollouts over several gateways (`rollout`, `commands`).
 //!
 //! The fleet manager's offline commands with the real binary: key pairs, a root whose root role
 //! needs two of two keys, signing one holder after the other, and `show` judging the signatures
@@ -79,5 +80,6 @@ fn a_root_needs_its_threshold_of_signatures_added_one_holder_at_a_time() -> Resu
 
 mod attacks;
 mod commands;
+mod restarts;
 mod rollout;
 mod updates;

@@ -147,6 +147,12 @@ impl Fleet {
         Ok(())
     }
 
+    /// Deletes the stored artifact with `sha256`, as if its upload had not finished yet.
+    pub async fn remove_artifact(&self, sha256: &[u8; 32]) -> Result<()> {
+        self.artifacts().await?.delete(hex::encode(sha256).as_str()).await?;
+        Ok(())
+    }
+
     /// `gateway`'s last status, if it wrote one.
     pub async fn status(&self, gateway: &str) -> Result<Option<GatewayStatus>> {
         let bucket = jetstream::new(self.client.clone()).get_key_value("weir-fleet-status").await?;
