@@ -4,9 +4,12 @@
 //! `rollout` writes the rollout's state to the bucket (`rollout.<id>`) before anything else and
 //! drives it from there: each step re-reads the state and the gateways' statuses, writes what
 //! the step needs and saves the state only if nobody changed it meanwhile (a `pause` from
-//! another terminal wins). A rollout whose command died goes on with `resume`; a gateway whose
-//! document was written but not yet noted in the state is recognised by the rollout named in
-//! its document.
+//! another terminal wins). A rollout whose command died goes on with `resume`.
+//!
+//! A gateway's part is noted in the state (with what it ran before) before its document is
+//! written, so `abort` reverts every gateway a driver may be writing to at that moment; a driver
+//! whose save then loses to the abort reverts the documents it wrote after it. A document
+//! written but not yet noted as written is recognised by the rollout named in it.
 
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -342,9 +345,10 @@ impl Abort {
             .await?;
             let (mut state, _) = load(&central, &self.id).await?;
             revert_wave(&central, &mut state, &signers).await?;
+            // Merged, not replaced: a driver may have noted reverts of its own meanwhile.
             let parts = state.parts.clone();
             change_state(&central, &self.id, |r| {
-                r.parts.clone_from(&parts);
+                r.parts.extend(parts.iter().map(|(g, p)| (g.clone(), p.clone())));
                 Ok(())
             })
             .await?;
@@ -408,9 +412,10 @@ async fn drive(central: &Central, id: &str, signers: &Signers) -> anyhow::Result
 
 /// One step of the rollout; `Some` when it is over (done, stopped, paused).
 async fn step(central: &Central, id: &str, signers: &Signers, shown: &mut String) -> anyhow::Result<Option<ExitCode>> {
-    let (mut state, revision) = load(central, id).await?;
+    let (mut state, mut revision) = load(central, id).await?;
     state.observe(&statuses(central).await?);
     let next = state.next(now());
+    let mut written = Vec::new();
     match &next {
         Next::Idle => {
             let verdict = match &state.state {
@@ -424,8 +429,19 @@ async fn step(central: &Central, id: &str, signers: &Signers, shown: &mut String
             return Ok(Some(if state.state == State::Done { ExitCode::SUCCESS } else { ExitCode::FAILURE }));
         }
         Next::Assign(gateways) => {
+            // Noted before written: an abort from here on reverts these gateways too.
             for gateway in gateways {
-                assign(central, &mut state, gateway, signers).await?;
+                intend(central, &mut state, gateway).await?;
+            }
+            revision = match save(central, &state, revision).await {
+                Ok(saved) => saved,
+                Err(CentralError::Conflict { .. }) => return Ok(None),
+                Err(e) => return Err(e.into()),
+            };
+            for gateway in gateways {
+                if assign(central, &mut state, gateway, signers).await? {
+                    written.push(gateway.clone());
+                }
             }
         }
         Next::Wait => {}
@@ -446,8 +462,10 @@ async fn step(central: &Central, id: &str, signers: &Signers, shown: &mut String
         *shown = line;
     }
     match save(central, &state, revision).await {
-        // Someone else changed it (a pause, say): read it again.
-        Ok(_) | Err(CentralError::Conflict { .. }) => {}
+        Ok(_) => {}
+        // Someone else changed it (a pause, say): read it again. An abort (or a failure another
+        // driver saw) may have reverted the wave before this step's documents were written.
+        Err(CentralError::Conflict { .. }) => revert_if_stopped(central, id, &state, &written, signers).await?,
         Err(e) => return Err(e.into()),
     }
     if next == Next::Wait {
@@ -456,20 +474,19 @@ async fn step(central: &Central, id: &str, signers: &Signers, shown: &mut String
     Ok(None)
 }
 
-/// Writes the release into `gateway`'s document and notes it; a document this rollout already
-/// wrote (before a crash of the command) is adopted instead.
-async fn assign(central: &Central, state: &mut Rollout, gateway: &str, signers: &Signers) -> anyhow::Result<()> {
-    let scope = Scope::Gateway(gateway.to_owned());
+/// Notes `gateway`'s part with what it runs now, before its document is written; a document
+/// this rollout already wrote (before a crash of the command) is adopted instead.
+async fn intend(central: &Central, state: &mut Rollout, gateway: &str) -> anyhow::Result<()> {
     let wave = state.current;
-    let current = bucket::current(central, &scope).await?;
+    let current = bucket::current(central, &Scope::Gateway(gateway.to_owned())).await?;
+    let part = state.parts.entry(gateway.to_owned()).or_insert_with(|| pending(wave));
     if let Some((document, _)) = &current
         && document.rollout.as_ref().is_some_and(|tag| tag.id == state.id)
     {
-        let part = state.parts.entry(gateway.to_owned()).or_insert_with(|| pending(wave));
         part.assigned = Some(document.revision);
         return Ok(());
     }
-    let previous = state
+    part.previous = state
         .release
         .keys()
         .map(|function| {
@@ -477,34 +494,80 @@ async fn assign(central: &Central, state: &mut Rollout, gateway: &str, signers: 
             (function.clone(), entry.map(Release::of))
         })
         .collect();
+    Ok(())
+}
+
+/// Writes the release into the document of `gateway` (noted by [`intend`]) and notes its
+/// revision; false when it was already written.
+async fn assign(central: &Central, state: &mut Rollout, gateway: &str, signers: &Signers) -> anyhow::Result<bool> {
+    if state.parts.get(gateway).is_some_and(|p| p.assigned.is_some()) {
+        return Ok(false);
+    }
     let edit = Edit {
         set: state.release.iter().filter_map(|(f, r)| Some((f.clone(), r.entry()?))).collect(),
         health: Some(state.health.clone()),
-        rollout: Some(RolloutTag { id: state.id.clone(), wave: u32::try_from(wave).unwrap_or(u32::MAX) }),
+        rollout: Some(RolloutTag { id: state.id.clone(), wave: u32::try_from(state.current).unwrap_or(u32::MAX) }),
         ..Edit::default()
     };
+    let scope = Scope::Gateway(gateway.to_owned());
     let written = bucket::write_next(central, &scope, &signers.desired, signers.expires, edit).await?;
-    let part = state.parts.entry(gateway.to_owned()).or_insert_with(|| pending(wave));
-    part.previous = previous;
+    let part = state.parts.get_mut(gateway).expect("noted by `intend`");
     part.assigned = Some(written.revision);
     part.assigned_at = now();
-    Ok(())
+    Ok(true)
 }
 
 fn pending(wave: usize) -> Part {
     Part { wave, assigned: None, assigned_at: 0, previous: BTreeMap::new(), outcome: PartOutcome::Pending }
 }
 
-/// Puts each assigned gateway of the current wave back on what it ran before: previous fleet
-/// releases signed again above the floors the release may have raised, configured components
-/// by taking the function out of the document.
+/// After a step's save lost to another writer: if the rollout was stopped meanwhile, the
+/// documents this step wrote may have landed after the stop reverted the wave; they are
+/// reverted again, from what this step noted they ran before.
+async fn revert_if_stopped(
+    central: &Central,
+    id: &str,
+    ours: &Rollout,
+    written: &[String],
+    signers: &Signers,
+) -> anyhow::Result<()> {
+    if written.is_empty() {
+        return Ok(());
+    }
+    let (now_stored, _) = load(central, id).await?;
+    if !matches!(now_stored.state, State::Aborted | State::Failed { .. }) {
+        return Ok(());
+    }
+    let mut state = ours.clone();
+    revert_gateways(central, &mut state, written, signers).await?;
+    let reverted: Vec<(String, Part)> =
+        written.iter().filter_map(|g| Some((g.clone(), state.parts.get(g)?.clone()))).collect();
+    change_state(central, id, |r| {
+        r.parts.extend(reverted.iter().cloned());
+        Ok(())
+    })
+    .await
+}
+
+/// Puts each gateway of the current wave that the rollout noted back on what it ran before
+/// (see [`revert_gateways`]).
 async fn revert_wave(central: &Central, state: &mut Rollout, signers: &Signers) -> anyhow::Result<()> {
+    let wave = state.wave().to_vec();
+    revert_gateways(central, state, &wave, signers).await
+}
+
+/// Puts each of `gateways` the rollout noted (written or about to be) back on what it ran
+/// before: previous fleet releases signed again above the floors the release may have raised,
+/// configured components by taking the function out of the document.
+async fn revert_gateways(
+    central: &Central,
+    state: &mut Rollout,
+    gateways: &[String],
+    signers: &Signers,
+) -> anyhow::Result<()> {
     let mut resigned: BTreeMap<(String, String), FunctionTarget> = BTreeMap::new();
-    for gateway in state.wave().to_vec() {
-        let Some(part) = state.parts.get(&gateway).cloned() else { continue };
-        if part.assigned.is_none() {
-            continue;
-        }
+    for gateway in gateways {
+        let Some(part) = state.parts.get(gateway).cloned() else { continue };
         let mut edit = Edit::default();
         for (function, previous) in &part.previous {
             match previous {
@@ -524,7 +587,7 @@ async fn revert_wave(central: &Central, state: &mut Rollout, signers: &Signers) 
             }
         }
         bucket::write_next(central, &Scope::Gateway(gateway.clone()), &signers.desired, signers.expires, edit).await?;
-        if let Some(part) = state.parts.get_mut(&gateway)
+        if let Some(part) = state.parts.get_mut(gateway)
             && !matches!(part.outcome, PartOutcome::RolledBack { .. })
         {
             part.outcome = PartOutcome::Reverted;
