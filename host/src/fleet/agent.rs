@@ -75,6 +75,16 @@ pub struct Agent {
     retry: Retry,
 }
 
+/// What woke the agent.
+enum Wake {
+    /// A document arrived (or was removed) under a watched key.
+    Document(String, Watched),
+    /// Time to take the update's next step.
+    Tick,
+    /// Time to write the status.
+    Heartbeat,
+}
+
 impl Agent {
     /// The functions whose versions the fleet decides, for the SIGHUP reload to leave alone.
     pub fn managed(&self) -> Managed {
@@ -94,7 +104,7 @@ impl Agent {
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         self.consider();
         loop {
-            tokio::select! {
+            let event = tokio::select! {
                 () = shutdown.cancelled() => break,
                 connected = &mut central, if central_ready.is_none() => {
                     let Some(connected) = connected else { break };
@@ -102,23 +112,38 @@ impl Agent {
                         tokio::spawn(watch(connected.clone(), key, documents.clone(), self.retry_policy(), shutdown.clone()));
                     }
                     central_ready = Some(connected);
+                    continue;
                 }
-                Some((key, value)) = arrived.recv() => {
-                    self.document(&key, value).await;
-                    self.publish_status(central_ready.as_ref()).await;
+                Some((key, value)) = arrived.recv() => Wake::Document(key, value),
+                _ = tick.tick() => Wake::Tick,
+                _ = heartbeat.tick() => Wake::Heartbeat,
+            };
+            // What a wake-up does may wait on the server; stopping does not wait for it (each
+            // step persists its record before acting, and a restart resumes from the record).
+            let handled = self.handle(event, central_ready.as_ref(), &uses);
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = handled => {}
+            }
+        }
+    }
+
+    async fn handle(&mut self, event: Wake, central: Option<&Central>, uses: &[UseHandle]) {
+        match event {
+            Wake::Document(key, value) => {
+                self.document(&key, value).await;
+                self.publish_status(central).await;
+            }
+            Wake::Tick => {
+                if self.step(central, uses).await {
+                    self.publish_status(central).await;
                 }
-                _ = tick.tick() => {
-                    let changed = self.step(central_ready.as_ref(), &uses).await;
-                    if changed {
-                        self.publish_status(central_ready.as_ref()).await;
-                    }
+            }
+            Wake::Heartbeat => {
+                if let Some(central) = central {
+                    self.rotate_root(central).await;
                 }
-                _ = heartbeat.tick() => {
-                    if let Some(central) = &central_ready {
-                        self.rotate_root(central).await;
-                    }
-                    self.publish_status(central_ready.as_ref()).await;
-                }
+                self.publish_status(central).await;
             }
         }
     }
