@@ -19,6 +19,9 @@
 //! functions it manages run — at start, before the pipelines are built, and through the same
 //! staging afterwards; a SIGHUP leaves those functions alone.
 //!
+//! With `[http]` configured, the metrics and health endpoints (see `observe`) are served beside
+//! the pipelines; a listener that cannot bind is reported and the data keeps flowing.
+//!
 //! A task that panics stops the gateway in order and makes [`run`] fail
 //! ([`GatewayError::Panicked`]), so the process exits non-zero and a supervisor restarts it.
 
@@ -32,6 +35,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Config, DecodeConfig, FunctionConfig, FunctionId, OnQuarantine, PipelineConfig};
 use crate::decode::{self, Decode};
 use crate::fleet;
+use crate::observe;
 use crate::operator::{Chain, Operator};
 use crate::pipeline::{self, PipelineParts, Shared};
 use crate::preflight::Prepared;
@@ -68,6 +72,7 @@ pub async fn run(
     shutdown: CancellationToken,
     hangups: Hangups,
 ) -> Result<(), GatewayError> {
+    let started = std::time::Instant::now();
     let data_dir = config.gateway.data_dir.clone();
     let (store, committer, committer_thread) = open_store(&config)?;
 
@@ -128,6 +133,23 @@ pub async fn run(
     let functions = Arc::new(functions);
     // The pipelines' companions run until shutdown, watched for panics like the pipelines.
     let companions = Tasks::sharing_panics(&tasks);
+    if let Some(http) = &config.http {
+        // A listener that cannot start leaves the data flowing: it is reported, not fatal.
+        match observe::bind(http.listen).await {
+            Ok(listener) => {
+                let observed = observe::Observed {
+                    store: store.clone(),
+                    committer: committer.clone(),
+                    functions: Arc::clone(&functions),
+                    started,
+                };
+                companions.spawn("http", observe::serve(listener, observed, shutdown.clone()));
+            }
+            Err(e) => {
+                tracing::error!(stage = "http", address = %http.listen, error = %e, "cannot listen; no metrics or health endpoints");
+            }
+        }
+    }
     companions.spawn("service manager", service::watch(committer, shutdown.clone()));
     companions.spawn(
         "stats snapshots",

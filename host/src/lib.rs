@@ -12,6 +12,7 @@ pub mod decode;
 pub mod encode;
 pub mod fleet;
 pub mod gateway;
+pub mod observe;
 pub mod operator;
 pub mod pipeline;
 pub mod preflight;

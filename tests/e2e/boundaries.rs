@@ -36,6 +36,12 @@ const GUARDED: &[Guarded] = &[
         package: "async-nats",
         allowed: &["host/src/source/", "host/src/sink/", "host/src/fleet/central.rs"],
     },
+    Guarded { ident: "axum", package: "axum", allowed: &["host/src/observe/"] },
+    Guarded {
+        ident: "metrics_exporter_prometheus",
+        package: "metrics-exporter-prometheus",
+        allowed: &["host/src/observe/"],
+    },
 ];
 
 /// Code exempt from the source check (paths relative to the workspace, `/`-separated).
@@ -98,7 +104,7 @@ fn report(violations: &[Violation], kind: &str) -> String {
     message.push_str(
         "the boundaries (ARCHITECTURE.md, Boundary): only host/src/sandbox/ uses wasmtime and wasmtime-wasi, \
          only host/src/state/ uses redb, only host/src/source/ and host/src/sink/ use rumqttc and async-nats (and the fleet's buckets, \
-         host/src/fleet/central.rs, async-nats); \
+         host/src/fleet/central.rs, async-nats), only host/src/observe/ uses axum and metrics-exporter-prometheus; \
          only weir-host, weir-e2e and the bench crate depend on them",
     );
     message

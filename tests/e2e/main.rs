@@ -14,6 +14,7 @@ mod failures;
 mod fleet;
 mod flows;
 mod governance;
+mod observe;
 mod outbox;
 mod service;
 mod tls;

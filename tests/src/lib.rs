@@ -52,6 +52,35 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("an ephemeral port")
 }
 
+/// `GET path` on `127.0.0.1:port` (HTTP/1.1, one request per connection); the status code and
+/// the body.
+pub fn http_get(port: u16, path: &str) -> Result<(u16, String)> {
+    use std::io::{Read, Write};
+    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
+    stream.set_read_timeout(Some(PATIENCE))?;
+    write!(stream, "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    let (head, body) = response.split_once("\r\n\r\n").context("an HTTP response head")?;
+    let status = head.split_whitespace().nth(1).and_then(|code| code.parse().ok()).context("a status code")?;
+    let chunked = head.lines().any(|l| l.to_ascii_lowercase().starts_with("transfer-encoding: chunked"));
+    Ok((status, if chunked { dechunk(body)? } else { body.to_owned() }))
+}
+
+/// The body of a chunked HTTP/1.1 response.
+fn dechunk(mut body: &str) -> Result<String> {
+    let mut out = String::new();
+    loop {
+        let (size, rest) = body.split_once("\r\n").context("a chunk size line")?;
+        let size = usize::from_str_radix(size.trim(), 16).context("a hexadecimal chunk size")?;
+        if size == 0 {
+            return Ok(out);
+        }
+        out.push_str(rest.get(..size).context("a whole chunk")?);
+        body = rest.get(size + 2..).context("the chunk's line end")?;
+    }
+}
+
 fn wait_for_port(port: u16, child: &mut Child, what: &str) -> Result<()> {
     let started = Instant::now();
     while started.elapsed() < PATIENCE {

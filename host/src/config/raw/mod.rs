@@ -23,6 +23,7 @@ mod source;
 mod window;
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::Deserialize;
@@ -60,6 +61,17 @@ pub struct RawConfig {
     pub pipelines: BTreeMap<Name, Spanned<RawPipeline>>,
     /// `[fleet]` — function updates from a fleet manager (none when left out).
     pub fleet: Option<Spanned<RawFleet>>,
+    /// `[http]` — metrics and health endpoints (none when left out).
+    pub http: Option<Spanned<RawHttp>>,
+}
+
+/// `[http]`
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttp {
+    /// `listen = "127.0.0.1:9464"` — the IP address and port the gateway serves on
+    /// (`"0.0.0.0:9464"`: every interface; port 0: a free one, logged at start).
+    pub listen: SocketAddr,
 }
 
 /// `[fleet]`

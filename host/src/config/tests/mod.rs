@@ -231,6 +231,19 @@ fn the_built_in_default_is_valid() {
     let config = parse("<built-in default>", DEFAULT_CONFIG, Path::new("."), &overrides).expect("valid");
     assert_eq!(config.pipelines.len(), 3);
     assert_eq!(config.functions.len(), 4);
+    let loopback: std::net::SocketAddr = "127.0.0.1:9464".parse().expect("an address");
+    assert_eq!(config.http, Some(HttpConfig { listen: loopback }), "the demo serves metrics on loopback only");
+}
+
+#[test]
+fn the_http_listener_is_off_unless_configured_and_takes_an_ip_address() {
+    let dir = functions_dir();
+    assert_eq!(parse_with(VALID, dir.path()).expect("valid").http, None);
+    let on = format!("{VALID}\n[http]\nlisten = \"0.0.0.0:9464\"\n");
+    let listen = parse_with(&on, dir.path()).expect("valid").http.expect("configured").listen;
+    assert_eq!(listen, "0.0.0.0:9464".parse().expect("an address"));
+    let refused = invalid(&format!("{VALID}\n[http]\nlisten = \"gateway.local:9464\"\n"));
+    assert!(refused.contains("http.listen") && refused.contains("invalid socket address"), "{refused}");
 }
 
 #[test]

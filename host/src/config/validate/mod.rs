@@ -36,7 +36,7 @@ use toml::Spanned;
 use super::error::ConfigFile;
 use super::raw::{RawConfig, RawPipeline};
 use super::{
-    BrokerConfig, Config, ConfigError, FunctionConfig, FunctionId, GatewayId, Locations, Name, Overrides,
+    BrokerConfig, Config, ConfigError, FunctionConfig, FunctionId, GatewayId, HttpConfig, Locations, Name, Overrides,
     PipelineConfig, Problem,
 };
 use brokers::MqttClient;
@@ -107,6 +107,7 @@ impl Validator<'_> {
             })
             .collect();
         let fleet = raw.fleet.and_then(|fleet| self.fleet(fleet.into_inner(), &brokers));
+        let http = raw.http.map(|http| HttpConfig { listen: http.into_inner().listen });
         self.refuse_shared_client_ids();
         if pipelines.is_empty() && self.problems.is_empty() {
             self.problem(None, "pipelines", "no pipeline is defined: add a [pipelines.<name>] table");
@@ -120,7 +121,7 @@ impl Validator<'_> {
         if !self.problems.is_empty() {
             return Err(self.file.refusal(self.problems));
         }
-        Ok(Config { gateway, state, brokers, functions, pipelines, fleet, locations: self.locations })
+        Ok(Config { gateway, state, brokers, functions, pipelines, fleet, http, locations: self.locations })
     }
 
     /// `[pipelines.<name>]`: each of its tables, and the pipeline when every one passed.

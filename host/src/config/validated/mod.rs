@@ -51,6 +51,8 @@ pub struct Config {
     pub pipelines: Vec<PipelineConfig>,
     /// `[fleet]` — function updates from a fleet manager, if configured.
     pub fleet: Option<FleetConfig>,
+    /// `[http]` — metrics and health endpoints, if configured.
+    pub http: Option<HttpConfig>,
     /// Where its parts were written, for problems found after validation.
     pub locations: Locations,
 }
@@ -65,6 +67,13 @@ pub struct GatewayConfig {
     pub data_dir: PathBuf,
     /// `wasm_execution = "interpreted"` — how functions run.
     pub wasm_execution: WasmExecution,
+}
+
+/// `[http]` — metrics and health endpoints.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HttpConfig {
+    /// `listen = "127.0.0.1:9464"` — where the gateway serves them.
+    pub listen: std::net::SocketAddr,
 }
 
 /// `[fleet]` — function updates from a fleet manager.

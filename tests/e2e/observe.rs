@@ -1,0 +1,122 @@
+//! The gateway seen from outside: `/metrics` scraped from a gateway fed by a real broker and
+//! parsed by the reference Prometheus client's parser, `/healthz`, and the metrics table of
+//! docs/operations.md against what is exposed.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, Result, ensure};
+use serde_json::json;
+use weir_e2e::python::{PrometheusSample, prometheus_samples};
+use weir_e2e::*;
+use weir_host::observe::metrics::METRICS;
+
+fn config(mqtt: &Mosquitto, nats: &NatsServer, port: u16) -> String {
+    format!(
+        r#"{brokers}
+[http]
+listen = "127.0.0.1:{port}"
+
+[functions.unit-convert]
+component = "weir_fn_unit_convert.wasm"
+
+{READINGS_PIPELINE}
+[[pipelines.readings.operators]]
+function = "unit-convert"
+params = {{ scale = 2.0 }}
+
+[pipelines.readings.sink.jetstream]
+broker = "central"
+subject = "central.readings"
+"#,
+        brokers = gateway_with_brokers(&mqtt.url(), &nats.url()),
+    )
+}
+
+fn value(samples: &[PrometheusSample], name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    samples
+        .iter()
+        .find(|s| s.name == name && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .map(|s| s.value)
+}
+
+#[tokio::test]
+async fn metrics_count_what_flowed_and_parse_with_the_reference_parser() -> Result<()> {
+    let mqtt = Mosquitto::start()?;
+    let nats = NatsServer::start()?;
+    let stream = create_stream(&nats.client().await?, "READINGS", &["central.readings"]).await?;
+    let port = free_port();
+    let weir = Weir::start(&config(&mqtt, &nats, port))?;
+    weir.wait_for_log("subscribed", 1).await?;
+
+    let plant = MqttClient::connect(&mqtt, "plant").await?;
+    for i in 0..20 {
+        let reading = json!({"sensor": "boiler/t", "ts": 1_700_000_000_000i64 + i, "value": i});
+        plant.publish("plant/readings", reading.to_string()).await?;
+    }
+    plant.publish("plant/readings", &b"{not json"[..]).await?;
+    plant.wait_for_pubacks(21).await?;
+    collect_stream(&stream, |records| all_readings(records).len() >= 20).await?;
+
+    // The counters are read from the store at each scrape: wait for the last commit's counts.
+    let mut samples = Vec::new();
+    for _ in 0..100 {
+        let (status, text) = http_get(port, "/metrics")?;
+        ensure!(status == 200, "/metrics answered {status}: {text}");
+        samples = prometheus_samples(&text).with_context(|| format!("the exposition:\n{text}"))?;
+        let readings = [("pipeline", "readings")];
+        if value(&samples, "weir_readings_in_total", &readings) == Some(20.0)
+            && value(&samples, "weir_dead_lettered_total", &readings) == Some(1.0)
+            && value(&samples, "weir_confirmed_total", &readings).is_some_and(|n| n >= 1.0)
+        {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let readings = [("pipeline", "readings")];
+    ensure!(value(&samples, "weir_readings_in_total", &readings) == Some(20.0), "{samples:#?}");
+    ensure!(value(&samples, "weir_messages_acked_total", &readings) == Some(21.0), "{samples:#?}");
+    ensure!(value(&samples, "weir_dead_lettered_total", &readings) == Some(1.0), "{samples:#?}");
+    ensure!(value(&samples, "weir_readings_committed_total", &readings) == Some(20.0), "{samples:#?}");
+    ensure!(value(&samples, "weir_outbox_records", &readings).is_some(), "{samples:#?}");
+    ensure!(value(&samples, "weir_process_resident_memory_bytes", &[]).is_some_and(|b| b > 1e6), "{samples:#?}");
+    ensure!(value(&samples, "weir_process_open_fds", &[]).is_some_and(|n| n >= 3.0), "{samples:#?}");
+    let calls = value(&samples, "weir_function_calls_total", &[("pipeline", "readings"), ("function", "unit-convert")]);
+    ensure!(calls.is_some_and(|n| n >= 1.0), "{samples:#?}");
+    ensure!(value(&samples, "weir_function_quarantined", &[("function", "unit-convert")]) == Some(0.0), "{samples:#?}");
+
+    // Every family exposed is in the table, with its type; no label names a topic or series.
+    let kinds: BTreeSet<(String, String)> = samples.iter().map(|s| (s.family.clone(), s.kind.clone())).collect();
+    for (family, kind) in &kinds {
+        let metric = METRICS
+            .iter()
+            .find(|m| m.name == family.as_str() || m.name.strip_suffix("_total") == Some(family.as_str()))
+            .with_context(|| format!("{family} is exposed but not in the table"))?;
+        let expected = match metric.kind {
+            weir_host::observe::metrics::Kind::Counter => "counter",
+            weir_host::observe::metrics::Kind::Gauge => "gauge",
+        };
+        ensure!(kind == expected, "{family} is a {kind}, the table says {expected}");
+    }
+    for sample in &samples {
+        for label in sample.labels.keys() {
+            ensure!(["pipeline", "use", "function", "version", "kind"].contains(&label.as_str()), "{sample:?}");
+        }
+    }
+
+    let (status, body) = http_get(port, "/healthz")?;
+    ensure!(status == 200 && body.contains("\"ok\""), "{status} {body}");
+    let (status, _) = http_get(port, "/nothing-here")?;
+    ensure!(status == 404);
+    let (code, _, _keep) = weir.stop()?;
+    ensure!(code == 0);
+    Ok(())
+}
+
+#[test]
+fn the_operations_guide_lists_every_metric() -> Result<()> {
+    let guide = std::fs::read_to_string(workspace().join("docs/operations.md"))?;
+    for metric in METRICS {
+        ensure!(guide.contains(&format!("| `{}`", metric.name)), "docs/operations.md does not list {}", metric.name);
+    }
+    Ok(())
+}
