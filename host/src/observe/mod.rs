@@ -24,7 +24,7 @@ use axum::routing::get;
 use tokio_util::sync::CancellationToken;
 
 use crate::sandbox::UseHandle;
-use crate::state::{ChangeSet, Committer, StateStore};
+use crate::state::{Committer, StateStore};
 
 /// How long `/healthz` waits for the committer.
 pub const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -99,11 +99,7 @@ async fn serve_metrics(State(observed): State<Arc<Observed>>) -> Response {
 }
 
 async fn serve_health(State(observed): State<Arc<Observed>>) -> Response {
-    let problem = match tokio::time::timeout(HEALTH_TIMEOUT, observed.committer.commit(ChangeSet::default())).await {
-        Ok(Ok(())) => None,
-        Ok(Err(e)) => Some(format!("the committer failed: {}", e.error)),
-        Err(_) => Some(format!("the committer did not answer within {HEALTH_TIMEOUT:?}")),
-    };
+    let problem = observed.committer.answers_within(HEALTH_TIMEOUT).await.err();
     let (status, body) = match problem {
         None => (StatusCode::OK, serde_json::json!({ "status": "ok" })),
         Some(reason) => {

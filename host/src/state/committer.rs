@@ -109,6 +109,16 @@ impl Committer {
         }
     }
 
+    /// Whether the committer answers: an empty change set committed (and durable) within
+    /// `within`; otherwise why not. What the service watchdog and `/healthz` ask.
+    pub async fn answers_within(&self, within: Duration) -> Result<(), String> {
+        match tokio::time::timeout(within, self.commit(ChangeSet::default())).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(format!("the committer failed: {}", e.error)),
+            Err(_) => Err(format!("the committer did not answer within {within:?}")),
+        }
+    }
+
     /// The newest group known to be durable; changes whenever a durable commit completes.
     pub fn durable_groups(&self) -> watch::Receiver<u64> {
         self.durable.clone()
