@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use tokio::runtime::Runtime;
 use weir_host::config::{self, Overrides};
+use weir_host::observe::{Facts, PipelineLive};
 use weir_host::sink::{self, RecordLimit, Sink};
 use weir_host::state::{self, ChangeSet, OutboxRecord, StoreOptions};
 
@@ -145,6 +146,7 @@ pub async fn drain(
         store: store.clone(),
         committer: committer.clone(),
         record_limit: RecordLimit::new(sink::default_record_limit(&pipeline.sink)),
+        live: PipelineLive::new(Facts::of(&pipeline, "outbox → jetstream".to_owned())),
     };
     let (_committed_tx, committed_rx) = tokio::sync::watch::channel(seq);
     let stop = tokio_util::sync::CancellationToken::new();

@@ -4,6 +4,11 @@
 //! does before acknowledging. No broker: messages are generated up front (the "recording") and
 //! fed in batches; the clock is wall time.
 //!
+//! With `--observed`, the pipeline also shows what it processes as a running gateway does — its
+//! live view (rates, the series ring, the tap's check for watchers) and the Prometheus recorder
+//! installed, so the histograms and counters recorded on the way cost what they cost in a
+//! gateway; run with and without to measure that cost.
+//!
 //! Owns a temporary data directory, removed at the end.
 
 use std::io::Write;
@@ -14,6 +19,7 @@ use bytes::Bytes;
 use tokio::runtime::Runtime;
 use weir_host::batch::Message;
 use weir_host::config::{self, Overrides};
+use weir_host::observe::{Facts, PipelineLive, metrics};
 use weir_host::pipeline::Engine;
 use weir_host::sandbox::{Sandbox, SandboxOptions, StateLimits};
 use weir_host::state::{self, StoreOptions};
@@ -31,6 +37,9 @@ pub struct Args {
     /// Readings in the recording.
     #[arg(long, default_value_t = 2_000_000)]
     readings: usize,
+    /// Show what is processed in the live view and record the metrics, as a gateway does.
+    #[arg(long)]
+    observed: bool,
 }
 
 impl Args {
@@ -38,19 +47,20 @@ impl Args {
     pub fn execute(self, runtime: &Runtime) -> anyhow::Result<()> {
         let mut out = std::io::stdout().lock();
         print_machine(&mut out)?;
-        let result = runtime.block_on(run(&self.functions_dir, self.readings, 100, 100))?;
+        let result = runtime.block_on(run(&self.functions_dir, self.readings, 100, 100, self.observed))?;
         let rate = result.readings_per_second();
         writeln!(
             out,
-            "| readings | messages | records | windows | bytes | seconds | readings/s (target ≥ 1 000 000) |"
+            "| observed | readings | messages | records | windows | bytes | seconds | readings/s (target ≥ 1 000 000) |"
         )?;
         writeln!(
             out,
-            "|---------:|---------:|--------:|--------:|------:|--------:|--------------------------------:|"
+            "|:--------:|---------:|---------:|--------:|--------:|------:|--------:|--------------------------------:|"
         )?;
         writeln!(
             out,
-            "| {} | {} | {} | {} | {} | {:.3} | {rate:.0} ({}) |",
+            "| {} | {} | {} | {} | {} | {} | {:.3} | {rate:.0} ({}) |",
+            if self.observed { "yes" } else { "no" },
             result.readings,
             result.messages,
             result.records,
@@ -159,6 +169,7 @@ pub async fn run(
     total: usize,
     per_message: usize,
     messages_per_batch: usize,
+    observed: bool,
 ) -> anyhow::Result<EngineResult> {
     let dir = tempfile::tempdir()?;
     let overrides = Overrides { data_dir: Some(dir.path().to_owned()), functions_dir: Some(functions_dir.to_owned()) };
@@ -174,8 +185,13 @@ pub async fn run(
     let compiled =
         config.functions.iter().map(|(id, f)| (id.clone(), sandbox.load(f).map_err(|e| e.to_string()))).collect();
     let pipeline = config.pipelines.into_iter().next().expect("the bench config has one pipeline");
+    let facts = Facts::of(&pipeline, "recording → [threshold-alert] → outbox".to_owned());
     let parts = gateway::build(&sandbox, &compiled, pipeline).map_err(anyhow::Error::msg)?;
     let mut engine = Engine::new(parts, "bench", &store)?;
+    if observed {
+        metrics::handle();
+        engine = engine.observed(PipelineLive::new(facts));
+    }
 
     let messages = recording(total, per_message);
     let mut result =

@@ -32,7 +32,7 @@ use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Config, DecodeConfig, FunctionConfig, FunctionId, OnQuarantine, PipelineConfig};
+use crate::config::{ClockSynced, Config, DecodeConfig, FunctionConfig, FunctionId, OnQuarantine, PipelineConfig};
 use crate::decode::{self, Decode};
 use crate::fleet;
 use crate::observe;
@@ -42,7 +42,6 @@ use crate::preflight::Prepared;
 use crate::sandbox::{CompiledFunction, Sandbox, UseHandle};
 use crate::service;
 use crate::shutdown::{Hangups, Tasks};
-use crate::state::stats::FunctionStatus;
 use crate::state::{self, Committer, OutboxLimits, StateStore, StoreError, StoreOptions};
 use crate::window::WindowAccumulator;
 
@@ -73,6 +72,10 @@ pub async fn run(
     hangups: Hangups,
 ) -> Result<(), GatewayError> {
     let started = std::time::Instant::now();
+    if config.http.is_some() {
+        // Before anything records: a handle taken before the recorder exists records nothing.
+        observe::metrics::handle();
+    }
     let data_dir = config.gateway.data_dir.clone();
     let (store, committer, committer_thread) = open_store(&config)?;
 
@@ -121,7 +124,7 @@ pub async fn run(
 
     let shared = Shared { gateway: config.gateway.id.to_string(), store: store.clone(), committer: committer.clone() };
     let tasks = Tasks::new(shutdown.clone());
-    let (functions, failures) = start_pipelines(built, &shared, &shutdown, &tasks);
+    let (functions, live, failures) = start_pipelines(built, &shared, &shutdown, &tasks);
     for failure in &failures {
         tracing::error!(stage = "pipeline", "pipeline not started: {failure}");
     }
@@ -141,6 +144,12 @@ pub async fn run(
                     store: store.clone(),
                     committer: committer.clone(),
                     functions: Arc::clone(&functions),
+                    live,
+                    readiness: http.ready,
+                    gateway: config.gateway.id.to_string(),
+                    config_sha256: config.locations.text_sha256(),
+                    // Without a fleet, the kernel says (as the fleet's default does).
+                    clock: config.fleet.as_ref().map_or(ClockSynced::Kernel, |fleet| fleet.clock_synced.clone()),
                     started,
                 };
                 companions.spawn("http", observe::serve(listener, observed, shutdown.clone()));
@@ -215,16 +224,17 @@ fn open_store(config: &Config) -> Result<(StateStore, Committer, std::thread::Jo
     Ok((store, committer, committer_thread))
 }
 
-/// Spawns every pipeline that was built; returns the handles of their function uses and why
-/// the others did not start.
+/// Spawns every pipeline that was built; returns the handles of their function uses, their live
+/// views and why the others did not start.
 fn start_pipelines(
     built: Vec<Result<PipelineParts, String>>,
     shared: &Shared,
     shutdown: &CancellationToken,
     tasks: &Tasks,
-) -> (Vec<UseHandle>, Vec<String>) {
+) -> (Vec<UseHandle>, observe::Live, Vec<String>) {
     let mut failures = Vec::new();
     let mut functions: Vec<UseHandle> = Vec::new();
+    let mut live = observe::Live::default();
     for result in built {
         match result {
             Ok(parts) => {
@@ -236,15 +246,19 @@ fn start_pipelines(
                     parts.chain.names().join(", "),
                     parts.config.sink.kind()
                 );
-                match pipeline::spawn(parts, shared, shutdown, tasks) {
-                    Ok(()) => tracing::info!(stage = "pipeline", pipeline = %name, flow = %summary, "pipeline running"),
+                let shown = observe::PipelineLive::new(observe::Facts::of(&parts.config, summary.clone()));
+                match pipeline::spawn(parts, shared, &shown, shutdown, tasks) {
+                    Ok(()) => {
+                        tracing::info!(stage = "pipeline", pipeline = %name, flow = %summary, "pipeline running");
+                        live.add(shown);
+                    }
                     Err(e) => failures.push(format!("{name}: {e}")),
                 }
             }
             Err(failure) => failures.push(failure),
         }
     }
-    (functions, failures)
+    (functions, live, failures)
 }
 
 /// Keeps `<data_dir>/stats.json` current for `weir outbox stats` (which cannot open the
@@ -267,7 +281,7 @@ async fn write_stats_snapshots(
 
 fn write_stats_snapshot(store: &StateStore, data_dir: &Path, functions: &[UseHandle]) {
     let written = store.stats().map_err(|e| e.to_string()).and_then(|mut stats| {
-        stats.functions = functions.iter().map(function_status).collect();
+        stats.functions = functions.iter().map(UseHandle::status).collect();
         state::stats::write_snapshot(data_dir, &stats).map_err(|e| e.to_string())
     });
     if let Err(e) = written {
@@ -343,21 +357,6 @@ pub fn stage_changed_functions(
         running.insert(id.clone(), loaded.version().digest);
     }
     running
-}
-
-fn function_status(health: &UseHandle) -> FunctionStatus {
-    let record = health.snapshot();
-    FunctionStatus {
-        pipeline: health.pipeline.clone(),
-        use_name: health.use_name.clone(),
-        function: record.function.clone(),
-        consecutive_faults: record.consecutive_faults,
-        faults: record.faults,
-        faults_by_kind: record.faults_by_kind.iter().map(|(kind, n)| (kind.name().to_owned(), *n)).collect(),
-        quarantines: record.quarantines,
-        quarantined_for_seconds: health.quarantined_for().map(|left| left.as_secs_f64()),
-        last_fault: record.last_fault.as_ref().map(ToString::to_string),
-    }
 }
 
 fn source_kind(config: &PipelineConfig) -> &'static str {

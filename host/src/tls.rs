@@ -169,6 +169,7 @@ impl ServerCertVerifier for Verifier {
         let name = self.name.as_ref().unwrap_or(connected_to);
         self.webpki.verify_server_cert(end_entity, intermediates, name, ocsp_response, now).inspect_err(|e| {
             tracing::warn!(
+                stage = "tls",
                 broker = self.broker,
                 server_name = %name.to_str(),
                 error = %e,

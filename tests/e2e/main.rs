@@ -17,5 +17,6 @@ mod governance;
 mod observe;
 mod outbox;
 mod service;
+mod status_page;
 mod tls;
 mod windows;

@@ -83,6 +83,27 @@ async fn metrics_count_what_flowed_and_parse_with_the_reference_parser() -> Resu
     let calls = value(&samples, "weir_function_calls_total", &[("pipeline", "readings"), ("function", "unit-convert")]);
     ensure!(calls.is_some_and(|n| n >= 1.0), "{samples:#?}");
     ensure!(value(&samples, "weir_function_quarantined", &[("function", "unit-convert")]) == Some(0.0), "{samples:#?}");
+    ensure!(value(&samples, "weir_source_connected", &readings) == Some(1.0), "{samples:#?}");
+    ensure!(value(&samples, "weir_uplink_connected", &readings) == Some(1.0), "{samples:#?}");
+    ensure!(value(&samples, "weir_uplink_last_confirmed_timestamp_seconds", &readings).is_some_and(|t| t > 1.7e9));
+    let stage = [("pipeline", "readings"), ("stage", "decode")];
+    ensure!(value(&samples, "weir_dead_letters_by_stage_total", &stage) == Some(1.0), "{samples:#?}");
+    // Histograms: observations counted, and every bucket list ends in +Inf with the count.
+    for (name, labels) in [
+        ("weir_publish_seconds_count", &readings[..]),
+        ("weir_commit_seconds_count", &[("durable", "yes")][..]),
+        ("weir_function_call_seconds_count", &[("function", "unit-convert")][..]),
+    ] {
+        let count = value(&samples, name, labels).with_context(|| format!("no {name}"))?;
+        ensure!(count >= 1.0, "{name} = {count}");
+        let family = name.trim_end_matches("_count");
+        let infinite = samples.iter().find(|s| {
+            s.name == format!("{family}_bucket")
+                && s.labels.get("le").map(String::as_str) == Some("+Inf")
+                && labels.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        });
+        ensure!(infinite.is_some_and(|s| s.value == count), "{family}: +Inf bucket {infinite:?}, count {count}");
+    }
 
     // Every family exposed is in the table, with its type; no label names a topic or series.
     let kinds: BTreeSet<(String, String)> = samples.iter().map(|s| (s.family.clone(), s.kind.clone())).collect();
@@ -94,12 +115,14 @@ async fn metrics_count_what_flowed_and_parse_with_the_reference_parser() -> Resu
         let expected = match metric.kind {
             weir_host::observe::metrics::Kind::Counter => "counter",
             weir_host::observe::metrics::Kind::Gauge => "gauge",
+            weir_host::observe::metrics::Kind::Histogram => "histogram",
         };
         ensure!(kind == expected, "{family} is a {kind}, the table says {expected}");
     }
     for sample in &samples {
         for label in sample.labels.keys() {
-            ensure!(["pipeline", "use", "function", "version", "kind"].contains(&label.as_str()), "{sample:?}");
+            let bounded = ["pipeline", "use", "function", "version", "kind", "stage", "durable", "le"];
+            ensure!(bounded.contains(&label.as_str()), "{sample:?}");
         }
     }
 

@@ -5,6 +5,7 @@
 //! no test asserts on how long something took. [`proxy`] injects connection faults a real broker
 //! cannot.
 
+pub mod browser;
 pub mod fleet;
 pub mod proxy;
 pub mod python;

@@ -105,6 +105,7 @@ fn stage(root: &Path, arch: &DebianArch, binary: &Path, functions: &Path, tree: 
         "docs/durability.md",
         "docs/function-guide.md",
         "docs/operations.md",
+        "docs/status-page.png",
     ];
     for doc in docs {
         let name = Path::new(doc).file_name().context("a file name")?.to_string_lossy().into_owned();
@@ -156,7 +157,7 @@ fn workspace_version(root: &Path) -> Result<String> {
 }
 
 /// The files every package holds besides the function components (see the module docs).
-const EXPECTED: [&str; 14] = [
+const EXPECTED: [&str; 15] = [
     "./usr/bin/weir",
     "./etc/weir/weir.toml",
     "./lib/systemd/system/weir.service",
@@ -166,6 +167,7 @@ const EXPECTED: [&str; 14] = [
     "./usr/share/doc/weir/durability.md",
     "./usr/share/doc/weir/function-guide.md",
     "./usr/share/doc/weir/operations.md",
+    "./usr/share/doc/weir/status-page.png",
     "./usr/share/doc/weir/copyright",
     "./usr/lib/weir/functions/weir_fn_unit_convert.wasm",
     "./usr/lib/weir/functions/weir_fn_threshold_alert.wasm",

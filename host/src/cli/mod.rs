@@ -3,13 +3,14 @@
 //!
 //! Exit statuses: 0 done; 1 failed (the error is printed on stderr); [`CONFIG_REFUSED`] for a
 //! configuration that was refused. [`Command::execute`] is the one place the async runtime is
-//! built, for the commands that need it (`run`); the others never start one.
+//! built, for the commands that need it (`run`, `tap`); the others never start one.
 
 mod check;
 mod dead_letters;
 mod fleet;
 mod outbox;
 mod run;
+mod tap;
 
 use std::process::ExitCode;
 
@@ -34,6 +35,9 @@ pub enum Command {
     Outbox(outbox::Args),
     /// Fleet management: keys, signed roots, targets and desired documents.
     Fleet(Box<fleet::Args>),
+    /// Watch a running gateway's pipeline live: messages, readings, windows, records, dead
+    /// letters (from its `[http]` listener; the gateway's data is not touched).
+    Tap(tap::Args),
 }
 
 impl Command {
@@ -45,6 +49,7 @@ impl Command {
             Self::DeadLetters(args) => args.execute(),
             Self::Outbox(args) => args.execute(),
             Self::Fleet(args) => args.execute(),
+            Self::Tap(args) => args.execute(&runtime()?),
         }
     }
 }

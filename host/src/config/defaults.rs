@@ -22,6 +22,12 @@ pub(super) const MAX_MESSAGE_SIZE: u64 = 4 * 1024 * 1024;
 /// Bytes the dead letters may take by default.
 pub(super) const DEAD_LETTER_BYTES: u64 = 32 * 1024 * 1024;
 /// How often a fleet gateway writes its status.
+/// `[http] ready_confirmed_within`: an uplink silent this long with records waiting is not ready.
+pub(super) const READY_CONFIRMED_WITHIN: Duration = Duration::from_secs(5 * 60);
+/// `[http] ready_oldest_below`: a record waiting this long makes its pipeline not ready.
+pub(super) const READY_OLDEST_BELOW: Duration = Duration::from_secs(15 * 60);
+/// `[http] ready_outbox_percent`: the outbox's high-water mark, in percent of `max_bytes`.
+pub(super) const READY_OUTBOX_PERCENT: u64 = 80;
 pub(super) const FLEET_HEARTBEAT: Duration = Duration::from_secs(30);
 pub(super) const KEEP_ALIVE: Duration = Duration::from_secs(30);
 pub(super) const RECONNECT_MIN: Duration = Duration::from_millis(100);

@@ -63,6 +63,12 @@ impl Locations {
         self.uses.insert((pipeline, use_name), location);
     }
 
+    /// The sha256 of the configuration's text, in hex: tells which configuration runs.
+    pub fn text_sha256(&self) -> String {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(self.file.text().as_bytes()))
+    }
+
     fn at(&self, span: Option<Range<usize>>, field: String, message: String) -> Problem {
         self.file.problem(span, field, message)
     }

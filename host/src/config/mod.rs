@@ -40,7 +40,8 @@ pub use validated::{
     Backoff, BatchConfig, BrokerConfig, ClientIdentity, ClockSynced, Config, DecodeConfig, DownsampleConfig,
     DownsampleMethod, Drain, FieldMapping, FleetConfig, FunctionConfig, FunctionLimits, FunctionUse, GatewayConfig,
     HttpConfig, MQTT_MAX_PAYLOAD, NatsCredentials, OperatorConfig, OutboxConfig, PemFile, PipelineConfig, Qos,
-    QuarantineConfig, SimulatedConfig, SinkConfig, SourceConfig, StateConfig, TlsConfig, ValueFields, WindowConfig,
+    QuarantineConfig, Readiness, SimulatedConfig, SinkConfig, SourceConfig, StateConfig, TlsConfig, ValueFields,
+    WindowConfig,
 };
 
 /// The built-in configuration: simulated sensors, the bundled functions, a console sink.

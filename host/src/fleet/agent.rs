@@ -324,9 +324,10 @@ impl Agent {
 /// Connects to the broker and opens the buckets, retrying with backoff until it works or the
 /// gateway stops.
 async fn connect(broker: crate::config::BrokerConfig, gateway: String, shutdown: CancellationToken) -> Option<Central> {
-    let name = format!("weir {gateway} fleet");
+    let who =
+        crate::source::NatsClient { name: format!("weir {gateway} fleet"), stage: "fleet", pipeline: String::new() };
     let mut retry = Retry::new(broker.reconnect);
-    let client = match crate::source::nats_connect(&broker, &name).await {
+    let client = match crate::source::nats_connect(&broker, who, None).await {
         Ok(client) => client,
         Err(e) => {
             tracing::error!(stage = "fleet", error = %e, "cannot use the fleet's broker settings; no fleet updates");

@@ -12,14 +12,18 @@ use crate::config::ClockSynced;
 
 /// The wall clock now, if `how` says it is synced.
 pub fn now(how: &ClockSynced) -> Clock {
-    let synced = match how {
+    match SystemTime::now().duration_since(UNIX_EPOCH) {
+        Ok(since) if clock_synced(how) => Clock::Synced(since.as_secs()),
+        _ => Clock::NotSynced,
+    }
+}
+
+/// Whether `how` says the wall clock is synced now.
+pub fn clock_synced(how: &ClockSynced) -> bool {
+    match how {
         ClockSynced::Always => true,
         ClockSynced::Kernel => kernel_synced(),
         ClockSynced::WhenFileExists(path) => path.exists(),
-    };
-    match SystemTime::now().duration_since(UNIX_EPOCH) {
-        Ok(since) if synced => Clock::Synced(since.as_secs()),
-        _ => Clock::NotSynced,
     }
 }
 

@@ -1,15 +1,19 @@
 //! The gateway's Prometheus metrics: every name, its type, unit and help in one table
 //! ([`METRICS`]), the recorder they are kept in, and what is read into it when scraped.
 //!
-//! Two sources, one exposition:
+//! Three sources, one exposition:
 //! - the store's counters and outbox usage ([`crate::state::stats::Stats`]), read at each scrape
 //!   into absolute counters and gauges: they count what was committed, so they match the data
 //!   after any crash and do not restart from zero with the process;
-//! - the function uses' fault records and the process's own figures, read the same way.
+//! - the function uses' fault records, the pipelines' live views (connections, last
+//!   confirmation, watermark) and the process's own figures, read the same way;
+//! - histograms and the dead letters by stage, recorded where they happen (the committer, the
+//!   sink, the sandbox, the processor) through the `metrics` facade; these start from zero with
+//!   the process.
 //!
 //! **Invariants:** every metric weir exposes is in [`METRICS`] (and so in the table of
-//! docs/operations.md); labels are bounded — pipeline, function, use, version, kind — never a
-//! topic, a series or a message. The recorder keeps no per-scrape history: upkeep runs on a timer
+//! docs/operations.md); labels are bounded — pipeline, function, use, version, kind, stage (a
+//! pipeline's stages and operator uses), durable — never a topic, a series or a message. The recorder keeps no per-scrape history: upkeep runs on a timer
 //! ([`UPKEEP_EVERY`]), so memory does not grow when nobody scrapes.
 
 use std::sync::OnceLock;
@@ -18,6 +22,7 @@ use std::time::Duration;
 use metrics::Unit;
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
 
+use super::live::{LinkState, Live};
 use crate::sandbox::UseHandle;
 use crate::state::Counter;
 use crate::state::stats::Stats;
@@ -32,7 +37,14 @@ pub enum Kind {
     Counter,
     /// Goes up and down.
     Gauge,
+    /// Observations in buckets ([`BUCKETS`]).
+    Histogram,
 }
+
+/// The histograms' bucket bounds, seconds (and change sets, for the commit groups): 100 µs to
+/// 30 s.
+pub const BUCKETS: &[f64] =
+    &[0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
 
 /// One metric: its name, kind, unit, labels and help.
 #[derive(Clone, Copy, Debug)]
@@ -54,6 +66,10 @@ const FUNCTION_USE: &[&str] = &["pipeline", "use", "function", "version"];
 
 const fn counter(name: &'static str, labels: &'static [&'static str], help: &'static str) -> Metric {
     Metric { name, kind: Kind::Counter, unit: None, labels, help }
+}
+
+const fn histogram(name: &'static str, unit: Unit, labels: &'static [&'static str], help: &'static str) -> Metric {
+    Metric { name, kind: Kind::Histogram, unit: Some(unit), labels, help }
 }
 
 const fn gauge(name: &'static str, unit: Option<Unit>, labels: &'static [&'static str], help: &'static str) -> Metric {
@@ -93,10 +109,60 @@ pub const METRICS: &[Metric] = &[
     counter("weir_outbox_records_unrecovered_total", PIPELINE, "Records lost to a damaged database file."),
     counter("weir_published_total", PIPELINE, "Publishes handed to the central broker (re-sends included)."),
     counter("weir_confirmed_total", PIPELINE, "Records the central broker confirmed."),
+    counter("weir_commit_groups_total", &[], "Write transactions committed to the state store."),
+    histogram(
+        "weir_commit_seconds",
+        Unit::Seconds,
+        &["durable"],
+        "Time to apply and commit one group of change sets (durable: with its fsync).",
+    ),
+    histogram("weir_commit_group_change_sets", Unit::Count, &[], "Change sets committed together in one group."),
+    counter(
+        "weir_dead_letters_by_stage_total",
+        &["pipeline", "stage"],
+        "Dead letters written by the stage that refused (since the process started).",
+    ),
+    gauge(
+        "weir_messages_unacknowledged",
+        Some(Unit::Count),
+        PIPELINE,
+        "Messages the processor took and has not acknowledged upstream yet (not committed or not durable).",
+    ),
+    gauge("weir_source_connected", None, PIPELINE, "1 while the pipeline's source is connected to its broker."),
+    gauge("weir_uplink_connected", None, PIPELINE, "1 while the pipeline's sink is connected to the central broker."),
+    gauge(
+        "weir_uplink_last_confirmed_timestamp_seconds",
+        Some(Unit::Seconds),
+        PIPELINE,
+        "When the central broker last confirmed a record (0: not since the start).",
+    ),
+    histogram(
+        "weir_publish_seconds",
+        Unit::Seconds,
+        PIPELINE,
+        "From handing a record to the central broker to its confirmation.",
+    ),
+    gauge(
+        "weir_watermark_timestamp_seconds",
+        Some(Unit::Seconds),
+        PIPELINE,
+        "The highest event time the pipeline has seen.",
+    ),
     counter("weir_function_calls_total", FUNCTION_USE, "Calls of the version running in a use."),
     counter("weir_function_faults_total", &["pipeline", "use", "function", "kind"], "Calls that faulted, by kind."),
     counter("weir_function_quarantines_total", &["pipeline", "use", "function"], "Quarantines of a use."),
     gauge("weir_function_quarantined", None, &["pipeline", "use", "function"], "1 while a use is quarantined."),
+    counter(
+        "weir_function_fuel_total",
+        &["pipeline", "use", "function"],
+        "Fuel the calls of a use consumed, for a function with a fuel limit (since the process started).",
+    ),
+    histogram(
+        "weir_function_call_seconds",
+        Unit::Seconds,
+        &["pipeline", "use", "function"],
+        "Time of each call of a use (since the process started).",
+    ),
 ];
 
 /// The metric of a store counter, if it is exposed.
@@ -126,11 +192,14 @@ fn of_counter(counter: Counter) -> Option<&'static str> {
     })
 }
 
-/// The process's recorder, installed as the global one on first use.
+/// The process's recorder, installed as the global one on first use. The gateway calls it before
+/// it builds anything that keeps a metric's handle (sinks, function instances): a handle taken
+/// before the recorder is installed records nothing.
 pub fn handle() -> &'static PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE.get_or_init(|| {
-        let recorder: PrometheusRecorder = PrometheusBuilder::new().build_recorder();
+        let recorder: PrometheusRecorder =
+            PrometheusBuilder::new().set_buckets(BUCKETS).expect("the bucket list is not empty").build_recorder();
         let handle = recorder.handle();
         if metrics::set_global_recorder(recorder).is_err() {
             tracing::warn!(
@@ -151,6 +220,8 @@ fn describe() {
             (Kind::Counter, None) => metrics::describe_counter!(metric.name, help),
             (Kind::Gauge, Some(unit)) => metrics::describe_gauge!(metric.name, unit, help),
             (Kind::Gauge, None) => metrics::describe_gauge!(metric.name, help),
+            (Kind::Histogram, Some(unit)) => metrics::describe_histogram!(metric.name, unit, help),
+            (Kind::Histogram, None) => metrics::describe_histogram!(metric.name, help),
         }
     }
 }
@@ -162,6 +233,10 @@ pub struct Reading<'a> {
     pub stats: &'a Stats,
     /// Every function use of the pipelines.
     pub functions: &'a [UseHandle],
+    /// The pipelines' live views.
+    pub live: &'a Live,
+    /// Write transactions committed.
+    pub commit_groups: u64,
     /// Seconds since the gateway started.
     pub uptime: Duration,
 }
@@ -175,6 +250,22 @@ pub fn record(reading: &Reading<'_>) {
     }
     if let Some(open) = process::open_fds() {
         metrics::gauge!("weir_process_open_fds").set(open as f64);
+    }
+    metrics::counter!("weir_commit_groups_total").absolute(reading.commit_groups);
+    let flag = |up: bool| if up { 1.0 } else { 0.0 };
+    for pipeline in reading.live.pipelines() {
+        let name = pipeline.name().to_owned();
+        metrics::gauge!("weir_messages_unacknowledged", "pipeline" => name.clone())
+            .set(pipeline.unacknowledged() as f64);
+        metrics::gauge!("weir_source_connected", "pipeline" => name.clone())
+            .set(flag(pipeline.source().state().0 == LinkState::Up));
+        metrics::gauge!("weir_uplink_connected", "pipeline" => name.clone())
+            .set(flag(pipeline.uplink().state().0 == LinkState::Up));
+        metrics::gauge!("weir_uplink_last_confirmed_timestamp_seconds", "pipeline" => name.clone())
+            .set(pipeline.confirmed_at().map_or(0.0, |at| at as f64 / 1e9));
+        if let Some(watermark) = pipeline.watermark() {
+            metrics::gauge!("weir_watermark_timestamp_seconds", "pipeline" => name).set(watermark as f64 / 1e9);
+        }
     }
     for stream in &reading.stats.streams {
         let pipeline = stream.stream.clone();
@@ -239,8 +330,14 @@ mod tests {
             assert!(seen.insert(metric.name), "{} twice", metric.name);
             assert!(metric.name.starts_with("weir_"), "{}", metric.name);
             assert_eq!(metric.kind == Kind::Counter, metric.name.ends_with("_total"), "{}", metric.name);
+            if metric.kind == Kind::Histogram {
+                assert!(metric.unit.is_some(), "{}: a histogram has a unit", metric.name);
+            }
             assert!(
-                metric.labels.iter().all(|l| ["pipeline", "use", "function", "version", "kind"].contains(l)),
+                metric
+                    .labels
+                    .iter()
+                    .all(|l| { ["pipeline", "use", "function", "version", "kind", "stage", "durable"].contains(l) }),
                 "{}: unbounded label",
                 metric.name
             );

@@ -47,6 +47,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::config::PipelineConfig;
 use crate::decode::Decode;
+use crate::observe::PipelineLive;
 use crate::operator::Chain;
 use crate::sandbox::UseHandle;
 use crate::shutdown::Tasks;
@@ -102,6 +103,7 @@ pub struct Shared {
 pub fn spawn(
     parts: PipelineParts,
     shared: &Shared,
+    live: &PipelineLive,
     shutdown: &CancellationToken,
     tasks: &Tasks,
 ) -> Result<(), StoreError> {
@@ -113,7 +115,8 @@ pub fn spawn(
 
     // source → deliveries
     let (delivery_tx, delivery_rx) = mpsc::channel::<Delivery>(config.batch.queue);
-    source::spawn(config, &shared.store, delivery_tx, intake.clone(), source_close.clone(), tasks);
+    let connection = live.source().clone();
+    source::spawn(config, &shared.store, delivery_tx, intake.clone(), source_close.clone(), connection, tasks);
 
     // deliveries → batches of deliveries
     let (batch_tx, batch_rx) = mpsc::channel::<Vec<Delivery>>(1);
@@ -131,7 +134,7 @@ pub fn spawn(
         None => crate::sink::default_record_limit(&config.sink),
     });
     let books = Bookkeeping::seeded(&name, last_seq);
-    let processor = Processor::new(parts, &shared.gateway, &shared.store, record_limit.clone())?;
+    let processor = Processor::new(parts, &shared.gateway, &shared.store, record_limit.clone(), Some(live.clone()))?;
     let done = [source_close, sink_stop.clone()];
     let processing =
         run_processor(processor, books, batch_rx, shared.committer.clone(), committed_tx, intake.clone(), done);
@@ -146,6 +149,7 @@ pub fn spawn(
         store: shared.store.clone(),
         committer: shared.committer.clone(),
         record_limit,
+        live: live.clone(),
     };
     tasks.spawn(format!("{} sink", sink.stream), sink.run(committed_rx, sink_stop));
     Ok(())

@@ -15,6 +15,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::observe::PipelineLive;
 use crate::sandbox::UseHandle;
 use crate::source::{self, Ack, Delivery};
 use crate::state::{ChangeSet, Committer, DeadLetter, EXIT_DURABILITY_LOST};
@@ -42,6 +43,8 @@ struct Shell {
     /// The highest seq the sink may publish.
     committed: watch::Sender<u64>,
     intake: CancellationToken,
+    /// Where the messages taken and acknowledged are counted.
+    live: Option<PipelineLive>,
 }
 
 /// A batch run through the stages, ready for the bookkeeping.
@@ -76,7 +79,8 @@ pub(super) async fn run_processor(
         ticks
     });
     let durable = committer.durable_groups();
-    let mut shell = Shell { pipeline, books, committer, durable, committed, intake };
+    let live = processor.live();
+    let mut shell = Shell { pipeline, books, committer, durable, committed, intake, live };
     let mut processor = Some(processor);
     let mut panicked = None;
     loop {
@@ -97,6 +101,9 @@ pub(super) async fn run_processor(
             break;
         }
         let Some(core) = processor.take() else { break };
+        if let Some(live) = &shell.live {
+            live.taken(deliveries.len());
+        }
         let next_seq = shell.books.next_seq();
         let prepared = match prepare(core, deliveries, next_seq).await {
             Ok((core, prepared)) => {
@@ -163,6 +170,7 @@ async fn prepare(
         return Ok((core, None));
     }
     log_dead_letters(&core.pipeline, &processed.changes.dead_letters);
+    core.observe(&processed, messages);
     processed.changes.deliveries = records;
     processed.changes.counts = processed.counts(&core.pipeline, acks.len());
     let prepared = Prepared {
@@ -214,6 +222,9 @@ impl Shell {
                     self.committed.send_replace(seq);
                 }
                 Action::Acknowledge(acks) => {
+                    if let Some(live) = &self.live {
+                        live.acknowledged(acks.len());
+                    }
                     if let Err(e) = source::acknowledge(acks).await {
                         tracing::warn!(stage = "pipeline", pipeline = %self.pipeline, error = %e, "acknowledgement failed");
                     }

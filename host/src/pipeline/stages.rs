@@ -11,6 +11,7 @@ use crate::batch::{Batch, BatchBuilder, CallContext, Message, Nanos};
 use crate::config::{Encoding, OnQuarantine};
 use crate::decode::Decode;
 use crate::encode;
+use crate::observe::{Flow, PipelineLive, Tapped};
 use crate::operator::Chain;
 use crate::sandbox::UseHandle;
 use crate::sink::RecordLimit;
@@ -44,6 +45,9 @@ pub(super) struct Processor {
     on_quarantine: OnQuarantine,
     /// The largest record body the sink can publish.
     record_limit: RecordLimit,
+    /// What the pipeline shows while it runs (the status page, the tap); none in the engine
+    /// benchmark unless asked for.
+    live: Option<PipelineLive>,
 }
 
 /// Faults and quarantines of a pipeline's functions, summed.
@@ -111,6 +115,7 @@ impl Processor {
         gateway: &str,
         store: &StateStore,
         record_limit: RecordLimit,
+        live: Option<PipelineLive>,
     ) -> Result<Self, StoreError> {
         let config = parts.config;
         let name = config.name.to_string();
@@ -129,6 +134,7 @@ impl Processor {
             functions: parts.functions,
             on_quarantine: config.on_quarantine,
             record_limit,
+            live,
             pipeline: name,
         })
     }
@@ -142,6 +148,11 @@ impl Processor {
         processed.function_quarantines = totals.quarantines - self.fault_totals.quarantines;
         self.fault_totals = totals;
         processed
+    }
+
+    /// What the pipeline shows while it runs, if it shows anything.
+    pub(super) fn live(&self) -> Option<PipelineLive> {
+        self.live.clone()
     }
 
     /// The functions whose quarantine holds this pipeline's input: all of them under
@@ -168,6 +179,9 @@ impl Processor {
         let output = if messages.is_empty() {
             Batch::new()
         } else {
+            if let Some(live) = self.live.as_ref().filter(|live| live.tapped()) {
+                live.tap(PipelineLive::tapped_messages(messages));
+            }
             let mut decoded = BatchBuilder::new();
             for message in messages {
                 match self.decoder.decode(message, &ctx) {
@@ -180,6 +194,9 @@ impl Processor {
             }
             processed.changes.state_writes = self.decoder.take_state_writes();
             let batch = decoded.finish();
+            if let Some(live) = &self.live {
+                live.decoded(&batch);
+            }
             processed.readings_in = batch.len();
             if let Some(latest) = batch.max_timestamp() {
                 self.watermark = self.watermark.max(latest);
@@ -235,6 +252,9 @@ impl Processor {
         if readings.is_empty() && windows.is_empty() {
             return processed;
         }
+        if let Some(live) = &self.live {
+            live.sending(&readings, &windows);
+        }
         let header = RecordHeader {
             gateway: self.gateway.clone(),
             stream: self.pipeline.clone(),
@@ -263,6 +283,34 @@ impl Processor {
             processed.changes.dead_letters.push(letter);
         }
         processed
+    }
+
+    /// Shows a processed batch of `messages` messages — ready to commit, every dead letter in
+    /// it — in the pipeline's flow and on its tap.
+    pub(super) fn observe(&self, processed: &Processed, messages: usize) {
+        let changes = &processed.changes;
+        for letter in &changes.dead_letters {
+            metrics::counter!("weir_dead_letters_by_stage_total", "pipeline" => self.pipeline.clone(),
+                "stage" => letter.stage.to_string())
+            .increment(1);
+        }
+        let Some(live) = &self.live else { return };
+        live.flowed(&Flow {
+            messages: messages as u64,
+            readings_in: processed.readings_in as u64,
+            readings_sent: processed.readings_out as u64,
+            records: changes.records.len() as u64,
+            bytes: changes.records.iter().map(|r| r.body.len() as u64).sum(),
+            dead_letters: changes.dead_letters.len() as u64,
+        });
+        if live.tapped() {
+            let records = changes.records.iter().map(|r| Tapped::Record { seq: r.seq, bytes: r.body.len() });
+            let letters = changes
+                .dead_letters
+                .iter()
+                .map(|l| Tapped::DeadLetter { stage: l.stage.to_string(), reason: l.reason.clone() });
+            live.tap(records.chain(letters).collect());
+        }
     }
 
     fn dead_message(&self, message: &Message, reason: &str, function: Option<&str>, now: Nanos) -> DeadLetter {
@@ -333,7 +381,14 @@ impl Engine {
     /// The core of the pipeline `parts` describes, with its window state and last seq from `store`.
     pub fn new(parts: PipelineParts, gateway: &str, store: &StateStore) -> Result<Self, StoreError> {
         let last_seq = store.last_seq(parts.config.name.as_str())?;
-        Ok(Self { core: Processor::new(parts, gateway, store, RecordLimit::new(u64::MAX))?, last_seq })
+        Ok(Self { core: Processor::new(parts, gateway, store, RecordLimit::new(u64::MAX), None)?, last_seq })
+    }
+
+    /// Shows what it processes in `live`, as a running pipeline does (for measuring what that
+    /// costs).
+    pub fn observed(mut self, live: PipelineLive) -> Self {
+        self.core.live = Some(live);
+        self
     }
 
     /// Processes one batch of messages at processing time `now`: the change set a pipeline would
@@ -341,6 +396,7 @@ impl Engine {
     /// windows emitted.
     pub fn process(&mut self, messages: &[Message], now: Nanos) -> (ChangeSet, usize, usize) {
         let processed = self.core.process(messages, now, self.last_seq + 1);
+        self.core.observe(&processed, messages.len());
         if let Some(seq) = processed.seq {
             self.last_seq = seq;
         }
@@ -392,6 +448,7 @@ mod tests {
             fault_totals: FaultTotals::default(),
             on_quarantine: OnQuarantine::Hold,
             record_limit: RecordLimit::new(u64::MAX),
+            live: None,
         }
     }
 

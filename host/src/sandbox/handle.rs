@@ -15,6 +15,7 @@ use super::CompiledFunction;
 use super::quarantine::FaultRecord;
 use super::shadow::{ShadowReport, ShadowRequest};
 use crate::config::FunctionId;
+use crate::state::stats::FunctionStatus;
 
 /// One running use of a function in a pipeline, as the rest of the gateway sees it.
 #[derive(Clone, Debug)]
@@ -58,6 +59,22 @@ impl UseHandle {
     /// A copy of the fault record now.
     pub fn snapshot(&self) -> FaultRecord {
         self.lock().record.clone()
+    }
+
+    /// How the use is doing, as `weir outbox stats`, the status page and `/readyz` show it.
+    pub fn status(&self) -> FunctionStatus {
+        let record = self.snapshot();
+        FunctionStatus {
+            pipeline: self.pipeline.clone(),
+            use_name: self.use_name.clone(),
+            function: record.function.clone(),
+            consecutive_faults: record.consecutive_faults,
+            faults: record.faults,
+            faults_by_kind: record.faults_by_kind.iter().map(|(kind, n)| (kind.name().to_owned(), *n)).collect(),
+            quarantines: record.quarantines,
+            quarantined_for_seconds: self.quarantined_for().map(|left| left.as_secs_f64()),
+            last_fault: record.last_fault.as_ref().map(ToString::to_string),
+        }
     }
 
     /// The quarantine left now, if the use is quarantined and no new version is waiting (a new

@@ -62,6 +62,10 @@ pub struct FunctionInstance {
     call_started: Option<Instant>,
     /// A shadow's instance: its writes are never taken for a commit (see `shadow`).
     scratch: bool,
+    /// Seconds per call of this use (`weir_function_call_seconds`).
+    call_seconds: metrics::Histogram,
+    /// Fuel its calls consumed, for a function with a fuel limit (`weir_function_fuel_total`).
+    fuel_consumed: metrics::Counter,
 }
 
 impl std::fmt::Debug for FunctionInstance {
@@ -111,7 +115,16 @@ impl FunctionInstance {
             labels.pipeline.clone(),
             labels.operator.clone(),
         );
+        let use_labels = [
+            ("pipeline", labels.pipeline.clone()),
+            ("use", labels.operator.clone()),
+            ("function", function.version.id.to_string()),
+        ];
+        let call_seconds = metrics::histogram!("weir_function_call_seconds", &use_labels);
+        let fuel_consumed = metrics::counter!("weir_function_fuel_total", &use_labels);
         let mut instance = Self {
+            call_seconds,
+            fuel_consumed,
             runtime,
             function,
             labels: Arc::new(labels),
@@ -314,6 +327,16 @@ impl FunctionInstance {
     fn count_call(&mut self) {
         if let Some(started) = self.call_started.take() {
             let took = started.elapsed();
+            // The shadow's calls are the candidate's, not the use's.
+            if !self.scratch {
+                self.call_seconds.record(took.as_secs_f64());
+                // Armed with the limit before the call (see `arm_limits`): what is left tells.
+                if let (Some(limit), Some(live)) = (self.function.limits.fuel, &self.live)
+                    && let Ok(left) = live.store.get_fuel()
+                {
+                    self.fuel_consumed.increment(limit.saturating_sub(left));
+                }
+            }
             self.handle.with_record(|record| record.called(took));
         }
     }

@@ -16,7 +16,8 @@ use async_nats::jetstream::{self, context::PublishErrorKind};
 
 use super::{Confirmation, Confirmed, Found, OutgoingRecord, PublishError};
 use crate::config::{BrokerConfig, NatsSubject};
-use crate::source::nats_connect;
+use crate::observe::Link;
+use crate::source::{NatsClient, nats_connect};
 
 /// Most messages a reconciliation reads.
 const MAX_WALK: usize = 10_000;
@@ -45,8 +46,9 @@ impl JetStreamPublisher {
         subject: &NatsSubject,
         ack_timeout: std::time::Duration,
         pipeline: &str,
+        uplink: Link,
     ) -> Result<Self, String> {
-        let client = nats_connect(broker, &format!("weir {pipeline} sink")).await?;
+        let client = nats_connect(broker, NatsClient::of_pipeline(pipeline, "sink"), Some(uplink)).await?;
         let context = jetstream::ContextBuilder::new().timeout(ack_timeout).build(client.clone());
         Ok(Self { client, context, subject: subject.as_str().to_owned(), stream: None })
     }

@@ -62,6 +62,7 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{Backoff, Drain as DrainPolicy, SinkConfig};
+use crate::observe::PipelineLive;
 use crate::state::{ChangeSet, Committer, Counter, DeadLetter, DeadLetterContent, DeadLetterStage, StateStore};
 use drain::{Action, Drain, Event, Save, Settings, Start, Ticket};
 
@@ -207,6 +208,8 @@ pub struct Sink {
     pub committer: Committer,
     /// The largest record the broker accepts, as far as it said.
     pub record_limit: RecordLimit,
+    /// What the pipeline shows while it runs: the uplink's state, the last confirmation.
+    pub live: PipelineLive,
 }
 
 impl Sink {
@@ -215,7 +218,13 @@ impl Sink {
     pub async fn run(self, committed: watch::Receiver<u64>, stop: CancellationToken) {
         match &self.config {
             SinkConfig::JetStream { broker, subject, max_in_flight, ack_timeout } => {
-                let connecting = jetstream::JetStreamPublisher::connect(broker, subject, *ack_timeout, &self.stream);
+                let connecting = jetstream::JetStreamPublisher::connect(
+                    broker,
+                    subject,
+                    *ack_timeout,
+                    &self.stream,
+                    self.live.uplink().clone(),
+                );
                 let connected = tokio::select! {
                     connected = connecting => connected,
                     () = stop.cancelled() => return,
@@ -232,8 +241,14 @@ impl Sink {
                 }
             }
             SinkConfig::Mqtt { broker, topic, client_id, max_in_flight } => {
-                let (publisher, connection) =
-                    mqtt::MqttPublisher::new(broker, topic, client_id.as_str(), *max_in_flight, &self.stream);
+                let (publisher, connection) = mqtt::MqttPublisher::new(
+                    broker,
+                    topic,
+                    client_id.as_str(),
+                    *max_in_flight,
+                    &self.stream,
+                    self.live.uplink().clone(),
+                );
                 let settings = self.settings(*max_in_flight, broker.reconnect);
                 let drain = Shell::new(&self, Publisher::Mqtt(publisher)).run(settings, committed, stop.clone());
                 let mut drain = std::pin::pin!(drain);
@@ -251,6 +266,8 @@ impl Sink {
                 }
             }
             SinkConfig::Console { series_shown } => {
+                // No connection to lose.
+                self.live.uplink().up();
                 let publisher = Publisher::Console(console::ConsolePublisher::new(&self.stream, *series_shown));
                 Shell::new(&self, publisher).run(self.settings(64, LOCAL_RETRY), committed, stop).await;
             }
@@ -314,6 +331,9 @@ impl Sink {
                 function: None,
             });
             tracing::error!(stage = "sink", pipeline = %stream, seq, reason = %reason, "record refused for good; moved to the dead letters");
+            metrics::counter!("weir_dead_letters_by_stage_total", "pipeline" => stream.clone(),
+                "stage" => format!("sink {}", self.config.kind()))
+            .increment(1);
         }
         let settled = save.confirmed.iter().chain(save.dead.iter().map(|(seq, _)| seq));
         changes.confirmed = settled.map(|&seq| (stream.clone(), seq)).collect();
@@ -343,6 +363,8 @@ struct Shell<'a> {
     stopping: bool,
     /// The pipeline still runs (it may make more records durable).
     pipeline_open: bool,
+    /// Seconds from handing a record over to its confirmation.
+    publish_seconds: metrics::Histogram,
 }
 
 impl<'a> Shell<'a> {
@@ -354,6 +376,7 @@ impl<'a> Shell<'a> {
             knows_record_limit: false,
             stopping: false,
             pipeline_open: true,
+            publish_seconds: metrics::histogram!("weir_publish_seconds", "pipeline" => sink.stream.clone()),
         }
     }
 
@@ -390,9 +413,22 @@ impl<'a> Shell<'a> {
                     Action::Wait { until } => self.wait(until, &mut committed, &stop).await,
                 }
             };
+            self.show(&event);
             action = drain.step(now(), event);
         }
         tracing::debug!(stage = "sink", pipeline = %self.sink.stream, "sink stopped");
+    }
+
+    /// Shows what the broker confirmed in the pipeline's live view.
+    fn show(&self, event: &Event) {
+        let confirmed = match event {
+            Event::Confirmed(..) => true,
+            Event::Stored(Ok(found)) => !found.records.is_empty(),
+            _ => false,
+        };
+        if confirmed {
+            self.sink.live.confirmed();
+        }
     }
 
     /// Waits for whatever comes first: a confirmation, new durable records, the stop, `until`.
@@ -456,8 +492,14 @@ impl<'a> Shell<'a> {
                 return Event::StopRequested;
             }
         };
+        let (sent, publish_seconds) = (std::time::Instant::now(), self.publish_seconds.clone());
         Event::Sent(handed_over.map(|confirmation| {
-            self.confirmations.push(Box::pin(confirmation.map(move |outcome| (ticket, outcome))));
+            self.confirmations.push(Box::pin(confirmation.map(move |outcome| {
+                if outcome.is_ok() {
+                    publish_seconds.record(sent.elapsed().as_secs_f64());
+                }
+                (ticket, outcome)
+            })));
         }))
     }
 

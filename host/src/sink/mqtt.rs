@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use super::{Confirmation, Confirmed, OutgoingRecord, PublishError};
 use crate::backoff::Retry;
 use crate::config::{BrokerConfig, MqttTopic};
+use crate::observe::Link;
 use crate::source::{MAX_MESSAGE_BYTES, mqtt_disconnect, mqtt_events, mqtt_options};
 
 type Done = oneshot::Sender<Result<Confirmed, PublishError>>;
@@ -40,6 +41,7 @@ impl MqttPublisher {
         client_id: &str,
         max_in_flight: usize,
         pipeline: &str,
+        uplink: Link,
     ) -> (Self, Connection) {
         let (requests, incoming) = mpsc::channel(max_in_flight);
         let connection = Connection {
@@ -49,6 +51,7 @@ impl MqttPublisher {
             max_in_flight,
             pipeline: pipeline.to_owned(),
             requests: incoming,
+            uplink,
         };
         (Self { requests }, connection)
     }
@@ -82,6 +85,7 @@ pub(super) struct Connection {
     max_in_flight: usize,
     pipeline: String,
     requests: mpsc::Receiver<Request>,
+    uplink: Link,
 }
 
 /// Publishes between request and PUBACK.
@@ -144,6 +148,7 @@ impl Connection {
                 Some(event) = events.next() => match event {
                     Ok(Event::Incoming(Packet::ConnAck(_))) => {
                         connected = true;
+                        self.uplink.up();
                         retry.reset();
                         tracing::info!(stage = "sink", pipeline, broker = %self.broker.url, "MQTT sink connected");
                     }
@@ -164,6 +169,7 @@ impl Connection {
                     Err(ConnectionError::RequestsDone) => break,
                     Err(e) => {
                         connected = false;
+                        self.uplink.down();
                         pending.fail_all(&format!("MQTT connection lost: {e}"));
                         let delay = retry.next_delay(&mut rand::rng());
                         tracing::warn!(stage = "sink", pipeline, broker = %self.broker.url, error = %e, retry_in = ?delay, "MQTT sink connection lost");

@@ -35,13 +35,14 @@ mod nats;
 pub mod simulated;
 
 pub(crate) use mqtt::{disconnect as mqtt_disconnect, events as mqtt_events, options as mqtt_options};
-pub(crate) use nats::{check_nats_credentials, connect as nats_connect};
+pub(crate) use nats::{NatsClient, check_nats_credentials, connect as nats_connect};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::batch::Message;
 use crate::config::{PipelineConfig, SourceConfig};
+use crate::observe::Link;
 use crate::shutdown::Tasks;
 pub use crate::state::DeliveryRecord;
 use crate::state::StateStore;
@@ -170,6 +171,7 @@ pub fn spawn(
     deliveries: mpsc::Sender<Delivery>,
     intake: CancellationToken,
     close: CancellationToken,
+    connection: Link,
     tasks: &Tasks,
 ) {
     let batch = &pipeline.batch;
@@ -187,11 +189,12 @@ pub fn spawn(
                 held_by_pipeline: batch.queue + 3 * batch.max_messages,
                 pipeline: name.to_owned(),
                 store: store.clone(),
+                connection,
             };
             tasks.spawn(task, source.run(deliveries, intake, close));
         }
         SourceConfig::Nats { broker, subjects, queue_group } => {
-            let source = nats::CoreSource { broker, subjects, queue_group, pipeline: name.to_owned() };
+            let source = nats::CoreSource { broker, subjects, queue_group, pipeline: name.to_owned(), connection };
             tasks.spawn(task, source.run(deliveries, intake));
         }
         SourceConfig::JetStream { broker, stream, consumer, subjects } => {
@@ -202,10 +205,13 @@ pub fn spawn(
                 subjects,
                 pipeline: name.to_owned(),
                 store: store.clone(),
+                connection,
             };
             tasks.spawn(task, source.run(deliveries, intake, close));
         }
         SourceConfig::Simulated(simulated) => {
+            // No connection to lose.
+            connection.up();
             tasks.spawn(task, simulated::run(simulated, deliveries, intake));
         }
     }
@@ -240,12 +246,13 @@ impl InPipeline {
 #[derive(Debug)]
 struct CommittedRecently {
     source: String,
+    pipeline: String,
     loaded: Option<std::collections::HashSet<Vec<u8>>>,
 }
 
 impl CommittedRecently {
-    fn new(source: String) -> Self {
-        Self { source, loaded: None }
+    fn new(source: String, pipeline: &str) -> Self {
+        Self { source, pipeline: pipeline.to_owned(), loaded: None }
     }
 
     /// Forget the cache: a new connection may redeliver anything committed before it.
@@ -259,7 +266,8 @@ impl CommittedRecently {
                 Ok(identities) => self.loaded = Some(identities),
                 Err(e) => {
                     // Cannot tell: process it (a duplicate at worst, never a loss).
-                    tracing::warn!(stage = "source", source = %self.source, error = %e, "cannot read recent deliveries");
+                    tracing::warn!(stage = "source", pipeline = %self.pipeline, source = %self.source, error = %e,
+                        "cannot read recent deliveries");
                     return false;
                 }
             }

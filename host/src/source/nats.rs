@@ -4,6 +4,7 @@
 //! async-nats reconnects by itself (with its own backoff) and restores core subscriptions. The
 //! JetStream source re-creates its consumer stream after errors with capped exponential backoff.
 
+use crate::observe::Link;
 use async_nats::jetstream::{self, consumer::AckPolicy, consumer::pull};
 use async_nats::rustls::ClientConfig;
 use futures::StreamExt;
@@ -24,8 +25,15 @@ const ACK_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 /// Connects to a NATS server (in the background: the call returns at once and the client
 /// connects and reconnects by itself). With a `tls://` URL every connection is TLS, verified
 /// by [`crate::tls::client_config`], or is not made.
-pub(crate) async fn connect(broker: &BrokerConfig, name: &str) -> Result<async_nats::Client, String> {
-    let mut options = async_nats::ConnectOptions::new().name(name).retry_on_initial_connect();
+/// `client` names the connection on the server and in its log lines; `link`, if given, follows
+/// the connection's state.
+pub(crate) async fn connect(
+    broker: &BrokerConfig,
+    client: NatsClient,
+    link: Option<Link>,
+) -> Result<async_nats::Client, String> {
+    let NatsClient { name, stage, pipeline } = client;
+    let mut options = async_nats::ConnectOptions::new().name(&name).retry_on_initial_connect();
     if let Some(username) = &broker.username {
         let password = broker.password.as_ref().map(|p| p.expose().clone()).unwrap_or_default();
         options = options.user_and_password(username.clone(), password);
@@ -48,18 +56,41 @@ pub(crate) async fn connect(broker: &BrokerConfig, name: &str) -> Result<async_n
     });
     // The client connects in the background; what goes wrong there reaches the log this way
     // (a refused certificate is logged in more detail by `crate::tls`).
-    let (url, client) = (broker.url.to_string(), name.to_owned());
+    let url = broker.url.to_string();
     options = options.event_callback(move |event| {
         match event {
             async_nats::Event::ClientError(e) => {
-                tracing::warn!(broker = url, client, error = %e, "NATS connection failed, retrying");
+                tracing::warn!(stage, pipeline, broker = url, client = name, error = %e, "NATS connection failed, retrying");
             }
-            async_nats::Event::ServerError(e) => tracing::warn!(broker = url, client, error = %e, "NATS server error"),
+            async_nats::Event::ServerError(e) => {
+                tracing::warn!(stage, pipeline, broker = url, client = name, error = %e, "NATS server error");
+            }
+            async_nats::Event::Connected => link.iter().for_each(Link::up),
+            async_nats::Event::Disconnected => link.iter().for_each(Link::down),
             _ => {}
         }
         std::future::ready(())
     });
     options.connect(broker.url.authority()).await.map_err(|e| e.to_string())
+}
+
+/// Who a NATS connection is for: its name on the server, and the stage and pipeline its log
+/// lines carry.
+#[derive(Clone, Debug)]
+pub(crate) struct NatsClient {
+    /// The connection's name on the server.
+    pub(crate) name: String,
+    /// The stage of its log lines (`source`, `sink`, `fleet`).
+    pub(crate) stage: &'static str,
+    /// The pipeline it serves (empty for the fleet agent's).
+    pub(crate) pipeline: String,
+}
+
+impl NatsClient {
+    /// The connection of `pipeline`'s `stage`.
+    pub(crate) fn of_pipeline(pipeline: &str, stage: &'static str) -> Self {
+        Self { name: format!("weir {pipeline} {stage}"), stage, pipeline: pipeline.to_owned() }
+    }
 }
 
 /// Whether the NATS client accepts `credentials` (a credentials file's user JWT and nkey seed,
@@ -76,8 +107,8 @@ pub(crate) fn check_nats_credentials(credentials: &NatsCredentials) -> Result<()
 }
 
 /// The source's client; `None` (logged) when the options cannot even be used.
-async fn connect_source(broker: &BrokerConfig, pipeline: &str) -> Option<async_nats::Client> {
-    match connect(broker, &format!("weir {pipeline} source")).await {
+async fn connect_source(broker: &BrokerConfig, pipeline: &str, link: &Link) -> Option<async_nats::Client> {
+    match connect(broker, NatsClient::of_pipeline(pipeline, "source"), Some(link.clone())).await {
         Ok(client) => Some(client),
         Err(e) => {
             tracing::error!(stage = "source", pipeline, error = %e, "cannot connect to NATS");
@@ -115,12 +146,13 @@ pub(super) struct CoreSource {
     pub(super) subjects: Vec<NatsSubjectFilter>,
     pub(super) queue_group: Option<String>,
     pub(super) pipeline: String,
+    pub(super) connection: Link,
 }
 
 impl CoreSource {
     pub(super) async fn run(self, deliveries: mpsc::Sender<Delivery>, intake: CancellationToken) {
         let pipeline = self.pipeline.as_str();
-        let Some(client) = connect_source(&self.broker, pipeline).await else { return };
+        let Some(client) = connect_source(&self.broker, pipeline, &self.connection).await else { return };
         let mut subscriptions = Vec::new();
         for subject in &self.subjects {
             let subscribed = match &self.queue_group {
@@ -162,6 +194,7 @@ pub(super) struct JetStreamSource {
     pub(super) subjects: Vec<NatsSubjectFilter>,
     pub(super) pipeline: String,
     pub(super) store: StateStore,
+    pub(super) connection: Link,
 }
 
 impl JetStreamSource {
@@ -240,11 +273,11 @@ impl JetStreamSource {
         close: CancellationToken,
     ) {
         let pipeline = self.pipeline.as_str();
-        let Some(client) = connect_source(&self.broker, pipeline).await else { return };
+        let Some(client) = connect_source(&self.broker, pipeline, &self.connection).await else { return };
         let context = jetstream::new(client.clone());
         let mut retry = Retry::new(self.broker.reconnect);
         let in_pipeline = InPipeline::default();
-        let mut committed = CommittedRecently::new(format!("jetstream/{}/{}", self.stream, self.consumer));
+        let mut committed = CommittedRecently::new(format!("jetstream/{}/{}", self.stream, self.consumer), pipeline);
         'consume: while !intake.is_cancelled() {
             committed.reset();
             let messages = match self.consumer(&context).await {

@@ -219,7 +219,12 @@ impl Writer {
                 Durability::Relaxed => requests.is_empty() || self.last_durable.elapsed() >= RELAXED_SYNC_INTERVAL,
             };
             let (changes, replies): (Vec<ChangeSet>, Vec<_>) = group.into_iter().unzip();
-            let outcomes: Vec<Result<u64, Refusal>> = match self.apply(&changes, durable) {
+            let started = Instant::now();
+            let applied = self.apply(&changes, durable);
+            metrics::histogram!("weir_commit_seconds", "durable" => if durable { "yes" } else { "no" })
+                .record(started.elapsed().as_secs_f64());
+            metrics::histogram!("weir_commit_group_change_sets").record(changes.len() as f64);
+            let outcomes: Vec<Result<u64, Refusal>> = match applied {
                 Ok((group, refused)) => refused.into_iter().map(|r| r.map_or(Ok(group), Err)).collect(),
                 Err(e) => {
                     tracing::error!(stage = "state", error = %e, change_sets = changes.len(), "commit failed");

@@ -24,6 +24,13 @@ pub fn now_nanos() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| i64::try_from(d.as_nanos()).unwrap_or(i64::MAX))
 }
 
+/// An event or processing time (ns since the Unix epoch) as RFC 3339 UTC with milliseconds;
+/// times before 1970 show as the epoch.
+pub fn format_nanos(at: i64) -> String {
+    let since = std::time::Duration::from_nanos(u64::try_from(at).unwrap_or(0));
+    humantime::format_rfc3339_millis(UNIX_EPOCH + since).to_string()
+}
+
 /// How log events are written to stderr (`--log-format`). JSON events carry `timestamp`,
 /// `level`, `fields` (`message`, `stage` and the event's other fields), `target` (the module that
 /// logged) and the spans the event happened in.

@@ -29,7 +29,9 @@ use std::path::PathBuf;
 use serde::Deserialize;
 use toml::Spanned;
 
-use super::types::{BrokerUrl, CountIn, DurationIn, FunctionId, GIB, GatewayId, HOUR, KIB, MIB, Name, SECOND, SizeIn};
+use super::types::{
+    BrokerUrl, CountIn, DAY, DurationIn, FunctionId, GIB, GatewayId, HOUR, KIB, MIB, Name, SECOND, SizeIn,
+};
 
 pub use decode::{NumberEncoding, RawDecode, RawFieldMapping, RawNumber, TimeUnit};
 pub use downsample::{DownsampleMethodName, RawDownsample};
@@ -72,6 +74,15 @@ pub struct RawHttp {
     /// `listen = "127.0.0.1:9464"` — the IP address and port the gateway serves on
     /// (`"0.0.0.0:9464"`: every interface; port 0: a free one, logged at start).
     pub listen: SocketAddr,
+    /// `ready_confirmed_within = "5m"` — `/readyz` fails for a pipeline whose uplink has records
+    /// to send but confirmed none for this long (1s to 1 day).
+    pub ready_confirmed_within: Option<DurationIn<SECOND, DAY>>,
+    /// `ready_oldest_below = "15m"` — `/readyz` fails for a pipeline whose oldest waiting record
+    /// is this old (1s to 30 days).
+    pub ready_oldest_below: Option<DurationIn<SECOND, { 30 * DAY }>>,
+    /// `ready_outbox_percent = 80` — `/readyz` fails for a pipeline whose outbox holds this share
+    /// of its `max_bytes` (its high-water mark; 1 to 100).
+    pub ready_outbox_percent: Option<CountIn<1, 100>>,
 }
 
 /// `[fleet]`

@@ -232,7 +232,7 @@ fn the_built_in_default_is_valid() {
     assert_eq!(config.pipelines.len(), 3);
     assert_eq!(config.functions.len(), 4);
     let loopback: std::net::SocketAddr = "127.0.0.1:9464".parse().expect("an address");
-    assert_eq!(config.http, Some(HttpConfig { listen: loopback }), "the demo serves metrics on loopback only");
+    assert_eq!(config.http.map(|http| http.listen), Some(loopback), "the demo serves metrics on loopback only");
 }
 
 #[test]
@@ -244,6 +244,21 @@ fn the_http_listener_is_off_unless_configured_and_takes_an_ip_address() {
     assert_eq!(listen, "0.0.0.0:9464".parse().expect("an address"));
     let refused = invalid(&format!("{VALID}\n[http]\nlisten = \"gateway.local:9464\"\n"));
     assert!(refused.contains("http.listen") && refused.contains("invalid socket address"), "{refused}");
+}
+
+#[test]
+fn readiness_has_defaults_and_refuses_a_share_above_the_whole_outbox() {
+    let dir = functions_dir();
+    let on = format!("{VALID}\n[http]\nlisten = \"127.0.0.1:0\"\n");
+    let ready = parse_with(&on, dir.path()).expect("valid").http.expect("configured").ready;
+    assert_eq!(ready.confirmed_within, Duration::from_secs(300));
+    assert_eq!(ready.oldest_below, Duration::from_secs(900));
+    assert_eq!(ready.outbox_percent, 80);
+    let set = format!("{on}ready_confirmed_within = \"30s\"\nready_oldest_below = \"2h\"\nready_outbox_percent = 95\n");
+    let ready = parse_with(&set, dir.path()).expect("valid").http.expect("configured").ready;
+    assert_eq!((ready.confirmed_within.as_secs(), ready.oldest_below.as_secs(), ready.outbox_percent), (30, 7200, 95));
+    let refused = invalid(&format!("{on}ready_outbox_percent = 120\n"));
+    assert!(refused.contains("http.ready_outbox_percent"), "{refused}");
 }
 
 #[test]

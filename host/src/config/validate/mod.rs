@@ -33,11 +33,13 @@ use std::time::Duration;
 
 use toml::Spanned;
 
+use super::defaults;
 use super::error::ConfigFile;
 use super::raw::{RawConfig, RawPipeline};
+use super::types::{CountIn, DurationIn};
 use super::{
     BrokerConfig, Config, ConfigError, FunctionConfig, FunctionId, GatewayId, HttpConfig, Locations, Name, Overrides,
-    PipelineConfig, Problem,
+    PipelineConfig, Problem, Readiness,
 };
 use brokers::MqttClient;
 
@@ -107,7 +109,15 @@ impl Validator<'_> {
             })
             .collect();
         let fleet = raw.fleet.and_then(|fleet| self.fleet(fleet.into_inner(), &brokers));
-        let http = raw.http.map(|http| HttpConfig { listen: http.into_inner().listen });
+        let http = raw.http.map(|http| {
+            let http = http.into_inner();
+            let ready = Readiness {
+                confirmed_within: http.ready_confirmed_within.map_or(defaults::READY_CONFIRMED_WITHIN, DurationIn::get),
+                oldest_below: http.ready_oldest_below.map_or(defaults::READY_OLDEST_BELOW, DurationIn::get),
+                outbox_percent: http.ready_outbox_percent.map_or(defaults::READY_OUTBOX_PERCENT, CountIn::get),
+            };
+            HttpConfig { listen: http.listen, ready }
+        });
         self.refuse_shared_client_ids();
         if pipelines.is_empty() && self.problems.is_empty() {
             self.problem(None, "pipelines", "no pipeline is defined: add a [pipelines.<name>] table");

@@ -69,11 +69,25 @@ pub struct GatewayConfig {
     pub wasm_execution: WasmExecution,
 }
 
-/// `[http]` — metrics and health endpoints.
+/// `[http]` — metrics, health, readiness, the status page and the tap.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HttpConfig {
     /// `listen = "127.0.0.1:9464"` — where the gateway serves them.
     pub listen: std::net::SocketAddr,
+    /// When `/readyz` judges a pipeline not ready.
+    pub ready: Readiness,
+}
+
+/// When `/readyz` judges a pipeline not ready (`[http]`'s `ready_*` settings).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Readiness {
+    /// `ready_confirmed_within = "5m"` — its uplink has records to send and confirmed none for
+    /// this long.
+    pub confirmed_within: Duration,
+    /// `ready_oldest_below = "15m"` — its oldest waiting record is this old.
+    pub oldest_below: Duration,
+    /// `ready_outbox_percent = 80` — its outbox holds this share of `max_bytes`.
+    pub outbox_percent: u64,
 }
 
 /// `[fleet]` — function updates from a fleet manager.

@@ -41,6 +41,7 @@ use self::admission::{Action, Admission, Content, Handover, Limits, PublishQos, 
 use super::{Ack, AckError, AckKind, Delivery, DeliveryRecord, MAX_MESSAGE_BYTES};
 use crate::backoff::Retry;
 use crate::config::{BrokerConfig, MqttClientId, Qos, TopicFilter};
+use crate::observe::Link;
 use crate::state::StateStore;
 
 /// Requests besides acknowledgements (subscriptions, DISCONNECT).
@@ -80,6 +81,7 @@ pub(super) struct MqttSource {
     pub(super) held_by_pipeline: usize,
     pub(super) pipeline: String,
     pub(super) store: StateStore,
+    pub(super) connection: Link,
 }
 
 /// rumqttc options for a broker and client id. With a `mqtts://` URL the transport is TLS,
@@ -177,6 +179,7 @@ struct Shell {
     retry: Retry,
     pipeline: String,
     broker: String,
+    connection: Link,
 }
 
 impl Shell {
@@ -212,6 +215,7 @@ impl Shell {
             retry: Retry::new(source.broker.reconnect),
             pipeline: source.pipeline,
             broker: source.broker.url.to_string(),
+            connection: source.connection,
         };
         Some((shell, acks))
     }
@@ -231,7 +235,8 @@ impl Shell {
                 Action::LoadRecent(publish) => {
                     let recent = self.store.recent_deliveries(&self.source).inspect_err(|e| {
                         // Cannot tell: the copy is processed (a duplicate at worst, never a loss).
-                        tracing::warn!(stage = "source", source = %self.source, error = %e, "cannot read recent deliveries");
+                        tracing::warn!(stage = "source", pipeline = %self.pipeline, source = %self.source, error = %e,
+                            "cannot read recent deliveries");
                     });
                     self.core.handle(admission::Event::RecentLoaded(recent.ok()));
                     self.core.handle(admission::Event::Publish(publish));
@@ -269,6 +274,7 @@ impl Shell {
         let event = match event {
             Ok(Event::Incoming(Packet::ConnAck(connack))) => {
                 self.retry.reset();
+                self.connection.up();
                 tracing::info!(stage = "source", pipeline, broker = %self.broker, session_present = connack.session_present, "MQTT connected");
                 admission::Event::Connected { session_present: connack.session_present }
             }
@@ -281,6 +287,7 @@ impl Shell {
             Ok(_) => return Next::Continue,
             Err(ConnectionError::RequestsDone) => return Next::Done,
             Err(e) => {
+                self.connection.down();
                 let shedding = self.core.is_shedding();
                 self.step(admission::Event::ConnectionLost, None).await;
                 let pipeline = self.pipeline.as_str();
