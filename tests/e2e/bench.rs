@@ -54,13 +54,16 @@ fn sandbox_bench_measures_every_batch_size_and_the_instance_costs() -> Result<()
 #[test]
 fn engine_bench_runs_a_recording_through_decode_filter_windows_and_the_outbox() -> Result<()> {
     let dir = functions_dir();
-    let stdout = bench(
-        &["engine", "--functions-dir", dir.to_str().unwrap_or_default(), "--readings", "20000"],
-        &["| readings |"],
-    )?;
-    let row = table_row(&stdout, "readings");
-    assert_eq!(row[0], "20000", "every recorded reading decoded: {row:?}");
-    assert!(row[2].parse::<u64>()? > 0 && row[3].parse::<u64>()? > 0, "records and windows committed: {row:?}");
+    // Bare, and observed as a running gateway observes its pipelines (metrics, live view).
+    for (observed, shown) in [(None, "no"), (Some("--observed"), "yes")] {
+        let mut args = vec!["engine", "--functions-dir", dir.to_str().unwrap_or_default(), "--readings", "20000"];
+        args.extend(observed);
+        let stdout = bench(&args, &["| observed | readings |"])?;
+        let row = table_row(&stdout, "observed");
+        assert_eq!(row[0], shown, "{row:?}");
+        assert_eq!(row[1], "20000", "every recorded reading decoded: {row:?}");
+        assert!(row[3].parse::<u64>()? > 0 && row[4].parse::<u64>()? > 0, "records and windows committed: {row:?}");
+    }
     Ok(())
 }
 

@@ -143,3 +143,34 @@ fn the_operations_guide_lists_every_metric() -> Result<()> {
     }
     Ok(())
 }
+
+#[test]
+fn logs_written_to_the_journal_carry_their_priority_and_no_timestamp() -> Result<()> {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("stderr");
+    let stderr = std::fs::File::create(&path)?;
+    let stat = stderr.metadata()?;
+    let run = |journal_stream: &str| -> Result<String> {
+        let stderr = std::fs::File::options().append(true).open(&path)?;
+        std::fs::File::create(&path)?;
+        // A filter that does not parse is reported as a warning by any command.
+        std::process::Command::new(weir_bin())
+            .args(["outbox", "stats", "--data-dir"])
+            .arg(dir.path().join("none"))
+            .env("RUST_LOG", "weir_host=loud")
+            .env("JOURNAL_STREAM", journal_stream)
+            .stderr(stderr)
+            .status()?;
+        Ok(std::fs::read_to_string(&path)?)
+    };
+    let journal = run(&format!("{}:{}", stat.dev(), stat.ino()))?;
+    let warning = journal.lines().find(|l| l.contains("RUST_LOG is not a log filter")).context(journal.clone())?;
+    ensure!(warning.starts_with("<4>") && warning.contains("WARN"), "{warning}");
+    ensure!(!warning.contains(&format!("{}-", time::OffsetDateTime::now_utc().year())), "no timestamp: {warning}");
+    // Another stream (stderr redirected away from the journal): plain lines with their time.
+    let elsewhere = run("1:1")?;
+    let warning = elsewhere.lines().find(|l| l.contains("RUST_LOG is not a log filter")).context(elsewhere.clone())?;
+    ensure!(!warning.starts_with('<') && warning.contains(&format!("{}-", time::OffsetDateTime::now_utc().year())));
+    Ok(())
+}

@@ -114,15 +114,24 @@ async fn the_status_page_shows_the_flow_in_a_real_browser_and_the_tap_and_readin
     plant.publish("plant/readings", &b"{not json"[..]).await?;
     plant.wait_for_pubacks(READINGS as usize + 1).await?;
 
-    // Everything committed is confirmed and every window has closed (the idle timeouts).
-    let pipeline = status_when(port, |p| {
+    // Everything committed is confirmed and every window has closed (the idle timeouts), and it
+    // stays so for longer than the idle timeouts: nothing more is coming.
+    let settled = |p: &Value| {
         counter(p, "readings_in") == READINGS as u64
             && counter(p, "windows_emitted") >= 15
             && p["outbox"]["records"] == 0
             && counter(p, "confirmed") == counter(p, "records_committed")
             && p["source"]["state"] == "up"
-    })
-    .await?;
+    };
+    let mut pipeline = status_when(port, settled).await?;
+    loop {
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        let again = status_when(port, settled).await?;
+        if counter(&again, "records_committed") == counter(&pipeline, "records_committed") {
+            break;
+        }
+        pipeline = again;
+    }
     let records = counter(&pipeline, "records_committed") as usize;
     let central = collect_stream(&stream, |got| got.len() >= records).await?;
     let sent_centrally = all_readings(&central).iter().filter(|r| r.series == "boiler/t").count();

@@ -48,10 +48,21 @@ pub enum LogFormat {
 /// list of `target=level` directives (`weir_host::sink=debug,info`); a `RUST_LOG` that does not
 /// parse is reported on stderr and the default is used. Calling it twice keeps the first
 /// subscriber.
+///
+/// Text written to the systemd journal (stderr is the stream `JOURNAL_STREAM` names, as under
+/// the shipped unit) is journal-friendly: each line starts with its priority (`<3>` error,
+/// `<4>` warning, `<6>` info, `<7>` debug), so `journalctl -p warning` filters by level, and
+/// carries no timestamp, as the journal keeps its own.
 pub fn init_logging(format: LogFormat) {
     let (filter, refused) = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let layer = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
     let installed = match format {
+        LogFormat::Text if stderr_is_journal() => {
+            let lines = tracing_subscriber::fmt::format().with_ansi(false).with_target(false).without_time();
+            tracing_subscriber::registry()
+                .with(layer.with_ansi(false).event_format(JournalPriority(lines)).with_filter(filter))
+                .try_init()
+        }
         LogFormat::Text => tracing_subscriber::registry()
             .with(layer.with_ansi(colour_on_stderr()).with_target(false).with_filter(filter))
             .try_init(),
@@ -76,6 +87,52 @@ fn log_filter(rust_log: Option<&str>) -> (Targets, Option<String>) {
     }
 }
 
+/// Whether stderr is the systemd journal's stream: `JOURNAL_STREAM` (`<device>:<inode>`, set by
+/// systemd for a service whose output goes to the journal) names the file stderr is.
+fn stderr_is_journal() -> bool {
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else { return false };
+    let Ok(stat) = rustix::fs::fstat(std::io::stderr()) else { return false };
+    // The field types differ between targets.
+    #[allow(clippy::unnecessary_cast)]
+    let (device, inode) = (stat.st_dev as u64, stat.st_ino as u64);
+    journal_stream_is(&stream.to_string_lossy(), device, inode)
+}
+
+/// Whether `JOURNAL_STREAM`'s value names the file with `device` and `inode`.
+fn journal_stream_is(value: &str, device: u64, inode: u64) -> bool {
+    value.split_once(':').is_some_and(|(d, i)| d.parse() == Ok(device) && i.parse() == Ok(inode))
+}
+
+/// A log line for the journal: the `sd-daemon` priority prefix, then the line `F` writes.
+struct JournalPriority<F>(F);
+
+impl<S, N, F> tracing_subscriber::fmt::FormatEvent<S, N> for JournalPriority<F>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+    N: for<'a> tracing_subscriber::fmt::FormatFields<'a> + 'static,
+    F: tracing_subscriber::fmt::FormatEvent<S, N>,
+{
+    fn format_event(
+        &self,
+        ctx: &tracing_subscriber::fmt::FmtContext<'_, S, N>,
+        mut writer: tracing_subscriber::fmt::format::Writer<'_>,
+        event: &tracing::Event<'_>,
+    ) -> std::fmt::Result {
+        write!(writer, "<{}>", journal_priority(*event.metadata().level()))?;
+        self.0.format_event(ctx, writer, event)
+    }
+}
+
+/// The syslog priority of a level, as the journal reads it from a line's `<N>` prefix.
+fn journal_priority(level: tracing::Level) -> u8 {
+    match level {
+        tracing::Level::ERROR => 3,
+        tracing::Level::WARN => 4,
+        tracing::Level::INFO => 6,
+        tracing::Level::DEBUG | tracing::Level::TRACE => 7,
+    }
+}
+
 /// Whether text logs may be coloured: stderr is a terminal and `NO_COLOR` is unset or empty.
 fn colour_on_stderr() -> bool {
     std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|value| value.is_empty())
@@ -86,6 +143,17 @@ mod tests {
     use tracing::Level;
 
     use super::*;
+
+    #[test]
+    fn the_journal_is_recognised_by_its_stream_and_gets_priorities() {
+        assert!(journal_stream_is("8:12345", 8, 12345));
+        assert!(!journal_stream_is("8:12345", 8, 999), "another file: stderr was redirected");
+        assert!(!journal_stream_is("garbage", 8, 12345));
+        assert_eq!(journal_priority(Level::ERROR), 3);
+        assert_eq!(journal_priority(Level::WARN), 4);
+        assert_eq!(journal_priority(Level::INFO), 6);
+        assert_eq!(journal_priority(Level::TRACE), 7);
+    }
 
     #[test]
     fn the_default_filter_quiets_the_broker_clients() {
