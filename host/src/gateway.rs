@@ -19,8 +19,9 @@
 //! functions it manages run — at start, before the pipelines are built, and through the same
 //! staging afterwards; a SIGHUP leaves those functions alone.
 //!
-//! With `[http]` configured, the metrics and health endpoints (see `observe`) are served beside
-//! the pipelines; a listener that cannot bind is reported and the data keeps flowing.
+//! With `[http]` configured, the status page, metrics, health, readiness and tap endpoints (see
+//! `observe`) are served beside the pipelines, each of which shows itself through its live view;
+//! a listener that cannot bind is reported and the data keeps flowing.
 //!
 //! A task that panics stops the gateway in order and makes [`run`] fail
 //! ([`GatewayError::Panicked`]), so the process exits non-zero and a supervisor restarts it.

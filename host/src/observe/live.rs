@@ -25,6 +25,8 @@ use weir_record::WindowSeries;
 
 /// Batches of tap events a watcher may fall behind by before it misses some.
 const TAP_CAPACITY: usize = 256;
+/// Watchers of one pipeline's tap at once; more are turned away.
+pub const TAP_WATCHERS: usize = 8;
 /// Payload bytes a tapped message shows.
 const TAP_PAYLOAD_PREFIX: usize = 256;
 
@@ -281,9 +283,9 @@ impl PipelineLive {
         self.0.view.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// A new watcher of the tap.
-    pub fn watch(&self) -> broadcast::Receiver<Arc<[Tapped]>> {
-        self.0.tap.subscribe()
+    /// A new watcher of the tap; `None` when [`TAP_WATCHERS`] already watch.
+    pub fn watch(&self) -> Option<broadcast::Receiver<Arc<[Tapped]>>> {
+        (self.0.tap.receiver_count() < TAP_WATCHERS).then(|| self.0.tap.subscribe())
     }
 
     /// Whether anyone watches the tap (nothing is built for it otherwise).
@@ -447,7 +449,7 @@ mod tests {
         assert!(!live.tapped());
         live.decoded(&batch);
         assert_eq!(live.watermark(), Some(5));
-        let mut watcher = live.watch();
+        let mut watcher = live.watch().expect("room for a watcher");
         live.decoded(&batch);
         let events = watcher.try_recv().expect("a batch of events");
         assert!(
@@ -459,10 +461,19 @@ mod tests {
     #[test]
     fn a_slow_watcher_misses_batches_instead_of_holding_the_pipeline() {
         let live = PipelineLive::new(facts());
-        let mut watcher = live.watch();
+        let mut watcher = live.watch().expect("room for a watcher");
         for seq in 0..(TAP_CAPACITY as u64 + 10) {
             live.tap(vec![Tapped::Record { seq, bytes: 1 }]);
         }
         assert!(matches!(watcher.try_recv(), Err(broadcast::error::TryRecvError::Lagged(10))));
+    }
+
+    #[test]
+    fn watchers_are_limited_and_a_place_frees_when_one_leaves() {
+        let live = PipelineLive::new(facts());
+        let watchers: Vec<_> = (0..TAP_WATCHERS).map(|_| live.watch().expect("room")).collect();
+        assert!(live.watch().is_none());
+        drop(watchers);
+        assert!(live.watch().is_some());
     }
 }

@@ -230,8 +230,11 @@ async fn serve_tap(State(served): State<Arc<Served>>, Path(pipeline): Path<Strin
         let body = format!("no pipeline {pipeline:?}; the pipelines are: {}\n", known.join(", "));
         return (StatusCode::NOT_FOUND, body).into_response();
     };
+    let Some(watcher) = live.watch() else {
+        let body = format!("{} watchers already tap {pipeline}; try again later\n", live::TAP_WATCHERS);
+        return (StatusCode::TOO_MANY_REQUESTS, body).into_response();
+    };
     tracing::info!(stage = "http", pipeline, "tap opened");
-    let watcher = live.watch();
     let stop = served.shutdown.clone();
     let lines = futures::stream::unfold((watcher, stop), |(mut watcher, stop)| async move {
         let events: Arc<[Tapped]> = tokio::select! {

@@ -200,6 +200,11 @@ impl SeriesRing {
             // Kept in event-time order: a late reading goes in its place.
             let at = points.partition_point(|p| p.0 <= ts);
             points.insert(at, (ts, value));
+            // A batch far larger than what is kept: drop the oldest as it goes, so memory stays
+            // bounded by the ring, not by the batch.
+            if points.len() >= 2 * POINTS_KEPT {
+                points.drain(..points.len() - POINTS_KEPT);
+            }
             touched[index as usize] = true;
         }
         for (key, _) in keys.iter().zip(touched).filter(|(_, touched)| *touched) {
