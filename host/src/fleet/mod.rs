@@ -32,7 +32,6 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex, PoisonError};
 
 pub use agent::Agent;
-pub use clock::clock_synced;
 pub use record::{Outcome, Stage};
 
 use crate::config::FunctionId;

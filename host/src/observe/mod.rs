@@ -137,7 +137,7 @@ fn gather(observed: &Observed) -> Result<status::Status, String> {
         version: env!("CARGO_PKG_VERSION"),
         config_sha256: observed.config_sha256.clone(),
         uptime_seconds: observed.started.elapsed().as_secs_f64(),
-        clock_synced: crate::fleet::clock_synced(&observed.clock),
+        clock_synced: crate::telemetry::clock::is_synced(&observed.clock),
         now: 0,
     };
     status::gather(gateway, &observed.store, &observed.live, &observed.functions).map_err(|e| e.to_string())

@@ -1,4 +1,5 @@
-//! Telemetry: log setup and the processing-time clock.
+//! Telemetry: log setup, the processing-time clock, and whether the wall clock is synced
+//! (`clock.rs`).
 //!
 //! Logs are structured `tracing` events on stderr; every event carries a `stage` field naming the
 //! part of the data flow that emitted it (`source`, `decode`, `function`, `sandbox`, `pipeline`,
@@ -7,6 +8,8 @@
 //! not set), so a log file or the journal never gets escape codes.
 //!
 //! Processing time comes from [`now_nanos`] only; the pure stages receive it as a parameter.
+
+pub mod clock;
 
 use std::io::IsTerminal;
 use std::time::{SystemTime, UNIX_EPOCH};
