@@ -1,5 +1,5 @@
 //! `weir tap <pipeline>`: watches what a running gateway's pipeline processes — input messages,
-//! decoded readings, readings and windows sent, records committed, dead letters — live in the
+//! decoded readings, readings and windows sent, records for the outbox, dead letters — live in the
 //! terminal, from the gateway's HTTP listener (`[http] listen`, `/tap/<pipeline>`).
 //!
 //! Watching never touches the gateway's data: the gateway copies what it shows into a bounded

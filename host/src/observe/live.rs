@@ -120,7 +120,7 @@ pub enum Tapped {
         /// Mean of its readings.
         mean: f64,
     },
-    /// A record committed to the outbox.
+    /// A record for the outbox, as its batch is processed (before its commit).
     Record {
         /// Its seq.
         seq: u64,
