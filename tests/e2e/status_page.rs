@@ -26,19 +26,7 @@ ready_confirmed_within = "2s"
 [functions.unit-convert]
 component = "weir_fn_unit_convert.wasm"
 
-[pipelines.readings.source.mqtt]
-broker = "plant"
-topics = ["plant/readings"]
-
-[pipelines.readings.decode.json]
-series = "/sensor"
-time = "/ts"
-value = "/value"
-
-[pipelines.readings.batch]
-max_messages = 10
-linger = "100ms"
-
+{READINGS_PIPELINE}
 [[pipelines.readings.operators]]
 function = "unit-convert"
 params = {{ scale = 1.0 }}
