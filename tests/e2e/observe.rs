@@ -18,6 +18,7 @@ listen = "127.0.0.1:{port}"
 
 [functions.unit-convert]
 component = "weir_fn_unit_convert.wasm"
+fuel = 1000000000
 
 {READINGS_PIPELINE}
 [[pipelines.readings.operators]]
@@ -67,6 +68,8 @@ async fn metrics_count_what_flowed_and_parse_with_the_reference_parser() -> Resu
         if value(&samples, "weir_readings_in_total", &readings) == Some(20.0)
             && value(&samples, "weir_dead_lettered_total", &readings) == Some(1.0)
             && value(&samples, "weir_confirmed_total", &readings).is_some_and(|n| n >= 1.0)
+            // Acknowledging follows the commit the counters come from.
+            && value(&samples, "weir_messages_unacknowledged", &readings) == Some(0.0)
         {
             break;
         }
@@ -84,6 +87,10 @@ async fn metrics_count_what_flowed_and_parse_with_the_reference_parser() -> Resu
     ensure!(calls.is_some_and(|n| n >= 1.0), "{samples:#?}");
     ensure!(value(&samples, "weir_function_quarantined", &[("function", "unit-convert")]) == Some(0.0), "{samples:#?}");
     ensure!(value(&samples, "weir_source_connected", &readings) == Some(1.0), "{samples:#?}");
+    // Everything taken was acknowledged; the metered function used fuel.
+    ensure!(value(&samples, "weir_messages_unacknowledged", &readings) == Some(0.0), "{samples:#?}");
+    let fuel = value(&samples, "weir_function_fuel_total", &[("function", "unit-convert")]);
+    ensure!(fuel.is_some_and(|f| f > 0.0), "{samples:#?}");
     ensure!(value(&samples, "weir_uplink_connected", &readings) == Some(1.0), "{samples:#?}");
     ensure!(value(&samples, "weir_uplink_last_confirmed_timestamp_seconds", &readings).is_some_and(|t| t > 1.7e9));
     let stage = [("pipeline", "readings"), ("stage", "decode")];
