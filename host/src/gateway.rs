@@ -123,7 +123,16 @@ pub async fn run(
     .await
     .expect("building pipelines does not panic");
 
-    let shared = Shared { gateway: config.gateway.id.to_string(), store: store.clone(), committer: committer.clone() };
+    // Without a fleet, the kernel says whether the clock is synced (as the fleet's default does).
+    let clock = config.fleet.as_ref().map_or(ClockSynced::Kernel, |fleet| fleet.clock_synced.clone());
+    let sensors = observe::SensorBoard::default();
+    let shared = Shared {
+        gateway: config.gateway.id.to_string(),
+        store: store.clone(),
+        committer: committer.clone(),
+        sensors: sensors.clone(),
+        clock: clock.clone(),
+    };
     let tasks = Tasks::new(shutdown.clone());
     let (functions, live, failures) = start_pipelines(built, &shared, &shutdown, &tasks);
     for failure in &failures {
@@ -149,8 +158,8 @@ pub async fn run(
                     readiness: http.ready,
                     gateway: config.gateway.id.to_string(),
                     config_sha256: config.locations.text_sha256(),
-                    // Without a fleet, the kernel says (as the fleet's default does).
-                    clock: config.fleet.as_ref().map_or(ClockSynced::Kernel, |fleet| fleet.clock_synced.clone()),
+                    clock,
+                    sensors: sensors.clone(),
                     started,
                 };
                 companions.spawn("http", observe::serve(listener, observed, shutdown.clone()));
@@ -163,7 +172,13 @@ pub async fn run(
     companions.spawn("service manager", service::watch(committer, shutdown.clone()));
     companions.spawn(
         "stats snapshots",
-        write_stats_snapshots(store.clone(), data_dir.clone(), Arc::clone(&functions), shutdown.clone()),
+        write_stats_snapshots(
+            store.clone(),
+            data_dir.clone(),
+            Arc::clone(&functions),
+            sensors.clone(),
+            shutdown.clone(),
+        ),
     );
     companions.spawn(
         "function reloads",
@@ -189,7 +204,7 @@ pub async fn run(
     companions.wait().await;
 
     // Every pipeline is done: the last commits are in, and the last snapshot shows them.
-    write_stats_snapshot(&store, &data_dir, &functions);
+    write_stats_snapshot(&store, &data_dir, &functions, &sensors);
     // Closing the committer ends its thread.
     drop(shared);
     drop(sandbox);
@@ -268,6 +283,7 @@ async fn write_stats_snapshots(
     store: StateStore,
     data_dir: PathBuf,
     functions: Arc<Vec<UseHandle>>,
+    sensors: observe::SensorBoard,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -275,14 +291,17 @@ async fn write_stats_snapshots(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(STATS_EVERY) => {}
         }
-        let (store, data_dir, functions) = (store.clone(), data_dir.clone(), Arc::clone(&functions));
-        let _ = tokio::task::spawn_blocking(move || write_stats_snapshot(&store, &data_dir, &functions)).await;
+        let (store, data_dir, functions, sensors) =
+            (store.clone(), data_dir.clone(), Arc::clone(&functions), sensors.clone());
+        let _ =
+            tokio::task::spawn_blocking(move || write_stats_snapshot(&store, &data_dir, &functions, &sensors)).await;
     }
 }
 
-fn write_stats_snapshot(store: &StateStore, data_dir: &Path, functions: &[UseHandle]) {
+fn write_stats_snapshot(store: &StateStore, data_dir: &Path, functions: &[UseHandle], sensors: &observe::SensorBoard) {
     let written = store.stats().map_err(|e| e.to_string()).and_then(|mut stats| {
         stats.functions = functions.iter().map(UseHandle::status).collect();
+        stats.sensors = sensors.snapshot();
         state::stats::write_snapshot(data_dir, &stats).map_err(|e| e.to_string())
     });
     if let Err(e) = written {
@@ -366,6 +385,7 @@ fn source_kind(config: &PipelineConfig) -> &'static str {
         crate::config::SourceConfig::Nats { .. } => "nats",
         crate::config::SourceConfig::JetStream { .. } => "jetstream",
         crate::config::SourceConfig::Simulated(_) => "simulated",
+        crate::config::SourceConfig::Sensors(_) => "sensors",
     }
 }
 

@@ -1,5 +1,5 @@
 //! `weir outbox stats`: depth, bytes and oldest age of each stream's outbox, its counters, the
-//! functions' fault records and recoveries from damaged files. Reads the database when no
+//! functions' fault records, the sensors' health and recoveries from damaged files. Reads the database when no
 //! gateway runs (also after a crash, through an in-memory repair, without changing the file),
 //! else the running gateway's snapshot (`stats.json`, rewritten every 5 s).
 
@@ -88,6 +88,24 @@ fn print_stats(data_dir: &std::path::Path, json: bool) -> anyhow::Result<ExitCod
             function.consecutive_faults,
             function.quarantines,
             function.last_fault.as_deref().map(|f| format!("; last fault: {f}")).unwrap_or_default()
+        )?;
+    }
+    for sensor in &stats.sensors {
+        let faults: Vec<String> = sensor.faults.iter().map(|(kind, n)| format!("{kind} {n}")).collect();
+        writeln!(
+            out,
+            "sensor {} in {} ({} on {}): {}; {} sample(s), {} failed, {} tick(s) skipped, {} reinit(s); faults: {}{}",
+            sensor.device,
+            sensor.pipeline,
+            sensor.part,
+            sensor.bus,
+            sensor.state.to_uppercase(),
+            sensor.samples,
+            sensor.failed_samples,
+            sensor.skipped_ticks,
+            sensor.reinits,
+            if faults.is_empty() { "none".to_owned() } else { faults.join(", ") },
+            sensor.last_fault.as_deref().map(|f| format!("; last fault: {f}")).unwrap_or_default()
         )?;
     }
     for recovery in &stats.recoveries {

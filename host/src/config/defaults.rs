@@ -42,3 +42,11 @@ pub(super) const ACK_TIMEOUT: Duration = Duration::from_secs(5);
 pub(super) const SERIES_SHOWN: usize = 4;
 pub(super) const OUTBOX_MAX_BYTES: u64 = 128 * 1024 * 1024;
 pub(super) const BACKLOG_RATE: u64 = 256 * 1024;
+/// A sensor's `heartbeat`: with `on_change`, an unchanged quantity is reported this often.
+pub(super) const SENSOR_HEARTBEAT: Duration = Duration::from_secs(5 * 60);
+/// A sensor's `retries`: immediate retries of a failed sample.
+pub(super) const SENSOR_RETRIES: u32 = 2;
+/// A sensor's `reinit_after`: consecutive failed samples before it is initialised again.
+pub(super) const SENSOR_REINIT_AFTER: u32 = 3;
+/// A sensor's `max_backoff`: the longest wait between initialisation attempts.
+pub(super) const SENSOR_MAX_BACKOFF: Duration = Duration::from_secs(60);

@@ -20,6 +20,7 @@ mod defaults;
 mod error;
 mod locations;
 pub mod raw;
+pub mod register_dump;
 pub mod types;
 mod validate;
 mod validated;
@@ -29,19 +30,20 @@ use std::path::{Path, PathBuf};
 pub use error::{ConfigError, Problem, redact_credentials};
 pub use locations::Locations;
 pub use raw::{
-    Durability, Encoding, NumberEncoding, OnQuarantine, SimulatedPayload, SimulatedSensor, TimeUnit, WasmExecution,
-    WhenFull,
+    BusProtocol, Durability, Encoding, FaultScript, NumberEncoding, OnQuarantine, SensorDriver, SimulatedPayload,
+    SimulatedSensor, TimeUnit, WasmExecution, WhenFull,
 };
 pub use types::{
     BrokerUrl, FunctionId, GatewayId, JsonPointer, MqttClientId, MqttTopic, Name, NatsSubject, NatsSubjectFilter,
     Protocol, Secret, TopicFilter,
 };
 pub use validated::{
-    Backoff, BatchConfig, BrokerConfig, ClientIdentity, ClockSynced, Config, DecodeConfig, DownsampleConfig,
-    DownsampleMethod, Drain, FieldMapping, FleetConfig, FunctionConfig, FunctionLimits, FunctionUse, GatewayConfig,
-    HttpConfig, MQTT_MAX_PAYLOAD, NatsCredentials, OperatorConfig, OutboxConfig, PemFile, PipelineConfig, Qos,
-    QuarantineConfig, Readiness, SimulatedConfig, SinkConfig, SourceConfig, StateConfig, TlsConfig, ValueFields,
-    WindowConfig,
+    Backoff, BatchConfig, BrokerConfig, BusKind, ClientIdentity, ClockSynced, Config, DecodeConfig, DeviceSimulation,
+    DownsampleConfig, DownsampleMethod, Drain, DriverConfig, FieldMapping, FleetConfig, FullScale, FunctionConfig,
+    FunctionLimits, FunctionUse, GatewayConfig, HealthPolicy, HttpConfig, MQTT_MAX_PAYLOAD, NatsCredentials,
+    OperatorConfig, OutboxConfig, PemFile, PipelineConfig, Qos, QuarantineConfig, Readiness, Reporting, ScriptedFault,
+    SensorBus, SensorDevice, SensorsConfig, SimulatedConfig, SinkConfig, SourceConfig, StateConfig, TlsConfig,
+    ValueFields, WindowConfig,
 };
 
 /// The built-in configuration: simulated sensors, the bundled functions, a console sink.

@@ -1,8 +1,9 @@
 //! Decode: message payload bytes → readings.
 //!
 //! Built-in decoders live here: JSON and CBOR objects through a field mapping, SenML (RFC 8428)
-//! in JSON and CBOR, and single raw numbers. A WebAssembly decoder function implements the same
-//! [`Decode`] trait in [`crate::sandbox`]; the pipeline does not tell them apart.
+//! in JSON and CBOR, single raw numbers, and weir's own records (`record.rs`). A WebAssembly
+//! decoder function implements the same [`Decode`] trait in [`crate::sandbox`]; the pipeline does
+//! not tell them apart.
 //!
 //! Pure: no I/O and no clock — the receive time travels in the [`Message`].
 //!
@@ -21,6 +22,7 @@
 mod cbor_value;
 mod fields;
 mod number;
+mod record;
 mod senml;
 
 use crate::batch::{Batch, CallContext, Message};
@@ -29,6 +31,7 @@ use crate::state::StateWrite;
 
 pub use fields::FieldMappingDecoder;
 pub use number::RawNumberDecoder;
+pub use record::RecordDecoder;
 pub use senml::{SenmlCborDecoder, SenmlJsonDecoder};
 
 /// Why a message could not be decoded.
@@ -95,6 +98,12 @@ pub enum DecodeError {
     Senml {
         /// Index of the record in the pack.
         index: usize,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A payload is not a weir record of readings.
+    #[error("not a weir record of readings: {reason}")]
+    Record {
         /// What is wrong.
         reason: String,
     },
@@ -180,6 +189,7 @@ pub fn builtin(config: &DecodeConfig) -> Option<Box<dyn Decode>> {
         DecodeConfig::Cbor(mapping) => Box::new(FieldMappingDecoder::cbor(mapping.clone())),
         DecodeConfig::SenmlJson => Box::new(SenmlJsonDecoder),
         DecodeConfig::SenmlCbor => Box::new(SenmlCborDecoder),
+        DecodeConfig::WeirRecord => Box::new(RecordDecoder),
         DecodeConfig::RawNumber { encoding, series_prefix, unit } => {
             Box::new(RawNumberDecoder::new(*encoding, series_prefix.clone(), unit.clone()))
         }

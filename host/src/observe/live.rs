@@ -10,6 +10,8 @@
 //! lock is held only to copy into or out of it, and the tap is a bounded broadcast channel that
 //! drops what a slow watcher cannot take — so watching never slows, holds or changes the data.
 //! Nothing is built for the tap while nobody watches. Memory is bounded (see `view`).
+//!
+//! The [`SensorBoard`] holds the sensors' statuses, written by their bus threads.
 
 use std::sync::atomic::{AtomicI64, AtomicU8, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -20,6 +22,7 @@ use tokio::sync::broadcast;
 use super::view::{Band, Flow, Rates, SeriesRing, Stage, series_key};
 use crate::batch::{Batch, Message, Nanos};
 use crate::config::{OnQuarantine, PipelineConfig, WhenFull};
+use crate::state::stats::SensorStatus;
 use crate::telemetry::now_nanos;
 use weir_record::WindowSeries;
 
@@ -382,6 +385,39 @@ fn readings(stage: &'static str, batch: &Batch) -> Vec<Tapped> {
             value: sample.value,
         })
         .collect()
+}
+
+/// How every sensor on the gateway's own buses is doing: bus threads write their devices'
+/// statuses, the stats snapshot, the status page, `/readyz` and the metrics read them.
+#[derive(Clone, Debug, Default)]
+pub struct SensorBoard(Arc<Mutex<Vec<SensorStatus>>>);
+
+impl SensorBoard {
+    fn lock(&self) -> MutexGuard<'_, Vec<SensorStatus>> {
+        // Each write replaces one whole status: a panicked writer leaves nothing half-written.
+        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Adds a device's status; returns its slot.
+    pub fn add(&self, status: SensorStatus) -> usize {
+        let mut statuses = self.lock();
+        statuses.push(status);
+        statuses.len() - 1
+    }
+
+    /// Replaces the status in `slot`.
+    pub fn set(&self, slot: usize, status: &SensorStatus) {
+        if let Some(kept) = self.lock().get_mut(slot) {
+            kept.clone_from(status);
+        }
+    }
+
+    /// Every status, by pipeline and device.
+    pub fn snapshot(&self) -> Vec<SensorStatus> {
+        let mut statuses = self.lock().clone();
+        statuses.sort_by(|a, b| (&a.pipeline, &a.device).cmp(&(&b.pipeline, &b.device)));
+        statuses
+    }
 }
 
 /// Every pipeline's live view, by name.

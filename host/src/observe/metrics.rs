@@ -5,15 +5,16 @@
 //! - the store's counters and outbox usage ([`crate::state::stats::Stats`]), read at each scrape
 //!   into absolute counters and gauges: they count what was committed, so they match the data
 //!   after any crash and do not restart from zero with the process;
-//! - the function uses' fault records, the pipelines' live views (connections, last
-//!   confirmation, watermark) and the process's own figures, read the same way;
+//! - the function uses' fault records, the sensors' statuses, the pipelines' live views
+//!   (connections, last confirmation, watermark) and the process's own figures, read the same way;
 //! - histograms and the dead letters by stage, recorded where they happen (the committer, the
 //!   sink, the sandbox, the processor) through the `metrics` facade; these start from zero with
 //!   the process.
 //!
 //! **Invariants:** every metric weir exposes is in [`METRICS`] (and so in the table of
 //! docs/operations.md); labels are bounded — pipeline, function, use, version, kind, stage (a
-//! pipeline's stages and operator uses), durable — never a topic, a series or a message. The recorder keeps no per-scrape history: upkeep runs on a timer
+//! pipeline's stages and operator uses), durable, device and state (a configured sensor) — never
+//! a topic, a series or a message. The recorder keeps no per-scrape history: upkeep runs on a timer
 //! ([`UPKEEP_EVERY`]), so memory does not grow when nobody scrapes.
 
 use std::sync::OnceLock;
@@ -25,7 +26,7 @@ use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle, Prometheu
 use super::live::{LinkState, Live};
 use crate::sandbox::UseHandle;
 use crate::state::Counter;
-use crate::state::stats::Stats;
+use crate::state::stats::{SensorStatus, Stats};
 
 /// How often the recorder's upkeep runs.
 pub const UPKEEP_EVERY: Duration = Duration::from_secs(5);
@@ -163,7 +164,32 @@ pub const METRICS: &[Metric] = &[
         &["pipeline", "use", "function"],
         "Time of each call of a use (since the process started).",
     ),
+    counter("weir_sensor_samples_total", SENSOR, "Samples a sensor gave (since the process started)."),
+    counter(
+        "weir_sensor_failed_samples_total",
+        SENSOR,
+        "Samples lost because every attempt at them failed (since the process started).",
+    ),
+    counter(
+        "weir_sensor_faults_total",
+        &["pipeline", "device", "kind"],
+        "Failed attempts at a sensor by kind: nack, bus, io, data, stuck, slow (since the process started).",
+    ),
+    counter("weir_sensor_reinits_total", SENSOR, "Times a sensor was initialised again after failing."),
+    counter("weir_sensor_skipped_ticks_total", SENSOR, "Sampling ticks skipped because the bus was stalled or busy."),
+    gauge(
+        "weir_sensor_state",
+        None,
+        &["pipeline", "device", "state"],
+        "1 for a sensor's current state (starting, ok, degraded, down), 0 for the others.",
+    ),
 ];
+
+/// The labels of a sensor's metrics.
+const SENSOR: &[&str] = &["pipeline", "device"];
+
+/// A sensor's states, for `weir_sensor_state`.
+const SENSOR_STATES: [&str; 4] = ["starting", "ok", "degraded", "down"];
 
 /// The metric of a store counter, if it is exposed.
 fn of_counter(counter: Counter) -> Option<&'static str> {
@@ -235,6 +261,8 @@ pub struct Reading<'a> {
     pub functions: &'a [UseHandle],
     /// The pipelines' live views.
     pub live: &'a Live,
+    /// The sensors' statuses.
+    pub sensors: &'a [SensorStatus],
     /// Write transactions committed.
     pub commit_groups: u64,
     /// Seconds since the gateway started.
@@ -277,6 +305,24 @@ pub fn record(reading: &Reading<'_>) {
             let Some(name) = of_counter(counter) else { continue };
             let value = stream.counters.iter().find(|(n, _)| n == counter.name()).map_or(0, |(_, v)| *v);
             metrics::counter!(name, "pipeline" => pipeline.clone()).absolute(value);
+        }
+    }
+    for sensor in reading.sensors {
+        let (pipeline, device) = (sensor.pipeline.clone(), sensor.device.clone());
+        let labels = [("pipeline", pipeline.clone()), ("device", device.clone())];
+        metrics::counter!("weir_sensor_samples_total", &labels).absolute(sensor.samples);
+        metrics::counter!("weir_sensor_failed_samples_total", &labels).absolute(sensor.failed_samples);
+        metrics::counter!("weir_sensor_reinits_total", &labels).absolute(sensor.reinits);
+        metrics::counter!("weir_sensor_skipped_ticks_total", &labels).absolute(sensor.skipped_ticks);
+        for (kind, faults) in &sensor.faults {
+            metrics::counter!("weir_sensor_faults_total", "pipeline" => pipeline.clone(), "device" => device.clone(),
+                "kind" => kind.clone())
+            .absolute(*faults);
+        }
+        for state in SENSOR_STATES {
+            metrics::gauge!("weir_sensor_state", "pipeline" => pipeline.clone(), "device" => device.clone(),
+                "state" => state)
+            .set(if sensor.state == state { 1.0 } else { 0.0 });
         }
     }
     for handle in reading.functions {

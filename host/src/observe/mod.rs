@@ -23,7 +23,7 @@ mod ready;
 mod status;
 mod view;
 
-pub use live::{Facts, Link, LinkState, Live, PipelineLive, Tapped};
+pub use live::{Facts, Link, LinkState, Live, PipelineLive, SensorBoard, Tapped};
 pub use view::Flow;
 
 use std::net::SocketAddr;
@@ -67,6 +67,8 @@ pub struct Observed {
     pub clock: ClockSynced,
     /// When the gateway started.
     pub started: Instant,
+    /// The sensors on the gateway's own buses.
+    pub sensors: SensorBoard,
 }
 
 /// Binds `listen`; the error says why it could not.
@@ -140,7 +142,8 @@ fn gather(observed: &Observed) -> Result<status::Status, String> {
         clock_synced: crate::telemetry::clock::is_synced(&observed.clock),
         now: 0,
     };
-    status::gather(gateway, &observed.store, &observed.live, &observed.functions).map_err(|e| e.to_string())
+    status::gather(gateway, &observed.store, &observed.live, &observed.functions, &observed.sensors)
+        .map_err(|e| e.to_string())
 }
 
 async fn serve_metrics(State(served): State<Arc<Served>>) -> Response {
@@ -150,6 +153,7 @@ async fn serve_metrics(State(served): State<Arc<Served>>) -> Response {
             stats: &stats,
             functions: &observed.functions,
             live: &observed.live,
+            sensors: &observed.sensors.snapshot(),
             commit_groups: observed.store.commit_groups(),
             uptime: observed.started.elapsed(),
         });

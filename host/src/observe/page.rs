@@ -63,6 +63,7 @@ pub fn render(status: &Status, ready: &[String], picked: Option<(&str, &str, &Tr
                 (pipelines(status))
                 (outboxes(status))
                 (functions(status))
+                (sensors(status))
                 (dead_letters(status))
                 (series_view(status, picked))
             }
@@ -143,6 +144,38 @@ fn functions(status: &Status) -> Markup {
                             }
                         }
                         td.muted { (f.last_fault.as_deref().unwrap_or("—")) }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The sensors on the gateway's own buses; shown only when there are some.
+fn sensors(status: &Status) -> Markup {
+    let now = status.gateway.now;
+    html! {
+        @if !status.sensors.is_empty() {
+            h2 { "Sensors" }
+            table id="sensors" {
+                tr { th { "pipeline" } th { "device" } th { "part on bus" } th { "state" } th { "samples" } th { "failed" } th { "skipped ticks" } th { "reinits" } th { "faults" } th { "last fault" } }
+                @for s in &status.sensors {
+                    tr data-sensor=(format!("{}/{}", s.pipeline, s.device)) {
+                        td { (s.pipeline) } td { strong { (s.device) } } td { (s.part) " on " code { (s.bus) } }
+                        td data-field="state" data-state=(s.state) {
+                            @match s.state.as_str() {
+                                "ok" => span.ok { "ok" },
+                                "down" => span.bad { "down" },
+                                other => span.connecting { (other) },
+                            }
+                            " " span.muted { "since " (ago(now, Some(s.since))) }
+                        }
+                        td.n data-field="samples" { (s.samples) }
+                        td.n data-field="failed" { (s.failed_samples) }
+                        td.n data-field="skipped" { (s.skipped_ticks) }
+                        td.n data-field="reinits" { (s.reinits) }
+                        td { @for (kind, n) in &s.faults { (kind) " " (n) " " } }
+                        td.muted { (s.last_fault.as_deref().unwrap_or("—")) }
                     }
                 }
             }
@@ -363,6 +396,7 @@ mod tests {
             gateway,
             pipelines: vec![pipeline],
             functions: Vec::new(),
+            sensors: Vec::new(),
             dead_letters: vec![letter],
             dead_letters_kept: 1,
         }

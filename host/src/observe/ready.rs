@@ -22,7 +22,14 @@ use crate::config::Readiness;
 /// Why the gateway is not ready: one line per failing condition; empty when it is ready.
 pub fn problems(status: &Status, readiness: &Readiness) -> Vec<String> {
     let now = status.gateway.now;
-    status.pipelines.iter().flat_map(|pipeline| pipeline_problems(pipeline, readiness, now)).collect()
+    let mut problems: Vec<String> =
+        status.pipelines.iter().flat_map(|pipeline| pipeline_problems(pipeline, readiness, now)).collect();
+    for sensor in status.sensors.iter().filter(|sensor| sensor.state == "down") {
+        let ago = seconds(Duration::from_nanos(u64::try_from(now - sensor.since).unwrap_or(0)));
+        let fault = sensor.last_fault.as_deref().unwrap_or("no fault recorded");
+        problems.push(format!("{}: sensor {} down for {ago} ({fault})", sensor.pipeline, sensor.device));
+    }
+    problems
 }
 
 fn pipeline_problems(pipeline: &Pipeline, readiness: &Readiness, now: Nanos) -> Vec<String> {
@@ -147,6 +154,7 @@ mod tests {
             gateway,
             pipelines: vec![pipeline],
             functions: Vec::new(),
+            sensors: Vec::new(),
             dead_letters: Vec::new(),
             dead_letters_kept: 0,
         };

@@ -11,7 +11,7 @@ use super::live::{Facts, LinkState, Live};
 use super::view::Bucket;
 use crate::batch::Nanos;
 use crate::sandbox::UseHandle;
-use crate::state::stats::{FunctionStatus, StreamStats};
+use crate::state::stats::{FunctionStatus, SensorStatus, StreamStats};
 use crate::state::{StateStore, StoreError};
 use crate::telemetry::now_nanos;
 
@@ -112,6 +112,8 @@ pub struct Status {
     pub pipelines: Vec<Pipeline>,
     /// Its function uses.
     pub functions: Vec<FunctionStatus>,
+    /// Its sensors, by pipeline and device.
+    pub sensors: Vec<SensorStatus>,
     /// The newest dead letters, newest first.
     pub dead_letters: Vec<DeadLetterLine>,
     /// Dead letters kept.
@@ -124,6 +126,7 @@ pub fn gather(
     store: &StateStore,
     live: &Live,
     functions: &[UseHandle],
+    sensors: &super::SensorBoard,
 ) -> Result<Status, StoreError> {
     let stats = store.stats()?;
     let now = now_nanos();
@@ -179,6 +182,7 @@ pub fn gather(
         gateway: Gateway { now, ..gateway },
         pipelines,
         functions,
+        sensors: sensors.snapshot(),
         dead_letters,
         dead_letters_kept: stats.dead_letters_kept,
     })

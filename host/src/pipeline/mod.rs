@@ -94,6 +94,10 @@ pub struct Shared {
     pub store: StateStore,
     /// Writes to the state store.
     pub committer: Committer,
+    /// Where sensors on the gateway's buses publish their status.
+    pub sensors: crate::observe::SensorBoard,
+    /// How to tell whether the wall clock is synced.
+    pub clock: crate::config::ClockSynced,
 }
 
 /// Starts a pipeline's tasks on `tasks`. They run until `shutdown` is cancelled, then stop in
@@ -116,7 +120,12 @@ pub fn spawn(
     // source → deliveries
     let (delivery_tx, delivery_rx) = mpsc::channel::<Delivery>(config.batch.queue);
     let connection = live.source().clone();
-    source::spawn(config, &shared.store, delivery_tx, intake.clone(), source_close.clone(), connection, tasks);
+    let sensors = source::sensors::SensorContext {
+        gateway: shared.gateway.clone(),
+        board: shared.sensors.clone(),
+        clock: shared.clock.clone(),
+    };
+    source::spawn(config, &shared.store, delivery_tx, intake.clone(), source_close.clone(), connection, sensors, tasks);
 
     // deliveries → batches of deliveries
     let (batch_tx, batch_rx) = mpsc::channel::<Vec<Delivery>>(1);

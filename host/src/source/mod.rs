@@ -13,7 +13,8 @@
 //!   redelivered by the broker on the next session.
 //! - JetStream (durable pull consumer, explicit acks): each message acknowledged after its
 //!   commit; unacknowledged messages are redelivered after `ack_wait`.
-//! - MQTT QoS 0, core NATS, the simulator: nothing to acknowledge (at most once).
+//! - MQTT QoS 0, core NATS, the simulator, local sensors (`sensors/`): nothing to acknowledge (at
+//!   most once).
 //!
 //! **Invariant (no double processing):** a redelivered message — the broker's second attempt
 //! after a lost connection, a crash between commit and acknowledgement, or an expired ack wait —
@@ -32,6 +33,7 @@
 
 mod mqtt;
 mod nats;
+pub mod sensors;
 pub mod simulated;
 
 pub(crate) use mqtt::{disconnect as mqtt_disconnect, events as mqtt_events, options as mqtt_options};
@@ -164,7 +166,8 @@ pub fn in_flight_limit(config: &SourceConfig) -> Option<usize> {
     }
 }
 
-/// Starts the source task of `pipeline`.
+/// Starts the source task of `pipeline` (a sensors source also its bus threads, with `sensors`).
+#[allow(clippy::too_many_arguments)]
 pub fn spawn(
     pipeline: &PipelineConfig,
     store: &StateStore,
@@ -172,6 +175,7 @@ pub fn spawn(
     intake: CancellationToken,
     close: CancellationToken,
     connection: Link,
+    sensors: sensors::SensorContext,
     tasks: &Tasks,
 ) {
     let batch = &pipeline.batch;
@@ -208,6 +212,9 @@ pub fn spawn(
                 connection,
             };
             tasks.spawn(task, source.run(deliveries, intake, close));
+        }
+        SourceConfig::Sensors(config) => {
+            sensors::spawn(name, config, sensors, deliveries, intake, connection, tasks);
         }
         SourceConfig::Simulated(simulated) => {
             // No connection to lose.

@@ -40,6 +40,41 @@ pub struct Stats {
     /// them).
     #[serde(default)]
     pub functions: Vec<FunctionStatus>,
+    /// The running gateway's sensors (only in its snapshot).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sensors: Vec<SensorStatus>,
+}
+
+/// How one sensor on the gateway's own buses is doing.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct SensorStatus {
+    /// The pipeline it feeds.
+    pub pipeline: String,
+    /// Its name there.
+    pub device: String,
+    /// The part (`bme280`, …).
+    pub part: String,
+    /// Its bus and address (`/dev/i2c-1 0x76`, `simulated i2c 0x48`).
+    pub bus: String,
+    /// `starting`, `ok`, `degraded` or `down` (see docs/sensors.md).
+    pub state: String,
+    /// Since when (ns since the Unix epoch).
+    pub since: i64,
+    /// Samples taken.
+    pub samples: u64,
+    /// Samples lost: every attempt at them failed.
+    pub failed_samples: u64,
+    /// Ticks skipped because the bus was busy or stalled.
+    pub skipped_ticks: u64,
+    /// Times it was initialised again after failing.
+    pub reinits: u64,
+    /// Faults by kind (`nack`, `bus`, `io`, `data`, `stuck`, `slow`), every failed attempt counted.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub faults: BTreeMap<String, u64>,
+    /// The last fault, `<kind>: <what>`.
+    pub last_fault: Option<String>,
+    /// When the last sample was taken (ns since the Unix epoch).
+    pub last_sample_at: Option<i64>,
 }
 
 /// How one use of a function in a pipeline is doing.
@@ -149,7 +184,15 @@ pub(super) fn collect(txn: &ReadTransaction) -> Result<Stats, StoreError> {
         .or_store("read stats")?
         .map_or(0, |v| v.value());
     let recoveries = salvage::recoveries(txn)?;
-    Ok(Stats { taken_at: now, streams, dead_letters_kept, dead_letters_evicted, recoveries, functions: Vec::new() })
+    Ok(Stats {
+        taken_at: now,
+        streams,
+        dead_letters_kept,
+        dead_letters_evicted,
+        recoveries,
+        functions: Vec::new(),
+        sensors: Vec::new(),
+    })
 }
 
 /// Replaces `<data_dir>/stats.json` with `stats`, atomically.

@@ -20,6 +20,9 @@ pub enum RawDecode {
     SenmlJson,
     /// `decode = "senml_cbor"` — RFC 8428 CBOR.
     SenmlCbor,
+    /// `decode = "weir_record"` — readings in weir's record format (what a `sensors` source
+    /// writes, or another gateway forwards).
+    WeirRecord,
     /// `[pipelines.<name>.decode.raw]` — the payload is one number.
     Raw(RawNumber),
     /// `[pipelines.<name>.decode.function]` — a WebAssembly decoder function.

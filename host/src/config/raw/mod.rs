@@ -1,5 +1,5 @@
 //! The configuration file as written: serde types mirroring the TOML, one struct per table, one
-//! module per pipeline table (`source.rs`, `decode.rs`, `window.rs`, `downsample.rs`, `outbox.rs`,
+//! module per pipeline table (`source.rs` with `sensors.rs`, `decode.rs`, `window.rs`, `downsample.rs`, `outbox.rs`,
 //! `sink.rs`) and for functions and their uses (`functions.rs`); the top-level tables here.
 //!
 //! Everything a single field can check on its own is checked here, during deserialization, so the
@@ -18,6 +18,7 @@ mod decode;
 mod downsample;
 mod functions;
 mod outbox;
+mod sensors;
 mod sink;
 mod source;
 mod window;
@@ -37,6 +38,9 @@ pub use decode::{NumberEncoding, RawDecode, RawFieldMapping, RawNumber, TimeUnit
 pub use downsample::{DownsampleMethodName, RawDownsample};
 pub use functions::{RawFunction, RawFunctionUse, RawOperator};
 pub use outbox::{DrainOrder, RawOutbox, WhenFull};
+pub use sensors::{
+    BusProtocol, FaultScript, RawBus, RawDevice, RawScriptedFault, RawSensorsSource, RawSimulation, SensorDriver,
+};
 pub use sink::{RawConsoleSink, RawJetStreamSink, RawMqttSink, RawSink};
 pub use source::{
     RawJetStreamSource, RawMqttSource, RawNatsSource, RawSimulatedSource, RawSource, SimulatedPayload, SimulatedSensor,
@@ -231,8 +235,9 @@ pub enum OnQuarantine {
 pub struct RawPipeline {
     /// `[pipelines.<name>.source.<kind>]`
     pub source: Spanned<RawSource>,
-    /// `decode = "senml_json"` or `[pipelines.<name>.decode.json]` ...
-    pub decode: Spanned<RawDecode>,
+    /// `decode = "senml_json"` or `[pipelines.<name>.decode.json]` ... — required, except with a
+    /// `sensors` source, whose messages weir writes itself.
+    pub decode: Option<Spanned<RawDecode>>,
     /// `[[pipelines.<name>.operators]]`
     #[serde(default)]
     pub operators: Vec<Spanned<RawOperator>>,

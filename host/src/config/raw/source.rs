@@ -1,4 +1,5 @@
-//! `[pipelines.<name>.source.<kind>]` as written: MQTT, NATS core, JetStream or the simulator.
+//! `[pipelines.<name>.source.<kind>]` as written: MQTT, NATS core, JetStream, the simulator, or
+//! sensors on the gateway's own buses (`sensors.rs`).
 
 use serde::Deserialize;
 use toml::Spanned;
@@ -17,6 +18,8 @@ pub enum RawSource {
     Jetstream(RawJetStreamSource),
     /// `[pipelines.<name>.source.simulated]`
     Simulated(RawSimulatedSource),
+    /// `[pipelines.<name>.source.sensors]`
+    Sensors(super::RawSensorsSource),
 }
 
 /// `[pipelines.<name>.source.mqtt]`

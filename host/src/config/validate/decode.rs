@@ -33,6 +33,7 @@ impl Validator<'_> {
             }
             RawDecode::SenmlJson => Some(DecodeConfig::SenmlJson),
             RawDecode::SenmlCbor => Some(DecodeConfig::SenmlCbor),
+            RawDecode::WeirRecord => Some(DecodeConfig::WeirRecord),
             RawDecode::Raw(number) => Some(DecodeConfig::RawNumber {
                 encoding: number.encoding,
                 series_prefix: number.series_prefix,

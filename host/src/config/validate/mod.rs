@@ -3,7 +3,7 @@
 //!
 //! One module per TOML table: `gateway.rs`, `state.rs`, `brokers.rs` (with the MQTT client ids
 //! used on each broker), `functions.rs` (with the uses of a function), `fleet.rs`, and for each
-//! pipeline `source.rs`, `decode.rs`, `operators.rs`, `batch.rs`, `sink.rs`, `outbox.rs`, `window.rs`,
+//! pipeline `source.rs` (with `sensors.rs`), `decode.rs`, `operators.rs`, `batch.rs`, `sink.rs`, `outbox.rs`, `window.rs`,
 //! `downsample.rs`. This module runs them and collects every problem instead of stopping at the
 //! first.
 //!
@@ -21,6 +21,7 @@ mod functions;
 mod gateway;
 mod operators;
 mod outbox;
+mod sensors;
 mod sink;
 mod source;
 mod state;
@@ -38,8 +39,8 @@ use super::error::ConfigFile;
 use super::raw::{RawConfig, RawPipeline};
 use super::types::{CountIn, DurationIn};
 use super::{
-    BrokerConfig, Config, ConfigError, FunctionConfig, FunctionId, GatewayId, HttpConfig, Locations, Name, Overrides,
-    PipelineConfig, Problem, Readiness,
+    BrokerConfig, Config, ConfigError, DecodeConfig, FunctionConfig, FunctionId, GatewayId, HttpConfig, Locations,
+    Name, Overrides, PipelineConfig, Problem, Readiness, SourceConfig,
 };
 use brokers::MqttClient;
 
@@ -49,7 +50,8 @@ pub(super) fn parse(file: &str, text: &str, base_dir: &Path, overrides: &Overrid
     let raw = deserialize(&file)?;
     let data_dir_span = overrides.data_dir.is_none().then(|| raw.gateway.data_dir.span());
     let locations = Locations::new(file.clone(), data_dir_span);
-    Validator { file, base_dir, problems: Vec::new(), mqtt_clients: Vec::new(), locations }.validate(raw, overrides)
+    Validator { file, base_dir, problems: Vec::new(), mqtt_clients: Vec::new(), bus_nodes: Vec::new(), locations }
+        .validate(raw, overrides)
 }
 
 /// The file as written. A syntax error, or a field that cannot be read on its own (unknown, of
@@ -79,6 +81,8 @@ struct Validator<'a> {
     problems: Vec<Problem>,
     /// Every MQTT connection the pipelines open, to refuse two with one client id on one broker.
     mqtt_clients: Vec<MqttClient>,
+    /// Every device node a sensors bus opens, to refuse two buses on one node.
+    bus_nodes: Vec<sensors::BusNode>,
     /// Where functions and their uses were written.
     locations: Locations,
 }
@@ -119,6 +123,7 @@ impl Validator<'_> {
             HttpConfig { listen: http.listen, ready }
         });
         self.refuse_shared_client_ids();
+        self.refuse_shared_bus_nodes();
         if pipelines.is_empty() && self.problems.is_empty() {
             self.problem(None, "pipelines", "no pipeline is defined: add a [pipelines.<name>] table");
         }
@@ -144,8 +149,26 @@ impl Validator<'_> {
         functions: &BTreeMap<FunctionId, FunctionConfig>,
     ) -> Option<PipelineConfig> {
         let at = |table: &str| format!("pipelines.{name}.{table}");
+        let source_span = raw.source.span();
         let source = self.source(gateway, &name, raw.source.into_inner(), &at("source"), brokers);
-        let decode = self.decode(&name, raw.decode, &at("decode"), functions);
+        if let Some(SourceConfig::Sensors(sensors)) = &source {
+            self.note_bus_nodes(sensors, &at("source.sensors"), source_span);
+        }
+        let decode = match (raw.decode, &source) {
+            (None, Some(SourceConfig::Sensors(_))) => Some(DecodeConfig::WeirRecord),
+            (Some(decode), Some(SourceConfig::Sensors(_))) => {
+                let message = "a sensors source writes its readings itself: remove the decode setting";
+                self.problem(Some(decode.span()), at("decode"), message);
+                None
+            }
+            (Some(decode), _) => self.decode(&name, decode, &at("decode"), functions),
+            (None, _) => {
+                let message = "say how payloads decode: decode = \"senml_json\", [pipelines.<name>.decode.json], … \
+                               (see docs/configuration.md)";
+                self.problem(None, at("decode"), message);
+                None
+            }
+        };
         let operators = self.operators(&name, raw.operators, &at("operators"), functions);
         let batch = batch::batch(&raw.batch);
         let sink = self.sink(gateway, &name, raw.sink.into_inner(), &at("sink"), brokers);

@@ -80,6 +80,9 @@ impl Validator<'_> {
                     },
                 )
             }
+            RawSource::Sensors(sensors) => {
+                self.sensors(sensors, &format!("{field}.sensors")).map(SourceConfig::Sensors)
+            }
             RawSource::Simulated(sim) => Some(SourceConfig::Simulated(SimulatedConfig {
                 payload: sim.payload,
                 devices: sim.devices.as_u32(),

@@ -14,6 +14,9 @@ pub enum DecodeConfig {
     SenmlJson,
     /// `decode = "senml_cbor"` — SenML CBOR (RFC 8428).
     SenmlCbor,
+    /// `decode = "weir_record"` — the readings of a weir record (docs/batch-format.md); the
+    /// decoder of every `sensors` source.
+    WeirRecord,
     /// `[pipelines.<name>.decode.raw]` — one raw number per message.
     RawNumber {
         /// `encoding = "text"` — how it is written.

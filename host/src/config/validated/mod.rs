@@ -17,6 +17,7 @@ mod decode;
 mod downsample;
 mod functions;
 mod outbox;
+mod sensors;
 mod sink;
 mod source;
 mod window;
@@ -30,6 +31,10 @@ pub use decode::{DecodeConfig, FieldMapping, ValueFields};
 pub use downsample::{DownsampleConfig, DownsampleMethod};
 pub use functions::{FunctionConfig, FunctionLimits, FunctionUse, OperatorConfig, QuarantineConfig};
 pub use outbox::{Drain, OutboxConfig};
+pub use sensors::{
+    BusKind, DeviceSimulation, DriverConfig, FullScale, HealthPolicy, Reporting, ScriptedFault, SensorBus,
+    SensorDevice, SensorsConfig,
+};
 pub use sink::SinkConfig;
 pub use source::{MQTT_MAX_PAYLOAD, Qos, SimulatedConfig, SourceConfig};
 pub use window::WindowConfig;

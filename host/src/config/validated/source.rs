@@ -52,6 +52,9 @@ pub enum SourceConfig {
     },
     /// `[pipelines.<name>.source.simulated]` — built-in simulated devices.
     Simulated(SimulatedConfig),
+    /// `[pipelines.<name>.source.sensors]` — devices on the gateway's own buses (at most once:
+    /// a sample not yet committed when the gateway stops is not taken again).
+    Sensors(super::SensorsConfig),
 }
 
 /// MQTT quality of service for subscriptions (`qos = 0` or `qos = 1`).

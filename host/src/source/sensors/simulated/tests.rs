@@ -1,0 +1,142 @@
+//! The real drivers against the simulated bus: each part's built-in map gives the values its
+//! datasheet says, movement and faults show as they should, and a user's dump is read.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+use std::time::Duration;
+
+use embedded_hal::i2c::I2c;
+use embedded_hal_mock::eh1::delay::NoopDelay;
+
+use super::SimulatedBus;
+use crate::config::register_dump::RegisterDump;
+use crate::config::{DeviceSimulation, DriverConfig, FaultScript, FullScale, ScriptedFault};
+use crate::source::sensors::drivers::{self, Quantity, Sensor};
+use crate::source::sensors::health::FaultKind;
+
+fn simulation(wobble: u16, faults: Vec<ScriptedFault>) -> DeviceSimulation {
+    DeviceSimulation { registers: None, wobble: Some(wobble), inputs: vec![0.5, 1.0, 1.5, 3.3], faults }
+}
+
+fn open(driver: &DriverConfig, simulation: &DeviceSimulation) -> Box<dyn Sensor> {
+    let mut bus = SimulatedBus::new();
+    bus.attach(driver, simulation);
+    drivers::open_i2c(driver, &Rc::new(RefCell::new(bus)), NoopDelay)
+}
+
+fn value(quantities: &[Quantity], name: &str) -> f64 {
+    quantities.iter().find(|q| q.name == name).unwrap_or_else(|| panic!("{name} in {quantities:?}")).value
+}
+
+fn ina219() -> DriverConfig {
+    // 0.1 Ω, 3.2 A: 98 µA per LSB.
+    DriverConfig::Ina219 { address: 0x40, shunt_micro_ohms: 100_000, current_lsb_micro_amps: 98 }
+}
+
+#[test]
+fn each_part_reads_what_its_built_in_map_holds() {
+    let mut bme = open(&DriverConfig::Bme280 { address: 0x76 }, &simulation(0, Vec::new()));
+    bme.init().unwrap();
+    let sample = bme.measure().unwrap();
+    // The datasheet's worked example: 25.08 °C and 100 653 Pa.
+    assert!((value(&sample, "temperature") - 25.08).abs() < 0.01, "{sample:?}");
+    assert!((value(&sample, "pressure") - 1006.53).abs() < 0.05, "{sample:?}");
+    assert!((0.0..=100.0).contains(&value(&sample, "humidity")), "{sample:?}");
+    assert_eq!(sample.iter().map(|q| q.unit).collect::<Vec<_>>(), ["Cel", "%", "hPa"]);
+
+    let adc = DriverConfig::Ads1115 { address: 0x48, channels: vec![0, 1, 3], full_scale: FullScale::V4_096 };
+    let mut ads = open(&adc, &simulation(0, Vec::new()));
+    ads.init().unwrap();
+    let sample = ads.measure().unwrap();
+    let volts: Vec<f64> = sample.iter().map(|q| q.value).collect();
+    for (got, want) in volts.iter().zip([0.5, 1.0, 3.3]) {
+        assert!((got - want).abs() < 0.001, "{sample:?}");
+    }
+    assert_eq!(sample.iter().map(|q| q.name).collect::<Vec<_>>(), ["a0", "a1", "a3"]);
+
+    let mut ina = open(&ina219(), &simulation(0, Vec::new()));
+    ina.init().unwrap();
+    let sample = ina.measure().unwrap();
+    assert!((value(&sample, "bus_voltage") - 12.0).abs() < 1e-9, "{sample:?}");
+    assert!((value(&sample, "shunt_voltage") - 0.04).abs() < 1e-9, "{sample:?}");
+    assert!((value(&sample, "current") - 0.4).abs() < 0.001, "{sample:?}");
+    assert!((value(&sample, "power") - 4.8).abs() < 0.01, "{sample:?}");
+
+    let mut tmp = open(&DriverConfig::Tmp102 { address: 0x48 }, &simulation(0, Vec::new()));
+    tmp.init().unwrap();
+    assert_eq!(tmp.measure().unwrap(), [Quantity { name: "temperature", unit: "Cel", value: 21.5 }]);
+}
+
+#[test]
+fn samples_move_unless_the_part_is_stuck() {
+    let stuck = ScriptedFault {
+        fault: FaultScript::Stuck,
+        from: Duration::ZERO,
+        until: Duration::from_secs(3_600),
+        delay: Duration::ZERO,
+    };
+    for (faults, moving) in [(Vec::new(), true), (vec![stuck], false)] {
+        let mut tmp = open(&DriverConfig::Tmp102 { address: 0x48 }, &simulation(4, faults));
+        tmp.init().unwrap();
+        let values: Vec<f64> = (0..4).map(|_| tmp.measure().unwrap()[0].value).collect();
+        let changes = values.windows(2).filter(|w| w[0] != w[1]).count();
+        assert_eq!(changes == 3, moving, "{values:?}");
+        assert_eq!(changes == 0, !moving, "{values:?}");
+    }
+}
+
+#[test]
+fn scripted_faults_fail_transfers_the_way_linux_does() {
+    let during =
+        |fault| ScriptedFault { fault, from: Duration::ZERO, until: Duration::from_secs(3_600), delay: Duration::ZERO };
+    let mut tmp = open(&DriverConfig::Tmp102 { address: 0x48 }, &simulation(0, vec![during(FaultScript::Nack)]));
+    assert_eq!(tmp.init().unwrap_err().kind, FaultKind::Nack);
+    let mut tmp = open(&DriverConfig::Tmp102 { address: 0x48 }, &simulation(0, vec![during(FaultScript::RemoteIo)]));
+    let fault = tmp.measure().unwrap_err();
+    assert_eq!((fault.kind, fault.detail.as_str()), (FaultKind::Io, "Remote I/O error (os error 121)"));
+
+    // A fault that has not started yet, and one that is over, do nothing.
+    let later = ScriptedFault { from: Duration::from_secs(3_600), ..during(FaultScript::Nack) };
+    let over = ScriptedFault { until: Duration::ZERO, ..during(FaultScript::RemoteIo) };
+    let mut tmp = open(&DriverConfig::Tmp102 { address: 0x48 }, &simulation(0, vec![later, over]));
+    assert!(tmp.measure().is_ok());
+
+    let slow = ScriptedFault { delay: Duration::from_millis(30), ..during(FaultScript::Slow) };
+    let mut tmp = open(&DriverConfig::Tmp102 { address: 0x48 }, &simulation(0, vec![slow]));
+    let started = std::time::Instant::now();
+    tmp.measure().unwrap();
+    assert!(started.elapsed() >= Duration::from_millis(30));
+}
+
+#[test]
+fn a_device_that_is_not_there_and_a_register_marked_xx_are_not_acknowledged() {
+    let mut bus = SimulatedBus::new();
+    bus.attach(&DriverConfig::Tmp102 { address: 0x48 }, &simulation(0, Vec::new()));
+    let error = bus.write_read(0x49, &[0], &mut [0; 2]).unwrap_err();
+    assert!(error.to_string().contains("0x49 did not acknowledge its address"), "{error}");
+    let error = bus.write_read(0x48, &[0x04], &mut [0; 2]).unwrap_err();
+    assert!(error.to_string().contains("register 0x04"), "{error}");
+}
+
+#[test]
+fn a_users_word_dump_is_read_with_i2cdumps_byte_order() {
+    // `i2cdump -y 1 0x48 w` of a TMP102 at 25 °C: 0x1900 on the wire shows as 0019.
+    let text = "     0,8  1,9  2,a  3,b  4,c  5,d  6,e  7,f\n00: 0019 a060 004b 0050 XXXX XXXX XXXX XXXX\n";
+    let registers = Some(RegisterDump::parse(text).unwrap());
+    let simulation = DeviceSimulation { registers, ..simulation(0, Vec::new()) };
+    let mut tmp = open(&DriverConfig::Tmp102 { address: 0x48 }, &simulation);
+    assert_eq!(tmp.measure().unwrap()[0].value, 25.0);
+}
+
+#[test]
+fn the_built_in_maps_parse() {
+    for driver in [
+        DriverConfig::Bme280 { address: 0x76 },
+        DriverConfig::Ads1115 { address: 0x48, channels: vec![0], full_scale: FullScale::V2_048 },
+        ina219(),
+        DriverConfig::Tmp102 { address: 0x48 },
+    ] {
+        let map = super::chips::builtin_map(&driver);
+        assert!(map.registers.iter().any(Option::is_some), "{driver:?}");
+    }
+}
