@@ -8,6 +8,7 @@ mod downsample;
 mod functions;
 mod operators;
 mod outbox;
+mod sensors;
 mod source;
 mod window;
 

@@ -162,7 +162,9 @@ impl Validator<'_> {
                 None
             }
             (Some(decode), _) => self.decode(&name, decode, &at("decode"), functions),
-            (None, _) => {
+            // An unusable source says nothing of what its decoder should be.
+            (None, None) => None,
+            (None, Some(_)) => {
                 let message = "say how payloads decode: decode = \"senml_json\", [pipelines.<name>.decode.json], … \
                                (see docs/configuration.md)";
                 self.problem(None, at("decode"), message);

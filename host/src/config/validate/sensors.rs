@@ -45,6 +45,7 @@ impl Validator<'_> {
             self.problem(None, format!("{field}.devices"), "add at least one [[…source.sensors.devices]]");
         }
         let mut names = BTreeSet::new();
+        let mut used: BTreeSet<Name> = BTreeSet::new();
         let mut addresses: BTreeSet<(Name, u8)> = BTreeSet::new();
         for (index, raw_device) in raw.devices.into_iter().enumerate() {
             let span = raw_device.span();
@@ -55,6 +56,7 @@ impl Validator<'_> {
                     format!("device name {:?} is used twice in this source", raw_device.name.get_ref().as_str());
                 self.problem(Some(raw_device.name.span()), format!("{device_field}.name"), message);
             }
+            used.insert(raw_device.bus.get_ref().clone());
             let Some(bus) = buses.get_mut(raw_device.bus.get_ref()) else {
                 let defined: Vec<&str> = buses.keys().map(Name::as_str).collect();
                 let message = format!(
@@ -75,7 +77,7 @@ impl Validator<'_> {
             bus.devices.push(device);
         }
         for bus in buses.values() {
-            if bus.devices.is_empty() {
+            if !used.contains(&bus.name) {
                 self.problem(
                     None,
                     format!("{field}.buses.{}", bus.name),
@@ -294,14 +296,21 @@ impl Validator<'_> {
             None => None,
             Some(path) => {
                 let resolved = self.resolve(path.get_ref());
-                let read = std::fs::read_to_string(&resolved)
-                    .map_err(|e| e.to_string())
-                    .and_then(|text| RegisterDump::parse(&text).map_err(|e| format!("{}: {e}", resolved.display())));
+                let read = match std::fs::read_to_string(&resolved) {
+                    Err(e) => Err(format!("cannot read the register dump {}: {e}", resolved.display())),
+                    Ok(text) => RegisterDump::parse(&text).map_err(|e| {
+                        format!(
+                            "the register dump {}:{} is not i2cdump output: {}",
+                            resolved.display(),
+                            e.line,
+                            e.message
+                        )
+                    }),
+                };
                 match read {
                     Ok(dump) => Some(dump),
                     Err(e) => {
-                        let message = format!("cannot use the register dump {}: {e}", resolved.display());
-                        self.problem(Some(path.span()), format!("{field}.registers"), message);
+                        self.problem(Some(path.span()), format!("{field}.registers"), e);
                         return None;
                     }
                 }

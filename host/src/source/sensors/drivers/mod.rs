@@ -76,3 +76,6 @@ pub fn i2c_fault<E: embedded_hal::i2c::Error + Display>(error: &E) -> Fault {
     };
     Fault::new(kind, error.to_string())
 }
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,161 @@
+//! Each driver's bus protocol, transaction by transaction, against `embedded-hal-mock`: what it
+//! writes and reads to initialise its part and take a sample, the values it makes of the
+//! answers, and how a bus error becomes a fault of the right kind.
+
+use embedded_hal::i2c::{ErrorKind, NoAcknowledgeSource};
+use embedded_hal_mock::eh1::delay::NoopDelay;
+use embedded_hal_mock::eh1::i2c::{Mock, Transaction as T};
+
+use super::{Ads1115, Bme280, Ina219, Quantity, Sensor, Tmp102};
+use crate::config::FullScale;
+use crate::source::sensors::health::FaultKind;
+
+/// Calibration of the datasheet's worked example (0x88…0xa1) and typical humidity trimming
+/// (0xe1…0xe7).
+const BME280_PT: [u8; 26] = [
+    0x70, 0x6b, 0x43, 0x67, 0x18, 0xfc, 0x7d, 0x8e, 0x43, 0xd6, 0xd0, 0x0b, 0x27, 0x0b, 0x8c, 0x00, 0xf9, 0xff, 0x8c,
+    0x3c, 0xf8, 0xc6, 0x70, 0x17, 0x00, 0x4b,
+];
+const BME280_H: [u8; 7] = [0x6a, 0x01, 0x00, 0x13, 0x29, 0x03, 0x1e];
+
+fn value(quantities: &[Quantity], name: &str) -> f64 {
+    quantities.iter().find(|q| q.name == name).expect("quantity").value
+}
+
+#[test]
+fn bme280_checks_its_chip_resets_calibrates_and_samples_in_forced_mode() {
+    let a = 0x77;
+    let expectations = [
+        // init: chip id, soft reset, calibration, then humidity ×1, pressure ×16, temperature ×2, IIR 16.
+        T::write_read(a, vec![0xd0], vec![0x60]),
+        T::write(a, vec![0xe0, 0xb6]),
+        T::write_read(a, vec![0x88], BME280_PT.to_vec()),
+        T::write_read(a, vec![0xe1], BME280_H.to_vec()),
+        T::write_read(a, vec![0xf4], vec![0x00]),
+        T::write(a, vec![0xf2, 0x01]),
+        T::write_read(a, vec![0xf4], vec![0x00]),
+        T::write(a, vec![0xf4, 0x54]),
+        T::write_read(a, vec![0xf5], vec![0x00]),
+        T::write(a, vec![0xf5, 0x10]),
+        // sample: forced mode, then the eight data registers in one burst.
+        T::write_read(a, vec![0xf4], vec![0x54]),
+        T::write_read(a, vec![0xf4], vec![0x54]),
+        T::write(a, vec![0xf4, 0x55]),
+        T::write_read(a, vec![0xf7], vec![0x65, 0x5a, 0xc0, 0x7e, 0xed, 0x00, 0x69, 0x78]),
+        // a sample whose first transfer is not acknowledged
+        T::write_read(a, vec![0xf4], vec![0x54]).with_error(ErrorKind::NoAcknowledge(NoAcknowledgeSource::Address)),
+    ];
+    let mut i2c = Mock::new(&expectations);
+    let mut part = Bme280::new(i2c.clone(), a, NoopDelay);
+    part.init().unwrap();
+    let sample = part.measure().unwrap();
+    assert!((value(&sample, "temperature") - 25.08).abs() < 0.01, "{sample:?}");
+    assert!((value(&sample, "pressure") - 1006.53).abs() < 0.05, "{sample:?}");
+    assert_eq!(part.measure().unwrap_err().kind, FaultKind::Nack);
+    i2c.done();
+}
+
+#[test]
+fn bme280_refuses_another_chip() {
+    let mut i2c = Mock::new(&[T::write_read(0x76, vec![0xd0], vec![0x55])]);
+    let mut part = Bme280::new(i2c.clone(), 0x76, NoopDelay);
+    let fault = part.init().unwrap_err();
+    assert_eq!(fault.kind, FaultKind::Data);
+    assert!(fault.detail.contains("chip id"), "{fault}");
+    i2c.done();
+}
+
+#[test]
+fn ads1115_sets_its_range_and_polls_a_one_shot_conversion_per_input() {
+    let a = 0x49;
+    let expectations = [
+        // init: ±4.096 V (PGA 001) in the power-on configuration 0x8583.
+        T::write(a, vec![0x01, 0x83, 0x83]),
+        // input 1: idle, start a conversion (MUX 101), busy once, done, read it.
+        T::write_read(a, vec![0x01], vec![0x83, 0x83]),
+        T::write(a, vec![0x01, 0xd3, 0x83]),
+        T::write_read(a, vec![0x01], vec![0x53, 0x83]),
+        T::write_read(a, vec![0x01], vec![0xd3, 0x83]),
+        T::write_read(a, vec![0x00], vec![0x30, 0x00]),
+        // a failed sample: the configuration read meets a bus error
+        T::write_read(a, vec![0x01], vec![0xd3, 0x83]).with_error(ErrorKind::Bus),
+    ];
+    let mut i2c = Mock::new(&expectations);
+    let mut part = Ads1115::new(i2c.clone(), a, vec![1], FullScale::V4_096, NoopDelay);
+    part.init().unwrap();
+    // 0x3000 = 12288 counts of 4.096 V / 32768.
+    assert_eq!(part.measure().unwrap(), [Quantity { name: "a1", unit: "V", value: 1.536 }]);
+    assert_eq!(part.measure().unwrap_err().kind, FaultKind::Bus);
+    i2c.done();
+}
+
+#[test]
+fn ina219_resets_calibrates_and_reads_its_four_results() {
+    let a = 0x41;
+    let expectations = [
+        // init: reset bit in the default configuration, reads back as the default, calibration
+        // 0.04096 / (98 µA × 0.1 Ω), which the crate rounds to 4178.
+        T::write(a, vec![0x00, 0xb9, 0x9f]),
+        T::write_read(a, vec![0x00], vec![0x39, 0x9f]),
+        T::write(a, vec![0x05, 0x10, 0x52]),
+        // sample: bus voltage (12 V, conversion ready), power, shunt (40 mV), current, in one go.
+        T::transaction_start(a),
+        T::write(a, vec![0x02]),
+        T::read(a, vec![0x5d, 0xc2]),
+        T::write(a, vec![0x03]),
+        T::read(a, vec![0x09, 0x90]),
+        T::write(a, vec![0x01]),
+        T::read(a, vec![0x0f, 0xa0]),
+        T::write(a, vec![0x04]),
+        T::read(a, vec![0x0f, 0xf1]),
+        T::transaction_end(a),
+    ];
+    let mut i2c = Mock::new(&expectations);
+    let mut part = Ina219::new(i2c.clone(), a, 100_000, 98);
+    part.init().unwrap();
+    let sample = part.measure().unwrap();
+    assert_eq!(value(&sample, "bus_voltage"), 12.0);
+    assert_eq!(value(&sample, "shunt_voltage"), 0.04);
+    assert!((value(&sample, "current") - 4081.0 * 98e-6).abs() < 1e-9, "{sample:?}");
+    assert!((value(&sample, "power") - 2448.0 * 20.0 * 98e-6).abs() < 1e-9, "{sample:?}");
+    i2c.done();
+}
+
+#[test]
+fn ina219_that_does_not_answer_or_reset_faults_and_keeps_its_bus_for_the_next_attempt() {
+    let a = 0x40;
+    let mut expectations = vec![
+        T::write(a, vec![0x00, 0xb9, 0x9f]).with_error(ErrorKind::NoAcknowledge(NoAcknowledgeSource::Address)),
+        T::write(a, vec![0x00, 0xb9, 0x9f]),
+    ];
+    // The crate reads the configuration up to 12 times waiting for the reset to finish.
+    expectations.extend((0..12).map(|_| T::write_read(a, vec![0x00], vec![0xb9, 0x9f])));
+    expectations.extend([
+        T::write(a, vec![0x00, 0xb9, 0x9f]),
+        T::write_read(a, vec![0x00], vec![0x39, 0x9f]),
+        T::write(a, vec![0x05, 0x10, 0x52]),
+    ]);
+    let mut i2c = Mock::new(&expectations);
+    let mut part = Ina219::new(i2c.clone(), a, 100_000, 98);
+    assert_eq!(part.init().unwrap_err().kind, FaultKind::Nack);
+    assert_eq!(part.init().unwrap_err().kind, FaultKind::Data, "the configuration never read back as reset");
+    part.init().unwrap();
+    i2c.done();
+}
+
+#[test]
+fn tmp102_reads_its_temperature_register() {
+    let a = 0x4b;
+    let expectations = [
+        T::write_read(a, vec![0x00], vec![0x19, 0x00]),
+        T::write_read(a, vec![0x00], vec![0xe7, 0x00]),
+        T::write_read(a, vec![0x00], vec![0x00, 0x00]).with_error(ErrorKind::NoAcknowledge(NoAcknowledgeSource::Data)),
+    ];
+    let mut i2c = Mock::new(&expectations);
+    let mut part = Tmp102::new(i2c.clone(), a);
+    part.init().unwrap();
+    // 0xe70 × 0.0625 °C in two's complement: -25 °C.
+    assert_eq!(part.measure().unwrap(), [Quantity { name: "temperature", unit: "Cel", value: -25.0 }]);
+    assert_eq!(part.measure().unwrap_err().kind, FaultKind::Nack);
+    i2c.done();
+}
