@@ -16,6 +16,7 @@ mod flows;
 mod governance;
 mod observe;
 mod outbox;
+mod sensors;
 mod service;
 mod status_page;
 mod tls;

@@ -230,8 +230,11 @@ fn the_built_in_default_is_valid() {
     }
     let overrides = Overrides { data_dir: None, functions_dir: Some(dir.path().to_owned()) };
     let config = parse("<built-in default>", DEFAULT_CONFIG, Path::new("."), &overrides).expect("valid");
-    assert_eq!(config.pipelines.len(), 3);
+    assert_eq!(config.pipelines.len(), 4);
     assert_eq!(config.functions.len(), 4);
+    let climate = config.pipelines.iter().find(|p| p.name.as_str() == "climate").expect("the sensors pipeline");
+    let SourceConfig::Sensors(sensors) = &climate.source else { panic!("climate reads sensors") };
+    assert!(matches!(sensors.buses[0].kind, BusKind::Simulated(BusProtocol::I2c)), "simulated: runs anywhere");
     let loopback: std::net::SocketAddr = "127.0.0.1:9464".parse().expect("an address");
     assert_eq!(config.http.map(|http| http.listen), Some(loopback), "the demo serves metrics on loopback only");
 }

@@ -215,8 +215,12 @@ impl BusThread {
                     device.health.slow(took);
                 }
                 let values: Vec<f64> = quantities.iter().map(|q| q.value).collect();
+                let before = device.health.status().state.clone();
                 if device.health.sampled(&values, now) == AfterFailure::Reinitialise {
                     self.reinitialising(device);
+                } else if before != "ok" && before != "starting" && device.health.status().state == "ok" {
+                    tracing::info!(stage = "source", pipeline = %self.pipeline, device = %device.config.name,
+                        "sensor recovered");
                 }
                 self.message(device, &quantities, now, clock_synced)
             }
