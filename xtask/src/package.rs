@@ -6,7 +6,8 @@
 //! - the packaged binary's `weir check` accepts the packaged `/etc/weir/weir.toml` with the
 //!   packaged functions (under qemu for the ARM packages);
 //! - `systemd-analyze security --offline=true` rates the packaged unit at most
-//!   [`EXPOSURE_THRESHOLD`].
+//!   [`EXPOSURE_THRESHOLD`], and with the sensors drop-in applied at most
+//!   [`SENSORS_EXPOSURE_THRESHOLD`].
 //!
 //! The binary is built with the `gateway` profile. `Depends: libc6 (>= …)` is the newest glibc
 //! symbol version the binary uses, read from its dynamic symbols.
@@ -26,6 +27,10 @@ use crate::{cargo, status};
 /// site), the host's root directory, reading the real-time clock, and on amd64 and arm64
 /// writable-executable memory for compiled functions (denied on armhf).
 pub const EXPOSURE_THRESHOLD: u32 = 11;
+
+/// The same with the sensors drop-in (`edge-images/sensors.conf`) applied: 1.5, the device nodes
+/// (limited to those listed) and the users outside a private namespace counting against it.
+pub const SENSORS_EXPOSURE_THRESHOLD: u32 = 15;
 
 /// A Debian architecture weir is packaged for.
 pub struct DebianArch {
@@ -105,12 +110,14 @@ fn stage(root: &Path, arch: &DebianArch, binary: &Path, functions: &Path, tree: 
         "docs/durability.md",
         "docs/function-guide.md",
         "docs/operations.md",
+        "docs/sensors.md",
         "docs/status-page.png",
     ];
     for doc in docs {
         let name = Path::new(doc).file_name().context("a file name")?.to_string_lossy().into_owned();
         install(&root.join(doc), &format!("usr/share/doc/weir/{name}"), 0o644)?;
     }
+    install(&images.join("sensors.conf"), "usr/share/doc/weir/sensors.conf", 0o644)?;
     install(&images.join("debian/copyright"), "usr/share/doc/weir/copyright", 0o644)?;
     for script in ["postinst", "prerm", "postrm"] {
         install(&images.join("debian").join(script), &format!("DEBIAN/{script}"), 0o755)?;
@@ -157,7 +164,7 @@ fn workspace_version(root: &Path) -> Result<String> {
 }
 
 /// The files every package holds besides the function components (see the module docs).
-const EXPECTED: [&str; 15] = [
+const EXPECTED: [&str; 17] = [
     "./usr/bin/weir",
     "./etc/weir/weir.toml",
     "./lib/systemd/system/weir.service",
@@ -167,6 +174,8 @@ const EXPECTED: [&str; 15] = [
     "./usr/share/doc/weir/durability.md",
     "./usr/share/doc/weir/function-guide.md",
     "./usr/share/doc/weir/operations.md",
+    "./usr/share/doc/weir/sensors.md",
+    "./usr/share/doc/weir/sensors.conf",
     "./usr/share/doc/weir/status-page.png",
     "./usr/share/doc/weir/copyright",
     "./usr/lib/weir/functions/weir_fn_unit_convert.wasm",
@@ -221,5 +230,20 @@ fn check(root: &Path, arch: &DebianArch, deb: &Path) -> Result<()> {
     let mut security = Command::new("systemd-analyze");
     security.args(["security", "--offline=true", &format!("--threshold={EXPOSURE_THRESHOLD}")]).arg(&unit);
     ensure!(status(&mut security)?, "systemd-analyze rates the unit above {EXPOSURE_THRESHOLD} tenths");
+
+    // The unit with the sensors drop-in applied (its settings come after the unit's, so they win).
+    let drop_in = std::fs::read_to_string(unpacked.join("usr/share/doc/weir/sensors.conf"))?;
+    let settings: String =
+        drop_in.lines().filter(|l| !l.starts_with('#') && *l != "[Service]").map(|l| format!("{l}\n")).collect();
+    let with_sensors = std::fs::read_to_string(&unit)?.replace("[Install]", &format!("{settings}\n[Install]"));
+    let dir = root.join("target/package").join(arch.name).join("with-sensors");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::write(dir.join("weir.service"), with_sensors)?;
+    let mut security = Command::new("systemd-analyze");
+    security.args(["security", "--offline=true", &format!("--threshold={SENSORS_EXPOSURE_THRESHOLD}")]);
+    ensure!(
+        status(security.arg(dir.join("weir.service")))?,
+        "systemd-analyze rates the unit with the sensors drop-in above {SENSORS_EXPOSURE_THRESHOLD} tenths"
+    );
     Ok(())
 }
