@@ -146,7 +146,7 @@ d0: 60 XX 00 00 00 00 00 00 00 00 00 00 00 00 00 00    `...............
 
     #[test]
     fn a_byte_dump_reads_with_unanswered_and_unlisted_registers() {
-        let dump = RegisterDump::parse(BYTES).unwrap();
+        let dump = RegisterDump::parse(BYTES).expect("it works");
         assert_eq!(dump.width, RegisterWidth::Byte);
         assert_eq!(dump.get(0x0f), Some(0x0f));
         assert_eq!(dump.get(0xd0), Some(0x60));
@@ -157,7 +157,7 @@ d0: 60 XX 00 00 00 00 00 00 00 00 00 00 00 00 00 00    `...............
     #[test]
     fn a_word_dump_keeps_the_smbus_words() {
         let text = "     0,8  1,9  2,a  3,b  4,c  5,d  6,e  7,f\n00: 0080 8385 0080 ff7f XXXX XXXX XXXX XXXX\n";
-        let dump = RegisterDump::parse(text).unwrap();
+        let dump = RegisterDump::parse(text).expect("it works");
         assert_eq!(dump.width, RegisterWidth::Word);
         assert_eq!(dump.get(1), Some(0x8385));
         assert_eq!(dump.get(4), None);
@@ -166,13 +166,13 @@ d0: 60 XX 00 00 00 00 00 00 00 00 00 00 00 00 00 00    `...............
     #[test]
     fn wrong_lines_are_named() {
         let short = "     0  1  2  3  4  5  6  7  8  9  a  b  c  d  e  f\n00: 00 01\n";
-        assert_eq!(RegisterDump::parse(short).unwrap_err().line, 2);
+        assert_eq!(RegisterDump::parse(short).expect_err("it fails").line, 2);
         let bad = "     0  1  2  3  4  5  6  7  8  9  a  b  c  d  e  f\n\n10: 00 01 02 03 04 05 06 07 08 09 0a 0b 0c 0d 0e zz\n";
-        let error = RegisterDump::parse(bad).unwrap_err();
+        let error = RegisterDump::parse(bad).expect_err("it fails");
         assert_eq!(error.line, 3);
         assert!(error.message.contains("register 1f"), "{error}");
-        assert!(RegisterDump::parse("nothing here\n").unwrap_err().message.contains("header"));
+        assert!(RegisterDump::parse("nothing here\n").expect_err("it fails").message.contains("header"));
         let misaligned = "     0,8  1,9  2,a  3,b  4,c  5,d  6,e  7,f\n04: 0000 0000 0000 0000 0000 0000 0000 0000\n";
-        assert!(RegisterDump::parse(misaligned).unwrap_err().message.contains("does not start a row"));
+        assert!(RegisterDump::parse(misaligned).expect_err("it fails").message.contains("does not start a row"));
     }
 }

@@ -52,9 +52,9 @@ mod tests {
         let batch = builder.finish();
         let header = RecordHeader { gateway: "gw".into(), stream: "room".into(), seq: 1, encoded_at: 2 };
         for encoding in [Encoding::Cbor, Encoding::Json] {
-            let payload = weir_record::write_readings(encoding, &header, &batch).unwrap();
+            let payload = weir_record::write_readings(encoding, &header, &batch).expect("it works");
             let ctx = CallContext { processing_time: 0, watermark: 0 };
-            let decoded = RecordDecoder.decode(&message(payload), &ctx).unwrap();
+            let decoded = RecordDecoder.decode(&message(payload), &ctx).expect("it works");
             assert_eq!(decoded, batch);
         }
     }
@@ -62,9 +62,9 @@ mod tests {
     #[test]
     fn anything_else_is_refused_with_a_reason() {
         let ctx = CallContext { processing_time: 0, watermark: 0 };
-        let error = RecordDecoder.decode(&message(b"{\"not\": \"a record\"}".to_vec()), &ctx).unwrap_err();
+        let error = RecordDecoder.decode(&message(b"{\"not\": \"a record\"}".to_vec()), &ctx).expect_err("it fails");
         assert!(matches!(error, DecodeError::Record { .. }), "{error}");
-        let error = RecordDecoder.decode(&message(vec![0xff, 0x00]), &ctx).unwrap_err();
+        let error = RecordDecoder.decode(&message(vec![0xff, 0x00]), &ctx).expect_err("it fails");
         assert!(error.to_string().starts_with("not a weir record"), "{error}");
     }
 }

@@ -125,7 +125,16 @@ pub fn spawn(
         board: shared.sensors.clone(),
         clock: shared.clock.clone(),
     };
-    source::spawn(config, &shared.store, delivery_tx, intake.clone(), source_close.clone(), connection, sensors, tasks);
+    source::spawn(
+        config,
+        &shared.store,
+        delivery_tx,
+        intake.clone(),
+        source_close.clone(),
+        connection,
+        &sensors,
+        tasks,
+    );
 
     // deliveries → batches of deliveries
     let (batch_tx, batch_rx) = mpsc::channel::<Vec<Delivery>>(1);

@@ -175,7 +175,7 @@ pub fn spawn(
     intake: CancellationToken,
     close: CancellationToken,
     connection: Link,
-    sensors: sensors::SensorContext,
+    sensors: &sensors::SensorContext,
     tasks: &Tasks,
 ) {
     let batch = &pipeline.batch;

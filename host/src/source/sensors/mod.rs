@@ -81,7 +81,7 @@ impl DownCount {
 pub fn spawn(
     pipeline: &str,
     config: SensorsConfig,
-    context: SensorContext,
+    context: &SensorContext,
     deliveries: mpsc::Sender<Delivery>,
     intake: CancellationToken,
     connection: Link,

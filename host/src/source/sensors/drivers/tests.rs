@@ -47,11 +47,11 @@ fn bme280_checks_its_chip_resets_calibrates_and_samples_in_forced_mode() {
     ];
     let mut i2c = Mock::new(&expectations);
     let mut part = Bme280::new(i2c.clone(), a, NoopDelay);
-    part.init().unwrap();
-    let sample = part.measure().unwrap();
+    part.init().expect("it works");
+    let sample = part.measure().expect("it works");
     assert!((value(&sample, "temperature") - 25.08).abs() < 0.01, "{sample:?}");
     assert!((value(&sample, "pressure") - 1006.53).abs() < 0.05, "{sample:?}");
-    assert_eq!(part.measure().unwrap_err().kind, FaultKind::Nack);
+    assert_eq!(part.measure().expect_err("it fails").kind, FaultKind::Nack);
     i2c.done();
 }
 
@@ -59,7 +59,7 @@ fn bme280_checks_its_chip_resets_calibrates_and_samples_in_forced_mode() {
 fn bme280_refuses_another_chip() {
     let mut i2c = Mock::new(&[T::write_read(0x76, vec![0xd0], vec![0x55])]);
     let mut part = Bme280::new(i2c.clone(), 0x76, NoopDelay);
-    let fault = part.init().unwrap_err();
+    let fault = part.init().expect_err("it fails");
     assert_eq!(fault.kind, FaultKind::Data);
     assert!(fault.detail.contains("chip id"), "{fault}");
     i2c.done();
@@ -82,10 +82,10 @@ fn ads1115_sets_its_range_and_polls_a_one_shot_conversion_per_input() {
     ];
     let mut i2c = Mock::new(&expectations);
     let mut part = Ads1115::new(i2c.clone(), a, vec![1], FullScale::V4_096, NoopDelay);
-    part.init().unwrap();
+    part.init().expect("it works");
     // 0x3000 = 12288 counts of 4.096 V / 32768.
-    assert_eq!(part.measure().unwrap(), [Quantity { name: "a1", unit: "V", value: 1.536 }]);
-    assert_eq!(part.measure().unwrap_err().kind, FaultKind::Bus);
+    assert_eq!(part.measure().expect("it works"), [Quantity { name: "a1", unit: "V", value: 1.536 }]);
+    assert_eq!(part.measure().expect_err("it fails").kind, FaultKind::Bus);
     i2c.done();
 }
 
@@ -112,8 +112,8 @@ fn ina219_resets_calibrates_and_reads_its_four_results() {
     ];
     let mut i2c = Mock::new(&expectations);
     let mut part = Ina219::new(i2c.clone(), a, 100_000, 98);
-    part.init().unwrap();
-    let sample = part.measure().unwrap();
+    part.init().expect("it works");
+    let sample = part.measure().expect("it works");
     assert_eq!(value(&sample, "bus_voltage"), 12.0);
     assert_eq!(value(&sample, "shunt_voltage"), 0.04);
     assert!((value(&sample, "current") - 4081.0 * 98e-6).abs() < 1e-9, "{sample:?}");
@@ -137,9 +137,9 @@ fn ina219_that_does_not_answer_or_reset_faults_and_keeps_its_bus_for_the_next_at
     ]);
     let mut i2c = Mock::new(&expectations);
     let mut part = Ina219::new(i2c.clone(), a, 100_000, 98);
-    assert_eq!(part.init().unwrap_err().kind, FaultKind::Nack);
-    assert_eq!(part.init().unwrap_err().kind, FaultKind::Data, "the configuration never read back as reset");
-    part.init().unwrap();
+    assert_eq!(part.init().expect_err("it fails").kind, FaultKind::Nack);
+    assert_eq!(part.init().expect_err("it fails").kind, FaultKind::Data, "the configuration never read back as reset");
+    part.init().expect("it works");
     i2c.done();
 }
 
@@ -153,9 +153,9 @@ fn tmp102_reads_its_temperature_register() {
     ];
     let mut i2c = Mock::new(&expectations);
     let mut part = Tmp102::new(i2c.clone(), a);
-    part.init().unwrap();
+    part.init().expect("it works");
     // 0xe70 × 0.0625 °C in two's complement: -25 °C.
-    assert_eq!(part.measure().unwrap(), [Quantity { name: "temperature", unit: "Cel", value: -25.0 }]);
-    assert_eq!(part.measure().unwrap_err().kind, FaultKind::Nack);
+    assert_eq!(part.measure().expect("it works"), [Quantity { name: "temperature", unit: "Cel", value: -25.0 }]);
+    assert_eq!(part.measure().expect_err("it fails").kind, FaultKind::Nack);
     i2c.done();
 }

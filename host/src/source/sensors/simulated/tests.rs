@@ -36,8 +36,8 @@ fn ina219() -> DriverConfig {
 #[test]
 fn each_part_reads_what_its_built_in_map_holds() {
     let mut bme = open(&DriverConfig::Bme280 { address: 0x76 }, &simulation(0, Vec::new()));
-    bme.init().unwrap();
-    let sample = bme.measure().unwrap();
+    bme.init().expect("it works");
+    let sample = bme.measure().expect("it works");
     // The datasheet's worked example: 25.08 °C and 100 653 Pa.
     assert!((value(&sample, "temperature") - 25.08).abs() < 0.01, "{sample:?}");
     assert!((value(&sample, "pressure") - 1006.53).abs() < 0.05, "{sample:?}");
@@ -46,8 +46,8 @@ fn each_part_reads_what_its_built_in_map_holds() {
 
     let adc = DriverConfig::Ads1115 { address: 0x48, channels: vec![0, 1, 3], full_scale: FullScale::V4_096 };
     let mut ads = open(&adc, &simulation(0, Vec::new()));
-    ads.init().unwrap();
-    let sample = ads.measure().unwrap();
+    ads.init().expect("it works");
+    let sample = ads.measure().expect("it works");
     let volts: Vec<f64> = sample.iter().map(|q| q.value).collect();
     for (got, want) in volts.iter().zip([0.5, 1.0, 3.3]) {
         assert!((got - want).abs() < 0.001, "{sample:?}");
@@ -55,16 +55,16 @@ fn each_part_reads_what_its_built_in_map_holds() {
     assert_eq!(sample.iter().map(|q| q.name).collect::<Vec<_>>(), ["a0", "a1", "a3"]);
 
     let mut ina = open(&ina219(), &simulation(0, Vec::new()));
-    ina.init().unwrap();
-    let sample = ina.measure().unwrap();
+    ina.init().expect("it works");
+    let sample = ina.measure().expect("it works");
     assert!((value(&sample, "bus_voltage") - 12.0).abs() < 1e-9, "{sample:?}");
     assert!((value(&sample, "shunt_voltage") - 0.04).abs() < 1e-9, "{sample:?}");
     assert!((value(&sample, "current") - 0.4).abs() < 0.001, "{sample:?}");
     assert!((value(&sample, "power") - 4.8).abs() < 0.01, "{sample:?}");
 
     let mut tmp = open(&DriverConfig::Tmp102 { address: 0x48 }, &simulation(0, Vec::new()));
-    tmp.init().unwrap();
-    assert_eq!(tmp.measure().unwrap(), [Quantity { name: "temperature", unit: "Cel", value: 21.5 }]);
+    tmp.init().expect("it works");
+    assert_eq!(tmp.measure().expect("it works"), [Quantity { name: "temperature", unit: "Cel", value: 21.5 }]);
 }
 
 #[test]
@@ -77,8 +77,8 @@ fn samples_move_unless_the_part_is_stuck() {
     };
     for (faults, moving) in [(Vec::new(), true), (vec![stuck], false)] {
         let mut tmp = open(&DriverConfig::Tmp102 { address: 0x48 }, &simulation(4, faults));
-        tmp.init().unwrap();
-        let values: Vec<f64> = (0..4).map(|_| tmp.measure().unwrap()[0].value).collect();
+        tmp.init().expect("it works");
+        let values: Vec<f64> = (0..4).map(|_| tmp.measure().expect("it works")[0].value).collect();
         let changes = values.windows(2).filter(|w| w[0] != w[1]).count();
         assert_eq!(changes == 3, moving, "{values:?}");
         assert_eq!(changes == 0, !moving, "{values:?}");
@@ -90,9 +90,9 @@ fn scripted_faults_fail_transfers_the_way_linux_does() {
     let during =
         |fault| ScriptedFault { fault, from: Duration::ZERO, until: Duration::from_secs(3_600), delay: Duration::ZERO };
     let mut tmp = open(&DriverConfig::Tmp102 { address: 0x48 }, &simulation(0, vec![during(FaultScript::Nack)]));
-    assert_eq!(tmp.init().unwrap_err().kind, FaultKind::Nack);
+    assert_eq!(tmp.init().expect_err("it fails").kind, FaultKind::Nack);
     let mut tmp = open(&DriverConfig::Tmp102 { address: 0x48 }, &simulation(0, vec![during(FaultScript::RemoteIo)]));
-    let fault = tmp.measure().unwrap_err();
+    let fault = tmp.measure().expect_err("it fails");
     assert_eq!((fault.kind, fault.detail.as_str()), (FaultKind::Io, "Remote I/O error (os error 121)"));
 
     // A fault that has not started yet, and one that is over, do nothing.
@@ -104,7 +104,7 @@ fn scripted_faults_fail_transfers_the_way_linux_does() {
     let slow = ScriptedFault { delay: Duration::from_millis(30), ..during(FaultScript::Slow) };
     let mut tmp = open(&DriverConfig::Tmp102 { address: 0x48 }, &simulation(0, vec![slow]));
     let started = std::time::Instant::now();
-    tmp.measure().unwrap();
+    tmp.measure().expect("it works");
     assert!(started.elapsed() >= Duration::from_millis(30));
 }
 
@@ -112,9 +112,9 @@ fn scripted_faults_fail_transfers_the_way_linux_does() {
 fn a_device_that_is_not_there_and_a_register_marked_xx_are_not_acknowledged() {
     let mut bus = SimulatedBus::new();
     bus.attach(&DriverConfig::Tmp102 { address: 0x48 }, &simulation(0, Vec::new()));
-    let error = bus.write_read(0x49, &[0], &mut [0; 2]).unwrap_err();
+    let error = bus.write_read(0x49, &[0], &mut [0; 2]).expect_err("it fails");
     assert!(error.to_string().contains("0x49 did not acknowledge its address"), "{error}");
-    let error = bus.write_read(0x48, &[0x04], &mut [0; 2]).unwrap_err();
+    let error = bus.write_read(0x48, &[0x04], &mut [0; 2]).expect_err("it fails");
     assert!(error.to_string().contains("register 0x04"), "{error}");
 }
 
@@ -122,10 +122,10 @@ fn a_device_that_is_not_there_and_a_register_marked_xx_are_not_acknowledged() {
 fn a_users_word_dump_is_read_with_i2cdumps_byte_order() {
     // `i2cdump -y 1 0x48 w` of a TMP102 at 25 °C: 0x1900 on the wire shows as 0019.
     let text = "     0,8  1,9  2,a  3,b  4,c  5,d  6,e  7,f\n00: 0019 a060 004b 0050 XXXX XXXX XXXX XXXX\n";
-    let registers = Some(RegisterDump::parse(text).unwrap());
+    let registers = Some(RegisterDump::parse(text).expect("it works"));
     let simulation = DeviceSimulation { registers, ..simulation(0, Vec::new()) };
     let mut tmp = open(&DriverConfig::Tmp102 { address: 0x48 }, &simulation);
-    assert_eq!(tmp.measure().unwrap()[0].value, 25.0);
+    assert_eq!(tmp.measure().expect("it works")[0].value, 25.0);
 }
 
 #[test]
