@@ -207,3 +207,80 @@ async fn simulated_sensors_reach_jetstream_and_their_faults_degrade_and_recover_
     ensure!(text.lines().any(|l| l.starts_with("sensor feed") && l.contains("io ")), "{text}");
     Ok(())
 }
+
+/// A Linux bus whose node is missing: its device is down (and `/readyz` says why) while a device
+/// on another bus goes on, and the node is tried again. Once a file appears at that path,
+/// opening it through linux-embedded-hal gets as far as the kernel's refusal of the I²C request
+/// that selects a device (ENOTTY: a file that is no adapter) — the reason follows.
+#[tokio::test]
+async fn a_bus_that_cannot_be_opened_is_tried_again_while_the_other_buses_go_on() -> Result<()> {
+    let nodes = tempfile::tempdir()?;
+    let node = nodes.path().join("i2c-9");
+    let port = free_port();
+    let config = format!(
+        r#"[gateway]
+id = "gw-e2e"
+data_dir = "{{data_dir}}"
+functions_dir = "{{functions_dir}}"
+
+[http]
+listen = "127.0.0.1:{port}"
+
+[pipelines.local.source.sensors.buses.board]
+i2c = "{node}"
+
+[pipelines.local.source.sensors.buses.sim]
+simulated = "i2c"
+
+[[pipelines.local.source.sensors.devices]]
+name = "probe"
+bus = "board"
+driver = "tmp102"
+interval = "200ms"
+max_backoff = "1s"
+
+[[pipelines.local.source.sensors.devices]]
+name = "room"
+bus = "sim"
+driver = "bme280"
+interval = "200ms"
+
+[pipelines.local.sink.console]
+"#,
+        node = node.display()
+    );
+    let gateway = Weir::start(&config)?;
+    gateway.wait_for_log("serving the status page", 1).await?;
+    gateway.wait_for_log("bus not opened", 1).await?;
+
+    let reasons = loop {
+        let (code, body) = http_get(port, "/readyz")?;
+        if code == 503 && body.contains("sensor probe down") {
+            break body;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    ensure!(reasons.contains("cannot open") && reasons.contains("i2c-9"), "{reasons}");
+    ensure!(!reasons.contains("source disconnected"), "the room still samples: {reasons}");
+    let room_samples = |status: &Value| sensor(status, "room").map(|room| room["samples"].as_u64().unwrap_or(0));
+    let before = room_samples(&api_status(port)?)?;
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    ensure!(room_samples(&api_status(port)?)? > before, "the room goes on sampling");
+
+    std::fs::write(&node, b"")?;
+    let started = Instant::now();
+    let probe = loop {
+        let status = api_status(port)?;
+        let probe = sensor(&status, "probe")?.clone();
+        let fault = probe["last_fault"].as_str().unwrap_or_default().to_owned();
+        if fault.contains("ENOTTY") && probe["state"] == "down" {
+            break probe;
+        }
+        ensure!(started.elapsed() < PATIENCE, "the probe's fault never changed: {probe:#}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    ensure!(probe["faults"]["io"].as_u64() >= Some(2), "every attempt counts: {probe:#}");
+    ensure!(sensor(&api_status(port)?, "room")?["state"] == "ok");
+    ensure!(gateway.log().matches("bus not opened").count() == 1, "logged once, not per attempt");
+    Ok(())
+}

@@ -405,6 +405,11 @@ impl SensorBoard {
         statuses.len() - 1
     }
 
+    /// The status in `slot`.
+    pub fn get(&self, slot: usize) -> Option<SensorStatus> {
+        self.lock().get(slot).cloned()
+    }
+
     /// Replaces the status in `slot`.
     pub fn set(&self, slot: usize, status: &SensorStatus) {
         if let Some(kept) = self.lock().get_mut(slot) {

@@ -380,10 +380,10 @@ mod tests {
                 assert!(metric.unit.is_some(), "{}: a histogram has a unit", metric.name);
             }
             assert!(
-                metric
-                    .labels
-                    .iter()
-                    .all(|l| { ["pipeline", "use", "function", "version", "kind", "stage", "durable"].contains(l) }),
+                metric.labels.iter().all(|l| {
+                    ["pipeline", "use", "function", "version", "kind", "stage", "durable", "device", "state"]
+                        .contains(l)
+                }),
                 "{}: unbounded label",
                 metric.name
             );

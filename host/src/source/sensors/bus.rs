@@ -1,5 +1,6 @@
-//! One bus's thread: opens the bus, and until the pipeline stops taking input, samples each of
-//! its devices when due, keeps their health, and sends their samples as messages.
+//! One bus's thread: opens the bus (trying again with backoff while its node cannot be opened),
+//! and until the pipeline stops taking input, samples each of its devices when due, keeps their
+//! health, and sends their samples as messages.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -20,8 +21,9 @@ use super::health::{AfterFailure, Fault, FaultKind, Health};
 use super::schedule::Schedule;
 use super::simulated::SimulatedBus;
 use super::{DownCount, SensorContext};
+use crate::backoff::Retry;
 use crate::batch::{BatchBuilder, Message, Series};
-use crate::config::{BusKind, SensorBus, SensorDevice};
+use crate::config::{Backoff, BusKind, SensorBus, SensorDevice};
 use crate::source::Delivery;
 use crate::state::stats::SensorStatus;
 use crate::telemetry::{clock, now_nanos};
@@ -32,6 +34,9 @@ const STOP_CHECK: Duration = Duration::from_millis(100);
 const CLOCK_CHECK: Duration = Duration::from_secs(10);
 /// Pause before an immediate retry of a failed attempt, doubled per retry.
 const RETRY_PAUSE: Duration = Duration::from_millis(5);
+/// Waits between attempts to open a bus's device node.
+const BUS_RETRY_MIN: Duration = Duration::from_secs(1);
+const BUS_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// A bus and what its thread needs.
 #[derive(Debug)]
@@ -59,16 +64,39 @@ struct Running {
 impl BusThread {
     /// Runs until the pipeline stops taking input.
     pub(super) fn run(self) {
+        let slots: Vec<usize> = self.bus.devices.iter().map(|d| self.context.board.add(self.status_of(d))).collect();
         match self.bus.kind.clone() {
-            BusKind::I2c(path) => match linux_embedded_hal::I2cdev::new(&path) {
-                Ok(bus) => self.drive(bus),
-                Err(e) => {
-                    let reason = format!("cannot open {}: {e}", path.display());
-                    tracing::error!(stage = "source", pipeline = %self.pipeline, bus = %self.bus.name, error = %reason,
-                        "bus not opened; its devices stay down");
-                    self.report_unopened(&reason);
+            BusKind::I2c(path) => {
+                // A node that is not there yet (a module loaded late, a USB adapter plugged in
+                // later) is tried again, with backoff, until the pipeline stops.
+                let mut retry = Retry::new(Backoff { min: BUS_RETRY_MIN, max: BUS_RETRY_MAX });
+                let mut rng = StdRng::from_os_rng();
+                let mut reported = false;
+                loop {
+                    match linux_embedded_hal::I2cdev::new(&path) {
+                        Ok(bus) => {
+                            if reported {
+                                tracing::info!(stage = "source", pipeline = %self.pipeline, bus = %self.bus.name,
+                                    "bus opened");
+                                (0..slots.len()).for_each(|_| self.down.changed(true, false));
+                            }
+                            return self.drive(bus, &slots);
+                        }
+                        Err(e) => {
+                            let reason = format!("cannot open {}: {e}", path.display());
+                            if !reported {
+                                tracing::error!(stage = "source", pipeline = %self.pipeline, bus = %self.bus.name,
+                                    error = %reason, "bus not opened; its devices are down until it opens");
+                            }
+                            self.report_unopened(&slots, &reason, !reported);
+                            reported = true;
+                            if !self.wait_until(Instant::now() + retry.next_delay(&mut rng)) {
+                                return;
+                            }
+                        }
+                    }
                 }
-            },
+            }
             BusKind::Simulated(_) => {
                 let mut bus = SimulatedBus::new();
                 for device in &self.bus.devices {
@@ -76,21 +104,24 @@ impl BusThread {
                         bus.attach(&device.driver, simulation);
                     }
                 }
-                self.drive(bus);
+                self.drive(bus, &slots);
             }
         }
     }
 
-    /// The devices of a bus that could not be opened: down, with the reason.
-    fn report_unopened(&self, reason: &str) {
-        for device in &self.bus.devices {
-            let mut status = self.status_of(device);
-            status.state = "down".to_owned();
-            status.since = now_nanos();
-            status.faults.insert(FaultKind::Io.name().to_owned(), 1);
+    /// The devices of a bus that could not be opened: down, with the reason (each attempt counts
+    /// as an `io` fault); `first` when they were not down before.
+    fn report_unopened(&self, slots: &[usize], reason: &str, first: bool) {
+        for (device, &slot) in self.bus.devices.iter().zip(slots) {
+            let mut status = self.context.board.get(slot).unwrap_or_else(|| self.status_of(device));
+            if first {
+                status.state = "down".to_owned();
+                status.since = now_nanos();
+                self.down.changed(false, true);
+            }
+            *status.faults.entry(FaultKind::Io.name().to_owned()).or_insert(0) += 1;
             status.last_fault = Some(format!("io: {reason}"));
-            self.context.board.add(status);
-            self.down.changed(false, true);
+            self.context.board.set(slot, &status);
         }
     }
 
@@ -106,7 +137,7 @@ impl BusThread {
         }
     }
 
-    fn drive<B>(self, bus: B)
+    fn drive<B>(self, bus: B, slots: &[usize])
     where
         B: I2c + 'static,
         B::Error: std::fmt::Display,
@@ -117,9 +148,10 @@ impl BusThread {
             .bus
             .devices
             .iter()
-            .map(|config| {
+            .zip(slots)
+            .map(|(config, &board_slot)| {
                 let status = self.status_of(config);
-                let board_slot = self.context.board.add(status.clone());
+                self.context.board.set(board_slot, &status);
                 Running {
                     sensor: drivers::open_i2c(&config.driver, &bus, linux_embedded_hal::Delay),
                     health: Health::new(config.health, config.interval, status),

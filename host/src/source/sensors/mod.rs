@@ -101,7 +101,15 @@ pub fn spawn(
             down: Arc::clone(&down),
         };
         let name = format!("weir-bus-{}", thread.bus.name);
-        match std::thread::Builder::new().name(name).spawn(move || thread.run()) {
+        let (pipeline_name, bus_name) = (pipeline.to_owned(), thread.bus.name.to_string());
+        let run = move || {
+            // Drivers' panics are caught per call (`bus.rs`); this is for the thread's own.
+            if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| thread.run())).is_err() {
+                tracing::error!(stage = "source", pipeline = %pipeline_name, bus = %bus_name,
+                    "the bus thread panicked; its devices are no longer sampled");
+            }
+        };
+        match std::thread::Builder::new().name(name).spawn(run) {
             Ok(handle) => threads.push(handle),
             Err(e) => tracing::error!(stage = "source", pipeline = %pipeline, error = %e, "cannot start a bus thread"),
         }
