@@ -2,9 +2,10 @@
 //! (BME280, TMP102, ADS1115, INA219 answering from their register maps), forwards their readings
 //! to a real JetStream, and lives through scripted faults — a TMP102 that stops acknowledging
 //! (degraded, then down, re-initialised, recovered), an INA219 whose transfers fail with
-//! "Remote I/O error", and a slow ADS1115 on its own bus whose missed ticks are skipped — while
-//! the other devices go on untouched. The health shows in `/api/status`, `/readyz`, `/metrics`
-//! and `weir outbox stats`; the text form of the stats is checked too.
+//! "Remote I/O error" (and which reports only on change), and a slow ADS1115 on its own bus
+//! whose missed ticks are skipped — while the other devices go on untouched. The health shows in
+//! `/api/status`, `/readyz`, `/metrics` and `weir outbox stats`, whose text form is checked too.
+//! A bus whose node cannot be opened is tried again while the others go on.
 
 use std::time::{Duration, Instant};
 
@@ -55,6 +56,8 @@ address = 0x41
 interval = "250ms"
 retries = 1
 reinit_after = 1000
+on_change = 1.0
+heartbeat = "1s"
 
 [pipelines.bench.source.sensors.devices.simulation]
 faults = [{{ fault = "remote_io", at = "1s", for = "1s" }}]
@@ -174,6 +177,11 @@ async fn simulated_sensors_reach_jetstream_and_their_faults_degrade_and_recover_
         );
     }
     ensure!(of("adc/a1").is_empty(), "channel 1 is not read");
+    // The feed reports on change: its steady readings only with the 1 s heartbeat, not at each
+    // of its four samples a second.
+    let feed_samples = sensor(&status, "feed")?["samples"].as_u64().context("samples")? as usize;
+    let feed_sent = of("feed/bus_voltage").len();
+    ensure!(feed_sent >= 3 && feed_sent * 2 < feed_samples, "{feed_sent} readings sent of {feed_samples} samples");
     let room_values: Vec<f64> = of("room/temperature").iter().map(|r| r.value).collect();
     ensure!(room_values.windows(2).any(|w| w[0] != w[1]), "live readings move: {room_values:?}");
     // The probe's readings have a gap where it did not answer, and come back after it.

@@ -3,7 +3,6 @@
 //! health, and sends their samples as messages.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::rc::Rc;
 use std::sync::Arc;
@@ -18,6 +17,7 @@ use weir_record::{Encoding, RecordHeader};
 
 use super::drivers::{self, Quantity, Sensor};
 use super::health::{AfterFailure, Fault, FaultKind, Health};
+use super::reporting::Reported;
 use super::schedule::Schedule;
 use super::simulated::SimulatedBus;
 use super::{DownCount, SensorContext};
@@ -57,8 +57,8 @@ struct Running {
     schedule: Schedule,
     board_slot: usize,
     sequence: u64,
-    /// With `on_change`: per quantity, the value last reported and when.
-    reported: HashMap<&'static str, (f64, Instant)>,
+    /// Which quantities a sample reports.
+    reported: Reported,
 }
 
 impl BusThread {
@@ -159,7 +159,7 @@ impl BusThread {
                     config: config.clone(),
                     board_slot,
                     sequence: 0,
-                    reported: HashMap::new(),
+                    reported: Reported::new(config.reporting),
                 }
             })
             .collect();
@@ -281,17 +281,10 @@ impl BusThread {
     /// The message of a sample: the quantities to report, as a weir record.
     fn message(&self, device: &mut Running, quantities: &[Quantity], at: i64, clock_synced: bool) -> Option<Message> {
         let now = Instant::now();
-        let reporting = device.config.reporting;
         let mut builder = BatchBuilder::new();
         for quantity in quantities {
-            if let Some(threshold) = reporting.on_change {
-                let quiet = device.reported.get(quantity.name).is_some_and(|(value, when)| {
-                    (quantity.value - value).abs() < threshold && now.duration_since(*when) < reporting.heartbeat
-                });
-                if quiet {
-                    continue;
-                }
-                device.reported.insert(quantity.name, (quantity.value, now));
+            if !device.reported.report(quantity.name, quantity.value, now) {
+                continue;
             }
             let mut series =
                 Series::named(format!("{}/{}", device.config.series, quantity.name)).with_unit(quantity.unit);

@@ -29,6 +29,7 @@
 mod bus;
 mod drivers;
 mod health;
+mod reporting;
 mod schedule;
 pub mod simulated;
 
