@@ -226,7 +226,7 @@ impl BusThread {
         let started = Instant::now();
         let mut sampled = None;
         for attempt in 0..=device.health.retries() {
-            match guarded(|| device.sensor.measure()) {
+            match guarded(|| device.sensor.measure()).and_then(finite) {
                 Ok(quantities) => {
                     sampled = Some(quantities);
                     break;
@@ -311,11 +311,20 @@ impl BusThread {
                 received_at: at,
             }),
             Err(e) => {
-                // Drivers give finite numbers; a part's nonsense is refused here, with the device named.
+                // Only finite values get here, which the record format takes; this is a backstop.
                 device.health.attempt_failed(&Fault::new(FaultKind::Data, format!("a reading cannot be encoded: {e}")));
                 None
             }
         }
+    }
+}
+
+/// The quantities of a sample, or a `data` fault when one is NaN or infinite (a part's nonsense,
+/// such as a compensation dividing by a zeroed calibration): such a value is not a reading.
+fn finite(quantities: Vec<Quantity>) -> Result<Vec<Quantity>, Fault> {
+    match quantities.iter().find(|q| !q.value.is_finite()) {
+        Some(q) => Err(Fault::new(FaultKind::Data, format!("the driver gave {} = {}", q.name, q.value))),
+        None => Ok(quantities),
     }
 }
 
@@ -329,4 +338,24 @@ fn guarded<T>(call: impl FnOnce() -> Result<T, Fault>) -> Result<T, Fault> {
             .unwrap_or_else(|| "no message".to_owned());
         Err(Fault::new(FaultKind::Data, format!("the driver panicked: {what}")))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_panicking_driver_and_a_value_that_is_no_reading_are_data_faults() {
+        let fault = guarded::<()>(|| panic!("attempt to divide by zero")).expect_err("a panic is a fault");
+        assert_eq!(fault.kind, FaultKind::Data);
+        assert!(fault.detail.contains("the driver panicked: attempt to divide by zero"), "{fault}");
+
+        let reading = |value| Quantity { name: "temperature", unit: "Cel", value };
+        assert!(finite(vec![reading(21.5)]).is_ok());
+        for value in [f64::NAN, f64::INFINITY] {
+            let fault = finite(vec![reading(21.5), reading(value)]).expect_err("not a reading");
+            assert_eq!(fault.kind, FaultKind::Data);
+            assert!(fault.detail.contains("temperature"), "{fault}");
+        }
+    }
 }
