@@ -132,6 +132,9 @@ fn refuses_simulations_off_a_simulated_bus_and_dumps_that_do_not_read() {
     let text = sensors_but("wobble = 0", &format!("wobble = 0\nregisters = {:?}", dump.display().to_string()));
     let refused = invalid(&text).replace(&dump.display().to_string(), "[DUMP]");
     insta::assert_snapshot!(refused);
+    // A device node named by mistake is not read without end.
+    let endless = invalid(&sensors_but("wobble = 0", "wobble = 0\nregisters = \"/dev/zero\""));
+    assert!(endless.contains("/dev/zero: it holds more than 64 KiB"), "{endless}");
     insta::assert_snapshot!(invalid(&sensors_but("for = \"1s\", delay = \"2s\"", "for = \"1s\"")));
     insta::assert_snapshot!(invalid(&sensors_but("wobble = 0", "wobble = 0\ninputs = [1.0]")));
 }

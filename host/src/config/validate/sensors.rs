@@ -296,7 +296,7 @@ impl Validator<'_> {
             None => None,
             Some(path) => {
                 let resolved = self.resolve(path.get_ref());
-                let read = match std::fs::read_to_string(&resolved) {
+                let read = match read_bounded(&resolved, MAX_DUMP_BYTES) {
                     Err(e) => Err(format!("cannot read the register dump {}: {e}", resolved.display())),
                     Ok(text) => RegisterDump::parse(&text).map_err(|e| {
                         format!(
@@ -338,6 +338,22 @@ impl Validator<'_> {
         }
         Some(DeviceSimulation { registers, wobble: raw.wobble.map(|w| w.as_u32() as u16), inputs, faults })
     }
+}
+
+/// The largest register dump read: i2cdump prints about 4 KiB for a whole device.
+const MAX_DUMP_BYTES: u64 = 64 * 1024;
+
+/// `path` as text, refused when it holds more than `limit` bytes (a device node or a wrong file
+/// named by mistake is not read without end).
+fn read_bounded(path: &std::path::Path, limit: u64) -> Result<String, String> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
+    let mut text = String::new();
+    file.take(limit + 1).read_to_string(&mut text).map_err(|e| e.to_string())?;
+    if text.len() as u64 > limit {
+        return Err(format!("it holds more than {} KiB, which no i2cdump output does", limit / 1024));
+    }
+    Ok(text)
 }
 
 /// The I²C addresses `part` can be strapped to; the first is its usual one (the default).
