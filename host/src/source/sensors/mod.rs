@@ -31,7 +31,7 @@ mod drivers;
 mod health;
 mod reporting;
 mod schedule;
-pub mod simulated;
+mod simulated;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -43,9 +43,6 @@ use super::Delivery;
 use crate::config::{ClockSynced, SensorsConfig};
 use crate::observe::{Link, SensorBoard};
 use crate::shutdown::Tasks;
-
-pub use drivers::{Quantity, Sensor};
-pub use health::{Fault, FaultKind};
 
 /// What a sensors source needs from the gateway beyond its configuration.
 #[derive(Clone, Debug)]
