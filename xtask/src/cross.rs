@@ -1,12 +1,13 @@
 //! ARM gateway targets: cross-building with Debian's cross compilers and running under
-//! qemu-user — the host's sandbox tests, then end-to-end flows with the ARM `weir` against
-//! brokers on this machine.
+//! qemu-user — the host's sandbox tests, then end-to-end flows with the ARM `weir` the packages
+//! ship against brokers on this machine.
 
 use std::path::Path;
 use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+use crate::package::{CHECKED, gateway_weir};
 use crate::{apt_install, cargo, status};
 
 /// The host's tests of the sandbox under qemu, but for the stress test of ten thousand hostile
@@ -58,22 +59,20 @@ pub fn ensure_cross_toolchain(target: &CrossTarget) -> Result<()> {
     Ok(())
 }
 
-/// Cross-builds `weir` and the host's tests for `target`, runs the sandbox tests under qemu, then
-/// [`CROSS_FLOWS`] with the ARM `weir` under qemu against brokers on this machine.
+/// Cross-builds the host's tests for `target` and runs the sandbox tests under qemu, then
+/// [`CROSS_FLOWS`] with the ARM `weir` of the packages' checks (the `gateway-ci` profile, already
+/// built when the packages were) under qemu against brokers on this machine.
 pub fn cross_test(root: &Path, target: &CrossTarget, functions: &Path, python: &Path) -> Result<()> {
     ensure_cross_toolchain(target)?;
-    eprintln!("xtask: {}: building weir", target.triple);
-    if !status(cargo(root).args(["build", "--package", "weir-host", "--bin", "weir", "--target", target.triple]))? {
-        bail!("cross-building weir failed");
-    }
     eprintln!("xtask: {}: the sandbox tests under qemu", target.triple);
     let sandbox = ["nextest", "run", "--package", "weir-host", "--target", target.triple, "-E", EMULATED_SANDBOX_TESTS];
     if !status(cargo(root).args(sandbox).env("WEIR_FUNCTIONS_DIR", functions))? {
         bail!("the sandbox tests failed under qemu");
     }
     // The harness starts `WEIR_BIN` like any program: a script that runs the ARM build under qemu.
-    let weir = root.join("target").join(target.triple).join("debug/weir");
-    let wrapper = root.join("target").join(target.triple).join("debug/weir-under-qemu");
+    eprintln!("xtask: {}: weir with the {CHECKED} profile", target.triple);
+    let weir = gateway_weir(root, target.triple, CHECKED)?;
+    let wrapper = weir.with_file_name("weir-under-qemu");
     std::fs::write(
         &wrapper,
         format!("#!/bin/sh\nexec {} -L {} {} \"$@\"\n", target.qemu, target.sysroot, weir.display()),

@@ -6,7 +6,8 @@
 //! - `run [weir args…]` — `build-functions`, then `weir run` with the built-in configuration
 //!   (or the arguments given), against `target/functions/`.
 //! - `test` — `build-functions`, builds the `weir` and `weir-bench` binaries, then: builds and
-//!   checks the three Debian packages (`package`); for each ARM gateway target, what
+//!   checks the three Debian packages (`package`, with `weir` built with the `gateway-ci`
+//!   profile: see `Cargo.toml`); for each ARM gateway target, what
 //!   `cross-test` runs; the sandbox tests on the interpreter (Pulley); the doc tests; and last
 //!   the whole suite with cargo-nextest when installed (plain `cargo test` otherwise), whose
 //!   summary is the last line printed. It fails at the end if any part failed.
@@ -14,8 +15,8 @@
 //!   checked; see `package.rs`.
 //! - `cross-test <target>` — for `aarch64-unknown-linux-gnu` or `armv7-unknown-linux-gnueabihf`:
 //!   installs Debian's cross compiler and qemu-user when missing and the Rust target, cross-builds
-//!   `weir` and the host's tests, runs the sandbox tests under qemu, then end-to-end flows against
-//!   brokers on this machine with the ARM `weir` under qemu.
+//!   the host's tests and runs the sandbox tests under qemu, then end-to-end flows against brokers
+//!   on this machine with the ARM `weir` of the packages' checks under qemu.
 //!
 //! Toolchain: first `rustup target add wasm32-wasip2`; if that fails, Debian's `rustc-web` with
 //! `-Zbuild-std`, installed with apt when missing. It says which path it took.
@@ -59,7 +60,7 @@ fn main() -> Result<()> {
         "package" => {
             let functions = build_functions(&root)?;
             for arch in package::DEBIAN_ARCHES.iter().filter(|a| rest.is_empty() || rest.iter().any(|r| r == a.name)) {
-                package::package(&root, arch, &functions)?;
+                package::package(&root, arch, &functions, package::SHIPPED)?;
             }
             Ok(())
         }
@@ -296,7 +297,7 @@ fn test(root: &Path, runner_args: &[String]) -> Result<()> {
     // last line printed.
     let mut failed = Vec::new();
     for arch in &package::DEBIAN_ARCHES {
-        if let Err(e) = package::package(root, arch, &functions) {
+        if let Err(e) = package::package(root, arch, &functions, package::CHECKED) {
             failed.push(format!("the {} package: {e:#}", arch.name));
         }
     }

@@ -9,8 +9,9 @@
 //!   [`EXPOSURE_THRESHOLD`], and with the sensors drop-in applied at most
 //!   [`SENSORS_EXPOSURE_THRESHOLD`].
 //!
-//! The binary is built with the `gateway` profile. `Depends: libc6 (>= …)` is the newest glibc
-//! symbol version the binary uses, read from its dynamic symbols.
+//! The binary is built with the `gateway` profile (`gateway-ci` when the test suite checks the
+//! packages). `Depends: libc6 (>= …)` is the newest glibc symbol version the binary uses, read
+//! from its dynamic symbols.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -55,17 +56,18 @@ impl DebianArch {
     }
 }
 
-/// Builds, then checks, the package for `arch`; returns its path.
-pub fn package(root: &Path, arch: &DebianArch, functions: &Path) -> Result<PathBuf> {
+/// The profile of the binary the packages ship.
+pub const SHIPPED: &str = "gateway";
+/// The same without whole-program optimisation, for the test suite's checks (see `Cargo.toml`).
+pub const CHECKED: &str = "gateway-ci";
+
+/// Builds, then checks, the package for `arch` with `weir` built with `profile`; returns its path.
+pub fn package(root: &Path, arch: &DebianArch, functions: &Path, profile: &str) -> Result<PathBuf> {
     if let Some(cross) = arch.cross() {
         ensure_cross_toolchain(cross)?;
     }
-    eprintln!("xtask: package {}: building weir with the gateway profile", arch.name);
-    let build = ["build", "--profile", "gateway", "--package", "weir-host", "--bin", "weir", "--target", arch.triple];
-    if !status(cargo(root).args(build))? {
-        bail!("building weir for {} failed", arch.triple);
-    }
-    let binary = root.join("target").join(arch.triple).join("gateway/weir");
+    eprintln!("xtask: package {}: building weir with the {profile} profile", arch.name);
+    let binary = gateway_weir(root, arch.triple, profile)?;
     let out = root.join("target/package").join(arch.name);
     let tree = out.join("root");
     if tree.exists() {
@@ -80,6 +82,16 @@ pub fn package(root: &Path, arch: &DebianArch, functions: &Path) -> Result<PathB
     let size = std::fs::metadata(&binary)?.len();
     eprintln!("xtask: package {}: {} (weir {:.1} MiB)", arch.name, deb.display(), size as f64 / f64::from(1 << 20));
     Ok(deb)
+}
+
+/// Builds `weir` for `triple` with `profile` ([`SHIPPED`] or [`CHECKED`]); returns its path.
+/// Cargo makes this a no-op when it is already built.
+pub fn gateway_weir(root: &Path, triple: &str, profile: &str) -> Result<PathBuf> {
+    let build = ["build", "--profile", profile, "--package", "weir-host", "--bin", "weir", "--target", triple];
+    if !status(cargo(root).args(build))? {
+        bail!("building weir for {triple} with the {profile} profile failed");
+    }
+    Ok(root.join("target").join(triple).join(profile).join("weir"))
 }
 
 /// Lays out the package's tree in `tree`.
