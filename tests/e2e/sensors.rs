@@ -292,3 +292,177 @@ interval = "200ms"
     ensure!(gateway.log().matches("bus not opened").count() == 1, "logged once, not per attempt");
     Ok(())
 }
+
+/// SPI and GPIO: a simulated BME280 on its own SPI chip select (read through the same driver as
+/// on I²C, over the SPI register protocol) whose transfers fail for a while, and two simulated
+/// GPIO lines read as digital inputs, one active low, reported on change and stuck for a while;
+/// beside them a spidev node and a GPIO chip that are missing, then present but not what they
+/// should be, whose reasons follow the real Linux paths as far as they go without hardware.
+#[tokio::test]
+async fn spi_and_gpio_devices_reach_jetstream_and_missing_nodes_say_why() -> Result<()> {
+    let nats = NatsServer::start()?;
+    let stream = create_stream(&nats.client().await?, "YARD", &["central.yard"]).await?;
+    let nodes = tempfile::tempdir()?;
+    let (spidev, gpiochip) = (nodes.path().join("spidev9.0"), nodes.path().join("gpiochip9"));
+    let port = free_port();
+    let config = format!(
+        r#"[gateway]
+id = "gw-e2e"
+data_dir = "{{data_dir}}"
+functions_dir = "{{functions_dir}}"
+
+[brokers.central]
+url = "{central}"
+
+[http]
+listen = "127.0.0.1:{port}"
+
+[pipelines.yard.source.sensors.buses.spi_sim]
+simulated = "spi"
+
+[pipelines.yard.source.sensors.buses.pins]
+simulated = "gpio"
+
+[pipelines.yard.source.sensors.buses.spi_board]
+spi = "{spidev}"
+
+[pipelines.yard.source.sensors.buses.pins_board]
+gpio = "{gpiochip}"
+
+[[pipelines.yard.source.sensors.devices]]
+name = "hut"
+bus = "spi_sim"
+driver = "bme280"
+interval = "200ms"
+max_backoff = "400ms"
+
+[pipelines.yard.source.sensors.devices.simulation]
+faults = [{{ fault = "remote_io", at = "2s", for = "2s" }}]
+
+[[pipelines.yard.source.sensors.devices]]
+name = "door"
+bus = "pins"
+driver = "digital_input"
+line = 3
+interval = "50ms"
+on_change = 0.5
+heartbeat = "1h"
+
+[pipelines.yard.source.sensors.devices.simulation]
+toggle_every = "500ms"
+faults = [{{ fault = "stuck", at = "3s", for = "2s" }}]
+
+[[pipelines.yard.source.sensors.devices]]
+name = "float"
+bus = "pins"
+driver = "digital_input"
+line = 4
+active_low = true
+interval = "100ms"
+
+[pipelines.yard.source.sensors.devices.simulation]
+toggle_every = "500ms"
+
+[[pipelines.yard.source.sensors.devices]]
+name = "gauge"
+bus = "spi_board"
+driver = "bme280"
+interval = "1s"
+max_backoff = "1s"
+
+[[pipelines.yard.source.sensors.devices]]
+name = "contact"
+bus = "pins_board"
+driver = "digital_input"
+line = 0
+interval = "1s"
+max_backoff = "1s"
+
+[pipelines.yard.batch]
+linger = "200ms"
+
+[pipelines.yard.sink.jetstream]
+broker = "central"
+subject = "central.yard"
+"#,
+        central = nats.url(),
+        spidev = spidev.display(),
+        gpiochip = gpiochip.display(),
+    );
+    let gateway = Weir::start(&config)?;
+    let started = Instant::now();
+    gateway.wait_for_log("serving the status page", 1).await?;
+
+    // The hut's transfers fail from 2 s to 4 s: it goes down, then is initialised again.
+    let mut saw_down = false;
+    let mut status = api_status(port)?;
+    while started.elapsed() < Duration::from_secs(40) {
+        status = api_status(port)?;
+        saw_down |= sensor(&status, "hut")?["state"] == "down";
+        if saw_down && sensor(&status, "hut")?["state"] == "ok" && started.elapsed() > Duration::from_secs(6) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let hut = sensor(&status, "hut")?;
+    ensure!(saw_down && hut["state"] == "ok", "the hut went down and recovered: {hut:#}");
+    ensure!(hut["reinits"].as_u64() >= Some(1) && hut["faults"]["io"].as_u64() >= Some(3), "{hut:#}");
+    ensure!(hut["last_fault"].as_str().is_some_and(|f| f.contains("Remote I/O error")), "{hut:#}");
+    ensure!(hut["bus"] == "simulated spi" && hut["part"] == "bme280", "{hut:#}");
+    let door = sensor(&status, "door")?;
+    ensure!(door["bus"] == "simulated gpio line 3" && door["state"] == "ok", "{door:#}");
+    ensure!(door["faults"].is_null(), "a line that holds its level is not a fault unless stuck_after says so");
+    for (device, node) in [("gauge", &spidev), ("contact", &gpiochip)] {
+        let missing = sensor(&status, device)?;
+        let fault = missing["last_fault"].as_str().unwrap_or_default();
+        ensure!(missing["state"] == "down" && fault.contains("cannot open"), "{missing:#}");
+        ensure!(fault.contains(&node.display().to_string()), "{missing:#}");
+    }
+
+    let wanted = |records: &[CentralRecord]| {
+        let readings = all_readings(records);
+        let count = |series: &str| readings.iter().filter(|r| r.series == series).count();
+        count("door/state") >= 10 && count("hut/temperature") >= 15 && count("float/state") >= 40
+    };
+    let central = collect_stream(&stream, wanted).await?;
+    let readings = all_readings(&central);
+    let of = |series: &str| readings.iter().filter(|r| r.series == series).cloned().collect::<Vec<Reading>>();
+    for (series, unit, expected, tolerance) in
+        [("hut/temperature", "Cel", 25.08, 0.05), ("hut/pressure", "hPa", 1006.53, 0.2)]
+    {
+        let got = of(series);
+        ensure!(got.iter().all(|r| r.unit.as_deref() == Some(unit)), "{series}: {:?}", got.first());
+        ensure!(got.iter().all(|r| (r.value - expected).abs() <= tolerance), "{series} strays from {expected}");
+    }
+    // The door reports on change only: its readings alternate, 0 first (the line starts low);
+    // while stuck (3 s to 5 s) it reports nothing, so one gap is longer than the toggling.
+    let door = of("door/state");
+    ensure!(door.iter().all(|r| r.unit.as_deref() == Some("1")), "{:?}", door.first());
+    ensure!(door[0].value == 0.0 && door.windows(2).all(|w| w[0].value != w[1].value), "{door:?}");
+    let gap = door.windows(2).map(|w| w[1].ts - w[0].ts).max().unwrap_or(0);
+    ensure!(gap >= 1_500_000_000, "the longest gap between door changes is {gap} ns");
+    // The float is active low: 1 while its line is low, at first.
+    let float = of("float/state");
+    ensure!(float[0].value == 1.0 && float.iter().any(|r| r.value == 0.0), "{float:?}");
+
+    // Files at the nodes' paths that are no spidev and no GPIO chip: Linux refuses their ioctls.
+    std::fs::write(&spidev, b"")?;
+    std::fs::write(&gpiochip, b"")?;
+    let refused = |fault: &str| fault.contains("ENOTTY") || fault.contains("Inappropriate ioctl");
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let status = api_status(port)?;
+        let faults: Vec<String> = ["gauge", "contact"]
+            .iter()
+            .map(|d| sensor(&status, d).map(|s| s["last_fault"].as_str().unwrap_or_default().to_owned()))
+            .collect::<Result<_>>()?;
+        if faults.iter().all(|f| refused(f)) {
+            ensure!(faults[0].contains("cannot configure"), "the spidev opens, its settings are refused: {faults:?}");
+            break;
+        }
+        ensure!(Instant::now() < deadline, "the missing nodes' faults never changed: {faults:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    ensure!(sensor(&api_status(port)?, "door")?["state"] == "ok", "the simulated buses go on");
+    Ok(())
+}

@@ -50,3 +50,7 @@ pub(super) const SENSOR_RETRIES: u32 = 2;
 pub(super) const SENSOR_REINIT_AFTER: u32 = 3;
 /// A sensor's `max_backoff`: the longest wait between initialisation attempts.
 pub(super) const SENSOR_MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// `[…buses.<bus>] max_speed_hz`: an SPI clock every supported part takes.
+pub(super) const SPI_MAX_SPEED_HZ: u32 = 1_000_000;
+/// `[…devices.simulation] toggle_every`: how often a simulated line changes level.
+pub(super) const SIMULATED_TOGGLE_EVERY: Duration = Duration::from_secs(5);

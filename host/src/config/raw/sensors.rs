@@ -1,5 +1,6 @@
-//! `[pipelines.<name>.source.sensors]` as written: the buses a pipeline reads and the devices on
-//! them, with how each is sampled, kept healthy and (on a simulated bus) simulated.
+//! `[pipelines.<name>.source.sensors]` as written: the buses a pipeline reads (I²C, SPI, GPIO, or
+//! simulated) and the devices on them, with how each is sampled, kept healthy and (on a
+//! simulated bus) simulated.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -19,14 +20,22 @@ pub struct RawSensorsSource {
     pub devices: Vec<Spanned<RawDevice>>,
 }
 
-/// `[pipelines.<name>.source.sensors.buses.<bus>]`: exactly one of `i2c` and `simulated`.
+/// `[pipelines.<name>.source.sensors.buses.<bus>]`: exactly one of `i2c`, `spi`, `gpio` and
+/// `simulated`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawBus {
     /// `i2c = "/dev/i2c-1"` — a Linux I²C adapter.
     pub i2c: Option<Spanned<PathBuf>>,
-    /// `simulated = "i2c"` — a bus inside weir whose devices answer from register maps.
+    /// `spi = "/dev/spidev0.0"` — a Linux SPI device node (bus 0, chip select 0): one device.
+    pub spi: Option<Spanned<PathBuf>>,
+    /// `gpio = "/dev/gpiochip0"` — a Linux GPIO character device; its devices are lines.
+    pub gpio: Option<Spanned<PathBuf>>,
+    /// `simulated = "i2c"` — a bus inside weir whose devices answer from register maps (`i2c`,
+    /// `spi`) or scripted levels (`gpio`).
     pub simulated: Option<Spanned<BusProtocol>>,
+    /// `max_speed_hz = 1000000` — SPI clock (10 kHz to 10 MHz; default 1 MHz); SPI buses only.
+    pub max_speed_hz: Option<Spanned<u32>>,
 }
 
 /// The protocol a bus speaks.
@@ -35,13 +44,28 @@ pub struct RawBus {
 pub enum BusProtocol {
     /// I²C: devices by 7-bit address.
     I2c,
+    /// SPI: one device per chip select.
+    Spi,
+    /// GPIO lines of one chip, read as digital inputs.
+    Gpio,
+}
+
+impl BusProtocol {
+    /// Its name in the configuration.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::I2c => "i2c",
+            Self::Spi => "spi",
+            Self::Gpio => "gpio",
+        }
+    }
 }
 
 /// A supported part.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SensorDriver {
-    /// Bosch BME280 (or BMP280): temperature, humidity, pressure.
+    /// Bosch BME280: temperature, humidity, pressure; I²C or SPI.
     Bme280,
     /// TI ADS1115 16-bit ADC: up to four single-ended voltages; I²C.
     Ads1115,
@@ -49,6 +73,8 @@ pub enum SensorDriver {
     Ina219,
     /// TI TMP102 temperature sensor; I²C.
     Tmp102,
+    /// A GPIO line read as a digital input (a contact, a level switch); GPIO.
+    DigitalInput,
 }
 
 /// `[[pipelines.<name>.source.sensors.devices]]`
@@ -93,6 +119,10 @@ pub struct RawDevice {
     pub shunt_ohms: Option<Spanned<f64>>,
     /// `max_current = 3.2` — INA219 largest expected current in amperes (default 3.2 A).
     pub max_current: Option<Spanned<f64>>,
+    /// `line = 17` — a digital input's line on its GPIO chip (its offset, as `gpioinfo` lists it).
+    pub line: Option<Spanned<u32>>,
+    /// `active_low = true` — a digital input reads 1 when its line is low (default false).
+    pub active_low: Option<Spanned<bool>>,
     /// `[pipelines.<name>.source.sensors.devices.simulation]` — only on a simulated bus.
     pub simulation: Option<Spanned<RawSimulation>>,
 }
@@ -110,6 +140,9 @@ pub struct RawSimulation {
     /// `inputs = [0.5, 3.3]` — an ADS1115's input voltages, from input 0 (default 0.5, 1.0, 1.5,
     /// 2.0 V).
     pub inputs: Option<Spanned<Vec<f64>>>,
+    /// `toggle_every = "10s"` — a digital input's line changes level this often (10ms to 24h;
+    /// default 5s).
+    pub toggle_every: Option<Spanned<DurationIn<10, DAY>>>,
     /// `[[...simulation.faults]]` — scripted faults.
     #[serde(default)]
     pub faults: Vec<Spanned<RawScriptedFault>>,
@@ -119,7 +152,7 @@ pub struct RawSimulation {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawScriptedFault {
-    /// `fault = "nack"` — `nack`, `remote_io`, `stuck` or `slow`.
+    /// `fault = "nack"` — `nack` (I²C only), `remote_io`, `stuck` or `slow`.
     pub fault: FaultScript,
     /// `at = "10s"` — when it starts, after the bus opened (0 to 24h).
     pub at: DurationIn<0, DAY>,
@@ -136,9 +169,9 @@ pub struct RawScriptedFault {
 pub enum FaultScript {
     /// The device does not acknowledge its address (unplugged, dead, wrong address).
     Nack,
-    /// Transfers fail with the kernel's "Remote I/O error" (EREMOTEIO).
+    /// Transfers (line reads on GPIO) fail with the kernel's "Remote I/O error" (EREMOTEIO).
     RemoteIo,
-    /// Measurement registers stop changing.
+    /// Measurement registers (a line's level) stop changing.
     Stuck,
     /// Every transfer takes `delay` longer.
     Slow,

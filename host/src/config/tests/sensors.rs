@@ -149,3 +149,111 @@ fn a_sensors_source_takes_no_decoder_and_others_need_one() {
         "[pipelines.press.decode.function]\nfunction = \"frame-decoder\"\nparams = { series_prefix = \"press\" }\n";
     insta::assert_snapshot!(invalid(&valid_but(no_decoder, "")));
 }
+
+const SPI_AND_GPIO: &str = r#"
+[gateway]
+id = "gw"
+data_dir = "/var/lib/weir"
+
+[pipelines.yard.source.sensors.buses.spi0]
+spi = "/dev/spidev0.0"
+max_speed_hz = 2000000
+
+[pipelines.yard.source.sensors.buses.pins]
+gpio = "/dev/gpiochip0"
+
+[pipelines.yard.source.sensors.buses.bench_spi]
+simulated = "spi"
+
+[pipelines.yard.source.sensors.buses.bench_pins]
+simulated = "gpio"
+
+[[pipelines.yard.source.sensors.devices]]
+name = "hut"
+bus = "spi0"
+driver = "bme280"
+interval = "10s"
+
+[[pipelines.yard.source.sensors.devices]]
+name = "door"
+bus = "pins"
+driver = "digital_input"
+line = 17
+active_low = true
+interval = "100ms"
+on_change = 0.5
+
+[[pipelines.yard.source.sensors.devices]]
+name = "shed"
+bus = "bench_spi"
+driver = "bme280"
+interval = "1s"
+
+[pipelines.yard.source.sensors.devices.simulation]
+faults = [{ fault = "remote_io", at = "5s", for = "2s" }]
+
+[[pipelines.yard.source.sensors.devices]]
+name = "gate"
+bus = "bench_pins"
+driver = "digital_input"
+line = 4
+interval = "50ms"
+
+[pipelines.yard.source.sensors.devices.simulation]
+toggle_every = "2s"
+
+[pipelines.yard.sink.console]
+"#;
+
+fn spi_and_gpio_but(from: &str, to: &str) -> String {
+    assert!(SPI_AND_GPIO.contains(from), "{from:?} is not in the SPI and GPIO config");
+    SPI_AND_GPIO.replacen(from, to, 1)
+}
+
+#[test]
+fn spi_and_gpio_buses_are_resolved_with_their_devices() {
+    let functions = functions_dir();
+    let config = parse_with(SPI_AND_GPIO, functions.path()).expect("valid");
+    let SourceConfig::Sensors(sensors) = &config.pipelines[0].source else { panic!("a sensors source") };
+    let bus = |name: &str| sensors.buses.iter().find(|b| b.name.as_str() == name).expect("the bus");
+    assert_eq!(bus("spi0").kind, BusKind::Spi { path: "/dev/spidev0.0".into(), max_speed_hz: 2_000_000 });
+    assert_eq!(bus("spi0").devices[0].driver.place(BusProtocol::Spi), None, "the node is the device");
+    assert_eq!(bus("pins").kind, BusKind::Gpio("/dev/gpiochip0".into()));
+    let door = &bus("pins").devices[0];
+    assert_eq!(door.driver, DriverConfig::DigitalInput { line: 17, active_low: true });
+    assert_eq!(door.driver.place(BusProtocol::Gpio).as_deref(), Some("line 17"));
+    assert_eq!(bus("bench_spi").kind, BusKind::Simulated(BusProtocol::Spi));
+    assert_eq!(bus("bench_spi").kind.describe(), "simulated spi");
+    let gate = bus("bench_pins").devices[0].simulation.as_ref().expect("simulated");
+    assert_eq!(gate.toggle_every, Duration::from_secs(2));
+    let shed = bus("bench_spi").devices[0].simulation.as_ref().expect("simulated");
+    assert_eq!(shed.toggle_every, Duration::from_secs(5), "the default, unused by a BME280");
+}
+
+#[test]
+fn refuses_parts_on_buses_they_do_not_speak_and_settings_of_another_bus() {
+    let hut = "name = \"hut\"\nbus = \"spi0\"\ndriver = \"bme280\"";
+    insta::assert_snapshot!(invalid(&spi_and_gpio_but(hut, "name = \"hut\"\nbus = \"spi0\"\ndriver = \"ads1115\"")));
+    insta::assert_snapshot!(invalid(&spi_and_gpio_but(hut, &format!("{hut}\naddress = 0x77"))));
+    let door = "[[pipelines.yard.source.sensors.devices]]\nname = \"door\"";
+    let also_on = |bus: &str, driver: &str, more: &str| {
+        let device = format!("name = \"extra\"\nbus = \"{bus}\"\ndriver = \"{driver}\"\ninterval = \"1s\"\n{more}");
+        spi_and_gpio_but(door, &format!("[[pipelines.yard.source.sensors.devices]]\n{device}\n\n{door}"))
+    };
+    insta::assert_snapshot!(invalid(&also_on("spi0", "bme280", "")));
+    insta::assert_snapshot!(invalid(&spi_and_gpio_but("line = 17\n", "")));
+    insta::assert_snapshot!(invalid(&spi_and_gpio_but(hut, &format!("{hut}\nline = 3"))));
+    insta::assert_snapshot!(invalid(&also_on("pins", "digital_input", "line = 17")));
+    insta::assert_snapshot!(invalid(&spi_and_gpio_but(
+        "gpio = \"/dev/gpiochip0\"",
+        "gpio = \"/dev/gpiochip0\"\nmax_speed_hz = 1000000"
+    )));
+    insta::assert_snapshot!(invalid(&spi_and_gpio_but("max_speed_hz = 2000000", "max_speed_hz = 20000000")));
+}
+
+#[test]
+fn refuses_simulations_a_protocol_cannot_show() {
+    insta::assert_snapshot!(invalid(&spi_and_gpio_but("fault = \"remote_io\"", "fault = \"nack\"")));
+    insta::assert_snapshot!(invalid(&spi_and_gpio_but("faults = [", "toggle_every = \"1s\"\nfaults = [")));
+    insta::assert_snapshot!(invalid(&spi_and_gpio_but("toggle_every = \"2s\"", "registers = \"gate.txt\"")));
+}

@@ -1,7 +1,8 @@
 //! `[pipelines.<name>.source.sensors]`: every bus is exactly one kind and used; every device names
-//! a bus of its source, has a name and an address its part can have, unique on the bus, and only
-//! settings its part takes (an INA219 calibration the part can hold);
-//! a simulation only on a simulated bus, with a register dump that reads; and no device node is
+//! a bus of its source whose protocol its part speaks, has a name and an address (I²C) or a line
+//! (GPIO) its part can have, unique on the bus (an SPI node is one device), and only settings its
+//! part takes (an INA219 calibration the part can hold); a simulation only on a simulated bus,
+//! with a register dump that reads and only faults its protocol can show; and no device node is
 //! read by two pipelines (the check across the configuration, [`Validator::refuse_shared_bus_nodes`]).
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -16,8 +17,8 @@ use crate::config::raw::{RawBus, RawDevice, RawSensorsSource, RawSimulation};
 use crate::config::register_dump::RegisterDump;
 use crate::config::types::{CountIn, DurationIn};
 use crate::config::{
-    BusKind, DeviceSimulation, DriverConfig, FaultScript, FullScale, HealthPolicy, Name, Reporting, ScriptedFault,
-    SensorBus, SensorDevice, SensorDriver, SensorsConfig, defaults,
+    BusKind, BusProtocol, DeviceSimulation, DriverConfig, FaultScript, FullScale, HealthPolicy, Name, Reporting,
+    ScriptedFault, SensorBus, SensorDevice, SensorDriver, SensorsConfig, defaults,
 };
 
 /// A device node a pipeline's bus opens, for the check across pipelines.
@@ -34,11 +35,15 @@ impl Validator<'_> {
     pub(super) fn sensors(&mut self, raw: RawSensorsSource, field: &str) -> Option<SensorsConfig> {
         let problems_before = self.problems.len();
         let mut buses: BTreeMap<Name, SensorBus> = BTreeMap::new();
+        // Buses already refused: their devices are not refused again for naming them.
+        let mut refused: BTreeSet<Name> = BTreeSet::new();
         for (name, raw_bus) in raw.buses {
             let span = raw_bus.span();
             let bus_field = format!("{field}.buses.{name}");
             if let Some(kind) = self.bus_kind(raw_bus.into_inner(), span, &bus_field) {
                 buses.insert(name.clone(), SensorBus { name, kind, devices: Vec::new() });
+            } else {
+                refused.insert(name);
             }
         }
         if raw.devices.is_empty() {
@@ -46,7 +51,7 @@ impl Validator<'_> {
         }
         let mut names = BTreeSet::new();
         let mut used: BTreeSet<Name> = BTreeSet::new();
-        let mut addresses: BTreeSet<(Name, u8)> = BTreeSet::new();
+        let mut places: BTreeSet<(Name, String)> = BTreeSet::new();
         for (index, raw_device) in raw.devices.into_iter().enumerate() {
             let span = raw_device.span();
             let device_field = format!("{field}.devices[{index}]");
@@ -57,6 +62,9 @@ impl Validator<'_> {
                 self.problem(Some(raw_device.name.span()), format!("{device_field}.name"), message);
             }
             used.insert(raw_device.bus.get_ref().clone());
+            if refused.contains(raw_device.bus.get_ref()) {
+                continue;
+            }
             let Some(bus) = buses.get_mut(raw_device.bus.get_ref()) else {
                 let defined: Vec<&str> = buses.keys().map(Name::as_str).collect();
                 let message = format!(
@@ -68,11 +76,21 @@ impl Validator<'_> {
                 continue;
             };
             let simulated = matches!(bus.kind, BusKind::Simulated(_));
-            let Some(device) = self.device(raw_device, &device_field, simulated) else { continue };
-            let address = device.driver.address();
-            if !addresses.insert((bus.name.clone(), address)) {
-                let message = format!("address 0x{address:02x} is taken by another device on bus {}", bus.name);
-                self.problem(Some(span), format!("{device_field}.address"), message);
+            let protocol = bus.kind.protocol();
+            let Some(device) = self.device(raw_device, &device_field, protocol, simulated) else { continue };
+            if protocol == BusProtocol::Spi && !bus.devices.is_empty() {
+                let message = format!(
+                    "bus {} already has a device: an SPI node (/dev/spidevB.C) is one chip select, so one device; \
+                     give this one a bus of its own",
+                    bus.name
+                );
+                self.problem(Some(span), format!("{device_field}.bus"), message);
+            } else if let Some(place) = device.driver.place(protocol)
+                && !places.insert((bus.name.clone(), place.clone()))
+            {
+                let setting = if protocol == BusProtocol::Gpio { "line" } else { "address" };
+                let message = format!("{place} is taken by another device on bus {}", bus.name);
+                self.problem(Some(span), format!("{device_field}.{setting}"), message);
             }
             bus.devices.push(device);
         }
@@ -91,7 +109,7 @@ impl Validator<'_> {
     /// Notes the device nodes of `sensors` (in `field`) for [`Self::refuse_shared_bus_nodes`].
     pub(super) fn note_bus_nodes(&mut self, sensors: &SensorsConfig, field: &str, span: Range<usize>) {
         for bus in &sensors.buses {
-            if let BusKind::I2c(path) = &bus.kind {
+            if let Some(path) = bus.kind.node() {
                 let field = format!("{field}.buses.{}", bus.name);
                 self.bus_nodes.push(BusNode { path: path.clone(), field, span: span.clone() });
             }
@@ -115,22 +133,73 @@ impl Validator<'_> {
     }
 
     fn bus_kind(&mut self, raw: RawBus, span: Range<usize>, field: &str) -> Option<BusKind> {
-        match (raw.i2c, raw.simulated) {
-            (Some(path), None) => Some(BusKind::I2c(path.into_inner())),
-            (None, Some(protocol)) => Some(BusKind::Simulated(protocol.into_inner())),
-            _ => {
-                let message = "a bus is exactly one of i2c = \"/dev/i2c-N\" and simulated = \"i2c\"";
-                self.problem(Some(span), field, message);
+        let RawBus { i2c, spi, gpio, simulated, max_speed_hz } = raw;
+        let speed = |validator: &mut Self| -> Option<u32> {
+            let Some(raw) = &max_speed_hz else { return Some(defaults::SPI_MAX_SPEED_HZ) };
+            let hz = *raw.get_ref();
+            if (10_000..=10_000_000).contains(&hz) {
+                Some(hz)
+            } else {
+                let message = format!("max_speed_hz {hz} is out of range: use 10000 to 10000000 (10 kHz to 10 MHz)");
+                validator.problem(Some(raw.span()), format!("{field}.max_speed_hz"), message);
                 None
             }
+        };
+        let kind = match (i2c, spi, gpio, simulated) {
+            (Some(path), None, None, None) => BusKind::I2c(path.into_inner()),
+            (None, Some(path), None, None) => BusKind::Spi { path: path.into_inner(), max_speed_hz: speed(self)? },
+            (None, None, Some(path), None) => BusKind::Gpio(path.into_inner()),
+            (None, None, None, Some(protocol)) => BusKind::Simulated(protocol.into_inner()),
+            _ => {
+                let message = "a bus is exactly one of i2c = \"/dev/i2c-N\", spi = \"/dev/spidevB.C\", \
+                               gpio = \"/dev/gpiochipN\" and simulated = \"i2c\" | \"spi\" | \"gpio\"";
+                self.problem(Some(span), field, message);
+                return None;
+            }
+        };
+        match (&max_speed_hz, kind.protocol()) {
+            (Some(raw), protocol) if protocol != BusProtocol::Spi => {
+                let message =
+                    format!("max_speed_hz is a setting of SPI buses only, not of {}", protocol_name(protocol));
+                self.problem(Some(raw.span()), format!("{field}.max_speed_hz"), message);
+                None
+            }
+            (Some(_), _) if matches!(kind, BusKind::Simulated(_)) => speed(self).map(|_| kind),
+            _ => Some(kind),
         }
     }
 
-    fn device(&mut self, raw: RawDevice, field: &str, simulated: bool) -> Option<SensorDevice> {
+    fn device(&mut self, raw: RawDevice, field: &str, protocol: BusProtocol, simulated: bool) -> Option<SensorDevice> {
         let part = *raw.driver.get_ref();
         let problems_before = self.problems.len();
-        let address = match raw.address {
-            Some(address) => {
+        let spoken = protocols_of(part);
+        if !spoken.contains(&protocol) {
+            let on_it: Vec<&str> =
+                ALL_PARTS.iter().filter(|p| protocols_of(**p).contains(&protocol)).map(|p| part_name(*p)).collect();
+            let message = format!(
+                "the {} is not read on {} (it speaks {}); on {} weir reads: {}",
+                part_name(part),
+                protocol_name(protocol),
+                spoken.iter().map(|p| protocol_name(*p)).collect::<Vec<_>>().join(" and "),
+                protocol_name(protocol),
+                on_it.join(", ")
+            );
+            self.problem(Some(raw.driver.span()), format!("{field}.driver"), message);
+            return None;
+        }
+        let address = match (raw.address, protocol) {
+            (Some(address), BusProtocol::Spi) => {
+                let message = "an SPI device is chosen by its node (/dev/spidevB.C: bus B, chip select C), not by an \
+                               address";
+                self.problem(Some(address.span()), format!("{field}.address"), message);
+                0
+            }
+            (Some(address), BusProtocol::Gpio) => {
+                let message = "a digital input is chosen by its `line`, not by an address";
+                self.problem(Some(address.span()), format!("{field}.address"), message);
+                0
+            }
+            (Some(address), BusProtocol::I2c) => {
                 let value = *address.get_ref();
                 let allowed = addresses_of(part);
                 if !allowed.contains(&value) {
@@ -144,15 +213,26 @@ impl Validator<'_> {
                 }
                 value
             }
-            None => *addresses_of(part).start(),
+            (None, _) => *addresses_of(part).start(),
         };
         self.refuse_unused(part, SensorDriver::Ads1115, &raw.channels, field, "channels");
         self.refuse_unused(part, SensorDriver::Ads1115, &raw.full_scale, field, "full_scale");
         self.refuse_unused(part, SensorDriver::Ina219, &raw.shunt_ohms, field, "shunt_ohms");
         self.refuse_unused(part, SensorDriver::Ina219, &raw.max_current, field, "max_current");
+        self.refuse_unused(part, SensorDriver::DigitalInput, &raw.line, field, "line");
+        self.refuse_unused(part, SensorDriver::DigitalInput, &raw.active_low, field, "active_low");
         let driver = match part {
             SensorDriver::Bme280 => DriverConfig::Bme280 { address },
             SensorDriver::Tmp102 => DriverConfig::Tmp102 { address },
+            SensorDriver::DigitalInput => {
+                let line = raw.line.map(Spanned::into_inner).unwrap_or_else(|| {
+                    let message = "a digital input needs `line = N`, the line's offset on its chip (as gpioinfo \
+                                   lists it)";
+                    self.problem(None, format!("{field}.line"), message);
+                    0
+                });
+                DriverConfig::DigitalInput { line, active_low: raw.active_low.is_some_and(|a| *a.get_ref()) }
+            }
             SensorDriver::Ads1115 => DriverConfig::Ads1115 {
                 address,
                 channels: self.channels(raw.channels, field),
@@ -187,8 +267,8 @@ impl Validator<'_> {
             }
         });
         let simulation = match (raw.simulation, simulated) {
-            (Some(simulation), true) => self.simulation(simulation, part, &format!("{field}.simulation")),
-            (None, true) => self.simulation(Spanned::new(0..0, RawSimulation::default()), part, field),
+            (Some(simulation), true) => self.simulation(simulation, part, protocol, &format!("{field}.simulation")),
+            (None, true) => self.simulation(Spanned::new(0..0, RawSimulation::default()), part, protocol, field),
             (Some(simulation), false) => {
                 let message = "only a device on a simulated bus has a simulation";
                 self.problem(Some(simulation.span()), format!("{field}.simulation"), message);
@@ -272,10 +352,25 @@ impl Validator<'_> {
         }
     }
 
-    fn simulation(&mut self, raw: Spanned<RawSimulation>, part: SensorDriver, field: &str) -> Option<DeviceSimulation> {
+    fn simulation(
+        &mut self,
+        raw: Spanned<RawSimulation>,
+        part: SensorDriver,
+        protocol: BusProtocol,
+        field: &str,
+    ) -> Option<DeviceSimulation> {
         let raw = raw.into_inner();
+        let toggle_every = match raw.toggle_every {
+            None => DeviceSimulation::default().toggle_every,
+            Some(toggle) if part == SensorDriver::DigitalInput => toggle.into_inner().get(),
+            Some(toggle) => {
+                let message = "only a simulated digital input has toggle_every";
+                self.problem(Some(toggle.span()), format!("{field}.toggle_every"), message);
+                return None;
+            }
+        };
         let inputs = match raw.inputs {
-            None => vec![0.5, 1.0, 1.5, 2.0],
+            None => DeviceSimulation::default().inputs,
             Some(inputs) if part != SensorDriver::Ads1115 => {
                 let message = "only a simulated ADS1115 has inputs";
                 self.problem(Some(inputs.span()), format!("{field}.inputs"), message);
@@ -294,6 +389,11 @@ impl Validator<'_> {
         };
         let registers = match raw.registers {
             None => None,
+            Some(path) if part == SensorDriver::DigitalInput => {
+                let message = "a GPIO line has no registers: its level follows toggle_every";
+                self.problem(Some(path.span()), format!("{field}.registers"), message);
+                return None;
+            }
             Some(path) => {
                 let resolved = self.resolve(path.get_ref());
                 let read = match read_bounded(&resolved, MAX_DUMP_BYTES) {
@@ -320,6 +420,14 @@ impl Validator<'_> {
         for (index, fault) in raw.faults.into_iter().enumerate() {
             let span = fault.span();
             let fault = fault.into_inner();
+            if fault.fault == FaultScript::Nack && protocol != BusProtocol::I2c {
+                let message = format!(
+                    "{} has no acknowledgement to withhold: script remote_io, stuck or slow",
+                    protocol_name(protocol)
+                );
+                self.problem(Some(span), format!("{field}.faults[{index}].fault"), message);
+                continue;
+            }
             let delay = match (fault.fault, fault.delay) {
                 (FaultScript::Slow, Some(delay)) => delay.get(),
                 (FaultScript::Slow, None) => {
@@ -336,7 +444,13 @@ impl Validator<'_> {
             let from = fault.at.get();
             faults.push(ScriptedFault { fault: fault.fault, from, until: from + fault.lasting.get(), delay });
         }
-        Some(DeviceSimulation { registers, wobble: raw.wobble.map(|w| w.as_u32() as u16), inputs, faults })
+        Some(DeviceSimulation {
+            registers,
+            wobble: raw.wobble.map(|w| w.as_u32() as u16),
+            inputs,
+            toggle_every,
+            faults,
+        })
     }
 }
 
@@ -356,12 +470,39 @@ fn read_bounded(path: &std::path::Path, limit: u64) -> Result<String, String> {
     Ok(text)
 }
 
-/// The I²C addresses `part` can be strapped to; the first is its usual one (the default).
+/// The I²C addresses `part` can be strapped to; the first is its usual one (the default). A part
+/// that is not on I²C has none (the range holds only 0, never used).
 fn addresses_of(part: SensorDriver) -> std::ops::RangeInclusive<u8> {
     match part {
         SensorDriver::Bme280 => 0x76..=0x77,
         SensorDriver::Ads1115 | SensorDriver::Tmp102 => 0x48..=0x4b,
         SensorDriver::Ina219 => 0x40..=0x4f,
+        SensorDriver::DigitalInput => 0..=0,
+    }
+}
+
+const ALL_PARTS: [SensorDriver; 5] = [
+    SensorDriver::Bme280,
+    SensorDriver::Ads1115,
+    SensorDriver::Ina219,
+    SensorDriver::Tmp102,
+    SensorDriver::DigitalInput,
+];
+
+/// The buses `part` is read on.
+fn protocols_of(part: SensorDriver) -> &'static [BusProtocol] {
+    match part {
+        SensorDriver::Bme280 => &[BusProtocol::I2c, BusProtocol::Spi],
+        SensorDriver::Ads1115 | SensorDriver::Ina219 | SensorDriver::Tmp102 => &[BusProtocol::I2c],
+        SensorDriver::DigitalInput => &[BusProtocol::Gpio],
+    }
+}
+
+fn protocol_name(protocol: BusProtocol) -> &'static str {
+    match protocol {
+        BusProtocol::I2c => "I²C",
+        BusProtocol::Spi => "SPI",
+        BusProtocol::Gpio => "GPIO",
     }
 }
 
@@ -371,5 +512,6 @@ fn part_name(part: SensorDriver) -> &'static str {
         SensorDriver::Ads1115 => "ADS1115",
         SensorDriver::Ina219 => "INA219",
         SensorDriver::Tmp102 => "TMP102",
+        SensorDriver::DigitalInput => "digital input",
     }
 }

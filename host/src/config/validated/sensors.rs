@@ -1,6 +1,7 @@
-//! `[pipelines.<name>.source.sensors]`, validated: each bus with the devices on it, every device
-//! with its driver's settings resolved (address, channels, calibration), its sampling and health
-//! policy, and — on a simulated bus — its register map and scripted faults.
+//! `[pipelines.<name>.source.sensors]`, validated: each bus (I²C, SPI, GPIO or simulated) with the
+//! devices on it, every device with its driver's settings resolved (address or line, channels,
+//! calibration), its sampling and health policy, and — on a simulated bus — its register map or
+//! line levels and scripted faults.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -31,6 +32,15 @@ pub struct SensorBus {
 pub enum BusKind {
     /// `i2c = "/dev/i2c-1"`
     I2c(PathBuf),
+    /// `spi = "/dev/spidev0.0"`: one device, clocked at `max_speed_hz`.
+    Spi {
+        /// The spidev node.
+        path: PathBuf,
+        /// SPI clock, hertz.
+        max_speed_hz: u32,
+    },
+    /// `gpio = "/dev/gpiochip0"`
+    Gpio(PathBuf),
     /// `simulated = "i2c"` — inside weir.
     Simulated(BusProtocol),
 }
@@ -39,8 +49,26 @@ impl BusKind {
     /// How it is shown: its device node, or `simulated i2c`.
     pub fn describe(&self) -> String {
         match self {
-            Self::I2c(path) => path.display().to_string(),
-            Self::Simulated(BusProtocol::I2c) => "simulated i2c".to_owned(),
+            Self::I2c(path) | Self::Spi { path, .. } | Self::Gpio(path) => path.display().to_string(),
+            Self::Simulated(protocol) => format!("simulated {}", protocol.name()),
+        }
+    }
+
+    /// The protocol it speaks.
+    pub fn protocol(&self) -> BusProtocol {
+        match self {
+            Self::I2c(_) => BusProtocol::I2c,
+            Self::Spi { .. } => BusProtocol::Spi,
+            Self::Gpio(_) => BusProtocol::Gpio,
+            Self::Simulated(protocol) => *protocol,
+        }
+    }
+
+    /// The device node a thread opens, if it is a real bus.
+    pub fn node(&self) -> Option<&PathBuf> {
+        match self {
+            Self::I2c(path) | Self::Spi { path, .. } | Self::Gpio(path) => Some(path),
+            Self::Simulated(_) => None,
         }
     }
 }
@@ -91,7 +119,7 @@ pub struct HealthPolicy {
 pub enum DriverConfig {
     /// BME280.
     Bme280 {
-        /// I²C address.
+        /// I²C address (unused on SPI).
         address: u8,
     },
     /// ADS1115.
@@ -117,6 +145,13 @@ pub enum DriverConfig {
         /// I²C address.
         address: u8,
     },
+    /// A GPIO line read as a digital input.
+    DigitalInput {
+        /// The line's offset on its chip.
+        line: u32,
+        /// Reads 1 when the line is low.
+        active_low: bool,
+    },
 }
 
 impl DriverConfig {
@@ -127,16 +162,28 @@ impl DriverConfig {
             Self::Ads1115 { .. } => "ads1115",
             Self::Ina219 { .. } => "ina219",
             Self::Tmp102 { .. } => "tmp102",
+            Self::DigitalInput { .. } => "digital_input",
         }
     }
 
-    /// Its I²C address.
-    pub fn address(&self) -> u8 {
+    /// Its I²C address; `None` for a GPIO line.
+    pub fn address(&self) -> Option<u8> {
         match self {
             Self::Bme280 { address }
             | Self::Ads1115 { address, .. }
             | Self::Ina219 { address, .. }
-            | Self::Tmp102 { address } => *address,
+            | Self::Tmp102 { address } => Some(*address),
+            Self::DigitalInput { .. } => None,
+        }
+    }
+
+    /// Where on `bus` the device is, as shown: `0x76` on I²C, `line 17` on GPIO, nothing on SPI
+    /// (its node is the device).
+    pub fn place(&self, bus: BusProtocol) -> Option<String> {
+        match (self, bus) {
+            (Self::DigitalInput { line, .. }, _) => Some(format!("line {line}")),
+            (_, BusProtocol::Spi) => None,
+            (driver, _) => driver.address().map(|address| format!("0x{address:02x}")),
         }
     }
 }
@@ -184,8 +231,23 @@ pub struct DeviceSimulation {
     pub wobble: Option<u16>,
     /// `inputs = [0.5, 3.3]` — an ADS1115's input voltages, from input 0.
     pub inputs: Vec<f64>,
+    /// `toggle_every = "5s"` — how often a digital input's line changes level.
+    pub toggle_every: Duration,
     /// Scripted faults, in the order written.
     pub faults: Vec<ScriptedFault>,
+}
+
+impl Default for DeviceSimulation {
+    /// The part's built-in map and movement, no faults.
+    fn default() -> Self {
+        Self {
+            registers: None,
+            wobble: None,
+            inputs: vec![0.5, 1.0, 1.5, 2.0],
+            toggle_every: super::super::defaults::SIMULATED_TOGGLE_EVERY,
+            faults: Vec::new(),
+        }
+    }
 }
 
 /// One scripted fault.

@@ -1,29 +1,26 @@
-//! One bus's thread: opens the bus (trying again with backoff while its node cannot be opened),
-//! and until the pipeline stops taking input, samples each of its devices when due, keeps their
-//! health, and sends their samples as messages.
+//! One bus's thread: opens the bus (`nodes.rs`; trying again with backoff while its node cannot
+//! be opened), and until the pipeline stops taking input, samples each of its devices when due,
+//! keeps their health, and sends their samples as messages.
 
-use std::cell::RefCell;
 use std::panic::{AssertUnwindSafe, catch_unwind};
-use std::rc::Rc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use embedded_hal::i2c::I2c;
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use weir_record::{Encoding, RecordHeader};
 
-use super::drivers::{self, Quantity, Sensor};
+use super::drivers::{Quantity, Sensor};
 use super::health::{AfterFailure, Fault, FaultKind, Health};
+use super::nodes;
 use super::reporting::Reported;
 use super::schedule::Schedule;
-use super::simulated::SimulatedBus;
 use super::{DownCount, SensorContext};
 use crate::backoff::Retry;
 use crate::batch::{BatchBuilder, Message, Series};
-use crate::config::{Backoff, BusKind, SensorBus, SensorDevice};
+use crate::config::{Backoff, SensorBus, SensorDevice};
 use crate::source::Delivery;
 use crate::state::stats::SensorStatus;
 use crate::telemetry::{clock, now_nanos};
@@ -65,46 +62,31 @@ impl BusThread {
     /// Runs until the pipeline stops taking input.
     pub(super) fn run(self) {
         let slots: Vec<usize> = self.bus.devices.iter().map(|d| self.context.board.add(self.status_of(d))).collect();
-        match self.bus.kind.clone() {
-            BusKind::I2c(path) => {
-                // A node that is not there yet (a module loaded late, a USB adapter plugged in
-                // later) is tried again, with backoff, until the pipeline stops.
-                let mut retry = Retry::new(Backoff { min: BUS_RETRY_MIN, max: BUS_RETRY_MAX });
-                let mut rng = StdRng::from_os_rng();
-                let mut reported = false;
-                loop {
-                    match linux_embedded_hal::I2cdev::new(&path) {
-                        Ok(bus) => {
-                            if reported {
-                                tracing::info!(stage = "source", pipeline = %self.pipeline, bus = %self.bus.name,
-                                    "bus opened");
-                                (0..slots.len()).for_each(|_| self.down.changed(true, false));
-                            }
-                            return self.drive(bus, &slots);
-                        }
-                        Err(e) => {
-                            let reason = format!("cannot open {}: {e}", path.display());
-                            if !reported {
-                                tracing::error!(stage = "source", pipeline = %self.pipeline, bus = %self.bus.name,
-                                    error = %reason, "bus not opened; its devices are down until it opens");
-                            }
-                            self.report_unopened(&slots, &reason, !reported);
-                            reported = true;
-                            if !self.wait_until(Instant::now() + retry.next_delay(&mut rng)) {
-                                return;
-                            }
-                        }
+        // A node that is not there yet (a module loaded late, a USB adapter plugged in later) is
+        // tried again, with backoff, until the pipeline stops.
+        let mut retry = Retry::new(Backoff { min: BUS_RETRY_MIN, max: BUS_RETRY_MAX });
+        let mut rng = StdRng::from_os_rng();
+        let mut reported = false;
+        loop {
+            match nodes::open(&self.bus) {
+                Ok(sensors) => {
+                    if reported {
+                        tracing::info!(stage = "source", pipeline = %self.pipeline, bus = %self.bus.name, "bus opened");
+                        (0..slots.len()).for_each(|_| self.down.changed(true, false));
+                    }
+                    return self.drive(sensors, &slots);
+                }
+                Err(reason) => {
+                    if !reported {
+                        tracing::error!(stage = "source", pipeline = %self.pipeline, bus = %self.bus.name,
+                            error = %reason, "bus not opened; its devices are down until it opens");
+                    }
+                    self.report_unopened(&slots, &reason, !reported);
+                    reported = true;
+                    if !self.wait_until(Instant::now() + retry.next_delay(&mut rng)) {
+                        return;
                     }
                 }
-            }
-            BusKind::Simulated(_) => {
-                let mut bus = SimulatedBus::new();
-                for device in &self.bus.devices {
-                    if let Some(simulation) = &device.simulation {
-                        bus.attach(&device.driver, simulation);
-                    }
-                }
-                self.drive(bus, &slots);
             }
         }
     }
@@ -130,30 +112,30 @@ impl BusThread {
             pipeline: self.pipeline.clone(),
             device: device.name.to_string(),
             part: device.driver.part().to_owned(),
-            bus: format!("{} 0x{:02x}", self.bus.kind.describe(), device.driver.address()),
+            bus: match device.driver.place(self.bus.kind.protocol()) {
+                Some(place) => format!("{} {place}", self.bus.kind.describe()),
+                None => self.bus.kind.describe(),
+            },
             state: "starting".to_owned(),
             since: now_nanos(),
             ..SensorStatus::default()
         }
     }
 
-    fn drive<B>(self, bus: B, slots: &[usize])
-    where
-        B: I2c + 'static,
-        B::Error: std::fmt::Display,
-    {
-        let bus = Rc::new(RefCell::new(bus));
+    /// Samples `sensors`, the drivers of the bus's devices in order, until the pipeline stops.
+    fn drive(self, sensors: Vec<Box<dyn Sensor>>, slots: &[usize]) {
         let start = Instant::now();
         let mut devices: Vec<Running> = self
             .bus
             .devices
             .iter()
             .zip(slots)
-            .map(|(config, &board_slot)| {
+            .zip(sensors)
+            .map(|((config, &board_slot), sensor)| {
                 let status = self.status_of(config);
                 self.context.board.set(board_slot, &status);
                 Running {
-                    sensor: drivers::open_i2c(&config.driver, &bus, linux_embedded_hal::Delay),
+                    sensor,
                     health: Health::new(config.health, config.interval, status),
                     schedule: Schedule::new(start, config.interval),
                     config: config.clone(),

@@ -1,5 +1,5 @@
-//! The `sensors` source: devices on the gateway's own I²C buses, sampled on a schedule and fed
-//! into the pipeline like any broker's messages.
+//! The `sensors` source: devices on the gateway's own buses — I²C, SPI and GPIO lines — sampled on
+//! a schedule and fed into the pipeline like any broker's messages.
 //!
 //! **Threads.** Linux bus calls block, so each bus is owned by one OS thread (`bus.rs`) that
 //! opens its device node, drives every device on it in turn and never touches the async runtime
@@ -29,6 +29,7 @@
 mod bus;
 mod drivers;
 mod health;
+mod nodes;
 mod reporting;
 mod schedule;
 mod simulated;

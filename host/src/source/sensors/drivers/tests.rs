@@ -1,14 +1,21 @@
 //! Each driver's bus protocol, transaction by transaction, against `embedded-hal-mock`: what it
-//! writes and reads to initialise its part and take a sample, the values it makes of the
-//! answers, and how a bus error becomes a fault of the right kind.
+//! writes and reads to initialise its part and take a sample (on I²C, on SPI through the register
+//! protocol, on a GPIO line), the values it makes of the answers, and how a bus error becomes a
+//! fault of the right kind.
 
 use embedded_hal::i2c::{ErrorKind, NoAcknowledgeSource};
+use embedded_hal_mock::eh1::MockError;
 use embedded_hal_mock::eh1::delay::NoopDelay;
+use embedded_hal_mock::eh1::digital::{Mock as PinMock, State as PinState, Transaction as P};
 use embedded_hal_mock::eh1::i2c::{Mock, Transaction as T};
+use embedded_hal_mock::eh1::spi::{Mock as SpiMock, Transaction};
 
-use super::{Ads1115, Bme280, Ina219, Quantity, Sensor, Tmp102};
+use super::spi::OverSpiError;
+use super::{Ads1115, Bme280, DigitalInput, Ina219, Quantity, RegistersOverSpi, Sensor, Tmp102};
 use crate::config::FullScale;
-use crate::source::sensors::health::FaultKind;
+use crate::source::sensors::health::{Fault, FaultKind};
+
+type S = Transaction<u8>;
 
 /// Calibration of the datasheet's worked example (0x88…0xa1) and typical humidity trimming
 /// (0xe1…0xe7).
@@ -158,4 +165,113 @@ fn tmp102_reads_its_temperature_register() {
     assert_eq!(part.measure().expect("it works"), [Quantity { name: "temperature", unit: "Cel", value: -25.0 }]);
     assert_eq!(part.measure().expect_err("it fails").kind, FaultKind::Nack);
     i2c.done();
+}
+
+/// One register read over SPI: the address with the read bit, then the answer, in one frame.
+fn spi_read(register: u8, answer: Vec<u8>) -> [S; 4] {
+    [S::transaction_start(), S::write_vec(vec![register | 0x80]), S::read_vec(answer), S::transaction_end()]
+}
+
+/// Register writes over SPI: address (read bit cleared) and value pairs, in one frame.
+fn spi_write(pairs: Vec<u8>) -> [S; 3] {
+    [S::transaction_start(), S::write_vec(pairs), S::transaction_end()]
+}
+
+#[test]
+fn bme280_on_spi_reads_with_the_read_bit_set_and_writes_with_it_cleared() {
+    let mut expectations: Vec<S> = Vec::new();
+    // init, as on I²C: chip id, soft reset (0xe0 → 0x60), calibration, oversampling, IIR.
+    expectations.extend(spi_read(0xd0, vec![0x60]));
+    expectations.extend(spi_write(vec![0x60, 0xb6]));
+    expectations.extend(spi_read(0x88, BME280_PT.to_vec()));
+    expectations.extend(spi_read(0xe1, BME280_H.to_vec()));
+    expectations.extend(spi_read(0xf4, vec![0x00]));
+    expectations.extend(spi_write(vec![0x72, 0x01]));
+    expectations.extend(spi_read(0xf4, vec![0x00]));
+    expectations.extend(spi_write(vec![0x74, 0x54]));
+    expectations.extend(spi_read(0xf5, vec![0x00]));
+    expectations.extend(spi_write(vec![0x75, 0x10]));
+    // sample: forced mode, then the eight data registers in one frame.
+    expectations.extend(spi_read(0xf4, vec![0x54]));
+    expectations.extend(spi_read(0xf4, vec![0x54]));
+    expectations.extend(spi_write(vec![0x74, 0x55]));
+    expectations.extend(spi_read(0xf7, vec![0x65, 0x5a, 0xc0, 0x7e, 0xed, 0x00, 0x69, 0x78]));
+    let mut spi = SpiMock::new(&expectations);
+    let mut part = Bme280::new(RegistersOverSpi::new(spi.clone()), 0x76, NoopDelay);
+    part.init().expect("it works");
+    let sample = part.measure().expect("it works");
+    assert!((value(&sample, "temperature") - 25.08).abs() < 0.01, "{sample:?}");
+    assert!((value(&sample, "pressure") - 1006.53).abs() < 0.05, "{sample:?}");
+    spi.done();
+}
+
+#[test]
+fn registers_over_spi_refuse_what_has_no_spi_form_and_sort_spi_errors() {
+    use embedded_hal::i2c::{Error as _, I2c as _};
+    use embedded_hal::spi::ErrorKind as SpiKind;
+
+    let mut spi = SpiMock::new(&[]);
+    let mut registers = RegistersOverSpi::new(spi.clone());
+    let odd = registers.write(0x76, &[0xf4, 0x55, 0xf5]).expect_err("half a pair");
+    assert_eq!(odd.kind(), ErrorKind::Other);
+    assert!(odd.to_string().contains("no form for"), "{odd}");
+    let mut buffer = [0; 2];
+    registers.read(0x76, &mut buffer).expect_err("a read with no register address");
+    spi.done();
+    for (spi_kind, i2c_kind) in [
+        (SpiKind::Overrun, ErrorKind::Overrun),
+        (SpiKind::ModeFault, ErrorKind::Bus),
+        (SpiKind::ChipSelectFault, ErrorKind::Bus),
+        (SpiKind::Other, ErrorKind::Other),
+    ] {
+        assert_eq!(OverSpiError::Spi(spi_kind).kind(), i2c_kind);
+    }
+    assert_eq!(super::i2c_fault(&OverSpiError::Spi(SpiKind::Other)).kind, FaultKind::Io);
+}
+
+#[test]
+fn a_digital_input_reads_its_level_with_its_polarity_and_requests_its_line_at_each_init() {
+    use std::cell::Cell;
+    use std::rc::Rc;
+
+    let expectations = [
+        P::get(PinState::High),
+        P::get(PinState::Low),
+        P::get(PinState::High).with_error(MockError::Io(std::io::ErrorKind::NotConnected)),
+    ];
+    let pin = PinMock::new(&expectations);
+    let requests = Rc::new(Cell::new(0));
+    let (counted, line) = (Rc::clone(&requests), pin.clone());
+    let mut input = DigitalInput::new(
+        move || {
+            counted.set(counted.get() + 1);
+            Ok(line.clone())
+        },
+        false,
+    );
+    assert_eq!(input.measure().expect_err("not requested yet").kind, FaultKind::Io);
+    input.init().expect("it works");
+    assert_eq!(input.measure().expect("it works"), [Quantity { name: "state", unit: "1", value: 1.0 }]);
+    assert_eq!(input.measure().expect("it works")[0].value, 0.0);
+    let fault = input.measure().expect_err("the read fails");
+    assert_eq!(fault.kind, FaultKind::Io);
+    assert!(fault.detail.contains("NotConnected"), "{fault}");
+    input.init().expect("requested again");
+    assert_eq!(requests.get(), 2);
+    let mut pin = pin;
+    pin.done();
+
+    // Active low: a low line is the active state.
+    let pin = PinMock::new(&[P::get(PinState::Low), P::get(PinState::High)]);
+    let line = pin.clone();
+    let mut input = DigitalInput::new(move || Ok(line.clone()), true);
+    input.init().expect("it works");
+    assert_eq!(input.measure().expect("it works")[0].value, 1.0);
+    assert_eq!(input.measure().expect("it works")[0].value, 0.0);
+    let mut pin = pin;
+    pin.done();
+
+    // A line the kernel will not give (held by another program) fails the initialisation.
+    let mut busy = DigitalInput::new(|| Err::<PinMock, _>(Fault::new(FaultKind::Io, "Device or resource busy")), false);
+    assert_eq!(busy.init().expect_err("busy").kind, FaultKind::Io);
 }

@@ -37,21 +37,26 @@ pub(super) struct Chip {
     step: u32,
 }
 
-/// The built-in map of a part, as written in `maps/`.
-pub(super) fn builtin_map(driver: &DriverConfig) -> RegisterDump {
+/// The built-in map of a part, as written in `maps/`; `None` for a part without registers.
+pub(super) fn builtin_map(driver: &DriverConfig) -> Option<RegisterDump> {
     let text = match driver {
         DriverConfig::Bme280 { .. } => BME280_MAP,
         DriverConfig::Ads1115 { .. } => ADS1115_MAP,
         DriverConfig::Ina219 { .. } => INA219_MAP,
         DriverConfig::Tmp102 { .. } => TMP102_MAP,
+        DriverConfig::DigitalInput { .. } => return None,
     };
-    RegisterDump::parse(text).expect("the built-in register maps parse (tested)")
+    Some(RegisterDump::parse(text).expect("the built-in register maps parse (tested)"))
 }
 
 impl Chip {
-    /// The part `driver` names, simulated as `simulation` says.
-    pub(super) fn new(driver: &DriverConfig, simulation: &DeviceSimulation) -> Self {
-        let dump = simulation.registers.clone().unwrap_or_else(|| builtin_map(driver));
+    /// The part `driver` names, simulated as `simulation` says; `None` for a part without
+    /// registers.
+    pub(super) fn new(driver: &DriverConfig, simulation: &DeviceSimulation) -> Option<Self> {
+        let dump = match &simulation.registers {
+            Some(dump) => dump.clone(),
+            None => builtin_map(driver)?,
+        };
         let registers: Vec<Option<u16>> = match dump.width {
             RegisterWidth::Byte => dump.registers.clone(),
             // i2cdump shows the SMBus word, low byte first on the wire.
@@ -71,9 +76,10 @@ impl Chip {
             DriverConfig::Ads1115 { .. } => (Part::Ads1115 { inputs: simulation.inputs.clone() }, 8),
             DriverConfig::Ina219 { .. } => (Part::Ina219 { shunt: word(1) }, 20),
             DriverConfig::Tmp102 { .. } => (Part::Tmp102 { temperature: word(0) }, 2),
+            DriverConfig::DigitalInput { .. } => return None,
         };
         let wobble = i32::from(simulation.wobble.unwrap_or(default_wobble));
-        Self { part, width: dump.width, initial: registers.clone(), registers, pointer: 0, wobble, step: 0 }
+        Some(Self { part, width: dump.width, initial: registers.clone(), registers, pointer: 0, wobble, step: 0 })
     }
 
     /// This measurement's movement: a triangle wave of `wobble` LSB over 8 measurements.

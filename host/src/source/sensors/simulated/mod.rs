@@ -1,9 +1,10 @@
-//! A simulated I²C bus: devices that answer from register maps (`i2cdump` files, or a map of the
-//! part built into weir), with each part's few behaviours its driver relies on, slowly moving
-//! measurements, and scripted faults.
+//! Simulated buses: I²C and SPI devices that answer from register maps (`i2cdump` files, or a map
+//! of the part built into weir), with each part's few behaviours its driver relies on, slowly
+//! moving measurements, and scripted faults; and GPIO lines whose level changes on a schedule.
 //!
-//! It implements `embedded_hal::i2c::I2c`, so the real drivers run against it unchanged, on the
-//! same bus thread a Linux bus would have. What is simulated (`chips.rs`):
+//! They implement embedded-hal's `I2c` ([`SimulatedBus`]), `SpiDevice` ([`SimulatedSpi`],
+//! `spi.rs`) and `InputPin` ([`SimulatedLine`], `gpio.rs`), so the real drivers run against them
+//! unchanged, on the same bus thread a Linux bus would have. What is simulated (`chips.rs`):
 //! - registers: a write sets the pointer and writes the bytes after it (8-bit registers
 //!   auto-increment; a 16-bit register takes two bytes, most significant first); a read returns
 //!   bytes from the pointer on. A register the map marks `XX` is not acknowledged;
@@ -12,11 +13,16 @@
 //!   gain; an INA219's reset and its current and power registers, computed from its calibration;
 //! - movement: each new measurement adds a triangle wave of `wobble` LSB to the raw readings, so
 //!   consecutive samples differ as a live sensor's do;
-//! - faults, by time since the bus opened: `nack` (the address is not acknowledged), `remote_io`
-//!   (every transfer fails with the kernel's EREMOTEIO), `stuck` (measurements stop moving),
-//!   `slow` (every transfer takes `delay` longer).
+//! - on SPI, a register part's frame: the first byte is a register's address, its top bit set to
+//!   read (the bytes after it answer from that register on) or cleared to write (then a value,
+//!   and more address and value pairs);
+//! - faults, by time since the bus opened: `nack` (I²C: the address is not acknowledged),
+//!   `remote_io` (every transfer, or line read, fails with the kernel's EREMOTEIO), `stuck`
+//!   (measurements, or a line's level, stop moving), `slow` (every transfer takes `delay` longer).
 
 mod chips;
+mod gpio;
+mod spi;
 
 use std::fmt;
 use std::time::{Duration, Instant};
@@ -25,6 +31,8 @@ use embedded_hal::i2c::{ErrorKind, ErrorType, I2c, NoAcknowledgeSource, Operatio
 
 use crate::config::{DeviceSimulation, DriverConfig, FaultScript, ScriptedFault};
 use chips::Chip;
+pub use gpio::SimulatedLine;
+pub use spi::SimulatedSpi;
 
 /// An error of the simulated bus, shaped like Linux's.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,10 +47,34 @@ impl fmt::Display for SimulatedError {
     }
 }
 
+impl SimulatedError {
+    /// The kernel's EREMOTEIO, as a scripted `remote_io` fault gives it.
+    fn remote_io() -> Self {
+        Self { kind: ErrorKind::Other, message: "Remote I/O error (os error 121)".to_owned() }
+    }
+}
+
 impl embedded_hal::i2c::Error for SimulatedError {
     fn kind(&self) -> ErrorKind {
         self.kind
     }
+}
+
+impl embedded_hal::spi::Error for SimulatedError {
+    fn kind(&self) -> embedded_hal::spi::ErrorKind {
+        embedded_hal::spi::ErrorKind::Other
+    }
+}
+
+impl embedded_hal::digital::Error for SimulatedError {
+    fn kind(&self) -> embedded_hal::digital::ErrorKind {
+        embedded_hal::digital::ErrorKind::Other
+    }
+}
+
+/// The fault of kind `fault` scripted for `since_open` after the bus opened, if one is.
+fn active(faults: &[ScriptedFault], since_open: Duration, fault: FaultScript) -> Option<&ScriptedFault> {
+    faults.iter().find(|f| f.fault == fault && f.from <= since_open && since_open < f.until)
 }
 
 /// One simulated device.
@@ -66,14 +98,12 @@ impl SimulatedBus {
         Self { devices: Vec::new(), opened: Instant::now() }
     }
 
-    /// Adds the device `driver` describes, simulated as `simulation` says.
+    /// Adds the device `driver` describes, simulated as `simulation` says (a part without
+    /// registers is not on I²C, and never answers).
     pub fn attach(&mut self, driver: &DriverConfig, simulation: &DeviceSimulation) {
-        let chip = Chip::new(driver, simulation);
-        self.devices.push(Device { address: driver.address(), chip, faults: simulation.faults.clone() });
-    }
-
-    fn active(faults: &[ScriptedFault], since_open: Duration, fault: FaultScript) -> Option<&ScriptedFault> {
-        faults.iter().find(|f| f.fault == fault && f.from <= since_open && since_open < f.until)
+        if let (Some(address), Some(chip)) = (driver.address(), Chip::new(driver, simulation)) {
+            self.devices.push(Device { address, chip, faults: simulation.faults.clone() });
+        }
     }
 }
 
@@ -100,19 +130,16 @@ impl I2c for SimulatedBus {
         let Some(device) = self.devices.iter_mut().find(|d| d.address == address) else {
             return Err(nack(address, NoAcknowledgeSource::Address, "its address (no device there)"));
         };
-        if let Some(slow) = Self::active(&device.faults, since_open, FaultScript::Slow) {
+        if let Some(slow) = active(&device.faults, since_open, FaultScript::Slow) {
             std::thread::sleep(slow.delay);
         }
-        if Self::active(&device.faults, since_open, FaultScript::Nack).is_some() {
+        if active(&device.faults, since_open, FaultScript::Nack).is_some() {
             return Err(nack(address, NoAcknowledgeSource::Address, "its address"));
         }
-        if Self::active(&device.faults, since_open, FaultScript::RemoteIo).is_some() {
-            return Err(SimulatedError {
-                kind: ErrorKind::Other,
-                message: "Remote I/O error (os error 121)".to_owned(),
-            });
+        if active(&device.faults, since_open, FaultScript::RemoteIo).is_some() {
+            return Err(SimulatedError::remote_io());
         }
-        let stuck = Self::active(&device.faults, since_open, FaultScript::Stuck).is_some();
+        let stuck = active(&device.faults, since_open, FaultScript::Stuck).is_some();
         for operation in operations {
             match operation {
                 Operation::Write(bytes) => device.chip.write(bytes, stuck),

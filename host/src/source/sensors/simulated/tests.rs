@@ -1,5 +1,6 @@
-//! The real drivers against the simulated bus: each part's built-in map gives the values its
-//! datasheet says, movement and faults show as they should, and a user's dump is read.
+//! The real drivers against the simulated buses: each part's built-in map gives the values its
+//! datasheet says, movement and faults show as they should, a user's dump is read, SPI frames
+//! follow the part's protocol, and GPIO lines toggle, hold and fail.
 
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -8,14 +9,14 @@ use std::time::Duration;
 use embedded_hal::i2c::I2c;
 use embedded_hal_mock::eh1::delay::NoopDelay;
 
-use super::SimulatedBus;
+use super::{SimulatedBus, SimulatedLine, SimulatedSpi};
 use crate::config::register_dump::RegisterDump;
 use crate::config::{DeviceSimulation, DriverConfig, FaultScript, FullScale, ScriptedFault};
 use crate::source::sensors::drivers::{self, Quantity, Sensor};
 use crate::source::sensors::health::FaultKind;
 
 fn simulation(wobble: u16, faults: Vec<ScriptedFault>) -> DeviceSimulation {
-    DeviceSimulation { registers: None, wobble: Some(wobble), inputs: vec![0.5, 1.0, 1.5, 3.3], faults }
+    DeviceSimulation { wobble: Some(wobble), inputs: vec![0.5, 1.0, 1.5, 3.3], faults, ..DeviceSimulation::default() }
 }
 
 fn open(driver: &DriverConfig, simulation: &DeviceSimulation) -> Box<dyn Sensor> {
@@ -136,7 +137,70 @@ fn the_built_in_maps_parse() {
         ina219(),
         DriverConfig::Tmp102 { address: 0x48 },
     ] {
-        let map = super::chips::builtin_map(&driver);
+        let map = super::chips::builtin_map(&driver).expect("a register part");
         assert!(map.registers.iter().any(Option::is_some), "{driver:?}");
     }
+}
+
+#[test]
+fn a_bme280_on_the_simulated_spi_bus_reads_as_on_i2c_and_frames_follow_the_part() {
+    use embedded_hal::spi::{Operation, SpiDevice};
+
+    let bme = DriverConfig::Bme280 { address: 0x76 };
+    let mut part = drivers::open_spi(&bme, SimulatedSpi::new(&bme, &simulation(0, Vec::new())), NoopDelay);
+    part.init().expect("it works");
+    let sample = part.measure().expect("it works");
+    assert!((value(&sample, "temperature") - 25.08).abs() < 0.01, "{sample:?}");
+    assert!((value(&sample, "pressure") - 1006.53).abs() < 0.05, "{sample:?}");
+
+    let mut spi = SimulatedSpi::new(&bme, &simulation(0, Vec::new()));
+    // A read frame: the chip id answers after its address, not during it.
+    let mut reply = [0; 2];
+    spi.transfer(&mut reply, &[0xd0]).expect("it works");
+    assert_eq!(reply, [0xff, 0x60], "full duplex: the answer comes one byte after the address");
+    let mut id = [0];
+    spi.transaction(&mut [Operation::Write(&[0xd0]), Operation::Read(&mut id)]).expect("it works");
+    assert_eq!(id, [0x60]);
+    // A write frame: 0x74 is register 0xf4 with the read bit cleared; pairs may follow.
+    spi.write(&[0x72, 0x01, 0x74, 0x54]).expect("it works");
+    let mut control = [0; 2];
+    spi.transaction(&mut [Operation::Write(&[0xf4]), Operation::Read(&mut control)]).expect("it works");
+    assert_eq!(control[0], 0x54);
+    // A register the map does not hold: MISO undriven.
+    let mut nothing = [0];
+    spi.transaction(&mut [Operation::Write(&[0x80]), Operation::Read(&mut nothing)]).expect("it works");
+    assert_eq!(nothing, [0xff]);
+
+    let during =
+        |fault| ScriptedFault { fault, from: Duration::ZERO, until: Duration::from_secs(3_600), delay: Duration::ZERO };
+    let failing = SimulatedSpi::new(&bme, &simulation(0, vec![during(FaultScript::RemoteIo)]));
+    let fault = drivers::open_spi(&bme, failing, NoopDelay).init().expect_err("it fails");
+    assert_eq!((fault.kind, fault.detail.as_str()), (FaultKind::Io, "Remote I/O error (os error 121)"));
+}
+
+#[test]
+fn a_simulated_line_toggles_holds_its_level_when_stuck_and_fails_like_a_gone_chip() {
+    use embedded_hal::digital::InputPin;
+
+    let toggling = DeviceSimulation { toggle_every: Duration::from_millis(40), ..DeviceSimulation::default() };
+    let mut line = SimulatedLine::new(&toggling).request().expect("requested");
+    assert!(!line.is_high().expect("it works"), "low first");
+    let mut levels = vec![false];
+    let started = std::time::Instant::now();
+    while levels.windows(2).filter(|w| w[0] != w[1]).count() < 2 && started.elapsed() < Duration::from_secs(10) {
+        levels.push(line.is_high().expect("it works"));
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(levels.windows(2).filter(|w| w[0] != w[1]).count() >= 2, "it toggles: {levels:?}");
+
+    let during =
+        |fault| ScriptedFault { fault, from: Duration::ZERO, until: Duration::from_secs(3_600), delay: Duration::ZERO };
+    let stuck = DeviceSimulation { faults: vec![during(FaultScript::Stuck)], ..toggling.clone() };
+    let mut line = SimulatedLine::new(&stuck).request().expect("requested");
+    let first = line.is_high().expect("it works");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(line.is_high().expect("it works"), first, "held while stuck");
+
+    let gone = SimulatedLine::new(&DeviceSimulation { faults: vec![during(FaultScript::RemoteIo)], ..toggling });
+    assert_eq!(gone.request().expect_err("refused").kind, FaultKind::Io);
 }
