@@ -7,8 +7,7 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-use crate::package::{CHECKED, gateway_weir};
-use crate::{apt_install, cargo, status};
+use crate::{CHECKED, apt_install, cargo, gateway_weir, status};
 
 /// The host's tests of the sandbox under qemu, but for the stress test of ten thousand hostile
 /// calls (five minutes emulated on aarch64; it runs natively, compiled and interpreted).

@@ -60,7 +60,7 @@ fn main() -> Result<()> {
         "package" => {
             let functions = build_functions(&root)?;
             for arch in package::DEBIAN_ARCHES.iter().filter(|a| rest.is_empty() || rest.iter().any(|r| r == a.name)) {
-                package::package(&root, arch, &functions, package::SHIPPED)?;
+                package::package(&root, arch, &functions, SHIPPED)?;
             }
             Ok(())
         }
@@ -220,6 +220,21 @@ fn build_functions(root: &Path) -> Result<PathBuf> {
     Ok(out)
 }
 
+/// The profile of the `weir` the packages ship.
+const SHIPPED: &str = "gateway";
+/// The same without whole-program optimisation, for the test suite's checks (see `Cargo.toml`).
+const CHECKED: &str = "gateway-ci";
+
+/// Builds `weir` for `triple` with `profile` ([`SHIPPED`] or [`CHECKED`]); returns its path.
+/// Cargo makes this a no-op when it is already built.
+fn gateway_weir(root: &Path, triple: &str, profile: &str) -> Result<PathBuf> {
+    let build = ["build", "--profile", profile, "--package", "weir-host", "--bin", "weir", "--target", triple];
+    if !status(cargo(root).args(build))? {
+        bail!("building weir for {triple} with the {profile} profile failed");
+    }
+    Ok(root.join("target").join(triple).join(profile).join("weir"))
+}
+
 fn cargo(root: &Path) -> Command {
     let mut command = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     command.current_dir(root);
@@ -297,7 +312,7 @@ fn test(root: &Path, runner_args: &[String]) -> Result<()> {
     // last line printed.
     let mut failed = Vec::new();
     for arch in &package::DEBIAN_ARCHES {
-        if let Err(e) = package::package(root, arch, &functions, package::CHECKED) {
+        if let Err(e) = package::package(root, arch, &functions, CHECKED) {
             failed.push(format!("the {} package: {e:#}", arch.name));
         }
     }

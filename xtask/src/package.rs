@@ -16,10 +16,10 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 
 use crate::cross::{CROSS_TARGETS, CrossTarget, ensure_cross_toolchain};
-use crate::{cargo, status};
+use crate::{gateway_weir, status};
 
 /// The highest exposure `systemd-analyze security` may give the unit, in tenths (its
 /// `--threshold` unit): 1.1, what every package's unit scores now, so any loosening fails. What
@@ -56,11 +56,6 @@ impl DebianArch {
     }
 }
 
-/// The profile of the binary the packages ship.
-pub const SHIPPED: &str = "gateway";
-/// The same without whole-program optimisation, for the test suite's checks (see `Cargo.toml`).
-pub const CHECKED: &str = "gateway-ci";
-
 /// Builds, then checks, the package for `arch` with `weir` built with `profile`; returns its path.
 pub fn package(root: &Path, arch: &DebianArch, functions: &Path, profile: &str) -> Result<PathBuf> {
     if let Some(cross) = arch.cross() {
@@ -82,16 +77,6 @@ pub fn package(root: &Path, arch: &DebianArch, functions: &Path, profile: &str) 
     let size = std::fs::metadata(&binary)?.len();
     eprintln!("xtask: package {}: {} (weir {:.1} MiB)", arch.name, deb.display(), size as f64 / f64::from(1 << 20));
     Ok(deb)
-}
-
-/// Builds `weir` for `triple` with `profile` ([`SHIPPED`] or [`CHECKED`]); returns its path.
-/// Cargo makes this a no-op when it is already built.
-pub fn gateway_weir(root: &Path, triple: &str, profile: &str) -> Result<PathBuf> {
-    let build = ["build", "--profile", profile, "--package", "weir-host", "--bin", "weir", "--target", triple];
-    if !status(cargo(root).args(build))? {
-        bail!("building weir for {triple} with the {profile} profile failed");
-    }
-    Ok(root.join("target").join(triple).join(profile).join("weir"))
 }
 
 /// Lays out the package's tree in `tree`.
