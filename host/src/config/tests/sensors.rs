@@ -135,6 +135,12 @@ fn refuses_simulations_off_a_simulated_bus_and_dumps_that_do_not_read() {
     // A device node named by mistake is not read without end.
     let endless = invalid(&sensors_but("wobble = 0", "wobble = 0\nregisters = \"/dev/zero\""));
     assert!(endless.contains("/dev/zero: it holds more than 64 KiB"), "{endless}");
+    // Nor does a FIFO hold the start waiting for a writer.
+    let fifo = dir.path().join("dump.fifo");
+    assert!(std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs").success());
+    let waiting =
+        invalid(&sensors_but("wobble = 0", &format!("wobble = 0\nregisters = {:?}", fifo.display().to_string())));
+    assert!(waiting.contains("it is a FIFO"), "{waiting}");
     insta::assert_snapshot!(invalid(&sensors_but("for = \"1s\", delay = \"2s\"", "for = \"1s\"")));
     insta::assert_snapshot!(invalid(&sensors_but("wobble = 0", "wobble = 0\ninputs = [1.0]")));
 }

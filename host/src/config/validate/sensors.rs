@@ -458,9 +458,13 @@ impl Validator<'_> {
 const MAX_DUMP_BYTES: u64 = 64 * 1024;
 
 /// `path` as text, refused when it holds more than `limit` bytes (a device node or a wrong file
-/// named by mistake is not read without end).
+/// named by mistake is not read without end) or is a FIFO (opening one waits for a writer).
 fn read_bounded(path: &std::path::Path, limit: u64) -> Result<String, String> {
     use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+    if std::fs::metadata(path).map_err(|e| e.to_string())?.file_type().is_fifo() {
+        return Err("it is a FIFO, which would hold the start waiting for a writer; a register dump is a file".into());
+    }
     let file = std::fs::File::open(path).map_err(|e| e.to_string())?;
     let mut text = String::new();
     file.take(limit + 1).read_to_string(&mut text).map_err(|e| e.to_string())?;

@@ -6,6 +6,7 @@
 //! stays open and each digital input requests its own line (again at each initialisation).
 
 use std::cell::RefCell;
+use std::path::Path;
 use std::rc::Rc;
 
 use embedded_hal::i2c::I2c;
@@ -25,6 +26,9 @@ const CONSUMER: &str = "weir";
 /// opens.
 pub(super) fn open(bus: &SensorBus) -> Result<Vec<Box<dyn Sensor>>, String> {
     let devices = &bus.devices;
+    if let Some(path) = bus.kind.node() {
+        refuse_fifo(path)?;
+    }
     match &bus.kind {
         BusKind::I2c(path) => {
             let adapter = I2cdev::new(path).map_err(|e| format!("cannot open {}: {e}", path.display()))?;
@@ -58,6 +62,18 @@ pub(super) fn open(bus: &SensorBus) -> Result<Vec<Box<dyn Sensor>>, String> {
                 .collect())
         }
         BusKind::Simulated(protocol) => Ok(simulated(*protocol, devices)),
+    }
+}
+
+/// Refuses a FIFO named as a node: opening one waits for a writer, which would hold the bus
+/// thread (and the pipeline's stop) for good. Anything else is left to the open and its ioctls.
+fn refuse_fifo(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::metadata(path) {
+        Ok(metadata) if metadata.file_type().is_fifo() => {
+            Err(format!("cannot open {}: it is a FIFO, not a device node", path.display()))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -122,4 +138,25 @@ fn request_line(chip: &RefCell<Chip>, line: u32) -> Result<CdevPin, Fault> {
         .and_then(|l| l.request(LineRequestFlags::INPUT, 0, CONSUMER))
         .and_then(CdevPin::new);
     requested.map_err(|e| Fault::new(FaultKind::Io, format!("cannot request line {line}: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fifo_named_as_a_node_is_refused_not_waited_on() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let fifo = dir.path().join("gpiochip9");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().expect("mkfifo runs").success());
+        for kind in [
+            BusKind::Gpio(fifo.clone()),
+            BusKind::I2c(fifo.clone()),
+            BusKind::Spi { path: fifo.clone(), max_speed_hz: 1_000_000 },
+        ] {
+            let bus = SensorBus { name: "pins".parse().expect("a name"), kind, devices: Vec::new() };
+            let refused = open(&bus).err().expect("refused");
+            assert!(refused.contains("it is a FIFO, not a device node"), "{refused}");
+        }
+    }
 }
