@@ -13,19 +13,19 @@ use anyhow::{Context, Result, ensure};
 use serde_json::Value;
 use weir_e2e::*;
 
+/// The gateway, its status page on `port` and, when given, the central JetStream, as every test
+/// here starts them.
+fn header(central: Option<&NatsServer>, port: u16) -> String {
+    let broker = central.map(|nats| format!("[brokers.central]\nurl = \"{}\"\n\n", nats.url())).unwrap_or_default();
+    format!(
+        "[gateway]\nid = \"gw-e2e\"\ndata_dir = \"{{data_dir}}\"\nfunctions_dir = \"{{functions_dir}}\"\n\n\
+         {broker}[http]\nlisten = \"127.0.0.1:{port}\"\n"
+    )
+}
+
 fn config(nats: &NatsServer, port: u16) -> String {
     format!(
-        r#"[gateway]
-id = "gw-e2e"
-data_dir = "{{data_dir}}"
-functions_dir = "{{functions_dir}}"
-
-[brokers.central]
-url = "{central}"
-
-[http]
-listen = "127.0.0.1:{port}"
-
+        r#"{header}
 [pipelines.bench.source.sensors.buses.i2c1]
 simulated = "i2c"
 
@@ -80,7 +80,7 @@ linger = "200ms"
 broker = "central"
 subject = "central.sensors"
 "#,
-        central = nats.url(),
+        header = header(Some(nats), port),
     )
 }
 
@@ -226,14 +226,7 @@ async fn a_bus_that_cannot_be_opened_is_tried_again_while_the_other_buses_go_on(
     let node = nodes.path().join("i2c-9");
     let port = free_port();
     let config = format!(
-        r#"[gateway]
-id = "gw-e2e"
-data_dir = "{{data_dir}}"
-functions_dir = "{{functions_dir}}"
-
-[http]
-listen = "127.0.0.1:{port}"
-
+        r#"{header}
 [pipelines.local.source.sensors.buses.board]
 i2c = "{node}"
 
@@ -255,6 +248,7 @@ interval = "200ms"
 
 [pipelines.local.sink.console]
 "#,
+        header = header(None, port),
         node = node.display()
     );
     let gateway = Weir::start(&config)?;
@@ -306,17 +300,7 @@ async fn spi_and_gpio_devices_reach_jetstream_and_missing_nodes_say_why() -> Res
     let (spidev, gpiochip) = (nodes.path().join("spidev9.0"), nodes.path().join("gpiochip9"));
     let port = free_port();
     let config = format!(
-        r#"[gateway]
-id = "gw-e2e"
-data_dir = "{{data_dir}}"
-functions_dir = "{{functions_dir}}"
-
-[brokers.central]
-url = "{central}"
-
-[http]
-listen = "127.0.0.1:{port}"
-
+        r#"{header}
 [pipelines.yard.source.sensors.buses.spi_sim]
 simulated = "spi"
 
@@ -385,7 +369,7 @@ linger = "200ms"
 broker = "central"
 subject = "central.yard"
 "#,
-        central = nats.url(),
+        header = header(Some(&nats), port),
         spidev = spidev.display(),
         gpiochip = gpiochip.display(),
     );
